@@ -1,0 +1,269 @@
+//! The one table from domain errors to HTTP: status, stable `code`, title.
+//! Bodies are RFC 9457 `application/problem+json`. A 5xx body never says
+//! why; the log does (and the log never holds personal data or secrets).
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::access::AccessError;
+use crate::keyring::KeyringError;
+use crate::store::StoreError;
+
+/// A validation failure on one field. The message never repeats the value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    pub title: &'static str,
+    pub status: u16,
+    pub detail: String,
+    /// Stable machine-readable code (API.md "Conventions").
+    pub code: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+/// Every error a handler can answer with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    Unauthenticated,
+    Forbidden,
+    Sealed,
+    NotFound,
+    MethodNotAllowed,
+    Malformed(&'static str),
+    Validation(Vec<FieldError>),
+    PayloadTooLarge,
+    RateLimited { retry_after_secs: u64 },
+    Conflict(&'static str),
+    UnsealFailed(&'static str),
+    Integrity,
+    AuditUnavailable,
+    Internal,
+}
+
+impl ApiError {
+    /// Status, stable code and title: the whole mapping, in one place.
+    pub fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            Self::Malformed(_) => (
+                StatusCode::BAD_REQUEST,
+                "malformed_request",
+                "Malformed request",
+            ),
+            Self::UnsealFailed(_) => (StatusCode::BAD_REQUEST, "unseal_failed", "Unseal failed"),
+            Self::Unauthenticated => (
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "Unauthenticated",
+            ),
+            Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            Self::NotFound => (StatusCode::NOT_FOUND, "not_found", "Not found"),
+            Self::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "Method not allowed",
+            ),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            Self::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "Payload too large",
+            ),
+            Self::Validation(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                "Validation failed",
+            ),
+            Self::RateLimited { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Rate limited",
+            ),
+            Self::Integrity => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "integrity_error",
+                "Integrity error",
+            ),
+            Self::Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "Internal error",
+            ),
+            Self::Sealed => (StatusCode::SERVICE_UNAVAILABLE, "sealed", "Sealed"),
+            Self::AuditUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit_unavailable",
+                "Audit unavailable",
+            ),
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            Self::Unauthenticated => "A valid credential is required.".into(),
+            Self::Forbidden => "Your roles do not allow this operation.".into(),
+            Self::Sealed => "The vault is sealed; unseal it first.".into(),
+            Self::NotFound => "No such resource.".into(),
+            Self::MethodNotAllowed => "This resource does not support that method.".into(),
+            Self::Malformed(why) | Self::Conflict(why) | Self::UnsealFailed(why) => (*why).into(),
+            Self::Validation(_) => "The request body failed validation; see errors.".into(),
+            Self::PayloadTooLarge => "The request body exceeds the configured limit.".into(),
+            Self::RateLimited { retry_after_secs } => {
+                format!("Too many attempts; retry after {retry_after_secs} seconds.")
+            }
+            Self::Integrity | Self::Internal => "The server could not complete the request.".into(),
+            Self::AuditUnavailable => {
+                "The audit log could not be written; nothing was done.".into()
+            }
+        }
+    }
+
+    pub fn problem(&self) -> Problem {
+        let (status, code, title) = self.parts();
+        Problem {
+            problem_type: format!("urn:strongroom:problem:{code}"),
+            title,
+            status: status.as_u16(),
+            detail: self.detail(),
+            code,
+            errors: match self {
+                Self::Validation(errors) => errors.clone(),
+                _ => Vec::new(),
+            },
+        }
+    }
+
+    /// A validation error on one field.
+    pub fn field(field: &str, message: &str) -> Self {
+        Self::Validation(vec![FieldError {
+            field: field.to_owned(),
+            message: message.to_owned(),
+        }])
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let problem = self.problem();
+        let status =
+            StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Self::RateLimited { retry_after_secs } = self
+            && let Ok(value) = HeaderValue::from_str(&retry_after_secs.to_string())
+        {
+            headers.insert(header::RETRY_AFTER, value);
+        }
+        response
+    }
+}
+
+impl From<KeyringError> for ApiError {
+    fn from(e: KeyringError) -> Self {
+        match e {
+            KeyringError::Sealed => Self::Sealed,
+            KeyringError::UnsealFailed(why) => Self::UnsealFailed(why),
+            KeyringError::Integrity => {
+                tracing::error!("integrity error: a stored ciphertext failed authentication");
+                Self::Integrity
+            }
+            other => {
+                tracing::error!(error = %other, "keyring failure");
+                Self::Internal
+            }
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store failure");
+        Self::Internal
+    }
+}
+
+impl From<AccessError> for ApiError {
+    fn from(e: AccessError) -> Self {
+        match e {
+            AccessError::Unauthenticated => Self::Unauthenticated,
+            AccessError::Conflict => Self::Conflict("That name is already taken."),
+            other => {
+                tracing::error!(error = %other, "access failure");
+                Self::Internal
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The table matches API.md's status for every stable code.
+    #[test]
+    fn codes_and_statuses_follow_the_contract() {
+        let cases = [
+            (ApiError::Unauthenticated, 401, "unauthenticated"),
+            (ApiError::Forbidden, 403, "forbidden"),
+            (ApiError::Sealed, 503, "sealed"),
+            (ApiError::NotFound, 404, "not_found"),
+            (ApiError::field("pan", "bad"), 422, "validation_failed"),
+            (ApiError::Malformed("x"), 400, "malformed_request"),
+            (ApiError::PayloadTooLarge, 413, "payload_too_large"),
+            (
+                ApiError::RateLimited {
+                    retry_after_secs: 3,
+                },
+                429,
+                "rate_limited",
+            ),
+            (ApiError::Conflict("x"), 409, "conflict"),
+            (ApiError::Integrity, 500, "integrity_error"),
+            (ApiError::AuditUnavailable, 503, "audit_unavailable"),
+            (ApiError::UnsealFailed("x"), 400, "unseal_failed"),
+        ];
+        for (error, status, code) in cases {
+            let (s, c, _) = error.parts();
+            assert_eq!((s.as_u16(), c), (status, code), "{error:?}");
+            let problem = error.problem();
+            assert_eq!(problem.status, status);
+            assert_eq!(problem.code, code);
+        }
+    }
+
+    #[test]
+    fn a_500_says_nothing_about_its_cause() {
+        let detail = ApiError::from(KeyringError::Io("/secret/path: denied".into()))
+            .problem()
+            .detail;
+        assert!(!detail.contains("secret"));
+    }
+
+    #[test]
+    fn rate_limited_carries_retry_after() {
+        let response = ApiError::RateLimited {
+            retry_after_secs: 7,
+        }
+        .into_response();
+        assert_eq!(response.headers()[header::RETRY_AFTER], "7");
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+    }
+}

@@ -1,0 +1,198 @@
+//! `/v1/sys/*`: health, unseal, seal.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+use zeroize::Zeroizing;
+
+use super::extract::{ApiJson, Caller};
+use super::{ApiError, AppState, Problem};
+use crate::access::Operation;
+use crate::clock::Clock;
+use crate::keyring::{KeyringError, UnsealInput, UnsealProgress};
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `ok` or `sealed`.
+    pub status: &'static str,
+    pub sealed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<&'static str>,
+}
+
+/// Liveness and seal state.
+#[utoipa::path(get, path = "/v1/sys/health", tag = "sys",
+    responses(
+        (status = 200, description = "Unsealed and serving", body = Health),
+        (status = 503, description = "Sealed", body = Health),
+    ))]
+pub async fn health(State(state): State<AppState>) -> Response {
+    if state.keyring.is_sealed() {
+        let body = Health {
+            status: "sealed",
+            sealed: true,
+            version: None,
+        };
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    } else {
+        Json(Health {
+            status: "ok",
+            sealed: false,
+            version: Some(env!("CARGO_PKG_VERSION")),
+        })
+        .into_response()
+    }
+}
+
+/// Exactly one of `passphrase` or `share`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UnsealRequest {
+    pub passphrase: Option<String>,
+    pub share: Option<String>,
+}
+
+/// Counts failed unseal attempts in a sliding one-minute window, so that a
+/// passphrase or share cannot be guessed quickly.
+#[derive(Debug)]
+pub struct UnsealLimiter {
+    max_failures_per_minute: u32,
+    failures: Mutex<Vec<OffsetDateTime>>,
+    /// One unseal at a time: a passphrase costs 64 MiB of Argon2id memory.
+    pub(crate) work: tokio::sync::Semaphore,
+}
+
+impl UnsealLimiter {
+    pub fn new(max_failures_per_minute: u32) -> Self {
+        Self {
+            max_failures_per_minute,
+            failures: Mutex::new(Vec::new()),
+            work: tokio::sync::Semaphore::new(1),
+        }
+    }
+
+    /// Seconds to wait before another attempt, if the window is full.
+    fn retry_after(&self, now: OffsetDateTime) -> Option<u64> {
+        let mut failures = self
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        failures.retain(|t| now - *t < time::Duration::minutes(1));
+        let limit = usize::try_from(self.max_failures_per_minute).unwrap_or(usize::MAX);
+        if failures.len() < limit {
+            return None;
+        }
+        let oldest = failures.first().copied().unwrap_or(now);
+        let wait = (oldest + time::Duration::minutes(1) - now).whole_seconds();
+        Some(u64::try_from(wait).unwrap_or(0).max(1))
+    }
+
+    fn record_failure(&self, now: OffsetDateTime) {
+        self.failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(now);
+    }
+}
+
+/// Submits a passphrase or one share.
+#[utoipa::path(post, path = "/v1/sys/unseal", tag = "sys", request_body = UnsealRequest,
+    responses(
+        (status = 200, description = "Accepted; progress so far", body = UnsealProgress),
+        (status = 400, description = "unseal_failed or malformed_request", body = Problem),
+        (status = 422, description = "Neither or both of passphrase and share", body = Problem),
+        (status = 429, description = "Too many failed attempts", body = Problem),
+    ))]
+pub async fn unseal(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<UnsealRequest>,
+) -> Result<Json<UnsealProgress>, ApiError> {
+    let input = match (body.passphrase, body.share) {
+        (Some(p), None) => UnsealInput::Passphrase(Zeroizing::new(p)),
+        (None, Some(s)) => UnsealInput::Share(Zeroizing::new(s)),
+        _ => {
+            return Err(ApiError::field(
+                "body",
+                "give exactly one of passphrase or share",
+            ));
+        }
+    };
+    let clock: Arc<dyn Clock> = Arc::clone(&state.clock);
+    if let Some(retry_after_secs) = state.unseal_limiter.retry_after(clock.now()) {
+        return Err(ApiError::RateLimited { retry_after_secs });
+    }
+    let _permit = state
+        .unseal_limiter
+        .work
+        .acquire()
+        .await
+        .map_err(|_| ApiError::Internal)?;
+    let keyring = Arc::clone(&state.keyring);
+    let result = tokio::task::spawn_blocking(move || keyring.unseal(input))
+        .await
+        .map_err(|_| ApiError::Internal)?;
+    match result {
+        Ok(progress) => {
+            if !progress.sealed {
+                tracing::info!("vault unsealed");
+            }
+            Ok(Json(progress))
+        }
+        Err(KeyringError::UnsealFailed(why)) => {
+            state.unseal_limiter.record_failure(clock.now());
+            tracing::warn!(reason = why, "unseal attempt refused");
+            Err(ApiError::UnsealFailed(why))
+        }
+        Err(other) => Err(other.into()),
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SealState {
+    pub sealed: bool,
+}
+
+/// Seals the vault: every key is dropped and zeroized.
+#[utoipa::path(post, path = "/v1/sys/seal", tag = "sys", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Sealed", body = SealState),
+        (status = 401, description = "No valid credential", body = Problem),
+        (status = 403, description = "Not an admin", body = Problem),
+        (status = 503, description = "Already sealed", body = Problem),
+    ))]
+pub async fn seal(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<SealState>, ApiError> {
+    let principal = caller.require(Operation::SysSeal)?;
+    state.keyring.seal();
+    tracing::info!(actor = %principal.id, "vault sealed");
+    Ok(Json(SealState { sealed: true }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn limiter_opens_again_after_a_minute() {
+        let limiter = UnsealLimiter::new(2);
+        let t0 = datetime!(2026-01-01 00:00 UTC);
+        assert_eq!(limiter.retry_after(t0), None);
+        limiter.record_failure(t0);
+        limiter.record_failure(t0 + time::Duration::seconds(10));
+        assert_eq!(
+            limiter.retry_after(t0 + time::Duration::seconds(20)),
+            Some(40)
+        );
+        assert_eq!(limiter.retry_after(t0 + time::Duration::seconds(61)), None);
+    }
+}

@@ -1,0 +1,370 @@
+//! The command line (clap): `init`, `serve`, `dev`. `main.rs` only calls
+//! [`run`]. Secrets are printed once, to stdout, and never logged.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use crate::access::{PrincipalDirectory, Role};
+use crate::api::{AppState, router};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, FileConfig, Overrides};
+use crate::keyring::{Keyring, SealMethod, check_private};
+use crate::store::{SledStore, Store};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "strongroom",
+    version,
+    about = "A vault for KYC records and payment credentials"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the store and the root key; print the shares (or nothing, for
+    /// a passphrase) and the first admin API key, once.
+    Init(InitArgs),
+    /// Serve the API. Starts sealed; unseal over the API.
+    Serve(ServeArgs),
+    /// A fresh, initialised and unsealed server for trying Strongroom out.
+    Dev(DevArgs),
+}
+
+#[derive(Debug, Args)]
+struct Locations {
+    /// Data directory (the store).
+    #[arg(long, env = "STRONGROOM_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Keys directory (sealed root key, audit public key).
+    #[arg(long, env = "STRONGROOM_KEYS_DIR")]
+    keys_dir: Option<PathBuf>,
+    /// TOML configuration file.
+    #[arg(long, env = "STRONGROOM_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct InitArgs {
+    #[command(flatten)]
+    locations: Locations,
+    /// Split the root key into this many Shamir shares…
+    #[arg(long, requires = "threshold", conflicts_with = "passphrase_file")]
+    shares: Option<u8>,
+    /// …any this many of which unseal.
+    #[arg(long, requires = "shares")]
+    threshold: Option<u8>,
+    /// Seal the root key with the passphrase in this file (mode 0600).
+    #[arg(long, required_unless_present = "shares")]
+    passphrase_file: Option<PathBuf>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    locations: Locations,
+    /// Listen address (IP:PORT); default 127.0.0.1:8200.
+    #[arg(long, env = "STRONGROOM_LISTEN")]
+    listen: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct DevArgs {
+    /// Listen address (IP:PORT); port 0 picks a free one.
+    #[arg(long, env = "STRONGROOM_LISTEN")]
+    listen: Option<String>,
+    /// Use this (new or empty) directory instead of a temporary one.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Print the credentials as one JSON object on the first line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs the command line; the process exit code.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Command::Init(args) => init(args),
+        Command::Serve(args) => serve(args),
+        Command::Dev(args) => dev(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("strongroom: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STRONGROOM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn load_config(locations: &Locations, listen: Option<String>) -> Result<Config, String> {
+    let file = match &locations.config {
+        Some(path) => FileConfig::load(path).map_err(|e| e.to_string())?,
+        None => FileConfig::default(),
+    };
+    Config::resolve(
+        file,
+        Overrides {
+            listen,
+            data_dir: locations.data_dir.clone(),
+            keys_dir: locations.keys_dir.clone(),
+        },
+    )
+    .map_err(|e| e.to_string())
+}
+
+fn open_store(data_dir: &Path) -> Result<Arc<dyn Store>, String> {
+    std::fs::create_dir_all(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
+    let store = SledStore::open(data_dir).map_err(|e| e.to_string())?;
+    Ok(Arc::new(store))
+}
+
+fn read_passphrase(path: &Path) -> Result<Zeroizing<String>, String> {
+    check_private(path).map_err(|e| e.to_string())?;
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?,
+    );
+    Ok(Zeroizing::new(
+        text.trim_end_matches(['\r', '\n']).to_owned(),
+    ))
+}
+
+/// A vault just created: its keyring (unsealed), the first admin's API key
+/// and the shares, each to be shown once.
+struct NewVault {
+    keyring: Keyring,
+    admin_api_key: Zeroizing<String>,
+    shares: Vec<Zeroizing<String>>,
+}
+
+/// Creates the vault and its first admin.
+fn create_vault(
+    config: &Config,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    method: SealMethod,
+) -> Result<NewVault, String> {
+    let initialised = Keyring::init(
+        &config.keys_dir,
+        Arc::clone(&store),
+        Arc::clone(&clock),
+        config.keyring,
+        method,
+    )
+    .map_err(|e| e.to_string())?;
+    let keys = initialised.keyring.keys().map_err(|e| e.to_string())?;
+    let directory = PrincipalDirectory::new(store, clock);
+    let (_, api_key) = directory
+        .create_service(&keys.credential_key(), "admin", vec![Role::Admin])
+        .map_err(|e| e.to_string())?;
+    drop(keys);
+    Ok(NewVault {
+        keyring: initialised.keyring,
+        admin_api_key: Zeroizing::new(api_key.expose_secret().to_owned()),
+        shares: initialised.shares,
+    })
+}
+
+fn init(args: InitArgs) -> Result<(), String> {
+    let config = load_config(&args.locations, None)?;
+    let method = match (args.shares, args.threshold, &args.passphrase_file) {
+        (Some(count), Some(threshold), None) => SealMethod::Shares { count, threshold },
+        (None, None, Some(path)) => SealMethod::Passphrase(read_passphrase(path)?),
+        _ => return Err("give --shares N --threshold M, or --passphrase-file F".into()),
+    };
+    let store = open_store(&config.data_dir)?;
+    let NewVault {
+        keyring,
+        admin_api_key: admin_key,
+        shares,
+    } = create_vault(&config, Arc::clone(&store), Arc::new(SystemClock), method)?;
+    keyring.seal();
+    store.flush().map_err(|e| e.to_string())?;
+
+    let mut out = std::io::stdout().lock();
+    let written = if args.json {
+        let value = if shares.is_empty() {
+            json!({ "admin_api_key": admin_key.as_str() })
+        } else {
+            let shares: Vec<&str> = shares.iter().map(|s| s.as_str()).collect();
+            json!({ "shares": shares, "admin_api_key": admin_key.as_str() })
+        };
+        writeln!(out, "{value}")
+    } else {
+        let mut text =
+            String::from("Strongroom initialised. These are shown once: store them apart.\n\n");
+        for (i, share) in shares.iter().enumerate() {
+            text.push_str(&format!("Unseal share {}: {}\n", i + 1, share.as_str()));
+        }
+        text.push_str(&format!("Admin API key:  {}\n", admin_key.as_str()));
+        writeln!(out, "{text}")
+    };
+    written.map_err(|e| e.to_string())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let terminate = async {
+        match term.as_mut() {
+            Some(signal) => {
+                signal.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        () = terminate => {},
+    }
+}
+
+/// Serves `keyring` on `listener` until SIGINT or SIGTERM, then seals and
+/// flushes.
+async fn serve_until_signal(
+    listener: tokio::net::TcpListener,
+    keyring: Arc<Keyring>,
+    store: Arc<dyn Store>,
+    config: &Config,
+) -> Result<(), String> {
+    let state = AppState::new(
+        Arc::clone(&keyring),
+        Arc::clone(&store),
+        Arc::new(SystemClock),
+        config.body_limit_bytes,
+        config.unseal_failures_per_minute,
+    );
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())?;
+    keyring.seal();
+    store.flush().map_err(|e| e.to_string())?;
+    tracing::info!("stopped; keys zeroized");
+    Ok(())
+}
+
+fn serve(args: ServeArgs) -> Result<(), String> {
+    let config = load_config(&args.locations, args.listen)?;
+    let store = open_store(&config.data_dir)?;
+    let keyring = Keyring::open(
+        &config.keys_dir,
+        Arc::clone(&store),
+        Arc::new(SystemClock),
+        config.keyring,
+    )
+    .map_err(|e| e.to_string())?;
+    runtime()?.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        tracing::info!(addr = %config.listen, vault = keyring.vault_id(), "serving, sealed");
+        serve_until_signal(listener, Arc::new(keyring), store, &config).await
+    })
+}
+
+fn dev(args: DevArgs) -> Result<(), String> {
+    let (_temp, data_dir) = match args.data_dir {
+        Some(dir) => {
+            let not_empty = std::fs::read_dir(&dir)
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(false);
+            if not_empty {
+                return Err(format!(
+                    "{} is not empty; dev mode starts from nothing",
+                    dir.display()
+                ));
+            }
+            (None, dir)
+        }
+        None => {
+            let temp = tempfile::Builder::new()
+                .prefix("strongroom-dev-")
+                .tempdir()
+                .map_err(|e| e.to_string())?;
+            let path = temp.path().to_path_buf();
+            (Some(temp), path)
+        }
+    };
+    let locations = Locations {
+        data_dir: Some(data_dir.join("store")),
+        keys_dir: Some(data_dir.join("keys")),
+        config: None,
+    };
+    let config = load_config(&locations, args.listen)?;
+    let passphrase = Zeroizing::new(hex::encode(
+        crate::crypto::random_array::<24>().map_err(|e| e.to_string())?,
+    ));
+    let store = open_store(&config.data_dir)?;
+    let NewVault {
+        keyring,
+        admin_api_key: admin_key,
+        ..
+    } = create_vault(
+        &config,
+        Arc::clone(&store),
+        Arc::new(SystemClock),
+        SealMethod::Passphrase(passphrase.clone()),
+    )?;
+    runtime()?.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let url = format!("http://{addr}");
+        let mut out = std::io::stdout().lock();
+        let written = if args.json {
+            let value = json!({
+                "url": url,
+                "admin_api_key": admin_key.as_str(),
+                "unseal_passphrase": passphrase.as_str(),
+            });
+            writeln!(out, "{value}")
+        } else {
+            writeln!(
+                out,
+                "Strongroom dev server (throw-away data, unsealed) at {url}\n\
+                 Admin API key:     {}\n\
+                 Unseal passphrase: {}\n\
+                 Try: curl {url}/v1/sys/health",
+                admin_key.as_str(),
+                passphrase.as_str()
+            )
+        };
+        written
+            .and_then(|()| out.flush())
+            .map_err(|e| e.to_string())?;
+        drop(out);
+        serve_until_signal(listener, Arc::new(keyring), store, &config).await
+    })
+}

@@ -1,0 +1,638 @@
+//! The key hierarchy: root key, seal and unseal, subkeys, KEKs and DEKs.
+//!
+//! This module owns every key. It hands out operations (wrap a DEK, seal a
+//! record) and, to the modules that need one, a derived subkey by reference;
+//! it must never write a key in the clear to the store, the keys directory or
+//! a log line. Sealed means it holds no key at all.
+
+mod kek;
+mod record;
+mod root_file;
+pub mod shares;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+
+use zeroize::Zeroizing;
+
+pub use kek::{KekMetadata, Purpose};
+pub use record::{RecordContext, SealedRecord};
+pub use root_file::check_private;
+use root_file::{AUDIT_PUBLIC_KEY_FILE, RootFile, SealDescription, write_new_file};
+use shares::{ParsedShare, ShareError};
+
+use crate::clock::{Clock, rfc3339};
+use crate::crypto::{
+    Aad, Argon2Params, CryptoError, Envelope, HmacKey, KdfPolicy, Key256, SigningKey,
+    constant_time_eq, derive_key, derive_key_from_passphrase, random_array,
+};
+use crate::store::{Store, StoreError, Transaction};
+
+const VAULT_KEY: &[u8] = b"kr/vault";
+
+/// Errors of the keyring. None carries key material, a passphrase or a share.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyringError {
+    #[error("the vault is sealed")]
+    Sealed,
+    #[error("unseal failed: {0}")]
+    UnsealFailed(&'static str),
+    #[error("the vault is already initialised")]
+    AlreadyInitialised,
+    #[error("integrity check failed")]
+    Integrity,
+    #[error("key file {0} is readable or writable by group or others; chmod 600 it")]
+    InsecureKeyFile(String),
+    #[error("{0}")]
+    Config(&'static str),
+    #[error("{0}")]
+    Io(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cryptographic failure: {0}")]
+    Crypto(CryptoError),
+}
+
+impl KeyringError {
+    pub(crate) fn io(path: &Path, e: &std::io::Error) -> Self {
+        Self::Io(format!("{}: {e}", path.display()))
+    }
+}
+
+impl From<CryptoError> for KeyringError {
+    fn from(e: CryptoError) -> Self {
+        match e {
+            CryptoError::Integrity | CryptoError::Malformed(_) => Self::Integrity,
+            other => Self::Crypto(other),
+        }
+    }
+}
+
+impl From<ShareError> for KeyringError {
+    fn from(e: ShareError) -> Self {
+        Self::UnsealFailed(match e {
+            ShareError::Format => "not a Strongroom share",
+            ShareError::Checksum => "share checksum does not match: mistyped or corrupted",
+            ShareError::ForeignVault => "share belongs to another vault",
+            ShareError::Unknown => "share is not one this vault issued",
+        })
+    }
+}
+
+/// Key-management settings, validated by the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyringSettings {
+    /// DEK wraps after which a KEK version is retired for new writes.
+    pub kek_usage_limit: u64,
+    /// Age after which a KEK version is retired for new writes.
+    pub kek_cryptoperiod: time::Duration,
+    /// Accepted Argon2id parameters for the passphrase.
+    pub kdf_policy: KdfPolicy,
+}
+
+impl Default for KeyringSettings {
+    fn default() -> Self {
+        Self {
+            // 2^24 random 96-bit nonces per key: collision chance about 2^-49,
+            // far inside NIST SP 800-38D's 2^-32 bound at 2^32.
+            kek_usage_limit: 1 << 24,
+            kek_cryptoperiod: time::Duration::days(365),
+            kdf_policy: KdfPolicy::standard(),
+        }
+    }
+}
+
+/// How `init` seals the root key.
+pub enum SealMethod {
+    Passphrase(Zeroizing<String>),
+    Shares { count: u8, threshold: u8 },
+}
+
+/// What one unseal call achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct UnsealProgress {
+    pub sealed: bool,
+    /// Valid shares gathered so far (0 for a passphrase vault).
+    pub progress: u8,
+    /// Shares needed (1 for a passphrase vault).
+    pub threshold: u8,
+}
+
+/// One piece of unseal material.
+pub enum UnsealInput {
+    Passphrase(Zeroizing<String>),
+    Share(Zeroizing<String>),
+}
+
+/// Keys derived from the root key, alive only while unsealed.
+pub struct UnsealedKeys {
+    keyring: Key256,
+    index: Key256,
+    token: Key256,
+    audit_hmac: Key256,
+    audit_signing: Key256,
+    credential: Key256,
+    keks: Mutex<kek::KekCache>,
+}
+
+impl UnsealedKeys {
+    fn derive(root: &Key256, store: &dyn Store) -> Result<Self, KeyringError> {
+        let keyring = derive_key(root, "strongroom/v1/keyring");
+        let keks = kek::KekCache::load(store, &keyring)?;
+        Ok(Self {
+            keyring,
+            index: derive_key(root, "strongroom/v1/index"),
+            token: derive_key(root, "strongroom/v1/token"),
+            audit_hmac: derive_key(root, "strongroom/v1/audit-hmac"),
+            audit_signing: derive_key(root, "strongroom/v1/audit-signing"),
+            credential: derive_key(root, "strongroom/v1/credential"),
+            keks: Mutex::new(keks),
+        })
+    }
+
+    /// Blind-index key (HMAC-SHA256).
+    pub fn index_key(&self) -> HmacKey {
+        HmacKey::new(&self.index)
+    }
+
+    /// Deterministic-token key (HMAC-SHA256).
+    pub fn token_key(&self) -> HmacKey {
+        HmacKey::new(&self.token)
+    }
+
+    /// Key for HMACs of sensitive values in audit entries.
+    pub fn audit_hmac_key(&self) -> HmacKey {
+        HmacKey::new(&self.audit_hmac)
+    }
+
+    /// Key for HMACs of API keys and session tokens at rest.
+    pub fn credential_key(&self) -> HmacKey {
+        HmacKey::new(&self.credential)
+    }
+
+    /// Ed25519 key that signs audit checkpoints.
+    pub fn audit_signing_key(&self) -> Result<SigningKey, KeyringError> {
+        Ok(SigningKey::from_seed(&self.audit_signing)?)
+    }
+
+    fn keks(&self) -> std::sync::MutexGuard<'_, kek::KekCache> {
+        self.keks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl std::fmt::Debug for UnsealedKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UnsealedKeys(<redacted>)")
+    }
+}
+
+fn root_check(root: &Key256, vault_id: &str) -> String {
+    let key = HmacKey::new(&derive_key(root, "strongroom/v1/root-check"));
+    hex::encode(key.sign(vault_id.as_bytes()).0)
+}
+
+fn verify_root_check(root: &Key256, file: &RootFile) -> Result<(), KeyringError> {
+    let expected =
+        hex::decode(&file.root_check).map_err(|_| KeyringError::Config("root check is not hex"))?;
+    HmacKey::new(&derive_key(root, "strongroom/v1/root-check"))
+        .verify(file.vault_id.as_bytes(), &expected)
+        .map_err(|_| KeyringError::UnsealFailed("the unseal material does not open this vault"))
+}
+
+fn root_aad(vault_id: &str) -> Aad {
+    Aad::new("strongroom/v1/root").part(vault_id.as_bytes())
+}
+
+/// The keyring of one vault: sealed or unsealed.
+pub struct Keyring {
+    keys_dir: PathBuf,
+    root_file: RootFile,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    settings: KeyringSettings,
+    state: RwLock<Option<Arc<UnsealedKeys>>>,
+    /// The keys last installed, to prove that sealing really dropped them.
+    last_keys: Mutex<Weak<UnsealedKeys>>,
+    pending_shares: Mutex<Vec<ParsedShare>>,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyring")
+            .field("vault_id", &self.root_file.vault_id)
+            .field("sealed", &self.is_sealed())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What `init` hands back once: the shares (for a Shamir vault), and the
+/// keyring, unsealed, so the caller can create the first principal.
+pub struct Initialised {
+    pub keyring: Keyring,
+    pub shares: Vec<Zeroizing<String>>,
+}
+
+impl Keyring {
+    /// Creates a vault: a random root key sealed as `method`, `root.json` and
+    /// `audit.pub` in `keys_dir`, and version 1 of every KEK in the store.
+    pub fn init(
+        keys_dir: &Path,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        settings: KeyringSettings,
+        method: SealMethod,
+    ) -> Result<Initialised, KeyringError> {
+        if RootFile::path(keys_dir).exists() {
+            return Err(KeyringError::AlreadyInitialised);
+        }
+        if store.get(VAULT_KEY)?.is_some() {
+            return Err(KeyringError::AlreadyInitialised);
+        }
+        std::fs::create_dir_all(keys_dir).map_err(|e| KeyringError::io(keys_dir, &e))?;
+        let root = Key256::random()?;
+        let vault_id = hex::encode(random_array::<8>()?);
+        let now = clock.now();
+        let mut share_texts = Vec::new();
+        let seal = match method {
+            SealMethod::Passphrase(passphrase) => {
+                if passphrase.chars().count() < 12 {
+                    return Err(KeyringError::Config(
+                        "the passphrase must be at least 12 characters",
+                    ));
+                }
+                let params: Argon2Params = settings.kdf_policy.floor();
+                let salt = random_array::<16>()?;
+                let wrapping = derive_key_from_passphrase(
+                    &settings.kdf_policy,
+                    &params,
+                    passphrase.as_bytes(),
+                    &salt,
+                )?;
+                let sealed = Envelope::seal(
+                    &wrapping,
+                    "unseal",
+                    1,
+                    &root_aad(&vault_id),
+                    root.expose_secret(),
+                )?;
+                SealDescription::Passphrase {
+                    argon2id: params,
+                    salt: hex::encode(salt),
+                    sealed_root: hex::encode(sealed.encode()),
+                }
+            }
+            SealMethod::Shares { count, threshold } => {
+                if threshold < 2 || threshold > count {
+                    return Err(KeyringError::Config(
+                        "shares need 2 <= threshold <= count <= 255",
+                    ));
+                }
+                let parts = shares::split(&root, threshold, count);
+                let mut share_digests = BTreeMap::new();
+                for part in &parts {
+                    share_digests
+                        .insert(part.x, hex::encode(shares::share_digest(&vault_id, part)));
+                    share_texts.push(shares::encode(&vault_id, part));
+                }
+                SealDescription::Shares {
+                    threshold,
+                    count,
+                    share_digests,
+                }
+            }
+        };
+        let root_file = RootFile::new(
+            vault_id.clone(),
+            rfc3339(now),
+            seal,
+            root_check(&root, &vault_id),
+        );
+
+        let keys = UnsealedKeys::derive(&root, store.as_ref())?;
+        store.commit(
+            Transaction::new()
+                .expect(VAULT_KEY, None)
+                .put(VAULT_KEY, vault_id.as_bytes()),
+        )?;
+        {
+            let mut keks = keys.keks();
+            for purpose in Purpose::ALL {
+                keks.rotate(store.as_ref(), &keys.keyring, purpose, now)?;
+            }
+        }
+        root_file.create(keys_dir)?;
+        let public = hex::encode(keys.audit_signing_key()?.public_key());
+        write_new_file(
+            &keys_dir.join(AUDIT_PUBLIC_KEY_FILE),
+            format!("{public}\n").as_bytes(),
+            0o644,
+        )?;
+
+        let keyring = Self::new(keys_dir, root_file, store, clock, settings);
+        keyring.install(keys);
+        Ok(Initialised {
+            keyring,
+            shares: share_texts,
+        })
+    }
+
+    /// Opens an initialised vault, sealed. Refuses a key file readable by
+    /// others and a data directory that belongs to another vault.
+    pub fn open(
+        keys_dir: &Path,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        settings: KeyringSettings,
+    ) -> Result<Self, KeyringError> {
+        let root_file = RootFile::load(keys_dir)?;
+        match store.get(VAULT_KEY)? {
+            Some(id) if id == root_file.vault_id.as_bytes() => {}
+            Some(_) => {
+                return Err(KeyringError::Config(
+                    "the data directory belongs to another vault than the keys directory",
+                ));
+            }
+            None => {
+                return Err(KeyringError::Config(
+                    "the data directory is not initialised",
+                ));
+            }
+        }
+        Ok(Self::new(keys_dir, root_file, store, clock, settings))
+    }
+
+    fn new(
+        keys_dir: &Path,
+        root_file: RootFile,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        settings: KeyringSettings,
+    ) -> Self {
+        Self {
+            keys_dir: keys_dir.to_path_buf(),
+            root_file,
+            store,
+            clock,
+            settings,
+            state: RwLock::new(None),
+            last_keys: Mutex::new(Weak::new()),
+            pending_shares: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn vault_id(&self) -> &str {
+        &self.root_file.vault_id
+    }
+
+    pub fn keys_dir(&self) -> &Path {
+        &self.keys_dir
+    }
+
+    pub fn is_sealed(&self) -> bool {
+        self.state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none()
+    }
+
+    /// Whether any key of this keyring is still in memory: false once sealed
+    /// and every in-flight operation has let go of the keys.
+    pub fn holds_key_material(&self) -> bool {
+        !self.is_sealed()
+            || self
+                .last_keys
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .upgrade()
+                .is_some()
+    }
+
+    fn threshold(&self) -> u8 {
+        match &self.root_file.seal {
+            SealDescription::Passphrase { .. } => 1,
+            SealDescription::Shares { threshold, .. } => *threshold,
+        }
+    }
+
+    fn progress(&self) -> UnsealProgress {
+        let gathered = self
+            .pending_shares
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        UnsealProgress {
+            sealed: self.is_sealed(),
+            progress: u8::try_from(gathered).unwrap_or(u8::MAX),
+            threshold: self.threshold(),
+        }
+    }
+
+    /// Current unseal progress without submitting anything.
+    pub fn unseal_status(&self) -> UnsealProgress {
+        self.progress()
+    }
+
+    /// The unsealed keys, or [`KeyringError::Sealed`].
+    pub fn keys(&self) -> Result<Arc<UnsealedKeys>, KeyringError> {
+        self.state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or(KeyringError::Sealed)
+    }
+
+    fn install(&self, keys: UnsealedKeys) {
+        let keys = Arc::new(keys);
+        *self
+            .last_keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::downgrade(&keys);
+        *self.state.write().unwrap_or_else(PoisonError::into_inner) = Some(keys);
+    }
+
+    /// Submits one piece of unseal material. A bad piece is refused on its
+    /// own and adds nothing to the progress. Slow for a passphrase (Argon2id):
+    /// call it off the async runtime.
+    pub fn unseal(&self, input: UnsealInput) -> Result<UnsealProgress, KeyringError> {
+        if !self.is_sealed() {
+            return Ok(self.progress());
+        }
+        match (&self.root_file.seal, input) {
+            (
+                SealDescription::Passphrase {
+                    argon2id,
+                    salt,
+                    sealed_root,
+                },
+                UnsealInput::Passphrase(passphrase),
+            ) => {
+                let salt =
+                    hex::decode(salt).map_err(|_| KeyringError::Config("salt is not hex"))?;
+                let wrapping = derive_key_from_passphrase(
+                    &self.settings.kdf_policy,
+                    argon2id,
+                    passphrase.as_bytes(),
+                    &salt,
+                )
+                .map_err(|e| match e {
+                    CryptoError::KdfParams(why) => KeyringError::Config(why),
+                    other => KeyringError::from(other),
+                })?;
+                let sealed = hex::decode(sealed_root)
+                    .map_err(|_| KeyringError::Config("sealed root is not hex"))?;
+                let root_bytes = Envelope::decode(&sealed)?
+                    .open(&wrapping, &root_aad(&self.root_file.vault_id))
+                    .map_err(|_| KeyringError::UnsealFailed("wrong passphrase"))?;
+                let root = Key256::try_from_slice(&root_bytes)?;
+                self.finish_unseal(&root)?;
+                Ok(self.progress())
+            }
+            (
+                SealDescription::Shares {
+                    threshold,
+                    share_digests,
+                    ..
+                },
+                UnsealInput::Share(text),
+            ) => {
+                let share = shares::parse(&self.root_file.vault_id, &text)?;
+                let digest = hex::encode(shares::share_digest(&self.root_file.vault_id, &share));
+                match share_digests.get(&share.x) {
+                    Some(expected) if constant_time_eq(expected.as_bytes(), digest.as_bytes()) => {}
+                    _ => return Err(ShareError::Unknown.into()),
+                }
+                let mut pending = self
+                    .pending_shares
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if !pending.iter().any(|p| p.x == share.x) {
+                    pending.push(share);
+                }
+                if pending.len() < usize::from(*threshold) {
+                    drop(pending);
+                    return Ok(self.progress());
+                }
+                let gathered = std::mem::take(&mut *pending);
+                drop(pending);
+                let root = shares::combine(*threshold, &gathered)
+                    .ok_or(KeyringError::UnsealFailed("the shares do not combine"))?;
+                self.finish_unseal(&root)?;
+                Ok(self.progress())
+            }
+            (SealDescription::Passphrase { .. }, UnsealInput::Share(_)) => Err(
+                KeyringError::UnsealFailed("this vault is sealed by a passphrase, not by shares"),
+            ),
+            (SealDescription::Shares { .. }, UnsealInput::Passphrase(_)) => Err(
+                KeyringError::UnsealFailed("this vault is sealed by shares, not by a passphrase"),
+            ),
+        }
+    }
+
+    fn finish_unseal(&self, root: &Key256) -> Result<(), KeyringError> {
+        verify_root_check(root, &self.root_file)?;
+        let keys = UnsealedKeys::derive(root, self.store.as_ref())?;
+        self.install(keys);
+        Ok(())
+    }
+
+    /// Drops every key (they zeroize as they drop) and any gathered shares.
+    pub fn seal(&self) {
+        let keys = self
+            .state
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        drop(keys);
+        self.pending_shares
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    /// Adds a KEK version for `purpose`; new writes use it, older versions
+    /// still decrypt.
+    pub fn rotate(&self, purpose: Purpose) -> Result<u32, KeyringError> {
+        let keys = self.keys()?;
+        let mut keks = keys.keks();
+        keks.rotate(
+            self.store.as_ref(),
+            &keys.keyring,
+            purpose,
+            self.clock.now(),
+        )
+    }
+
+    /// Metadata of every KEK version; never key bytes.
+    pub fn kek_metadata(&self) -> Result<Vec<KekMetadata>, KeyringError> {
+        Ok(self.keys()?.keks().metadata())
+    }
+
+    /// Encrypts a record version under a fresh DEK, wrapped by the newest
+    /// KEK of `purpose`.
+    pub fn seal_record(
+        &self,
+        purpose: Purpose,
+        context: &RecordContext<'_>,
+        plaintext: &[u8],
+    ) -> Result<SealedRecord, KeyringError> {
+        let keys = self.keys()?;
+        let kek = keys.keks().take_for_encryption(
+            self.store.as_ref(),
+            &keys.keyring,
+            purpose,
+            self.settings.kek_usage_limit,
+            self.settings.kek_cryptoperiod,
+            self.clock.now(),
+        )?;
+        SealedRecord::seal(&kek.key, purpose, kek.version, context, plaintext)
+    }
+
+    /// Decrypts a record version; anything moved, flipped or sealed under a
+    /// KEK this vault does not have is an integrity error.
+    pub fn open_record(
+        &self,
+        purpose: Purpose,
+        context: &RecordContext<'_>,
+        sealed: &SealedRecord,
+    ) -> Result<Zeroizing<Vec<u8>>, KeyringError> {
+        let keys = self.keys()?;
+        let kek = keys
+            .keks()
+            .version(purpose, sealed.kek_version())
+            .ok_or(KeyringError::Integrity)?;
+        sealed.open(&kek.key, purpose, context)
+    }
+
+    /// Re-wraps a record's DEK under the newest KEK of `purpose`; `None`
+    /// when it is already there. The record body is not re-encrypted.
+    pub fn rewrap_record(
+        &self,
+        purpose: Purpose,
+        context: &RecordContext<'_>,
+        sealed: &SealedRecord,
+    ) -> Result<Option<SealedRecord>, KeyringError> {
+        let keys = self.keys()?;
+        let (old, newest) = {
+            let keks = keys.keks();
+            let old = keks
+                .version(purpose, sealed.kek_version())
+                .ok_or(KeyringError::Integrity)?;
+            (old, keks.newest(purpose))
+        };
+        if newest == Some(old.version) {
+            return Ok(None);
+        }
+        let new = keys.keks().take_for_encryption(
+            self.store.as_ref(),
+            &keys.keyring,
+            purpose,
+            self.settings.kek_usage_limit,
+            self.settings.kek_cryptoperiod,
+            self.clock.now(),
+        )?;
+        sealed
+            .rewrap(&old.key, &new.key, new.version, purpose, context)
+            .map(Some)
+    }
+}

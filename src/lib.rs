@@ -1,0 +1,14 @@
+//! Strongroom: a vault server for KYC records and payment credentials.
+//!
+//! Layers, each depending only on those below it:
+//! `api` → `access`/`records`/`tokens`/`audit` → `keyring` → `crypto`, `store`.
+#![forbid(unsafe_code)]
+
+pub mod access;
+pub mod api;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod crypto;
+pub mod keyring;
+pub mod store;

@@ -1,0 +1,106 @@
+//! The `Store` trait every other module writes through, and its backends.
+//!
+//! This module owns bytes at rest and their durability: a write returns only
+//! after it is on stable storage. It must never see plaintext: callers hand it
+//! ciphertext, digests and public metadata only. Nothing above this module
+//! knows which backend it runs on.
+
+mod group_commit;
+mod sled_store;
+
+pub use sled_store::SledStore;
+
+/// Errors of the storage layer. Messages never contain stored values.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A transaction's precondition did not hold; nothing was written.
+    #[error("transaction precondition failed")]
+    Conflict,
+    /// The backend failed; the write may not have happened.
+    #[error("storage backend failed: {0}")]
+    Backend(String),
+}
+
+/// A stored key and its value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// One write inside a [`Transaction`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+}
+
+/// An atomic multi-key write: every precondition holds and every write
+/// applies, or nothing changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Transaction {
+    pub(crate) preconditions: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub(crate) writes: Vec<Write>,
+}
+
+impl Transaction {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Requires `key` to hold exactly `value` (`None`: to be absent) when
+    /// the transaction commits; otherwise it fails with
+    /// [`StoreError::Conflict`].
+    pub fn expect(mut self, key: impl Into<Vec<u8>>, value: Option<Vec<u8>>) -> Self {
+        self.preconditions.push((key.into(), value));
+        self
+    }
+
+    pub fn put(mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
+        self.writes.push(Write::Put(key.into(), value.into()));
+        self
+    }
+
+    pub fn delete(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.writes.push(Write::Delete(key.into()));
+        self
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.preconditions.is_empty() && self.writes.is_empty()
+    }
+}
+
+/// A key-value store with atomic, durable transactions.
+///
+/// Every method that writes returns only once the write is durable (it
+/// survives `kill -9` and power loss as far as the device honours fsync).
+/// Backends may share one flush among concurrent writers (group commit).
+pub trait Store: Send + Sync + 'static {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Up to `limit` pairs whose key starts with `prefix`, in key order,
+    /// starting after `after` when given.
+    fn scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError>;
+
+    /// Applies `tx` atomically and durably.
+    fn commit(&self, tx: Transaction) -> Result<(), StoreError>;
+
+    /// Makes every write so far durable. Writes are already durable when they
+    /// return; this is for shutdown and for backends' own callers.
+    fn flush(&self) -> Result<(), StoreError>;
+
+    fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.commit(Transaction::new().put(key, value))
+    }
+
+    fn delete(&self, key: &[u8]) -> Result<(), StoreError> {
+        self.commit(Transaction::new().delete(key))
+    }
+
+    /// Every pair under `prefix`.
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
+        self.scan(prefix, None, usize::MAX)
+    }
+}
