@@ -76,6 +76,7 @@ impl From<ShareError> for KeyringError {
             ShareError::Checksum => "share checksum does not match: mistyped or corrupted",
             ShareError::ForeignVault => "share belongs to another vault",
             ShareError::Unknown => "share is not one this vault issued",
+            ShareError::InvalidSplit(why) | ShareError::InvalidCombine(why) => why,
         })
     }
 }
@@ -288,7 +289,9 @@ impl Keyring {
                         "shares need 2 <= threshold <= count <= 255",
                     ));
                 }
-                let parts = shares::split(&root, threshold, count);
+                let parts = shares::split(&root, threshold, count).map_err(|_| {
+                    KeyringError::Config("shares need 2 <= threshold <= count <= 255")
+                })?;
                 let mut share_digests = BTreeMap::new();
                 for part in &parts {
                     share_digests
@@ -515,8 +518,7 @@ impl Keyring {
                 }
                 let gathered = std::mem::take(&mut *pending);
                 drop(pending);
-                let root = shares::combine(*threshold, &gathered)
-                    .ok_or(KeyringError::UnsealFailed("the shares do not combine"))?;
+                let root = shares::combine(*threshold, &gathered)?;
                 self.finish_unseal(&root)?;
                 Ok(self.progress())
             }
