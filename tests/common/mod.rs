@@ -1,0 +1,225 @@
+//! Helpers shared by the integration tests.
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use strongroom::access::{PrincipalDirectory, Role};
+use strongroom::clock::{Clock, SystemClock};
+use strongroom::crypto::KdfPolicy;
+use strongroom::keyring::{Keyring, KeyringSettings, SealMethod};
+use strongroom::store::{SledStore, Store};
+use zeroize::Zeroizing;
+
+/// Keyring settings with a cheap Argon2id, so tests do not spend 64 MiB per
+/// unseal. Production parameters are tested by the CLI tests.
+pub fn fast_settings() -> KeyringSettings {
+    KeyringSettings {
+        kdf_policy: KdfPolicy::danger_insecure_for_tests(),
+        ..KeyringSettings::default()
+    }
+}
+
+pub const PASSPHRASE: &str = "correct horse battery staple";
+
+/// A vault in a temporary directory.
+pub struct TestVault {
+    pub dir: tempfile::TempDir,
+    pub store: Arc<dyn Store>,
+    pub keyring: Arc<Keyring>,
+    pub shares: Vec<String>,
+    pub admin_api_key: String,
+}
+
+impl TestVault {
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn keys_dir(&self) -> PathBuf {
+        self.dir.path().join("keys")
+    }
+}
+
+pub fn new_vault(
+    method: SealMethod,
+    settings: KeyringSettings,
+    clock: Arc<dyn Clock>,
+) -> TestVault {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.path().join("data")).unwrap());
+    let init = Keyring::init(
+        &dir.path().join("keys"),
+        Arc::clone(&store),
+        Arc::clone(&clock),
+        settings,
+        method,
+    )
+    .unwrap();
+    let keys = init.keyring.keys().unwrap();
+    let (_, api_key) = PrincipalDirectory::new(Arc::clone(&store), clock)
+        .create_service(&keys.credential_key(), "admin", vec![Role::Admin])
+        .unwrap();
+    drop(keys);
+    TestVault {
+        dir,
+        store,
+        keyring: Arc::new(init.keyring),
+        shares: init.shares.iter().map(|s| s.to_string()).collect(),
+        admin_api_key: api_key.expose_secret().to_owned(),
+    }
+}
+
+pub fn passphrase_vault() -> TestVault {
+    new_vault(
+        SealMethod::Passphrase(Zeroizing::new(PASSPHRASE.to_owned())),
+        fast_settings(),
+        Arc::new(SystemClock),
+    )
+}
+
+pub fn shares_vault(count: u8, threshold: u8) -> TestVault {
+    new_vault(
+        SealMethod::Shares { count, threshold },
+        fast_settings(),
+        Arc::new(SystemClock),
+    )
+}
+
+/// Every file below `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// The files below `dirs` that contain `needle`, in raw bytes or as
+/// lower- or upper-case hex.
+pub fn files_containing(dirs: &[&Path], needle: &[u8]) -> Vec<PathBuf> {
+    let forms = [
+        needle.to_vec(),
+        hex::encode(needle).into_bytes(),
+        hex::encode_upper(needle).into_bytes(),
+    ];
+    let mut hits = Vec::new();
+    for dir in dirs {
+        for file in files_under(dir) {
+            let bytes = std::fs::read(&file).unwrap();
+            if forms
+                .iter()
+                .any(|f| !f.is_empty() && bytes.windows(f.len()).any(|w| w == f.as_slice()))
+            {
+                hits.push(file);
+            }
+        }
+    }
+    hits
+}
+
+/// A blocking HTTP/1.1 exchange with `Connection: close`: status, headers
+/// (lower-case names) and body.
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&str>,
+) -> HttpResponse {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(token) = bearer {
+        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    if !body.is_empty() {
+        request.push_str("Content-Type: application/json\r\n");
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8(raw[..split].to_vec()).unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect::<Vec<_>>();
+    let mut body = raw[split + 4..].to_vec();
+    if headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v == "chunked")
+    {
+        body = dechunk(&body);
+    }
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16)
+                .unwrap();
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}

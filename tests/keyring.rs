@@ -1,0 +1,610 @@
+//! The key hierarchy through the library API: envelope integrity, seal and
+//! unseal, rotation, and that no key or plaintext reaches the disk.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use strongroom::clock::ManualClock;
+use strongroom::crypto::{Aad, Envelope, Key256, derive_key};
+use strongroom::keyring::shares;
+use strongroom::keyring::{
+    KeyringError, Purpose, RecordContext, SealMethod, SealedRecord, UnsealInput,
+};
+use zeroize::Zeroizing;
+
+fn ctx(id: &str) -> RecordContext<'_> {
+    RecordContext {
+        id,
+        record_type: "card",
+        version: 1,
+    }
+}
+
+fn share(text: &str) -> UnsealInput {
+    UnsealInput::Share(Zeroizing::new(text.to_owned()))
+}
+
+fn passphrase(text: &str) -> UnsealInput {
+    UnsealInput::Passphrase(Zeroizing::new(text.to_owned()))
+}
+
+#[test]
+fn flipping_any_byte_of_a_sealed_record_is_an_integrity_error() {
+    let vault = passphrase_vault();
+    let sealed = vault
+        .keyring
+        .seal_record(Purpose::Card, &ctx("card_1"), b"4242424242424242")
+        .unwrap()
+        .encode();
+    for i in 0..sealed.len() {
+        for bit in [0x01u8, 0x10, 0x80] {
+            let mut tampered = sealed.clone();
+            tampered[i] ^= bit;
+            let result = SealedRecord::decode(&tampered)
+                .and_then(|r| vault.keyring.open_record(Purpose::Card, &ctx("card_1"), &r));
+            assert!(
+                matches!(result, Err(KeyringError::Integrity)),
+                "byte {i} bit {bit:#x}: {result:?}"
+            );
+        }
+    }
+    for len in 0..sealed.len() {
+        let result = SealedRecord::decode(&sealed[..len])
+            .and_then(|r| vault.keyring.open_record(Purpose::Card, &ctx("card_1"), &r));
+        assert!(
+            matches!(result, Err(KeyringError::Integrity)),
+            "truncated to {len}"
+        );
+    }
+    let record = SealedRecord::decode(&sealed).unwrap();
+    assert_eq!(
+        &vault
+            .keyring
+            .open_record(Purpose::Card, &ctx("card_1"), &record)
+            .unwrap()[..],
+        b"4242424242424242"
+    );
+}
+
+#[test]
+fn a_moved_record_never_decrypts() {
+    let vault = passphrase_vault();
+    let here = RecordContext {
+        id: "kyc_a",
+        record_type: "kyc",
+        version: 3,
+    };
+    let record = vault
+        .keyring
+        .seal_record(Purpose::Kyc, &here, b"Ada Lovelace")
+        .unwrap();
+    let elsewhere = [
+        RecordContext {
+            id: "kyc_b",
+            ..here
+        },
+        RecordContext {
+            record_type: "card",
+            ..here
+        },
+        RecordContext { version: 2, ..here },
+        RecordContext { version: 4, ..here },
+    ];
+    for other in elsewhere {
+        let result = vault.keyring.open_record(Purpose::Kyc, &other, &record);
+        assert!(matches!(result, Err(KeyringError::Integrity)), "{other:?}");
+    }
+    // Another purpose's KEK family does not open it either.
+    let result = vault.keyring.open_record(Purpose::Card, &here, &record);
+    assert!(matches!(result, Err(KeyringError::Integrity)));
+    assert_eq!(
+        &vault
+            .keyring
+            .open_record(Purpose::Kyc, &here, &record)
+            .unwrap()[..],
+        b"Ada Lovelace"
+    );
+}
+
+#[test]
+fn rotation_adds_a_version_and_old_data_still_opens() {
+    let vault = passphrase_vault();
+    let old = vault
+        .keyring
+        .seal_record(Purpose::Card, &ctx("card_old"), b"old")
+        .unwrap();
+    assert_eq!(old.kek_version(), 1);
+    assert_eq!(vault.keyring.rotate(Purpose::Card).unwrap(), 2);
+    let new = vault
+        .keyring
+        .seal_record(Purpose::Card, &ctx("card_new"), b"new")
+        .unwrap();
+    assert_eq!(new.kek_version(), 2);
+    assert_eq!(
+        &vault
+            .keyring
+            .open_record(Purpose::Card, &ctx("card_old"), &old)
+            .unwrap()[..],
+        b"old"
+    );
+    assert_eq!(
+        &vault
+            .keyring
+            .open_record(Purpose::Card, &ctx("card_new"), &new)
+            .unwrap()[..],
+        b"new"
+    );
+
+    // Other purposes are untouched.
+    let kyc = vault
+        .keyring
+        .seal_record(Purpose::Kyc, &ctx("kyc_1"), b"x")
+        .unwrap();
+    assert_eq!(kyc.kek_version(), 1);
+
+    // Rewrap moves the DEK to the newest version; the data still opens.
+    let moved = vault
+        .keyring
+        .rewrap_record(Purpose::Card, &ctx("card_old"), &old)
+        .unwrap()
+        .unwrap();
+    assert_eq!(moved.kek_version(), 2);
+    assert_eq!(
+        &vault
+            .keyring
+            .open_record(Purpose::Card, &ctx("card_old"), &moved)
+            .unwrap()[..],
+        b"old"
+    );
+    assert!(
+        vault
+            .keyring
+            .rewrap_record(Purpose::Card, &ctx("card_old"), &moved)
+            .unwrap()
+            .is_none()
+    );
+
+    let meta = vault.keyring.kek_metadata().unwrap();
+    let card: Vec<_> = meta.iter().filter(|m| m.purpose == Purpose::Card).collect();
+    assert_eq!(card.len(), 2);
+    assert!(!card[0].active && card[1].active);
+    assert_eq!(card[0].encryptions, 1);
+    assert_eq!(card[1].encryptions, 2);
+
+    // After a restart the rotated versions are still there.
+    vault.keyring.seal();
+    vault.keyring.unseal(passphrase(PASSPHRASE)).unwrap();
+    assert_eq!(
+        &vault
+            .keyring
+            .open_record(Purpose::Card, &ctx("card_old"), &old)
+            .unwrap()[..],
+        b"old"
+    );
+}
+
+#[test]
+fn kek_rotates_automatically_at_its_usage_limit() {
+    let settings = strongroom::keyring::KeyringSettings {
+        kek_usage_limit: 3,
+        ..fast_settings()
+    };
+    let vault = new_vault(
+        SealMethod::Passphrase(Zeroizing::new(PASSPHRASE.into())),
+        settings,
+        Arc::new(strongroom::clock::SystemClock),
+    );
+    let versions: Vec<u32> = (0..7)
+        .map(|i| {
+            let id = format!("card_{i}");
+            vault
+                .keyring
+                .seal_record(Purpose::Card, &ctx(&id), b"v")
+                .unwrap()
+                .kek_version()
+        })
+        .collect();
+    assert_eq!(versions, [1, 1, 1, 2, 2, 2, 3]);
+}
+
+#[test]
+fn kek_rotates_automatically_after_its_cryptoperiod() {
+    let clock = Arc::new(ManualClock::new(
+        time::macros::datetime!(2026-01-01 00:00 UTC),
+    ));
+    let settings = strongroom::keyring::KeyringSettings {
+        kek_cryptoperiod: time::Duration::days(30),
+        ..fast_settings()
+    };
+    let vault = new_vault(
+        SealMethod::Passphrase(Zeroizing::new(PASSPHRASE.into())),
+        settings,
+        clock.clone(),
+    );
+    assert_eq!(
+        vault
+            .keyring
+            .seal_record(Purpose::Bank, &ctx("a"), b"v")
+            .unwrap()
+            .kek_version(),
+        1
+    );
+    clock.advance(time::Duration::days(29));
+    assert_eq!(
+        vault
+            .keyring
+            .seal_record(Purpose::Bank, &ctx("b"), b"v")
+            .unwrap()
+            .kek_version(),
+        1
+    );
+    clock.advance(time::Duration::days(1));
+    assert_eq!(
+        vault
+            .keyring
+            .seal_record(Purpose::Bank, &ctx("c"), b"v")
+            .unwrap()
+            .kek_version(),
+        2
+    );
+}
+
+#[test]
+fn encryption_counts_never_go_backwards_across_restarts() {
+    let vault = passphrase_vault();
+    for i in 0..10 {
+        vault
+            .keyring
+            .seal_record(Purpose::Generic, &ctx(&format!("g{i}")), b"v")
+            .unwrap();
+    }
+    vault.keyring.seal();
+    vault.keyring.unseal(passphrase(PASSPHRASE)).unwrap();
+    let meta = vault.keyring.kek_metadata().unwrap();
+    let generic = meta.iter().find(|m| m.purpose == Purpose::Generic).unwrap();
+    assert!(generic.encryptions >= 10, "{generic:?}");
+}
+
+#[test]
+fn wrong_passphrase_never_unseals_and_the_right_one_does() {
+    let vault = passphrase_vault();
+    vault.keyring.seal();
+    for wrong in [
+        "",
+        "correct horse battery stapler",
+        "CORRECT HORSE BATTERY STAPLE",
+    ] {
+        let result = vault.keyring.unseal(passphrase(wrong));
+        assert!(
+            matches!(result, Err(KeyringError::UnsealFailed(_))),
+            "{wrong:?}"
+        );
+        assert!(vault.keyring.is_sealed());
+    }
+    assert!(matches!(
+        vault.keyring.unseal(share(&"0".repeat(40))),
+        Err(KeyringError::UnsealFailed(_))
+    ));
+    let progress = vault.keyring.unseal(passphrase(PASSPHRASE)).unwrap();
+    assert!(!progress.sealed);
+    assert!(!vault.keyring.is_sealed());
+}
+
+#[test]
+fn any_three_of_five_shares_unseal_in_any_order() {
+    let vault = shares_vault(5, 3);
+    assert_eq!(vault.shares.len(), 5);
+    let mut tried = 0;
+    for a in 0..5 {
+        for b in 0..5 {
+            for c in 0..5 {
+                if a == b || b == c || a == c {
+                    continue;
+                }
+                vault.keyring.seal();
+                let p1 = vault.keyring.unseal(share(&vault.shares[a])).unwrap();
+                assert_eq!((p1.sealed, p1.progress, p1.threshold), (true, 1, 3));
+                let p2 = vault.keyring.unseal(share(&vault.shares[b])).unwrap();
+                assert_eq!((p2.sealed, p2.progress), (true, 2));
+                let p3 = vault.keyring.unseal(share(&vault.shares[c])).unwrap();
+                assert!(!p3.sealed, "shares {a},{b},{c}");
+                tried += 1;
+            }
+        }
+    }
+    assert_eq!(tried, 60);
+}
+
+#[test]
+fn bad_shares_never_count_and_m_minus_one_never_unseal() {
+    let vault = shares_vault(5, 3);
+    let other = shares_vault(5, 3);
+    vault.keyring.seal();
+
+    // M - 1 good shares: still sealed.
+    vault.keyring.unseal(share(&vault.shares[0])).unwrap();
+    let p = vault.keyring.unseal(share(&vault.shares[1])).unwrap();
+    assert_eq!((p.sealed, p.progress), (true, 2));
+    // The same share twice adds nothing.
+    let p = vault.keyring.unseal(share(&vault.shares[1])).unwrap();
+    assert_eq!((p.sealed, p.progress), (true, 2));
+
+    // A typo (caught by the checksum).
+    let mut typo = vault.shares[2].clone().into_bytes();
+    let i = typo.len() - 20;
+    typo[i] = if typo[i] == b'a' { b'b' } else { b'a' };
+    let typo = String::from_utf8(typo).unwrap();
+    // A forged share: other bytes with a recomputed, valid checksum.
+    let parsed = shares::parse(vault.keyring.vault_id(), &vault.shares[2]).unwrap();
+    let mut y = *parsed.y;
+    y[0] ^= 1;
+    let forged = shares::encode(
+        vault.keyring.vault_id(),
+        &shares::ParsedShare {
+            x: parsed.x,
+            y: Zeroizing::new(y),
+        },
+    );
+    // A share of another vault.
+    let foreign = other.shares[2].clone();
+    // A share of another vault relabelled with this vault's id.
+    let foreign_parsed = shares::parse(other.keyring.vault_id(), &foreign).unwrap();
+    let relabelled = shares::encode(vault.keyring.vault_id(), &foreign_parsed);
+
+    for bad in [
+        typo.as_str(),
+        forged.as_str(),
+        foreign.as_str(),
+        relabelled.as_str(),
+        "",
+        "srs1-00-00-00-00",
+    ] {
+        let result = vault.keyring.unseal(share(bad));
+        assert!(
+            matches!(result, Err(KeyringError::UnsealFailed(_))),
+            "accepted {bad:?}"
+        );
+        assert!(vault.keyring.is_sealed());
+        assert_eq!(
+            vault.keyring.unseal_status().progress,
+            2,
+            "progress moved after {bad:?}"
+        );
+    }
+    assert!(
+        !vault
+            .keyring
+            .unseal(share(&vault.shares[4]))
+            .unwrap()
+            .sealed
+    );
+}
+
+#[test]
+fn sealing_drops_every_key() {
+    let vault = shares_vault(3, 2);
+    assert!(vault.keyring.holds_key_material());
+    let keys = vault.keyring.keys().unwrap();
+    vault.keyring.seal();
+    // An in-flight operation still holds its keys until it ends…
+    assert!(vault.keyring.holds_key_material());
+    drop(keys);
+    // …and then nothing is left.
+    assert!(!vault.keyring.holds_key_material());
+    assert!(vault.keyring.is_sealed());
+    assert!(matches!(vault.keyring.keys(), Err(KeyringError::Sealed)));
+    assert!(matches!(
+        vault.keyring.seal_record(Purpose::Card, &ctx("c"), b"x"),
+        Err(KeyringError::Sealed)
+    ));
+    assert!(matches!(
+        vault.keyring.kek_metadata(),
+        Err(KeyringError::Sealed)
+    ));
+    // Gathered shares are dropped by seal too.
+    vault.keyring.unseal(share(&vault.shares[0])).unwrap();
+    vault.keyring.seal();
+    assert_eq!(vault.keyring.unseal_status().progress, 0);
+}
+
+/// Reads the stored KEKs back with only public primitives and the documented
+/// formats, so the test knows every key that must not be on disk.
+fn reconstruct_keys(vault: &TestVault) -> (Key256, Vec<Key256>) {
+    let parsed: Vec<_> = vault.shares[..2]
+        .iter()
+        .map(|s| shares::parse(vault.keyring.vault_id(), s).unwrap())
+        .collect();
+    let root = shares::combine(2, &parsed).unwrap();
+    let keyring_key = derive_key(&root, "strongroom/v1/keyring");
+    let mut keks = Vec::new();
+    for (key, value) in vault.store.scan_prefix(b"kr/kek/").unwrap() {
+        let purpose = std::str::from_utf8(&key[7..key.len() - 5])
+            .unwrap()
+            .to_owned();
+        let version = u32::from_be_bytes(key[key.len() - 4..].try_into().unwrap());
+        let stored: serde_json::Value = serde_json::from_slice(&value).unwrap();
+        let envelope =
+            Envelope::decode(&hex::decode(stored["wrapped"].as_str().unwrap()).unwrap()).unwrap();
+        let aad = Aad::new("strongroom/v1/kek")
+            .part(purpose.as_bytes())
+            .number(u64::from(version));
+        keks.push(Key256::try_from_slice(&envelope.open(&keyring_key, &aad).unwrap()).unwrap());
+    }
+    (root, keks)
+}
+
+#[test]
+fn no_key_or_plaintext_reaches_the_data_or_keys_directory() {
+    let vault = shares_vault(3, 2);
+    let plaintexts: Vec<String> = (0..20)
+        .map(|i| format!("PLAINTEXT-CANARY-{i:04}-Ada-Lovelace"))
+        .collect();
+    let (root, keks) = reconstruct_keys(&vault);
+    assert_eq!(keks.len(), 4);
+    let mut deks = Vec::new();
+    for (i, text) in plaintexts.iter().enumerate() {
+        let id = format!("card_{i}");
+        let record = vault
+            .keyring
+            .seal_record(Purpose::Card, &ctx(&id), text.as_bytes())
+            .unwrap();
+        let bytes = record.encode();
+        vault
+            .store
+            .put(format!("rec/{id}").as_bytes(), &bytes)
+            .unwrap();
+        // Unwrap the DEK by the documented layout: [1][u32 len][wrapped][body].
+        let len = u32::from_be_bytes(bytes[1..5].try_into().unwrap()) as usize;
+        let wrapped = Envelope::decode(&bytes[5..5 + len]).unwrap();
+        let card_kek = keks
+            .iter()
+            .find(|k| {
+                wrapped
+                    .open(
+                        k,
+                        &Aad::new("strongroom/v1/dek")
+                            .part(id.as_bytes())
+                            .part(b"card")
+                            .number(1),
+                    )
+                    .is_ok()
+            })
+            .unwrap();
+        let dek = wrapped
+            .open(
+                card_kek,
+                &Aad::new("strongroom/v1/dek")
+                    .part(id.as_bytes())
+                    .part(b"card")
+                    .number(1),
+            )
+            .unwrap();
+        deks.push(Key256::try_from_slice(&dek).unwrap());
+    }
+    vault.store.flush().unwrap();
+    let keyring_key = derive_key(&root, "strongroom/v1/keyring");
+    let derived: Vec<Key256> = [
+        "strongroom/v1/index",
+        "strongroom/v1/token",
+        "strongroom/v1/audit-hmac",
+        "strongroom/v1/audit-signing",
+        "strongroom/v1/credential",
+    ]
+    .into_iter()
+    .map(|label| derive_key(&root, label))
+    .collect();
+
+    let dirs = [vault.data_dir(), vault.keys_dir()];
+    let dirs: Vec<&std::path::Path> = dirs.iter().map(|d| d.as_path()).collect();
+    assert!(
+        common::files_under(dirs[0]).len() > 1,
+        "the store wrote no files"
+    );
+    let mut secrets: Vec<(&str, Vec<u8>)> = vec![("root", root.expose_secret().to_vec())];
+    secrets.push(("keyring", keyring_key.expose_secret().to_vec()));
+    secrets.extend(
+        derived
+            .iter()
+            .map(|k| ("derived", k.expose_secret().to_vec())),
+    );
+    secrets.extend(keks.iter().map(|k| ("kek", k.expose_secret().to_vec())));
+    secrets.extend(deks.iter().map(|k| ("dek", k.expose_secret().to_vec())));
+    secrets.extend(
+        plaintexts
+            .iter()
+            .map(|p| ("plaintext", p.as_bytes().to_vec())),
+    );
+    // The search itself works: ciphertext that is on disk is found.
+    let on_disk = vault.store.get(b"rec/card_0").unwrap().unwrap();
+    assert!(!common::files_containing(&dirs, &on_disk[5..30]).is_empty());
+    for (what, secret) in &secrets {
+        let hits = common::files_containing(&dirs, secret);
+        assert!(hits.is_empty(), "a {what} was found in {hits:?}");
+    }
+    // The shares are not on disk either.
+    for s in &vault.shares {
+        assert!(common::files_containing(&dirs, s.as_bytes()).is_empty());
+    }
+}
+
+#[test]
+fn a_data_directory_of_another_vault_is_refused() {
+    let a = passphrase_vault();
+    let b = passphrase_vault();
+    let result = strongroom::keyring::Keyring::open(
+        &b.keys_dir(),
+        Arc::clone(&a.store),
+        Arc::new(strongroom::clock::SystemClock),
+        fast_settings(),
+    );
+    assert!(matches!(result, Err(KeyringError::Config(_))));
+}
+
+#[test]
+fn a_key_file_readable_by_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let vault = passphrase_vault();
+    let root = vault.keys_dir().join("root.json");
+    assert_eq!(
+        std::fs::metadata(&root).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let open = || {
+        strongroom::keyring::Keyring::open(
+            &vault.keys_dir(),
+            Arc::clone(&vault.store),
+            Arc::new(strongroom::clock::SystemClock),
+            fast_settings(),
+        )
+    };
+    assert!(open().is_ok());
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o640)).unwrap();
+    assert!(matches!(open(), Err(KeyringError::InsecureKeyFile(_))));
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o604)).unwrap();
+    assert!(matches!(open(), Err(KeyringError::InsecureKeyFile(_))));
+}
+
+#[test]
+fn init_refuses_to_overwrite_a_vault() {
+    let vault = passphrase_vault();
+    let result = strongroom::keyring::Keyring::init(
+        &vault.keys_dir(),
+        Arc::clone(&vault.store),
+        Arc::new(strongroom::clock::SystemClock),
+        fast_settings(),
+        SealMethod::Shares {
+            count: 3,
+            threshold: 2,
+        },
+    );
+    assert!(matches!(result, Err(KeyringError::AlreadyInitialised)));
+}
+
+#[test]
+fn stored_argon2_parameters_outside_the_policy_are_refused() {
+    let vault = passphrase_vault();
+    vault.keyring.seal();
+    let strict = strongroom::keyring::Keyring::open(
+        &vault.keys_dir(),
+        Arc::clone(&vault.store),
+        Arc::new(strongroom::clock::SystemClock),
+        strongroom::keyring::KeyringSettings::default(),
+    )
+    .unwrap();
+    // The test vault's tiny parameters are below the production floor.
+    let result = strict.unseal(passphrase(PASSPHRASE));
+    assert!(
+        matches!(result, Err(KeyringError::Config(_))),
+        "{:?}",
+        result.map(|_| ())
+    );
+    assert!(strict.is_sealed());
+}
