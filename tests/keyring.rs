@@ -608,3 +608,34 @@ fn stored_argon2_parameters_outside_the_policy_are_refused() {
     );
     assert!(strict.is_sealed());
 }
+
+#[test]
+fn a_shares_vault_reopened_from_disk_unseals() {
+    for vault in [shares_vault(3, 2), passphrase_vault()] {
+        let reopened = strongroom::keyring::Keyring::open(
+            &vault.keys_dir(),
+            Arc::clone(&vault.store),
+            Arc::new(strongroom::clock::SystemClock),
+            fast_settings(),
+        )
+        .unwrap();
+        assert!(reopened.is_sealed());
+        let record = vault
+            .keyring
+            .seal_record(Purpose::Card, &ctx("card_r"), b"reopened")
+            .unwrap();
+        if vault.shares.is_empty() {
+            reopened.unseal(passphrase(PASSPHRASE)).unwrap();
+        } else {
+            reopened.unseal(share(&vault.shares[2])).unwrap();
+            reopened.unseal(share(&vault.shares[0])).unwrap();
+        }
+        assert!(!reopened.is_sealed());
+        assert_eq!(
+            &reopened
+                .open_record(Purpose::Card, &ctx("card_r"), &record)
+                .unwrap()[..],
+            b"reopened"
+        );
+    }
+}

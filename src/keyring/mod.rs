@@ -294,8 +294,10 @@ impl Keyring {
                 })?;
                 let mut share_digests = BTreeMap::new();
                 for part in &parts {
-                    share_digests
-                        .insert(part.x, hex::encode(shares::share_digest(&vault_id, part)));
+                    share_digests.insert(
+                        part.x.to_string(),
+                        hex::encode(shares::share_digest(&vault_id, part)),
+                    );
                     share_texts.push(shares::encode(&vault_id, part));
                 }
                 SealDescription::Shares {
@@ -501,7 +503,7 @@ impl Keyring {
             ) => {
                 let share = shares::parse(&self.root_file.vault_id, &text)?;
                 let digest = hex::encode(shares::share_digest(&self.root_file.vault_id, &share));
-                match share_digests.get(&share.x) {
+                match share_digests.get(&share.x.to_string()) {
                     Some(expected) if constant_time_eq(expected.as_bytes(), digest.as_bytes()) => {}
                     _ => return Err(ShareError::Unknown.into()),
                 }

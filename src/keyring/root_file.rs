@@ -44,8 +44,9 @@ pub(crate) enum SealDescription {
     Shares {
         threshold: u8,
         count: u8,
-        /// Share index → SHA-256 digest of that share.
-        share_digests: BTreeMap<u8, String>,
+        /// Share index (decimal) → SHA-256 digest of that share. String
+        /// keys: serde cannot read integer keys inside a tagged enum.
+        share_digests: BTreeMap<String, String>,
     },
 }
 
@@ -75,8 +76,11 @@ impl RootFile {
         let path = Self::path(keys_dir);
         check_private(&path)?;
         let text = fs::read_to_string(&path).map_err(|e| KeyringError::io(&path, &e))?;
-        let file: Self = serde_json::from_str(&text)
-            .map_err(|_| KeyringError::Config("keys/root.json is not a valid root key file"))?;
+        let file: Self = serde_json::from_str(&text).map_err(|e| {
+            // The file holds no secret, so the parser's message may be logged.
+            tracing::error!(error = %e, "cannot parse root.json");
+            KeyringError::Config("keys/root.json is not a valid root key file")
+        })?;
         if file.format != FORMAT {
             return Err(KeyringError::Config(
                 "keys/root.json has an unknown format version",

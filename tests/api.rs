@@ -1,0 +1,512 @@
+//! The HTTP API in-process (router + `oneshot`): sys endpoints, the sealed
+//! gate, authentication and roles, problem+json, request ids, body limits.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use common::*;
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use strongroom::access::{Operation, PrincipalDirectory, Role, allows};
+use strongroom::api::{AVAILABLE_WHILE_SEALED, AppState, openapi_document, router};
+use strongroom::clock::SystemClock;
+use strongroom::keyring::UnsealInput;
+use tower::ServiceExt;
+use zeroize::Zeroizing;
+
+const BODY_LIMIT: usize = 4096;
+
+fn app(vault: &TestVault) -> Router {
+    app_with_limit(vault, 5)
+}
+
+fn app_with_limit(vault: &TestVault, unseal_failures_per_minute: u32) -> Router {
+    router(AppState::new(
+        Arc::clone(&vault.keyring),
+        Arc::clone(&vault.store),
+        Arc::new(SystemClock),
+        BODY_LIMIT,
+        unseal_failures_per_minute,
+    ))
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Value,
+}
+
+async fn send(
+    app: &Router,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<Value>,
+) -> Reply {
+    let mut builder = Request::builder().method(method).uri(path);
+    if let Some(token) = bearer {
+        builder = builder.header("authorization", format!("Bearer {token}"));
+    }
+    let body = match body {
+        Some(value) => {
+            builder = builder.header("content-type", "application/json");
+            Body::from(value.to_string())
+        }
+        None => Body::empty(),
+    };
+    send_request(app, builder.body(body).unwrap()).await
+}
+
+async fn send_request(app: &Router, request: Request<Body>) -> Reply {
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
+    };
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn assert_problem(reply: &Reply, status: u16, code: &str) {
+    assert_eq!(reply.status.as_u16(), status, "{:?}", reply.body);
+    assert_eq!(reply.headers["content-type"], "application/problem+json");
+    assert_eq!(reply.body["code"], code, "{:?}", reply.body);
+    assert_eq!(reply.body["status"], status);
+    assert!(
+        reply.body["type"].is_string()
+            && reply.body["title"].is_string()
+            && reply.body["detail"].is_string()
+    );
+    assert!(reply.headers.contains_key("x-request-id"));
+}
+
+/// Every route of API.md, with path parameters filled in.
+const CONTRACT_ROUTES: &[(&str, &str)] = &[
+    ("POST", "/v1/sys/seal"),
+    ("POST", "/v1/principals"),
+    ("GET", "/v1/principals"),
+    ("DELETE", "/v1/principals/prn_x"),
+    ("POST", "/v1/auth/login"),
+    ("POST", "/v1/auth/logout"),
+    ("POST", "/v1/records/card"),
+    ("POST", "/v1/records/bank_account"),
+    ("POST", "/v1/records/kyc"),
+    ("GET", "/v1/records/card_x"),
+    ("PATCH", "/v1/records/card_x"),
+    ("DELETE", "/v1/records/card_x"),
+    ("POST", "/v1/records/card_x/reveal"),
+    ("POST", "/v1/search"),
+    ("POST", "/v1/access-requests"),
+    ("POST", "/v1/access-requests/ar_x/approve"),
+    ("POST", "/v1/access-requests/ar_x/deny"),
+    ("POST", "/v1/tokens"),
+    ("POST", "/v1/tokens/detokenize"),
+    ("DELETE", "/v1/tokens/tok_x"),
+    ("GET", "/v1/audit"),
+    ("GET", "/v1/audit/verify"),
+    ("GET", "/v1/keys"),
+    ("POST", "/v1/keys/card/rotate"),
+    ("POST", "/v1/keys/rewrap"),
+    ("GET", "/v1/keys/rewrap"),
+];
+
+/// Every operation of the OpenAPI document, so a new endpoint is covered
+/// without editing this test.
+fn documented_routes() -> Vec<(String, String)> {
+    let doc = serde_json::to_value(openapi_document()).unwrap();
+    let mut routes = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            let concrete = path
+                .split('/')
+                .map(|seg| if seg.starts_with('{') { "x" } else { seg })
+                .collect::<Vec<_>>()
+                .join("/");
+            routes.push((method.to_uppercase(), concrete));
+        }
+    }
+    routes
+}
+
+#[tokio::test]
+async fn health_reports_seal_state_and_version() {
+    let vault = passphrase_vault();
+    let app = app(&vault);
+    let reply = send(&app, "GET", "/v1/sys/health", None, None).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body["status"], "ok");
+    assert_eq!(reply.body["sealed"], false);
+    assert_eq!(reply.body["version"], env!("CARGO_PKG_VERSION"));
+
+    vault.keyring.seal();
+    let reply = send(&app, "GET", "/v1/sys/health", None, None).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.body, json!({"status": "sealed", "sealed": true}));
+}
+
+#[tokio::test]
+async fn while_sealed_every_data_route_answers_503_sealed() {
+    let vault = passphrase_vault();
+    let app = app(&vault);
+    vault.keyring.seal();
+    let mut routes: Vec<(String, String)> = CONTRACT_ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    routes.extend(documented_routes());
+    let mut checked = 0;
+    for (method, path) in routes {
+        if AVAILABLE_WHILE_SEALED.contains(&path.as_str()) {
+            continue;
+        }
+        let body = matches!(method.as_str(), "POST" | "PATCH").then(|| json!({}));
+        let reply = send(&app, &method, &path, Some(&vault.admin_api_key), body).await;
+        assert_problem(&reply, 503, "sealed");
+        checked += 1;
+    }
+    assert!(checked >= CONTRACT_ROUTES.len());
+    // The public ones still answer.
+    assert_eq!(
+        send(&app, "GET", "/v1/openapi.json", None, None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let reply = send(
+        &app,
+        "POST",
+        "/v1/sys/unseal",
+        None,
+        Some(json!({"passphrase": PASSPHRASE})),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body["sealed"], false);
+}
+
+#[tokio::test]
+async fn seal_needs_an_admin_credential() {
+    let vault = passphrase_vault();
+    let app = app(&vault);
+    assert_problem(
+        &send(&app, "POST", "/v1/sys/seal", None, None).await,
+        401,
+        "unauthenticated",
+    );
+    let fake = format!("srk_{}", "0".repeat(64));
+    for bad in ["garbage", fake.as_str(), ""] {
+        assert_problem(
+            &send(&app, "POST", "/v1/sys/seal", Some(bad), None).await,
+            401,
+            "unauthenticated",
+        );
+    }
+    let basic = Request::builder()
+        .method("POST")
+        .uri("/v1/sys/seal")
+        .header("authorization", format!("Basic {}", vault.admin_api_key))
+        .body(Body::empty())
+        .unwrap();
+    assert_problem(&send_request(&app, basic).await, 401, "unauthenticated");
+    assert!(!vault.keyring.is_sealed());
+}
+
+/// Generated from the policy table: each role that may seal can, each that
+/// may not gets 403 and leaves the vault unsealed.
+#[tokio::test]
+async fn seal_role_matrix_follows_the_policy_table() {
+    let vault = passphrase_vault();
+    let app = app(&vault);
+    let directory = PrincipalDirectory::new(Arc::clone(&vault.store), Arc::new(SystemClock));
+    for role in Role::ALL {
+        let keys = vault.keyring.keys().unwrap();
+        let (_, key) = directory
+            .create_service(&keys.credential_key(), &format!("svc-{role:?}"), vec![role])
+            .unwrap();
+        drop(keys);
+        let reply = send(
+            &app,
+            "POST",
+            "/v1/sys/seal",
+            Some(key.expose_secret()),
+            None,
+        )
+        .await;
+        if allows(role, Operation::SysSeal) {
+            assert_eq!(reply.status, StatusCode::OK, "{role:?}");
+            assert_eq!(reply.body, json!({"sealed": true}));
+            assert!(vault.keyring.is_sealed());
+            assert!(!vault.keyring.holds_key_material());
+            vault
+                .keyring
+                .unseal(UnsealInput::Passphrase(Zeroizing::new(PASSPHRASE.into())))
+                .unwrap();
+        } else {
+            assert_problem(&reply, 403, "forbidden");
+            assert!(!vault.keyring.is_sealed(), "{role:?} sealed the vault");
+        }
+    }
+    // Sealing while sealed: nothing to authenticate against.
+    vault.keyring.seal();
+    assert_problem(
+        &send(
+            &app,
+            "POST",
+            "/v1/sys/seal",
+            Some(&vault.admin_api_key),
+            None,
+        )
+        .await,
+        503,
+        "sealed",
+    );
+}
+
+#[tokio::test]
+async fn unseal_with_shares_over_http() {
+    let vault = shares_vault(5, 3);
+    let other = shares_vault(5, 3);
+    let app = app_with_limit(&vault, 100);
+    vault.keyring.seal();
+    let submit = |share: String| {
+        let app = app.clone();
+        async move {
+            send(
+                &app,
+                "POST",
+                "/v1/sys/unseal",
+                None,
+                Some(json!({ "share": share })),
+            )
+            .await
+        }
+    };
+    let reply = submit(vault.shares[3].clone()).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        reply.body,
+        json!({"sealed": true, "progress": 1, "threshold": 3})
+    );
+
+    let mut corrupted = vault.shares[0].clone();
+    corrupted.replace_range(20..21, if &corrupted[20..21] == "0" { "1" } else { "0" });
+    for bad in [corrupted, other.shares[0].clone(), "nonsense".into()] {
+        let reply = submit(bad).await;
+        assert_problem(&reply, 400, "unseal_failed");
+        assert!(!reply.body.to_string().contains(&vault.shares[0][10..40]));
+    }
+    let reply = submit(vault.shares[0].clone()).await;
+    assert_eq!(
+        reply.body,
+        json!({"sealed": true, "progress": 2, "threshold": 3})
+    );
+    let reply = submit(vault.shares[1].clone()).await;
+    assert_eq!(
+        reply.body,
+        json!({"sealed": false, "progress": 0, "threshold": 3})
+    );
+    assert!(!vault.keyring.is_sealed());
+    let reply = send(&app, "GET", "/v1/sys/health", None, None).await;
+    assert_eq!(reply.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn unseal_refuses_bad_bodies() {
+    let vault = passphrase_vault();
+    let app = app(&vault);
+    vault.keyring.seal();
+    let neither = send(&app, "POST", "/v1/sys/unseal", None, Some(json!({}))).await;
+    assert_problem(&neither, 422, "validation_failed");
+    let both = send(
+        &app,
+        "POST",
+        "/v1/sys/unseal",
+        None,
+        Some(json!({"passphrase": "a", "share": "b"})),
+    )
+    .await;
+    assert_problem(&both, 422, "validation_failed");
+    let unknown = send(
+        &app,
+        "POST",
+        "/v1/sys/unseal",
+        None,
+        Some(json!({"passphrase": "a", "pin": "1"})),
+    )
+    .await;
+    assert_problem(&unknown, 422, "validation_failed");
+    assert_eq!(unknown.body["errors"][0]["field"], "pin");
+    let wrong_type = send(
+        &app,
+        "POST",
+        "/v1/sys/unseal",
+        None,
+        Some(json!({"passphrase": 12345})),
+    )
+    .await;
+    assert_problem(&wrong_type, 422, "validation_failed");
+    assert!(!wrong_type.body.to_string().contains("12345"));
+
+    let raw = |content_type: &str, body: &str| {
+        Request::builder()
+            .method("POST")
+            .uri("/v1/sys/unseal")
+            .header("content-type", content_type)
+            .body(Body::from(body.to_owned()))
+            .unwrap()
+    };
+    assert_problem(
+        &send_request(&app, raw("application/json", "{\"passphrase\":")).await,
+        400,
+        "malformed_request",
+    );
+    assert_problem(
+        &send_request(&app, raw("text/plain", "{}")).await,
+        400,
+        "malformed_request",
+    );
+    let no_type = Request::builder()
+        .method("POST")
+        .uri("/v1/sys/unseal")
+        .body(Body::from("{}"))
+        .unwrap();
+    assert_problem(&send_request(&app, no_type).await, 400, "malformed_request");
+    let huge = format!("{{\"passphrase\":\"{}\"}}", "a".repeat(BODY_LIMIT * 2));
+    assert_problem(
+        &send_request(&app, raw("application/json", &huge)).await,
+        413,
+        "payload_too_large",
+    );
+    assert!(vault.keyring.is_sealed());
+}
+
+#[tokio::test]
+async fn failed_unseals_are_rate_limited() {
+    let vault = passphrase_vault();
+    let app = app_with_limit(&vault, 3);
+    vault.keyring.seal();
+    for _ in 0..3 {
+        let reply = send(
+            &app,
+            "POST",
+            "/v1/sys/unseal",
+            None,
+            Some(json!({"passphrase": "wrong passphrase!"})),
+        )
+        .await;
+        assert_problem(&reply, 400, "unseal_failed");
+    }
+    // Now even the right passphrase must wait.
+    let reply = send(
+        &app,
+        "POST",
+        "/v1/sys/unseal",
+        None,
+        Some(json!({"passphrase": PASSPHRASE})),
+    )
+    .await;
+    assert_problem(&reply, 429, "rate_limited");
+    let retry_after: u64 = reply.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after));
+    assert!(vault.keyring.is_sealed());
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_or_made() {
+    let vault = passphrase_vault();
+    let app = app(&vault);
+    let with_id = |path: &str, id: &str| {
+        Request::builder()
+            .uri(path.to_owned())
+            .header("x-request-id", id.to_owned())
+            .body(Body::empty())
+            .unwrap()
+    };
+    for path in ["/v1/sys/health", "/v1/nope", "/v1/openapi.json"] {
+        let reply = send_request(&app, with_id(path, "client-id-123")).await;
+        assert_eq!(reply.headers["x-request-id"], "client-id-123", "{path}");
+    }
+    // A made-up id when none (or an unusable one) is sent.
+    let a = send(&app, "GET", "/v1/sys/health", None, None).await;
+    let b = send(&app, "GET", "/v1/sys/health", None, None).await;
+    let (a, b) = (
+        a.headers["x-request-id"].clone(),
+        b.headers["x-request-id"].clone(),
+    );
+    assert_eq!(a.len(), 32);
+    assert_ne!(a, b);
+    let reply = send_request(&app, with_id("/v1/sys/health", &"x".repeat(500))).await;
+    assert_eq!(reply.headers["x-request-id"].len(), 32);
+    vault.keyring.seal();
+    let reply = send_request(&app, with_id("/v1/records/card", "sealed-req")).await;
+    assert_eq!(reply.headers["x-request-id"], "sealed-req");
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_are_problems() {
+    let vault = passphrase_vault();
+    let app = app(&vault);
+    assert_problem(
+        &send(&app, "GET", "/v1/nope", None, None).await,
+        404,
+        "not_found",
+    );
+    assert_problem(&send(&app, "GET", "/", None, None).await, 404, "not_found");
+    assert_problem(
+        &send(&app, "DELETE", "/v1/sys/health", None, None).await,
+        405,
+        "method_not_allowed",
+    );
+}
+
+#[tokio::test]
+async fn openapi_document_is_3_1_and_lists_every_route() {
+    let vault = passphrase_vault();
+    let app = app(&vault);
+    let reply = send(&app, "GET", "/v1/openapi.json", None, None).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.body["openapi"].as_str().unwrap().starts_with("3.1"));
+    for (method, path) in [
+        ("get", "/v1/sys/health"),
+        ("post", "/v1/sys/unseal"),
+        ("post", "/v1/sys/seal"),
+        ("get", "/v1/openapi.json"),
+    ] {
+        assert!(
+            reply.body["paths"][path][method].is_object(),
+            "{method} {path} missing"
+        );
+    }
+    assert!(reply.body["components"]["securitySchemes"]["bearer"].is_object());
+    // Every documented route exists (no 404/405 from the router).
+    for (method, path) in documented_routes() {
+        let body = (method == "POST").then(|| json!({}));
+        let reply = send(&app, &method, &path, None, body).await;
+        assert!(
+            reply.status != StatusCode::NOT_FOUND && reply.status != StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path} is documented but not routed"
+        );
+    }
+}

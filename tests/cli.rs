@@ -1,0 +1,338 @@
+//! The real binary: `init`, `serve` and `dev` as API.md's command-line table
+//! says, configuration precedence, key-file permissions, and logs free of
+//! secrets.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::http;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_strongroom");
+
+fn strongroom(args: &[&str]) -> Command {
+    let mut command = Command::new(BIN);
+    command.args(args);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("STRONGROOM_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+fn run(args: &[&str]) -> Output {
+    strongroom(args).stdin(Stdio::null()).output().unwrap()
+}
+
+fn init_shares(dir: &Path) -> Value {
+    let data = dir.join("data");
+    let keys = dir.join("keys");
+    let out = run(&[
+        "init",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--keys-dir",
+        keys.to_str().unwrap(),
+        "--shares",
+        "5",
+        "--threshold",
+        "3",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn wait_until_listening(addr: SocketAddr, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(addr).is_err() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("server exited early: {status}");
+        }
+        assert!(Instant::now() < deadline, "server did not start listening");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends SIGTERM and returns the exit status and everything on stderr.
+fn terminate(mut child: Child) -> (std::process::ExitStatus, String) {
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (status, stderr)
+}
+
+#[test]
+fn init_with_shares_prints_them_once_and_refuses_a_second_init() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = init_shares(dir.path());
+    let shares = out["shares"].as_array().unwrap();
+    assert_eq!(shares.len(), 5);
+    assert!(
+        shares
+            .iter()
+            .all(|s| s.as_str().unwrap().starts_with("srs1-"))
+    );
+    assert!(out["admin_api_key"].as_str().unwrap().starts_with("srk_"));
+    let root = dir.path().join("keys/root.json");
+    assert_eq!(
+        std::fs::metadata(&root).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(dir.path().join("keys/audit.pub").exists());
+    let again = run(&[
+        "init",
+        "--data-dir",
+        dir.path().join("data").to_str().unwrap(),
+        "--keys-dir",
+        dir.path().join("keys").to_str().unwrap(),
+        "--shares",
+        "3",
+        "--threshold",
+        "2",
+    ]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already initialised"));
+}
+
+#[test]
+fn init_with_a_passphrase_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("passphrase");
+    std::fs::write(&file, "a long and private passphrase\n").unwrap();
+    let args = |data: &str| {
+        vec![
+            "init".to_owned(),
+            "--data-dir".into(),
+            dir.path().join(data).to_str().unwrap().into(),
+            "--keys-dir".into(),
+            dir.path()
+                .join(format!("{data}-keys"))
+                .to_str()
+                .unwrap()
+                .into(),
+            "--passphrase-file".into(),
+            file.to_str().unwrap().into(),
+            "--json".into(),
+        ]
+    };
+    // A passphrase file others can read is refused.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let refused = strongroom(&[]).args(args("a")).output().unwrap();
+    assert!(!refused.status.success());
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = strongroom(&[]).args(args("b")).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(value["admin_api_key"].as_str().unwrap().starts_with("srk_"));
+    assert!(value.get("shares").is_none());
+    let root = std::fs::read_to_string(dir.path().join("b-keys/root.json")).unwrap();
+    assert!(
+        root.contains("\"m_kib\": 65536") && root.contains("\"t\": 3") && root.contains("\"p\": 4")
+    );
+    assert!(!root.contains("private passphrase"));
+}
+
+#[test]
+fn serve_starts_sealed_unseals_with_shares_and_seals() {
+    let dir = tempfile::tempdir().unwrap();
+    let init = init_shares(dir.path());
+    let admin = init["admin_api_key"].as_str().unwrap();
+    let addr = free_addr();
+    let mut child = strongroom(&[
+        "serve",
+        "--data-dir",
+        dir.path().join("data").to_str().unwrap(),
+        "--keys-dir",
+        dir.path().join("keys").to_str().unwrap(),
+        "--listen",
+        &addr.to_string(),
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    wait_until_listening(addr, &mut child);
+    let health = http(addr, "GET", "/v1/sys/health", None, None);
+    assert_eq!(health.status, 503);
+    assert_eq!(health.json()["sealed"], true);
+    assert_eq!(
+        http(addr, "POST", "/v1/sys/seal", Some(admin), None).status,
+        503
+    );
+
+    for (i, index) in [4usize, 0, 2].iter().enumerate() {
+        let body = serde_json::json!({ "share": init["shares"][*index] }).to_string();
+        let reply = http(addr, "POST", "/v1/sys/unseal", None, Some(&body));
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.json()["progress"], if i < 2 { i + 1 } else { 0 });
+    }
+    let health = http(addr, "GET", "/v1/sys/health", None, None);
+    assert_eq!(health.status, 200);
+    assert!(health.header("x-request-id").is_some());
+    assert_eq!(
+        http(addr, "POST", "/v1/sys/seal", Some(admin), None).status,
+        200
+    );
+    assert_eq!(http(addr, "GET", "/v1/sys/health", None, None).status, 503);
+
+    let (status, log) = terminate(child);
+    assert!(status.success(), "{log}");
+    // No secret reaches the log.
+    assert!(!log.contains(admin));
+    for share in init["shares"].as_array().unwrap() {
+        let share = share.as_str().unwrap();
+        assert!(!log.contains(&share[22..60]), "a share reached the log");
+    }
+    assert!(log.contains("vault unsealed") && log.contains("vault sealed"));
+}
+
+#[test]
+fn serve_refuses_a_key_file_others_can_read() {
+    let dir = tempfile::tempdir().unwrap();
+    init_shares(dir.path());
+    let root = dir.path().join("keys/root.json");
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let out = run(&[
+        "serve",
+        "--data-dir",
+        dir.path().join("data").to_str().unwrap(),
+        "--keys-dir",
+        dir.path().join("keys").to_str().unwrap(),
+        "--listen",
+        &free_addr().to_string(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
+}
+
+#[test]
+fn configuration_file_env_and_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    init_shares(dir.path());
+    let config = dir.path().join("strongroom.toml");
+    // Unknown fields are refused.
+    std::fs::write(&config, "listne = \"127.0.0.1:1\"\n").unwrap();
+    let out = run(&["serve", "--config", config.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listne"));
+
+    // The file supplies the directories; a bad listen address in the
+    // environment is overridden by the flag.
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\nkeys_dir = \"{}\"\nlisten = \"not an address\"\n",
+            dir.path().join("data").display(),
+            dir.path().join("keys").display()
+        ),
+    )
+    .unwrap();
+    let addr = free_addr();
+    let mut child = strongroom(&[
+        "serve",
+        "--config",
+        config.to_str().unwrap(),
+        "--listen",
+        &addr.to_string(),
+    ])
+    .env("STRONGROOM_LISTEN", "also not an address")
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    wait_until_listening(addr, &mut child);
+    assert_eq!(http(addr, "GET", "/v1/sys/health", None, None).status, 503);
+    let (status, _) = terminate(child);
+    assert!(status.success());
+
+    // Without the flag, the environment wins over the file.
+    let out = strongroom(&["serve", "--config", config.to_str().unwrap()])
+        .env("STRONGROOM_LISTEN", "env-address")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("env-address"));
+}
+
+#[test]
+fn dev_prints_credentials_as_json_and_serves_unsealed() {
+    let mut child = strongroom(&["dev", "--json", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let creds: Value = serde_json::from_str(&first).unwrap();
+    let url = creds["url"].as_str().unwrap();
+    let admin = creds["admin_api_key"].as_str().unwrap();
+    assert!(url.starts_with("http://127.0.0.1:"));
+    let addr: SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let health = http(addr, "GET", "/v1/sys/health", None, None);
+    assert_eq!(health.status, 200);
+    assert_eq!(health.json()["sealed"], false);
+    assert_eq!(
+        http(addr, "POST", "/v1/sys/seal", Some(admin), None).status,
+        200
+    );
+    let body = serde_json::json!({"passphrase": creds["unseal_passphrase"]}).to_string();
+    assert_eq!(
+        http(addr, "POST", "/v1/sys/unseal", None, Some(&body)).json()["sealed"],
+        false
+    );
+    let (status, log) = terminate(child);
+    assert!(status.success(), "{log}");
+    assert!(!log.contains(admin));
+    assert!(!log.contains(creds["unseal_passphrase"].as_str().unwrap()));
+}
+
+#[test]
+fn non_loopback_listen_is_refused_without_tls() {
+    let out = run(&["dev", "--listen", "0.0.0.0:0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("TLS"));
+}
