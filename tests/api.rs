@@ -85,6 +85,10 @@ async fn send_request(app: &Router, request: Request<Body>) -> Reply {
     }
 }
 
+async fn unseal(app: &Router, body: Value) -> Reply {
+    send(app, "POST", "/v1/sys/unseal", None, Some(body)).await
+}
+
 fn assert_problem(reply: &Reply, status: u16, code: &str) {
     assert_eq!(reply.status.as_u16(), status, "{:?}", reply.body);
     assert_eq!(reply.headers["content-type"], "application/problem+json");
@@ -190,14 +194,7 @@ async fn while_sealed_every_data_route_answers_503_sealed() {
             .status,
         StatusCode::OK
     );
-    let reply = send(
-        &app,
-        "POST",
-        "/v1/sys/unseal",
-        None,
-        Some(json!({"passphrase": PASSPHRASE})),
-    )
-    .await;
+    let reply = unseal(&app, json!({"passphrase": PASSPHRASE})).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.body["sealed"], false);
 }
@@ -288,16 +285,7 @@ async fn unseal_with_shares_over_http() {
     vault.keyring.seal();
     let submit = |share: String| {
         let app = app.clone();
-        async move {
-            send(
-                &app,
-                "POST",
-                "/v1/sys/unseal",
-                None,
-                Some(json!({ "share": share })),
-            )
-            .await
-        }
+        async move { unseal(&app, json!({ "share": share })).await }
     };
     let reply = submit(vault.shares[3].clone()).await;
     assert_eq!(reply.status, StatusCode::OK);
@@ -333,35 +321,14 @@ async fn unseal_refuses_bad_bodies() {
     let vault = passphrase_vault();
     let app = app(&vault);
     vault.keyring.seal();
-    let neither = send(&app, "POST", "/v1/sys/unseal", None, Some(json!({}))).await;
+    let neither = unseal(&app, json!({})).await;
     assert_problem(&neither, 422, "validation_failed");
-    let both = send(
-        &app,
-        "POST",
-        "/v1/sys/unseal",
-        None,
-        Some(json!({"passphrase": "a", "share": "b"})),
-    )
-    .await;
+    let both = unseal(&app, json!({"passphrase": "a", "share": "b"})).await;
     assert_problem(&both, 422, "validation_failed");
-    let unknown = send(
-        &app,
-        "POST",
-        "/v1/sys/unseal",
-        None,
-        Some(json!({"passphrase": "a", "pin": "1"})),
-    )
-    .await;
+    let unknown = unseal(&app, json!({"passphrase": "a", "pin": "1"})).await;
     assert_problem(&unknown, 422, "validation_failed");
     assert_eq!(unknown.body["errors"][0]["field"], "pin");
-    let wrong_type = send(
-        &app,
-        "POST",
-        "/v1/sys/unseal",
-        None,
-        Some(json!({"passphrase": 12345})),
-    )
-    .await;
+    let wrong_type = unseal(&app, json!({"passphrase": 12345})).await;
     assert_problem(&wrong_type, 422, "validation_failed");
     assert!(!wrong_type.body.to_string().contains("12345"));
 
@@ -404,25 +371,11 @@ async fn failed_unseals_are_rate_limited() {
     let app = app_with_limit(&vault, 3);
     vault.keyring.seal();
     for _ in 0..3 {
-        let reply = send(
-            &app,
-            "POST",
-            "/v1/sys/unseal",
-            None,
-            Some(json!({"passphrase": "wrong passphrase!"})),
-        )
-        .await;
+        let reply = unseal(&app, json!({"passphrase": "wrong passphrase!"})).await;
         assert_problem(&reply, 400, "unseal_failed");
     }
     // Now even the right passphrase must wait.
-    let reply = send(
-        &app,
-        "POST",
-        "/v1/sys/unseal",
-        None,
-        Some(json!({"passphrase": PASSPHRASE})),
-    )
-    .await;
+    let reply = unseal(&app, json!({"passphrase": PASSPHRASE})).await;
     assert_problem(&reply, 429, "rate_limited");
     let retry_after: u64 = reply.headers["retry-after"]
         .to_str()

@@ -37,21 +37,28 @@ fn run(args: &[&str]) -> Output {
     strongroom(args).stdin(Stdio::null()).output().unwrap()
 }
 
-fn init_shares(dir: &Path) -> Value {
-    let data = dir.join("data");
-    let keys = dir.join("keys");
-    let out = run(&[
-        "init",
+/// `strongroom <command> --data-dir <dir>/data --keys-dir <dir>/keys <extra…>`.
+fn in_vault(dir: &Path, command: &str, extra: &[&str]) -> Command {
+    let (data, keys) = (dir.join("data"), dir.join("keys"));
+    let mut cmd = strongroom(&[
+        command,
         "--data-dir",
         data.to_str().unwrap(),
         "--keys-dir",
         keys.to_str().unwrap(),
-        "--shares",
-        "5",
-        "--threshold",
-        "3",
-        "--json",
     ]);
+    cmd.args(extra).stdin(Stdio::null());
+    cmd
+}
+
+fn init_shares(dir: &Path) -> Value {
+    let out = in_vault(
+        dir,
+        "init",
+        &["--shares", "5", "--threshold", "3", "--json"],
+    )
+    .output()
+    .unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -117,17 +124,9 @@ fn init_with_shares_prints_them_once_and_refuses_a_second_init() {
         0o600
     );
     assert!(dir.path().join("keys/audit.pub").exists());
-    let again = run(&[
-        "init",
-        "--data-dir",
-        dir.path().join("data").to_str().unwrap(),
-        "--keys-dir",
-        dir.path().join("keys").to_str().unwrap(),
-        "--shares",
-        "3",
-        "--threshold",
-        "2",
-    ]);
+    let again = in_vault(dir.path(), "init", &["--shares", "3", "--threshold", "2"])
+        .output()
+        .unwrap();
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already initialised"));
 }
@@ -180,19 +179,11 @@ fn serve_starts_sealed_unseals_with_shares_and_seals() {
     let init = init_shares(dir.path());
     let admin = init["admin_api_key"].as_str().unwrap();
     let addr = free_addr();
-    let mut child = strongroom(&[
-        "serve",
-        "--data-dir",
-        dir.path().join("data").to_str().unwrap(),
-        "--keys-dir",
-        dir.path().join("keys").to_str().unwrap(),
-        "--listen",
-        &addr.to_string(),
-    ])
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let mut child = in_vault(dir.path(), "serve", &["--listen", &addr.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     wait_until_listening(addr, &mut child);
     let health = http(addr, "GET", "/v1/sys/health", None, None);
     assert_eq!(health.status, 503);
@@ -234,15 +225,9 @@ fn serve_refuses_a_key_file_others_can_read() {
     init_shares(dir.path());
     let root = dir.path().join("keys/root.json");
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o640)).unwrap();
-    let out = run(&[
-        "serve",
-        "--data-dir",
-        dir.path().join("data").to_str().unwrap(),
-        "--keys-dir",
-        dir.path().join("keys").to_str().unwrap(),
-        "--listen",
-        &free_addr().to_string(),
-    ]);
+    let out = in_vault(dir.path(), "serve", &["--listen", &free_addr().to_string()])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
 }

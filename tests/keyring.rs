@@ -28,6 +28,31 @@ fn ctx(id: &str) -> RecordContext<'_> {
     }
 }
 
+fn seal(
+    vault: &TestVault,
+    purpose: Purpose,
+    context: &RecordContext<'_>,
+    plaintext: &[u8],
+) -> SealedRecord {
+    vault
+        .keyring
+        .seal_record(purpose, context, plaintext)
+        .unwrap()
+}
+
+fn open(
+    vault: &TestVault,
+    purpose: Purpose,
+    context: &RecordContext<'_>,
+    record: &SealedRecord,
+) -> Vec<u8> {
+    vault
+        .keyring
+        .open_record(purpose, context, record)
+        .unwrap()
+        .to_vec()
+}
+
 fn share(text: &str) -> UnsealInput {
     UnsealInput::Share(Zeroizing::new(text.to_owned()))
 }
@@ -39,11 +64,7 @@ fn passphrase(text: &str) -> UnsealInput {
 #[test]
 fn flipping_any_byte_of_a_sealed_record_is_an_integrity_error() {
     let vault = passphrase_vault();
-    let sealed = vault
-        .keyring
-        .seal_record(Purpose::Card, &ctx("card_1"), b"4242424242424242")
-        .unwrap()
-        .encode();
+    let sealed = seal(&vault, Purpose::Card, &ctx("card_1"), b"4242424242424242").encode();
     for i in 0..sealed.len() {
         for bit in [0x01u8, 0x10, 0x80] {
             let mut tampered = sealed.clone();
@@ -66,10 +87,7 @@ fn flipping_any_byte_of_a_sealed_record_is_an_integrity_error() {
     }
     let record = SealedRecord::decode(&sealed).unwrap();
     assert_eq!(
-        &vault
-            .keyring
-            .open_record(Purpose::Card, &ctx("card_1"), &record)
-            .unwrap()[..],
+        &open(&vault, Purpose::Card, &ctx("card_1"), &record)[..],
         b"4242424242424242"
     );
 }
@@ -117,37 +135,22 @@ fn a_moved_record_never_decrypts() {
 #[test]
 fn rotation_adds_a_version_and_old_data_still_opens() {
     let vault = passphrase_vault();
-    let old = vault
-        .keyring
-        .seal_record(Purpose::Card, &ctx("card_old"), b"old")
-        .unwrap();
+    let old = seal(&vault, Purpose::Card, &ctx("card_old"), b"old");
     assert_eq!(old.kek_version(), 1);
     assert_eq!(vault.keyring.rotate(Purpose::Card).unwrap(), 2);
-    let new = vault
-        .keyring
-        .seal_record(Purpose::Card, &ctx("card_new"), b"new")
-        .unwrap();
+    let new = seal(&vault, Purpose::Card, &ctx("card_new"), b"new");
     assert_eq!(new.kek_version(), 2);
     assert_eq!(
-        &vault
-            .keyring
-            .open_record(Purpose::Card, &ctx("card_old"), &old)
-            .unwrap()[..],
+        &open(&vault, Purpose::Card, &ctx("card_old"), &old)[..],
         b"old"
     );
     assert_eq!(
-        &vault
-            .keyring
-            .open_record(Purpose::Card, &ctx("card_new"), &new)
-            .unwrap()[..],
+        &open(&vault, Purpose::Card, &ctx("card_new"), &new)[..],
         b"new"
     );
 
     // Other purposes are untouched.
-    let kyc = vault
-        .keyring
-        .seal_record(Purpose::Kyc, &ctx("kyc_1"), b"x")
-        .unwrap();
+    let kyc = seal(&vault, Purpose::Kyc, &ctx("kyc_1"), b"x");
     assert_eq!(kyc.kek_version(), 1);
 
     // Rewrap moves the DEK to the newest version; the data still opens.
@@ -158,10 +161,7 @@ fn rotation_adds_a_version_and_old_data_still_opens() {
         .unwrap();
     assert_eq!(moved.kek_version(), 2);
     assert_eq!(
-        &vault
-            .keyring
-            .open_record(Purpose::Card, &ctx("card_old"), &moved)
-            .unwrap()[..],
+        &open(&vault, Purpose::Card, &ctx("card_old"), &moved)[..],
         b"old"
     );
     assert!(
@@ -183,10 +183,7 @@ fn rotation_adds_a_version_and_old_data_still_opens() {
     vault.keyring.seal();
     vault.keyring.unseal(passphrase(PASSPHRASE)).unwrap();
     assert_eq!(
-        &vault
-            .keyring
-            .open_record(Purpose::Card, &ctx("card_old"), &old)
-            .unwrap()[..],
+        &open(&vault, Purpose::Card, &ctx("card_old"), &old)[..],
         b"old"
     );
 }
@@ -205,11 +202,7 @@ fn kek_rotates_automatically_at_its_usage_limit() {
     let versions: Vec<u32> = (0..7)
         .map(|i| {
             let id = format!("card_{i}");
-            vault
-                .keyring
-                .seal_record(Purpose::Card, &ctx(&id), b"v")
-                .unwrap()
-                .kek_version()
+            seal(&vault, Purpose::Card, &ctx(&id), b"v").kek_version()
         })
         .collect();
     assert_eq!(versions, [1, 1, 1, 2, 2, 2, 3]);
@@ -230,29 +223,17 @@ fn kek_rotates_automatically_after_its_cryptoperiod() {
         clock.clone(),
     );
     assert_eq!(
-        vault
-            .keyring
-            .seal_record(Purpose::Bank, &ctx("a"), b"v")
-            .unwrap()
-            .kek_version(),
+        seal(&vault, Purpose::Bank, &ctx("a"), b"v").kek_version(),
         1
     );
     clock.advance(time::Duration::days(29));
     assert_eq!(
-        vault
-            .keyring
-            .seal_record(Purpose::Bank, &ctx("b"), b"v")
-            .unwrap()
-            .kek_version(),
+        seal(&vault, Purpose::Bank, &ctx("b"), b"v").kek_version(),
         1
     );
     clock.advance(time::Duration::days(1));
     assert_eq!(
-        vault
-            .keyring
-            .seal_record(Purpose::Bank, &ctx("c"), b"v")
-            .unwrap()
-            .kek_version(),
+        seal(&vault, Purpose::Bank, &ctx("c"), b"v").kek_version(),
         2
     );
 }
@@ -620,10 +601,7 @@ fn a_shares_vault_reopened_from_disk_unseals() {
         )
         .unwrap();
         assert!(reopened.is_sealed());
-        let record = vault
-            .keyring
-            .seal_record(Purpose::Card, &ctx("card_r"), b"reopened")
-            .unwrap();
+        let record = seal(&vault, Purpose::Card, &ctx("card_r"), b"reopened");
         if vault.shares.is_empty() {
             reopened.unseal(passphrase(PASSPHRASE)).unwrap();
         } else {
