@@ -10,8 +10,9 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use crate::access::{PrincipalDirectory, Role};
-use crate::api::{AppState, router};
+use crate::access::{LockoutPolicy, Role, SessionPolicy};
+use crate::api::{AppSettings, AppState, router};
+use crate::audit::{ExportLine, Verification, export_store, verify_lines, verify_store};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, FileConfig, Overrides};
 use crate::keyring::{Keyring, SealMethod, check_private};
@@ -37,6 +38,45 @@ enum Command {
     Serve(ServeArgs),
     /// A fresh, initialised and unsealed server for trying Strongroom out.
     Dev(DevArgs),
+    /// Verify or export the audit log (offline: stop the server first).
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain and the checkpoint signatures; exit 0 when they
+    /// hold, 1 naming the first bad entry otherwise.
+    Verify(AuditVerifyArgs),
+    /// Write the log as JSONL to stdout, ending with a checkpoint.
+    Export(AuditExportArgs),
+}
+
+#[derive(Debug, Args)]
+struct AuditVerifyArgs {
+    /// Verify the log in this data directory.
+    #[arg(
+        long,
+        env = "STRONGROOM_DATA_DIR",
+        conflicts_with = "file",
+        required_unless_present = "file"
+    )]
+    data_dir: Option<PathBuf>,
+    /// Keys directory holding audit.pub (with --data-dir).
+    #[arg(long, env = "STRONGROOM_KEYS_DIR")]
+    keys_dir: Option<PathBuf>,
+    /// Verify this exported JSONL file.
+    #[arg(long, requires = "public_key")]
+    file: Option<PathBuf>,
+    /// The audit verification key (keys/audit.pub).
+    #[arg(long)]
+    public_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct AuditExportArgs {
+    #[arg(long, env = "STRONGROOM_DATA_DIR")]
+    data_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -100,6 +140,8 @@ pub fn run() -> ExitCode {
         Command::Init(args) => init(args),
         Command::Serve(args) => serve(args),
         Command::Dev(args) => dev(args),
+        Command::Audit(AuditCommand::Verify(args)) => audit_verify(args),
+        Command::Audit(AuditCommand::Export(args)) => audit_export(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -151,10 +193,31 @@ fn read_passphrase(path: &Path) -> Result<Zeroizing<String>, String> {
     ))
 }
 
-/// A vault just created: its keyring (unsealed), the first admin's API key
-/// and the shares, each to be shown once.
+/// The request-independent settings of the server, from the configuration.
+fn app_settings(config: &Config) -> AppSettings {
+    AppSettings {
+        body_limit_bytes: config.body_limit_bytes,
+        unseal_failures_per_minute: config.unseal_failures_per_minute,
+        sessions: SessionPolicy {
+            idle: config.session_idle,
+            absolute: config.session_absolute,
+        },
+        lockout: LockoutPolicy {
+            threshold: config.lockout_threshold,
+            ..LockoutPolicy::default()
+        },
+        audit_checkpoint_every: config.audit_checkpoint_every,
+        ..AppSettings::default()
+    }
+}
+
+/// Who the audit log names for what the command line does.
+const CLI_ACTOR: &str = "strongroom-cli";
+
+/// A vault just created: its server state (unsealed), the first admin's API
+/// key and the shares, each to be shown once.
 struct NewVault {
-    keyring: Keyring,
+    state: AppState,
     admin_api_key: Zeroizing<String>,
     shares: Vec<Zeroizing<String>>,
 }
@@ -163,9 +226,9 @@ struct NewVault {
 fn create_vault(
     config: &Config,
     store: Arc<dyn Store>,
-    clock: Arc<dyn Clock>,
     method: SealMethod,
 ) -> Result<NewVault, String> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let initialised = Keyring::init(
         &config.keys_dir,
         Arc::clone(&store),
@@ -174,14 +237,17 @@ fn create_vault(
         method,
     )
     .map_err(|e| e.to_string())?;
-    let keys = initialised.keyring.keys().map_err(|e| e.to_string())?;
-    let directory = PrincipalDirectory::new(store, clock);
-    let (_, api_key) = directory
-        .create_service(&keys.credential_key(), "admin", vec![Role::Admin])
-        .map_err(|e| e.to_string())?;
-    drop(keys);
+    let state = AppState::new(
+        Arc::new(initialised.keyring),
+        store,
+        clock,
+        app_settings(config),
+    );
+    let api_key = state
+        .create_service_now(CLI_ACTOR, "admin", vec![Role::Admin])
+        .map_err(|e| format!("{:?}", e.problem().detail))?;
     Ok(NewVault {
-        keyring: initialised.keyring,
+        state,
         admin_api_key: Zeroizing::new(api_key.expose_secret().to_owned()),
         shares: initialised.shares,
     })
@@ -196,11 +262,11 @@ fn init(args: InitArgs) -> Result<(), String> {
     };
     let store = open_store(&config.data_dir)?;
     let NewVault {
-        keyring,
+        state,
         admin_api_key: admin_key,
         shares,
-    } = create_vault(&config, Arc::clone(&store), Arc::new(SystemClock), method)?;
-    keyring.seal();
+    } = create_vault(&config, Arc::clone(&store), method)?;
+    state.seal();
     store.flush().map_err(|e| e.to_string())?;
 
     let mut out = std::io::stdout().lock();
@@ -248,28 +314,19 @@ async fn shutdown_signal() {
     }
 }
 
-/// Serves `keyring` on `listener` until SIGINT or SIGTERM, then seals and
-/// flushes.
+/// Serves `state` on `listener` until SIGINT or SIGTERM, then signs the
+/// audit head, seals and flushes.
 async fn serve_until_signal(
     listener: tokio::net::TcpListener,
-    keyring: Arc<Keyring>,
-    store: Arc<dyn Store>,
-    config: &Config,
+    state: AppState,
 ) -> Result<(), String> {
-    let state = AppState::new(
-        Arc::clone(&keyring),
-        Arc::clone(&store),
-        Arc::new(SystemClock),
-        config.body_limit_bytes,
-        config.unseal_failures_per_minute,
-    );
-    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let app = router(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(|e| e.to_string())?;
-    keyring.seal();
-    store.flush().map_err(|e| e.to_string())?;
+    state.seal();
+    state.store.flush().map_err(|e| e.to_string())?;
     tracing::info!("stopped; keys zeroized");
     Ok(())
 }
@@ -289,7 +346,13 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
         tracing::info!(addr = %config.listen, vault = keyring.vault_id(), "serving, sealed");
-        serve_until_signal(listener, Arc::new(keyring), store, &config).await
+        let state = AppState::new(
+            Arc::new(keyring),
+            store,
+            Arc::new(SystemClock),
+            app_settings(&config),
+        );
+        serve_until_signal(listener, state).await
     })
 }
 
@@ -327,15 +390,34 @@ fn dev(args: DevArgs) -> Result<(), String> {
     ));
     let store = open_store(&config.data_dir)?;
     let NewVault {
-        keyring,
+        state,
         admin_api_key: admin_key,
         ..
-    } = create_vault(
-        &config,
-        Arc::clone(&store),
-        Arc::new(SystemClock),
-        SealMethod::Passphrase(passphrase.clone()),
-    )?;
+    } = create_vault(&config, store, SealMethod::Passphrase(passphrase.clone()))?;
+    let service = |name: &str, role: Role| {
+        state
+            .create_service_now(CLI_ACTOR, name, vec![role])
+            .map(|k| Zeroizing::new(k.expose_secret().to_owned()))
+            .map_err(|e| e.problem().detail)
+    };
+    let payment_key = service("payments", Role::PaymentService)?;
+    let auditor_key = service("auditor", Role::Auditor)?;
+    let mut staff = serde_json::Map::new();
+    for (name, role) in [
+        ("officer", Role::ComplianceOfficer),
+        ("approver", Role::ComplianceApprover),
+    ] {
+        let password = Zeroizing::new(hex::encode(
+            crate::crypto::random_array::<16>().map_err(|e| e.to_string())?,
+        ));
+        state
+            .create_staff_now(CLI_ACTOR, name, vec![role], &password)
+            .map_err(|e| e.problem().detail)?;
+        staff.insert(
+            name.to_owned(),
+            json!({"username": name, "password": password.as_str()}),
+        );
+    }
     runtime()?.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -347,6 +429,9 @@ fn dev(args: DevArgs) -> Result<(), String> {
             let value = json!({
                 "url": url,
                 "admin_api_key": admin_key.as_str(),
+                "payment_service_api_key": payment_key.as_str(),
+                "auditor_api_key": auditor_key.as_str(),
+                "staff": staff,
                 "unseal_passphrase": passphrase.as_str(),
             });
             writeln!(out, "{value}")
@@ -354,10 +439,16 @@ fn dev(args: DevArgs) -> Result<(), String> {
             writeln!(
                 out,
                 "Strongroom dev server (throw-away data, unsealed) at {url}\n\
-                 Admin API key:     {}\n\
-                 Unseal passphrase: {}\n\
+                 Admin API key:           {}\n\
+                 Payment service API key: {}\n\
+                 Auditor API key:         {}\n\
+                 Staff logins:            {}\n\
+                 Unseal passphrase:       {}\n\
                  Try: curl {url}/v1/sys/health",
                 admin_key.as_str(),
+                payment_key.as_str(),
+                auditor_key.as_str(),
+                serde_json::Value::Object(staff.clone()),
                 passphrase.as_str()
             )
         };
@@ -365,6 +456,73 @@ fn dev(args: DevArgs) -> Result<(), String> {
             .and_then(|()| out.flush())
             .map_err(|e| e.to_string())?;
         drop(out);
-        serve_until_signal(listener, Arc::new(keyring), store, &config).await
+        serve_until_signal(listener, state).await
     })
+}
+
+fn read_public_key(path: &Path) -> Result<Vec<u8>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let key = hex::decode(text.trim())
+        .map_err(|_| format!("{}: not a hex public key", path.display()))?;
+    if key.len() != 32 {
+        return Err(format!(
+            "{}: an Ed25519 public key is 32 bytes",
+            path.display()
+        ));
+    }
+    Ok(key)
+}
+
+fn report(result: &Verification) -> Result<(), String> {
+    println!(
+        "{}",
+        serde_json::to_string(result).map_err(|e| e.to_string())?
+    );
+    if result.ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "audit verification failed at entry {}: {}",
+            result.first_bad_seq.unwrap_or(0),
+            result.problem.as_deref().unwrap_or("unknown")
+        ))
+    }
+}
+
+fn audit_verify(args: AuditVerifyArgs) -> Result<(), String> {
+    if let Some(file) = &args.file {
+        let public_key = read_public_key(args.public_key.as_deref().unwrap_or(Path::new("")))?;
+        let reader = std::io::BufReader::new(
+            std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?,
+        );
+        let lines = std::io::BufRead::lines(reader)
+            .enumerate()
+            .map(|(i, line)| {
+                let line = line.map_err(|e| e.to_string())?;
+                serde_json::from_str::<ExportLine>(&line)
+                    .map_err(|_| format!("line {} is not an audit record", i + 1))
+            });
+        return report(&verify_lines(lines, &public_key, true));
+    }
+    let data_dir = args.data_dir.ok_or("give --data-dir or --file")?;
+    let public_key = match &args.public_key {
+        Some(path) => read_public_key(path)?,
+        None => {
+            let keys = args
+                .keys_dir
+                .unwrap_or_else(|| crate::config::DEFAULT_KEYS_DIR.into());
+            read_public_key(&keys.join("audit.pub"))?
+        }
+    };
+    let store =
+        SledStore::open(&data_dir).map_err(|e| format!("{e} (is the server still running?)"))?;
+    report(&verify_store(&store, &public_key, true))
+}
+
+fn audit_export(args: AuditExportArgs) -> Result<(), String> {
+    let store = SledStore::open(&args.data_dir)
+        .map_err(|e| format!("{e} (is the server still running?)"))?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    export_store(&store, &mut out)?;
+    out.flush().map_err(|e| e.to_string())
 }

@@ -29,6 +29,10 @@ pub struct FileConfig {
     pub kek_usage_limit: Option<u64>,
     pub kek_cryptoperiod_days: Option<u32>,
     pub unseal_failures_per_minute: Option<u32>,
+    pub audit_checkpoint_every: Option<u64>,
+    pub session_idle_minutes: Option<u32>,
+    pub session_absolute_minutes: Option<u32>,
+    pub lockout_threshold: Option<u32>,
 }
 
 impl FileConfig {
@@ -62,7 +66,30 @@ pub struct Config {
     pub keys_dir: PathBuf,
     pub body_limit_bytes: usize,
     pub unseal_failures_per_minute: u32,
+    pub audit_checkpoint_every: u64,
+    pub session_idle: time::Duration,
+    pub session_absolute: time::Duration,
+    pub lockout_threshold: u32,
     pub keyring: KeyringSettings,
+}
+
+/// `value` (or `default`) if within `range`, else an error naming `name`.
+fn ranged<T: PartialOrd + Copy + std::fmt::Display>(
+    name: &str,
+    value: Option<T>,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, ConfigError> {
+    let v = value.unwrap_or(default);
+    if range.contains(&v) {
+        Ok(v)
+    } else {
+        Err(ConfigError(format!(
+            "{name} must be between {} and {}",
+            range.start(),
+            range.end()
+        )))
+    }
 }
 
 impl Config {
@@ -113,7 +140,30 @@ impl Config {
                 "unseal_failures_per_minute must be between 1 and 1000".into(),
             ));
         }
+        let audit_checkpoint_every = ranged(
+            "audit_checkpoint_every",
+            file.audit_checkpoint_every,
+            1000,
+            1..=1_000_000,
+        )?;
+        let session_idle = ranged(
+            "session_idle_minutes",
+            file.session_idle_minutes,
+            15,
+            1..=1440,
+        )?;
+        let session_absolute = ranged(
+            "session_absolute_minutes",
+            file.session_absolute_minutes,
+            480,
+            1..=10080,
+        )?;
+        let lockout_threshold = ranged("lockout_threshold", file.lockout_threshold, 5, 1..=10)?;
         Ok(Self {
+            audit_checkpoint_every,
+            session_idle: time::Duration::minutes(i64::from(session_idle)),
+            session_absolute: time::Duration::minutes(i64::from(session_absolute)),
+            lockout_threshold,
             listen,
             data_dir: overrides
                 .data_dir

@@ -9,35 +9,26 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use common::*;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use strongroom::access::{Operation, PrincipalDirectory, Role, allows};
-use strongroom::api::{AVAILABLE_WHILE_SEALED, AppState, openapi_document, router};
-use strongroom::clock::SystemClock;
-use strongroom::keyring::UnsealInput;
+use strongroom::api::{AVAILABLE_WHILE_SEALED, AppSettings, openapi_document, router};
 use tower::ServiceExt;
-use zeroize::Zeroizing;
 
 const BODY_LIMIT: usize = 4096;
 
 fn app(vault: &TestVault) -> Router {
-    app_with_limit(vault, 5)
+    vault.app()
 }
 
 fn app_with_limit(vault: &TestVault, unseal_failures_per_minute: u32) -> Router {
-    router(AppState::new(
-        Arc::clone(&vault.keyring),
-        Arc::clone(&vault.store),
-        Arc::new(SystemClock),
-        BODY_LIMIT,
+    router(vault.state_with(AppSettings {
         unseal_failures_per_minute,
-    ))
+        ..test_settings()
+    }))
 }
 
 struct Reply {
@@ -224,57 +215,6 @@ async fn seal_needs_an_admin_credential() {
         .unwrap();
     assert_problem(&send_request(&app, basic).await, 401, "unauthenticated");
     assert!(!vault.keyring.is_sealed());
-}
-
-/// Generated from the policy table: each role that may seal can, each that
-/// may not gets 403 and leaves the vault unsealed.
-#[tokio::test]
-async fn seal_role_matrix_follows_the_policy_table() {
-    let vault = passphrase_vault();
-    let app = app(&vault);
-    let directory = PrincipalDirectory::new(Arc::clone(&vault.store), Arc::new(SystemClock));
-    for role in Role::ALL {
-        let keys = vault.keyring.keys().unwrap();
-        let (_, key) = directory
-            .create_service(&keys.credential_key(), &format!("svc-{role:?}"), vec![role])
-            .unwrap();
-        drop(keys);
-        let reply = send(
-            &app,
-            "POST",
-            "/v1/sys/seal",
-            Some(key.expose_secret()),
-            None,
-        )
-        .await;
-        if allows(role, Operation::SysSeal) {
-            assert_eq!(reply.status, StatusCode::OK, "{role:?}");
-            assert_eq!(reply.body, json!({"sealed": true}));
-            assert!(vault.keyring.is_sealed());
-            assert!(!vault.keyring.holds_key_material());
-            vault
-                .keyring
-                .unseal(UnsealInput::Passphrase(Zeroizing::new(PASSPHRASE.into())))
-                .unwrap();
-        } else {
-            assert_problem(&reply, 403, "forbidden");
-            assert!(!vault.keyring.is_sealed(), "{role:?} sealed the vault");
-        }
-    }
-    // Sealing while sealed: nothing to authenticate against.
-    vault.keyring.seal();
-    assert_problem(
-        &send(
-            &app,
-            "POST",
-            "/v1/sys/seal",
-            Some(&vault.admin_api_key),
-            None,
-        )
-        .await,
-        503,
-        "sealed",
-    );
 }
 
 #[tokio::test]

@@ -2,13 +2,16 @@
 //!
 //! An API key is `srk_` followed by 64 hex digits (256 random bits). The
 //! store keeps `HMAC-SHA256(credential key, api key)` as the lookup key, so
-//! a stolen data directory yields no usable credential.
+//! a stolen data directory yields no usable credential. Staff password
+//! hashes live apart from the principal record, which is safe to list.
 
 use std::sync::Arc;
 
+use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use super::{AccessError, Principal, PrincipalKind, Role};
+use super::sessions::{self, SessionPolicy, SessionToken, StoredSession};
+use super::{AccessError, LockoutPolicy, Principal, PrincipalKind, Role, lockout};
 use crate::clock::{Clock, rfc3339};
 use crate::crypto::{HmacKey, random_array};
 use crate::store::{Store, Transaction};
@@ -17,6 +20,7 @@ const API_KEY_PREFIX: &str = "srk_";
 const PRINCIPAL_PREFIX: &str = "ac/principal/";
 const API_KEY_INDEX_PREFIX: &str = "ac/apikey/";
 const NAME_INDEX_PREFIX: &str = "ac/name/";
+const PASSWORD_PREFIX: &str = "ac/password/";
 
 /// A freshly minted API key: shown once, then only its HMAC exists.
 pub struct ApiKey(Zeroizing<String>);
@@ -48,10 +52,73 @@ fn looks_like_api_key(text: &str) -> bool {
         .is_some_and(|rest| rest.len() == 64 && rest.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// How a request authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    ApiKey,
+    /// A session, by its store key (an HMAC; not the token).
+    Session {
+        key: String,
+    },
+}
+
+/// An authenticated caller, and the write (if any) that keeps its session
+/// alive.
+#[derive(Debug)]
+pub struct Authenticated {
+    pub principal: Principal,
+    pub credential: Credential,
+    pub touch: Option<Transaction>,
+}
+
 /// Principals stored in the store.
 pub struct PrincipalDirectory {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+}
+
+/// 1 to 64 of `a-z 0-9 . _ -`, starting with a letter or digit.
+fn check_name(name: &str) -> Result<(), AccessError> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(AccessError::Invalid {
+            field: "name",
+            message: "must be 1-64 of a-z, 0-9, '.', '_', '-', starting with a letter or digit",
+        })
+    }
+}
+
+fn check_roles(kind: PrincipalKind, roles: &[Role]) -> Result<(), AccessError> {
+    if roles.is_empty() {
+        return Err(AccessError::Invalid {
+            field: "roles",
+            message: "at least one role is required",
+        });
+    }
+    if roles.iter().any(|r| !r.fits(kind)) {
+        return Err(AccessError::Invalid {
+            field: "roles",
+            message: "payment_service is for services; compliance roles are for staff",
+        });
+    }
+    Ok(())
+}
+
+fn principal_key(id: &str) -> String {
+    format!("{PRINCIPAL_PREFIX}{id}")
+}
+
+fn encode(principal: &Principal) -> Result<Vec<u8>, AccessError> {
+    serde_json::to_vec(principal).map_err(|_| AccessError::Corrupt)
 }
 
 impl PrincipalDirectory {
@@ -59,65 +126,221 @@ impl PrincipalDirectory {
         Self { store, clock }
     }
 
-    /// Creates a service principal with a new API key.
-    pub fn create_service(
+    fn new_principal(
         &self,
-        credential_key: &HmacKey,
         name: &str,
+        kind: PrincipalKind,
         roles: Vec<Role>,
-    ) -> Result<(Principal, ApiKey), AccessError> {
-        let api_key = ApiKey::generate()?;
+    ) -> Result<(Principal, Transaction), AccessError> {
+        check_name(name)?;
+        check_roles(kind, &roles)?;
+        let mut roles = roles;
+        roles.dedup();
         let principal = Principal {
             id: format!("prn_{}", hex::encode(random_array::<12>()?)),
             name: name.to_owned(),
-            kind: PrincipalKind::Service,
+            kind,
             roles,
             created_at: rfc3339(self.clock.now()),
             disabled: false,
         };
-        let lookup = api_key_index(credential_key, api_key.expose_secret());
         let name_key = format!("{NAME_INDEX_PREFIX}{name}");
-        let encoded = serde_json::to_vec(&principal).map_err(|_| AccessError::Corrupt)?;
-        let result = self.store.commit(
-            Transaction::new()
-                .expect(name_key.clone(), None)
-                .put(name_key, principal.id.clone())
-                .put(format!("{PRINCIPAL_PREFIX}{}", principal.id), encoded)
-                .put(lookup, principal.id.clone()),
-        );
-        match result {
-            Ok(()) => Ok((principal, api_key)),
-            Err(crate::store::StoreError::Conflict) => Err(AccessError::Conflict),
-            Err(e) => Err(e.into()),
-        }
+        let tx = Transaction::new()
+            .expect(name_key.clone(), None)
+            .put(name_key, principal.id.clone())
+            .put(principal_key(&principal.id), encode(&principal)?);
+        Ok((principal, tx))
     }
 
-    /// The enabled principal that holds `api_key`.
-    pub fn authenticate_api_key(
+    /// A service principal and its new API key; the transaction fails with
+    /// a conflict if the name is taken.
+    pub fn prepare_service(
         &self,
         credential_key: &HmacKey,
-        api_key: &str,
-    ) -> Result<Principal, AccessError> {
-        if !looks_like_api_key(api_key) {
-            return Err(AccessError::Unauthenticated);
-        }
-        let id = self
-            .store
-            .get(&api_key_index(credential_key, api_key))?
-            .ok_or(AccessError::Unauthenticated)?;
-        let id = String::from_utf8(id).map_err(|_| AccessError::Corrupt)?;
-        let principal = self.principal(&id)?.ok_or(AccessError::Unauthenticated)?;
-        if principal.disabled {
-            return Err(AccessError::Unauthenticated);
-        }
-        Ok(principal)
+        name: &str,
+        roles: Vec<Role>,
+    ) -> Result<(Principal, ApiKey, Transaction), AccessError> {
+        let (principal, tx) = self.new_principal(name, PrincipalKind::Service, roles)?;
+        let api_key = ApiKey::generate()?;
+        let tx = tx.put(
+            api_key_index(credential_key, api_key.expose_secret()),
+            principal.id.clone(),
+        );
+        Ok((principal, api_key, tx))
+    }
+
+    /// A staff principal whose password hash (a PHC string) is `password_hash`.
+    pub fn prepare_staff(
+        &self,
+        name: &str,
+        roles: Vec<Role>,
+        password_hash: String,
+    ) -> Result<(Principal, Transaction), AccessError> {
+        let (principal, tx) = self.new_principal(name, PrincipalKind::Staff, roles)?;
+        let tx = tx.put(format!("{PASSWORD_PREFIX}{}", principal.id), password_hash);
+        Ok((principal, tx))
     }
 
     pub fn principal(&self, id: &str) -> Result<Option<Principal>, AccessError> {
         self.store
-            .get(format!("{PRINCIPAL_PREFIX}{id}").as_bytes())?
+            .get(principal_key(id).as_bytes())?
             .map(|bytes| serde_json::from_slice(&bytes).map_err(|_| AccessError::Corrupt))
             .transpose()
+    }
+
+    /// Every principal, by id.
+    pub fn list(&self) -> Result<Vec<Principal>, AccessError> {
+        self.store
+            .scan_prefix(PRINCIPAL_PREFIX.as_bytes())?
+            .iter()
+            .map(|(_, bytes)| serde_json::from_slice(bytes).map_err(|_| AccessError::Corrupt))
+            .collect()
+    }
+
+    /// The writes that disable `id` and end all its sessions; `None` for an
+    /// unknown id. The API key stops working because authentication checks
+    /// `disabled` on every request.
+    pub fn prepare_disable(
+        &self,
+        id: &str,
+    ) -> Result<Option<(Principal, Transaction)>, AccessError> {
+        let Some(old) = self.principal(id)? else {
+            return Ok(None);
+        };
+        let old_bytes = encode(&old)?;
+        let principal = Principal {
+            disabled: true,
+            ..old
+        };
+        let mut tx = Transaction::new()
+            .expect(principal_key(id), Some(old_bytes))
+            .put(principal_key(id), encode(&principal)?);
+        let prefix = format!("{}{id}/", sessions::PRINCIPAL_SESSIONS_PREFIX);
+        for (key, _) in self.store.scan_prefix(prefix.as_bytes())? {
+            let digest = key.get(prefix.len()..).ok_or(AccessError::Corrupt)?;
+            let digest = std::str::from_utf8(digest).map_err(|_| AccessError::Corrupt)?;
+            tx = tx
+                .delete(key.clone())
+                .delete(format!("{}{digest}", sessions::SESSION_PREFIX));
+        }
+        Ok(Some((principal, tx)))
+    }
+
+    /// The staff principal called `name` and its password hash.
+    pub fn staff_login_record(
+        &self,
+        name: &str,
+    ) -> Result<Option<(Principal, String)>, AccessError> {
+        let Some(id) = self
+            .store
+            .get(format!("{NAME_INDEX_PREFIX}{name}").as_bytes())?
+        else {
+            return Ok(None);
+        };
+        let id = String::from_utf8(id).map_err(|_| AccessError::Corrupt)?;
+        let Some(principal) = self.principal(&id)? else {
+            return Ok(None);
+        };
+        if principal.kind != PrincipalKind::Staff {
+            return Ok(None);
+        }
+        let hash = self
+            .store
+            .get(format!("{PASSWORD_PREFIX}{id}").as_bytes())?
+            .ok_or(AccessError::Corrupt)?;
+        Ok(Some((
+            principal,
+            String::from_utf8(hash).map_err(|_| AccessError::Corrupt)?,
+        )))
+    }
+
+    /// The enabled principal behind a bearer credential: an API key or a
+    /// live session token.
+    pub fn authenticate(
+        &self,
+        credential_key: &HmacKey,
+        sessions: &SessionPolicy,
+        bearer: &str,
+    ) -> Result<Authenticated, AccessError> {
+        let (id, credential, touch) = if looks_like_api_key(bearer) {
+            let id = self
+                .store
+                .get(&api_key_index(credential_key, bearer))?
+                .ok_or(AccessError::Unauthenticated)?;
+            (
+                String::from_utf8(id).map_err(|_| AccessError::Corrupt)?,
+                Credential::ApiKey,
+                None,
+            )
+        } else if sessions::looks_like_session_token(bearer) {
+            let key = sessions::session_key(credential_key, bearer);
+            let stored = self
+                .store
+                .get(key.as_bytes())?
+                .ok_or(AccessError::Unauthenticated)?;
+            let stored: StoredSession =
+                serde_json::from_slice(&stored).map_err(|_| AccessError::Corrupt)?;
+            let touch = sessions.check(&key, &stored, self.clock.now())?;
+            (stored.principal_id, Credential::Session { key }, touch)
+        } else {
+            return Err(AccessError::Unauthenticated);
+        };
+        let principal = self.principal(&id)?.ok_or(AccessError::Unauthenticated)?;
+        if principal.disabled {
+            return Err(AccessError::Unauthenticated);
+        }
+        Ok(Authenticated {
+            principal,
+            credential,
+            touch,
+        })
+    }
+
+    /// Opens a session for `principal` and clears its failed-login count.
+    pub fn prepare_login(
+        &self,
+        credential_key: &HmacKey,
+        sessions: &SessionPolicy,
+        principal: &Principal,
+        username: &str,
+    ) -> Result<(SessionToken, OffsetDateTime, Transaction), AccessError> {
+        let (token, expires, tx) =
+            sessions.open(credential_key, &principal.id, self.clock.now())?;
+        let clear = LockoutPolicy::success(&lockout::lockout_key(credential_key, username));
+        Ok((token, expires, tx.merge(clear)))
+    }
+
+    /// Seconds `username` must wait before trying again, if locked.
+    pub fn login_retry_after(
+        &self,
+        credential_key: &HmacKey,
+        lockout: &LockoutPolicy,
+        username: &str,
+    ) -> Result<Option<u64>, AccessError> {
+        lockout.retry_after(
+            self.store.as_ref(),
+            &lockout::lockout_key(credential_key, username),
+            self.clock.now(),
+        )
+    }
+
+    /// The write that counts a failed login for `username`.
+    pub fn prepare_login_failure(
+        &self,
+        credential_key: &HmacKey,
+        lockout: &LockoutPolicy,
+        username: &str,
+    ) -> Result<Transaction, AccessError> {
+        lockout.failure(
+            self.store.as_ref(),
+            &lockout::lockout_key(credential_key, username),
+            self.clock.now(),
+        )
+    }
+
+    /// The writes that end the session stored under `key`.
+    pub fn prepare_logout(&self, key: &str, principal_id: &str) -> Transaction {
+        sessions::close(key, principal_id)
     }
 }
 
@@ -142,5 +365,15 @@ mod tests {
             &key.expose_secret().replace("srk_", "xxx_")
         ));
         assert_eq!(format!("{key:?}"), "ApiKey(<redacted>)");
+    }
+
+    #[test]
+    fn names() {
+        assert!(check_name("alice").is_ok());
+        assert!(check_name("payments-api.v2").is_ok());
+        assert!(check_name("").is_err());
+        assert!(check_name("-x").is_err());
+        assert!(check_name("Alice").is_err());
+        assert!(check_name(&"a".repeat(65)).is_err());
     }
 }

@@ -1,19 +1,25 @@
-//! Principals, credentials, roles and the policy table.
+//! Principals, credentials, sessions, lockout, roles and the policy table.
 //!
 //! This module decides who a caller is and what they may do. It stores only
-//! HMACs of credentials (under a key derived from the root key), never a
-//! credential itself, and knows nothing about HTTP.
+//! HMACs of credentials (under a key derived from the root key) and Argon2id
+//! hashes of passwords, never a credential itself, and knows nothing about
+//! HTTP. Writes are returned as transactions, so the caller can commit each
+//! together with its audit entry.
 
 mod credentials;
+mod lockout;
 mod policy;
+mod sessions;
 
-pub use credentials::{ApiKey, PrincipalDirectory};
+pub use credentials::{ApiKey, Authenticated, Credential, PrincipalDirectory};
+pub use lockout::LockoutPolicy;
 pub use policy::{Operation, Role, allows};
+pub use sessions::{SessionPolicy, SessionToken};
 
 use serde::{Deserialize, Serialize};
 
-/// Who a credential belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Who a credential belongs to. Never holds a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Principal {
     pub id: String,
@@ -31,7 +37,7 @@ impl Principal {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PrincipalKind {
     /// A machine, authenticated by an API key.
@@ -45,12 +51,16 @@ pub enum PrincipalKind {
 pub enum AccessError {
     #[error("unauthenticated")]
     Unauthenticated,
-    #[error("name already taken")]
-    Conflict,
+    /// Input that breaks a rule; names the field, never its value.
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: &'static str,
+    },
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error("cryptographic failure: {0}")]
     Crypto(#[from] crate::crypto::CryptoError),
-    #[error("stored principal is corrupt")]
+    #[error("stored access record is corrupt")]
     Corrupt,
 }

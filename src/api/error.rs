@@ -201,7 +201,7 @@ impl From<AccessError> for ApiError {
     fn from(e: AccessError) -> Self {
         match e {
             AccessError::Unauthenticated => Self::Unauthenticated,
-            AccessError::Conflict => Self::Conflict("That name is already taken."),
+            AccessError::Invalid { field, message } => Self::field(field, message),
             other => {
                 tracing::error!(error = %other, "access failure");
                 Self::Internal

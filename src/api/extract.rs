@@ -6,14 +6,25 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{StatusCode, header, request::Parts};
 use serde::de::DeserializeOwned;
 
-use super::{ApiError, AppState};
-use crate::access::{Operation, Principal};
+use std::net::SocketAddr;
 
-/// A JSON body. Wrong content type or broken JSON → 400
-/// `malformed_request`; a body of the wrong shape → 422
-/// `validation_failed` naming the field path, never the value; over the
-/// body limit → 413 `payload_too_large`.
-pub struct ApiJson<T>(pub T);
+use axum::extract::ConnectInfo;
+
+use super::{ApiError, AppState, RequestId};
+use crate::access::{Authenticated, Principal};
+use crate::audit::{AuditEvent, Outcome};
+
+/// A JSON body, read but not yet parsed, so a handler can authorise the
+/// caller first. Wrong content type → 400 `malformed_request`; over the body
+/// limit → 413 `payload_too_large`.
+pub struct JsonBody(pub Bytes);
+
+impl JsonBody {
+    /// Parses the body (see [`parse_json`]).
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        parse_json(&self.0)
+    }
+}
 
 fn is_json(content_type: &str) -> bool {
     let mime = content_type
@@ -25,7 +36,7 @@ fn is_json(content_type: &str) -> bool {
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
@@ -44,7 +55,23 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                 ApiError::Malformed("The request body could not be read.")
             }
         })?;
-        parse_json(&bytes).map(ApiJson)
+        Ok(Self(bytes))
+    }
+}
+
+/// A JSON body parsed at once, for routes with nothing to authorise first:
+/// broken JSON → 400 `malformed_request`; the wrong shape → 422
+/// `validation_failed` naming the field path, never the value.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        JsonBody::from_request(req, state)
+            .await?
+            .parse()
+            .map(ApiJson)
     }
 }
 
@@ -70,18 +97,14 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
-/// The authenticated principal behind the request's bearer credential.
-/// While sealed no credential can be checked, so this answers 503 `sealed`.
-pub struct Caller(pub Principal);
+/// The authenticated caller behind the request's bearer credential (an API
+/// key or a session token). While sealed no credential can be checked, so
+/// this answers 503 `sealed`.
+pub struct Caller(pub Authenticated);
 
 impl Caller {
-    /// Forbidden unless one of the caller's roles allows `op`.
-    pub fn require(&self, op: Operation) -> Result<&Principal, ApiError> {
-        if self.0.may(op) {
-            Ok(&self.0)
-        } else {
-            Err(ApiError::Forbidden)
-        }
+    pub fn principal(&self) -> &Principal {
+        &self.0.principal
     }
 }
 
@@ -101,10 +124,53 @@ impl FromRequestParts<AppState> for Caller {
             .filter(|v| !v.is_empty())
             .ok_or(ApiError::Unauthenticated)?;
         let keys = state.keyring.keys()?;
-        let principal = state
-            .principals
-            .authenticate_api_key(&keys.credential_key(), credential)?;
-        Ok(Self(principal))
+        let mut authenticated = state.principals.authenticate(
+            &keys.credential_key(),
+            &state.settings.sessions,
+            credential,
+        )?;
+        if let Some(touch) = authenticated.touch.take() {
+            let store = std::sync::Arc::clone(&state.store);
+            tokio::task::spawn_blocking(move || store.commit(touch))
+                .await
+                .map_err(|_| ApiError::Internal)??;
+        }
+        Ok(Self(authenticated))
+    }
+}
+
+/// What every audit entry records about the request.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub request_id: String,
+    pub client: Option<String>,
+}
+
+impl RequestContext {
+    /// An audit event for this request.
+    pub fn event(&self, actor: &str, action: &'static str, outcome: Outcome) -> AuditEvent {
+        AuditEvent {
+            request_id: Some(self.request_id.clone()),
+            client: self.client.clone(),
+            ..AuditEvent::new(actor, action, outcome)
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let request_id = parts
+            .extensions
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_default();
+        let client = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string());
+        Ok(Self { request_id, client })
     }
 }
 

@@ -5,12 +5,17 @@
 //! `access`, calls the domain modules and shapes responses. It must never
 //! hold key material beyond a request, nor put a request body in a log.
 
+mod audit;
+mod auth;
 mod error;
 mod extract;
+mod keys;
 mod openapi;
+mod principals;
 mod sys;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use axum::Router;
@@ -18,23 +23,92 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, header::HeaderName};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 
 pub use error::{ApiError, FieldError, Problem};
-pub use extract::{ApiJson, Caller, parse_json};
+pub use extract::{ApiJson, Caller, JsonBody, RequestContext, parse_json};
 pub use openapi::openapi_document;
 pub use sys::UnsealLimiter;
 
-use crate::access::PrincipalDirectory;
+use crate::access::{LockoutPolicy, Operation, PrincipalDirectory, SessionPolicy};
+use crate::audit::{AuditEntry, AuditError, AuditEvent, AuditLog, Outcome};
 use crate::clock::Clock;
+use crate::crypto::PasswordPolicy;
 use crate::keyring::Keyring;
-use crate::store::Store;
+use crate::store::{Store, Transaction};
 
 /// Paths that work while sealed. Every other path answers 503 `sealed`.
 pub const AVAILABLE_WHILE_SEALED: [&str; 3] =
     ["/v1/sys/health", "/v1/sys/unseal", "/v1/openapi.json"];
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Server settings beyond the keyring's; validated by `config`.
+#[derive(Debug, Clone)]
+pub struct AppSettings {
+    pub body_limit_bytes: usize,
+    pub unseal_failures_per_minute: u32,
+    pub password_policy: PasswordPolicy,
+    pub sessions: SessionPolicy,
+    pub lockout: LockoutPolicy,
+    pub audit_checkpoint_every: u64,
+    /// Password hashes computed at once; the rest wait (bounded).
+    pub password_workers: usize,
+}
+
+impl Default for AppSettings {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        Self {
+            body_limit_bytes: crate::config::DEFAULT_BODY_LIMIT,
+            unseal_failures_per_minute: crate::config::DEFAULT_UNSEAL_FAILURES_PER_MINUTE,
+            password_policy: PasswordPolicy::owasp(),
+            sessions: SessionPolicy::default(),
+            lockout: LockoutPolicy::default(),
+            audit_checkpoint_every: 1000,
+            // Leave at least half the cores to everything else.
+            password_workers: (cores / 2).max(1),
+        }
+    }
+}
+
+/// Runs Argon2id password checks on the blocking pool, a few at a time, so
+/// a flood of logins can neither exhaust memory (each check takes the
+/// policy's memory cost) nor take every core.
+pub struct PasswordPool {
+    permits: tokio::sync::Semaphore,
+    waiting: AtomicUsize,
+    max_waiting: usize,
+}
+
+impl PasswordPool {
+    fn new(workers: usize) -> Self {
+        Self {
+            permits: tokio::sync::Semaphore::new(workers.max(1)),
+            waiting: AtomicUsize::new(0),
+            max_waiting: 64 * workers.max(1),
+        }
+    }
+
+    /// Runs `work` when a worker is free; 429 when too many already wait.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.max_waiting {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(ApiError::RateLimited {
+                retry_after_secs: 1,
+            });
+        }
+        let permit = self.permits.acquire().await;
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        let _permit = permit.map_err(|_| ApiError::Internal)?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|_| ApiError::Internal)
+    }
+}
 
 /// Shared state of every handler.
 #[derive(Clone)]
@@ -45,8 +119,12 @@ pub struct AppInner {
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
     pub principals: PrincipalDirectory,
+    pub audit: AuditLog,
+    pub settings: AppSettings,
     pub unseal_limiter: UnsealLimiter,
-    pub body_limit_bytes: usize,
+    pub passwords: PasswordPool,
+    /// A hash checked for unknown usernames, so they cost what known ones do.
+    dummy_password_hash: String,
 }
 
 impl std::ops::Deref for AppState {
@@ -62,19 +140,133 @@ impl AppState {
         keyring: Arc<Keyring>,
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
-        body_limit_bytes: usize,
-        unseal_failures_per_minute: u32,
+        settings: AppSettings,
     ) -> Self {
         let principals = PrincipalDirectory::new(Arc::clone(&store), Arc::clone(&clock));
+        let audit = AuditLog::new(
+            Arc::clone(&store),
+            Arc::clone(&keyring),
+            Arc::clone(&clock),
+            settings.audit_checkpoint_every,
+        );
+        let dummy_password_hash = settings
+            .password_policy
+            .hash("strongroom: no such user")
+            .unwrap_or_default();
         Self(Arc::new(AppInner {
             keyring,
             store,
             clock,
             principals,
-            unseal_limiter: UnsealLimiter::new(unseal_failures_per_minute),
-            body_limit_bytes,
+            audit,
+            unseal_limiter: UnsealLimiter::new(settings.unseal_failures_per_minute),
+            passwords: PasswordPool::new(settings.password_workers),
+            settings,
+            dummy_password_hash,
         }))
     }
+
+    /// Writes `change` and its audit entry in one durable transaction, off
+    /// the async runtime. A change that conflicts is 409 (and its attempt is
+    /// audited on its own); an entry that cannot be written is 503
+    /// `audit_unavailable`, and nothing changed.
+    pub async fn commit(
+        &self,
+        event: AuditEvent,
+        change: Transaction,
+    ) -> Result<AuditEntry, ApiError> {
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let attempt = AuditEvent {
+                outcome: Outcome::Error,
+                reason: Some("conflict".into()),
+                ..event.clone()
+            };
+            match state.audit.record_with(event, change) {
+                Err(AuditError::Conflict) => {
+                    state.audit.record(attempt).map_err(audit_failure)?;
+                    Err(ApiError::Conflict(
+                        "The change conflicts with the stored state.",
+                    ))
+                }
+                other => other.map_err(audit_failure),
+            }
+        })
+        .await
+        .map_err(|_| ApiError::Internal)?
+    }
+
+    /// Creates a service principal outside any request (init, dev), audited
+    /// with `actor`. Blocking.
+    pub fn create_service_now(
+        &self,
+        actor: &str,
+        name: &str,
+        roles: Vec<crate::access::Role>,
+    ) -> Result<crate::access::ApiKey, ApiError> {
+        let keys = self.keyring.keys()?;
+        let (principal, key, tx) =
+            self.principals
+                .prepare_service(&keys.credential_key(), name, roles)?;
+        let event =
+            AuditEvent::new(actor, "principal.create", Outcome::Allowed).target(principal.id);
+        self.audit.record_with(event, tx).map_err(audit_failure)?;
+        Ok(key)
+    }
+
+    /// Creates a staff principal outside any request (dev), audited with
+    /// `actor`. Blocking (hashes the password).
+    pub fn create_staff_now(
+        &self,
+        actor: &str,
+        name: &str,
+        roles: Vec<crate::access::Role>,
+        password: &str,
+    ) -> Result<(), ApiError> {
+        let hash = self
+            .settings
+            .password_policy
+            .hash(password)
+            .map_err(|_| ApiError::Internal)?;
+        let (principal, tx) = self.principals.prepare_staff(name, roles, hash)?;
+        let event =
+            AuditEvent::new(actor, "principal.create", Outcome::Allowed).target(principal.id);
+        self.audit.record_with(event, tx).map_err(audit_failure)?;
+        Ok(())
+    }
+
+    /// Signs the audit head, then drops every key: on seal and on shutdown.
+    pub fn seal(&self) {
+        if let Err(e) = self.audit.checkpoint() {
+            tracing::error!(error = %e, "audit checkpoint before sealing failed");
+        }
+        self.keyring.seal();
+    }
+
+    /// Records an event that changes nothing else (a read, a denial).
+    pub async fn record(&self, event: AuditEvent) -> Result<AuditEntry, ApiError> {
+        self.commit(event, Transaction::new()).await
+    }
+
+    /// Allows `op` for `caller`, or audits the denial and answers 403.
+    pub async fn authorize(
+        &self,
+        caller: &Caller,
+        op: Operation,
+        ctx: &RequestContext,
+    ) -> Result<(), ApiError> {
+        if caller.principal().may(op) {
+            return Ok(());
+        }
+        self.record(ctx.event(&caller.principal().id, op.action(), Outcome::Denied))
+            .await?;
+        Err(ApiError::Forbidden)
+    }
+}
+
+fn audit_failure(e: AuditError) -> ApiError {
+    tracing::error!(error = %e, "audit entry not written; request refused");
+    ApiError::AuditUnavailable
 }
 
 /// The request id of the request being handled (echoed or generated).
@@ -141,12 +333,23 @@ async fn method_not_allowed() -> ApiError {
 
 /// The whole API.
 pub fn router(state: AppState) -> Router {
-    let body_limit = state.body_limit_bytes;
+    let body_limit = state.settings.body_limit_bytes;
     Router::new()
         .route("/v1/sys/health", get(sys::health))
         .route("/v1/sys/unseal", post(sys::unseal))
         .route("/v1/sys/seal", post(sys::seal))
         .route("/v1/openapi.json", get(openapi::serve_document))
+        .route(
+            "/v1/principals",
+            post(principals::create).get(principals::list),
+        )
+        .route("/v1/principals/{id}", delete(principals::disable))
+        .route("/v1/auth/login", post(auth::login))
+        .route("/v1/auth/logout", post(auth::logout))
+        .route("/v1/audit", get(audit::entries))
+        .route("/v1/audit/verify", get(audit::verify))
+        .route("/v1/keys", get(keys::list))
+        .route("/v1/keys/{purpose}/rotate", post(keys::rotate))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), sealed_gate))

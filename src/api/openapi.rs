@@ -5,8 +5,10 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::error::{FieldError, Problem};
-use super::sys;
-use crate::keyring::UnsealProgress;
+use super::{audit, auth, keys, principals, sys};
+use crate::access::{Principal, PrincipalKind, Role};
+use crate::audit::{AuditEntry, Checkpoint, Outcome, Verification};
+use crate::keyring::{KekMetadata, UnsealProgress};
 
 struct BearerAuth;
 
@@ -23,10 +25,28 @@ impl Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Strongroom", description = "Vault for KYC records and payment credentials. Contract: docs/api.md."),
-    paths(sys::health, sys::unseal, sys::seal, serve_document),
-    components(schemas(Problem, FieldError, UnsealProgress, sys::Health, sys::UnsealRequest, sys::SealState)),
+    paths(
+        sys::health, sys::unseal, sys::seal, serve_document,
+        principals::create, principals::list, principals::disable,
+        auth::login, auth::logout,
+        audit::entries, audit::verify,
+        keys::list, keys::rotate,
+    ),
+    components(schemas(
+        Problem, FieldError, UnsealProgress, sys::Health, sys::UnsealRequest, sys::SealState,
+        principals::CreatePrincipal, principals::CreatedPrincipal, principals::PrincipalList,
+        Principal, PrincipalKind, Role, auth::Login, auth::Session,
+        audit::AuditPage, AuditEntry, Checkpoint, Outcome, Verification,
+        keys::KeyList, KekMetadata,
+    )),
     modifiers(&BearerAuth),
-    tags((name = "sys", description = "Seal state and health")),
+    tags(
+        (name = "sys", description = "Seal state and health"),
+        (name = "principals", description = "Services and staff (admin)"),
+        (name = "auth", description = "Staff sessions"),
+        (name = "audit", description = "The tamper-evident audit log (auditor, admin)"),
+        (name = "keys", description = "KEK metadata and rotation (admin)"),
+    ),
 )]
 struct ApiDoc;
 

@@ -12,9 +12,10 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 use zeroize::Zeroizing;
 
-use super::extract::{ApiJson, Caller};
+use super::extract::{ApiJson, Caller, RequestContext};
 use super::{ApiError, AppState, Problem};
 use crate::access::Operation;
+use crate::audit::{AuditEvent, Outcome};
 use crate::clock::Clock;
 use crate::keyring::{KeyringError, UnsealInput, UnsealProgress};
 
@@ -112,6 +113,7 @@ impl UnsealLimiter {
     ))]
 pub async fn unseal(
     State(state): State<AppState>,
+    ctx: RequestContext,
     ApiJson(body): ApiJson<UnsealRequest>,
 ) -> Result<Json<UnsealProgress>, ApiError> {
     let input = match (body.passphrase, body.share) {
@@ -140,14 +142,35 @@ pub async fn unseal(
         .map_err(|_| ApiError::Internal)?;
     match result {
         Ok(progress) => {
+            let event = AuditEvent {
+                reason: Some(format!(
+                    "progress {}/{}",
+                    progress.progress, progress.threshold
+                )),
+                ..ctx.event("anonymous", "sys.unseal", Outcome::Allowed)
+            };
+            if let Err(e) = state.record(event).await {
+                // Fail closed: an unseal that left no entry does not stand.
+                state.keyring.seal();
+                return Err(e);
+            }
             if !progress.sealed {
                 tracing::info!("vault unsealed");
+                // Sign whatever an unclean stop left unsigned.
+                if let Err(e) = state.audit.checkpoint() {
+                    tracing::error!(error = %e, "audit checkpoint at unseal failed");
+                }
             }
             Ok(Json(progress))
         }
         Err(KeyringError::UnsealFailed(why)) => {
             state.unseal_limiter.record_failure(clock.now());
             tracing::warn!(reason = why, "unseal attempt refused");
+            let event = AuditEvent {
+                reason: Some(why.to_owned()),
+                ..ctx.event("anonymous", "sys.unseal", Outcome::Denied)
+            };
+            state.record(event).await?;
             Err(ApiError::UnsealFailed(why))
         }
         Err(other) => Err(other.into()),
@@ -169,11 +192,17 @@ pub struct SealState {
     ))]
 pub async fn seal(
     State(state): State<AppState>,
+    ctx: RequestContext,
     caller: Caller,
 ) -> Result<Json<SealState>, ApiError> {
-    let principal = caller.require(Operation::SysSeal)?;
-    state.keyring.seal();
-    tracing::info!(actor = %principal.id, "vault sealed");
+    state.authorize(&caller, Operation::SysSeal, &ctx).await?;
+    let actor = caller.principal().id.clone();
+    drop(caller);
+    state
+        .record(ctx.event(&actor, "sys.seal", Outcome::Allowed))
+        .await?;
+    state.seal();
+    tracing::info!(actor = %actor, "vault sealed");
     Ok(Json(SealState { sealed: true }))
 }
 

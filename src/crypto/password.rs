@@ -148,3 +148,134 @@ mod tests {
         assert!(derive_key_from_passphrase(&policy, &params, b"pw", &[0; 16]).is_ok());
     }
 }
+
+/// How staff passwords are hashed: Argon2id PHC strings, with a length
+/// policy. Stored hashes whose costs are above the ceiling are refused
+/// rather than computed.
+#[derive(Debug, Clone, Copy)]
+pub struct PasswordPolicy {
+    params: Argon2Params,
+    min_chars: usize,
+    max_bytes: usize,
+}
+
+/// Ceiling for parameters read back from a stored hash.
+const PASSWORD_CEILING: Argon2Params = Argon2Params {
+    m_kib: 1024 * 1024,
+    t: 16,
+    p: 16,
+};
+
+impl PasswordPolicy {
+    /// OWASP's Argon2id minimum (m = 19 MiB, t = 2, p = 1) and passwords of
+    /// at least 12 characters (NIST SP 800-63B allows 8; 12 is PCI DSS
+    /// 8.3.6's).
+    pub const fn owasp() -> Self {
+        Self {
+            params: Argon2Params {
+                m_kib: 19 * 1024,
+                t: 2,
+                p: 1,
+            },
+            min_chars: 12,
+            max_bytes: 1024,
+        }
+    }
+
+    /// Tiny costs for tests; never for real passwords.
+    pub const fn danger_insecure_for_tests() -> Self {
+        Self {
+            params: Argon2Params {
+                m_kib: 8,
+                t: 1,
+                p: 1,
+            },
+            min_chars: 12,
+            max_bytes: 1024,
+        }
+    }
+
+    /// Whether `password` meets the length rules (the message never
+    /// contains the password).
+    pub fn check_strength(&self, password: &str) -> Result<(), &'static str> {
+        if password.chars().count() < self.min_chars {
+            return Err("must be at least 12 characters");
+        }
+        if password.len() > self.max_bytes {
+            return Err("must be at most 1024 bytes");
+        }
+        Ok(())
+    }
+
+    /// The PHC string of `password` under a fresh random salt.
+    pub fn hash(&self, password: &str) -> Result<String, CryptoError> {
+        use argon2::password_hash::{PasswordHasher, SaltString};
+        let salt_bytes = super::random_array::<16>()?;
+        let salt = SaltString::encode_b64(&salt_bytes).map_err(|_| CryptoError::Length("salt"))?;
+        let params = Params::new(self.params.m_kib, self.params.t, self.params.p, None)
+            .map_err(|_| CryptoError::KdfParams("rejected by argon2"))?;
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|_| CryptoError::KdfParams("rejected by argon2"))
+    }
+
+    /// Checks `password` against a stored PHC string in constant time.
+    /// False for a wrong password, a malformed hash, another algorithm, or
+    /// costs above the ceiling. Over-long passwords are refused unhashed.
+    pub fn verify(&self, phc: &str, password: &str) -> bool {
+        use argon2::password_hash::{PasswordHash, PasswordVerifier};
+        if password.len() > self.max_bytes {
+            return false;
+        }
+        let Ok(hash) = PasswordHash::new(phc) else {
+            return false;
+        };
+        if hash.algorithm.as_str() != "argon2id" {
+            return false;
+        }
+        let Ok(params) = Params::try_from(&hash) else {
+            return false;
+        };
+        if params.m_cost() > PASSWORD_CEILING.m_kib
+            || params.t_cost() > PASSWORD_CEILING.t
+            || params.p_cost() > PASSWORD_CEILING.p
+        {
+            return false;
+        }
+        Argon2::default()
+            .verify_password(password.as_bytes(), &hash)
+            .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod password_tests {
+    use super::*;
+
+    #[test]
+    fn hash_and_verify() {
+        let policy = PasswordPolicy::danger_insecure_for_tests();
+        let phc = policy.hash("a long enough password").unwrap();
+        assert!(phc.starts_with("$argon2id$v=19$m=8,t=1,p=1$"));
+        assert!(!phc.contains("a long enough password"));
+        assert!(policy.verify(&phc, "a long enough password"));
+        assert!(!policy.verify(&phc, "a long enough passwore"));
+        assert!(!policy.verify("not a hash", "x"));
+        assert_ne!(phc, policy.hash("a long enough password").unwrap());
+    }
+
+    #[test]
+    fn refuses_weak_passwords_and_expensive_hashes() {
+        let policy = PasswordPolicy::owasp();
+        assert!(policy.check_strength("short").is_err());
+        assert!(policy.check_strength("twelve chars").is_ok());
+        assert!(policy.check_strength(&"x".repeat(2000)).is_err());
+        // An argon2id hash claiming 4 GiB is refused, not computed.
+        let huge = "$argon2id$v=19$m=4194304,t=3,p=4$c29tZXNhbHRzb21lc2FsdA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        assert!(!policy.verify(huge, "password"));
+        let argon2i =
+            "$argon2i$v=19$m=65536,t=2,p=1$c29tZXNhbHQ$wWKIMhR9lyDFvRz9YTZweHKfbftvj+qf+YFY4NeBbtA";
+        assert!(!policy.verify(argon2i, "password"));
+    }
+}

@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 use super::KeyringError;
 use crate::clock::rfc3339;
 use crate::crypto::{Aad, Envelope, Key256};
-use crate::store::{Store, Transaction};
+use crate::store::{Store, StoreError, Transaction};
 
 /// How many encryptions are reserved (and persisted) at a time.
 const RESERVATION_BLOCK: u64 = 1024;
@@ -181,6 +181,18 @@ impl KekCache {
         purpose: Purpose,
         now: OffsetDateTime,
     ) -> Result<u32, KeyringError> {
+        self.rotate_committing(keyring_key, purpose, now, &|tx| store.commit(tx))
+    }
+
+    /// Like `rotate`, with the store write done by `commit`, so a caller can
+    /// add its own writes (an audit entry) to the same transaction.
+    pub(crate) fn rotate_committing(
+        &mut self,
+        keyring_key: &Key256,
+        purpose: Purpose,
+        now: OffsetDateTime,
+        commit: &dyn Fn(Transaction) -> Result<(), StoreError>,
+    ) -> Result<u32, KeyringError> {
         let version = self
             .families
             .get(&purpose)
@@ -205,7 +217,7 @@ impl KekCache {
             reserved: 0,
         };
         let key = kek_key(purpose, version);
-        store.commit(
+        commit(
             Transaction::new()
                 .expect(key.clone(), None)
                 .put(key, encode(&entry.stored(0))?),

@@ -567,6 +567,18 @@ impl Keyring {
         )
     }
 
+    /// Like [`Keyring::rotate`], committing the new version with `commit`
+    /// so the caller's own writes (its audit entry) share the transaction.
+    pub fn rotate_with(
+        &self,
+        purpose: Purpose,
+        commit: &dyn Fn(Transaction) -> Result<(), StoreError>,
+    ) -> Result<u32, KeyringError> {
+        let keys = self.keys()?;
+        let mut keks = keys.keks();
+        keks.rotate_committing(&keys.keyring, purpose, self.clock.now(), commit)
+    }
+
     /// Metadata of every KEK version; never key bytes.
     pub fn kek_metadata(&self) -> Result<Vec<KekMetadata>, KeyringError> {
         Ok(self.keys()?.keks().metadata())

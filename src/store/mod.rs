@@ -62,6 +62,13 @@ impl Transaction {
         self
     }
 
+    /// Appends `other`'s preconditions and writes to this transaction.
+    pub fn merge(mut self, other: Transaction) -> Self {
+        self.preconditions.extend(other.preconditions);
+        self.writes.extend(other.writes);
+        self
+    }
+
     pub fn is_empty(&self) -> bool {
         self.preconditions.is_empty() && self.writes.is_empty()
     }

@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use strongroom::access::{PrincipalDirectory, Role};
+use strongroom::access::Role;
+use strongroom::api::{AppSettings, AppState, router};
 use strongroom::clock::{Clock, SystemClock};
-use strongroom::crypto::KdfPolicy;
+use strongroom::crypto::{KdfPolicy, PasswordPolicy};
 use strongroom::keyring::{Keyring, KeyringSettings, SealMethod};
 use strongroom::store::{SledStore, Store};
 use zeroize::Zeroizing;
@@ -31,11 +32,22 @@ pub fn fast_settings() -> KeyringSettings {
 
 pub const PASSPHRASE: &str = "correct horse battery staple";
 
-/// A vault in a temporary directory.
+/// Server settings for tests: a cheap password hash, a small body limit.
+pub fn test_settings() -> AppSettings {
+    AppSettings {
+        body_limit_bytes: 4096,
+        unseal_failures_per_minute: 5,
+        password_policy: PasswordPolicy::danger_insecure_for_tests(),
+        ..AppSettings::default()
+    }
+}
+
+/// A vault in a temporary directory, with its server state.
 pub struct TestVault {
     pub dir: tempfile::TempDir,
     pub store: Arc<dyn Store>,
     pub keyring: Arc<Keyring>,
+    pub state: AppState,
     pub shares: Vec<String>,
     pub admin_api_key: String,
 }
@@ -48,12 +60,44 @@ impl TestVault {
     pub fn keys_dir(&self) -> PathBuf {
         self.dir.path().join("keys")
     }
+
+    /// The router over this vault's state.
+    pub fn app(&self) -> axum::Router {
+        router(self.state.clone())
+    }
+
+    /// Another server state over the same vault, with other settings.
+    pub fn state_with(&self, settings: AppSettings) -> AppState {
+        AppState::new(
+            Arc::clone(&self.keyring),
+            Arc::clone(&self.store),
+            Arc::new(SystemClock),
+            settings,
+        )
+    }
+
+    /// A new service principal with `role`; its API key.
+    pub fn service(&self, name: &str, role: Role) -> String {
+        self.state
+            .create_service_now("test", name, vec![role])
+            .unwrap()
+            .expose_secret()
+            .to_owned()
+    }
+
+    /// A new staff principal with `role` and `password`.
+    pub fn staff(&self, name: &str, role: Role, password: &str) {
+        self.state
+            .create_staff_now("test", name, vec![role], password)
+            .unwrap();
+    }
 }
 
-pub fn new_vault(
+pub fn new_vault_with(
     method: SealMethod,
     settings: KeyringSettings,
     clock: Arc<dyn Clock>,
+    app: AppSettings,
 ) -> TestVault {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.path().join("data")).unwrap());
@@ -65,18 +109,27 @@ pub fn new_vault(
         method,
     )
     .unwrap();
-    let keys = init.keyring.keys().unwrap();
-    let (_, api_key) = PrincipalDirectory::new(Arc::clone(&store), clock)
-        .create_service(&keys.credential_key(), "admin", vec![Role::Admin])
+    let keyring = Arc::new(init.keyring);
+    let state = AppState::new(Arc::clone(&keyring), Arc::clone(&store), clock, app);
+    let admin = state
+        .create_service_now("test", "admin", vec![Role::Admin])
         .unwrap();
-    drop(keys);
     TestVault {
         dir,
         store,
-        keyring: Arc::new(init.keyring),
+        keyring,
+        state,
         shares: init.shares.iter().map(|s| s.to_string()).collect(),
-        admin_api_key: api_key.expose_secret().to_owned(),
+        admin_api_key: admin.expose_secret().to_owned(),
     }
+}
+
+pub fn new_vault(
+    method: SealMethod,
+    settings: KeyringSettings,
+    clock: Arc<dyn Clock>,
+) -> TestVault {
+    new_vault_with(method, settings, clock, test_settings())
 }
 
 pub fn passphrase_vault() -> TestVault {

@@ -1,0 +1,85 @@
+//! `/v1/keys`: KEK metadata and rotation (admin). Never key bytes.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::extract::{Caller, RequestContext};
+use super::{ApiError, AppState, Problem};
+use crate::access::Operation;
+use crate::audit::{AuditError, Outcome};
+use crate::keyring::{KekMetadata, KeyringError, Purpose};
+use crate::store::StoreError;
+
+#[derive(Serialize, ToSchema)]
+pub struct KeyList {
+    pub keys: Vec<KekMetadata>,
+}
+
+/// Every KEK version per purpose: version, creation time, encryptions.
+#[utoipa::path(get, path = "/v1/keys", tag = "keys", security(("bearer" = [])),
+    responses((status = 200, body = KeyList), (status = 401, body = Problem), (status = 403, body = Problem)))]
+pub async fn list(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    caller: Caller,
+) -> Result<Json<KeyList>, ApiError> {
+    state.authorize(&caller, Operation::KeysRead, &ctx).await?;
+    state
+        .record(ctx.event(&caller.principal().id, "key.read", Outcome::Allowed))
+        .await?;
+    Ok(Json(KeyList {
+        keys: state.keyring.kek_metadata()?,
+    }))
+}
+
+/// Adds a KEK version for `purpose` (kyc, card, bank, generic); new writes
+/// use it, older versions still decrypt.
+#[utoipa::path(post, path = "/v1/keys/{purpose}/rotate", tag = "keys", security(("bearer" = [])),
+    params(("purpose" = String, Path, description = "kyc, card, bank or generic")),
+    responses((status = 200, body = KekMetadata), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+pub async fn rotate(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    caller: Caller,
+    Path(purpose): Path<String>,
+) -> Result<Json<KekMetadata>, ApiError> {
+    state
+        .authorize(&caller, Operation::KeysRotate, &ctx)
+        .await?;
+    let purpose = Purpose::parse(&purpose).ok_or(ApiError::NotFound)?;
+    let event = ctx
+        .event(&caller.principal().id, "key.rotate", Outcome::Allowed)
+        .target(format!("kek/{}", purpose.as_str()));
+    let state2 = state.clone();
+    let version = tokio::task::spawn_blocking(move || {
+        state2.keyring.rotate_with(purpose, &|tx| {
+            state2
+                .audit
+                .record_with(event.clone(), tx)
+                .map(|_| ())
+                .map_err(|e| match e {
+                    AuditError::Conflict => StoreError::Conflict,
+                    other => StoreError::Backend(other.to_string()),
+                })
+        })
+    })
+    .await
+    .map_err(|_| ApiError::Internal)?
+    .map_err(|e| match e {
+        // The new version and its audit entry are one transaction.
+        KeyringError::Store(e) => {
+            tracing::error!(error = %e, "key rotation not written");
+            ApiError::AuditUnavailable
+        }
+        other => other.into(),
+    })?;
+    let metadata = state
+        .keyring
+        .kek_metadata()?
+        .into_iter()
+        .find(|m| m.purpose == purpose && m.version == version)
+        .ok_or(ApiError::Internal)?;
+    Ok(Json(metadata))
+}

@@ -1,0 +1,162 @@
+//! `/v1/principals`: create, list, disable (admin).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::extract::{Caller, JsonBody, RequestContext};
+use super::{ApiError, AppState, Problem};
+use crate::access::{Operation, Principal, PrincipalKind, Role};
+use crate::audit::Outcome;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePrincipal {
+    /// 1-64 of `a-z 0-9 . _ -`; a staff member's username.
+    pub name: String,
+    pub kind: PrincipalKind,
+    pub roles: Vec<Role>,
+    /// Staff only: at least 12 characters.
+    pub password: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CreatedPrincipal {
+    pub id: String,
+    /// Services only; shown this once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
+}
+
+/// Creates a service (answering its API key, once) or a staff member.
+#[utoipa::path(post, path = "/v1/principals", tag = "principals", security(("bearer" = [])),
+    request_body = CreatePrincipal,
+    responses(
+        (status = 201, description = "Created", body = CreatedPrincipal),
+        (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 409, description = "Name taken", body = Problem),
+        (status = 422, body = Problem),
+    ))]
+pub async fn create(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    caller: Caller,
+    body: JsonBody,
+) -> Result<(StatusCode, Json<CreatedPrincipal>), ApiError> {
+    state
+        .authorize(&caller, Operation::PrincipalCreate, &ctx)
+        .await?;
+    let request: CreatePrincipal = body.parse()?;
+    let actor = caller.principal().id.clone();
+    let keys = state.keyring.keys()?;
+    let (principal, api_key, tx) = match (request.kind, request.password) {
+        (PrincipalKind::Service, None) => {
+            let (principal, key, tx) = state.principals.prepare_service(
+                &keys.credential_key(),
+                &request.name,
+                request.roles,
+            )?;
+            (principal, Some(key), tx)
+        }
+        (PrincipalKind::Staff, Some(password)) => {
+            let policy = state.settings.password_policy;
+            policy
+                .check_strength(&password)
+                .map_err(|message| ApiError::field("password", message))?;
+            let hash = state
+                .passwords
+                .run(move || policy.hash(&password))
+                .await?
+                .map_err(|_| ApiError::Internal)?;
+            let (principal, tx) =
+                state
+                    .principals
+                    .prepare_staff(&request.name, request.roles, hash)?;
+            (principal, None, tx)
+        }
+        (PrincipalKind::Service, Some(_)) => {
+            return Err(ApiError::field(
+                "password",
+                "services authenticate by API key, not password",
+            ));
+        }
+        (PrincipalKind::Staff, None) => {
+            return Err(ApiError::field("password", "staff need a password"));
+        }
+    };
+    drop(keys);
+    state
+        .commit(
+            ctx.event(&actor, "principal.create", Outcome::Allowed)
+                .target(principal.id.clone()),
+            tx,
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedPrincipal {
+            id: principal.id,
+            api_key: api_key.map(|k| k.expose_secret().to_owned()),
+        }),
+    ))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PrincipalList {
+    pub principals: Vec<Principal>,
+}
+
+/// Every principal; never a secret.
+#[utoipa::path(get, path = "/v1/principals", tag = "principals", security(("bearer" = [])),
+    responses((status = 200, body = PrincipalList), (status = 401, body = Problem), (status = 403, body = Problem)))]
+pub async fn list(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    caller: Caller,
+) -> Result<Json<PrincipalList>, ApiError> {
+    state
+        .authorize(&caller, Operation::PrincipalList, &ctx)
+        .await?;
+    state
+        .record(ctx.event(&caller.principal().id, "principal.list", Outcome::Allowed))
+        .await?;
+    Ok(Json(PrincipalList {
+        principals: state.principals.list()?,
+    }))
+}
+
+/// Disables a principal: its API key and sessions stop working at once.
+#[utoipa::path(delete, path = "/v1/principals/{id}", tag = "principals", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Principal id")),
+    responses((status = 204, description = "Disabled"), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+pub async fn disable(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .authorize(&caller, Operation::PrincipalDisable, &ctx)
+        .await?;
+    let event = ctx
+        .event(
+            &caller.principal().id,
+            "principal.disable",
+            Outcome::Allowed,
+        )
+        .target(id.clone());
+    let Some((_, tx)) = state.principals.prepare_disable(&id)? else {
+        state
+            .record(crate::audit::AuditEvent {
+                outcome: Outcome::Error,
+                reason: Some("not found".into()),
+                ..event
+            })
+            .await?;
+        return Err(ApiError::NotFound);
+    };
+    state.commit(event, tx).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,149 @@
+//! Entry and checkpoint formats.
+//!
+//! `hash = SHA-256(prev_hash ‖ canonical entry)`, where the canonical entry
+//! is the compact JSON of every field but `hash`, in the order declared
+//! below, and `prev_hash` is the previous entry's hash (32 zero bytes before
+//! the first). A checkpoint signs `"strongroom/v1/audit-checkpoint" ‖ 0 ‖
+//! seq (u64 BE) ‖ hash ‖ time` with the vault's Ed25519 audit key.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::crypto::sha256;
+
+/// How an audited attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Allowed,
+    Denied,
+    Error,
+}
+
+/// What a caller asks to record. `target` and every text field must not
+/// hold a sensitive value; use [`super::AuditLog::fingerprint`] for those.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    pub actor: String,
+    pub action: &'static str,
+    pub target: Option<String>,
+    pub outcome: Outcome,
+    pub reason: Option<String>,
+    pub ticket: Option<String>,
+    pub request_id: Option<String>,
+    pub client: Option<String>,
+}
+
+impl AuditEvent {
+    pub fn new(actor: impl Into<String>, action: &'static str, outcome: Outcome) -> Self {
+        Self {
+            actor: actor.into(),
+            action,
+            target: None,
+            outcome,
+            reason: None,
+            ticket: None,
+            request_id: None,
+            client: None,
+        }
+    }
+
+    pub fn target(mut self, target: impl Into<String>) -> Self {
+        self.target = Some(target.into());
+        self
+    }
+}
+
+/// One entry of the chain, as stored, exported and returned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditEntry {
+    pub seq: u64,
+    pub time: String,
+    pub actor: String,
+    pub action: String,
+    pub target: Option<String>,
+    pub outcome: Outcome,
+    pub reason: Option<String>,
+    pub ticket: Option<String>,
+    pub request_id: Option<String>,
+    pub client: Option<String>,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+#[derive(Serialize)]
+struct Canonical<'a> {
+    seq: u64,
+    time: &'a str,
+    actor: &'a str,
+    action: &'a str,
+    target: &'a Option<String>,
+    outcome: Outcome,
+    reason: &'a Option<String>,
+    ticket: &'a Option<String>,
+    request_id: &'a Option<String>,
+    client: &'a Option<String>,
+    prev_hash: &'a str,
+}
+
+pub(crate) const GENESIS_HASH: [u8; 32] = [0; 32];
+
+impl AuditEntry {
+    /// The hash this entry should carry, from its other fields. A
+    /// `prev_hash` that is not 32 bytes of hex makes a hash no real entry
+    /// has.
+    pub fn compute_hash(&self) -> [u8; 32] {
+        let canonical = Canonical {
+            seq: self.seq,
+            time: &self.time,
+            actor: &self.actor,
+            action: &self.action,
+            target: &self.target,
+            outcome: self.outcome,
+            reason: &self.reason,
+            ticket: &self.ticket,
+            request_id: &self.request_id,
+            client: &self.client,
+            prev_hash: &self.prev_hash,
+        };
+        // Serialising plain strings and numbers cannot fail.
+        let json = serde_json::to_vec(&canonical).unwrap_or_default();
+        let mut input = match hex::decode(&self.prev_hash) {
+            Ok(prev) if prev.len() == 32 => prev,
+            _ => b"invalid prev_hash".to_vec(),
+        };
+        input.extend_from_slice(&json);
+        sha256(&input)
+    }
+}
+
+/// A signature over the chain's head at `seq`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Checkpoint {
+    pub seq: u64,
+    pub hash: String,
+    pub time: String,
+    /// Ed25519 signature, hex.
+    pub signature: String,
+}
+
+impl Checkpoint {
+    /// The bytes the signature covers.
+    pub fn signed_message(seq: u64, hash: &[u8], time: &str) -> Vec<u8> {
+        let mut message = b"strongroom/v1/audit-checkpoint\0".to_vec();
+        message.extend_from_slice(&seq.to_be_bytes());
+        message.extend_from_slice(hash);
+        message.extend_from_slice(time.as_bytes());
+        message
+    }
+}
+
+/// One line of an export (JSONL).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ExportLine {
+    Entry(AuditEntry),
+    Checkpoint(Checkpoint),
+}

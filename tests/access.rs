@@ -1,0 +1,559 @@
+//! Principals, sessions, lockout and the role × endpoint matrix, through the
+//! HTTP API.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::Request;
+use common::*;
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use strongroom::access::{Operation, PrincipalKind, Role, allows};
+use strongroom::clock::ManualClock;
+use strongroom::keyring::{SealMethod, UnsealInput};
+use tower::ServiceExt;
+use zeroize::Zeroizing;
+
+const STAFF_PASSWORD: &str = "staff password 123";
+
+async fn call(
+    app: &Router,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value, axum::http::HeaderMap) {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(token) = bearer {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    let body = match body {
+        Some(v) => {
+            req = req.header("content-type", "application/json");
+            Body::from(v.to_string())
+        }
+        None => Body::empty(),
+    };
+    let response = app.clone().oneshot(req.body(body).unwrap()).await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, value, headers)
+}
+
+async fn login(app: &Router, username: &str, password: &str) -> (u16, Value) {
+    let (status, body, _) = call(
+        app,
+        "POST",
+        "/v1/auth/login",
+        None,
+        Some(json!({"username": username, "password": password})),
+    )
+    .await;
+    (status, body)
+}
+
+/// A credential holding exactly `role`: an API key for roles a service may
+/// hold, otherwise a staff session.
+async fn credential_for(vault: &TestVault, app: &Router, role: Role, n: usize) -> String {
+    let name = format!("{role:?}-{n}").to_lowercase();
+    if role.fits(PrincipalKind::Service) {
+        vault.service(&name, role)
+    } else {
+        vault.staff(&name, role, STAFF_PASSWORD);
+        let (status, body) = login(app, &name, STAFF_PASSWORD).await;
+        assert_eq!(status, 200, "{body}");
+        body["token"].as_str().unwrap().to_owned()
+    }
+}
+
+fn principal_id(vault: &TestVault, name: &str) -> String {
+    vault
+        .state
+        .principals
+        .list()
+        .unwrap()
+        .into_iter()
+        .find(|p| p.name == name)
+        .unwrap()
+        .id
+}
+
+/// One valid request per operation. The match is exhaustive, so a new
+/// operation does not compile until it has a row here.
+fn sample(vault: &TestVault, op: Operation, n: usize) -> (&'static str, String, Option<Value>) {
+    match op {
+        Operation::SysSeal => ("POST", "/v1/sys/seal".into(), None),
+        Operation::PrincipalCreate => (
+            "POST",
+            "/v1/principals".into(),
+            Some(json!({"name": format!("created-{n}"), "kind": "service", "roles": ["auditor"]})),
+        ),
+        Operation::PrincipalList => ("GET", "/v1/principals".into(), None),
+        Operation::PrincipalDisable => {
+            let name = format!("victim-{n}");
+            vault.service(&name, Role::Auditor);
+            (
+                "DELETE",
+                format!("/v1/principals/{}", principal_id(vault, &name)),
+                None,
+            )
+        }
+        Operation::AuditRead => ("GET", "/v1/audit?limit=5".into(), None),
+        Operation::AuditVerify => ("GET", "/v1/audit/verify".into(), None),
+        Operation::KeysRead => ("GET", "/v1/keys".into(), None),
+        Operation::KeysRotate => ("POST", "/v1/keys/card/rotate".into(), None),
+    }
+}
+
+#[tokio::test]
+async fn role_matrix_is_generated_from_the_policy_table() {
+    let vault = passphrase_vault();
+    let app = vault.app();
+    let mut n = 0;
+    let mut checked = 0;
+    for op in Operation::ALL {
+        for role in Role::ALL {
+            n += 1;
+            let credential = credential_for(&vault, &app, role, n).await;
+            let (method, path, body) = sample(&vault, op, n);
+            let (status, reply, _) = call(&app, method, &path, Some(&credential), body).await;
+            if allows(role, op) {
+                assert!(
+                    (200..300).contains(&status),
+                    "{role:?} {op:?}: {status} {reply}"
+                );
+                if op == Operation::SysSeal {
+                    assert!(vault.keyring.is_sealed() && !vault.keyring.holds_key_material());
+                    vault
+                        .keyring
+                        .unseal(UnsealInput::Passphrase(Zeroizing::new(PASSPHRASE.into())))
+                        .unwrap();
+                }
+            } else {
+                assert_eq!(status, 403, "{role:?} {op:?}: {reply}");
+                assert_eq!(reply["code"], "forbidden");
+                assert!(!vault.keyring.is_sealed());
+                // The denial is in the audit log.
+                let (_, page, _) = call(
+                    &app,
+                    "GET",
+                    &format!("/v1/audit?action={}&limit=1000", op.action()),
+                    Some(&vault.admin_api_key),
+                    None,
+                )
+                .await;
+                let denied = page["entries"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e["outcome"] == "denied" && e["action"] == op.action());
+                assert!(denied, "{role:?} {op:?}: denial not audited");
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, Operation::ALL.len() * Role::ALL.len());
+}
+
+#[tokio::test]
+async fn missing_malformed_unknown_disabled_and_ended_credentials_are_401() {
+    let clock = Arc::new(ManualClock::new(
+        time::macros::datetime!(2026-06-01 09:00 UTC),
+    ));
+    let vault = new_vault(
+        SealMethod::Passphrase(Zeroizing::new(PASSPHRASE.into())),
+        fast_settings(),
+        clock.clone(),
+    );
+    let app = vault.app();
+    let unknown_key = format!("srk_{}", "a".repeat(64));
+    let unknown_session = format!("sst_{}", "b".repeat(64));
+    for bad in [
+        "",
+        "nonsense",
+        "srk_123",
+        unknown_key.as_str(),
+        unknown_session.as_str(),
+    ] {
+        let (status, body, _) = call(&app, "GET", "/v1/principals", Some(bad), None).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (401, Some("unauthenticated")),
+            "{bad:?}"
+        );
+    }
+    let (status, _, _) = call(&app, "GET", "/v1/principals", None, None).await;
+    assert_eq!(status, 401);
+    let basic = Request::builder()
+        .uri("/v1/principals")
+        .header("authorization", format!("Basic {}", vault.admin_api_key))
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(app.clone().oneshot(basic).await.unwrap().status(), 401);
+
+    // Disabled: its key stops at once.
+    let doomed = vault.service("doomed", Role::Auditor);
+    assert_eq!(
+        call(&app, "GET", "/v1/audit/verify", Some(&doomed), None)
+            .await
+            .0,
+        200
+    );
+    let id = principal_id(&vault, "doomed");
+    assert_eq!(
+        call(
+            &app,
+            "DELETE",
+            &format!("/v1/principals/{id}"),
+            Some(&vault.admin_api_key),
+            None
+        )
+        .await
+        .0,
+        204
+    );
+    assert_eq!(
+        call(&app, "GET", "/v1/audit/verify", Some(&doomed), None)
+            .await
+            .0,
+        401
+    );
+
+    // Expired: idle for 15 minutes.
+    vault.staff("idle", Role::Auditor, STAFF_PASSWORD);
+    let (_, session) = login(&app, "idle", STAFF_PASSWORD).await;
+    let token = session["token"].as_str().unwrap();
+    clock.advance(time::Duration::minutes(14));
+    assert_eq!(
+        call(&app, "GET", "/v1/audit/verify", Some(token), None)
+            .await
+            .0,
+        200
+    );
+    clock.advance(time::Duration::minutes(14));
+    // Used 14 minutes ago (last_seen moved on the last call): still alive.
+    assert_eq!(
+        call(&app, "GET", "/v1/audit/verify", Some(token), None)
+            .await
+            .0,
+        200
+    );
+    clock.advance(time::Duration::minutes(16));
+    assert_eq!(
+        call(&app, "GET", "/v1/audit/verify", Some(token), None)
+            .await
+            .0,
+        401
+    );
+
+    // Absolute: eight hours, however busy.
+    let (_, session) = login(&app, "idle", STAFF_PASSWORD).await;
+    let token = session["token"].as_str().unwrap();
+    for _ in 0..48 {
+        clock.advance(time::Duration::minutes(10));
+        let (status, _, _) = call(&app, "GET", "/v1/audit/verify", Some(token), None).await;
+        if status == 401 {
+            break;
+        }
+    }
+    assert_eq!(
+        call(&app, "GET", "/v1/audit/verify", Some(token), None)
+            .await
+            .0,
+        401
+    );
+}
+
+#[tokio::test]
+async fn login_and_logout() {
+    let vault = passphrase_vault();
+    let app = vault.app();
+    vault.staff("alice", Role::Auditor, STAFF_PASSWORD);
+    let (status, session) = login(&app, "alice", STAFF_PASSWORD).await;
+    assert_eq!(status, 200);
+    let token = session["token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("sst_") && token.len() == 68);
+    assert!(session["expires_at"].as_str().unwrap().ends_with('Z'));
+    // Usernames are case-insensitive.
+    assert_eq!(login(&app, "ALICE", STAFF_PASSWORD).await.0, 200);
+    assert_eq!(
+        call(&app, "GET", "/v1/audit?limit=1", Some(&token), None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        call(&app, "POST", "/v1/auth/logout", Some(&token), None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        call(&app, "GET", "/v1/audit?limit=1", Some(&token), None)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        call(&app, "POST", "/v1/auth/logout", Some(&token), None)
+            .await
+            .0,
+        401
+    );
+    // Logout with an API key is a malformed request, not a logout.
+    let (status, body, _) = call(
+        &app,
+        "POST",
+        "/v1/auth/logout",
+        Some(&vault.admin_api_key),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("malformed_request"))
+    );
+
+    // Wrong password, unknown user, a service's name: all the same 401.
+    for (user, password) in [
+        ("alice", "wrong password!!"),
+        ("nobody", STAFF_PASSWORD),
+        ("admin", STAFF_PASSWORD),
+    ] {
+        let (status, body) = login(&app, user, password).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (401, Some("unauthenticated")),
+            "{user}"
+        );
+    }
+    let (_, page, _) = call(
+        &app,
+        "GET",
+        "/v1/audit?action=auth.login_failed",
+        Some(&vault.admin_api_key),
+        None,
+    )
+    .await;
+    let failures = page["entries"].as_array().unwrap();
+    assert_eq!(failures.len(), 3);
+    // Attempted usernames appear only as HMACs.
+    assert!(
+        failures
+            .iter()
+            .all(|e| e["target"].as_str().unwrap().starts_with("hmac:"))
+    );
+    assert!(!page.to_string().contains("nobody"));
+    let (_, page, _) = call(
+        &app,
+        "GET",
+        "/v1/audit?action=auth.login",
+        Some(&vault.admin_api_key),
+        None,
+    )
+    .await;
+    assert_eq!(page["entries"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn repeated_failures_lock_the_username_for_a_growing_period() {
+    let clock = Arc::new(ManualClock::new(
+        time::macros::datetime!(2026-06-01 09:00 UTC),
+    ));
+    let vault = new_vault(
+        SealMethod::Passphrase(Zeroizing::new(PASSPHRASE.into())),
+        fast_settings(),
+        clock.clone(),
+    );
+    let app = vault.app();
+    vault.staff("bob", Role::Auditor, STAFF_PASSWORD);
+    for _ in 0..5 {
+        assert_eq!(login(&app, "bob", "not the password").await.0, 401);
+    }
+    // Locked: even the right password is refused.
+    let (status, body, headers) = call(
+        &app,
+        "POST",
+        "/v1/auth/login",
+        None,
+        Some(json!({"username": "bob", "password": STAFF_PASSWORD})),
+    )
+    .await;
+    assert_eq!((status, body["code"].as_str()), (429, Some("rate_limited")));
+    assert_eq!(headers["retry-after"], "60");
+    clock.advance(time::Duration::seconds(61));
+    // One more failure after the lock: twice as long.
+    assert_eq!(login(&app, "bob", "not the password").await.0, 401);
+    let (_, _, headers) = call(
+        &app,
+        "POST",
+        "/v1/auth/login",
+        None,
+        Some(json!({"username": "bob", "password": STAFF_PASSWORD})),
+    )
+    .await;
+    assert_eq!(headers["retry-after"], "120");
+    clock.advance(time::Duration::seconds(121));
+    assert_eq!(login(&app, "bob", STAFF_PASSWORD).await.0, 200);
+    // Success cleared the count.
+    assert_eq!(login(&app, "bob", "not the password").await.0, 401);
+    assert_eq!(login(&app, "bob", STAFF_PASSWORD).await.0, 200);
+
+    // Unknown usernames lock the same way, so locking reveals nothing.
+    for _ in 0..5 {
+        assert_eq!(login(&app, "ghost", "whatever whatever").await.0, 401);
+    }
+    assert_eq!(login(&app, "ghost", "whatever whatever").await.0, 429);
+}
+
+#[tokio::test]
+async fn disabling_ends_sessions_and_keys_at_once() {
+    let vault = passphrase_vault();
+    let app = vault.app();
+    vault.staff("carol", Role::Auditor, STAFF_PASSWORD);
+    let (_, s1) = login(&app, "carol", STAFF_PASSWORD).await;
+    let (_, s2) = login(&app, "carol", STAFF_PASSWORD).await;
+    let id = principal_id(&vault, "carol");
+    let (status, _, _) = call(
+        &app,
+        "DELETE",
+        &format!("/v1/principals/{id}"),
+        Some(&vault.admin_api_key),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    for session in [&s1, &s2] {
+        assert_eq!(
+            call(
+                &app,
+                "GET",
+                "/v1/audit?limit=1",
+                Some(session["token"].as_str().unwrap()),
+                None
+            )
+            .await
+            .0,
+            401
+        );
+    }
+    assert_eq!(login(&app, "carol", STAFF_PASSWORD).await.0, 401);
+    let (_, list, _) = call(
+        &app,
+        "GET",
+        "/v1/principals",
+        Some(&vault.admin_api_key),
+        None,
+    )
+    .await;
+    let carol = list["principals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(carol["disabled"], true);
+    assert_eq!(
+        call(
+            &app,
+            "DELETE",
+            "/v1/principals/prn_nope",
+            Some(&vault.admin_api_key),
+            None
+        )
+        .await
+        .0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn creating_principals_validates_and_never_lists_secrets() {
+    let vault = passphrase_vault();
+    let app = vault.app();
+    let admin = vault.admin_api_key.clone();
+    let create = |body: Value| {
+        let app = app.clone();
+        let admin = admin.clone();
+        async move { call(&app, "POST", "/v1/principals", Some(&admin), Some(body)).await }
+    };
+    let (status, created, _) =
+        create(json!({"name": "payments-api", "kind": "service", "roles": ["payment_service"]}))
+            .await;
+    assert_eq!(status, 201);
+    let api_key = created["api_key"].as_str().unwrap().to_owned();
+    assert!(api_key.starts_with("srk_"));
+    let (status, created, _) = create(json!({"name": "dora", "kind": "staff", "roles": ["compliance_officer"], "password": STAFF_PASSWORD})).await;
+    assert_eq!(status, 201);
+    assert!(created.get("api_key").is_none());
+    assert_eq!(login(&app, "dora", STAFF_PASSWORD).await.0, 200);
+
+    let cases = [
+        (
+            json!({"name": "x", "kind": "service", "roles": ["root"]}),
+            "roles[0]",
+        ),
+        (
+            json!({"name": "x", "kind": "service", "roles": []}),
+            "roles",
+        ),
+        (
+            json!({"name": "x", "kind": "staff", "roles": ["auditor"]}),
+            "password",
+        ),
+        (
+            json!({"name": "x", "kind": "staff", "roles": ["auditor"], "password": "short"}),
+            "password",
+        ),
+        (
+            json!({"name": "x", "kind": "service", "roles": ["auditor"], "password": STAFF_PASSWORD}),
+            "password",
+        ),
+        (
+            json!({"name": "x", "kind": "staff", "roles": ["payment_service"], "password": STAFF_PASSWORD}),
+            "roles",
+        ),
+        (
+            json!({"name": "x", "kind": "service", "roles": ["compliance_officer"]}),
+            "roles",
+        ),
+        (
+            json!({"name": "Bad Name", "kind": "service", "roles": ["auditor"]}),
+            "name",
+        ),
+        (
+            json!({"name": "x", "kind": "robot", "roles": ["auditor"]}),
+            "kind",
+        ),
+        (
+            json!({"name": "x", "kind": "service", "roles": ["auditor"], "extra": 1}),
+            "extra",
+        ),
+    ];
+    for (body, field) in cases {
+        let (status, problem, _) = create(body.clone()).await;
+        assert_eq!(status, 422, "{body}");
+        assert_eq!(problem["errors"][0]["field"], field, "{body}: {problem}");
+        assert!(!problem.to_string().contains(STAFF_PASSWORD));
+    }
+    let (status, problem, _) =
+        create(json!({"name": "payments-api", "kind": "service", "roles": ["auditor"]})).await;
+    assert_eq!((status, problem["code"].as_str()), (409, Some("conflict")));
+
+    let (_, list, _) = call(&app, "GET", "/v1/principals", Some(&admin), None).await;
+    let text = list.to_string();
+    assert!(text.contains("payments-api") && text.contains("dora"));
+    assert!(!text.contains("srk_") && !text.contains("argon2") && !text.contains(STAFF_PASSWORD));
+}
