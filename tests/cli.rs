@@ -295,6 +295,13 @@ fn dev_prints_credentials_as_json_and_serves_unsealed() {
     let creds: Value = serde_json::from_str(&first).unwrap();
     let url = creds["url"].as_str().unwrap();
     let admin = creds["admin_api_key"].as_str().unwrap();
+    for key in [
+        "admin_api_key",
+        "payment_service_api_key",
+        "auditor_api_key",
+    ] {
+        assert!(creds[key].as_str().unwrap().starts_with("srk_"), "{key}");
+    }
     assert!(url.starts_with("http://127.0.0.1:"));
     let addr: SocketAddr = url.trim_start_matches("http://").parse().unwrap();
     let health = http(addr, "GET", "/v1/sys/health", None, None);
@@ -320,4 +327,116 @@ fn non_loopback_listen_is_refused_without_tls() {
     let out = run(&["dev", "--listen", "0.0.0.0:0"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("TLS"));
+}
+
+#[test]
+fn audit_verify_and_export_after_a_clean_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let init = init_shares(dir.path());
+    let admin = init["admin_api_key"].as_str().unwrap();
+    let addr = free_addr();
+    let mut child = in_vault(dir.path(), "serve", &["--listen", &addr.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until_listening(addr, &mut child);
+    for index in [0, 1, 2] {
+        let body = serde_json::json!({ "share": init["shares"][index] }).to_string();
+        http(addr, "POST", "/v1/sys/unseal", None, Some(&body));
+    }
+    let body = r#"{"name":"svc","kind":"service","roles":["auditor"]}"#;
+    assert_eq!(
+        http(addr, "POST", "/v1/principals", Some(admin), Some(body)).status,
+        201
+    );
+    assert_eq!(http(addr, "GET", "/v1/keys", Some(admin), None).status, 200);
+    let (status, _) = terminate(child);
+    assert!(status.success());
+
+    let keys = dir.path().join("keys");
+    let verify = in_vault(dir.path(), "audit", &[]).output().unwrap();
+    assert!(!verify.status.success(), "audit needs a subcommand");
+    let data = dir.path().join("data");
+    let verify = strongroom(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--keys-dir",
+        keys.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let result: Value = serde_json::from_slice(&verify.stdout).unwrap();
+    assert_eq!(result["ok"], true);
+    // init's admin, the unseal shares, the principal, key.read.
+    assert!(result["entries"].as_u64().unwrap() >= 6);
+
+    let export = strongroom(&["audit", "export", "--data-dir", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let file = dir.path().join("export.jsonl");
+    std::fs::write(&file, &export.stdout).unwrap();
+    let public_key = keys.join("audit.pub");
+    let check = |file: &Path| {
+        strongroom(&[
+            "audit",
+            "verify",
+            "--file",
+            file.to_str().unwrap(),
+            "--public-key",
+            public_key.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap()
+    };
+    assert!(check(&file).status.success());
+
+    // One changed character in the export fails, naming the entry.
+    let text = String::from_utf8(export.stdout.clone()).unwrap();
+    let tampered = text.replacen(
+        "\"action\":\"principal.create\"",
+        "\"action\":\"principal.list\"",
+        2,
+    );
+    assert_ne!(tampered, text);
+    let bad = dir.path().join("tampered.jsonl");
+    std::fs::write(&bad, tampered).unwrap();
+    let out = check(&bad);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("failed at entry"));
+
+    // A changed byte in the data directory fails too.
+    {
+        let store = strongroom::store::SledStore::open(&data).unwrap();
+        use strongroom::store::Store;
+        let (key, value) = store.scan_prefix(b"au/e/").unwrap().remove(0);
+        let original = String::from_utf8(value).unwrap();
+        let changed = original.replace("strongroom-cli", "strongroom-clj");
+        assert_ne!(changed, original);
+        store.put(&key, changed.as_bytes()).unwrap();
+    }
+    let verify = strongroom(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--keys-dir",
+        keys.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert!(!verify.status.success());
+    assert!(String::from_utf8_lossy(&verify.stderr).contains("failed at entry"));
 }

@@ -69,6 +69,13 @@ impl Transaction {
         self
     }
 
+    /// The keys this transaction writes or deletes.
+    pub fn written_keys(&self) -> impl Iterator<Item = &[u8]> {
+        self.writes.iter().map(|w| match w {
+            Write::Put(k, _) | Write::Delete(k) => k.as_slice(),
+        })
+    }
+
     pub fn is_empty(&self) -> bool {
         self.preconditions.is_empty() && self.writes.is_empty()
     }

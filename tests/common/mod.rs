@@ -276,3 +276,56 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
         data = &data[size + 2..];
     }
 }
+
+/// A store that, when told to, fails every commit that writes an audit
+/// record: the injected "audit cannot be written" failure.
+pub struct FaultyStore {
+    inner: Arc<dyn Store>,
+    pub fail_audit: std::sync::atomic::AtomicBool,
+}
+
+impl FaultyStore {
+    pub fn new(inner: Arc<dyn Store>) -> Self {
+        Self {
+            inner,
+            fail_audit: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    pub fn set_failing(&self, failing: bool) {
+        self.fail_audit
+            .store(failing, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Store for FaultyStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, strongroom::store::StoreError> {
+        self.inner.get(key)
+    }
+
+    fn scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<strongroom::store::KeyValue>, strongroom::store::StoreError> {
+        self.inner.scan(prefix, after, limit)
+    }
+
+    fn commit(
+        &self,
+        tx: strongroom::store::Transaction,
+    ) -> Result<(), strongroom::store::StoreError> {
+        let touches_audit = tx.written_keys().any(|k| k.starts_with(b"au/"));
+        if touches_audit && self.fail_audit.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(strongroom::store::StoreError::Backend(
+                "injected failure".into(),
+            ));
+        }
+        self.inner.commit(tx)
+    }
+
+    fn flush(&self) -> Result<(), strongroom::store::StoreError> {
+        self.inner.flush()
+    }
+}

@@ -1,0 +1,552 @@
+//! The audit log: entries for every access, queries, verification, tamper
+//! detection on a store and on an export, fail-closed writes, and no
+//! secret in the store, the log or the audit entries.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::Request;
+use common::*;
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use strongroom::access::Role;
+use strongroom::api::{AppState, router};
+use strongroom::audit::{ExportLine, export_store, verify_lines, verify_store};
+use strongroom::clock::SystemClock;
+use strongroom::crypto::Key256;
+use strongroom::keyring::{Keyring, SealMethod};
+use strongroom::store::{SledStore, Store};
+use tower::ServiceExt;
+
+const STAFF_PASSWORD: &str = "staff password 123";
+
+async fn call(
+    app: &Router,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("x-request-id", "req-under-test");
+    if let Some(token) = bearer {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    let body = match body {
+        Some(v) => {
+            req = req.header("content-type", "application/json");
+            Body::from(v.to_string())
+        }
+        None => Body::empty(),
+    };
+    let response = app.clone().oneshot(req.body(body).unwrap()).await.unwrap();
+    let status = response.status().as_u16();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+fn public_key(vault: &TestVault) -> Vec<u8> {
+    hex::decode(
+        std::fs::read_to_string(vault.keys_dir().join("audit.pub"))
+            .unwrap()
+            .trim(),
+    )
+    .unwrap()
+}
+
+/// A vault with some history, sealed so its tail is signed.
+async fn vault_with_history() -> TestVault {
+    let vault = passphrase_vault();
+    let app = vault.app();
+    for i in 0..6 {
+        let (status, _) = call(
+            &app,
+            "POST",
+            "/v1/principals",
+            Some(&vault.admin_api_key),
+            Some(json!({"name": format!("svc-{i}"), "kind": "service", "roles": ["auditor"]})),
+        )
+        .await;
+        assert_eq!(status, 201);
+    }
+    call(&app, "GET", "/v1/keys", Some(&vault.admin_api_key), None).await;
+    call(
+        &app,
+        "POST",
+        "/v1/sys/seal",
+        Some(&vault.admin_api_key),
+        None,
+    )
+    .await;
+    assert!(vault.keyring.is_sealed());
+    vault
+}
+
+#[tokio::test]
+async fn every_access_is_audited_and_queryable() {
+    let vault = passphrase_vault();
+    let app = vault.app();
+    let auditor = vault.service("auditor", Role::Auditor);
+    let payments = vault.service("payments", Role::PaymentService);
+    assert_eq!(
+        call(&app, "GET", "/v1/principals", Some(&payments), None)
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        call(&app, "GET", "/v1/keys", Some(&vault.admin_api_key), None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        call(
+            &app,
+            "POST",
+            "/v1/keys/kyc/rotate",
+            Some(&vault.admin_api_key),
+            None
+        )
+        .await
+        .0,
+        200
+    );
+
+    let (status, page) = call(&app, "GET", "/v1/audit", Some(&auditor), None).await;
+    assert_eq!(status, 200);
+    let entries = page["entries"].as_array().unwrap();
+    // admin, auditor, payments creations; the denial; key.read; key.rotate.
+    let actions: Vec<&str> = entries
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "principal.create",
+            "principal.create",
+            "principal.create",
+            "principal.list",
+            "key.read",
+            "key.rotate",
+            "audit.read"
+        ]
+    );
+    let denied = &entries[3];
+    assert_eq!(denied["outcome"], "denied");
+    assert_eq!(denied["request_id"], "req-under-test");
+    for (i, e) in entries.iter().enumerate() {
+        assert_eq!(e["seq"], i as u64 + 1);
+        for field in ["time", "actor", "action", "outcome", "prev_hash", "hash"] {
+            assert!(e[field].is_string(), "{field} missing in {e}");
+        }
+        if i > 0 {
+            assert_eq!(e["prev_hash"], entries[i - 1]["hash"]);
+        }
+    }
+    assert_eq!(entries[5]["target"], "kek/kyc");
+
+    // Filters and pagination.
+    let (_, page) = call(
+        &app,
+        "GET",
+        "/v1/audit?action=principal.create&limit=2",
+        Some(&auditor),
+        None,
+    )
+    .await;
+    assert_eq!(page["entries"].as_array().unwrap().len(), 2);
+    let next = page["next_after"].as_u64().unwrap();
+    let (_, page) = call(
+        &app,
+        "GET",
+        &format!("/v1/audit?action=principal.create&after={next}"),
+        Some(&auditor),
+        None,
+    )
+    .await;
+    assert_eq!(page["entries"].as_array().unwrap().len(), 1);
+    assert!(page.get("next_after").is_none());
+    let actor = denied["actor"].as_str().unwrap();
+    let (_, page) = call(
+        &app,
+        "GET",
+        &format!("/v1/audit?actor={actor}"),
+        Some(&auditor),
+        None,
+    )
+    .await;
+    assert_eq!(page["entries"].as_array().unwrap().len(), 1);
+    let (_, page) = call(
+        &app,
+        "GET",
+        "/v1/audit?record=kek/kyc",
+        Some(&auditor),
+        None,
+    )
+    .await;
+    assert_eq!(page["entries"].as_array().unwrap().len(), 1);
+    let (_, page) = call(
+        &app,
+        "GET",
+        "/v1/audit?since=2000-01-01T00:00:00Z&until=2000-01-02T00:00:00Z",
+        Some(&auditor),
+        None,
+    )
+    .await;
+    assert_eq!(page["entries"].as_array().unwrap().len(), 0);
+    for bad in [
+        "limit=0",
+        "limit=5000",
+        "since=yesterday",
+        "bogus=1",
+        "after=-1",
+    ] {
+        let (status, problem) = call(
+            &app,
+            "GET",
+            &format!("/v1/audit?{bad}"),
+            Some(&auditor),
+            None,
+        )
+        .await;
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (422, Some("validation_failed")),
+            "{bad}"
+        );
+    }
+
+    let (status, result) = call(&app, "GET", "/v1/audit/verify", Some(&auditor), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(result["ok"], true);
+    assert!(result["entries"].as_u64().unwrap() >= 12);
+}
+
+#[tokio::test]
+async fn checkpoints_every_n_entries_and_on_seal() {
+    let vault = new_vault_with(
+        SealMethod::Shares {
+            count: 3,
+            threshold: 2,
+        },
+        fast_settings(),
+        Arc::new(SystemClock),
+        strongroom::api::AppSettings {
+            audit_checkpoint_every: 4,
+            ..test_settings()
+        },
+    );
+    for i in 0..9 {
+        vault.service(&format!("s{i}"), Role::Auditor);
+    }
+    // 10 entries (admin + 9): checkpoints at 4 and 8.
+    let verification = verify_store(vault.store.as_ref(), &public_key(&vault), false);
+    assert!(verification.ok, "{verification:?}");
+    assert_eq!(verification.entries, 10);
+    assert_eq!(verification.checkpoint.as_ref().unwrap().seq, 8);
+    // The tail (9, 10) is not signed yet: a strict check refuses it…
+    assert_eq!(
+        verify_store(vault.store.as_ref(), &public_key(&vault), true).first_bad_seq,
+        Some(9)
+    );
+    // …until seal signs it.
+    vault.state.seal();
+    let strict = verify_store(vault.store.as_ref(), &public_key(&vault), true);
+    assert!(strict.ok, "{strict:?}");
+    assert_eq!(strict.checkpoint.unwrap().seq, 10);
+}
+
+/// Each tampering of a stored log, and the first sequence number verify
+/// must report.
+#[tokio::test]
+async fn tampering_with_a_data_directory_is_detected() {
+    type Tamper = fn(&dyn Store, &TestVault);
+    let cases: Vec<(&str, Tamper, u64)> = vec![
+        (
+            "change a field",
+            |s, _| {
+                let key = [b"au/e/".as_slice(), &3u64.to_be_bytes()].concat();
+                let mut e: Value = serde_json::from_slice(&s.get(&key).unwrap().unwrap()).unwrap();
+                e["actor"] = json!("someone-else");
+                s.put(&key, e.to_string().as_bytes()).unwrap();
+            },
+            3,
+        ),
+        (
+            "change a field and fix its hash",
+            |s, _| {
+                let key = [b"au/e/".as_slice(), &3u64.to_be_bytes()].concat();
+                let mut e: strongroom::audit::AuditEntry =
+                    serde_json::from_slice(&s.get(&key).unwrap().unwrap()).unwrap();
+                e.outcome = strongroom::audit::Outcome::Denied;
+                e.hash = hex::encode(e.compute_hash());
+                s.put(&key, &serde_json::to_vec(&e).unwrap()).unwrap();
+            },
+            4,
+        ),
+        (
+            "delete an entry",
+            |s, _| {
+                s.delete(&[b"au/e/".as_slice(), &4u64.to_be_bytes()].concat())
+                    .unwrap();
+            },
+            4,
+        ),
+        (
+            "swap two entries",
+            |s, _| {
+                let (k2, k3) = (
+                    [b"au/e/".as_slice(), &2u64.to_be_bytes()].concat(),
+                    [b"au/e/".as_slice(), &3u64.to_be_bytes()].concat(),
+                );
+                let (v2, v3) = (s.get(&k2).unwrap().unwrap(), s.get(&k3).unwrap().unwrap());
+                s.put(&k2, &v3).unwrap();
+                s.put(&k3, &v2).unwrap();
+            },
+            2,
+        ),
+        (
+            "cut the tail",
+            |s, _| {
+                let last = s.scan_prefix(b"au/e/").unwrap().len() as u64;
+                s.delete(&[b"au/e/".as_slice(), &last.to_be_bytes()].concat())
+                    .unwrap();
+            },
+            0,
+        ),
+        (
+            "cut the tail with its checkpoint and head",
+            |s, _| {
+                let last = s.scan_prefix(b"au/e/").unwrap().len() as u64;
+                let prev: Value = serde_json::from_slice(
+                    &s.get(&[b"au/e/".as_slice(), &(last - 1).to_be_bytes()].concat())
+                        .unwrap()
+                        .unwrap(),
+                )
+                .unwrap();
+                s.delete(&[b"au/e/".as_slice(), &last.to_be_bytes()].concat())
+                    .unwrap();
+                s.delete(&[b"au/c/".as_slice(), &last.to_be_bytes()].concat())
+                    .unwrap();
+                s.put(
+                    b"au/head",
+                    json!({"seq": last - 1, "hash": prev["hash"]})
+                        .to_string()
+                        .as_bytes(),
+                )
+                .unwrap();
+            },
+            1,
+        ),
+        (
+            "forge a checkpoint",
+            |s, _| {
+                let (key, bytes) = s.scan_prefix(b"au/c/").unwrap().pop().unwrap();
+                let mut c: Value = serde_json::from_slice(&bytes).unwrap();
+                let forger =
+                    strongroom::crypto::SigningKey::from_seed(&Key256::random().unwrap()).unwrap();
+                let hash = hex::decode(c["hash"].as_str().unwrap()).unwrap();
+                let msg = strongroom::audit::Checkpoint::signed_message(
+                    c["seq"].as_u64().unwrap(),
+                    &hash,
+                    c["time"].as_str().unwrap(),
+                );
+                c["signature"] = json!(hex::encode(forger.sign(&msg)));
+                s.put(&key, c.to_string().as_bytes()).unwrap();
+            },
+            0,
+        ),
+    ];
+    // 0 means "the last entry before tampering".
+    for (what, tamper, expected_seq) in cases {
+        let vault = vault_with_history().await;
+        let key = public_key(&vault);
+        let before = verify_store(vault.store.as_ref(), &key, true);
+        assert!(before.ok, "{before:?}");
+        let last = before.entries;
+        tamper(vault.store.as_ref(), &vault);
+        let after = verify_store(vault.store.as_ref(), &key, true);
+        assert!(!after.ok, "{what}: not detected");
+        let expected = if expected_seq == 0 {
+            last
+        } else {
+            expected_seq
+        };
+        assert_eq!(after.first_bad_seq, Some(expected), "{what}: {after:?}");
+        assert!(after.problem.is_some());
+    }
+}
+
+#[tokio::test]
+async fn tampering_with_an_export_is_detected() {
+    let vault = vault_with_history().await;
+    let key = public_key(&vault);
+    let mut out = Vec::new();
+    export_store(vault.store.as_ref(), &mut out).unwrap();
+    let lines: Vec<String> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert!(lines.last().unwrap().contains("\"kind\":\"checkpoint\""));
+    let verify = |lines: &[String]| {
+        verify_lines(
+            lines
+                .iter()
+                .map(|l| serde_json::from_str::<ExportLine>(l).map_err(|e| e.to_string())),
+            &key,
+            true,
+        )
+    };
+    assert!(verify(&lines).ok);
+
+    let entry_lines: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].contains("\"kind\":\"entry\""))
+        .collect();
+    let mut changed = lines.clone();
+    changed[entry_lines[2]] = changed[entry_lines[2]].replace("principal.create", "principal.list");
+    let mut deleted = lines.clone();
+    deleted.remove(entry_lines[3]);
+    let mut swapped = lines.clone();
+    swapped.swap(entry_lines[1], entry_lines[2]);
+    let mut cut = lines.clone();
+    cut.truncate(entry_lines[entry_lines.len() - 2] + 1);
+    let mut no_final_checkpoint = lines.clone();
+    no_final_checkpoint.pop();
+    let mut garbage = lines.clone();
+    garbage[entry_lines[1]] = "{\"kind\":\"entry\",\"seq\":2}".into();
+    for (what, tampered) in [
+        ("changed", changed),
+        ("deleted", deleted),
+        ("swapped", swapped),
+        ("cut", cut),
+        ("final checkpoint dropped", no_final_checkpoint),
+        ("garbage", garbage),
+    ] {
+        let result = verify(&tampered);
+        assert!(!result.ok, "{what}: not detected");
+        assert!(result.first_bad_seq.is_some());
+    }
+}
+
+#[tokio::test]
+async fn an_unwritable_audit_entry_fails_the_request_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let sled: Arc<dyn Store> = Arc::new(SledStore::open(&dir.path().join("data")).unwrap());
+    let faulty = Arc::new(FaultyStore::new(sled));
+    let store: Arc<dyn Store> = faulty.clone();
+    let init = Keyring::init(
+        &dir.path().join("keys"),
+        Arc::clone(&store),
+        Arc::new(SystemClock),
+        fast_settings(),
+        SealMethod::Shares {
+            count: 3,
+            threshold: 2,
+        },
+    )
+    .unwrap();
+    let keyring = Arc::new(init.keyring);
+    let state = AppState::new(
+        Arc::clone(&keyring),
+        Arc::clone(&store),
+        Arc::new(SystemClock),
+        test_settings(),
+    );
+    let admin = state
+        .create_service_now("test", "admin", vec![Role::Admin])
+        .unwrap()
+        .expose_secret()
+        .to_owned();
+    state
+        .create_staff_now("test", "erin", vec![Role::Auditor], STAFF_PASSWORD)
+        .unwrap();
+    let payments = state
+        .create_service_now("test", "payments", vec![Role::PaymentService])
+        .unwrap()
+        .expose_secret()
+        .to_owned();
+    let app = router(state.clone());
+    let entries_before = store.scan_prefix(b"au/e/").unwrap().len();
+    let keys_before = keyring.kek_metadata().unwrap();
+
+    faulty.set_failing(true);
+    let attempts = [
+        (
+            "POST",
+            "/v1/principals",
+            Some(&admin),
+            Some(json!({"name": "new", "kind": "service", "roles": ["auditor"]})),
+        ),
+        ("GET", "/v1/principals", Some(&admin), None),
+        ("POST", "/v1/keys/card/rotate", Some(&admin), None),
+        ("GET", "/v1/audit", Some(&admin), None),
+        ("GET", "/v1/principals", Some(&payments), None),
+        (
+            "POST",
+            "/v1/auth/login",
+            None,
+            Some(json!({"username": "erin", "password": STAFF_PASSWORD})),
+        ),
+        (
+            "POST",
+            "/v1/auth/login",
+            None,
+            Some(json!({"username": "erin", "password": "wrong password!"})),
+        ),
+        ("POST", "/v1/sys/seal", Some(&admin), None),
+    ];
+    for (method, path, bearer, body) in attempts {
+        let (status, problem) = call(&app, method, path, bearer.map(String::as_str), body).await;
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (503, Some("audit_unavailable")),
+            "{method} {path}"
+        );
+    }
+    faulty.set_failing(false);
+
+    assert_eq!(store.scan_prefix(b"au/e/").unwrap().len(), entries_before);
+    assert!(
+        state
+            .principals
+            .list()
+            .unwrap()
+            .iter()
+            .all(|p| p.name != "new")
+    );
+    assert_eq!(keyring.kek_metadata().unwrap(), keys_before);
+    assert!(store.scan_prefix(b"ac/session/").unwrap().is_empty());
+    assert!(store.scan_prefix(b"ac/lockout/").unwrap().is_empty());
+    assert!(!keyring.is_sealed());
+    assert!(
+        verify_store(
+            store.as_ref(),
+            &state
+                .keyring
+                .keys()
+                .unwrap()
+                .audit_signing_key()
+                .unwrap()
+                .public_key(),
+            false
+        )
+        .ok
+    );
+}
