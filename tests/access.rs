@@ -15,7 +15,6 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::Request;
 use common::*;
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use strongroom::access::{Operation, PrincipalKind, Role, allows};
 use strongroom::clock::ManualClock;
@@ -25,42 +24,23 @@ use zeroize::Zeroizing;
 
 const STAFF_PASSWORD: &str = "staff password 123";
 
-async fn call(
-    app: &Router,
-    method: &str,
-    path: &str,
-    bearer: Option<&str>,
-    body: Option<Value>,
-) -> (u16, Value, axum::http::HeaderMap) {
-    let mut req = Request::builder().method(method).uri(path);
-    if let Some(token) = bearer {
-        req = req.header("authorization", format!("Bearer {token}"));
-    }
-    let body = match body {
-        Some(v) => {
-            req = req.header("content-type", "application/json");
-            Body::from(v.to_string())
-        }
-        None => Body::empty(),
-    };
-    let response = app.clone().oneshot(req.body(body).unwrap()).await.unwrap();
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    (status, value, headers)
-}
-
-async fn login(app: &Router, username: &str, password: &str) -> (u16, Value) {
-    let (status, body, _) = call(
+async fn login(app: &Router, username: &str, password: &str) -> Reply {
+    call(
         app,
         "POST",
         "/v1/auth/login",
         None,
         Some(json!({"username": username, "password": password})),
     )
-    .await;
-    (status, body)
+    .await
+}
+
+/// The status `GET /v1/audit/verify` answers `credential`: a cheap probe of
+/// whether a credential still works.
+async fn verify_status(app: &Router, credential: &str) -> u16 {
+    call(app, "GET", "/v1/audit/verify", Some(credential), None)
+        .await
+        .status
 }
 
 /// A credential holding exactly `role`: an API key for roles a service may
@@ -71,7 +51,7 @@ async fn credential_for(vault: &TestVault, app: &Router, role: Role, n: usize) -
         vault.service(&name, role)
     } else {
         vault.staff(&name, role, STAFF_PASSWORD);
-        let (status, body) = login(app, &name, STAFF_PASSWORD).await;
+        let Reply { status, body, .. } = login(app, &name, STAFF_PASSWORD).await;
         assert_eq!(status, 200, "{body}");
         body["token"].as_str().unwrap().to_owned()
     }
@@ -127,7 +107,11 @@ async fn role_matrix_is_generated_from_the_policy_table() {
             n += 1;
             let credential = credential_for(&vault, &app, role, n).await;
             let (method, path, body) = sample(&vault, op, n);
-            let (status, reply, _) = call(&app, method, &path, Some(&credential), body).await;
+            let Reply {
+                status,
+                body: reply,
+                ..
+            } = call(&app, method, &path, Some(&credential), body).await;
             if allows(role, op) {
                 assert!(
                     (200..300).contains(&status),
@@ -145,7 +129,11 @@ async fn role_matrix_is_generated_from_the_policy_table() {
                 assert_eq!(reply["code"], "forbidden");
                 assert!(!vault.keyring.is_sealed());
                 // The denial is in the audit log.
-                let (_, page, _) = call(
+                let Reply {
+                    status: _,
+                    body: page,
+                    ..
+                } = call(
                     &app,
                     "GET",
                     &format!("/v1/audit?action={}&limit=1000", op.action()),
@@ -186,14 +174,14 @@ async fn missing_malformed_unknown_disabled_and_ended_credentials_are_401() {
         unknown_key.as_str(),
         unknown_session.as_str(),
     ] {
-        let (status, body, _) = call(&app, "GET", "/v1/principals", Some(bad), None).await;
+        let Reply { status, body, .. } = call(&app, "GET", "/v1/principals", Some(bad), None).await;
         assert_eq!(
             (status, body["code"].as_str()),
             (401, Some("unauthenticated")),
             "{bad:?}"
         );
     }
-    let (status, _, _) = call(&app, "GET", "/v1/principals", None, None).await;
+    let Reply { status, .. } = call(&app, "GET", "/v1/principals", None, None).await;
     assert_eq!(status, 401);
     let basic = Request::builder()
         .uri("/v1/principals")
@@ -204,12 +192,7 @@ async fn missing_malformed_unknown_disabled_and_ended_credentials_are_401() {
 
     // Disabled: its key stops at once.
     let doomed = vault.service("doomed", Role::Auditor);
-    assert_eq!(
-        call(&app, "GET", "/v1/audit/verify", Some(&doomed), None)
-            .await
-            .0,
-        200
-    );
+    assert_eq!(verify_status(&app, &doomed).await, 200);
     let id = principal_id(&vault, "doomed");
     assert_eq!(
         call(
@@ -220,59 +203,42 @@ async fn missing_malformed_unknown_disabled_and_ended_credentials_are_401() {
             None
         )
         .await
-        .0,
+        .status,
         204
     );
-    assert_eq!(
-        call(&app, "GET", "/v1/audit/verify", Some(&doomed), None)
-            .await
-            .0,
-        401
-    );
+    assert_eq!(verify_status(&app, &doomed).await, 401);
 
     // Expired: idle for 15 minutes.
     vault.staff("idle", Role::Auditor, STAFF_PASSWORD);
-    let (_, session) = login(&app, "idle", STAFF_PASSWORD).await;
+    let Reply {
+        status: _,
+        body: session,
+        ..
+    } = login(&app, "idle", STAFF_PASSWORD).await;
     let token = session["token"].as_str().unwrap();
     clock.advance(time::Duration::minutes(14));
-    assert_eq!(
-        call(&app, "GET", "/v1/audit/verify", Some(token), None)
-            .await
-            .0,
-        200
-    );
+    assert_eq!(verify_status(&app, token).await, 200);
     clock.advance(time::Duration::minutes(14));
     // Used 14 minutes ago (last_seen moved on the last call): still alive.
-    assert_eq!(
-        call(&app, "GET", "/v1/audit/verify", Some(token), None)
-            .await
-            .0,
-        200
-    );
+    assert_eq!(verify_status(&app, token).await, 200);
     clock.advance(time::Duration::minutes(16));
-    assert_eq!(
-        call(&app, "GET", "/v1/audit/verify", Some(token), None)
-            .await
-            .0,
-        401
-    );
+    assert_eq!(verify_status(&app, token).await, 401);
 
     // Absolute: eight hours, however busy.
-    let (_, session) = login(&app, "idle", STAFF_PASSWORD).await;
+    let Reply {
+        status: _,
+        body: session,
+        ..
+    } = login(&app, "idle", STAFF_PASSWORD).await;
     let token = session["token"].as_str().unwrap();
     for _ in 0..48 {
         clock.advance(time::Duration::minutes(10));
-        let (status, _, _) = call(&app, "GET", "/v1/audit/verify", Some(token), None).await;
+        let Reply { status, .. } = call(&app, "GET", "/v1/audit/verify", Some(token), None).await;
         if status == 401 {
             break;
         }
     }
-    assert_eq!(
-        call(&app, "GET", "/v1/audit/verify", Some(token), None)
-            .await
-            .0,
-        401
-    );
+    assert_eq!(verify_status(&app, token).await, 401);
 }
 
 #[tokio::test]
@@ -280,39 +246,43 @@ async fn login_and_logout() {
     let vault = passphrase_vault();
     let app = vault.app();
     vault.staff("alice", Role::Auditor, STAFF_PASSWORD);
-    let (status, session) = login(&app, "alice", STAFF_PASSWORD).await;
+    let Reply {
+        status,
+        body: session,
+        ..
+    } = login(&app, "alice", STAFF_PASSWORD).await;
     assert_eq!(status, 200);
     let token = session["token"].as_str().unwrap().to_owned();
     assert!(token.starts_with("sst_") && token.len() == 68);
     assert!(session["expires_at"].as_str().unwrap().ends_with('Z'));
     // Usernames are case-insensitive.
-    assert_eq!(login(&app, "ALICE", STAFF_PASSWORD).await.0, 200);
+    assert_eq!(login(&app, "ALICE", STAFF_PASSWORD).await.status, 200);
     assert_eq!(
         call(&app, "GET", "/v1/audit?limit=1", Some(&token), None)
             .await
-            .0,
+            .status,
         200
     );
     assert_eq!(
         call(&app, "POST", "/v1/auth/logout", Some(&token), None)
             .await
-            .0,
+            .status,
         204
     );
     assert_eq!(
         call(&app, "GET", "/v1/audit?limit=1", Some(&token), None)
             .await
-            .0,
+            .status,
         401
     );
     assert_eq!(
         call(&app, "POST", "/v1/auth/logout", Some(&token), None)
             .await
-            .0,
+            .status,
         401
     );
     // Logout with an API key is a malformed request, not a logout.
-    let (status, body, _) = call(
+    let Reply { status, body, .. } = call(
         &app,
         "POST",
         "/v1/auth/logout",
@@ -331,14 +301,18 @@ async fn login_and_logout() {
         ("nobody", STAFF_PASSWORD),
         ("admin", STAFF_PASSWORD),
     ] {
-        let (status, body) = login(&app, user, password).await;
+        let Reply { status, body, .. } = login(&app, user, password).await;
         assert_eq!(
             (status, body["code"].as_str()),
             (401, Some("unauthenticated")),
             "{user}"
         );
     }
-    let (_, page, _) = call(
+    let Reply {
+        status: _,
+        body: page,
+        ..
+    } = call(
         &app,
         "GET",
         "/v1/audit?action=auth.login_failed",
@@ -355,7 +329,11 @@ async fn login_and_logout() {
             .all(|e| e["target"].as_str().unwrap().starts_with("hmac:"))
     );
     assert!(!page.to_string().contains("nobody"));
-    let (_, page, _) = call(
+    let Reply {
+        status: _,
+        body: page,
+        ..
+    } = call(
         &app,
         "GET",
         "/v1/audit?action=auth.login",
@@ -379,10 +357,14 @@ async fn repeated_failures_lock_the_username_for_a_growing_period() {
     let app = vault.app();
     vault.staff("bob", Role::Auditor, STAFF_PASSWORD);
     for _ in 0..5 {
-        assert_eq!(login(&app, "bob", "not the password").await.0, 401);
+        assert_eq!(login(&app, "bob", "not the password").await.status, 401);
     }
     // Locked: even the right password is refused.
-    let (status, body, headers) = call(
+    let Reply {
+        status,
+        body,
+        headers,
+    } = call(
         &app,
         "POST",
         "/v1/auth/login",
@@ -394,8 +376,12 @@ async fn repeated_failures_lock_the_username_for_a_growing_period() {
     assert_eq!(headers["retry-after"], "60");
     clock.advance(time::Duration::seconds(61));
     // One more failure after the lock: twice as long.
-    assert_eq!(login(&app, "bob", "not the password").await.0, 401);
-    let (_, _, headers) = call(
+    assert_eq!(login(&app, "bob", "not the password").await.status, 401);
+    let Reply {
+        status: _,
+        body: _,
+        headers,
+    } = call(
         &app,
         "POST",
         "/v1/auth/login",
@@ -405,16 +391,16 @@ async fn repeated_failures_lock_the_username_for_a_growing_period() {
     .await;
     assert_eq!(headers["retry-after"], "120");
     clock.advance(time::Duration::seconds(121));
-    assert_eq!(login(&app, "bob", STAFF_PASSWORD).await.0, 200);
+    assert_eq!(login(&app, "bob", STAFF_PASSWORD).await.status, 200);
     // Success cleared the count.
-    assert_eq!(login(&app, "bob", "not the password").await.0, 401);
-    assert_eq!(login(&app, "bob", STAFF_PASSWORD).await.0, 200);
+    assert_eq!(login(&app, "bob", "not the password").await.status, 401);
+    assert_eq!(login(&app, "bob", STAFF_PASSWORD).await.status, 200);
 
     // Unknown usernames lock the same way, so locking reveals nothing.
     for _ in 0..5 {
-        assert_eq!(login(&app, "ghost", "whatever whatever").await.0, 401);
+        assert_eq!(login(&app, "ghost", "whatever whatever").await.status, 401);
     }
-    assert_eq!(login(&app, "ghost", "whatever whatever").await.0, 429);
+    assert_eq!(login(&app, "ghost", "whatever whatever").await.status, 429);
 }
 
 #[tokio::test]
@@ -422,10 +408,18 @@ async fn disabling_ends_sessions_and_keys_at_once() {
     let vault = passphrase_vault();
     let app = vault.app();
     vault.staff("carol", Role::Auditor, STAFF_PASSWORD);
-    let (_, s1) = login(&app, "carol", STAFF_PASSWORD).await;
-    let (_, s2) = login(&app, "carol", STAFF_PASSWORD).await;
+    let Reply {
+        status: _,
+        body: s1,
+        ..
+    } = login(&app, "carol", STAFF_PASSWORD).await;
+    let Reply {
+        status: _,
+        body: s2,
+        ..
+    } = login(&app, "carol", STAFF_PASSWORD).await;
     let id = principal_id(&vault, "carol");
-    let (status, _, _) = call(
+    let Reply { status, .. } = call(
         &app,
         "DELETE",
         &format!("/v1/principals/{id}"),
@@ -444,12 +438,16 @@ async fn disabling_ends_sessions_and_keys_at_once() {
                 None
             )
             .await
-            .0,
+            .status,
             401
         );
     }
-    assert_eq!(login(&app, "carol", STAFF_PASSWORD).await.0, 401);
-    let (_, list, _) = call(
+    assert_eq!(login(&app, "carol", STAFF_PASSWORD).await.status, 401);
+    let Reply {
+        status: _,
+        body: list,
+        ..
+    } = call(
         &app,
         "GET",
         "/v1/principals",
@@ -474,7 +472,7 @@ async fn disabling_ends_sessions_and_keys_at_once() {
             None
         )
         .await
-        .0,
+        .status,
         404
     );
 }
@@ -489,16 +487,19 @@ async fn creating_principals_validates_and_never_lists_secrets() {
         let admin = admin.clone();
         async move { call(&app, "POST", "/v1/principals", Some(&admin), Some(body)).await }
     };
-    let (status, created, _) =
-        create(json!({"name": "payments-api", "kind": "service", "roles": ["payment_service"]}))
-            .await;
+    let Reply {
+        status,
+        body: created,
+        ..
+    } = create(json!({"name": "payments-api", "kind": "service", "roles": ["payment_service"]}))
+        .await;
     assert_eq!(status, 201);
     let api_key = created["api_key"].as_str().unwrap().to_owned();
     assert!(api_key.starts_with("srk_"));
-    let (status, created, _) = create(json!({"name": "dora", "kind": "staff", "roles": ["compliance_officer"], "password": STAFF_PASSWORD})).await;
+    let Reply { status, body: created, .. } = create(json!({"name": "dora", "kind": "staff", "roles": ["compliance_officer"], "password": STAFF_PASSWORD})).await;
     assert_eq!(status, 201);
     assert!(created.get("api_key").is_none());
-    assert_eq!(login(&app, "dora", STAFF_PASSWORD).await.0, 200);
+    assert_eq!(login(&app, "dora", STAFF_PASSWORD).await.status, 200);
 
     let cases = [
         (
@@ -543,16 +544,27 @@ async fn creating_principals_validates_and_never_lists_secrets() {
         ),
     ];
     for (body, field) in cases {
-        let (status, problem, _) = create(body.clone()).await;
+        let Reply {
+            status,
+            body: problem,
+            ..
+        } = create(body.clone()).await;
         assert_eq!(status, 422, "{body}");
         assert_eq!(problem["errors"][0]["field"], field, "{body}: {problem}");
         assert!(!problem.to_string().contains(STAFF_PASSWORD));
     }
-    let (status, problem, _) =
-        create(json!({"name": "payments-api", "kind": "service", "roles": ["auditor"]})).await;
+    let Reply {
+        status,
+        body: problem,
+        ..
+    } = create(json!({"name": "payments-api", "kind": "service", "roles": ["auditor"]})).await;
     assert_eq!((status, problem["code"].as_str()), (409, Some("conflict")));
 
-    let (_, list, _) = call(&app, "GET", "/v1/principals", Some(&admin), None).await;
+    let Reply {
+        status: _,
+        body: list,
+        ..
+    } = call(&app, "GET", "/v1/principals", Some(&admin), None).await;
     let text = list.to_string();
     assert!(text.contains("payments-api") && text.contains("dora"));
     assert!(!text.contains("srk_") && !text.contains("argon2") && !text.contains(STAFF_PASSWORD));

@@ -11,12 +11,10 @@ mod common;
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::Request;
 use common::*;
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use strongroom::api::{AVAILABLE_WHILE_SEALED, AppSettings, openapi_document, router};
-use tower::ServiceExt;
 
 const BODY_LIMIT: usize = 4096;
 
@@ -31,57 +29,12 @@ fn app_with_limit(vault: &TestVault, unseal_failures_per_minute: u32) -> Router 
     }))
 }
 
-struct Reply {
-    status: StatusCode,
-    headers: axum::http::HeaderMap,
-    body: Value,
-}
-
-async fn send(
-    app: &Router,
-    method: &str,
-    path: &str,
-    bearer: Option<&str>,
-    body: Option<Value>,
-) -> Reply {
-    let mut builder = Request::builder().method(method).uri(path);
-    if let Some(token) = bearer {
-        builder = builder.header("authorization", format!("Bearer {token}"));
-    }
-    let body = match body {
-        Some(value) => {
-            builder = builder.header("content-type", "application/json");
-            Body::from(value.to_string())
-        }
-        None => Body::empty(),
-    };
-    send_request(app, builder.body(body).unwrap()).await
-}
-
-async fn send_request(app: &Router, request: Request<Body>) -> Reply {
-    let response = app.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    let body = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes)
-            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
-    };
-    Reply {
-        status,
-        headers,
-        body,
-    }
-}
-
 async fn unseal(app: &Router, body: Value) -> Reply {
-    send(app, "POST", "/v1/sys/unseal", None, Some(body)).await
+    call(app, "POST", "/v1/sys/unseal", None, Some(body)).await
 }
 
 fn assert_problem(reply: &Reply, status: u16, code: &str) {
-    assert_eq!(reply.status.as_u16(), status, "{:?}", reply.body);
+    assert_eq!(reply.status, status, "{:?}", reply.body);
     assert_eq!(reply.headers["content-type"], "application/problem+json");
     assert_eq!(reply.body["code"], code, "{:?}", reply.body);
     assert_eq!(reply.body["status"], status);
@@ -145,15 +98,15 @@ fn documented_routes() -> Vec<(String, String)> {
 async fn health_reports_seal_state_and_version() {
     let vault = passphrase_vault();
     let app = app(&vault);
-    let reply = send(&app, "GET", "/v1/sys/health", None, None).await;
-    assert_eq!(reply.status, StatusCode::OK);
+    let reply = call(&app, "GET", "/v1/sys/health", None, None).await;
+    assert_eq!(reply.status, 200);
     assert_eq!(reply.body["status"], "ok");
     assert_eq!(reply.body["sealed"], false);
     assert_eq!(reply.body["version"], env!("CARGO_PKG_VERSION"));
 
     vault.keyring.seal();
-    let reply = send(&app, "GET", "/v1/sys/health", None, None).await;
-    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    let reply = call(&app, "GET", "/v1/sys/health", None, None).await;
+    assert_eq!(reply.status, 503);
     assert_eq!(reply.body, json!({"status": "sealed", "sealed": true}));
 }
 
@@ -173,20 +126,20 @@ async fn while_sealed_every_data_route_answers_503_sealed() {
             continue;
         }
         let body = matches!(method.as_str(), "POST" | "PATCH").then(|| json!({}));
-        let reply = send(&app, &method, &path, Some(&vault.admin_api_key), body).await;
+        let reply = call(&app, &method, &path, Some(&vault.admin_api_key), body).await;
         assert_problem(&reply, 503, "sealed");
         checked += 1;
     }
     assert!(checked >= CONTRACT_ROUTES.len());
     // The public ones still answer.
     assert_eq!(
-        send(&app, "GET", "/v1/openapi.json", None, None)
+        call(&app, "GET", "/v1/openapi.json", None, None)
             .await
             .status,
-        StatusCode::OK
+        200
     );
     let reply = unseal(&app, json!({"passphrase": PASSPHRASE})).await;
-    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.status, 200);
     assert_eq!(reply.body["sealed"], false);
 }
 
@@ -195,14 +148,14 @@ async fn seal_needs_an_admin_credential() {
     let vault = passphrase_vault();
     let app = app(&vault);
     assert_problem(
-        &send(&app, "POST", "/v1/sys/seal", None, None).await,
+        &call(&app, "POST", "/v1/sys/seal", None, None).await,
         401,
         "unauthenticated",
     );
     let fake = format!("srk_{}", "0".repeat(64));
     for bad in ["garbage", fake.as_str(), ""] {
         assert_problem(
-            &send(&app, "POST", "/v1/sys/seal", Some(bad), None).await,
+            &call(&app, "POST", "/v1/sys/seal", Some(bad), None).await,
             401,
             "unauthenticated",
         );
@@ -228,7 +181,7 @@ async fn unseal_with_shares_over_http() {
         async move { unseal(&app, json!({ "share": share })).await }
     };
     let reply = submit(vault.shares[3].clone()).await;
-    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.status, 200);
     assert_eq!(
         reply.body,
         json!({"sealed": true, "progress": 1, "threshold": 3})
@@ -252,8 +205,8 @@ async fn unseal_with_shares_over_http() {
         json!({"sealed": false, "progress": 0, "threshold": 3})
     );
     assert!(!vault.keyring.is_sealed());
-    let reply = send(&app, "GET", "/v1/sys/health", None, None).await;
-    assert_eq!(reply.status, StatusCode::OK);
+    let reply = call(&app, "GET", "/v1/sys/health", None, None).await;
+    assert_eq!(reply.status, 200);
 }
 
 #[tokio::test]
@@ -342,8 +295,8 @@ async fn request_ids_are_echoed_or_made() {
         assert_eq!(reply.headers["x-request-id"], "client-id-123", "{path}");
     }
     // A made-up id when none (or an unusable one) is sent.
-    let a = send(&app, "GET", "/v1/sys/health", None, None).await;
-    let b = send(&app, "GET", "/v1/sys/health", None, None).await;
+    let a = call(&app, "GET", "/v1/sys/health", None, None).await;
+    let b = call(&app, "GET", "/v1/sys/health", None, None).await;
     let (a, b) = (
         a.headers["x-request-id"].clone(),
         b.headers["x-request-id"].clone(),
@@ -362,13 +315,13 @@ async fn unknown_routes_and_methods_are_problems() {
     let vault = passphrase_vault();
     let app = app(&vault);
     assert_problem(
-        &send(&app, "GET", "/v1/nope", None, None).await,
+        &call(&app, "GET", "/v1/nope", None, None).await,
         404,
         "not_found",
     );
-    assert_problem(&send(&app, "GET", "/", None, None).await, 404, "not_found");
+    assert_problem(&call(&app, "GET", "/", None, None).await, 404, "not_found");
     assert_problem(
-        &send(&app, "DELETE", "/v1/sys/health", None, None).await,
+        &call(&app, "DELETE", "/v1/sys/health", None, None).await,
         405,
         "method_not_allowed",
     );
@@ -378,8 +331,8 @@ async fn unknown_routes_and_methods_are_problems() {
 async fn openapi_document_is_3_1_and_lists_every_route() {
     let vault = passphrase_vault();
     let app = app(&vault);
-    let reply = send(&app, "GET", "/v1/openapi.json", None, None).await;
-    assert_eq!(reply.status, StatusCode::OK);
+    let reply = call(&app, "GET", "/v1/openapi.json", None, None).await;
+    assert_eq!(reply.status, 200);
     assert!(reply.body["openapi"].as_str().unwrap().starts_with("3.1"));
     for (method, path) in [
         ("get", "/v1/sys/health"),
@@ -396,9 +349,9 @@ async fn openapi_document_is_3_1_and_lists_every_route() {
     // Every documented route exists (no 404/405 from the router).
     for (method, path) in documented_routes() {
         let body = (method == "POST").then(|| json!({}));
-        let reply = send(&app, &method, &path, None, body).await;
+        let reply = call(&app, &method, &path, None, body).await;
         assert!(
-            reply.status != StatusCode::NOT_FOUND && reply.status != StatusCode::METHOD_NOT_ALLOWED,
+            reply.status != 404 && reply.status != 405,
             "{method} {path} is documented but not routed"
         );
     }

@@ -12,11 +12,7 @@ mod common;
 
 use std::sync::Arc;
 
-use axum::Router;
-use axum::body::Body;
-use axum::http::Request;
 use common::*;
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use strongroom::access::Role;
 use strongroom::api::{AppState, router};
@@ -25,39 +21,8 @@ use strongroom::clock::SystemClock;
 use strongroom::crypto::Key256;
 use strongroom::keyring::{Keyring, SealMethod};
 use strongroom::store::{SledStore, Store};
-use tower::ServiceExt;
 
 const STAFF_PASSWORD: &str = "staff password 123";
-
-async fn call(
-    app: &Router,
-    method: &str,
-    path: &str,
-    bearer: Option<&str>,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("x-request-id", "req-under-test");
-    if let Some(token) = bearer {
-        req = req.header("authorization", format!("Bearer {token}"));
-    }
-    let body = match body {
-        Some(v) => {
-            req = req.header("content-type", "application/json");
-            Body::from(v.to_string())
-        }
-        None => Body::empty(),
-    };
-    let response = app.clone().oneshot(req.body(body).unwrap()).await.unwrap();
-    let status = response.status().as_u16();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
 
 fn public_key(vault: &TestVault) -> Vec<u8> {
     hex::decode(
@@ -73,7 +38,7 @@ async fn vault_with_history() -> TestVault {
     let vault = passphrase_vault();
     let app = vault.app();
     for i in 0..6 {
-        let (status, _) = call(
+        let Reply { status, .. } = call(
             &app,
             "POST",
             "/v1/principals",
@@ -102,16 +67,17 @@ async fn every_access_is_audited_and_queryable() {
     let app = vault.app();
     let auditor = vault.service("auditor", Role::Auditor);
     let payments = vault.service("payments", Role::PaymentService);
-    assert_eq!(
-        call(&app, "GET", "/v1/principals", Some(&payments), None)
-            .await
-            .0,
-        403
-    );
+    let denied_request = axum::http::Request::builder()
+        .uri("/v1/principals")
+        .header("authorization", format!("Bearer {payments}"))
+        .header("x-request-id", "req-under-test")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    assert_eq!(send_request(&app, denied_request).await.status, 403);
     assert_eq!(
         call(&app, "GET", "/v1/keys", Some(&vault.admin_api_key), None)
             .await
-            .0,
+            .status,
         200
     );
     assert_eq!(
@@ -123,11 +89,13 @@ async fn every_access_is_audited_and_queryable() {
             None
         )
         .await
-        .0,
+        .status,
         200
     );
 
-    let (status, page) = call(&app, "GET", "/v1/audit", Some(&auditor), None).await;
+    let Reply {
+        status, body: page, ..
+    } = call(&app, "GET", "/v1/audit", Some(&auditor), None).await;
     assert_eq!(status, 200);
     let entries = page["entries"].as_array().unwrap();
     // admin, auditor, payments creations; the denial; key.read; key.rotate.
@@ -162,7 +130,11 @@ async fn every_access_is_audited_and_queryable() {
     assert_eq!(entries[5]["target"], "kek/kyc");
 
     // Filters and pagination.
-    let (_, page) = call(
+    let Reply {
+        status: _,
+        body: page,
+        ..
+    } = call(
         &app,
         "GET",
         "/v1/audit?action=principal.create&limit=2",
@@ -172,7 +144,11 @@ async fn every_access_is_audited_and_queryable() {
     .await;
     assert_eq!(page["entries"].as_array().unwrap().len(), 2);
     let next = page["next_after"].as_u64().unwrap();
-    let (_, page) = call(
+    let Reply {
+        status: _,
+        body: page,
+        ..
+    } = call(
         &app,
         "GET",
         &format!("/v1/audit?action=principal.create&after={next}"),
@@ -183,7 +159,11 @@ async fn every_access_is_audited_and_queryable() {
     assert_eq!(page["entries"].as_array().unwrap().len(), 1);
     assert!(page.get("next_after").is_none());
     let actor = denied["actor"].as_str().unwrap();
-    let (_, page) = call(
+    let Reply {
+        status: _,
+        body: page,
+        ..
+    } = call(
         &app,
         "GET",
         &format!("/v1/audit?actor={actor}"),
@@ -192,7 +172,11 @@ async fn every_access_is_audited_and_queryable() {
     )
     .await;
     assert_eq!(page["entries"].as_array().unwrap().len(), 1);
-    let (_, page) = call(
+    let Reply {
+        status: _,
+        body: page,
+        ..
+    } = call(
         &app,
         "GET",
         "/v1/audit?record=kek/kyc",
@@ -201,7 +185,11 @@ async fn every_access_is_audited_and_queryable() {
     )
     .await;
     assert_eq!(page["entries"].as_array().unwrap().len(), 1);
-    let (_, page) = call(
+    let Reply {
+        status: _,
+        body: page,
+        ..
+    } = call(
         &app,
         "GET",
         "/v1/audit?since=2000-01-01T00:00:00Z&until=2000-01-02T00:00:00Z",
@@ -217,7 +205,11 @@ async fn every_access_is_audited_and_queryable() {
         "bogus=1",
         "after=-1",
     ] {
-        let (status, problem) = call(
+        let Reply {
+            status,
+            body: problem,
+            ..
+        } = call(
             &app,
             "GET",
             &format!("/v1/audit?{bad}"),
@@ -232,7 +224,11 @@ async fn every_access_is_audited_and_queryable() {
         );
     }
 
-    let (status, result) = call(&app, "GET", "/v1/audit/verify", Some(&auditor), None).await;
+    let Reply {
+        status,
+        body: result,
+        ..
+    } = call(&app, "GET", "/v1/audit/verify", Some(&auditor), None).await;
     assert_eq!(status, 200);
     assert_eq!(result["ok"], true);
     assert!(result["entries"].as_u64().unwrap() >= 12);
@@ -513,7 +509,11 @@ async fn an_unwritable_audit_entry_fails_the_request_and_changes_nothing() {
         ("POST", "/v1/sys/seal", Some(&admin), None),
     ];
     for (method, path, bearer, body) in attempts {
-        let (status, problem) = call(&app, method, path, bearer.map(String::as_str), body).await;
+        let Reply {
+            status,
+            body: problem,
+            ..
+        } = call(&app, method, path, bearer.map(String::as_str), body).await;
         assert_eq!(
             (status, problem["code"].as_str()),
             (503, Some("audit_unavailable")),
@@ -548,5 +548,48 @@ async fn an_unwritable_audit_entry_fails_the_request_and_changes_nothing() {
             false
         )
         .ok
+    );
+}
+
+#[tokio::test]
+async fn a_batch_appends_chained_entries_all_or_nothing() {
+    use strongroom::audit::{AuditEvent, Outcome};
+    use strongroom::store::Transaction;
+    let vault = passphrase_vault();
+    let event =
+        |i: usize| AuditEvent::new("bulk", "bulk.write", Outcome::Allowed).target(format!("t{i}"));
+    let batch: Vec<_> = (0..2500)
+        .map(|i| {
+            (
+                event(i),
+                Transaction::new().put(format!("bulk/{i:05}"), b"v".to_vec()),
+            )
+        })
+        .collect();
+    let entries = vault.state.audit.record_many(batch).unwrap();
+    assert_eq!(entries.len(), 2500);
+    assert_eq!(vault.store.scan_prefix(b"bulk/").unwrap().len(), 2500);
+    let result = verify_store(vault.store.as_ref(), &public_key(&vault), false);
+    assert!(result.ok, "{result:?}");
+    assert_eq!(result.entries, 2501);
+    // Checkpoints at 1000 and 2000 were signed inside the batch.
+    assert_eq!(result.checkpoint.unwrap().seq, 2000);
+
+    // One conflicting change and nothing of the batch is written.
+    let batch = vec![
+        (
+            event(1),
+            Transaction::new().put(b"bulk/new".to_vec(), b"v".to_vec()),
+        ),
+        (
+            event(2),
+            Transaction::new().expect(b"bulk/00001".to_vec(), None),
+        ),
+    ];
+    assert!(vault.state.audit.record_many(batch).is_err());
+    assert!(vault.store.get(b"bulk/new").unwrap().is_none());
+    assert_eq!(
+        verify_store(vault.store.as_ref(), &public_key(&vault), false).entries,
+        2501
     );
 }

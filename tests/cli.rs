@@ -85,6 +85,19 @@ fn wait_until_listening(addr: SocketAddr, child: &mut Child) {
     }
 }
 
+/// `strongroom serve` on a free loopback port of the vault in `dir`, once
+/// it listens; stderr is piped for `terminate`.
+fn serve(dir: &Path) -> (Child, SocketAddr) {
+    let addr = free_addr();
+    let mut child = in_vault(dir, "serve", &["--listen", &addr.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until_listening(addr, &mut child);
+    (child, addr)
+}
+
 /// Sends SIGTERM and returns the exit status and everything on stderr.
 fn terminate(mut child: Child) -> (std::process::ExitStatus, String) {
     let pid = child.id().to_string();
@@ -178,13 +191,7 @@ fn serve_starts_sealed_unseals_with_shares_and_seals() {
     let dir = tempfile::tempdir().unwrap();
     let init = init_shares(dir.path());
     let admin = init["admin_api_key"].as_str().unwrap();
-    let addr = free_addr();
-    let mut child = in_vault(dir.path(), "serve", &["--listen", &addr.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_until_listening(addr, &mut child);
+    let (child, addr) = serve(dir.path());
     let health = http(addr, "GET", "/v1/sys/health", None, None);
     assert_eq!(health.status, 503);
     assert_eq!(health.json()["sealed"], true);
@@ -329,18 +336,25 @@ fn non_loopback_listen_is_refused_without_tls() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("TLS"));
 }
 
+fn verify_data_dir(data: &Path, keys: &Path) -> Output {
+    strongroom(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--keys-dir",
+        keys.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap()
+}
+
 #[test]
 fn audit_verify_and_export_after_a_clean_stop() {
     let dir = tempfile::tempdir().unwrap();
     let init = init_shares(dir.path());
     let admin = init["admin_api_key"].as_str().unwrap();
-    let addr = free_addr();
-    let mut child = in_vault(dir.path(), "serve", &["--listen", &addr.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_until_listening(addr, &mut child);
+    let (child, addr) = serve(dir.path());
     for index in [0, 1, 2] {
         let body = serde_json::json!({ "share": init["shares"][index] }).to_string();
         http(addr, "POST", "/v1/sys/unseal", None, Some(&body));
@@ -358,16 +372,7 @@ fn audit_verify_and_export_after_a_clean_stop() {
     let verify = in_vault(dir.path(), "audit", &[]).output().unwrap();
     assert!(!verify.status.success(), "audit needs a subcommand");
     let data = dir.path().join("data");
-    let verify = strongroom(&[
-        "audit",
-        "verify",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--keys-dir",
-        keys.to_str().unwrap(),
-    ])
-    .output()
-    .unwrap();
+    let verify = verify_data_dir(&data, &keys);
     assert!(
         verify.status.success(),
         "{}",
@@ -427,16 +432,7 @@ fn audit_verify_and_export_after_a_clean_stop() {
         assert_ne!(changed, original);
         store.put(&key, changed.as_bytes()).unwrap();
     }
-    let verify = strongroom(&[
-        "audit",
-        "verify",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--keys-dir",
-        keys.to_str().unwrap(),
-    ])
-    .output()
-    .unwrap();
+    let verify = verify_data_dir(&data, &keys);
     assert!(!verify.status.success());
     assert!(String::from_utf8_lossy(&verify.stderr).contains("failed at entry"));
 }

@@ -11,43 +11,11 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
-use axum::Router;
-use axum::body::Body;
-use axum::http::Request;
 use common::*;
-use http_body_util::BodyExt;
-use serde_json::{Value, json};
+use serde_json::json;
 use strongroom::audit::export_store;
-use tower::ServiceExt;
 
 const STAFF_PASSWORD: &str = "staff password 123";
-
-async fn call(
-    app: &Router,
-    method: &str,
-    path: &str,
-    bearer: Option<&str>,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = Request::builder().method(method).uri(path);
-    if let Some(token) = bearer {
-        req = req.header("authorization", format!("Bearer {token}"));
-    }
-    let body = match body {
-        Some(v) => {
-            req = req.header("content-type", "application/json");
-            Body::from(v.to_string())
-        }
-        None => Body::empty(),
-    };
-    let response = app.clone().oneshot(req.body(body).unwrap()).await.unwrap();
-    let status = response.status().as_u16();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -75,7 +43,11 @@ async fn no_credential_reaches_the_store_the_audit_log_or_the_logs() {
 
     let vault = shares_vault(3, 2);
     let app = vault.app();
-    let (_, created) = call(
+    let Reply {
+        status: _,
+        body: created,
+        ..
+    } = call(
         &app,
         "POST",
         "/v1/principals",
@@ -85,7 +57,11 @@ async fn no_credential_reaches_the_store_the_audit_log_or_the_logs() {
     .await;
     let service_key = created["api_key"].as_str().unwrap().to_owned();
     call(&app, "POST", "/v1/principals", Some(&vault.admin_api_key), Some(json!({"name": "frank", "kind": "staff", "roles": ["auditor"], "password": STAFF_PASSWORD}))).await;
-    let (_, session) = call(
+    let Reply {
+        status: _,
+        body: session,
+        ..
+    } = call(
         &app,
         "POST",
         "/v1/auth/login",
@@ -113,13 +89,15 @@ async fn no_credential_reaches_the_store_the_audit_log_or_the_logs() {
     )
     .await;
     assert_eq!(
-        call(&app, "GET", "/v1/audit", Some(&token), None).await.0,
+        call(&app, "GET", "/v1/audit", Some(&token), None)
+            .await
+            .status,
         200
     );
     assert_eq!(
         call(&app, "GET", "/v1/audit", Some(&service_key), None)
             .await
-            .0,
+            .status,
         200
     );
     call(&app, "POST", "/v1/auth/logout", Some(&token), None).await;

@@ -160,11 +160,23 @@ impl AuditLog {
         event: AuditEvent,
         change: Transaction,
     ) -> Result<AuditEntry, AuditError> {
+        let mut entries = self.record_many(vec![(event, change)])?;
+        entries
+            .pop()
+            .ok_or(AuditError::Corrupt("no entry appended"))
+    }
+
+    /// Records several changes, each with its own entry, in one atomic and
+    /// durable transaction (one flush): the bulk path.
+    pub fn record_many(
+        &self,
+        batch: Vec<(AuditEvent, Transaction)>,
+    ) -> Result<Vec<AuditEntry>, AuditError> {
         let _append = self.append.lock().unwrap_or_else(PoisonError::into_inner);
         let mut attempts = 0;
         loop {
             let (head_bytes, head) = self.head()?;
-            match self.try_append(event.clone(), change.clone(), head_bytes.clone(), head) {
+            match self.try_append(batch.clone(), head_bytes.clone(), head) {
                 Err(AuditError::Conflict) if attempts < 3 && self.head()?.0 != head_bytes => {
                     attempts += 1
                 }
@@ -175,42 +187,47 @@ impl AuditLog {
 
     fn try_append(
         &self,
-        event: AuditEvent,
-        change: Transaction,
+        batch: Vec<(AuditEvent, Transaction)>,
         head_bytes: Option<Vec<u8>>,
         head: Head,
-    ) -> Result<AuditEntry, AuditError> {
-        let mut entry = AuditEntry {
-            seq: head.seq + 1,
-            time: rfc3339(self.clock.now()),
-            actor: event.actor,
-            action: event.action.to_owned(),
-            target: event.target,
-            outcome: event.outcome,
-            reason: event.reason,
-            ticket: event.ticket,
-            request_id: event.request_id,
-            client: event.client,
-            prev_hash: head.hash,
-            hash: String::new(),
-        };
-        let hash = entry.compute_hash();
-        entry.hash = hex::encode(hash);
-        let new_head = Head {
-            seq: entry.seq,
-            hash: entry.hash.clone(),
-        };
-        let mut tx = change
-            .expect(HEAD_KEY, head_bytes)
-            .put(entry_key(entry.seq), encode(&entry)?)
-            .put(HEAD_KEY, encode(&new_head)?);
-        if entry.seq.is_multiple_of(self.checkpoint_every)
-            && let Some(checkpoint) = self.sign(entry.seq, &hash)
-        {
-            tx = tx.put(checkpoint_key(entry.seq), encode(&checkpoint)?);
+    ) -> Result<Vec<AuditEntry>, AuditError> {
+        let time = rfc3339(self.clock.now());
+        let mut tx = Transaction::new().expect(HEAD_KEY, head_bytes);
+        let mut entries = Vec::with_capacity(batch.len());
+        let (mut seq, mut prev_hash) = (head.seq, head.hash);
+        for (event, change) in batch {
+            seq += 1;
+            let mut entry = AuditEntry {
+                seq,
+                time: time.clone(),
+                actor: event.actor,
+                action: event.action.to_owned(),
+                target: event.target,
+                outcome: event.outcome,
+                reason: event.reason,
+                ticket: event.ticket,
+                request_id: event.request_id,
+                client: event.client,
+                prev_hash,
+                hash: String::new(),
+            };
+            let hash = entry.compute_hash();
+            entry.hash = hex::encode(hash);
+            prev_hash = entry.hash.clone();
+            tx = tx.merge(change).put(entry_key(seq), encode(&entry)?);
+            if seq.is_multiple_of(self.checkpoint_every)
+                && let Some(checkpoint) = self.sign(seq, &hash)
+            {
+                tx = tx.put(checkpoint_key(seq), encode(&checkpoint)?);
+            }
+            entries.push(entry);
         }
-        self.store.commit(tx)?;
-        Ok(entry)
+        let new_head = Head {
+            seq,
+            hash: prev_hash,
+        };
+        self.store.commit(tx.put(HEAD_KEY, encode(&new_head)?))?;
+        Ok(entries)
     }
 
     fn sign(&self, seq: u64, hash: &[u8; 32]) -> Option<Checkpoint> {

@@ -188,6 +188,60 @@ pub fn files_containing(dirs: &[&Path], needle: &[u8]) -> Vec<PathBuf> {
     hits
 }
 
+/// An in-process answer from the router.
+pub struct Reply {
+    pub status: u16,
+    pub headers: axum::http::HeaderMap,
+    pub body: serde_json::Value,
+}
+
+/// Sends `request` through the router (`oneshot`).
+pub async fn send_request(
+    app: &axum::Router,
+    request: axum::http::Request<axum::body::Body>,
+) -> Reply {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body = if bytes.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::String(
+            String::from_utf8_lossy(&bytes).into(),
+        ))
+    };
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// A request with an optional bearer credential and JSON body.
+pub async fn call(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> Reply {
+    let mut builder = axum::http::Request::builder().method(method).uri(path);
+    if let Some(token) = bearer {
+        builder = builder.header("authorization", format!("Bearer {token}"));
+    }
+    let body = match body {
+        Some(value) => {
+            builder = builder.header("content-type", "application/json");
+            axum::body::Body::from(value.to_string())
+        }
+        None => axum::body::Body::empty(),
+    };
+    send_request(app, builder.body(body).unwrap()).await
+}
+
 /// A blocking HTTP/1.1 exchange with `Connection: close`: status, headers
 /// (lower-case names) and body.
 pub struct HttpResponse {
