@@ -410,6 +410,8 @@ fn audit_verify_and_export_after_a_clean_stop() {
 
     // One changed character in the export fails, naming the entry.
     let text = String::from_utf8(export.stdout.clone()).unwrap();
+    // A real server records the client's address.
+    assert!(text.contains("\"client\":\"127.0.0.1\""), "{text}");
     let tampered = text.replacen(
         "\"action\":\"principal.create\"",
         "\"action\":\"principal.list\"",
