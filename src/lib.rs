@@ -14,3 +14,5 @@ pub mod crypto;
 pub mod keyring;
 pub mod records;
 pub mod store;
+pub mod tokens;
+pub mod vault;

@@ -69,9 +69,55 @@ fn principal_id(vault: &TestVault, name: &str) -> String {
         .id
 }
 
-/// One valid request per operation. The match is exhaustive, so a new
-/// operation does not compile until it has a row here.
-fn sample(vault: &TestVault, op: Operation, n: usize) -> (&'static str, String, Option<Value>) {
+fn card_body() -> Value {
+    json!({"pan": "4242 4242 4242 4242", "exp_month": 12, "exp_year": 2031, "holder_name": "Ada Lovelace", "subject_ref": "user-42"})
+}
+
+fn kyc_body() -> Value {
+    json!({"subject_ref": "user-42", "legal_name": {"given": "Ada", "family": "Lovelace"}, "date_of_birth": "1815-12-10", "nationality": "GB"})
+}
+
+/// A card stored through the API with `key`; its id and token.
+async fn stored_card(app: &Router, key: &str) -> (String, String) {
+    let reply = call(
+        app,
+        "POST",
+        "/v1/records/card",
+        Some(key),
+        Some(card_body()),
+    )
+    .await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    (
+        reply.body["id"].as_str().unwrap().to_owned(),
+        reply.body["token"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// Principals that make fixtures for the matrix.
+struct Fixtures {
+    payments: String,
+    officer: String,
+}
+
+/// One valid request per operation, for a caller holding `role` with
+/// `credential`. The match is exhaustive, so a new operation does not
+/// compile until it has a row here.
+async fn sample(
+    vault: &TestVault,
+    app: &Router,
+    fx: &Fixtures,
+    op: Operation,
+    n: usize,
+    role: Role,
+    credential: &str,
+) -> (&'static str, String, Option<Value>) {
+    // Ownership applies to services: a payment service works on its own.
+    let owner = if role == Role::PaymentService {
+        credential
+    } else {
+        fx.payments.as_str()
+    };
     match op {
         Operation::SysSeal => ("POST", "/v1/sys/seal".into(), None),
         Operation::PrincipalCreate => (
@@ -93,6 +139,92 @@ fn sample(vault: &TestVault, op: Operation, n: usize) -> (&'static str, String, 
         Operation::AuditVerify => ("GET", "/v1/audit/verify".into(), None),
         Operation::KeysRead => ("GET", "/v1/keys".into(), None),
         Operation::KeysRotate => ("POST", "/v1/keys/card/rotate".into(), None),
+        Operation::RecordCreate(t) => {
+            let body = match t {
+                strongroom::records::RecordType::Card => card_body(),
+                strongroom::records::RecordType::BankAccount => {
+                    json!({"iban": "DE89 3704 0044 0532 0130 00", "holder_name": "Ada Lovelace"})
+                }
+                strongroom::records::RecordType::Kyc => kyc_body(),
+            };
+            ("POST", format!("/v1/records/{}", t.as_str()), Some(body))
+        }
+        Operation::RecordRead => (
+            "GET",
+            format!("/v1/records/{}", stored_card(app, owner).await.0),
+            None,
+        ),
+        Operation::RecordUpdate => (
+            "PATCH",
+            format!("/v1/records/{}", stored_card(app, owner).await.0),
+            Some(json!({"exp_month": 11})),
+        ),
+        Operation::RecordErase => (
+            "DELETE",
+            format!("/v1/records/{}", stored_card(app, owner).await.0),
+            None,
+        ),
+        Operation::RecordReveal => (
+            "POST",
+            format!("/v1/records/{}/reveal", stored_card(app, owner).await.0),
+            Some(json!({"fields": ["exp_month"], "reason": "matrix", "ticket": "CASE-1"})),
+        ),
+        Operation::RecordSearch => (
+            "POST",
+            "/v1/search".into(),
+            Some(
+                json!({"field": "email", "value": "nobody@example.org", "reason": "matrix", "ticket": "CASE-1"}),
+            ),
+        ),
+        Operation::AccessRequestCreate => (
+            "POST",
+            "/v1/access-requests".into(),
+            Some(
+                json!({"record_id": stored_card(app, owner).await.0, "fields": ["pan"], "reason": "matrix", "ticket": "CASE-1"}),
+            ),
+        ),
+        Operation::AccessRequestApprove | Operation::AccessRequestDeny => {
+            let (id, _) = stored_card(app, &fx.payments).await;
+            let body =
+                json!({"record_id": id, "fields": ["pan"], "reason": "matrix", "ticket": "CASE-1"});
+            let reply = call(
+                app,
+                "POST",
+                "/v1/access-requests",
+                Some(&fx.officer),
+                Some(body),
+            )
+            .await;
+            let request = reply.body["id"].as_str().unwrap().to_owned();
+            let verb = if op == Operation::AccessRequestApprove {
+                "approve"
+            } else {
+                "deny"
+            };
+            (
+                "POST",
+                format!("/v1/access-requests/{request}/{verb}"),
+                None,
+            )
+        }
+        Operation::TokenCreate => (
+            "POST",
+            "/v1/tokens".into(),
+            Some(json!({"value": "a secret", "kind": "generic"})),
+        ),
+        Operation::TokenDetokenize => {
+            let (_, token) = stored_card(app, owner).await;
+            (
+                "POST",
+                "/v1/tokens/detokenize".into(),
+                Some(json!({"tokens": [token]})),
+            )
+        }
+        Operation::TokenRevoke => (
+            "DELETE",
+            format!("/v1/tokens/{}", stored_card(app, owner).await.1),
+            None,
+        ),
     }
 }
 
@@ -100,13 +232,17 @@ fn sample(vault: &TestVault, op: Operation, n: usize) -> (&'static str, String, 
 async fn role_matrix_is_generated_from_the_policy_table() {
     let vault = passphrase_vault();
     let app = vault.app();
+    let fx = Fixtures {
+        payments: vault.service("fixture-payments", Role::PaymentService),
+        officer: credential_for(&vault, &app, Role::ComplianceOfficer, 0).await,
+    };
     let mut n = 0;
     let mut checked = 0;
     for op in Operation::ALL {
         for role in Role::ALL {
             n += 1;
             let credential = credential_for(&vault, &app, role, n).await;
-            let (method, path, body) = sample(&vault, op, n);
+            let (method, path, body) = sample(&vault, &app, &fx, op, n, role, &credential).await;
             let Reply {
                 status,
                 body: reply,

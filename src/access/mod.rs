@@ -9,11 +9,13 @@
 mod credentials;
 mod lockout;
 mod policy;
+mod requests;
 mod sessions;
 
 pub use credentials::{ApiKey, Authenticated, Credential, PrincipalDirectory};
 pub use lockout::LockoutPolicy;
-pub use policy::{Operation, Role, allows};
+pub use policy::{Operation, Role, allows, sees_all};
+pub use requests::{AccessRequest, AccessRequests, DecisionError, RequestStatus};
 pub use sessions::{SessionPolicy, SessionToken};
 
 use serde::{Deserialize, Serialize};
@@ -31,6 +33,12 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// Whether this principal sees a record or token owned by `owner`:
+    /// its own, or any if a compliance role or admin.
+    pub fn sees(&self, owner: &str) -> bool {
+        self.id == owner || sees_all(&self.roles)
+    }
+
     /// Whether any of this principal's roles allows `op`.
     pub fn may(&self, op: Operation) -> bool {
         !self.disabled && self.roles.iter().any(|r| allows(*r, op))

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::PrincipalKind;
+use crate::records::RecordType;
 
 /// Built-in roles (API.md "Principals and sessions").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -49,10 +50,22 @@ pub enum Operation {
     AuditVerify,
     KeysRead,
     KeysRotate,
+    RecordCreate(RecordType),
+    RecordRead,
+    RecordUpdate,
+    RecordErase,
+    RecordReveal,
+    RecordSearch,
+    AccessRequestCreate,
+    AccessRequestApprove,
+    AccessRequestDeny,
+    TokenCreate,
+    TokenDetokenize,
+    TokenRevoke,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 8] = [
+    pub const ALL: [Operation; 22] = [
         Operation::SysSeal,
         Operation::PrincipalCreate,
         Operation::PrincipalList,
@@ -61,6 +74,20 @@ impl Operation {
         Operation::AuditVerify,
         Operation::KeysRead,
         Operation::KeysRotate,
+        Operation::RecordCreate(RecordType::Card),
+        Operation::RecordCreate(RecordType::BankAccount),
+        Operation::RecordCreate(RecordType::Kyc),
+        Operation::RecordRead,
+        Operation::RecordUpdate,
+        Operation::RecordErase,
+        Operation::RecordReveal,
+        Operation::RecordSearch,
+        Operation::AccessRequestCreate,
+        Operation::AccessRequestApprove,
+        Operation::AccessRequestDeny,
+        Operation::TokenCreate,
+        Operation::TokenDetokenize,
+        Operation::TokenRevoke,
     ];
 
     /// The audit action recorded for this operation.
@@ -74,6 +101,18 @@ impl Operation {
             Operation::AuditVerify => "audit.verify",
             Operation::KeysRead => "key.read",
             Operation::KeysRotate => "key.rotate",
+            Operation::RecordCreate(_) => "record.create",
+            Operation::RecordRead => "record.read",
+            Operation::RecordUpdate => "record.update",
+            Operation::RecordErase => "record.erase",
+            Operation::RecordReveal => "record.reveal",
+            Operation::RecordSearch => "record.search",
+            Operation::AccessRequestCreate => "access.request",
+            Operation::AccessRequestApprove => "access.approve",
+            Operation::AccessRequestDeny => "access.deny",
+            Operation::TokenCreate => "token.create",
+            Operation::TokenDetokenize => "token.detokenize",
+            Operation::TokenRevoke => "token.revoke",
         }
     }
 }
@@ -90,7 +129,33 @@ pub fn allows(role: Role, op: Operation) -> bool {
         | O::KeysRead
         | O::KeysRotate => role == R::Admin,
         O::AuditRead | O::AuditVerify => matches!(role, R::Auditor | R::Admin),
+        O::RecordCreate(RecordType::Card | RecordType::BankAccount) | O::TokenCreate => {
+            role == R::PaymentService
+        }
+        O::RecordCreate(RecordType::Kyc) | O::RecordUpdate => {
+            matches!(role, R::PaymentService | R::ComplianceOfficer)
+        }
+        O::RecordRead | O::TokenDetokenize => {
+            matches!(
+                role,
+                R::PaymentService | R::ComplianceOfficer | R::ComplianceApprover
+            )
+        }
+        O::RecordErase | O::TokenRevoke => matches!(role, R::PaymentService | R::Admin),
+        O::RecordReveal | O::RecordSearch | O::AccessRequestCreate => role == R::ComplianceOfficer,
+        O::AccessRequestApprove | O::AccessRequestDeny => role == R::ComplianceApprover,
     }
+}
+
+/// Whether `roles` see every record and token, not only their own: the
+/// compliance roles (and admins, for erasure and revocation).
+pub fn sees_all(roles: &[Role]) -> bool {
+    roles.iter().any(|r| {
+        matches!(
+            r,
+            Role::ComplianceOfficer | Role::ComplianceApprover | Role::Admin
+        )
+    })
 }
 
 #[cfg(test)]
@@ -98,17 +163,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn no_role_but_admin_and_auditor_holds_anything_yet() {
+    fn no_record_data_operation_for_auditors_and_no_reveal_for_services() {
         for op in Operation::ALL {
-            for role in [
-                Role::PaymentService,
-                Role::ComplianceOfficer,
-                Role::ComplianceApprover,
-            ] {
-                assert!(!allows(role, op), "{role:?} may {op:?}");
+            if !matches!(op, Operation::AuditRead | Operation::AuditVerify) {
+                assert!(!allows(Role::Auditor, op), "auditor may {op:?}");
             }
-            assert!(allows(Role::Admin, op));
         }
+        for op in [
+            Operation::RecordReveal,
+            Operation::RecordSearch,
+            Operation::AccessRequestApprove,
+        ] {
+            assert!(!allows(Role::PaymentService, op));
+        }
+        assert!(!allows(Role::Admin, Operation::RecordRead));
+        assert!(!allows(Role::Admin, Operation::RecordReveal));
     }
 
     #[test]

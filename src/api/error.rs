@@ -49,6 +49,11 @@ pub enum ApiError {
     Integrity,
     AuditUnavailable,
     Internal,
+    Erased,
+    TokenExpired,
+    TokenRevoked,
+    ReasonRequired,
+    ApprovalRequired,
 }
 
 impl ApiError {
@@ -100,6 +105,19 @@ impl ApiError {
                 "Internal error",
             ),
             Self::Sealed => (StatusCode::SERVICE_UNAVAILABLE, "sealed", "Sealed"),
+            Self::Erased => (StatusCode::GONE, "erased", "Erased"),
+            Self::TokenExpired => (StatusCode::GONE, "token_expired", "Token expired"),
+            Self::TokenRevoked => (StatusCode::GONE, "token_revoked", "Token revoked"),
+            Self::ReasonRequired => (
+                StatusCode::BAD_REQUEST,
+                "reason_required",
+                "Reason required",
+            ),
+            Self::ApprovalRequired => (
+                StatusCode::FORBIDDEN,
+                "approval_required",
+                "Approval required",
+            ),
             Self::AuditUnavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "audit_unavailable",
@@ -124,6 +142,13 @@ impl ApiError {
             Self::Integrity | Self::Internal => "The server could not complete the request.".into(),
             Self::AuditUnavailable => {
                 "The audit log could not be written; nothing was done.".into()
+            }
+            Self::Erased => "The record was erased.".into(),
+            Self::TokenExpired => "The token has expired or used up its uses.".into(),
+            Self::TokenRevoked => "The token was revoked.".into(),
+            Self::ReasonRequired => "A reason and a case ticket are required.".into(),
+            Self::ApprovalRequired => {
+                "These fields need an access request approved by another person.".into()
             }
         }
     }
@@ -210,6 +235,37 @@ impl From<AccessError> for ApiError {
     }
 }
 
+impl From<crate::vault::VaultError> for ApiError {
+    fn from(e: crate::vault::VaultError) -> Self {
+        use crate::vault::VaultError as V;
+        match e {
+            V::NotFound => Self::NotFound,
+            V::Erased => Self::Erased,
+            V::Keyring(k) => k.into(),
+            V::Store(s) => s.into(),
+            V::Corrupt => {
+                tracing::error!("a stored vault record does not parse");
+                Self::Integrity
+            }
+            V::TokenSpace => Self::Conflict("Could not mint a unique token; try again."),
+        }
+    }
+}
+
+impl From<Vec<crate::records::Invalid>> for ApiError {
+    fn from(errors: Vec<crate::records::Invalid>) -> Self {
+        Self::Validation(
+            errors
+                .into_iter()
+                .map(|e| FieldError {
+                    field: e.field,
+                    message: e.message.to_owned(),
+                })
+                .collect(),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,6 +292,11 @@ mod tests {
             (ApiError::Integrity, 500, "integrity_error"),
             (ApiError::AuditUnavailable, 503, "audit_unavailable"),
             (ApiError::UnsealFailed("x"), 400, "unseal_failed"),
+            (ApiError::Erased, 410, "erased"),
+            (ApiError::TokenExpired, 410, "token_expired"),
+            (ApiError::TokenRevoked, 410, "token_revoked"),
+            (ApiError::ReasonRequired, 400, "reason_required"),
+            (ApiError::ApprovalRequired, 403, "approval_required"),
         ];
         for (error, status, code) in cases {
             let (s, c, _) = error.parts();

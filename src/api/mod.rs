@@ -7,12 +7,15 @@
 
 mod audit;
 mod auth;
+mod compliance;
 mod error;
 mod extract;
 mod keys;
 mod openapi;
 mod principals;
+mod records;
 mod sys;
+mod tokens;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -30,12 +33,13 @@ pub use extract::{ApiJson, Caller, JsonBody, RequestContext, parse_json};
 pub use openapi::openapi_document;
 pub use sys::UnsealLimiter;
 
-use crate::access::{LockoutPolicy, Operation, PrincipalDirectory, SessionPolicy};
+use crate::access::{AccessRequests, LockoutPolicy, Operation, PrincipalDirectory, SessionPolicy};
 use crate::audit::{AuditEntry, AuditError, AuditEvent, AuditLog, Outcome};
 use crate::clock::Clock;
 use crate::crypto::PasswordPolicy;
 use crate::keyring::Keyring;
 use crate::store::{Store, Transaction};
+use crate::vault::Vault;
 
 /// Paths that work while sealed. Every other path answers 503 `sealed`.
 pub const AVAILABLE_WHILE_SEALED: [&str; 3] =
@@ -54,6 +58,10 @@ pub struct AppSettings {
     pub audit_checkpoint_every: u64,
     /// Password hashes computed at once; the rest wait (bounded).
     pub password_workers: usize,
+    /// Reveals one officer may make in a sliding hour.
+    pub reveals_per_hour: usize,
+    /// How long an approved access request lasts.
+    pub grant_lifetime: time::Duration,
 }
 
 impl Default for AppSettings {
@@ -68,6 +76,8 @@ impl Default for AppSettings {
             audit_checkpoint_every: 1000,
             // Leave at least half the cores to everything else.
             password_workers: (cores / 2).max(1),
+            reveals_per_hour: 30,
+            grant_lifetime: time::Duration::minutes(30),
         }
     }
 }
@@ -120,6 +130,9 @@ pub struct AppInner {
     pub clock: Arc<dyn Clock>,
     pub principals: PrincipalDirectory,
     pub audit: AuditLog,
+    pub vault: Vault,
+    pub access_requests: AccessRequests,
+    pub reveal_limiter: compliance::RevealLimiter,
     pub settings: AppSettings,
     pub unseal_limiter: UnsealLimiter,
     pub passwords: PasswordPool,
@@ -153,7 +166,16 @@ impl AppState {
             .password_policy
             .hash("strongroom: no such user")
             .unwrap_or_default();
+        let vault = Vault::new(Arc::clone(&store), Arc::clone(&keyring), Arc::clone(&clock));
+        let access_requests = AccessRequests::new(
+            Arc::clone(&store),
+            Arc::clone(&clock),
+            settings.grant_lifetime,
+        );
         Self(Arc::new(AppInner {
+            vault,
+            access_requests,
+            reveal_limiter: compliance::RevealLimiter::new(settings.reveals_per_hour),
             keyring,
             store,
             clock,
@@ -241,6 +263,23 @@ impl AppState {
             tracing::error!(error = %e, "audit checkpoint before sealing failed");
         }
         self.keyring.seal();
+    }
+
+    /// Writes several changes, each with its own audit entry, in one
+    /// transaction (one flush), off the async runtime.
+    pub async fn commit_many(
+        &self,
+        batch: Vec<(AuditEvent, Transaction)>,
+    ) -> Result<Vec<AuditEntry>, ApiError> {
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || match state.audit.record_many(batch) {
+            Err(AuditError::Conflict) => Err(ApiError::Conflict(
+                "The change conflicts with the stored state.",
+            )),
+            other => other.map_err(audit_failure),
+        })
+        .await
+        .map_err(|_| ApiError::Internal)?
     }
 
     /// Records an event that changes nothing else (a read, a denial).
@@ -350,6 +389,24 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit/verify", get(audit::verify))
         .route("/v1/keys", get(keys::list))
         .route("/v1/keys/{purpose}/rotate", post(keys::rotate))
+        .route(
+            "/v1/records/{id}",
+            get(records::read)
+                .patch(records::update)
+                .delete(records::erase)
+                .post(records::create),
+        )
+        .route("/v1/records/{id}/reveal", post(compliance::reveal))
+        .route("/v1/search", post(compliance::search))
+        .route("/v1/access-requests", post(compliance::request_access))
+        .route(
+            "/v1/access-requests/{id}/approve",
+            post(compliance::approve),
+        )
+        .route("/v1/access-requests/{id}/deny", post(compliance::deny))
+        .route("/v1/tokens", post(tokens::create))
+        .route("/v1/tokens/detokenize", post(tokens::detokenize))
+        .route("/v1/tokens/{token}", delete(tokens::revoke))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), sealed_gate))

@@ -5,10 +5,12 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::error::{FieldError, Problem};
-use super::{audit, auth, keys, principals, sys};
-use crate::access::{Principal, PrincipalKind, Role};
+use super::{audit, auth, compliance, keys, principals, records, sys, tokens};
+use crate::access::{Principal, PrincipalKind, RequestStatus, Role};
 use crate::audit::{AuditEntry, Checkpoint, Outcome, Verification};
 use crate::keyring::{KekMetadata, UnsealProgress};
+use crate::records::{Address, BankAccountInput, CardInput, KycInput, LegalName, NationalId};
+use crate::tokens::TokenFormat;
 
 struct BearerAuth;
 
@@ -31,6 +33,9 @@ impl Modify for BearerAuth {
         auth::login, auth::logout,
         audit::entries, audit::verify,
         keys::list, keys::rotate,
+        records::create, records::read, records::update, records::erase,
+        compliance::search, compliance::reveal, compliance::request_access, compliance::approve, compliance::deny,
+        tokens::create, tokens::detokenize, tokens::revoke,
     ),
     components(schemas(
         Problem, FieldError, UnsealProgress, sys::Health, sys::UnsealRequest, sys::SealState,
@@ -38,6 +43,10 @@ impl Modify for BearerAuth {
         Principal, PrincipalKind, Role, auth::Login, auth::Session,
         audit::AuditPage, AuditEntry, Checkpoint, Outcome, Verification,
         keys::KeyList, KekMetadata,
+        CardInput, BankAccountInput, KycInput, LegalName, Address, NationalId,
+        compliance::SearchRequest, compliance::SearchMatch, compliance::RevealRequest,
+        compliance::CreateAccessRequest, compliance::AccessRequestState, RequestStatus,
+        tokens::TokenizeRequest, tokens::Tokenized, tokens::DetokenizeRequest, TokenFormat,
     )),
     modifiers(&BearerAuth),
     tags(
@@ -46,6 +55,9 @@ impl Modify for BearerAuth {
         (name = "auth", description = "Staff sessions"),
         (name = "audit", description = "The tamper-evident audit log (auditor, admin)"),
         (name = "keys", description = "KEK metadata and rotation (admin)"),
+        (name = "records", description = "Cards, bank accounts, KYC: sealed, masked"),
+        (name = "compliance", description = "Search, reveal, four-eyes access requests"),
+        (name = "tokens", description = "Tokenize, detokenize, revoke"),
     ),
 )]
 struct ApiDoc;

@@ -1,0 +1,196 @@
+//! Four-eyes access requests: an officer asks to reveal named fields of one
+//! record; a different person approves or denies; an approval is a grant
+//! bound to that record, those fields and that officer, for a while.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use time::{Duration, OffsetDateTime};
+
+use super::AccessError;
+use crate::clock::{Clock, rfc3339};
+use crate::crypto::random_array;
+use crate::store::{Store, Transaction};
+
+const REQUEST_PREFIX: &str = "ar/";
+const BY_REQUESTER_PREFIX: &str = "arx/";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestStatus {
+    Pending,
+    Approved,
+    Denied,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRequest {
+    pub id: String,
+    pub record_id: String,
+    pub fields: Vec<String>,
+    pub requester: String,
+    pub reason: String,
+    pub ticket: String,
+    pub status: RequestStatus,
+    pub created_at: i64,
+    pub decided_by: Option<String>,
+    pub expires_at: Option<i64>,
+}
+
+impl AccessRequest {
+    pub fn expires_at_text(&self) -> Option<String> {
+        self.expires_at
+            .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
+            .map(rfc3339)
+    }
+
+    /// Whether this request grants `requester` the reveal of `field` of
+    /// `record_id` at `now`.
+    pub fn grants(
+        &self,
+        requester: &str,
+        record_id: &str,
+        field: &str,
+        now: OffsetDateTime,
+    ) -> bool {
+        self.status == RequestStatus::Approved
+            && self.requester == requester
+            && self.record_id == record_id
+            && self.fields.iter().any(|f| f == field)
+            && self.expires_at.is_some_and(|e| now.unix_timestamp() < e)
+    }
+}
+
+/// Why a decision was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecisionError {
+    NotFound,
+    OwnRequest,
+    NotPending,
+}
+
+/// Access requests in the store.
+pub struct AccessRequests {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    /// How long an approval lasts.
+    pub grant_lifetime: Duration,
+}
+
+fn key(id: &str) -> String {
+    format!("{REQUEST_PREFIX}{id}")
+}
+
+fn encode(request: &AccessRequest) -> Result<Vec<u8>, AccessError> {
+    serde_json::to_vec(request).map_err(|_| AccessError::Corrupt)
+}
+
+impl AccessRequests {
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, grant_lifetime: Duration) -> Self {
+        Self {
+            store,
+            clock,
+            grant_lifetime,
+        }
+    }
+
+    /// A new pending request and the writes that store it.
+    pub fn prepare(
+        &self,
+        requester: &str,
+        record_id: &str,
+        fields: Vec<String>,
+        reason: String,
+        ticket: String,
+    ) -> Result<(AccessRequest, Transaction), AccessError> {
+        let request = AccessRequest {
+            id: format!("ar_{}", hex::encode(random_array::<12>()?)),
+            record_id: record_id.to_owned(),
+            fields,
+            requester: requester.to_owned(),
+            reason,
+            ticket,
+            status: RequestStatus::Pending,
+            created_at: self.clock.now().unix_timestamp(),
+            decided_by: None,
+            expires_at: None,
+        };
+        let index = format!(
+            "{BY_REQUESTER_PREFIX}{requester}/{record_id}/{}",
+            request.id
+        );
+        let tx = Transaction::new()
+            .put(key(&request.id), encode(&request)?)
+            .put(index, Vec::new());
+        Ok((request, tx))
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<AccessRequest>, AccessError> {
+        self.store
+            .get(key(id).as_bytes())?
+            .map(|b| serde_json::from_slice(&b).map_err(|_| AccessError::Corrupt))
+            .transpose()
+    }
+
+    /// The writes that approve (`approve = true`) or deny a pending request
+    /// by `decider`, who must not be its requester.
+    pub fn prepare_decision(
+        &self,
+        id: &str,
+        decider: &str,
+        approve: bool,
+    ) -> Result<Result<(AccessRequest, Transaction), DecisionError>, AccessError> {
+        let Some(request) = self.get(id)? else {
+            return Ok(Err(DecisionError::NotFound));
+        };
+        if request.requester == decider {
+            return Ok(Err(DecisionError::OwnRequest));
+        }
+        if request.status != RequestStatus::Pending {
+            return Ok(Err(DecisionError::NotPending));
+        }
+        let now = self.clock.now();
+        let decided = AccessRequest {
+            status: if approve {
+                RequestStatus::Approved
+            } else {
+                RequestStatus::Denied
+            },
+            decided_by: Some(decider.to_owned()),
+            expires_at: approve.then(|| (now + self.grant_lifetime).unix_timestamp()),
+            ..request.clone()
+        };
+        let tx = Transaction::new()
+            .expect(key(id), Some(encode(&request)?))
+            .put(key(id), encode(&decided)?);
+        Ok(Ok((decided, tx)))
+    }
+
+    /// Whether `requester` holds a live grant for every one of `fields` of
+    /// `record_id`.
+    pub fn granted(
+        &self,
+        requester: &str,
+        record_id: &str,
+        fields: &[&str],
+    ) -> Result<bool, AccessError> {
+        let prefix = format!("{BY_REQUESTER_PREFIX}{requester}/{record_id}/");
+        let now = self.clock.now();
+        let mut requests = Vec::new();
+        for (index_key, _) in self.store.scan_prefix(prefix.as_bytes())? {
+            let id = index_key
+                .get(prefix.len()..)
+                .and_then(|id| std::str::from_utf8(id).ok())
+                .ok_or(AccessError::Corrupt)?;
+            if let Some(request) = self.get(id)? {
+                requests.push(request);
+            }
+        }
+        Ok(fields.iter().all(|field| {
+            requests
+                .iter()
+                .any(|r| r.grants(requester, record_id, field, now))
+        }))
+    }
+}

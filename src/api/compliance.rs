@@ -1,0 +1,408 @@
+//! Compliance lookups: blind-index search, reveal with reason and ticket,
+//! and four-eyes access requests.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+
+use super::extract::{Caller, JsonBody, RequestContext};
+use super::{ApiError, AppState, Problem};
+use crate::access::{DecisionError, Operation, RequestStatus};
+use crate::audit::{AuditEvent, Outcome};
+use crate::records::{RecordType, search_value};
+
+/// Counts reveals per officer in a sliding hour.
+#[derive(Debug)]
+pub struct RevealLimiter {
+    per_hour: usize,
+    seen: Mutex<HashMap<String, Vec<OffsetDateTime>>>,
+}
+
+impl RevealLimiter {
+    pub fn new(per_hour: usize) -> Self {
+        Self {
+            per_hour,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one reveal for `who` at `now`, or says how long to wait.
+    fn take(&self, who: &str, now: OffsetDateTime) -> Result<(), u64> {
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let times = seen.entry(who.to_owned()).or_default();
+        times.retain(|t| now - *t < time::Duration::hours(1));
+        if times.len() >= self.per_hour {
+            let oldest = times.first().copied().unwrap_or(now);
+            let wait = (oldest + time::Duration::hours(1) - now).whole_seconds();
+            return Err(u64::try_from(wait).unwrap_or(1).max(1));
+        }
+        times.push(now);
+        Ok(())
+    }
+}
+
+/// A reason and a case ticket, both required, both bounded.
+fn justification(
+    reason: Option<String>,
+    ticket: Option<String>,
+) -> Result<(String, String), ApiError> {
+    let reason = reason
+        .map(|r| r.trim().to_owned())
+        .filter(|r| !r.is_empty())
+        .ok_or(ApiError::ReasonRequired)?;
+    let ticket = ticket
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .ok_or(ApiError::ReasonRequired)?;
+    if reason.chars().count() > 500 || reason.chars().any(char::is_control) {
+        return Err(ApiError::field(
+            "reason",
+            "must be at most 500 characters, no control characters",
+        ));
+    }
+    if ticket.len() > 64 || !ticket.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::field(
+            "ticket",
+            "must be at most 64 printable characters",
+        ));
+    }
+    Ok((reason, ticket))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SearchRequest {
+    /// national_id, email, phone or pan.
+    pub field: String,
+    pub value: String,
+    /// Required for national_id.
+    pub country: Option<String>,
+    pub reason: Option<String>,
+    pub ticket: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SearchMatch {
+    pub id: String,
+    pub subject_ref: Option<String>,
+}
+
+/// Exact-match search by blind index; answers record ids and subject refs
+/// only.
+#[utoipa::path(post, path = "/v1/search", tag = "compliance", security(("bearer" = [])), request_body = SearchRequest,
+    responses((status = 200, description = "{\"matches\":[{\"id\",\"subject_ref\"}]}"), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem), (status = 422, body = Problem)))]
+pub async fn search(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    caller: Caller,
+    body: JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    state
+        .authorize(&caller, Operation::RecordSearch, &ctx)
+        .await?;
+    let request: SearchRequest = body.parse()?;
+    let value = zeroize::Zeroizing::new(request.value);
+    let (reason, ticket) = justification(request.reason, request.ticket)?;
+    if !["national_id", "email", "phone", "pan"].contains(&request.field.as_str()) {
+        return Err(ApiError::field(
+            "field",
+            "must be national_id, email, phone or pan",
+        ));
+    }
+    if request.field == "national_id" && request.country.is_none() {
+        return Err(ApiError::field(
+            "country",
+            "is required to search a national id",
+        ));
+    }
+    let normalised = search_value(&request.field, &value, request.country.as_deref());
+    let ids = match &normalised {
+        Some(v) => state.vault.search(&request.field, v)?,
+        None => Vec::new(),
+    };
+    let mut matches = Vec::new();
+    for id in ids {
+        let meta = state.vault.meta(&id)?;
+        if meta.erased_at.is_none() {
+            matches.push(SearchMatch {
+                id: meta.id,
+                subject_ref: meta.subject_ref,
+            });
+        }
+    }
+    let fingerprint = state.audit.fingerprint(&format!(
+        "{}\0{}",
+        request.field,
+        normalised.as_deref().unwrap_or(&value)
+    ));
+    let event = AuditEvent {
+        target: fingerprint,
+        reason: Some(format!(
+            "{reason} (field: {}, matches: {})",
+            request.field,
+            matches.len()
+        )),
+        ticket: Some(ticket),
+        ..ctx.event(&caller.principal().id, "record.search", Outcome::Allowed)
+    };
+    state.record(event).await?;
+    Ok(Json(json!({ "matches": matches })))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevealRequest {
+    pub fields: Vec<String>,
+    pub reason: Option<String>,
+    pub ticket: Option<String>,
+}
+
+/// Checks requested field names against `record_type`; whether any needs an
+/// approval.
+fn check_fields(record_type: RecordType, fields: &[String]) -> Result<bool, ApiError> {
+    if fields.is_empty() {
+        return Err(ApiError::field("fields", "name at least one field"));
+    }
+    let known = record_type.revealable_fields();
+    let mut needs_approval = false;
+    for (i, name) in fields.iter().enumerate() {
+        match known.iter().find(|(f, _)| f == name) {
+            Some((_, sensitive)) => needs_approval |= *sensitive,
+            None => {
+                return Err(ApiError::field(
+                    &format!("fields[{i}]"),
+                    "is not a field of this record type",
+                ));
+            }
+        }
+    }
+    Ok(needs_approval)
+}
+
+/// Plaintext of named fields, with a reason and a case ticket; national ids
+/// and full PANs only with an approved access request.
+#[utoipa::path(post, path = "/v1/records/{id}/reveal", tag = "compliance", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Record id")), request_body = RevealRequest,
+    responses((status = 200, description = "{\"id\",\"fields\":{…plaintext…}}"), (status = 400, description = "reason_required", body = Problem), (status = 403, description = "forbidden or approval_required", body = Problem), (status = 404, body = Problem), (status = 410, body = Problem), (status = 429, body = Problem)))]
+pub async fn reveal(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    state
+        .authorize(&caller, Operation::RecordReveal, &ctx)
+        .await?;
+    let request: RevealRequest = body.parse()?;
+    let (reason, ticket) = justification(request.reason, request.ticket)?;
+    let principal = caller.principal();
+    let meta = state.vault.meta(&id)?;
+    if meta.erased_at.is_some() {
+        return Err(ApiError::Erased);
+    }
+    let needs_approval = check_fields(meta.record_type, &request.fields)?;
+    let event = |outcome: Outcome, note: &str| AuditEvent {
+        reason: Some(format!(
+            "{reason} (fields: {}{note})",
+            request.fields.join(",")
+        )),
+        ticket: Some(ticket.clone()),
+        ..ctx
+            .event(&principal.id, "record.reveal", outcome)
+            .target(id.clone())
+    };
+    if needs_approval {
+        let sensitive: Vec<&str> = request
+            .fields
+            .iter()
+            .map(String::as_str)
+            .filter(|f| {
+                meta.record_type
+                    .revealable_fields()
+                    .iter()
+                    .any(|(n, s)| n == f && *s)
+            })
+            .collect();
+        if !state
+            .access_requests
+            .granted(&principal.id, &id, &sensitive)?
+        {
+            state
+                .record(event(Outcome::Denied, "; no approved access request"))
+                .await?;
+            return Err(ApiError::ApprovalRequired);
+        }
+    }
+    if let Err(retry_after_secs) = state.reveal_limiter.take(&principal.id, state.clock.now()) {
+        state
+            .record(event(Outcome::Denied, "; rate limited"))
+            .await?;
+        return Err(ApiError::RateLimited { retry_after_secs });
+    }
+    let data = state.vault.open(&meta)?;
+    state.record(event(Outcome::Allowed, "")).await?;
+    let mut fields = Map::new();
+    for name in &request.fields {
+        fields.insert(name.clone(), data.field(name).unwrap_or(Value::Null));
+    }
+    Ok(Json(json!({ "id": id, "fields": fields })))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAccessRequest {
+    pub record_id: String,
+    pub fields: Vec<String>,
+    pub reason: Option<String>,
+    pub ticket: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AccessRequestState {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub status: RequestStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}
+
+/// Asks for another person's approval to reveal fields of a record.
+#[utoipa::path(post, path = "/v1/access-requests", tag = "compliance", security(("bearer" = [])), request_body = CreateAccessRequest,
+    responses((status = 201, body = AccessRequestState), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
+pub async fn request_access(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    caller: Caller,
+    body: JsonBody,
+) -> Result<(StatusCode, Json<AccessRequestState>), ApiError> {
+    state
+        .authorize(&caller, Operation::AccessRequestCreate, &ctx)
+        .await?;
+    let request: CreateAccessRequest = body.parse()?;
+    let (reason, ticket) = justification(request.reason, request.ticket)?;
+    let meta = state.vault.meta(&request.record_id)?;
+    if meta.erased_at.is_some() {
+        return Err(ApiError::Erased);
+    }
+    check_fields(meta.record_type, &request.fields)?;
+    let principal = caller.principal();
+    let (created, tx) = state.access_requests.prepare(
+        &principal.id,
+        &meta.id,
+        request.fields,
+        reason.clone(),
+        ticket.clone(),
+    )?;
+    let event = AuditEvent {
+        reason: Some(format!(
+            "{reason} (request {}, fields: {})",
+            created.id,
+            created.fields.join(",")
+        )),
+        ticket: Some(ticket),
+        ..ctx
+            .event(&principal.id, "access.request", Outcome::Allowed)
+            .target(meta.id.clone())
+    };
+    state.commit(event, tx).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(AccessRequestState {
+            id: Some(created.id),
+            status: created.status,
+            expires_at: None,
+        }),
+    ))
+}
+
+async fn decide(
+    state: AppState,
+    ctx: RequestContext,
+    caller: Caller,
+    id: String,
+    approve: bool,
+) -> Result<Json<AccessRequestState>, ApiError> {
+    let op = if approve {
+        Operation::AccessRequestApprove
+    } else {
+        Operation::AccessRequestDeny
+    };
+    state.authorize(&caller, op, &ctx).await?;
+    let principal = caller.principal();
+    let event = ctx
+        .event(&principal.id, op.action(), Outcome::Allowed)
+        .target(id.clone());
+    match state
+        .access_requests
+        .prepare_decision(&id, &principal.id, approve)?
+    {
+        Ok((decided, tx)) => {
+            let event = AuditEvent {
+                reason: Some(format!(
+                    "record {}, fields: {}",
+                    decided.record_id,
+                    decided.fields.join(",")
+                )),
+                ticket: Some(decided.ticket.clone()),
+                ..event
+            };
+            state.commit(event, tx).await?;
+            Ok(Json(AccessRequestState {
+                id: None,
+                status: decided.status,
+                expires_at: decided.expires_at_text(),
+            }))
+        }
+        Err(DecisionError::NotFound) => Err(ApiError::NotFound),
+        Err(DecisionError::OwnRequest) => {
+            state
+                .record(AuditEvent {
+                    outcome: Outcome::Denied,
+                    reason: Some("own request".into()),
+                    ..event
+                })
+                .await?;
+            Err(ApiError::Forbidden)
+        }
+        Err(DecisionError::NotPending) => {
+            Err(ApiError::Conflict("The request was already decided."))
+        }
+    }
+}
+
+/// Approves another officer's request; the grant lasts 30 minutes.
+#[utoipa::path(post, path = "/v1/access-requests/{id}/approve", tag = "compliance", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Access request id")),
+    responses((status = 200, body = AccessRequestState), (status = 401, body = Problem), (status = 403, description = "Not an approver, or one's own request", body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn approve(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<AccessRequestState>, ApiError> {
+    decide(state, ctx, caller, id, true).await
+}
+
+/// Denies a request.
+#[utoipa::path(post, path = "/v1/access-requests/{id}/deny", tag = "compliance", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Access request id")),
+    responses((status = 200, body = AccessRequestState), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn deny(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<AccessRequestState>, ApiError> {
+    decide(state, ctx, caller, id, false).await
+}

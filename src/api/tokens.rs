@@ -1,0 +1,276 @@
+//! `/v1/tokens`: tokenize a generic value, detokenize up to 1000 tokens,
+//! revoke.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+
+use super::extract::{Caller, JsonBody, RequestContext};
+use super::{ApiError, AppState, Problem};
+use crate::access::{Operation, Role};
+use crate::audit::{AuditEvent, Outcome};
+use crate::clock::rfc3339;
+use crate::records::masked_view;
+use crate::store::Transaction;
+use crate::tokens::{TokenFormat, TokenState, TokenTarget};
+
+const MAX_BATCH: usize = 1000;
+const MAX_VALUE_BYTES: usize = 4096;
+const MAX_TTL_SECONDS: u64 = 10 * 366 * 24 * 3600;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizeRequest {
+    /// The value to seal (1–4096 bytes of text).
+    pub value: String,
+    /// Only `generic`: cards, bank accounts and KYC get their tokens when
+    /// stored as records.
+    pub kind: String,
+    /// `random` (default) or `deterministic`.
+    pub format: Option<TokenFormat>,
+    pub ttl_seconds: Option<u64>,
+    pub max_uses: Option<u64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Tokenized {
+    pub token: String,
+    pub expires_at: Option<String>,
+}
+
+fn timestamp(unix: i64) -> Option<String> {
+    OffsetDateTime::from_unix_timestamp(unix).ok().map(rfc3339)
+}
+
+/// Tokenizes one generic value.
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", security(("bearer" = [])), request_body = TokenizeRequest,
+    responses((status = 201, body = Tokenized), (status = 401, body = Problem), (status = 403, body = Problem), (status = 422, body = Problem)))]
+pub async fn create(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    caller: Caller,
+    body: JsonBody,
+) -> Result<(StatusCode, Json<Tokenized>), ApiError> {
+    state
+        .authorize(&caller, Operation::TokenCreate, &ctx)
+        .await?;
+    let request: TokenizeRequest = body.parse()?;
+    let value = zeroize::Zeroizing::new(request.value);
+    if request.kind != "generic" {
+        return Err(ApiError::field("kind", "must be generic"));
+    }
+    if value.is_empty() || value.len() > MAX_VALUE_BYTES {
+        return Err(ApiError::field("value", "must be 1 to 4096 bytes"));
+    }
+    let format = request.format.unwrap_or(TokenFormat::Random);
+    if format == TokenFormat::FormatPreserving {
+        return Err(ApiError::field(
+            "format",
+            "format-preserving tokens are minted for cards only",
+        ));
+    }
+    if request
+        .ttl_seconds
+        .is_some_and(|t| t == 0 || t > MAX_TTL_SECONDS)
+    {
+        return Err(ApiError::field(
+            "ttl_seconds",
+            "must be between 1 second and 10 years",
+        ));
+    }
+    if request.max_uses == Some(0) {
+        return Err(ApiError::field("max_uses", "must be at least 1"));
+    }
+    let principal = caller.principal();
+    let (token, record, tx) = state.vault.prepare_generic_token(
+        &principal.id,
+        value.as_bytes(),
+        format,
+        request.ttl_seconds,
+        request.max_uses,
+    )?;
+    let target = match &record.target {
+        TokenTarget::Generic { id } | TokenTarget::Record { id } => id.clone(),
+    };
+    state
+        .commit(
+            ctx.event(&principal.id, "token.create", Outcome::Allowed)
+                .target(target),
+            tx,
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(Tokenized {
+            token,
+            expires_at: record.expires_at.and_then(timestamp),
+        }),
+    ))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DetokenizeRequest {
+    /// 1 to 1000 tokens.
+    pub tokens: Vec<String>,
+}
+
+/// What one token resolves to, and what to write and audit for it.
+struct Resolved {
+    result: Value,
+    event: AuditEvent,
+    tx: Transaction,
+}
+
+fn error(code: &str) -> Value {
+    json!({ "error": code })
+}
+
+/// Resolves one token for `caller`. Record tokens always give the masked
+/// view of the caller's roles; generic values are plain to their owner only.
+fn resolve(
+    state: &AppState,
+    caller: &Caller,
+    ctx: &RequestContext,
+    token: &str,
+) -> Result<Resolved, ApiError> {
+    let principal = caller.principal();
+    let base = ctx.event(&principal.id, "token.detokenize", Outcome::Allowed);
+    let refuse = |code: &str, target: Option<String>| Resolved {
+        result: error(code),
+        event: AuditEvent {
+            outcome: Outcome::Denied,
+            reason: Some(code.to_owned()),
+            target,
+            ..base.clone()
+        },
+        tx: Transaction::new(),
+    };
+    let Some((key, record)) = state.vault.token(token)? else {
+        return Ok(refuse("not_found", None));
+    };
+    let target_id = match &record.target {
+        TokenTarget::Record { id } | TokenTarget::Generic { id } => id.clone(),
+    };
+    if !principal.sees(&record.owner) {
+        return Ok(refuse("not_found", None));
+    }
+    match record.state(state.clock.now()) {
+        TokenState::Revoked => return Ok(refuse("token_revoked", Some(target_id))),
+        TokenState::Expired => return Ok(refuse("token_expired", Some(target_id))),
+        TokenState::Usable => {}
+    }
+    let value = match &record.target {
+        TokenTarget::Record { id } => {
+            let meta = state.vault.meta(id)?;
+            if meta.erased_at.is_some() {
+                return Ok(refuse("erased", Some(target_id)));
+            }
+            let data = state.vault.open(&meta)?;
+            let mut view = masked_view(&data, &principal.roles);
+            if let Value::Object(map) = &mut view {
+                map.insert("id".into(), json!(meta.id));
+                map.insert("type".into(), json!(meta.record_type));
+            }
+            json!({"view": "masked", "value": view})
+        }
+        TokenTarget::Generic { id } => {
+            let plaintext = state.vault.open_generic(id)?;
+            let text = String::from_utf8_lossy(&plaintext).into_owned();
+            let owner_service =
+                record.owner == principal.id && principal.roles.contains(&Role::PaymentService);
+            if owner_service {
+                json!({"view": "plain", "value": text})
+            } else {
+                let tail: String = text
+                    .chars()
+                    .rev()
+                    .take(4)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                json!({"view": "masked", "value": format!("****{tail}")})
+            }
+        }
+    };
+    let tx = if record.max_uses.is_some() {
+        state.vault.prepare_use(&key, &record)?
+    } else {
+        Transaction::new()
+    };
+    Ok(Resolved {
+        result: value,
+        event: base.target(target_id),
+        tx,
+    })
+}
+
+/// Resolves up to 1000 tokens; each gets its result or its own error code.
+#[utoipa::path(post, path = "/v1/tokens/detokenize", tag = "tokens", security(("bearer" = [])), request_body = DetokenizeRequest,
+    responses((status = 200, description = "{\"results\":{\"<token>\":{\"view\",\"value\"} or {\"error\"}}}"), (status = 401, body = Problem), (status = 403, body = Problem), (status = 422, body = Problem)))]
+pub async fn detokenize(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    caller: Caller,
+    body: JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    state
+        .authorize(&caller, Operation::TokenDetokenize, &ctx)
+        .await?;
+    let request: DetokenizeRequest = body.parse()?;
+    if request.tokens.is_empty() || request.tokens.len() > MAX_BATCH {
+        return Err(ApiError::field("tokens", "must hold 1 to 1000 tokens"));
+    }
+    let mut results = Map::new();
+    let mut batch = Vec::new();
+    for token in request.tokens {
+        if results.contains_key(&token) {
+            continue;
+        }
+        let resolved = resolve(&state, &caller, &ctx, &token)?;
+        results.insert(token, resolved.result);
+        batch.push((resolved.event, resolved.tx));
+    }
+    state.commit_many(batch).await?;
+    Ok(Json(json!({ "results": results })))
+}
+
+/// Revokes a token.
+#[utoipa::path(delete, path = "/v1/tokens/{token}", tag = "tokens", security(("bearer" = [])),
+    params(("token" = String, Path, description = "The token")),
+    responses((status = 204, description = "Revoked"), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+pub async fn revoke(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    caller: Caller,
+    Path(token): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .authorize(&caller, Operation::TokenRevoke, &ctx)
+        .await?;
+    let principal = caller.principal();
+    let Some((key, record)) = state
+        .vault
+        .token(&token)?
+        .filter(|(_, r)| principal.sees(&r.owner))
+    else {
+        return Err(ApiError::NotFound);
+    };
+    let target = match &record.target {
+        TokenTarget::Record { id } | TokenTarget::Generic { id } => id.clone(),
+    };
+    let tx = state.vault.prepare_revoke(&key, &record)?;
+    state
+        .commit(
+            ctx.event(&principal.id, "token.revoke", Outcome::Allowed)
+                .target(target),
+            tx,
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,453 @@
+//! Records and tokens at rest: sealing through the keyring, metadata, blind
+//! indexes, token records, updates and erasure.
+//!
+//! Every write is returned as a transaction, so the API commits it together
+//! with its audit entry. Nothing here decides who may do what (that is
+//! `access`) and nothing here writes plaintext: bodies are sealed, indexes
+//! and token keys are HMACs.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::clock::{Clock, rfc3339};
+use crate::crypto::{HmacKey, random_array};
+use crate::keyring::{Keyring, KeyringError, Purpose, RecordContext, SealedRecord};
+use crate::records::{RecordData, RecordType};
+use crate::store::{Store, StoreError, Transaction};
+use crate::tokens::{self, TokenFormat, TokenRecord, TokenTarget};
+
+/// Errors of the vault.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("not found")]
+    NotFound,
+    #[error("erased")]
+    Erased,
+    #[error(transparent)]
+    Keyring(#[from] KeyringError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("stored vault record is corrupt")]
+    Corrupt,
+    #[error("could not mint a unique token")]
+    TokenSpace,
+}
+
+/// A record's public metadata, stored in the clear.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordMeta {
+    pub id: String,
+    pub record_type: RecordType,
+    pub version: u64,
+    pub created_at: String,
+    pub updated_at: String,
+    /// The principal that created it.
+    pub owner: String,
+    pub subject_ref: Option<String>,
+    pub erased_at: Option<String>,
+    /// Its blind-index entries (store keys; HMACs, not values).
+    pub index_keys: Vec<String>,
+    /// Its tokens (store keys; HMACs, not tokens).
+    pub token_keys: Vec<String>,
+}
+
+/// What creating a record produces.
+pub struct Created {
+    pub meta: RecordMeta,
+    pub token: String,
+    pub pan_token: Option<String>,
+    pub fingerprint: Option<String>,
+    pub tx: Transaction,
+}
+
+fn meta_key(id: &str) -> String {
+    format!("rec/{id}")
+}
+
+fn body_key(id: &str) -> String {
+    format!("rec/{id}/body")
+}
+
+fn generic_key(id: &str) -> String {
+    format!("gen/{id}")
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, VaultError> {
+    serde_json::to_vec(value).map_err(|_| VaultError::Corrupt)
+}
+
+fn new_id(prefix: &str) -> Result<String, VaultError> {
+    Ok(format!(
+        "{prefix}{}",
+        hex::encode(random_array::<12>().map_err(KeyringError::from)?)
+    ))
+}
+
+/// The records and tokens of one vault.
+pub struct Vault {
+    store: Arc<dyn Store>,
+    keyring: Arc<Keyring>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Vault {
+    pub fn new(store: Arc<dyn Store>, keyring: Arc<Keyring>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            store,
+            keyring,
+            clock,
+        }
+    }
+
+    fn keys(&self) -> Result<(HmacKey, HmacKey), VaultError> {
+        let keys = self.keyring.keys()?;
+        Ok((keys.index_key(), keys.token_key()))
+    }
+
+    fn seal(&self, id: &str, data: &RecordData, version: u64) -> Result<Vec<u8>, VaultError> {
+        let record_type = data.record_type();
+        let plaintext = Zeroizing::new(encode(data)?);
+        let context = RecordContext {
+            id,
+            record_type: record_type.as_str(),
+            version,
+        };
+        Ok(self
+            .keyring
+            .seal_record(record_type.purpose(), &context, &plaintext)?
+            .encode())
+    }
+
+    /// The blind-index store key of `value` for search field `field`.
+    pub fn index_prefix(index_key: &HmacKey, field: &str, value: &str) -> String {
+        let tag = index_key.sign(format!("strongroom/v1/blind-index\0{field}\0{value}").as_bytes());
+        format!("bi/{field}/{}/", hex::encode(tag.0))
+    }
+
+    fn index_keys(index_key: &HmacKey, id: &str, data: &RecordData) -> Vec<String> {
+        data.index_values()
+            .iter()
+            .map(|(field, value)| format!("{}{id}", Self::index_prefix(index_key, field, value)))
+            .collect()
+    }
+
+    fn token_record(&self, target: TokenTarget, format: TokenFormat, owner: &str) -> TokenRecord {
+        TokenRecord {
+            target,
+            format,
+            owner: owner.to_owned(),
+            created_at: self.clock.now().unix_timestamp(),
+            expires_at: None,
+            max_uses: None,
+            uses: 0,
+            revoked: false,
+        }
+    }
+
+    /// Seals a new record (version 1) and mints its token, and for a card
+    /// its format-preserving PAN token and fingerprint.
+    pub fn prepare_create(
+        &self,
+        owner: &str,
+        subject_ref: Option<String>,
+        data: &RecordData,
+    ) -> Result<Created, VaultError> {
+        let (index_key, token_key) = self.keys()?;
+        let record_type = data.record_type();
+        let id = new_id(record_type.id_prefix())?;
+        let body = self.seal(&id, data, 1)?;
+        let now = rfc3339(self.clock.now());
+        let index_keys = Self::index_keys(&index_key, &id, data);
+        let mut tx = Transaction::new().put(body_key(&id), body);
+        for key in &index_keys {
+            tx = tx.put(key.clone(), Vec::new());
+        }
+
+        let token = tokens::random_token().map_err(KeyringError::from)?;
+        let token_store_key = tokens::token_key_for(&token_key, &token);
+        let record = self.token_record(
+            TokenTarget::Record { id: id.clone() },
+            TokenFormat::Random,
+            owner,
+        );
+        tx = tx
+            .expect(token_store_key.clone(), None)
+            .put(token_store_key.clone(), encode(&record)?);
+        let mut token_keys = vec![token_store_key];
+
+        let (mut pan_token, mut fingerprint) = (None, None);
+        match data {
+            RecordData::Card(card) => {
+                fingerprint = Some(tokens::fingerprint(&token_key, owner, &card.pan));
+                if let Some((fpe, key)) = self.unique_pan_token(&token_key, &card.pan)? {
+                    let record = self.token_record(
+                        TokenTarget::Record { id: id.clone() },
+                        TokenFormat::FormatPreserving,
+                        owner,
+                    );
+                    tx = tx
+                        .expect(key.clone(), None)
+                        .put(key.clone(), encode(&record)?);
+                    token_keys.push(key);
+                    pan_token = Some(fpe);
+                }
+            }
+            RecordData::BankAccount(bank) => {
+                fingerprint = Some(tokens::fingerprint(&token_key, owner, bank.number()));
+            }
+            RecordData::Kyc(_) => {}
+        }
+        let meta = RecordMeta {
+            id: id.clone(),
+            record_type,
+            version: 1,
+            created_at: now.clone(),
+            updated_at: now,
+            owner: owner.to_owned(),
+            subject_ref,
+            erased_at: None,
+            index_keys,
+            token_keys,
+        };
+        tx = tx
+            .expect(meta_key(&id), None)
+            .put(meta_key(&id), encode(&meta)?);
+        Ok(Created {
+            meta,
+            token,
+            pan_token,
+            fingerprint,
+            tx,
+        })
+    }
+
+    /// A format-preserving token no other token has, and its store key;
+    /// `None` if the PAN leaves too few random digits.
+    fn unique_pan_token(
+        &self,
+        token_key: &HmacKey,
+        pan: &str,
+    ) -> Result<Option<(String, String)>, VaultError> {
+        for _ in 0..32 {
+            let Some(candidate) =
+                tokens::format_preserving_candidate(pan).map_err(KeyringError::from)?
+            else {
+                return Ok(None);
+            };
+            let key = tokens::token_key_for(token_key, &candidate);
+            if self.store.get(key.as_bytes())?.is_none() {
+                return Ok(Some((candidate, key)));
+            }
+        }
+        Err(VaultError::TokenSpace)
+    }
+
+    /// A record's metadata.
+    pub fn meta(&self, id: &str) -> Result<RecordMeta, VaultError> {
+        let bytes = self
+            .store
+            .get(meta_key(id).as_bytes())?
+            .ok_or(VaultError::NotFound)?;
+        serde_json::from_slice(&bytes).map_err(|_| VaultError::Corrupt)
+    }
+
+    /// Decrypts a live record.
+    pub fn open(&self, meta: &RecordMeta) -> Result<RecordData, VaultError> {
+        if meta.erased_at.is_some() {
+            return Err(VaultError::Erased);
+        }
+        let bytes = self
+            .store
+            .get(body_key(&meta.id).as_bytes())?
+            .ok_or(VaultError::Corrupt)?;
+        let sealed = SealedRecord::decode(&bytes)?;
+        let context = RecordContext {
+            id: &meta.id,
+            record_type: meta.record_type.as_str(),
+            version: meta.version,
+        };
+        let plaintext = self
+            .keyring
+            .open_record(meta.record_type.purpose(), &context, &sealed)?;
+        let data: RecordData =
+            serde_json::from_slice(&plaintext).map_err(|_| VaultError::Corrupt)?;
+        if data.record_type() != meta.record_type {
+            return Err(VaultError::Corrupt);
+        }
+        Ok(data)
+    }
+
+    /// Writes `data` as the next version under a new DEK; the previous
+    /// version's body and index entries are replaced.
+    pub fn prepare_update(
+        &self,
+        meta: &RecordMeta,
+        data: &RecordData,
+        subject_ref: Option<String>,
+    ) -> Result<(RecordMeta, Transaction), VaultError> {
+        let (index_key, _) = self.keys()?;
+        let version = meta.version + 1;
+        let body = self.seal(&meta.id, data, version)?;
+        let index_keys = Self::index_keys(&index_key, &meta.id, data);
+        let updated = RecordMeta {
+            version,
+            updated_at: rfc3339(self.clock.now()),
+            subject_ref,
+            index_keys: index_keys.clone(),
+            ..meta.clone()
+        };
+        let mut tx = Transaction::new()
+            .expect(meta_key(&meta.id), Some(encode(meta)?))
+            .put(meta_key(&meta.id), encode(&updated)?)
+            .put(body_key(&meta.id), body);
+        for key in meta.index_keys.iter().filter(|k| !index_keys.contains(k)) {
+            tx = tx.delete(key.clone());
+        }
+        for key in &index_keys {
+            tx = tx.put(key.clone(), Vec::new());
+        }
+        Ok((updated, tx))
+    }
+
+    /// Erasure: the sealed body (and with it the wrapped DEK) and the index
+    /// entries are deleted; the metadata stays as a tombstone so tokens
+    /// answer `erased`.
+    pub fn prepare_erase(&self, meta: &RecordMeta) -> Result<Transaction, VaultError> {
+        let erased = RecordMeta {
+            erased_at: Some(rfc3339(self.clock.now())),
+            index_keys: Vec::new(),
+            ..meta.clone()
+        };
+        let mut tx = Transaction::new()
+            .expect(meta_key(&meta.id), Some(encode(meta)?))
+            .put(meta_key(&meta.id), encode(&erased)?)
+            .delete(body_key(&meta.id));
+        for key in &meta.index_keys {
+            tx = tx.delete(key.clone());
+        }
+        Ok(tx)
+    }
+
+    /// Ids of live records whose `field` has the normalised `value`.
+    pub fn search(&self, field: &str, value: &str) -> Result<Vec<String>, VaultError> {
+        let (index_key, _) = self.keys()?;
+        let prefix = Self::index_prefix(&index_key, field, value);
+        self.store
+            .scan_prefix(prefix.as_bytes())?
+            .into_iter()
+            .map(|(key, _)| {
+                key.get(prefix.len()..)
+                    .and_then(|id| String::from_utf8(id.to_vec()).ok())
+                    .ok_or(VaultError::Corrupt)
+            })
+            .collect()
+    }
+
+    /// Seals a single generic value and mints its token. A deterministic
+    /// token that already exists for this owner and value is returned as it
+    /// is (`tx` is then empty).
+    pub fn prepare_generic_token(
+        &self,
+        owner: &str,
+        value: &[u8],
+        format: TokenFormat,
+        ttl_seconds: Option<u64>,
+        max_uses: Option<u64>,
+    ) -> Result<(String, TokenRecord, Transaction), VaultError> {
+        let (_, token_key) = self.keys()?;
+        let token = match format {
+            TokenFormat::Deterministic => {
+                tokens::deterministic_token(&token_key, owner, "generic", value)
+            }
+            _ => tokens::random_token().map_err(KeyringError::from)?,
+        };
+        let key = tokens::token_key_for(&token_key, &token);
+        if format == TokenFormat::Deterministic
+            && let Some((_, existing)) = self.token(&token)?
+        {
+            return Ok((token, existing, Transaction::new()));
+        }
+        let id = new_id("gen_")?;
+        let context = RecordContext {
+            id: &id,
+            record_type: "generic",
+            version: 1,
+        };
+        let sealed = self
+            .keyring
+            .seal_record(Purpose::Generic, &context, value)?;
+        let now = self.clock.now().unix_timestamp();
+        let record = TokenRecord {
+            expires_at: ttl_seconds
+                .map(|t| now.saturating_add(i64::try_from(t).unwrap_or(i64::MAX))),
+            max_uses,
+            ..self.token_record(TokenTarget::Generic { id: id.clone() }, format, owner)
+        };
+        let tx = Transaction::new()
+            .put(generic_key(&id), sealed.encode())
+            .expect(key.clone(), None)
+            .put(key, encode(&record)?);
+        Ok((token, record, tx))
+    }
+
+    /// A token's record and store key.
+    pub fn token(&self, token: &str) -> Result<Option<(String, TokenRecord)>, VaultError> {
+        if !tokens::looks_like_token(token) {
+            return Ok(None);
+        }
+        let (_, token_key) = self.keys()?;
+        let key = tokens::token_key_for(&token_key, token);
+        self.store
+            .get(key.as_bytes())?
+            .map(|bytes| {
+                serde_json::from_slice(&bytes)
+                    .map(|record| (key, record))
+                    .map_err(|_| VaultError::Corrupt)
+            })
+            .transpose()
+    }
+
+    /// Decrypts a generic value.
+    pub fn open_generic(&self, id: &str) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+        let bytes = self
+            .store
+            .get(generic_key(id).as_bytes())?
+            .ok_or(VaultError::Erased)?;
+        let sealed = SealedRecord::decode(&bytes)?;
+        let context = RecordContext {
+            id,
+            record_type: "generic",
+            version: 1,
+        };
+        Ok(self
+            .keyring
+            .open_record(Purpose::Generic, &context, &sealed)?)
+    }
+
+    /// The write that counts one use of a token with a use limit.
+    pub fn prepare_use(&self, key: &str, record: &TokenRecord) -> Result<Transaction, VaultError> {
+        let used = TokenRecord {
+            uses: record.uses + 1,
+            ..record.clone()
+        };
+        Ok(Transaction::new()
+            .expect(key, Some(encode(record)?))
+            .put(key, encode(&used)?))
+    }
+
+    /// The write that revokes a token.
+    pub fn prepare_revoke(
+        &self,
+        key: &str,
+        record: &TokenRecord,
+    ) -> Result<Transaction, VaultError> {
+        let revoked = TokenRecord {
+            revoked: true,
+            ..record.clone()
+        };
+        Ok(Transaction::new().put(key, encode(&revoked)?))
+    }
+}
