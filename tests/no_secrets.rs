@@ -1,5 +1,6 @@
-//! No credential reaches the store, the audit log or the log output. In a
-//! test binary of its own: it installs the process-wide log subscriber.
+//! Invariant 1: no credential, key or plaintext personal data reaches the
+//! store, the audit log or the log output. In a test binary of its own: it
+//! installs the process-wide log subscriber, shared by its tests.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -12,7 +13,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use common::*;
-use serde_json::json;
+use serde_json::{Value, json};
 use strongroom::audit::export_store;
 
 const STAFF_PASSWORD: &str = "staff password 123";
@@ -31,16 +32,26 @@ impl std::io::Write for Captured {
     }
 }
 
+/// Everything logged by this test binary, at every level.
+fn captured_log() -> Captured {
+    static CAPTURE: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+    CAPTURE
+        .get_or_init(|| {
+            let captured = Captured::default();
+            let writer = captured.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::TRACE)
+                .with_writer(move || writer.clone())
+                .finish();
+            tracing::subscriber::set_global_default(subscriber).unwrap();
+            captured
+        })
+        .clone()
+}
+
 #[tokio::test]
 async fn no_credential_reaches_the_store_the_audit_log_or_the_logs() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .finish();
-    tracing::subscriber::set_global_default(subscriber).unwrap();
-
+    let captured = captured_log();
     let vault = shares_vault(3, 2);
     let app = vault.app();
     let Reply {
@@ -126,6 +137,178 @@ async fn no_credential_reaches_the_store_the_audit_log_or_the_logs() {
     let export = String::from_utf8(export).unwrap();
     assert!(export.contains("auth.login_failed"));
     for secret in secrets {
+        assert!(
+            files_containing(&dirs, secret.as_bytes()).is_empty(),
+            "{secret:?} is on disk"
+        );
+        assert!(!log.contains(secret), "{secret:?} is in the log");
+        assert!(!export.contains(secret), "{secret:?} is in the audit log");
+    }
+}
+
+#[tokio::test]
+async fn no_personal_data_reaches_the_store_the_audit_log_or_the_logs() {
+    let captured = captured_log();
+    let vault = passphrase_vault();
+    let app = vault.app();
+    let payments = vault.service("payments", strongroom::access::Role::PaymentService);
+    for (name, role) in [
+        ("officer", strongroom::access::Role::ComplianceOfficer),
+        ("approver", strongroom::access::Role::ComplianceApprover),
+    ] {
+        vault.staff(name, role, STAFF_PASSWORD);
+    }
+    let login = |name: &'static str| {
+        let app = app.clone();
+        async move {
+            call(
+                &app,
+                "POST",
+                "/v1/auth/login",
+                None,
+                Some(json!({"username": name, "password": STAFF_PASSWORD})),
+            )
+            .await
+            .body["token"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let officer = login("officer").await;
+    let approver = login("approver").await;
+
+    // Distinctive values, each of which must never be found in the clear.
+    let pan = "5555555555554444";
+    let iban = "GB82WEST12345698765432";
+    let (given, family) = ("Wilhelmina", "Quixotefeather");
+    let (dob, street, postcode) = ("1987-03-14", "77 Zanzibar Crescent", "ZX9 8QY");
+    let (passport, email, phone) = ("X98765432", "wilhelmina.q@example.net", "+442071838750");
+    let generic = "generic-secret-value-8841";
+    let card = call(&app, "POST", "/v1/records/card", Some(&payments), Some(json!({"pan": pan, "exp_month": 7, "exp_year": 2031, "holder_name": format!("{given} {family}")}))).await;
+    assert_eq!(card.status, 201);
+    let bank = call(
+        &app,
+        "POST",
+        "/v1/records/bank_account",
+        Some(&payments),
+        Some(json!({"iban": iban, "holder_name": family})),
+    )
+    .await;
+    assert_eq!(bank.status, 201);
+    let kyc = call(&app, "POST", "/v1/records/kyc", Some(&payments), Some(json!({
+        "legal_name": {"given": given, "family": family}, "date_of_birth": dob,
+        "address": {"line1": street, "city": "Lymington", "postal_code": postcode, "country": "GB"},
+        "national_id": {"type": "passport", "number": passport, "country": "GB"},
+        "email": email, "phone": phone
+    }))).await;
+    assert_eq!(kyc.status, 201);
+    let kyc_id = kyc.body["id"].as_str().unwrap().to_owned();
+    let token = call(
+        &app,
+        "POST",
+        "/v1/tokens",
+        Some(&payments),
+        Some(json!({"value": generic, "kind": "generic"})),
+    )
+    .await
+    .body["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    call(
+        &app,
+        "POST",
+        "/v1/tokens/detokenize",
+        Some(&payments),
+        Some(json!({"tokens": [token, card.body["token"], card.body["pan_token"]]})),
+    )
+    .await;
+    // Search and reveal, including the four-eyes path.
+    let why = |extra: Value| {
+        let mut body = json!({"reason": "AML review", "ticket": "CASE-9"});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    for (field, value) in [
+        ("national_id", passport),
+        ("email", email),
+        ("phone", phone),
+        ("pan", pan),
+    ] {
+        let reply = call(
+            &app,
+            "POST",
+            "/v1/search",
+            Some(&officer),
+            Some(why(
+                json!({"field": field, "value": value, "country": "GB"}),
+            )),
+        )
+        .await;
+        assert_eq!(
+            reply.body["matches"].as_array().unwrap().len(),
+            1,
+            "{field}"
+        );
+    }
+    let ar = call(
+        &app,
+        "POST",
+        "/v1/access-requests",
+        Some(&officer),
+        Some(why(json!({"record_id": kyc_id, "fields": ["national_id"]}))),
+    )
+    .await
+    .body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    call(
+        &app,
+        "POST",
+        &format!("/v1/access-requests/{ar}/approve"),
+        Some(&approver),
+        None,
+    )
+    .await;
+    let revealed = call(&app, "POST", &format!("/v1/records/{kyc_id}/reveal"), Some(&officer), Some(why(json!({"fields": ["national_id", "date_of_birth", "address", "legal_name", "email", "phone"]})))).await;
+    assert_eq!(revealed.body["fields"]["national_id"]["number"], passport);
+    call(
+        &app,
+        "PATCH",
+        &format!("/v1/records/{kyc_id}"),
+        Some(&payments),
+        Some(json!({"phone": "+442071838751"})),
+    )
+    .await;
+    vault.state.seal();
+    vault.store.flush().unwrap();
+
+    let dirs = [vault.data_dir(), vault.keys_dir()];
+    let dirs: Vec<&std::path::Path> = dirs.iter().map(|d| d.as_path()).collect();
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let mut export = Vec::new();
+    export_store(vault.store.as_ref(), &mut export).unwrap();
+    let export = String::from_utf8(export).unwrap();
+    assert!(export.contains("record.reveal") && export.contains("record.search"));
+    for secret in [
+        pan,
+        iban,
+        given,
+        family,
+        dob,
+        street,
+        postcode,
+        passport,
+        email,
+        phone,
+        "+442071838751",
+        generic,
+        "GB:X98765432",
+    ] {
         assert!(
             files_containing(&dirs, secret.as_bytes()).is_empty(),
             "{secret:?} is on disk"
