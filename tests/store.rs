@@ -143,6 +143,27 @@ mod suite {
         assert_eq!(n, 200);
     }
 
+    pub fn applied_writes_are_visible_and_flush_makes_them_durable(open: Open) {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(dir.path());
+            store
+                .apply(Transaction::new().put(b"a".to_vec(), b"1".to_vec()))
+                .unwrap();
+            assert_eq!(store.get(b"a").unwrap().as_deref(), Some(&b"1"[..]));
+            let conflict = store.apply(
+                Transaction::new()
+                    .expect(b"a".to_vec(), None)
+                    .put(b"b".to_vec(), b"2".to_vec()),
+            );
+            assert!(matches!(conflict, Err(StoreError::Conflict)));
+            store.flush().unwrap();
+        }
+        let store = open(dir.path());
+        assert_eq!(store.get(b"a").unwrap().as_deref(), Some(&b"1"[..]));
+        assert_eq!(store.get(b"b").unwrap(), None);
+    }
+
     pub fn writes_survive_reopen(open: Open) {
         let dir = tempfile::tempdir().unwrap();
         {
@@ -185,6 +206,10 @@ macro_rules! conformance_suite {
             #[test]
             fn concurrent_compare_and_swap_loses_no_update() {
                 suite::concurrent_compare_and_swap_loses_no_update(OPEN)
+            }
+            #[test]
+            fn applied_writes_are_visible_and_flush_makes_them_durable() {
+                suite::applied_writes_are_visible_and_flush_makes_them_durable(OPEN)
             }
             #[test]
             fn writes_survive_reopen() {

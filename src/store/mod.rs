@@ -83,9 +83,11 @@ impl Transaction {
 
 /// A key-value store with atomic, durable transactions.
 ///
-/// Every method that writes returns only once the write is durable (it
+/// `commit`, `put` and `delete` return only once the write is durable (it
 /// survives `kill -9` and power loss as far as the device honours fsync).
-/// Backends may share one flush among concurrent writers (group commit).
+/// `apply` + `flush` split the two, so a caller can order writes under a lock
+/// and wait for durability outside it; concurrent flushes are shared (group
+/// commit).
 pub trait Store: Send + Sync + 'static {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 
@@ -98,12 +100,20 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<KeyValue>, StoreError>;
 
-    /// Applies `tx` atomically and durably.
-    fn commit(&self, tx: Transaction) -> Result<(), StoreError>;
+    /// Applies `tx` atomically: every precondition holds and every write is
+    /// visible, or nothing changed. Not yet durable: call [`Store::flush`]
+    /// before acknowledging it.
+    fn apply(&self, tx: Transaction) -> Result<(), StoreError>;
 
-    /// Makes every write so far durable. Writes are already durable when they
-    /// return; this is for shutdown and for backends' own callers.
+    /// Returns once every write applied before this call is durable.
+    /// Concurrent callers share flushes (group commit).
     fn flush(&self) -> Result<(), StoreError>;
+
+    /// Applies `tx` atomically and durably.
+    fn commit(&self, tx: Transaction) -> Result<(), StoreError> {
+        self.apply(tx)?;
+        self.flush()
+    }
 
     fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         self.commit(Transaction::new().put(key, value))

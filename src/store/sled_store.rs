@@ -62,7 +62,7 @@ impl Store for SledStore {
         Ok(out)
     }
 
-    fn commit(&self, tx: Transaction) -> Result<(), StoreError> {
+    fn apply(&self, tx: Transaction) -> Result<(), StoreError> {
         if tx.is_empty() {
             return Ok(());
         }
@@ -86,15 +86,14 @@ impl Store for SledStore {
             Ok(())
         });
         match result {
-            Ok(()) => {}
-            Err(TransactionError::Abort(())) => return Err(StoreError::Conflict),
-            Err(TransactionError::Storage(e)) => return Err(backend(e)),
+            Ok(()) => Ok(()),
+            Err(TransactionError::Abort(())) => Err(StoreError::Conflict),
+            Err(TransactionError::Storage(e)) => Err(backend(e)),
         }
-        self.group
-            .wait_durable(|| self.db.flush().map(|_| ()).map_err(backend))
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map(|_| ()).map_err(backend)
+        self.group
+            .wait_durable(|| self.db.flush().map(|_| ()).map_err(backend))
     }
 }

@@ -270,10 +270,21 @@ pub fn http(
     bearer: Option<&str>,
     body: Option<&str>,
 ) -> HttpResponse {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
+    try_http(addr, method, path, bearer, body).unwrap()
+}
+
+/// Like [`http`], but a connection that fails or is cut (a killed server)
+/// is an error instead of a panic.
+pub fn try_http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&str>,
+) -> std::io::Result<HttpResponse> {
+    let broken = |what: &str| std::io::Error::other(what.to_owned());
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if let Some(token) = bearer {
         request.push_str(&format!("Authorization: Bearer {token}\r\n"));
@@ -283,20 +294,20 @@ pub fn http(
         request.push_str("Content-Type: application/json\r\n");
     }
     request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    stream.write_all(request.as_bytes()).unwrap();
+    stream.write_all(request.as_bytes())?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = String::from_utf8(raw[..split].to_vec()).unwrap();
+    stream.read_to_end(&mut raw)?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| broken("no complete response"))?;
+    let head = String::from_utf8(raw[..split].to_vec()).map_err(|_| broken("head is not text"))?;
     let mut lines = head.split("\r\n");
     let status = lines
         .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| broken("no status"))?;
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
@@ -308,11 +319,11 @@ pub fn http(
     {
         body = dechunk(&body);
     }
-    HttpResponse {
+    Ok(HttpResponse {
         status,
         headers,
         body,
-    }
+    })
 }
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
@@ -366,7 +377,7 @@ impl Store for FaultyStore {
         self.inner.scan(prefix, after, limit)
     }
 
-    fn commit(
+    fn apply(
         &self,
         tx: strongroom::store::Transaction,
     ) -> Result<(), strongroom::store::StoreError> {
@@ -376,7 +387,7 @@ impl Store for FaultyStore {
                 "injected failure".into(),
             ));
         }
-        self.inner.commit(tx)
+        self.inner.apply(tx)
     }
 
     fn flush(&self) -> Result<(), strongroom::store::StoreError> {
