@@ -130,6 +130,9 @@ struct DevArgs {
     /// Print the credentials as one JSON object on the first line.
     #[arg(long)]
     json: bool,
+    /// TOML configuration file (its directories are ignored: dev makes its own).
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 /// Runs the command line; the process exit code.
@@ -207,6 +210,7 @@ fn app_settings(config: &Config) -> AppSettings {
             ..LockoutPolicy::default()
         },
         audit_checkpoint_every: config.audit_checkpoint_every,
+        reveals_per_hour: usize::try_from(config.reveals_per_hour).unwrap_or(usize::MAX),
         ..AppSettings::default()
     }
 }
@@ -382,7 +386,7 @@ fn dev(args: DevArgs) -> Result<(), String> {
     let locations = Locations {
         data_dir: Some(data_dir.join("store")),
         keys_dir: Some(data_dir.join("keys")),
-        config: None,
+        config: args.config,
     };
     let config = load_config(&locations, args.listen)?;
     let passphrase = Zeroizing::new(hex::encode(

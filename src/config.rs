@@ -33,6 +33,7 @@ pub struct FileConfig {
     pub session_idle_minutes: Option<u32>,
     pub session_absolute_minutes: Option<u32>,
     pub lockout_threshold: Option<u32>,
+    pub reveals_per_hour: Option<u32>,
 }
 
 impl FileConfig {
@@ -70,6 +71,7 @@ pub struct Config {
     pub session_idle: time::Duration,
     pub session_absolute: time::Duration,
     pub lockout_threshold: u32,
+    pub reveals_per_hour: u32,
     pub keyring: KeyringSettings,
 }
 
@@ -159,7 +161,10 @@ impl Config {
             1..=10080,
         )?;
         let lockout_threshold = ranged("lockout_threshold", file.lockout_threshold, 5, 1..=10)?;
+        let reveals_per_hour =
+            ranged("reveals_per_hour", file.reveals_per_hour, 30, 1..=1_000_000)?;
         Ok(Self {
+            reveals_per_hour,
             audit_checkpoint_every,
             session_idle: time::Duration::minutes(i64::from(session_idle)),
             session_absolute: time::Duration::minutes(i64::from(session_absolute)),

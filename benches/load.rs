@@ -1,0 +1,312 @@
+//! The load tool: drives a Strongroom server over HTTP with C concurrent
+//! connections for T seconds per scenario and reports req/s, p50/p99/p99.9
+//! latency and errors, as a table and as JSON.
+//!
+//! `cargo bench --bench load -- [--connections 64] [--seconds 10] [--json FILE]`
+//! starts `strongroom dev` (release build) on a free loopback port, takes its
+//! credentials, and runs: health, store-card, detokenize with 1 and with 100
+//! tokens, and reveal. Under `cargo test` it runs each scenario for a moment
+//! as a smoke test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+#[derive(Clone)]
+struct Scenario {
+    name: &'static str,
+    method: hyper::Method,
+    path: String,
+    bearer: Option<String>,
+    body: Option<String>,
+}
+
+struct Outcome {
+    name: &'static str,
+    requests: u64,
+    errors: u64,
+    seconds: f64,
+    latencies_us: Vec<u32>,
+}
+
+impl Outcome {
+    fn rate(&self) -> f64 {
+        self.requests as f64 / self.seconds
+    }
+
+    fn percentile(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        f64::from(self.latencies_us[i]) / 1000.0
+    }
+}
+
+async fn send(client: &HttpClient, base: &str, s: &Scenario) -> Result<(u16, Bytes), String> {
+    let mut req = hyper::Request::builder()
+        .method(s.method.clone())
+        .uri(format!("{base}{}", s.path));
+    if let Some(b) = &s.bearer {
+        req = req.header("authorization", format!("Bearer {b}"));
+    }
+    if s.body.is_some() {
+        req = req.header("content-type", "application/json");
+    }
+    let req = req
+        .body(Full::new(Bytes::from(s.body.clone().unwrap_or_default())))
+        .unwrap();
+    let res = client.request(req).await.map_err(|e| e.to_string())?;
+    let status = res.status().as_u16();
+    let body = res
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, body))
+}
+
+async fn run(
+    client: HttpClient,
+    base: Arc<String>,
+    s: Scenario,
+    connections: usize,
+    seconds: f64,
+) -> Outcome {
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..connections)
+        .map(|_| {
+            let (client, base, s) = (client.clone(), Arc::clone(&base), s.clone());
+            tokio::spawn(async move {
+                let (mut lat, mut errors) = (Vec::new(), 0u64);
+                while Instant::now() < deadline {
+                    let t0 = Instant::now();
+                    match send(&client, &base, &s).await {
+                        Ok((status, _)) if status < 300 => {
+                            lat.push(t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32)
+                        }
+                        _ => errors += 1,
+                    }
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    let (mut latencies_us, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (lat, err) = t.await.unwrap();
+        latencies_us.extend(lat);
+        errors += err;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    latencies_us.sort_unstable();
+    Outcome {
+        name: s.name,
+        requests: latencies_us.len() as u64,
+        errors,
+        seconds,
+        latencies_us,
+    }
+}
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = !args.iter().any(|a| a == "--bench");
+    let connections: usize =
+        arg(&args, "--connections").map_or(if quick { 4 } else { 64 }, |v| v.parse().unwrap());
+    let seconds: f64 =
+        arg(&args, "--seconds").map_or(if quick { 0.3 } else { 10.0 }, |v| v.parse().unwrap());
+
+    // A dev server with the reveal limit lifted for the measurement.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("load.toml");
+    std::fs::write(&config, "reveals_per_hour = 1000000\n").unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_strongroom"))
+        .args([
+            "dev",
+            "--json",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .env("STRONGROOM_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let creds: Value = serde_json::from_str(&line).unwrap();
+    let base = Arc::new(creds["url"].as_str().unwrap().to_owned());
+    let payments = creds["payment_service_api_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(connections)
+        .build_http();
+    let post = |name, path: &str, bearer: &str, body: Value| Scenario {
+        name,
+        method: hyper::Method::POST,
+        path: path.to_owned(),
+        bearer: Some(bearer.to_owned()),
+        body: Some(body.to_string()),
+    };
+    let card = json!({"pan": "4242424242424242", "exp_month": 12, "exp_year": 2031, "holder_name": "Ada Lovelace"});
+    let (tokens, card_id, officer) = rt.block_on(async {
+        let mut tokens = Vec::new();
+        let mut id = String::new();
+        for _ in 0..100 {
+            let (_, body) = send(
+                &client,
+                &base,
+                &post("setup", "/v1/records/card", &payments, card.clone()),
+            )
+            .await
+            .unwrap();
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            tokens.push(v["token"].as_str().unwrap().to_owned());
+            id = v["id"].as_str().unwrap().to_owned();
+        }
+        let officer = &creds["staff"]["officer"];
+        let login = json!({"username": officer["username"], "password": officer["password"]});
+        let (_, body) = send(
+            &client,
+            &base,
+            &Scenario {
+                name: "login",
+                method: hyper::Method::POST,
+                path: "/v1/auth/login".into(),
+                bearer: None,
+                body: Some(login.to_string()),
+            },
+        )
+        .await
+        .unwrap();
+        let token = serde_json::from_slice::<Value>(&body).unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        (tokens, id, token)
+    });
+    let scenarios = vec![
+        Scenario {
+            name: "GET /v1/sys/health",
+            method: hyper::Method::GET,
+            path: "/v1/sys/health".into(),
+            bearer: None,
+            body: None,
+        },
+        post(
+            "POST /v1/records/card",
+            "/v1/records/card",
+            &payments,
+            card.clone(),
+        ),
+        post(
+            "detokenize, 1 token",
+            "/v1/tokens/detokenize",
+            &payments,
+            json!({"tokens": [tokens[0]]}),
+        ),
+        post(
+            "detokenize, 100 tokens",
+            "/v1/tokens/detokenize",
+            &payments,
+            json!({"tokens": tokens}),
+        ),
+        post(
+            "POST /v1/records/{id}/reveal",
+            &format!("/v1/records/{card_id}/reveal"),
+            &officer,
+            json!({"fields": ["exp_month", "holder_name"], "reason": "load test", "ticket": "LOAD-1"}),
+        ),
+    ];
+    let outcomes: Vec<Outcome> = scenarios
+        .into_iter()
+        .map(|s| {
+            rt.block_on(run(
+                client.clone(),
+                Arc::clone(&base),
+                s,
+                connections,
+                seconds,
+            ))
+        })
+        .collect();
+    let _ = server.kill();
+    let _ = server.wait();
+
+    let health = outcomes[0].rate().max(f64::MIN_POSITIVE);
+    println!(
+        "{connections} connections, {seconds} s per scenario, server and load tool on this machine"
+    );
+    println!(
+        "{:<32} {:>10} {:>9} {:>9} {:>9} {:>7} {:>9}",
+        "scenario", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "/health"
+    );
+    let mut rows = Vec::new();
+    for o in &outcomes {
+        println!(
+            "{:<32} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>7} {:>8.0}%",
+            o.name,
+            o.rate(),
+            o.percentile(0.50),
+            o.percentile(0.99),
+            o.percentile(0.999),
+            o.errors,
+            100.0 * o.rate() / health
+        );
+        rows.push(json!({
+            "scenario": o.name, "requests": o.requests, "errors": o.errors, "req_per_s": o.rate(),
+            "p50_ms": o.percentile(0.50), "p99_ms": o.percentile(0.99), "p999_ms": o.percentile(0.999),
+            "ratio_to_health": o.rate() / health,
+        }));
+    }
+    let report = json!({"connections": connections, "seconds": seconds, "results": rows});
+    if let Some(path) = arg(&args, "--json") {
+        std::fs::File::create(path)
+            .unwrap()
+            .write_all(report.to_string().as_bytes())
+            .unwrap();
+    } else {
+        println!("{report}");
+    }
+    if quick {
+        assert!(
+            outcomes.iter().all(|o| o.requests > 0),
+            "a scenario made no successful request"
+        );
+    }
+}
