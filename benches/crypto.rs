@@ -80,5 +80,26 @@ fn unseal_cost(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, envelope_vs_raw, unseal_cost);
+fn tokens_and_indexes(c: &mut Criterion) {
+    use strongroom::crypto::HmacKey;
+    use strongroom::tokens;
+    let key = HmacKey::new(&Key256::random().unwrap());
+    let mut group = c.benchmark_group("tokens and blind indexes");
+    group.bench_function("random token", |b| b.iter(|| black_box(tokens::random_token().unwrap())));
+    group.bench_function("deterministic token", |b| {
+        b.iter(|| black_box(tokens::deterministic_token(&key, "prn_owner", "generic", black_box(b"a value"))))
+    });
+    group.bench_function("format-preserving PAN token candidate", |b| {
+        b.iter(|| black_box(tokens::format_preserving_candidate(black_box("4242424242424242")).unwrap()))
+    });
+    group.bench_function("card fingerprint", |b| {
+        b.iter(|| black_box(tokens::fingerprint(&key, "prn_owner", black_box("4242424242424242"))))
+    });
+    group.bench_function("blind index key (email)", |b| {
+        b.iter(|| black_box(strongroom::vault::Vault::index_prefix(&key, "email", black_box("ada@example.org"))))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, envelope_vs_raw, unseal_cost, tokens_and_indexes);
 criterion_main!(benches);

@@ -265,6 +265,18 @@ impl AppState {
         self.keyring.seal();
     }
 
+    /// Like [`AppState::commit`], but a conflict comes back as `Ok(None)`
+    /// and is not audited, for callers that retry with fresh values.
+    pub async fn try_commit(&self, event: AuditEvent, change: Transaction) -> Result<Option<AuditEntry>, ApiError> {
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || match state.audit.record_with(event, change) {
+            Err(AuditError::Conflict) => Ok(None),
+            other => other.map(Some).map_err(audit_failure),
+        })
+        .await
+        .map_err(|_| ApiError::Internal)?
+    }
+
     /// Writes several changes, each with its own audit entry, in one
     /// transaction (one flush), off the async runtime.
     pub async fn commit_many(

@@ -98,13 +98,25 @@ pub async fn create(
     let subject_ref = take_subject_ref(&mut fields)?.flatten();
     let data = RecordData::parse(record_type, Value::Object(fields), state.clock.now())?;
     let principal = caller.principal();
-    let created = state
-        .vault
-        .prepare_create(&principal.id, subject_ref, &data)?;
-    let event = ctx
-        .event(&principal.id, "record.create", Outcome::Allowed)
-        .target(created.meta.id.clone());
-    state.commit(event, created.tx).await?;
+    // Concurrent creations may pick the same fresh token (a format-preserving
+    // one, for many cards with one PAN); the loser mints new ones and retries.
+    let mut attempts = 0;
+    let created = loop {
+        let created = state
+            .vault
+            .prepare_create(&principal.id, subject_ref.clone(), &data)?;
+        let event = ctx
+            .event(&principal.id, "record.create", Outcome::Allowed)
+            .target(created.meta.id.clone());
+        attempts += 1;
+        if attempts == 3 {
+            state.commit(event, created.tx.clone()).await?;
+            break created;
+        }
+        if state.try_commit(event, created.tx.clone()).await?.is_some() {
+            break created;
+        }
+    };
     let masked = masked_view(&data, &principal.roles);
     let mut out = Map::new();
     out.insert("id".into(), json!(created.meta.id));
