@@ -85,18 +85,41 @@ fn tokens_and_indexes(c: &mut Criterion) {
     use strongroom::tokens;
     let key = HmacKey::new(&Key256::random().unwrap());
     let mut group = c.benchmark_group("tokens and blind indexes");
-    group.bench_function("random token", |b| b.iter(|| black_box(tokens::random_token().unwrap())));
+    group.bench_function("random token", |b| {
+        b.iter(|| black_box(tokens::random_token().unwrap()))
+    });
     group.bench_function("deterministic token", |b| {
-        b.iter(|| black_box(tokens::deterministic_token(&key, "prn_owner", "generic", black_box(b"a value"))))
+        b.iter(|| {
+            black_box(tokens::deterministic_token(
+                &key,
+                "prn_owner",
+                "generic",
+                black_box(b"a value"),
+            ))
+        })
     });
     group.bench_function("format-preserving PAN token candidate", |b| {
-        b.iter(|| black_box(tokens::format_preserving_candidate(black_box("4242424242424242")).unwrap()))
+        b.iter(|| {
+            black_box(tokens::format_preserving_candidate(black_box("4242424242424242")).unwrap())
+        })
     });
     group.bench_function("card fingerprint", |b| {
-        b.iter(|| black_box(tokens::fingerprint(&key, "prn_owner", black_box("4242424242424242"))))
+        b.iter(|| {
+            black_box(tokens::fingerprint(
+                &key,
+                "prn_owner",
+                black_box("4242424242424242"),
+            ))
+        })
     });
     group.bench_function("blind index key (email)", |b| {
-        b.iter(|| black_box(strongroom::vault::Vault::index_prefix(&key, "email", black_box("ada@example.org"))))
+        b.iter(|| {
+            black_box(strongroom::vault::Vault::index_prefix(
+                &key,
+                "email",
+                black_box("ada@example.org"),
+            ))
+        })
     });
     group.finish();
 }

@@ -267,7 +267,11 @@ impl AppState {
 
     /// Like [`AppState::commit`], but a conflict comes back as `Ok(None)`
     /// and is not audited, for callers that retry with fresh values.
-    pub async fn try_commit(&self, event: AuditEvent, change: Transaction) -> Result<Option<AuditEntry>, ApiError> {
+    pub async fn try_commit(
+        &self,
+        event: AuditEvent,
+        change: Transaction,
+    ) -> Result<Option<AuditEntry>, ApiError> {
         let state = self.clone();
         tokio::task::spawn_blocking(move || match state.audit.record_with(event, change) {
             Err(AuditError::Conflict) => Ok(None),
