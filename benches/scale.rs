@@ -1,0 +1,230 @@
+//! Scale: loads N card records through the bulk path (each record sealed
+//! under its own DEK, each with its own audit entry, 1,000 per transaction)
+//! and reports load throughput, disk bytes per record, resident memory, and
+//! detokenize req/s with 10 k records against N.
+//! `cargo bench --bench scale -- [--records 1000000]`
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use strongroom::access::Role;
+use strongroom::api::{AppSettings, AppState, router};
+use strongroom::audit::{AuditEvent, Outcome};
+use strongroom::clock::{Clock, SystemClock};
+use strongroom::crypto::{KdfPolicy, PasswordPolicy};
+use strongroom::keyring::{Keyring, KeyringSettings, SealMethod};
+use strongroom::records::{RecordData, RecordType};
+use strongroom::store::{SledStore, Store};
+use tower::ServiceExt;
+
+/// A Luhn-valid 19-digit Visa number for `n`.
+fn pan(n: u64) -> String {
+    let body = format!("4{n:017}");
+    let sum: u32 = body
+        .bytes()
+        .rev()
+        .enumerate()
+        .map(|(i, b)| {
+            let d = u32::from(b - b'0');
+            if i % 2 == 0 {
+                if d * 2 > 9 { d * 2 - 9 } else { d * 2 }
+            } else {
+                d
+            }
+        })
+        .sum();
+    format!("{body}{}", (10 - sum % 10) % 10)
+}
+
+fn disk_bytes(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let meta = entry.metadata().unwrap();
+        total += if meta.is_dir() {
+            disk_bytes(&entry.path())
+        } else {
+            meta.len()
+        };
+    }
+    total
+}
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Detokenize requests (one token each, a random one of `tokens`) per
+/// second through the router, 16 at a time, for `seconds`.
+fn detokenize_rate(
+    rt: &tokio::runtime::Runtime,
+    state: &AppState,
+    key: &str,
+    tokens: &[String],
+    seconds: f64,
+) -> f64 {
+    let app = router(state.clone());
+    rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..16u64)
+            .map(|t| {
+                let (app, key, tokens) = (app.clone(), key.to_owned(), tokens.to_vec());
+                tokio::spawn(async move {
+                    let mut done = 0u64;
+                    let mut i = t.wrapping_mul(2_654_435_761);
+                    while Instant::now() < deadline {
+                        i = i.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                        let token = &tokens[(i >> 33) as usize % tokens.len()];
+                        let req = axum::http::Request::builder()
+                            .method("POST")
+                            .uri("/v1/tokens/detokenize")
+                            .header("authorization", format!("Bearer {key}"))
+                            .header("content-type", "application/json")
+                            .body(axum::body::Body::from(
+                                json!({"tokens": [token]}).to_string(),
+                            ))
+                            .unwrap();
+                        let res = app.clone().oneshot(req).await.unwrap();
+                        assert_eq!(res.status(), 200);
+                        done += 1;
+                    }
+                    done
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.unwrap();
+        }
+        total as f64 / started.elapsed().as_secs_f64()
+    })
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = !args.iter().any(|a| a == "--bench");
+    let records: u64 = args
+        .iter()
+        .position(|a| a == "--records")
+        .and_then(|i| args.get(i + 1))
+        .map_or(if quick { 2_000 } else { 1_000_000 }, |v| {
+            v.parse().unwrap()
+        });
+    let small = (records / 100).clamp(100, 10_000);
+    let seconds = if quick { 0.3 } else { 5.0 };
+
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(&data_dir).unwrap());
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let keyring = Keyring::init(
+        &dir.path().join("keys"),
+        Arc::clone(&store),
+        Arc::clone(&clock),
+        KeyringSettings {
+            kdf_policy: KdfPolicy::danger_insecure_for_tests(),
+            ..KeyringSettings::default()
+        },
+        SealMethod::Shares {
+            count: 3,
+            threshold: 2,
+        },
+    )
+    .unwrap()
+    .keyring;
+    let state = AppState::new(
+        Arc::new(keyring),
+        Arc::clone(&store),
+        Arc::clone(&clock),
+        AppSettings {
+            password_policy: PasswordPolicy::danger_insecure_for_tests(),
+            ..AppSettings::default()
+        },
+    );
+    let key = state
+        .create_service_now("bench", "payments", vec![Role::PaymentService])
+        .unwrap();
+    let owner = state
+        .principals
+        .list()
+        .unwrap()
+        .into_iter()
+        .find(|p| p.name == "payments")
+        .unwrap()
+        .id;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let rss_before = rss_mib();
+
+    let mut tokens = Vec::with_capacity(records as usize);
+    let (mut small_rate, mut small_at) = (0.0, 0);
+    let started = Instant::now();
+    let mut n = 0u64;
+    while n < records {
+        let mut batch = Vec::with_capacity(1000);
+        let mut minted = HashSet::new();
+        while batch.len() < 1000 && n < records {
+            let body = json!({"pan": pan(n), "exp_month": 12, "exp_year": 2031});
+            let data = RecordData::parse(RecordType::Card, body, clock.now()).unwrap();
+            let created = state.vault.prepare_create(&owner, None, &data).unwrap();
+            // Two records of one batch must not draw the same token.
+            if !minted.insert(created.pan_token.clone())
+                || !minted.insert(Some(created.token.clone()))
+            {
+                continue;
+            }
+            tokens.push(created.token.clone());
+            let event = AuditEvent::new(owner.as_str(), "record.create", Outcome::Allowed)
+                .target(created.meta.id.clone());
+            batch.push((event, created.tx));
+            n += 1;
+        }
+        state.audit.record_many(batch).unwrap();
+        if small_at == 0 && n >= small {
+            small_at = n;
+            small_rate = detokenize_rate(&rt, &state, key.expose_secret(), &tokens, seconds);
+        }
+    }
+    // The load time excludes the two detokenize measurements' pause.
+    let load_secs = started.elapsed().as_secs_f64() - if small_at > 0 { seconds } else { 0.0 };
+    store.flush().unwrap();
+    let large_rate = detokenize_rate(&rt, &state, key.expose_secret(), &tokens, seconds);
+    let bytes = disk_bytes(&data_dir);
+    println!("records loaded:           {records}");
+    println!(
+        "load throughput:          {:.0} records/s ({load_secs:.1} s)",
+        records as f64 / load_secs
+    );
+    println!(
+        "disk:                     {:.0} MiB, {:.0} bytes/record",
+        bytes as f64 / 1_048_576.0,
+        bytes as f64 / records as f64
+    );
+    println!(
+        "resident memory:          {:.0} MiB (was {rss_before:.0} MiB before loading)",
+        rss_mib()
+    );
+    println!(
+        "detokenize (1 token/req): {small_rate:.0} req/s at {small_at} records, {large_rate:.0} req/s at {records} records"
+    );
+    if quick {
+        assert!(small_rate > 0.0 && large_rate > 0.0);
+    }
+}
