@@ -87,6 +87,20 @@ async fn world() -> World {
     world_with(test_settings()).await
 }
 
+/// Stores a record as the payment service; its id.
+async fn stored_id(w: &World, kind: &str, body: Value) -> String {
+    let reply = call(
+        &w.app,
+        "POST",
+        &format!("/v1/records/{kind}"),
+        Some(&w.payments),
+        Some(body),
+    )
+    .await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    reply.body["id"].as_str().unwrap().to_owned()
+}
+
 fn card() -> Value {
     json!({"pan": "4242 4242 4242 4242", "exp_month": 12, "exp_year": 2030, "holder_name": "Ada Lovelace", "subject_ref": "user-42"})
 }
@@ -316,18 +330,7 @@ async fn bad_records_are_refused_naming_the_field_never_the_value() {
 #[tokio::test]
 async fn masked_views_per_role_and_ownership() {
     let w = world().await;
-    let id = call(
-        &w.app,
-        "POST",
-        "/v1/records/kyc",
-        Some(&w.payments),
-        Some(kyc()),
-    )
-    .await
-    .body["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = stored_id(&w, "kyc", kyc()).await;
     let path = format!("/v1/records/{id}");
     let view = call(&w.app, "GET", &path, Some(&w.payments), None).await;
     assert_eq!(view.status, 200);
@@ -364,18 +367,7 @@ async fn masked_views_per_role_and_ownership() {
         .body;
     assert_eq!(officer_view["nationality"], "GB");
 
-    let card_id = call(
-        &w.app,
-        "POST",
-        "/v1/records/card",
-        Some(&w.payments),
-        Some(card()),
-    )
-    .await
-    .body["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let card_id = stored_id(&w, "card", card()).await;
     let card_path = format!("/v1/records/{card_id}");
     let service_card = call(&w.app, "GET", &card_path, Some(&w.payments), None)
         .await
@@ -748,30 +740,8 @@ async fn one_detokenize_batch_gives_each_token_its_own_answer() {
 #[tokio::test]
 async fn search_by_blind_index() {
     let w = world().await;
-    let id = call(
-        &w.app,
-        "POST",
-        "/v1/records/kyc",
-        Some(&w.payments),
-        Some(kyc()),
-    )
-    .await
-    .body["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let card_id = call(
-        &w.app,
-        "POST",
-        "/v1/records/card",
-        Some(&w.payments),
-        Some(card()),
-    )
-    .await
-    .body["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = stored_id(&w, "kyc", kyc()).await;
+    let card_id = stored_id(&w, "card", card()).await;
     let search = |body: Value| {
         let app = w.app.clone();
         let officer = w.officer.clone();
@@ -844,30 +814,8 @@ async fn search_by_blind_index() {
 #[tokio::test]
 async fn reveal_needs_reason_ticket_and_four_eyes_for_the_most_sensitive_fields() {
     let w = world().await;
-    let kyc_id = call(
-        &w.app,
-        "POST",
-        "/v1/records/kyc",
-        Some(&w.payments),
-        Some(kyc()),
-    )
-    .await
-    .body["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let other_id = call(
-        &w.app,
-        "POST",
-        "/v1/records/kyc",
-        Some(&w.payments),
-        Some(kyc()),
-    )
-    .await
-    .body["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let kyc_id = stored_id(&w, "kyc", kyc()).await;
+    let other_id = stored_id(&w, "kyc", kyc()).await;
     let reveal = |token: String, id: String, fields: Value| {
         let app = w.app.clone();
         async move {
@@ -1023,18 +971,7 @@ async fn reveal_needs_reason_ticket_and_four_eyes_for_the_most_sensitive_fields(
             .status,
         403
     );
-    let card_id = call(
-        &w.app,
-        "POST",
-        "/v1/records/card",
-        Some(&w.payments),
-        Some(card()),
-    )
-    .await
-    .body["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let card_id = stored_id(&w, "card", card()).await;
     let card_ar = request(&card_id, json!(["exp_month"]), &w.officer)
         .await
         .body["id"]
@@ -1132,18 +1069,7 @@ async fn reveals_are_rate_limited_per_officer() {
         ..test_settings()
     })
     .await;
-    let id = call(
-        &w.app,
-        "POST",
-        "/v1/records/kyc",
-        Some(&w.payments),
-        Some(kyc()),
-    )
-    .await
-    .body["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = stored_id(&w, "kyc", kyc()).await;
     let body = json!({"fields": ["date_of_birth"], "reason": "AML review", "ticket": "CASE-1"});
     let path = format!("/v1/records/{id}/reveal");
     for _ in 0..3 {
