@@ -278,6 +278,14 @@ async fn bad_records_are_refused_naming_the_field_never_the_value() {
             "legal_name.family",
         ),
     ];
+    let mut cases = cases.to_vec();
+    // Values a client put in key position are not echoed as field names.
+    cases.push((
+        "card",
+        json!({"pan": PAN, "exp_month": 12, "exp_year": 2030, "5555555555554444": 1}),
+        "(unrecognised field)",
+    ));
+    cases.push(("kyc", json!({"legal_name": {"given": "Ada", "family": "L", "ada@example.org": 1}, "date_of_birth": "1990-01-01"}), "legal_name.(unrecognised field)"));
     for (kind, body, field) in cases {
         let text = body.to_string();
         let reply = call(

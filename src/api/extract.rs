@@ -82,8 +82,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         use serde_json::error::Category;
         match e.inner().classify() {
             Category::Data => {
-                let path = e.path().to_string();
-                let field = if path == "." { "body".to_owned() } else { path };
+                let field = crate::records::safe_field_path(e.path());
                 ApiError::field(&field, "missing, unknown, or of the wrong type")
             }
             Category::Syntax | Category::Eof | Category::Io => {

@@ -16,7 +16,7 @@ pub use schema::{
     Address, BankAccount, BankAccountInput, Card, CardInput, Kyc, KycInput, LegalName, NationalId,
     merge_patch, refuse_security_codes,
 };
-pub use validate::{Brand, Invalid, luhn_valid};
+pub use validate::{Brand, Invalid, luhn_valid, safe_field_path};
 pub use view::{Field, View, initials, masked_view, view};
 
 use crate::keyring::Purpose;
@@ -111,9 +111,8 @@ pub enum RecordData {
 
 fn from_value<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, Vec<Invalid>> {
     serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
         vec![Invalid {
-            field: if path == "." { "body".into() } else { path },
+            field: safe_field_path(e.path()),
             message: "missing, unknown, or of the wrong type",
         }]
     })

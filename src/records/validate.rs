@@ -42,6 +42,49 @@ impl Errors {
     }
 }
 
+/// The field path of a body that did not fit, safe to show: each key that
+/// is not an identifier (`a-z`, digits, `_`, starting with a letter, at most
+/// 40 bytes) is replaced, so a value a client put in key position (a PAN,
+/// an email) is never echoed. Works on the path's segments, not its text,
+/// so a key containing dots cannot smuggle a fragment through.
+pub fn safe_field_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let identifier = |name: &str| {
+        name.len() <= 40
+            && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    };
+    let mut out = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(if identifier(key) {
+                    key
+                } else {
+                    "(unrecognised field)"
+                });
+            }
+            Segment::Unknown => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push('?');
+            }
+        }
+    }
+    if out.is_empty() {
+        "body".to_owned()
+    } else {
+        out
+    }
+}
+
 /// Card brands recognised by prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -320,6 +363,45 @@ pub fn document_number(raw: &str) -> Result<String, &'static str> {
 mod tests {
     use super::*;
     use time::macros::datetime;
+
+    #[test]
+    fn field_paths_never_echo_values() {
+        let path_of = |json: &str| {
+            #[derive(serde::Deserialize, Debug)]
+            #[serde(deny_unknown_fields)]
+            #[allow(dead_code)]
+            struct Inner {
+                given: String,
+            }
+            #[derive(serde::Deserialize, Debug)]
+            #[serde(deny_unknown_fields)]
+            #[allow(dead_code)]
+            struct Outer {
+                legal_name: Inner,
+                roles: Vec<u8>,
+            }
+            let mut de = serde_json::Deserializer::from_str(json);
+            let err = serde_path_to_error::deserialize::<_, Outer>(&mut de).unwrap_err();
+            safe_field_path(err.path())
+        };
+        assert_eq!(
+            path_of(r#"{"legal_name": {"given": 1}, "roles": []}"#),
+            "legal_name.given"
+        );
+        assert_eq!(
+            path_of(r#"{"legal_name": {"given": "a"}, "roles": [1, "x"]}"#),
+            "roles[1]"
+        );
+        assert_eq!(
+            path_of(r#"{"4242424242424242": 1}"#),
+            "(unrecognised field)"
+        );
+        assert_eq!(
+            path_of(r#"{"legal_name": {"given": "a", "ada@example.org": 1}, "roles": []}"#),
+            "legal_name.(unrecognised field)"
+        );
+        assert_eq!(path_of(r#"{"Ada Lovelace": 1}"#), "(unrecognised field)");
+    }
 
     #[test]
     fn pans() {
