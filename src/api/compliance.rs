@@ -170,12 +170,18 @@ pub struct RevealRequest {
 /// Checks requested field names against `record_type`; whether any needs an
 /// approval.
 fn check_fields(record_type: RecordType, fields: &[String]) -> Result<bool, ApiError> {
-    if fields.is_empty() {
-        return Err(ApiError::field("fields", "name at least one field"));
+    if fields.is_empty() || fields.len() > 16 {
+        return Err(ApiError::field("fields", "name 1 to 16 fields"));
     }
     let known = record_type.revealable_fields();
     let mut needs_approval = false;
     for (i, name) in fields.iter().enumerate() {
+        if fields
+            .get(..i)
+            .is_some_and(|earlier| earlier.contains(name))
+        {
+            return Err(ApiError::field(&format!("fields[{i}]"), "is named twice"));
+        }
         match known.iter().find(|(f, _)| f == name) {
             Some((_, sensitive)) => needs_approval |= *sensitive,
             None => {
