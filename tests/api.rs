@@ -259,6 +259,19 @@ async fn unseal_refuses_bad_bodies() {
 }
 
 #[tokio::test]
+async fn unsealing_an_unsealed_vault_changes_and_records_nothing() {
+    let vault = passphrase_vault();
+    let app = app(&vault);
+    let before = vault.store.scan_prefix(b"au/e/").unwrap().len();
+    for _ in 0..20 {
+        let reply = unseal(&app, json!({"passphrase": "anything at all"})).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.body["sealed"], false);
+    }
+    assert_eq!(vault.store.scan_prefix(b"au/e/").unwrap().len(), before);
+}
+
+#[tokio::test]
 async fn failed_unseals_are_rate_limited() {
     let vault = passphrase_vault();
     let app = app_with_limit(&vault, 3);

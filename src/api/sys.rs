@@ -126,6 +126,11 @@ pub async fn unseal(
             ));
         }
     };
+    // Already unsealed: nothing to do, nothing to audit (or anyone could
+    // grow the audit log at will).
+    if !state.keyring.is_sealed() {
+        return Ok(Json(state.keyring.unseal_status()));
+    }
     let clock: Arc<dyn Clock> = Arc::clone(&state.clock);
     if let Some(retry_after_secs) = state.unseal_limiter.retry_after(clock.now()) {
         return Err(ApiError::RateLimited { retry_after_secs });
