@@ -532,6 +532,25 @@ async fn repeated_failures_lock_the_username_for_a_growing_period() {
     assert_eq!(login(&app, "bob", "not the password").await.status, 401);
     assert_eq!(login(&app, "bob", STAFF_PASSWORD).await.status, 200);
 
+    // While locked, refusals are audited at most once a minute.
+    let locked_entries = |vault: &TestVault| {
+        vault
+            .store
+            .scan_prefix(b"au/e/")
+            .unwrap()
+            .iter()
+            .filter(|(_, v)| String::from_utf8_lossy(v).contains("\"reason\":\"locked\""))
+            .count()
+    };
+    for _ in 0..5 {
+        assert_eq!(login(&app, "bob", "not the password").await.status, 401);
+    }
+    let before = locked_entries(&vault);
+    for _ in 0..20 {
+        assert_eq!(login(&app, "bob", STAFF_PASSWORD).await.status, 429);
+    }
+    assert_eq!(locked_entries(&vault) - before, 1);
+
     // Unknown usernames lock the same way, so locking reveals nothing.
     for _ in 0..5 {
         assert_eq!(login(&app, "ghost", "whatever whatever").await.status, 401);

@@ -138,6 +138,8 @@ pub struct AppInner {
     pub passwords: PasswordPool,
     /// A hash checked for unknown usernames, so they cost what known ones do.
     dummy_password_hash: String,
+    /// When each locked username's refusal was last audited (see `auth`).
+    locked_notices: std::sync::Mutex<std::collections::HashMap<String, time::OffsetDateTime>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -185,6 +187,7 @@ impl AppState {
             passwords: PasswordPool::new(settings.password_workers),
             settings,
             dummy_password_hash,
+            locked_notices: std::sync::Mutex::default(),
         }))
     }
 
