@@ -152,9 +152,7 @@ impl AuditLog {
     }
 
     /// Records `event` in the same atomic, durable transaction as `change`:
-    /// both are written or neither is. If another writer (another node on a
-    /// shared store) moved the head meanwhile, it tries again; a conflict
-    /// with the head unchanged is the change's own.
+    /// both are written or neither is.
     pub fn record_with(
         &self,
         event: AuditEvent,
@@ -167,22 +165,25 @@ impl AuditLog {
     }
 
     /// Records several changes, each with its own entry, in one atomic and
-    /// durable transaction (one flush): the bulk path.
+    /// durable transaction: the bulk path.
+    ///
+    /// Entries are chained and applied under the append lock (each needs the
+    /// previous hash); the wait for durability happens after the lock is
+    /// released, so concurrent appenders share one flush (group commit).
+    /// Nothing is acknowledged before that flush returns. A conflict is the
+    /// change's own: only this process can open the store, and the lock
+    /// serialises every appender, so the head cannot move underneath.
     pub fn record_many(
         &self,
         batch: Vec<(AuditEvent, Transaction)>,
     ) -> Result<Vec<AuditEntry>, AuditError> {
-        let _append = self.append.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut attempts = 0;
-        loop {
+        let entries = {
+            let _append = self.append.lock().unwrap_or_else(PoisonError::into_inner);
             let (head_bytes, head) = self.head()?;
-            match self.try_append(batch.clone(), head_bytes.clone(), head) {
-                Err(AuditError::Conflict) if attempts < 3 && self.head()?.0 != head_bytes => {
-                    attempts += 1
-                }
-                other => return other,
-            }
-        }
+            self.try_append(batch, head_bytes, head)?
+        };
+        self.store.flush()?;
+        Ok(entries)
     }
 
     fn try_append(
@@ -226,7 +227,7 @@ impl AuditLog {
             seq,
             hash: prev_hash,
         };
-        self.store.commit(tx.put(HEAD_KEY, encode(&new_head)?))?;
+        self.store.apply(tx.put(HEAD_KEY, encode(&new_head)?))?;
         Ok(entries)
     }
 
