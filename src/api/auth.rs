@@ -59,7 +59,11 @@ pub async fn login(
     {
         // Locked refusals cost no password check, so they are audited at
         // most once a minute per username, or they could flood the log.
-        if should_note_lock(&state, target.as_deref().unwrap_or_default()) {
+        if state
+            .lock_notices
+            .take(target.as_deref().unwrap_or_default(), state.clock.now())
+            .is_ok()
+        {
             state.record(failed("anonymous", "locked")).await?;
         }
         return Err(ApiError::RateLimited { retry_after_secs });
@@ -133,24 +137,4 @@ pub async fn logout(
         )
         .await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Whether a refusal of the locked username `target` (its audit HMAC) should
-/// be audited now: the first one, then once a minute.
-fn should_note_lock(state: &AppState, target: &str) -> bool {
-    let now = state.clock.now();
-    let mut notices = state
-        .locked_notices
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if notices.len() > 10_000 {
-        notices.retain(|_, at| now - *at < time::Duration::minutes(1));
-    }
-    match notices.get(target) {
-        Some(at) if now - *at < time::Duration::minutes(1) => false,
-        _ => {
-            notices.insert(target.to_owned(), now);
-            true
-        }
-    }
 }

@@ -1,15 +1,11 @@
 //! Compliance lookups: blind-index search, reveal with reason and ticket,
 //! and four-eyes access requests.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use time::OffsetDateTime;
 use utoipa::ToSchema;
 
 use super::extract::{Caller, JsonBody, RequestContext};
@@ -17,39 +13,6 @@ use super::{ApiError, AppState, Problem};
 use crate::access::{DecisionError, Operation, RequestStatus};
 use crate::audit::{AuditEvent, Outcome};
 use crate::records::{RecordType, search_value};
-
-/// Counts reveals per officer in a sliding hour.
-#[derive(Debug)]
-pub struct RevealLimiter {
-    per_hour: usize,
-    seen: Mutex<HashMap<String, Vec<OffsetDateTime>>>,
-}
-
-impl RevealLimiter {
-    pub fn new(per_hour: usize) -> Self {
-        Self {
-            per_hour,
-            seen: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Takes one reveal for `who` at `now`, or says how long to wait.
-    fn take(&self, who: &str, now: OffsetDateTime) -> Result<(), u64> {
-        let mut seen = self
-            .seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let times = seen.entry(who.to_owned()).or_default();
-        times.retain(|t| now - *t < time::Duration::hours(1));
-        if times.len() >= self.per_hour {
-            let oldest = times.first().copied().unwrap_or(now);
-            let wait = (oldest + time::Duration::hours(1) - now).whole_seconds();
-            return Err(u64::try_from(wait).unwrap_or(1).max(1));
-        }
-        times.push(now);
-        Ok(())
-    }
-}
 
 /// A reason and a case ticket, both required, both bounded.
 fn justification(
@@ -250,7 +213,7 @@ pub async fn reveal(
             return Err(ApiError::ApprovalRequired);
         }
     }
-    if let Err(retry_after_secs) = state.reveal_limiter.take(&principal.id, state.clock.now()) {
+    if let Err(retry_after_secs) = state.reveals.take(&principal.id, state.clock.now()) {
         state
             .record(event(Outcome::Denied, "; rate limited"))
             .await?;

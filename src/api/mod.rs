@@ -11,6 +11,7 @@ mod compliance;
 mod error;
 mod extract;
 mod keys;
+mod limits;
 mod openapi;
 mod principals;
 mod records;
@@ -30,8 +31,8 @@ use axum::routing::{delete, get, post};
 
 pub use error::{ApiError, FieldError, Problem};
 pub use extract::{ApiJson, Caller, JsonBody, RequestContext, parse_json};
+pub use limits::SlidingWindow;
 pub use openapi::openapi_document;
-pub use sys::UnsealLimiter;
 
 use crate::access::{AccessRequests, LockoutPolicy, Operation, PrincipalDirectory, SessionPolicy};
 use crate::audit::{AuditEntry, AuditError, AuditEvent, AuditLog, Outcome};
@@ -132,14 +133,18 @@ pub struct AppInner {
     pub audit: AuditLog,
     pub vault: Vault,
     pub access_requests: AccessRequests,
-    pub reveal_limiter: compliance::RevealLimiter,
+    /// Reveals per officer in a sliding hour.
+    pub reveals: SlidingWindow,
     pub settings: AppSettings,
-    pub unseal_limiter: UnsealLimiter,
+    /// Failed unseal attempts in a sliding minute.
+    pub unseal_failures: SlidingWindow,
+    /// One unseal at a time: a passphrase costs 64 MiB of Argon2id memory.
+    pub unseal_work: tokio::sync::Semaphore,
     pub passwords: PasswordPool,
     /// A hash checked for unknown usernames, so they cost what known ones do.
     dummy_password_hash: String,
-    /// When each locked username's refusal was last audited (see `auth`).
-    locked_notices: std::sync::Mutex<std::collections::HashMap<String, time::OffsetDateTime>>,
+    /// Audited refusals of each locked username: one a minute (see `auth`).
+    lock_notices: SlidingWindow,
 }
 
 impl std::ops::Deref for AppState {
@@ -177,17 +182,21 @@ impl AppState {
         Self(Arc::new(AppInner {
             vault,
             access_requests,
-            reveal_limiter: compliance::RevealLimiter::new(settings.reveals_per_hour),
+            reveals: SlidingWindow::new(settings.reveals_per_hour, time::Duration::hours(1)),
             keyring,
             store,
             clock,
             principals,
             audit,
-            unseal_limiter: UnsealLimiter::new(settings.unseal_failures_per_minute),
+            unseal_failures: SlidingWindow::new(
+                usize::try_from(settings.unseal_failures_per_minute).unwrap_or(usize::MAX),
+                time::Duration::minutes(1),
+            ),
+            unseal_work: tokio::sync::Semaphore::new(1),
             passwords: PasswordPool::new(settings.password_workers),
             settings,
             dummy_password_hash,
-            locked_notices: std::sync::Mutex::default(),
+            lock_notices: SlidingWindow::new(1, time::Duration::minutes(1)),
         }))
     }
 

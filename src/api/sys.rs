@@ -1,14 +1,12 @@
 //! `/v1/sys/*`: health, unseal, seal.
 
 use std::sync::Arc;
-use std::sync::Mutex;
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
 use utoipa::ToSchema;
 use zeroize::Zeroizing;
 
@@ -53,54 +51,14 @@ pub async fn health(State(state): State<AppState>) -> Response {
 }
 
 /// Exactly one of `passphrase` or `share`.
+/// Failed unseals are counted for the whole vault, not per client.
+const UNSEAL_KEY: &str = "vault";
+
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UnsealRequest {
     pub passphrase: Option<String>,
     pub share: Option<String>,
-}
-
-/// Counts failed unseal attempts in a sliding one-minute window, so that a
-/// passphrase or share cannot be guessed quickly.
-#[derive(Debug)]
-pub struct UnsealLimiter {
-    max_failures_per_minute: u32,
-    failures: Mutex<Vec<OffsetDateTime>>,
-    /// One unseal at a time: a passphrase costs 64 MiB of Argon2id memory.
-    pub(crate) work: tokio::sync::Semaphore,
-}
-
-impl UnsealLimiter {
-    pub fn new(max_failures_per_minute: u32) -> Self {
-        Self {
-            max_failures_per_minute,
-            failures: Mutex::new(Vec::new()),
-            work: tokio::sync::Semaphore::new(1),
-        }
-    }
-
-    /// Seconds to wait before another attempt, if the window is full.
-    fn retry_after(&self, now: OffsetDateTime) -> Option<u64> {
-        let mut failures = self
-            .failures
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        failures.retain(|t| now - *t < time::Duration::minutes(1));
-        let limit = usize::try_from(self.max_failures_per_minute).unwrap_or(usize::MAX);
-        if failures.len() < limit {
-            return None;
-        }
-        let oldest = failures.first().copied().unwrap_or(now);
-        let wait = (oldest + time::Duration::minutes(1) - now).whole_seconds();
-        Some(u64::try_from(wait).unwrap_or(0).max(1))
-    }
-
-    fn record_failure(&self, now: OffsetDateTime) {
-        self.failures
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(now);
-    }
 }
 
 /// Submits a passphrase or one share.
@@ -132,12 +90,11 @@ pub async fn unseal(
         return Ok(Json(state.keyring.unseal_status()));
     }
     let clock: Arc<dyn Clock> = Arc::clone(&state.clock);
-    if let Some(retry_after_secs) = state.unseal_limiter.retry_after(clock.now()) {
+    if let Some(retry_after_secs) = state.unseal_failures.retry_after(UNSEAL_KEY, clock.now()) {
         return Err(ApiError::RateLimited { retry_after_secs });
     }
     let _permit = state
-        .unseal_limiter
-        .work
+        .unseal_work
         .acquire()
         .await
         .map_err(|_| ApiError::Internal)?;
@@ -169,7 +126,7 @@ pub async fn unseal(
             Ok(Json(progress))
         }
         Err(KeyringError::UnsealFailed(why)) => {
-            state.unseal_limiter.record_failure(clock.now());
+            state.unseal_failures.record(UNSEAL_KEY, clock.now());
             tracing::warn!(reason = why, "unseal attempt refused");
             let event = AuditEvent {
                 reason: Some(why.to_owned()),
@@ -209,24 +166,4 @@ pub async fn seal(
     state.seal();
     tracing::info!(actor = %actor, "vault sealed");
     Ok(Json(SealState { sealed: true }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use time::macros::datetime;
-
-    #[test]
-    fn limiter_opens_again_after_a_minute() {
-        let limiter = UnsealLimiter::new(2);
-        let t0 = datetime!(2026-01-01 00:00 UTC);
-        assert_eq!(limiter.retry_after(t0), None);
-        limiter.record_failure(t0);
-        limiter.record_failure(t0 + time::Duration::seconds(10));
-        assert_eq!(
-            limiter.retry_after(t0 + time::Duration::seconds(20)),
-            Some(40)
-        );
-        assert_eq!(limiter.retry_after(t0 + time::Duration::seconds(61)), None);
-    }
 }
