@@ -61,6 +61,7 @@ pub async fn create(
             (principal, Some(key), tx)
         }
         (PrincipalKind::Staff, Some(password)) => {
+            let password = zeroize::Zeroizing::new(password);
             let policy = state.settings.password_policy;
             policy
                 .check_strength(&password)

@@ -153,9 +153,7 @@ fn resolve(
     let Some((key, record)) = state.vault.token(token)? else {
         return Ok(refuse("not_found", None));
     };
-    let target_id = match &record.target {
-        TokenTarget::Record { id } | TokenTarget::Generic { id } => id.clone(),
-    };
+    let target_id = record.target.id().to_owned();
     if !principal.sees(&record.owner) {
         return Ok(refuse("not_found", None));
     }
@@ -186,14 +184,7 @@ fn resolve(
             if owner_service {
                 json!({"view": "plain", "value": text})
             } else {
-                let tail: String = text
-                    .chars()
-                    .rev()
-                    .take(4)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect();
+                let tail = crate::records::last4(&text);
                 json!({"view": "masked", "value": format!("****{tail}")})
             }
         }
@@ -261,9 +252,7 @@ pub async fn revoke(
     else {
         return Err(ApiError::NotFound);
     };
-    let target = match &record.target {
-        TokenTarget::Record { id } | TokenTarget::Generic { id } => id.clone(),
-    };
+    let target = record.target.id().to_owned();
     let tx = state.vault.prepare_revoke(&key, &record)?;
     state
         .commit(

@@ -17,7 +17,7 @@ pub use schema::{
     merge_patch, refuse_security_codes,
 };
 pub use validate::{Brand, Invalid, luhn_valid, safe_field_path};
-pub use view::{Field, View, initials, masked_view, view};
+pub use view::{Field, View, initials, last4, masked_view, view};
 
 use crate::keyring::Purpose;
 

@@ -67,7 +67,8 @@ fn best_view(roles: &[Role], field: Field) -> View {
         .unwrap_or(View::Redacted)
 }
 
-fn last4(s: &str) -> String {
+/// The last four characters of `s` (all of it if shorter).
+pub fn last4(s: &str) -> String {
     let tail: Vec<char> = s.chars().rev().take(4).collect();
     tail.into_iter().rev().collect()
 }

@@ -38,6 +38,15 @@ pub enum TokenTarget {
     Generic { id: String },
 }
 
+impl TokenTarget {
+    /// The id of the record or generic value the token stands for.
+    pub fn id(&self) -> &str {
+        match self {
+            TokenTarget::Record { id } | TokenTarget::Generic { id } => id,
+        }
+    }
+}
+
 /// A token's stored state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
