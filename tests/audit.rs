@@ -24,6 +24,16 @@ use strongroom::store::{SledStore, Store};
 
 const STAFF_PASSWORD: &str = "staff password 123";
 
+/// The store key of audit entry `seq` (docs/audit.md "Storage").
+fn entry_key(seq: u64) -> Vec<u8> {
+    [b"au/e/".as_slice(), &seq.to_be_bytes()].concat()
+}
+
+/// The store key of the checkpoint at `seq`.
+fn checkpoint_key(seq: u64) -> Vec<u8> {
+    [b"au/c/".as_slice(), &seq.to_be_bytes()].concat()
+}
+
 fn public_key(vault: &TestVault) -> Vec<u8> {
     hex::decode(
         std::fs::read_to_string(vault.keys_dir().join("audit.pub"))
@@ -277,7 +287,7 @@ async fn tampering_with_a_data_directory_is_detected() {
         (
             "change a field",
             |s, _| {
-                let key = [b"au/e/".as_slice(), &3u64.to_be_bytes()].concat();
+                let key = entry_key(3u64);
                 let mut e: Value = serde_json::from_slice(&s.get(&key).unwrap().unwrap()).unwrap();
                 e["actor"] = json!("someone-else");
                 s.put(&key, e.to_string().as_bytes()).unwrap();
@@ -287,7 +297,7 @@ async fn tampering_with_a_data_directory_is_detected() {
         (
             "change a field and fix its hash",
             |s, _| {
-                let key = [b"au/e/".as_slice(), &3u64.to_be_bytes()].concat();
+                let key = entry_key(3u64);
                 let mut e: strongroom::audit::AuditEntry =
                     serde_json::from_slice(&s.get(&key).unwrap().unwrap()).unwrap();
                 e.outcome = strongroom::audit::Outcome::Denied;
@@ -299,18 +309,14 @@ async fn tampering_with_a_data_directory_is_detected() {
         (
             "delete an entry",
             |s, _| {
-                s.delete(&[b"au/e/".as_slice(), &4u64.to_be_bytes()].concat())
-                    .unwrap();
+                s.delete(&entry_key(4u64)).unwrap();
             },
             4,
         ),
         (
             "swap two entries",
             |s, _| {
-                let (k2, k3) = (
-                    [b"au/e/".as_slice(), &2u64.to_be_bytes()].concat(),
-                    [b"au/e/".as_slice(), &3u64.to_be_bytes()].concat(),
-                );
+                let (k2, k3) = (entry_key(2u64), entry_key(3u64));
                 let (v2, v3) = (s.get(&k2).unwrap().unwrap(), s.get(&k3).unwrap().unwrap());
                 s.put(&k2, &v3).unwrap();
                 s.put(&k3, &v2).unwrap();
@@ -321,8 +327,7 @@ async fn tampering_with_a_data_directory_is_detected() {
             "cut the tail",
             |s, _| {
                 let last = s.scan_prefix(b"au/e/").unwrap().len() as u64;
-                s.delete(&[b"au/e/".as_slice(), &last.to_be_bytes()].concat())
-                    .unwrap();
+                s.delete(&entry_key(last)).unwrap();
             },
             0,
         ),
@@ -330,16 +335,10 @@ async fn tampering_with_a_data_directory_is_detected() {
             "cut the tail with its checkpoint and head",
             |s, _| {
                 let last = s.scan_prefix(b"au/e/").unwrap().len() as u64;
-                let prev: Value = serde_json::from_slice(
-                    &s.get(&[b"au/e/".as_slice(), &(last - 1).to_be_bytes()].concat())
-                        .unwrap()
-                        .unwrap(),
-                )
-                .unwrap();
-                s.delete(&[b"au/e/".as_slice(), &last.to_be_bytes()].concat())
-                    .unwrap();
-                s.delete(&[b"au/c/".as_slice(), &last.to_be_bytes()].concat())
-                    .unwrap();
+                let prev: Value =
+                    serde_json::from_slice(&s.get(&entry_key(last - 1)).unwrap().unwrap()).unwrap();
+                s.delete(&entry_key(last)).unwrap();
+                s.delete(&checkpoint_key(last)).unwrap();
                 s.put(
                     b"au/head",
                     json!({"seq": last - 1, "hash": prev["hash"]})
