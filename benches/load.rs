@@ -5,8 +5,11 @@
 //! `cargo bench --bench load -- [--connections 64] [--seconds 10] [--json FILE]`
 //! starts `strongroom dev` (release build) on a free loopback port, takes its
 //! credentials, and runs: health, store-card, detokenize with 1 and with 100
-//! tokens, and reveal. Under `cargo test` it runs each scenario for a moment
-//! as a smoke test.
+//! tokens, and reveal. `--only detokenize,reveal` runs the scenarios whose
+//! names contain one of the words (health always runs: it is the ratio's
+//! base). `--target FILE` drives a server that is already running instead:
+//! FILE holds the JSON line `strongroom dev --json` printed. Under
+//! `cargo test` it runs each scenario for a moment as a smoke test.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -140,29 +143,38 @@ fn main() {
     let seconds: f64 =
         arg(&args, "--seconds").map_or(if quick { 0.3 } else { 10.0 }, |v| v.parse().unwrap());
 
-    // A dev server with the reveal limit lifted for the measurement.
+    // Either a running server, named by the JSON that `strongroom dev --json`
+    // printed, or a dev server of our own with the reveal limit lifted.
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("load.toml");
-    std::fs::write(&config, "reveals_per_hour = 1000000\n").unwrap();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_strongroom"))
-        .args([
-            "dev",
-            "--json",
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-            config.to_str().unwrap(),
-        ])
-        .env("STRONGROOM_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let creds: Value = serde_json::from_str(&line).unwrap();
+    let (mut server, creds): (Option<std::process::Child>, Value) = match arg(&args, "--target") {
+        Some(file) => (
+            None,
+            serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap(),
+        ),
+        None => {
+            let config = dir.path().join("load.toml");
+            std::fs::write(&config, "reveals_per_hour = 1000000\n").unwrap();
+            let mut child = Command::new(env!("CARGO_BIN_EXE_strongroom"))
+                .args([
+                    "dev",
+                    "--json",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--config",
+                    config.to_str().unwrap(),
+                ])
+                .env("STRONGROOM_LOG", "warn")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            (Some(child), serde_json::from_str(&line).unwrap())
+        }
+    };
     let base = Arc::new(creds["url"].as_str().unwrap().to_owned());
     let payments = creds["payment_service_api_key"]
         .as_str()
@@ -253,8 +265,20 @@ fn main() {
             json!({"fields": ["exp_month", "holder_name"], "reason": "load test", "ticket": "LOAD-1"}),
         ),
     ];
+    // `--only a,b`: run the scenarios whose names contain one of these; the
+    // health scenario always runs, as the ratio's base.
+    let only: Option<Vec<String>> =
+        arg(&args, "--only").map(|v| v.split(',').map(str::to_owned).collect());
     let outcomes: Vec<Outcome> = scenarios
         .into_iter()
+        .enumerate()
+        .filter(|(i, s)| {
+            *i == 0
+                || only
+                    .as_ref()
+                    .is_none_or(|o| o.iter().any(|w| s.name.contains(w.as_str())))
+        })
+        .map(|(_, s)| s)
         .map(|s| {
             rt.block_on(run(
                 client.clone(),
@@ -265,8 +289,10 @@ fn main() {
             ))
         })
         .collect();
-    let _ = server.kill();
-    let _ = server.wait();
+    if let Some(server) = server.as_mut() {
+        let _ = server.kill();
+        let _ = server.wait();
+    }
 
     let health = outcomes[0].rate().max(f64::MIN_POSITIVE);
     println!(

@@ -440,8 +440,8 @@ async fn tampering_with_an_export_is_detected() {
     }
 }
 
-#[tokio::test]
-async fn an_unwritable_audit_entry_fails_the_request_and_changes_nothing() {
+/// A vault whose store is wrapped in a [`FaultyStore`].
+fn faulty_vault() -> (tempfile::TempDir, Arc<FaultyStore>, Arc<Keyring>, AppState) {
     let dir = tempfile::tempdir().unwrap();
     let sled: Arc<dyn Store> = Arc::new(SledStore::open(&dir.path().join("data")).unwrap());
     let faulty = Arc::new(FaultyStore::new(sled));
@@ -460,10 +460,159 @@ async fn an_unwritable_audit_entry_fails_the_request_and_changes_nothing() {
     let keyring = Arc::new(init.keyring);
     let state = AppState::new(
         Arc::clone(&keyring),
-        Arc::clone(&store),
+        store,
         Arc::new(SystemClock),
         test_settings(),
     );
+    (dir, faulty, keyring, state)
+}
+
+/// Batches queued behind a flush in progress are committed in one round:
+/// one store transaction and one flush, each batch checked against the
+/// state the batches before it leave, a conflicting batch refused alone
+/// (all of it), and the chain intact.
+#[test]
+fn queued_batches_share_one_round_and_conflicts_stay_their_own() {
+    use std::sync::atomic::Ordering::SeqCst;
+    use strongroom::audit::{AuditError, AuditEvent, Outcome};
+    use strongroom::store::Transaction;
+    let (_dir, faulty, _keyring, state) = faulty_vault();
+    let entries_before = state.audit.verify().unwrap().entries;
+    let event = |name: &str| AuditEvent::new("test", "group.write", Outcome::Allowed).target(name);
+    let submit = |name: &'static str, tx: Transaction| {
+        let state = state.clone();
+        std::thread::spawn(move || state.audit.record_with(event(name), tx))
+    };
+
+    // The first batch becomes the committer and waits in its flush.
+    let flushes_before = faulty.flushes.load(SeqCst);
+    faulty.hold_flushes(true);
+    let first = submit("a", Transaction::new().put(b"g/a".to_vec(), b"a".to_vec()));
+    wait_until("the first flush", || {
+        faulty.flushes_waiting.load(SeqCst) == 1
+    });
+
+    // These queue up behind it, in this order.
+    let queued = [
+        (
+            "x1",
+            Transaction::new()
+                .expect(b"g/x".to_vec(), None)
+                .put(b"g/x".to_vec(), b"1".to_vec()),
+        ),
+        (
+            "x2",
+            Transaction::new()
+                .expect(b"g/x".to_vec(), None)
+                .put(b"g/x".to_vec(), b"2".to_vec()),
+        ),
+        (
+            "after x1",
+            Transaction::new()
+                .expect(b"g/x".to_vec(), Some(b"1".to_vec()))
+                .put(b"g/c".to_vec(), b"c".to_vec()),
+        ),
+    ];
+    let mut handles = Vec::new();
+    for (i, (name, tx)) in queued.into_iter().enumerate() {
+        handles.push(submit(name, tx));
+        wait_until("the batch to queue", || state.audit.pending() == i + 1);
+    }
+    // A batch of two changes whose second conflicts with x1: none of it.
+    let both = {
+        let state = state.clone();
+        std::thread::spawn(move || {
+            state.audit.record_many(vec![
+                (
+                    event("e"),
+                    Transaction::new().put(b"g/e".to_vec(), b"e".to_vec()),
+                ),
+                (
+                    event("e2"),
+                    Transaction::new().expect(b"g/x".to_vec(), None),
+                ),
+            ])
+        })
+    };
+    wait_until("the batch to queue", || state.audit.pending() == 4);
+
+    faulty.hold_flushes(false);
+    assert_eq!(first.join().unwrap().unwrap().seq, entries_before + 1);
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(results[0].as_ref().unwrap().seq, entries_before + 2);
+    assert!(matches!(results[1], Err(AuditError::Conflict)));
+    assert_eq!(results[2].as_ref().unwrap().seq, entries_before + 3);
+    assert!(matches!(both.join().unwrap(), Err(AuditError::Conflict)));
+
+    // Two rounds: the first batch's, then everything queued behind it.
+    assert_eq!(faulty.flushes.load(SeqCst) - flushes_before, 2);
+    assert_eq!(state.store.get(b"g/x").unwrap(), Some(b"1".to_vec()));
+    assert_eq!(state.store.get(b"g/c").unwrap(), Some(b"c".to_vec()));
+    assert_eq!(state.store.get(b"g/e").unwrap(), None);
+    let result = state.audit.verify().unwrap();
+    assert!(result.ok, "{result:?}");
+    assert_eq!(result.entries, entries_before + 3);
+}
+
+/// A write from outside the log between a round's checks and its store
+/// transaction fails that transaction as a whole; the round is worked out
+/// again from the new state, so the batch the write contradicts is refused
+/// and the other batch of the round still goes through.
+#[test]
+fn a_write_behind_the_logs_back_makes_the_round_start_over() {
+    use std::sync::atomic::Ordering::SeqCst;
+    use strongroom::audit::{AuditError, AuditEvent, Outcome};
+    use strongroom::store::Transaction;
+    let (_dir, faulty, _keyring, state) = faulty_vault();
+    let entries_before = state.audit.verify().unwrap().entries;
+    let submit = |tx: Transaction| {
+        let state = state.clone();
+        std::thread::spawn(move || {
+            state
+                .audit
+                .record_with(AuditEvent::new("test", "group.write", Outcome::Allowed), tx)
+        })
+    };
+    let flushes_before = faulty.flushes.load(SeqCst);
+    faulty.hold_flushes(true);
+    let first = submit(Transaction::new().put(b"g/a".to_vec(), b"a".to_vec()));
+    wait_until("the first flush", || {
+        faulty.flushes_waiting.load(SeqCst) == 1
+    });
+    let contradicted = submit(
+        Transaction::new()
+            .expect(b"g/r".to_vec(), None)
+            .put(b"g/r".to_vec(), b"mine".to_vec()),
+    );
+    wait_until("the batch to queue", || state.audit.pending() == 1);
+    let other = submit(
+        Transaction::new()
+            .expect(b"g/q".to_vec(), None)
+            .put(b"g/q".to_vec(), b"q".to_vec()),
+    );
+    wait_until("the batch to queue", || state.audit.pending() == 2);
+    faulty.before_next_audit_apply(|inner| inner.put(b"g/r", b"outside").unwrap());
+    faulty.hold_flushes(false);
+
+    assert_eq!(first.join().unwrap().unwrap().seq, entries_before + 1);
+    let contradicted = contradicted.join().unwrap();
+    assert!(
+        matches!(contradicted, Err(AuditError::Conflict)),
+        "{contradicted:?}"
+    );
+    assert_eq!(other.join().unwrap().unwrap().seq, entries_before + 2);
+    assert_eq!(state.store.get(b"g/r").unwrap(), Some(b"outside".to_vec()));
+    assert_eq!(state.store.get(b"g/q").unwrap(), Some(b"q".to_vec()));
+    assert_eq!(faulty.flushes.load(SeqCst) - flushes_before, 2);
+    let verified = state.audit.verify().unwrap();
+    assert!(verified.ok, "{verified:?}");
+    assert_eq!(verified.entries, entries_before + 2);
+}
+
+#[tokio::test]
+async fn an_unwritable_audit_entry_fails_the_request_and_changes_nothing() {
+    let (_dir, faulty, keyring, state) = faulty_vault();
+    let store = Arc::clone(&state.store);
     let admin = state
         .create_service_now("test", "admin", vec![Role::Admin])
         .unwrap()
@@ -534,20 +683,7 @@ async fn an_unwritable_audit_entry_fails_the_request_and_changes_nothing() {
     assert!(store.scan_prefix(b"ac/session/").unwrap().is_empty());
     assert!(store.scan_prefix(b"ac/lockout/").unwrap().is_empty());
     assert!(!keyring.is_sealed());
-    assert!(
-        verify_store(
-            store.as_ref(),
-            &state
-                .keyring
-                .keys()
-                .unwrap()
-                .audit_signing_key()
-                .unwrap()
-                .public_key(),
-            false
-        )
-        .ok
-    );
+    assert!(state.audit.verify().unwrap().ok);
 }
 
 #[tokio::test]

@@ -200,34 +200,30 @@ impl AppState {
         }))
     }
 
-    /// Writes `change` and its audit entry in one durable transaction, off
-    /// the async runtime. A change that conflicts is 409 (and its attempt is
-    /// audited on its own); an entry that cannot be written is 503
-    /// `audit_unavailable`, and nothing changed.
+    /// Writes `change` and its audit entry in one durable transaction (group
+    /// committed with concurrent requests, off the async runtime). A change
+    /// that conflicts is 409 (and its attempt is audited on its own); an
+    /// entry that cannot be written is 503 `audit_unavailable`, and nothing
+    /// changed.
     pub async fn commit(
         &self,
         event: AuditEvent,
         change: Transaction,
     ) -> Result<AuditEntry, ApiError> {
-        let state = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let attempt = AuditEvent {
-                outcome: Outcome::Error,
-                reason: Some("conflict".into()),
-                ..event.clone()
-            };
-            match state.audit.record_with(event, change) {
-                Err(AuditError::Conflict) => {
-                    state.audit.record(attempt).map_err(audit_failure)?;
-                    Err(ApiError::Conflict(
-                        "The change conflicts with the stored state.",
-                    ))
-                }
-                other => other.map_err(audit_failure),
+        let attempt = AuditEvent {
+            outcome: Outcome::Error,
+            reason: Some("conflict".into()),
+            ..event.clone()
+        };
+        match self.try_commit(event, change).await? {
+            Some(entry) => Ok(entry),
+            None => {
+                self.try_commit(attempt, Transaction::new()).await?;
+                Err(ApiError::Conflict(
+                    "The change conflicts with the stored state.",
+                ))
             }
-        })
-        .await
-        .map_err(|_| ApiError::Internal)?
+        }
     }
 
     /// Creates a service principal outside any request (init, dev), audited
@@ -284,30 +280,25 @@ impl AppState {
         event: AuditEvent,
         change: Transaction,
     ) -> Result<Option<AuditEntry>, ApiError> {
-        let state = self.clone();
-        tokio::task::spawn_blocking(move || match state.audit.record_with(event, change) {
+        match self.audit.record_many_async(vec![(event, change)]).await {
             Err(AuditError::Conflict) => Ok(None),
-            other => other.map(Some).map_err(audit_failure),
-        })
-        .await
-        .map_err(|_| ApiError::Internal)?
+            Ok(mut entries) => entries.pop().map(Some).ok_or(ApiError::Internal),
+            Err(e) => Err(audit_failure(e)),
+        }
     }
 
-    /// Writes several changes, each with its own audit entry, in one
-    /// transaction (one flush), off the async runtime.
+    /// Writes several changes, each with its own audit entry, atomically and
+    /// durably (group committed, off the async runtime).
     pub async fn commit_many(
         &self,
         batch: Vec<(AuditEvent, Transaction)>,
     ) -> Result<Vec<AuditEntry>, ApiError> {
-        let state = self.clone();
-        tokio::task::spawn_blocking(move || match state.audit.record_many(batch) {
+        match self.audit.record_many_async(batch).await {
             Err(AuditError::Conflict) => Err(ApiError::Conflict(
                 "The change conflicts with the stored state.",
             )),
             other => other.map_err(audit_failure),
-        })
-        .await
-        .map_err(|_| ApiError::Internal)?
+        }
     }
 
     /// Records an event that changes nothing else (a read, a denial).

@@ -90,6 +90,34 @@ struct Canonical<'a> {
 pub(crate) const GENESIS_HASH: [u8; 32] = [0; 32];
 
 impl AuditEntry {
+    /// The entry that records `event` as number `seq` after the entry whose
+    /// hash is `prev_hash` (hex), with its hash filled in; also the hash's
+    /// bytes.
+    pub(crate) fn chained(
+        seq: u64,
+        time: &str,
+        event: AuditEvent,
+        prev_hash: String,
+    ) -> (Self, [u8; 32]) {
+        let mut entry = Self {
+            seq,
+            time: time.to_owned(),
+            actor: event.actor,
+            action: event.action.to_owned(),
+            target: event.target,
+            outcome: event.outcome,
+            reason: event.reason,
+            ticket: event.ticket,
+            request_id: event.request_id,
+            client: event.client,
+            prev_hash,
+            hash: String::new(),
+        };
+        let hash = entry.compute_hash();
+        entry.hash = hex::encode(hash);
+        (entry, hash)
+    }
+
     /// The hash this entry should carry, from its other fields. A
     /// `prev_hash` that is not 32 bytes of hex makes a hash no real entry
     /// has.

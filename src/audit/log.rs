@@ -3,7 +3,7 @@
 //! Keys: `au/e/<seq u64 BE>` → entry JSON, `au/c/<seq u64 BE>` → checkpoint
 //! JSON, `au/head` → `{"seq":…,"hash":…}`.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -13,7 +13,7 @@ use super::entry::GENESIS_HASH;
 use super::{AuditEntry, AuditEvent, Checkpoint, ExportLine};
 use crate::clock::{Clock, rfc3339};
 use crate::keyring::Keyring;
-use crate::store::{Store, StoreError, Transaction};
+use crate::store::{Store, StoreError, Transaction, Write as StoreWrite};
 
 const ENTRY_PREFIX: &[u8] = b"au/e/";
 const CHECKPOINT_PREFIX: &[u8] = b"au/c/";
@@ -21,7 +21,7 @@ const HEAD_KEY: &[u8] = b"au/head";
 const SCAN_BATCH: usize = 1024;
 
 /// Why an entry could not be written or read.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum AuditError {
     /// The change's own precondition failed; nothing was written.
     #[error("the change conflicts with the stored state")]
@@ -94,14 +94,50 @@ impl AuditQuery {
     }
 }
 
-/// The audit log of one vault.
-pub struct AuditLog {
+/// The audit log of one vault. Cheap to clone: clones share one log.
+#[derive(Clone)]
+pub struct AuditLog(Arc<Inner>);
+
+struct Inner {
     store: Arc<dyn Store>,
     keyring: Arc<Keyring>,
     clock: Arc<dyn Clock>,
     checkpoint_every: u64,
     /// Appends are serialised: each needs the previous hash.
     append: Mutex<()>,
+    /// Appends waiting for the committer (see [`AuditLog::record_many`]).
+    queue: Mutex<Queue>,
+}
+
+type Outcome = Result<Vec<AuditEntry>, AuditError>;
+
+/// A batch waiting to be committed, and where its outcome goes.
+struct Job {
+    batch: Vec<(AuditEvent, Transaction)>,
+    reply: Reply,
+}
+
+enum Reply {
+    Blocking(std::sync::mpsc::Sender<Outcome>),
+    Async(tokio::sync::oneshot::Sender<Outcome>),
+}
+
+impl Reply {
+    fn send(self, outcome: Outcome) {
+        // A caller that stopped waiting (a dropped request) needs no answer;
+        // its change is committed all the same.
+        match self {
+            Self::Blocking(tx) => drop(tx.send(outcome)),
+            Self::Async(tx) => drop(tx.send(outcome)),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: Vec<Job>,
+    /// Whether a committer is draining the queue.
+    draining: bool,
 }
 
 impl AuditLog {
@@ -111,39 +147,23 @@ impl AuditLog {
         clock: Arc<dyn Clock>,
         checkpoint_every: u64,
     ) -> Self {
-        Self {
+        Self(Arc::new(Inner {
             store,
             keyring,
             clock,
             checkpoint_every: checkpoint_every.max(1),
             append: Mutex::new(()),
-        }
+            queue: Mutex::new(Queue::default()),
+        }))
     }
 
     /// A stand-in for a sensitive value (an attempted username, a searched
     /// national id): HMAC-SHA256 under the audit key, so equal values can be
     /// correlated without being revealed. `None` while sealed.
     pub fn fingerprint(&self, value: &str) -> Option<String> {
-        let keys = self.keyring.keys().ok()?;
+        let keys = self.0.keyring.keys().ok()?;
         let tag = keys.audit_hmac_key().sign(value.as_bytes());
         Some(format!("hmac:{}", hex::encode(&tag.0[..16])))
-    }
-
-    fn head(&self) -> Result<(Option<Vec<u8>>, Head), AuditError> {
-        match self.store.get(HEAD_KEY)? {
-            None => Ok((
-                None,
-                Head {
-                    seq: 0,
-                    hash: hex::encode(GENESIS_HASH),
-                },
-            )),
-            Some(bytes) => {
-                let head: Head = serde_json::from_slice(&bytes)
-                    .map_err(|_| AuditError::Corrupt("head record"))?;
-                Ok((Some(bytes), head))
-            }
-        }
     }
 
     /// Records `event` on its own.
@@ -164,76 +184,237 @@ impl AuditLog {
             .ok_or(AuditError::Corrupt("no entry appended"))
     }
 
-    /// Records several changes, each with its own entry, in one atomic and
-    /// durable transaction: the bulk path.
+    /// Records several changes, each with its own entry, atomically and
+    /// durably: all of them or none. Blocks until the batch is durable.
     ///
-    /// Entries are chained and applied under the append lock (each needs the
-    /// previous hash); the wait for durability happens after the lock is
-    /// released, so concurrent appenders share one flush (group commit).
-    /// Nothing is acknowledged before that flush returns. A conflict is the
-    /// change's own: only this process can open the store, and the lock
-    /// serialises every appender, so the head cannot move underneath.
-    pub fn record_many(
-        &self,
-        batch: Vec<(AuditEvent, Transaction)>,
-    ) -> Result<Vec<AuditEntry>, AuditError> {
-        let entries = {
-            let _append = self.append.lock().unwrap_or_else(PoisonError::into_inner);
-            let (head_bytes, head) = self.head()?;
-            self.try_append(batch, head_bytes, head)?
-        };
-        self.store.flush()?;
-        Ok(entries)
+    /// Group commit: batches from concurrent callers queue up, and one
+    /// committer at a time takes everything queued, checks each batch's
+    /// preconditions, chains their entries, writes them all in one store
+    /// transaction and waits for one flush. Every caller hears about its own
+    /// batch only after that flush; a batch whose precondition fails is
+    /// refused alone ([`AuditError::Conflict`]) and the others go on.
+    pub fn record_many(&self, batch: Vec<(AuditEvent, Transaction)>) -> Outcome {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if self.enqueue(batch, Reply::Blocking(tx)) {
+            self.drain();
+        }
+        rx.recv()
+            .unwrap_or_else(|_| Err(AuditError::Unavailable("committer stopped".into())))
     }
 
-    fn try_append(
-        &self,
-        batch: Vec<(AuditEvent, Transaction)>,
-        head_bytes: Option<Vec<u8>>,
-        head: Head,
-    ) -> Result<Vec<AuditEntry>, AuditError> {
-        let time = rfc3339(self.clock.now());
-        let mut tx = Transaction::new().expect(HEAD_KEY, head_bytes);
-        let mut entries = Vec::with_capacity(batch.len());
-        let (mut seq, mut prev_hash) = (head.seq, head.hash);
-        for (event, change) in batch {
-            seq += 1;
-            let mut entry = AuditEntry {
-                seq,
-                time: time.clone(),
-                actor: event.actor,
-                action: event.action.to_owned(),
-                target: event.target,
-                outcome: event.outcome,
-                reason: event.reason,
-                ticket: event.ticket,
-                request_id: event.request_id,
-                client: event.client,
-                prev_hash,
-                hash: String::new(),
-            };
-            let hash = entry.compute_hash();
-            entry.hash = hex::encode(hash);
-            prev_hash = entry.hash.clone();
-            tx = tx.merge(change).put(entry_key(seq), encode(&entry)?);
-            if seq.is_multiple_of(self.checkpoint_every)
-                && let Some(checkpoint) = self.sign(seq, &hash)
-            {
-                tx = tx.put(checkpoint_key(seq), encode(&checkpoint)?);
-            }
-            entries.push(entry);
+    /// [`AuditLog::record_many`] for async callers: the commit runs on a
+    /// blocking thread, and only the first of a queue of callers starts one.
+    pub async fn record_many_async(&self, batch: Vec<(AuditEvent, Transaction)>) -> Outcome {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.enqueue(batch, Reply::Async(tx)) {
+            let log = self.clone();
+            tokio::task::spawn_blocking(move || log.drain());
         }
-        let new_head = Head {
-            seq,
-            hash: prev_hash,
+        rx.await
+            .unwrap_or_else(|_| Err(AuditError::Unavailable("committer stopped".into())))
+    }
+
+    /// Verifies the whole chain and every checkpoint under this vault's
+    /// audit key. A live log's tail after its last checkpoint is not a
+    /// fault. Needs the vault unsealed; reads the whole log (blocking).
+    pub fn verify(&self) -> Result<super::Verification, crate::keyring::KeyringError> {
+        let public_key = self.0.keyring.keys()?.audit_signing_key()?.public_key();
+        Ok(super::verify_store(
+            self.0.store.as_ref(),
+            &public_key,
+            false,
+        ))
+    }
+
+    /// How many batches wait for the committer's next round.
+    pub fn pending(&self) -> usize {
+        self.0
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .jobs
+            .len()
+    }
+
+    /// Queues a batch; true when the caller must start draining the queue.
+    fn enqueue(&self, batch: Vec<(AuditEvent, Transaction)>, reply: Reply) -> bool {
+        let mut queue = self.0.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        queue.jobs.push(Job { batch, reply });
+        !std::mem::replace(&mut queue.draining, true)
+    }
+
+    /// Commits queued batches, round after round, until the queue is empty.
+    fn drain(&self) {
+        // Should a round panic, the next caller must become the committer:
+        // the queue would otherwise wait for a drainer that is gone.
+        struct Resign<'a>(&'a Mutex<Queue>);
+        impl Drop for Resign<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .draining = false;
+                }
+            }
+        }
+        let _resign = Resign(&self.0.queue);
+        loop {
+            let jobs = {
+                let mut queue = self.0.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                if queue.jobs.is_empty() {
+                    queue.draining = false;
+                    return;
+                }
+                std::mem::take(&mut queue.jobs)
+            };
+            let outcomes = self.commit_round(&jobs);
+            for (job, outcome) in jobs.into_iter().zip(outcomes) {
+                job.reply.send(outcome);
+            }
+        }
+    }
+
+    /// One round of group commit: every job's outcome, in order. Accepted
+    /// jobs are applied under the append lock and made durable by one flush
+    /// after it is released.
+    fn commit_round(&self, jobs: &[Job]) -> Vec<Outcome> {
+        let applied = {
+            let _append = self.0.append.lock().unwrap_or_else(PoisonError::into_inner);
+            self.apply_round(jobs)
         };
-        self.store.apply(tx.put(HEAD_KEY, encode(&new_head)?))?;
-        Ok(entries)
+        let mut outcomes = match applied {
+            Ok(outcomes) => outcomes,
+            Err(e) => return jobs.iter().map(|_| Err(e.clone())).collect(),
+        };
+        if outcomes.iter().any(Result::is_ok)
+            && let Err(e) = self.0.store.flush()
+        {
+            let e = AuditError::from(e);
+            for outcome in outcomes.iter_mut().filter(|o| o.is_ok()) {
+                *outcome = Err(e.clone());
+            }
+        }
+        outcomes
+    }
+
+    /// Checks, chains and applies (not yet durably) the jobs of one round.
+    ///
+    /// Each job's preconditions are checked against the store as the jobs
+    /// before it in the round leave it; the combined transaction repeats
+    /// the checks it made against the store, so a write from outside the
+    /// log in between makes it fail as a whole, and the round is worked out
+    /// again from the new state.
+    fn apply_round(&self, jobs: &[Job]) -> Result<Vec<Outcome>, AuditError> {
+        const ATTEMPTS: usize = 8;
+        for _ in 0..ATTEMPTS {
+            let (head_bytes, head) = self.head()?;
+            let mut seen: HashMap<&[u8], Option<Vec<u8>>> = HashMap::new();
+            let mut read = Transaction::new().expect(HEAD_KEY, head_bytes);
+            let mut writes = Transaction::new();
+            let mut outcomes = Vec::with_capacity(jobs.len());
+            let (mut seq, mut prev_hash) = (head.seq, head.hash);
+            let time = rfc3339(self.0.clock.now());
+            for job in jobs {
+                if !self.preconditions_hold(job, &mut seen, &mut read)? {
+                    outcomes.push(Err(AuditError::Conflict));
+                    continue;
+                }
+                let mut entries = Vec::with_capacity(job.batch.len());
+                for (event, change) in &job.batch {
+                    seq += 1;
+                    let (entry, hash) = AuditEntry::chained(seq, &time, event.clone(), prev_hash);
+                    prev_hash = entry.hash.clone();
+                    writes = writes.put(entry_key(seq), encode(&entry)?);
+                    if seq.is_multiple_of(self.0.checkpoint_every)
+                        && let Some(checkpoint) = self.sign(seq, &hash)
+                    {
+                        writes = writes.put(checkpoint_key(seq), encode(&checkpoint)?);
+                    }
+                    for write in &change.writes {
+                        let (key, value) = match write {
+                            StoreWrite::Put(k, v) => (k, Some(v.clone())),
+                            StoreWrite::Delete(k) => (k, None),
+                        };
+                        seen.insert(key.as_slice(), value);
+                        writes.writes.push(write.clone());
+                    }
+                    entries.push(entry);
+                }
+                outcomes.push(Ok(entries));
+            }
+            if outcomes.iter().all(Result::is_err) {
+                return Ok(outcomes);
+            }
+            let new_head = Head {
+                seq,
+                hash: prev_hash,
+            };
+            match self
+                .0
+                .store
+                .apply(read.merge(writes).put(HEAD_KEY, encode(&new_head)?))
+            {
+                Ok(()) => return Ok(outcomes),
+                Err(StoreError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(AuditError::Unavailable(
+            "the store kept changing under the audit log".into(),
+        ))
+    }
+
+    /// Whether every precondition of `job` holds in the state `seen` (the
+    /// round's writes so far) over the store. Values read from the store are
+    /// added to `seen` and, as preconditions, to `read`.
+    fn preconditions_hold<'j>(
+        &self,
+        job: &'j Job,
+        seen: &mut HashMap<&'j [u8], Option<Vec<u8>>>,
+        read: &mut Transaction,
+    ) -> Result<bool, AuditError> {
+        // All of a job's preconditions are checked against the state before
+        // it, as one transaction would check them.
+        for (_, change) in &job.batch {
+            for (key, expected) in &change.preconditions {
+                let current = match seen.get(key.as_slice()) {
+                    Some(value) => value.clone(),
+                    None => {
+                        let value = self.0.store.get(key)?;
+                        read.preconditions.push((key.clone(), value.clone()));
+                        seen.insert(key.as_slice(), value.clone());
+                        value
+                    }
+                };
+                if current != *expected {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn head(&self) -> Result<(Option<Vec<u8>>, Head), AuditError> {
+        match self.0.store.get(HEAD_KEY)? {
+            None => Ok((
+                None,
+                Head {
+                    seq: 0,
+                    hash: hex::encode(GENESIS_HASH),
+                },
+            )),
+            Some(bytes) => {
+                let head: Head = serde_json::from_slice(&bytes)
+                    .map_err(|_| AuditError::Corrupt("head record"))?;
+                Ok((Some(bytes), head))
+            }
+        }
     }
 
     fn sign(&self, seq: u64, hash: &[u8; 32]) -> Option<Checkpoint> {
-        let signer = self.keyring.keys().ok()?.audit_signing_key().ok()?;
-        let time = rfc3339(self.clock.now());
+        let signer = self.0.keyring.keys().ok()?.audit_signing_key().ok()?;
+        let time = rfc3339(self.0.clock.now());
         let signature = signer.sign(&Checkpoint::signed_message(seq, hash, &time));
         Some(Checkpoint {
             seq,
@@ -247,9 +428,9 @@ impl AuditLog {
     /// on unseal (covering whatever a crash left unsigned), on seal and on
     /// shutdown. `None` when sealed or when the log is empty.
     pub fn checkpoint(&self) -> Result<Option<Checkpoint>, AuditError> {
-        let _append = self.append.lock().unwrap_or_else(PoisonError::into_inner);
+        let _append = self.0.append.lock().unwrap_or_else(PoisonError::into_inner);
         let (_, head) = self.head()?;
-        if head.seq == 0 || self.store.get(&checkpoint_key(head.seq))?.is_some() {
+        if head.seq == 0 || self.0.store.get(&checkpoint_key(head.seq))?.is_some() {
             return Ok(None);
         }
         let hash: [u8; 32] = hex::decode(&head.hash)
@@ -259,7 +440,8 @@ impl AuditLog {
         let Some(checkpoint) = self.sign(head.seq, &hash) else {
             return Ok(None);
         };
-        self.store
+        self.0
+            .store
             .put(&checkpoint_key(head.seq), &encode(&checkpoint)?)?;
         Ok(Some(checkpoint))
     }
@@ -271,6 +453,7 @@ impl AuditLog {
         let mut after = query.after;
         loop {
             let batch = self
+                .0
                 .store
                 .scan(ENTRY_PREFIX, Some(&entry_key(after)), SCAN_BATCH)?;
             let exhausted = batch.len() < SCAN_BATCH;
@@ -293,11 +476,11 @@ impl AuditLog {
 
     /// The newest checkpoint.
     pub fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, AuditError> {
-        latest_checkpoint(self.store.as_ref())
+        latest_checkpoint(self.0.store.as_ref())
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
+        &self.0.store
     }
 }
 

@@ -344,9 +344,20 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
 
 /// A store that, when told to, fails every commit that writes an audit
 /// record: the injected "audit cannot be written" failure.
+/// Something done to a store from outside, once.
+type StoreHook = Box<dyn FnOnce(&dyn Store) + Send>;
+
 pub struct FaultyStore {
     inner: Arc<dyn Store>,
     pub fail_audit: std::sync::atomic::AtomicBool,
+    /// While true, `flush` waits (see [`FaultyStore::hold_flushes`]).
+    held: std::sync::Mutex<bool>,
+    released: std::sync::Condvar,
+    /// Flushes begun, and flushes now waiting on the hold.
+    pub flushes: std::sync::atomic::AtomicUsize,
+    pub flushes_waiting: std::sync::atomic::AtomicUsize,
+    /// Runs once, on the inner store, before the next audited `apply`.
+    before_audit_apply: std::sync::Mutex<Option<StoreHook>>,
 }
 
 impl FaultyStore {
@@ -354,12 +365,40 @@ impl FaultyStore {
         Self {
             inner,
             fail_audit: std::sync::atomic::AtomicBool::new(false),
+            held: std::sync::Mutex::new(false),
+            released: std::sync::Condvar::new(),
+            flushes: std::sync::atomic::AtomicUsize::new(0),
+            flushes_waiting: std::sync::atomic::AtomicUsize::new(0),
+            before_audit_apply: std::sync::Mutex::new(None),
         }
     }
 
     pub fn set_failing(&self, failing: bool) {
         self.fail_audit
             .store(failing, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Makes every `flush` wait until `hold_flushes(false)`.
+    pub fn hold_flushes(&self, hold: bool) {
+        *self.held.lock().unwrap() = hold;
+        self.released.notify_all();
+    }
+
+    /// Writes behind the audit log's back, just before its next `apply`.
+    pub fn before_next_audit_apply(&self, f: impl FnOnce(&dyn Store) + Send + 'static) {
+        *self.before_audit_apply.lock().unwrap() = Some(Box::new(f));
+    }
+}
+
+/// Polls `condition` every millisecond until it holds; panics after 10 s.
+pub fn wait_until(what: &str, condition: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited 10 s for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
 
@@ -382,6 +421,9 @@ impl Store for FaultyStore {
         tx: strongroom::store::Transaction,
     ) -> Result<(), strongroom::store::StoreError> {
         let touches_audit = tx.written_keys().any(|k| k.starts_with(b"au/"));
+        if touches_audit && let Some(f) = self.before_audit_apply.lock().unwrap().take() {
+            f(self.inner.as_ref());
+        }
         if touches_audit && self.fail_audit.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(strongroom::store::StoreError::Backend(
                 "injected failure".into(),
@@ -391,6 +433,15 @@ impl Store for FaultyStore {
     }
 
     fn flush(&self) -> Result<(), strongroom::store::StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.flushes.fetch_add(1, SeqCst);
+        let mut held = self.held.lock().unwrap();
+        self.flushes_waiting.fetch_add(1, SeqCst);
+        while *held {
+            held = self.released.wait(held).unwrap();
+        }
+        self.flushes_waiting.fetch_sub(1, SeqCst);
+        drop(held);
         self.inner.flush()
     }
 }
