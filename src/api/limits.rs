@@ -1,7 +1,7 @@
 //! One sliding-window counter for every limit the API keeps in memory:
 //! failed unseals, reveals per officer, audited lock refusals per username.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
 
 use time::{Duration, OffsetDateTime};
@@ -11,7 +11,8 @@ use time::{Duration, OffsetDateTime};
 pub struct SlidingWindow {
     limit: usize,
     window: Duration,
-    seen: Mutex<HashMap<String, Vec<OffsetDateTime>>>,
+    /// Each key's events in the window, oldest first.
+    seen: Mutex<HashMap<String, VecDeque<OffsetDateTime>>>,
 }
 
 /// Keys kept before idle ones are dropped.
@@ -30,11 +31,13 @@ impl SlidingWindow {
     pub fn retry_after(&self, key: &str, now: OffsetDateTime) -> Option<u64> {
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         let times = seen.get_mut(key)?;
-        times.retain(|t| now - *t < self.window);
+        while times.front().is_some_and(|t| now - *t >= self.window) {
+            times.pop_front();
+        }
         if times.len() < self.limit {
             return None;
         }
-        let oldest = times.first().copied().unwrap_or(now);
+        let oldest = times.front().copied().unwrap_or(now);
         let wait = (oldest + self.window - now).whole_seconds();
         Some(u64::try_from(wait).unwrap_or(0).max(1))
     }
@@ -44,9 +47,9 @@ impl SlidingWindow {
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         if seen.len() >= MAX_KEYS && !seen.contains_key(key) {
             let window = self.window;
-            seen.retain(|_, times| times.last().is_some_and(|t| now - *t < window));
+            seen.retain(|_, times| times.back().is_some_and(|t| now - *t < window));
         }
-        seen.entry(key.to_owned()).or_default().push(now);
+        seen.entry(key.to_owned()).or_default().push_back(now);
     }
 
     /// Counts one event for `key` if its window has room; otherwise the
