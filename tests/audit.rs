@@ -467,8 +467,8 @@ fn faulty_vault() -> (tempfile::TempDir, Arc<FaultyStore>, Arc<Keyring>, AppStat
     (dir, faulty, keyring, state)
 }
 
-/// Batches queued behind a flush in progress are committed in one round:
-/// one store transaction and one flush, each batch checked against the
+/// Batches queued behind a round in progress are committed in one round:
+/// one store transaction, each batch checked against the
 /// state the batches before it leave, a conflicting batch refused alone
 /// (all of it), and the chain intact.
 #[test]
@@ -484,12 +484,12 @@ fn queued_batches_share_one_round_and_conflicts_stay_their_own() {
         std::thread::spawn(move || state.audit.record_with(event(name), tx))
     };
 
-    // The first batch becomes the committer and waits in its flush.
-    let flushes_before = faulty.flushes.load(SeqCst);
-    faulty.hold_flushes(true);
+    // The first batch becomes the committer and waits in its store write.
+    let applies_before = faulty.audit_applies.load(SeqCst);
+    faulty.hold_audit_applies(true);
     let first = submit("a", Transaction::new().put(b"g/a".to_vec(), b"a".to_vec()));
-    wait_until("the first flush", || {
-        faulty.flushes_waiting.load(SeqCst) == 1
+    wait_until("the first round", || {
+        faulty.audit_applies_waiting.load(SeqCst) == 1
     });
 
     // These queue up behind it, in this order.
@@ -536,7 +536,7 @@ fn queued_batches_share_one_round_and_conflicts_stay_their_own() {
     };
     wait_until("the batch to queue", || state.audit.pending() == 4);
 
-    faulty.hold_flushes(false);
+    faulty.hold_audit_applies(false);
     assert_eq!(first.join().unwrap().unwrap().seq, entries_before + 1);
     let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     assert_eq!(results[0].as_ref().unwrap().seq, entries_before + 2);
@@ -545,7 +545,7 @@ fn queued_batches_share_one_round_and_conflicts_stay_their_own() {
     assert!(matches!(both.join().unwrap(), Err(AuditError::Conflict)));
 
     // Two rounds: the first batch's, then everything queued behind it.
-    assert_eq!(faulty.flushes.load(SeqCst) - flushes_before, 2);
+    assert_eq!(faulty.audit_applies.load(SeqCst) - applies_before, 2);
     assert_eq!(state.store.get(b"g/x").unwrap(), Some(b"1".to_vec()));
     assert_eq!(state.store.get(b"g/c").unwrap(), Some(b"c".to_vec()));
     assert_eq!(state.store.get(b"g/e").unwrap(), None);
@@ -573,11 +573,11 @@ fn a_write_behind_the_logs_back_makes_the_round_start_over() {
                 .record_with(AuditEvent::new("test", "group.write", Outcome::Allowed), tx)
         })
     };
-    let flushes_before = faulty.flushes.load(SeqCst);
-    faulty.hold_flushes(true);
+    let applies_before = faulty.audit_applies.load(SeqCst);
+    faulty.hold_audit_applies(true);
     let first = submit(Transaction::new().put(b"g/a".to_vec(), b"a".to_vec()));
-    wait_until("the first flush", || {
-        faulty.flushes_waiting.load(SeqCst) == 1
+    wait_until("the first round", || {
+        faulty.audit_applies_waiting.load(SeqCst) == 1
     });
     let contradicted = submit(
         Transaction::new()
@@ -592,7 +592,7 @@ fn a_write_behind_the_logs_back_makes_the_round_start_over() {
     );
     wait_until("the batch to queue", || state.audit.pending() == 2);
     faulty.before_next_audit_apply(|inner| inner.put(b"g/r", b"outside").unwrap());
-    faulty.hold_flushes(false);
+    faulty.hold_audit_applies(false);
 
     assert_eq!(first.join().unwrap().unwrap().seq, entries_before + 1);
     let contradicted = contradicted.join().unwrap();
@@ -603,10 +603,49 @@ fn a_write_behind_the_logs_back_makes_the_round_start_over() {
     assert_eq!(other.join().unwrap().unwrap().seq, entries_before + 2);
     assert_eq!(state.store.get(b"g/r").unwrap(), Some(b"outside".to_vec()));
     assert_eq!(state.store.get(b"g/q").unwrap(), Some(b"q".to_vec()));
-    assert_eq!(faulty.flushes.load(SeqCst) - flushes_before, 2);
+    // The first round, then the second twice: refused by the store, then
+    // worked out again.
+    assert_eq!(faulty.audit_applies.load(SeqCst) - applies_before, 3);
     let verified = state.audit.verify().unwrap();
     assert!(verified.ok, "{verified:?}");
     assert_eq!(verified.entries, entries_before + 2);
+}
+
+/// A batch is answered only after a flush that covers it, and the
+/// committer does not wait for that flush: the next batch is applied while
+/// it runs (pipelined), and is answered after a flush of its own.
+#[test]
+fn nothing_is_acknowledged_before_its_flush_and_flushes_do_not_stall_the_committer() {
+    use std::sync::atomic::Ordering::SeqCst;
+    use strongroom::audit::{AuditEvent, Outcome};
+    use strongroom::store::Transaction;
+    let (_dir, faulty, _keyring, state) = faulty_vault();
+    let submit = |key: &'static [u8]| {
+        let state = state.clone();
+        std::thread::spawn(move || {
+            state.audit.record_with(
+                AuditEvent::new("test", "group.write", Outcome::Allowed),
+                Transaction::new().put(key.to_vec(), b"v".to_vec()),
+            )
+        })
+    };
+    faulty.hold_flushes(true);
+    let first = submit(b"g/1");
+    wait_until("the first flush", || {
+        faulty.flushes_waiting.load(SeqCst) == 1
+    });
+    let second = submit(b"g/2");
+    wait_until("the second batch to be applied", || {
+        state.store.get(b"g/2").unwrap().is_some()
+    });
+    assert!(state.store.get(b"g/1").unwrap().is_some());
+    // Applied and visible, but neither caller has heard back.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert!(!first.is_finished() && !second.is_finished());
+    faulty.hold_flushes(false);
+    first.join().unwrap().unwrap();
+    second.join().unwrap().unwrap();
+    assert!(state.audit.verify().unwrap().ok);
 }
 
 #[tokio::test]

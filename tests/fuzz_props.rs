@@ -9,11 +9,11 @@
 )]
 
 use proptest::prelude::*;
-use strongroom::crypto::{Aad, Envelope, Key256};
+use strongroom::crypto::{Aad, Envelope, HmacKey, Key256};
 use strongroom::keyring::SealedRecord;
 use strongroom::keyring::shares;
 use strongroom::records::{RecordData, RecordType, search_value};
-use strongroom::tokens::looks_like_token;
+use strongroom::tokens::{TokenRecord, looks_like_token, token_key_for};
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
@@ -57,8 +57,33 @@ proptest! {
     }
 
     #[test]
+    fn printed_shares_parse_back_and_one_changed_character_is_refused(
+        x in 1u8..=255, y in any::<[u8; 32]>(), at in any::<prop::sample::Index>(), replacement in any::<u8>(),
+    ) {
+        let vault = "0011223344556677";
+        let printed = shares::encode(vault, &shares::ParsedShare { x, y: zeroize::Zeroizing::new(y) });
+        let back = shares::parse(vault, &printed).unwrap();
+        prop_assert_eq!((back.x, *back.y), (x, y));
+        let mut changed = printed.as_bytes().to_vec();
+        let i = at.index(changed.len());
+        prop_assume!(!changed[i].eq_ignore_ascii_case(&replacement));
+        changed[i] = replacement;
+        if let Ok(text) = std::str::from_utf8(&changed) {
+            prop_assert!(shares::parse(vault, text).is_err(), "{:?} parsed", text);
+        }
+    }
+
+    #[test]
     fn token_shape_check_never_panics(text in ".{0,80}") {
-        let _ = looks_like_token(&text);
+        if looks_like_token(&text) {
+            let key = token_key_for(&HmacKey::from_bytes(b"fuzz token key"), &text);
+            prop_assert!(key.len() == 67 && key.starts_with("tk/"));
+        }
+    }
+
+    #[test]
+    fn stored_token_records_decode_or_fail(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let _ = serde_json::from_slice::<TokenRecord>(&bytes);
     }
 
     #[test]
@@ -69,8 +94,12 @@ proptest! {
     #[test]
     fn record_parsers_never_panic(text in ".{0,200}", kind in 0usize..3) {
         let now = time::macros::datetime!(2026-11-27 00:00 UTC);
-        if let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) {
-            let _ = RecordData::parse(RecordType::ALL[kind], value, now);
+        if let Ok(value) = serde_json::from_str::<serde_json::Value>(&text)
+            && let Ok(record) = RecordData::parse(RecordType::ALL[kind], value, now)
+        {
+            // What is accepted is stored as JSON and must read back the same.
+            let stored = serde_json::to_vec(&record).unwrap();
+            prop_assert_eq!(serde_json::from_slice::<RecordData>(&stored).unwrap(), record);
         }
     }
 

@@ -107,6 +107,52 @@ struct Inner {
     append: Mutex<()>,
     /// Appends waiting for the committer (see [`AuditLog::record_many`]).
     queue: Mutex<Queue>,
+    /// Applied rounds on their way to the flusher thread, which flushes
+    /// while the committer applies the next round.
+    flushes: Option<std::sync::mpsc::Sender<Applied>>,
+    flusher: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The flusher ends when its channel closes; wait for it, so the
+        // store is released when the log is.
+        drop(self.flushes.take());
+        if let Some(flusher) = self.flusher.take() {
+            let _ = flusher.join();
+        }
+    }
+}
+
+/// A round's callers with their outcomes, applied but not yet durable.
+type Applied = Vec<(Reply, Outcome)>;
+
+/// The flusher thread: makes applied rounds durable, then answers their
+/// callers. Rounds that arrive during a flush share the next one.
+fn flush_rounds(store: Arc<dyn Store>, rounds: std::sync::mpsc::Receiver<Applied>) {
+    while let Ok(first) = rounds.recv() {
+        let mut waiting = first;
+        for more in rounds.try_iter() {
+            waiting.extend(more);
+        }
+        answer_after_flush(store.as_ref(), waiting);
+    }
+}
+
+/// Flushes (when anything was written) and answers every caller; a failed
+/// flush fails every write it should have made durable.
+fn answer_after_flush(store: &dyn Store, applied: Applied) {
+    let flushed = if applied.iter().any(|(_, outcome)| outcome.is_ok()) {
+        store.flush().map_err(AuditError::from)
+    } else {
+        Ok(())
+    };
+    for (reply, outcome) in applied {
+        reply.send(match (&flushed, outcome) {
+            (Err(e), Ok(_)) => Err(e.clone()),
+            (_, outcome) => outcome,
+        });
+    }
 }
 
 type Outcome = Result<Vec<AuditEntry>, AuditError>;
@@ -147,6 +193,15 @@ impl AuditLog {
         clock: Arc<dyn Clock>,
         checkpoint_every: u64,
     ) -> Self {
+        let (flushes, rounds) = std::sync::mpsc::channel();
+        let flusher = {
+            let store = Arc::clone(&store);
+            std::thread::Builder::new()
+                .name("audit-flush".into())
+                .spawn(move || flush_rounds(store, rounds))
+                .map_err(|e| tracing::error!(error = %e, "no flusher thread; flushing inline"))
+                .ok()
+        };
         Self(Arc::new(Inner {
             store,
             keyring,
@@ -154,6 +209,8 @@ impl AuditLog {
             checkpoint_every: checkpoint_every.max(1),
             append: Mutex::new(()),
             queue: Mutex::new(Queue::default()),
+            flushes: flusher.is_some().then_some(flushes),
+            flusher,
         }))
     }
 
@@ -189,10 +246,13 @@ impl AuditLog {
     ///
     /// Group commit: batches from concurrent callers queue up, and one
     /// committer at a time takes everything queued, checks each batch's
-    /// preconditions, chains their entries, writes them all in one store
-    /// transaction and waits for one flush. Every caller hears about its own
-    /// batch only after that flush; a batch whose precondition fails is
-    /// refused alone ([`AuditError::Conflict`]) and the others go on.
+    /// preconditions, chains their entries and writes them all in one store
+    /// transaction (a round). The flusher thread then makes the round
+    /// durable, sharing one flush with any rounds applied meanwhile, while
+    /// the committer goes on with the next. Every caller hears about its own
+    /// batch only after a flush that began after its round was applied; a
+    /// batch whose precondition fails is refused alone
+    /// ([`AuditError::Conflict`]) and the others go on.
     pub fn record_many(&self, batch: Vec<(AuditEvent, Transaction)>) -> Outcome {
         let (tx, rx) = std::sync::mpsc::channel();
         if self.enqueue(batch, Reply::Blocking(tx)) {
@@ -268,34 +328,26 @@ impl AuditLog {
                 }
                 std::mem::take(&mut queue.jobs)
             };
-            let outcomes = self.commit_round(&jobs);
-            for (job, outcome) in jobs.into_iter().zip(outcomes) {
-                job.reply.send(outcome);
+            let outcomes = {
+                let _append = self.0.append.lock().unwrap_or_else(PoisonError::into_inner);
+                self.apply_round(&jobs)
+                    .unwrap_or_else(|e| jobs.iter().map(|_| Err(e.clone())).collect())
+            };
+            let applied: Applied = jobs
+                .into_iter()
+                .map(|job| job.reply)
+                .zip(outcomes)
+                .collect();
+            // Pipelined: the flusher makes this round durable while the
+            // next one is applied. Should it be gone, flush here.
+            let unsent = match &self.0.flushes {
+                Some(flushes) => flushes.send(applied).err().map(|e| e.0),
+                None => Some(applied),
+            };
+            if let Some(applied) = unsent {
+                answer_after_flush(self.0.store.as_ref(), applied);
             }
         }
-    }
-
-    /// One round of group commit: every job's outcome, in order. Accepted
-    /// jobs are applied under the append lock and made durable by one flush
-    /// after it is released.
-    fn commit_round(&self, jobs: &[Job]) -> Vec<Outcome> {
-        let applied = {
-            let _append = self.0.append.lock().unwrap_or_else(PoisonError::into_inner);
-            self.apply_round(jobs)
-        };
-        let mut outcomes = match applied {
-            Ok(outcomes) => outcomes,
-            Err(e) => return jobs.iter().map(|_| Err(e.clone())).collect(),
-        };
-        if outcomes.iter().any(Result::is_ok)
-            && let Err(e) = self.0.store.flush()
-        {
-            let e = AuditError::from(e);
-            for outcome in outcomes.iter_mut().filter(|o| o.is_ok()) {
-                *outcome = Err(e.clone());
-            }
-        }
-        outcomes
     }
 
     /// Checks, chains and applies (not yet durably) the jobs of one round.

@@ -351,11 +351,15 @@ pub struct FaultyStore {
     inner: Arc<dyn Store>,
     pub fail_audit: std::sync::atomic::AtomicBool,
     /// While true, `flush` waits (see [`FaultyStore::hold_flushes`]).
-    held: std::sync::Mutex<bool>,
-    released: std::sync::Condvar,
+    flushes_held: Gate,
+    /// While true, an `apply` that writes audit keys waits.
+    audit_applies_held: Gate,
     /// Flushes begun, and flushes now waiting on the hold.
     pub flushes: std::sync::atomic::AtomicUsize,
     pub flushes_waiting: std::sync::atomic::AtomicUsize,
+    /// Audited applies begun, and those now waiting on the hold.
+    pub audit_applies: std::sync::atomic::AtomicUsize,
+    pub audit_applies_waiting: std::sync::atomic::AtomicUsize,
     /// Runs once, on the inner store, before the next audited `apply`.
     before_audit_apply: std::sync::Mutex<Option<StoreHook>>,
 }
@@ -365,10 +369,12 @@ impl FaultyStore {
         Self {
             inner,
             fail_audit: std::sync::atomic::AtomicBool::new(false),
-            held: std::sync::Mutex::new(false),
-            released: std::sync::Condvar::new(),
+            flushes_held: Gate::default(),
+            audit_applies_held: Gate::default(),
             flushes: std::sync::atomic::AtomicUsize::new(0),
             flushes_waiting: std::sync::atomic::AtomicUsize::new(0),
+            audit_applies: std::sync::atomic::AtomicUsize::new(0),
+            audit_applies_waiting: std::sync::atomic::AtomicUsize::new(0),
             before_audit_apply: std::sync::Mutex::new(None),
         }
     }
@@ -380,13 +386,43 @@ impl FaultyStore {
 
     /// Makes every `flush` wait until `hold_flushes(false)`.
     pub fn hold_flushes(&self, hold: bool) {
-        *self.held.lock().unwrap() = hold;
-        self.released.notify_all();
+        self.flushes_held.set(hold);
+    }
+
+    /// Makes every `apply` of audit keys wait until
+    /// `hold_audit_applies(false)`.
+    pub fn hold_audit_applies(&self, hold: bool) {
+        self.audit_applies_held.set(hold);
     }
 
     /// Writes behind the audit log's back, just before its next `apply`.
     pub fn before_next_audit_apply(&self, f: impl FnOnce(&dyn Store) + Send + 'static) {
         *self.before_audit_apply.lock().unwrap() = Some(Box::new(f));
+    }
+}
+
+/// A flag that threads wait on while it is set.
+#[derive(Default)]
+struct Gate {
+    closed: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+}
+
+impl Gate {
+    fn set(&self, closed: bool) {
+        *self.closed.lock().unwrap() = closed;
+        self.opened.notify_all();
+    }
+
+    /// Counts the caller in `waiting` while it waits for the gate to open.
+    fn pass(&self, waiting: &std::sync::atomic::AtomicUsize) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let mut closed = self.closed.lock().unwrap();
+        waiting.fetch_add(1, SeqCst);
+        while *closed {
+            closed = self.opened.wait(closed).unwrap();
+        }
+        waiting.fetch_sub(1, SeqCst);
     }
 }
 
@@ -421,8 +457,16 @@ impl Store for FaultyStore {
         tx: strongroom::store::Transaction,
     ) -> Result<(), strongroom::store::StoreError> {
         let touches_audit = tx.written_keys().any(|k| k.starts_with(b"au/"));
-        if touches_audit && let Some(f) = self.before_audit_apply.lock().unwrap().take() {
-            f(self.inner.as_ref());
+        if touches_audit {
+            self.audit_applies
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            // Taken before the hold: a hook set while an apply waits is for
+            // the next one.
+            let hook = self.before_audit_apply.lock().unwrap().take();
+            self.audit_applies_held.pass(&self.audit_applies_waiting);
+            if let Some(f) = hook {
+                f(self.inner.as_ref());
+            }
         }
         if touches_audit && self.fail_audit.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(strongroom::store::StoreError::Backend(
@@ -433,15 +477,9 @@ impl Store for FaultyStore {
     }
 
     fn flush(&self) -> Result<(), strongroom::store::StoreError> {
-        use std::sync::atomic::Ordering::SeqCst;
-        self.flushes.fetch_add(1, SeqCst);
-        let mut held = self.held.lock().unwrap();
-        self.flushes_waiting.fetch_add(1, SeqCst);
-        while *held {
-            held = self.released.wait(held).unwrap();
-        }
-        self.flushes_waiting.fetch_sub(1, SeqCst);
-        drop(held);
+        self.flushes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.flushes_held.pass(&self.flushes_waiting);
         self.inner.flush()
     }
 }
