@@ -1,6 +1,7 @@
-//! Issue 3's figures: the API-key check per request, audit appends per
-//! second, verification speed over 1 M entries, and login cost for known
-//! and unknown usernames. `cargo bench --bench access`.
+//! The API-key check per request, one durable audit append, audit appends
+//! per second from 1, 8 and 64 writers (group commit), verification speed
+//! over 1 M entries, and login cost for known and unknown usernames.
+//! `cargo bench --bench access`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
@@ -108,10 +109,26 @@ fn login_cost(c: &mut Criterion) {
     group.finish();
 }
 
+/// One durable audit append (chained, applied, flushed) with no one to
+/// share the flush with.
+fn audit_append(c: &mut Criterion) {
+    let bench = vault(PasswordPolicy::danger_insecure_for_tests());
+    let mut group = c.benchmark_group("audit append, durable");
+    group.sample_size(30);
+    group.bench_function("1 writer", |b| {
+        b.iter(|| {
+            let event = AuditEvent::new("bench", "bench.append", Outcome::Allowed);
+            black_box(bench.state.audit.record(event).unwrap())
+        })
+    });
+    group.finish();
+}
+
+/// Appends per second from several writers at once (group commit).
 fn audit_throughput() {
     let bench = vault(PasswordPolicy::danger_insecure_for_tests());
-    for writers in [1usize, 8] {
-        let per = 2000 / writers;
+    for writers in [1usize, 8, 64] {
+        let per = 3200 / writers;
         let started = Instant::now();
         std::thread::scope(|s| {
             for _ in 0..writers {
@@ -173,5 +190,5 @@ fn figures(_: &mut Criterion) {
     verify_speed(if quick { 2_000 } else { 1_000_000 });
 }
 
-criterion_group!(benches, api_key_check, login_cost, figures);
+criterion_group!(benches, api_key_check, audit_append, login_cost, figures);
 criterion_main!(benches);
