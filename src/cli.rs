@@ -301,21 +301,22 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("cannot start the async runtime: {e}"))
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    let terminate = async {
-        match term.as_mut() {
-            Some(signal) => {
-                signal.recv().await;
-            }
-            None => std::future::pending::<()>().await,
+/// Resolves on SIGINT or SIGTERM. The handlers are registered now, when this
+/// is called, not when the future is first polled: a signal that arrives
+/// while the server starts must stop it gracefully, not kill it outright
+/// (the default action), which it would before registration.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate =
+        signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+    let mut interrupt =
+        signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {},
+            _ = interrupt.recv() => {},
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => {},
-        () = terminate => {},
-    }
+    })
 }
 
 /// Serves `state` on `listener` until SIGINT or SIGTERM, then signs the
@@ -323,10 +324,11 @@ async fn shutdown_signal() {
 async fn serve_until_signal(
     listener: tokio::net::TcpListener,
     state: AppState,
+    signal: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let app = router(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(signal)
         .await
         .map_err(|e| e.to_string())?;
     state.seal();
@@ -346,6 +348,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
     runtime()?.block_on(async {
+        // Before the port opens: from then on SIGTERM means a clean stop.
+        let signal = shutdown_signal()?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -356,7 +360,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             Arc::new(SystemClock),
             app_settings(&config),
         );
-        serve_until_signal(listener, state).await
+        serve_until_signal(listener, state, signal).await
     })
 }
 
@@ -423,6 +427,8 @@ fn dev(args: DevArgs) -> Result<(), String> {
         );
     }
     runtime()?.block_on(async {
+        // Before the port opens: from then on SIGTERM means a clean stop.
+        let signal = shutdown_signal()?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -460,7 +466,7 @@ fn dev(args: DevArgs) -> Result<(), String> {
             .and_then(|()| out.flush())
             .map_err(|e| e.to_string())?;
         drop(out);
-        serve_until_signal(listener, state).await
+        serve_until_signal(listener, state, signal).await
     })
 }
 

@@ -276,8 +276,8 @@ fn configuration_file_env_and_flags() {
     .unwrap();
     wait_until_listening(addr, &mut child);
     assert_eq!(http(addr, "GET", "/v1/sys/health", None, None).status, 503);
-    let (status, _) = terminate(child);
-    assert!(status.success());
+    let (status, stderr) = terminate(child);
+    assert!(status.success(), "{status}: {stderr}");
 
     // Without the flag, the environment wins over the file.
     let out = strongroom(&["serve", "--config", config.to_str().unwrap()])
@@ -286,6 +286,33 @@ fn configuration_file_env_and_flags() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("env-address"));
+}
+
+/// SIGTERM the moment the port accepts connections stops the server
+/// cleanly: the handler is in place before the port opens.
+#[test]
+fn sigterm_as_soon_as_the_port_opens_is_a_clean_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    init_shares(dir.path());
+    for _ in 0..5 {
+        let addr = free_addr();
+        let mut child = strongroom(&[
+            "serve",
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
+            "--keys-dir",
+            dir.path().join("keys").to_str().unwrap(),
+            "--listen",
+            &addr.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+        wait_until_listening(addr, &mut child);
+        let (status, stderr) = terminate(child);
+        assert!(status.success(), "{status}: {stderr}");
+    }
 }
 
 #[test]
