@@ -176,10 +176,7 @@ pub async fn reveal(
     let request: RevealRequest = body.parse()?;
     let (reason, ticket) = justification(request.reason, request.ticket)?;
     let principal = caller.principal();
-    let meta = state.vault.meta(&id)?;
-    if meta.erased_at.is_some() {
-        return Err(ApiError::Erased);
-    }
+    let meta = state.vault.live_meta(&id)?;
     let needs_approval = check_fields(meta.record_type, &request.fields)?;
     let event = |outcome: Outcome, note: &str| AuditEvent {
         reason: Some(format!(
@@ -260,10 +257,7 @@ pub async fn request_access(
         .await?;
     let request: CreateAccessRequest = body.parse()?;
     let (reason, ticket) = justification(request.reason, request.ticket)?;
-    let meta = state.vault.meta(&request.record_id)?;
-    if meta.erased_at.is_some() {
-        return Err(ApiError::Erased);
-    }
+    let meta = state.vault.live_meta(&request.record_id)?;
     check_fields(meta.record_type, &request.fields)?;
     let principal = caller.principal();
     let (created, tx) = state.access_requests.prepare(

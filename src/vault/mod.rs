@@ -246,6 +246,16 @@ impl Vault {
     }
 
     /// A record's metadata.
+    /// The metadata of a record that has not been erased
+    /// ([`VaultError::Erased`] otherwise).
+    pub fn live_meta(&self, id: &str) -> Result<RecordMeta, VaultError> {
+        let meta = self.meta(id)?;
+        match meta.erased_at {
+            Some(_) => Err(VaultError::Erased),
+            None => Ok(meta),
+        }
+    }
+
     pub fn meta(&self, id: &str) -> Result<RecordMeta, VaultError> {
         let bytes = self
             .store
