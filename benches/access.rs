@@ -5,57 +5,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::Instant;
 
+mod common;
+
+use common::vault;
 use criterion::{Criterion, criterion_group, criterion_main};
 use strongroom::access::{Role, SessionPolicy};
-use strongroom::api::{AppSettings, AppState};
 use strongroom::audit::{AuditEvent, Outcome, verify_store};
-use strongroom::clock::SystemClock;
-use strongroom::crypto::{KdfPolicy, PasswordPolicy};
-use strongroom::keyring::{Keyring, KeyringSettings, SealMethod};
-use strongroom::store::{SledStore, Store};
-
-struct Bench {
-    _dir: tempfile::TempDir,
-    state: AppState,
-    store: Arc<dyn Store>,
-}
-
-fn vault(password_policy: PasswordPolicy) -> Bench {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.path().join("data")).unwrap());
-    let keyring = Keyring::init(
-        &dir.path().join("keys"),
-        Arc::clone(&store),
-        Arc::new(SystemClock),
-        KeyringSettings {
-            kdf_policy: KdfPolicy::danger_insecure_for_tests(),
-            ..KeyringSettings::default()
-        },
-        SealMethod::Shares {
-            count: 3,
-            threshold: 2,
-        },
-    )
-    .unwrap()
-    .keyring;
-    let state = AppState::new(
-        Arc::new(keyring),
-        Arc::clone(&store),
-        Arc::new(SystemClock),
-        AppSettings {
-            password_policy,
-            ..AppSettings::default()
-        },
-    );
-    Bench {
-        _dir: dir,
-        state,
-        store,
-    }
-}
+use strongroom::crypto::PasswordPolicy;
 
 fn api_key_check(c: &mut Criterion) {
     let bench = vault(PasswordPolicy::danger_insecure_for_tests());

@@ -11,18 +11,17 @@
 )]
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod common;
 
 use serde_json::json;
 use strongroom::access::Role;
-use strongroom::api::{AppSettings, AppState, router};
+use strongroom::api::{AppState, router};
 use strongroom::audit::{AuditEvent, Outcome};
 use strongroom::clock::{Clock, SystemClock};
-use strongroom::crypto::{KdfPolicy, PasswordPolicy};
-use strongroom::keyring::{Keyring, KeyringSettings, SealMethod};
+use strongroom::crypto::PasswordPolicy;
 use strongroom::records::{RecordData, RecordType};
-use strongroom::store::{SledStore, Store};
 use tower::ServiceExt;
 
 /// A Luhn-valid 19-digit Visa number for `n`.
@@ -128,34 +127,9 @@ fn main() {
     let small = (records / 100).clamp(100, 10_000);
     let seconds = if quick { 0.3 } else { 5.0 };
 
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().join("data");
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(&data_dir).unwrap());
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let keyring = Keyring::init(
-        &dir.path().join("keys"),
-        Arc::clone(&store),
-        Arc::clone(&clock),
-        KeyringSettings {
-            kdf_policy: KdfPolicy::danger_insecure_for_tests(),
-            ..KeyringSettings::default()
-        },
-        SealMethod::Shares {
-            count: 3,
-            threshold: 2,
-        },
-    )
-    .unwrap()
-    .keyring;
-    let state = AppState::new(
-        Arc::new(keyring),
-        Arc::clone(&store),
-        Arc::clone(&clock),
-        AppSettings {
-            password_policy: PasswordPolicy::danger_insecure_for_tests(),
-            ..AppSettings::default()
-        },
-    );
+    let bench = common::vault(PasswordPolicy::danger_insecure_for_tests());
+    let (state, store, data_dir) = (&bench.state, &bench.store, bench.data_dir());
+    let clock = SystemClock;
     let key = state
         .create_service_now("bench", "payments", vec![Role::PaymentService])
         .unwrap();
@@ -199,13 +173,13 @@ fn main() {
         state.audit.record_many(batch).unwrap();
         if small_at == 0 && n >= small {
             small_at = n;
-            small_rate = detokenize_rate(&rt, &state, key.expose_secret(), &tokens, seconds);
+            small_rate = detokenize_rate(&rt, state, key.expose_secret(), &tokens, seconds);
         }
     }
     // The load time excludes the two detokenize measurements' pause.
     let load_secs = started.elapsed().as_secs_f64() - if small_at > 0 { seconds } else { 0.0 };
     store.flush().unwrap();
-    let large_rate = detokenize_rate(&rt, &state, key.expose_secret(), &tokens, seconds);
+    let large_rate = detokenize_rate(&rt, state, key.expose_secret(), &tokens, seconds);
     let bytes = disk_bytes(&data_dir);
     println!("records loaded:           {records}");
     println!(
