@@ -10,113 +10,26 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, TcpListener};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Output, Stdio};
 
 use common::http;
+use common::process::{
+    self, free_addr, in_vault, init_shares, strongroom, terminate, verify_data_dir,
+    wait_until_listening,
+};
 use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_strongroom");
-
-fn strongroom(args: &[&str]) -> Command {
-    let mut command = Command::new(BIN);
-    command.args(args);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("STRONGROOM_") {
-            command.env_remove(key);
-        }
-    }
-    command
-}
 
 fn run(args: &[&str]) -> Output {
     strongroom(args).stdin(Stdio::null()).output().unwrap()
 }
 
-/// `strongroom <command> --data-dir <dir>/data --keys-dir <dir>/keys <extra…>`.
-fn in_vault(dir: &Path, command: &str, extra: &[&str]) -> Command {
-    let (data, keys) = (dir.join("data"), dir.join("keys"));
-    let mut cmd = strongroom(&[
-        command,
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--keys-dir",
-        keys.to_str().unwrap(),
-    ]);
-    cmd.args(extra).stdin(Stdio::null());
-    cmd
-}
-
-fn init_shares(dir: &Path) -> Value {
-    let out = in_vault(
-        dir,
-        "init",
-        &["--shares", "5", "--threshold", "3", "--json"],
-    )
-    .output()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn wait_until_listening(addr: SocketAddr, child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(addr).is_err() {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("server exited early: {status}");
-        }
-        assert!(Instant::now() < deadline, "server did not start listening");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// `strongroom serve` on a free loopback port of the vault in `dir`, once
-/// it listens; stderr is piped for `terminate`.
+/// A server of the vault in `dir` whose stderr `terminate` returns.
 fn serve(dir: &Path) -> (Child, SocketAddr) {
-    let addr = free_addr();
-    let mut child = in_vault(dir, "serve", &["--listen", &addr.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_until_listening(addr, &mut child);
-    (child, addr)
-}
-
-/// Sends SIGTERM and returns the exit status and everything on stderr.
-fn terminate(mut child: Child) -> (std::process::ExitStatus, String) {
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = child.wait().unwrap();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    (status, stderr)
+    process::serve(dir, Stdio::piped())
 }
 
 #[test]
@@ -295,21 +208,7 @@ fn sigterm_as_soon_as_the_port_opens_is_a_clean_stop() {
     let dir = tempfile::tempdir().unwrap();
     init_shares(dir.path());
     for _ in 0..5 {
-        let addr = free_addr();
-        let mut child = strongroom(&[
-            "serve",
-            "--data-dir",
-            dir.path().join("data").to_str().unwrap(),
-            "--keys-dir",
-            dir.path().join("keys").to_str().unwrap(),
-            "--listen",
-            &addr.to_string(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-        wait_until_listening(addr, &mut child);
+        let (child, _) = serve(dir.path());
         let (status, stderr) = terminate(child);
         assert!(status.success(), "{status}: {stderr}");
     }
@@ -361,19 +260,6 @@ fn non_loopback_listen_is_refused_without_tls() {
     let out = run(&["dev", "--listen", "0.0.0.0:0"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("TLS"));
-}
-
-fn verify_data_dir(data: &Path, keys: &Path) -> Output {
-    strongroom(&[
-        "audit",
-        "verify",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--keys-dir",
-        keys.to_str().unwrap(),
-    ])
-    .output()
-    .unwrap()
 }
 
 #[test]

@@ -11,52 +11,20 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::process::{init_shares, serve, terminate, verify_data_dir};
 use common::{http, try_http};
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_strongroom");
-
-fn strongroom(dir: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .args([
-            "--data-dir",
-            dir.join("data").to_str().unwrap(),
-            "--keys-dir",
-            dir.join("keys").to_str().unwrap(),
-        ])
-        .stdin(Stdio::null());
-    for (key, _) in std::env::vars() {
-        if key.starts_with("STRONGROOM_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd
-}
-
+/// The server of the vault in `dir`, unsealed with three of `shares`.
 fn start(dir: &Path, shares: &[Value]) -> (Child, SocketAddr) {
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let mut child = strongroom(dir, &["serve", "--listen", &addr.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(child.try_wait().unwrap().is_none(), "server exited");
-        assert!(Instant::now() < deadline, "server did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (child, addr) = serve(dir, Stdio::null());
     for share in &shares[..3] {
         let body = json!({ "share": share }).to_string();
         assert_eq!(
@@ -68,16 +36,10 @@ fn start(dir: &Path, shares: &[Value]) -> (Child, SocketAddr) {
     (child, addr)
 }
 
-fn terminate(mut child: Child) {
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert!(child.wait().unwrap().success());
+/// Stops the server cleanly (SIGTERM, exit 0).
+fn stop(child: Child) {
+    let (status, _) = terminate(child);
+    assert!(status.success(), "{status}");
 }
 
 /// Eight clients store cards until at least `at_least` more are
@@ -133,14 +95,7 @@ fn write_then_kill(
 #[test]
 fn acknowledged_api_writes_survive_kill_9_five_times() {
     let dir = tempfile::tempdir().unwrap();
-    let init = strongroom(
-        dir.path(),
-        &["init", "--shares", "5", "--threshold", "3", "--json"],
-    )
-    .output()
-    .unwrap();
-    assert!(init.status.success());
-    let init: Value = serde_json::from_slice(&init.stdout).unwrap();
+    let init = init_shares(dir.path());
     let shares = init["shares"].as_array().unwrap().clone();
     let admin = init["admin_api_key"].as_str().unwrap().to_owned();
 
@@ -173,10 +128,8 @@ fn acknowledged_api_writes_survive_kill_9_five_times() {
         // The chain holds across the crash (the unseal signed its tail).
         let verify = http(addr, "GET", "/v1/audit/verify", Some(&admin), None).json();
         assert_eq!(verify["ok"], true, "round {round}: {verify}");
-        terminate(child);
-        let offline = strongroom(dir.path(), &["audit", "verify"])
-            .output()
-            .unwrap();
+        stop(child);
+        let offline = verify_data_dir(&dir.path().join("data"), &dir.path().join("keys"));
         assert!(
             offline.status.success(),
             "round {round}: {}",
@@ -185,7 +138,7 @@ fn acknowledged_api_writes_survive_kill_9_five_times() {
         running = Some(start(dir.path(), &shares));
     }
     if let Some((child, _)) = running {
-        terminate(child);
+        stop(child);
     }
     assert!(acked.lock().unwrap().len() >= 1000);
 }

@@ -21,6 +21,8 @@ use strongroom::keyring::{Keyring, KeyringSettings, SealMethod};
 use strongroom::store::{SledStore, Store};
 use zeroize::Zeroizing;
 
+pub mod process;
+
 /// Keyring settings with a cheap Argon2id, so tests do not spend 64 MiB per
 /// unseal. Production parameters are tested by the CLI tests.
 pub fn fast_settings() -> KeyringSettings {

@@ -1,0 +1,119 @@
+//! Running the real `strongroom` binary: commands on a vault directory,
+//! servers on free loopback ports, and stopping them.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_strongroom");
+
+/// `strongroom <args…>` with no `STRONGROOM_*` variable inherited.
+pub fn strongroom(args: &[&str]) -> Command {
+    let mut command = Command::new(BIN);
+    command.args(args);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("STRONGROOM_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+/// `strongroom <command> --data-dir <dir>/data --keys-dir <dir>/keys <extra…>`.
+pub fn in_vault(dir: &Path, command: &str, extra: &[&str]) -> Command {
+    let (data, keys) = (dir.join("data"), dir.join("keys"));
+    let mut cmd = strongroom(&[
+        command,
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--keys-dir",
+        keys.to_str().unwrap(),
+    ]);
+    cmd.args(extra).stdin(Stdio::null());
+    cmd
+}
+
+/// `strongroom audit verify` of a data directory with its keys directory.
+pub fn verify_data_dir(data: &Path, keys: &Path) -> std::process::Output {
+    strongroom(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--keys-dir",
+        keys.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap()
+}
+
+/// `init --shares 5 --threshold 3 --json` in `dir`: what it printed.
+pub fn init_shares(dir: &Path) -> Value {
+    let out = in_vault(
+        dir,
+        "init",
+        &["--shares", "5", "--threshold", "3", "--json"],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+pub fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+pub fn wait_until_listening(addr: SocketAddr, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(addr).is_err() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("server exited early: {status}");
+        }
+        assert!(Instant::now() < deadline, "server did not start listening");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `strongroom serve` on a free loopback port of the vault in `dir`, once
+/// it listens. `stderr`: `Stdio::piped()` to read it in [`terminate`].
+pub fn serve(dir: &Path, stderr: Stdio) -> (Child, SocketAddr) {
+    let addr = free_addr();
+    let mut child = in_vault(dir, "serve", &["--listen", &addr.to_string()])
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    wait_until_listening(addr, &mut child);
+    (child, addr)
+}
+
+/// Sends SIGTERM and returns the exit status and whatever was piped to
+/// stderr.
+pub fn terminate(mut child: Child) -> (ExitStatus, String) {
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        pipe.read_to_string(&mut stderr).unwrap();
+    }
+    (status, stderr)
+}
