@@ -15,12 +15,12 @@ use std::sync::Arc;
 use common::*;
 use serde_json::{Value, json};
 use strongroom::access::Role;
-use strongroom::api::{AppState, router};
+use strongroom::api::router;
 use strongroom::audit::{ExportLine, export_store, verify_lines, verify_store};
 use strongroom::clock::SystemClock;
 use strongroom::crypto::Key256;
-use strongroom::keyring::{Keyring, SealMethod};
-use strongroom::store::{SledStore, Store};
+use strongroom::keyring::SealMethod;
+use strongroom::store::Store;
 
 const STAFF_PASSWORD: &str = "staff password 123";
 
@@ -440,33 +440,6 @@ async fn tampering_with_an_export_is_detected() {
     }
 }
 
-/// A vault whose store is wrapped in a [`FaultyStore`].
-fn faulty_vault() -> (tempfile::TempDir, Arc<FaultyStore>, Arc<Keyring>, AppState) {
-    let dir = tempfile::tempdir().unwrap();
-    let sled: Arc<dyn Store> = Arc::new(SledStore::open(&dir.path().join("data")).unwrap());
-    let faulty = Arc::new(FaultyStore::new(sled));
-    let store: Arc<dyn Store> = faulty.clone();
-    let init = Keyring::init(
-        &dir.path().join("keys"),
-        Arc::clone(&store),
-        Arc::new(SystemClock),
-        fast_settings(),
-        SealMethod::Shares {
-            count: 3,
-            threshold: 2,
-        },
-    )
-    .unwrap();
-    let keyring = Arc::new(init.keyring);
-    let state = AppState::new(
-        Arc::clone(&keyring),
-        store,
-        Arc::new(SystemClock),
-        test_settings(),
-    );
-    (dir, faulty, keyring, state)
-}
-
 /// Batches queued behind a round in progress are committed in one round:
 /// one store transaction, each batch checked against the
 /// state the batches before it leave, a conflicting batch refused alone
@@ -476,7 +449,8 @@ fn queued_batches_share_one_round_and_conflicts_stay_their_own() {
     use std::sync::atomic::Ordering::SeqCst;
     use strongroom::audit::{AuditError, AuditEvent, Outcome};
     use strongroom::store::Transaction;
-    let (_dir, faulty, _keyring, state) = faulty_vault();
+    let (vault, faulty) = faulty_vault();
+    let state = &vault.state;
     let entries_before = state.audit.verify().unwrap().entries;
     let event = |name: &str| AuditEvent::new("test", "group.write", Outcome::Allowed).target(name);
     let submit = |name: &'static str, tx: Transaction| {
@@ -563,7 +537,8 @@ fn a_write_behind_the_logs_back_makes_the_round_start_over() {
     use std::sync::atomic::Ordering::SeqCst;
     use strongroom::audit::{AuditError, AuditEvent, Outcome};
     use strongroom::store::Transaction;
-    let (_dir, faulty, _keyring, state) = faulty_vault();
+    let (vault, faulty) = faulty_vault();
+    let state = &vault.state;
     let entries_before = state.audit.verify().unwrap().entries;
     let submit = |tx: Transaction| {
         let state = state.clone();
@@ -619,7 +594,8 @@ fn nothing_is_acknowledged_before_its_flush_and_flushes_do_not_stall_the_committ
     use std::sync::atomic::Ordering::SeqCst;
     use strongroom::audit::{AuditEvent, Outcome};
     use strongroom::store::Transaction;
-    let (_dir, faulty, _keyring, state) = faulty_vault();
+    let (vault, faulty) = faulty_vault();
+    let state = &vault.state;
     let submit = |key: &'static [u8]| {
         let state = state.clone();
         std::thread::spawn(move || {
@@ -650,13 +626,9 @@ fn nothing_is_acknowledged_before_its_flush_and_flushes_do_not_stall_the_committ
 
 #[tokio::test]
 async fn an_unwritable_audit_entry_fails_the_request_and_changes_nothing() {
-    let (_dir, faulty, keyring, state) = faulty_vault();
-    let store = Arc::clone(&state.store);
-    let admin = state
-        .create_service_now("test", "admin", vec![Role::Admin])
-        .unwrap()
-        .expose_secret()
-        .to_owned();
+    let (vault, faulty) = faulty_vault();
+    let (state, keyring, store) = (&vault.state, &vault.keyring, &vault.store);
+    let admin = vault.admin_api_key.clone();
     state
         .create_staff_now("test", "erin", vec![Role::Auditor], STAFF_PASSWORD)
         .unwrap();

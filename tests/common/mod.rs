@@ -101,8 +101,39 @@ pub fn new_vault_with(
     clock: Arc<dyn Clock>,
     app: AppSettings,
 ) -> TestVault {
+    vault_over(|store| store, method, settings, clock, app)
+}
+
+/// A vault of 2-of-3 shares whose store is wrapped in a [`FaultyStore`].
+pub fn faulty_vault() -> (TestVault, Arc<FaultyStore>) {
+    let mut faulty = None;
+    let vault = vault_over(
+        |sled| {
+            let wrapped = Arc::new(FaultyStore::new(sled));
+            faulty = Some(Arc::clone(&wrapped));
+            wrapped
+        },
+        SealMethod::Shares {
+            count: 3,
+            threshold: 2,
+        },
+        fast_settings(),
+        Arc::new(SystemClock),
+        test_settings(),
+    );
+    (vault, faulty.unwrap())
+}
+
+/// A new vault whose store is `wrap` applied to a fresh sled store.
+fn vault_over(
+    wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
+    method: SealMethod,
+    settings: KeyringSettings,
+    clock: Arc<dyn Clock>,
+    app: AppSettings,
+) -> TestVault {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.path().join("data")).unwrap());
+    let store = wrap(Arc::new(SledStore::open(&dir.path().join("data")).unwrap()));
     let init = Keyring::init(
         &dir.path().join("keys"),
         Arc::clone(&store),
