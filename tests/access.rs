@@ -38,9 +38,7 @@ async fn login(app: &Router, username: &str, password: &str) -> Reply {
 /// The status `GET /v1/audit/verify` answers `credential`: a cheap probe of
 /// whether a credential still works.
 async fn verify_status(app: &Router, credential: &str) -> u16 {
-    call(app, "GET", "/v1/audit/verify", Some(credential), None)
-        .await
-        .status
+    status_of(app, "GET", "/v1/audit/verify", Some(credential), None).await
 }
 
 /// A credential holding exactly `role`: an API key for roles a service may
@@ -331,15 +329,14 @@ async fn missing_malformed_unknown_disabled_and_ended_credentials_are_401() {
     assert_eq!(verify_status(&app, &doomed).await, 200);
     let id = principal_id(&vault, "doomed");
     assert_eq!(
-        call(
+        status_of(
             &app,
             "DELETE",
             &format!("/v1/principals/{id}"),
             Some(&vault.admin_api_key),
             None
         )
-        .await
-        .status,
+        .await,
         204
     );
     assert_eq!(verify_status(&app, &doomed).await, 401);
@@ -394,27 +391,19 @@ async fn login_and_logout() {
     // Usernames are case-insensitive.
     assert_eq!(login(&app, "ALICE", STAFF_PASSWORD).await.status, 200);
     assert_eq!(
-        call(&app, "GET", "/v1/audit?limit=1", Some(&token), None)
-            .await
-            .status,
+        status_of(&app, "GET", "/v1/audit?limit=1", Some(&token), None).await,
         200
     );
     assert_eq!(
-        call(&app, "POST", "/v1/auth/logout", Some(&token), None)
-            .await
-            .status,
+        status_of(&app, "POST", "/v1/auth/logout", Some(&token), None).await,
         204
     );
     assert_eq!(
-        call(&app, "GET", "/v1/audit?limit=1", Some(&token), None)
-            .await
-            .status,
+        status_of(&app, "GET", "/v1/audit?limit=1", Some(&token), None).await,
         401
     );
     assert_eq!(
-        call(&app, "POST", "/v1/auth/logout", Some(&token), None)
-            .await
-            .status,
+        status_of(&app, "POST", "/v1/auth/logout", Some(&token), None).await,
         401
     );
     // Logout with an API key is a malformed request, not a logout.
@@ -585,15 +574,14 @@ async fn disabling_ends_sessions_and_keys_at_once() {
     assert_eq!(status, 204);
     for session in [&s1, &s2] {
         assert_eq!(
-            call(
+            status_of(
                 &app,
                 "GET",
                 "/v1/audit?limit=1",
                 Some(session["token"].as_str().unwrap()),
                 None
             )
-            .await
-            .status,
+            .await,
             401
         );
     }
@@ -619,15 +607,14 @@ async fn disabling_ends_sessions_and_keys_at_once() {
         .clone();
     assert_eq!(carol["disabled"], true);
     assert_eq!(
-        call(
+        status_of(
             &app,
             "DELETE",
             "/v1/principals/prn_nope",
             Some(&vault.admin_api_key),
             None
         )
-        .await
-        .status,
+        .await,
         404
     );
 }

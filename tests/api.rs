@@ -133,9 +133,7 @@ async fn while_sealed_every_data_route_answers_503_sealed() {
     assert!(checked >= CONTRACT_ROUTES.len());
     // The public ones still answer.
     assert_eq!(
-        call(&app, "GET", "/v1/openapi.json", None, None)
-            .await
-            .status,
+        status_of(&app, "GET", "/v1/openapi.json", None, None).await,
         200
     );
     let reply = unseal(&app, json!({"passphrase": PASSPHRASE})).await;

@@ -85,21 +85,18 @@ async fn every_access_is_audited_and_queryable() {
         .unwrap();
     assert_eq!(send_request(&app, denied_request).await.status, 403);
     assert_eq!(
-        call(&app, "GET", "/v1/keys", Some(&vault.admin_api_key), None)
-            .await
-            .status,
+        status_of(&app, "GET", "/v1/keys", Some(&vault.admin_api_key), None).await,
         200
     );
     assert_eq!(
-        call(
+        status_of(
             &app,
             "POST",
             "/v1/keys/kyc/rotate",
             Some(&vault.admin_api_key),
             None
         )
-        .await
-        .status,
+        .await,
         200
     );
 

@@ -100,15 +100,11 @@ async fn no_credential_reaches_the_store_the_audit_log_or_the_logs() {
     )
     .await;
     assert_eq!(
-        call(&app, "GET", "/v1/audit", Some(&token), None)
-            .await
-            .status,
+        status_of(&app, "GET", "/v1/audit", Some(&token), None).await,
         200
     );
     assert_eq!(
-        call(&app, "GET", "/v1/audit", Some(&service_key), None)
-            .await
-            .status,
+        status_of(&app, "GET", "/v1/audit", Some(&service_key), None).await,
         200
     );
     call(&app, "POST", "/v1/auth/logout", Some(&token), None).await;

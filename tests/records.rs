@@ -185,15 +185,14 @@ async fn creating_records_answers_the_contract_shapes() {
     assert_eq!(k.body["version"], 1);
     // Officers may store KYC too.
     assert_eq!(
-        call(
+        status_of(
             &w.app,
             "POST",
             "/v1/records/kyc",
             Some(&w.officer),
             Some(kyc())
         )
-        .await
-        .status,
+        .await,
         201
     );
 }
@@ -322,15 +321,14 @@ async fn bad_records_are_refused_naming_the_field_never_the_value() {
         }
     }
     assert_eq!(
-        call(
+        status_of(
             &w.app,
             "POST",
             "/v1/records/passport",
             Some(&w.payments),
             Some(card())
         )
-        .await
-        .status,
+        .await,
         404
     );
 }
@@ -365,9 +363,7 @@ async fn masked_views_per_role_and_ownership() {
     }
     // Another service: not found. Compliance: everything, masked.
     assert_eq!(
-        call(&w.app, "GET", &path, Some(&w.other_payments), None)
-            .await
-            .status,
+        status_of(&w.app, "GET", &path, Some(&w.other_payments), None).await,
         404
     );
     let officer_view = call(&w.app, "GET", &path, Some(&w.officer), None)
@@ -386,15 +382,14 @@ async fn masked_views_per_role_and_ownership() {
         .body;
     assert_eq!(officer_card["first6"], "424242");
     assert_eq!(
-        call(
+        status_of(
             &w.app,
             "GET",
             "/v1/records/card_nope",
             Some(&w.payments),
             None
         )
-        .await
-        .status,
+        .await,
         404
     );
 }
@@ -459,15 +454,14 @@ async fn updates_make_versions_and_erasure_kills_tokens() {
         (422, Some("pan"))
     );
     assert_eq!(
-        call(
+        status_of(
             &w.app,
             "PATCH",
             &path,
             Some(&w.payments),
             Some(json!({"cvv": "123"}))
         )
-        .await
-        .status,
+        .await,
         422
     );
     assert_eq!(
@@ -477,29 +471,24 @@ async fn updates_make_versions_and_erasure_kills_tokens() {
         2
     );
     assert_eq!(
-        call(
+        status_of(
             &w.app,
             "PATCH",
             &path,
             Some(&w.other_payments),
             Some(json!({"exp_month": 1}))
         )
-        .await
-        .status,
+        .await,
         404
     );
 
     // Erase: 204, then 410 for the record and its tokens.
     assert_eq!(
-        call(&w.app, "DELETE", &path, Some(&w.other_payments), None)
-            .await
-            .status,
+        status_of(&w.app, "DELETE", &path, Some(&w.other_payments), None).await,
         404
     );
     assert_eq!(
-        call(&w.app, "DELETE", &path, Some(&w.payments), None)
-            .await
-            .status,
+        status_of(&w.app, "DELETE", &path, Some(&w.payments), None).await,
         204
     );
     let gone = call(&w.app, "GET", &path, Some(&w.payments), None).await;
@@ -587,27 +576,25 @@ async fn one_detokenize_batch_gives_each_token_its_own_answer() {
         .unwrap()
         .to_owned();
     assert_eq!(
-        call(
+        status_of(
             &w.app,
             "DELETE",
             &format!("/v1/tokens/{revoked}"),
             Some(&w.other_payments),
             None
         )
-        .await
-        .status,
+        .await,
         404
     );
     assert_eq!(
-        call(
+        status_of(
             &w.app,
             "DELETE",
             &format!("/v1/tokens/{revoked}"),
             Some(&w.payments),
             None
         )
-        .await
-        .status,
+        .await,
         204
     );
     let erased_card = call(
@@ -718,15 +705,14 @@ async fn one_detokenize_batch_gives_each_token_its_own_answer() {
         json!({"token": "x"}),
     ] {
         assert_eq!(
-            call(
+            status_of(
                 &w.app,
                 "POST",
                 "/v1/tokens/detokenize",
                 Some(&w.payments),
                 Some(bad)
             )
-            .await
-            .status,
+            .await,
             422
         );
     }
@@ -1082,9 +1068,7 @@ async fn reveals_are_rate_limited_per_officer() {
     let path = format!("/v1/records/{id}/reveal");
     for _ in 0..3 {
         assert_eq!(
-            call(&w.app, "POST", &path, Some(&w.officer), Some(body.clone()))
-                .await
-                .status,
+            status_of(&w.app, "POST", &path, Some(&w.officer), Some(body.clone())).await,
             200
         );
     }
@@ -1096,17 +1080,13 @@ async fn reveals_are_rate_limited_per_officer() {
     assert!(limited.headers.contains_key("retry-after"));
     // Another officer has their own budget; an hour later the first has too.
     assert_eq!(
-        call(&w.app, "POST", &path, Some(&w.officer2), Some(body.clone()))
-            .await
-            .status,
+        status_of(&w.app, "POST", &path, Some(&w.officer2), Some(body.clone())).await,
         200
     );
     w.clock.advance(time::Duration::minutes(61));
     let officer = session(&w.app, "officer").await;
     assert_eq!(
-        call(&w.app, "POST", &path, Some(&officer), Some(body))
-            .await
-            .status,
+        status_of(&w.app, "POST", &path, Some(&officer), Some(body)).await,
         200
     );
 }

@@ -254,6 +254,17 @@ pub async fn send_request(
 }
 
 /// A request with an optional bearer credential and JSON body.
+/// Only the status of [`call`]'s reply.
+pub async fn status_of(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> u16 {
+    call(app, method, path, bearer, body).await.status
+}
+
 pub async fn call(
     app: &axum::Router,
     method: &str,
