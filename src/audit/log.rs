@@ -3,6 +3,8 @@
 //! Keys: `au/e/<seq u64 BE>` → entry JSON, `au/c/<seq u64 BE>` → checkpoint
 //! JSON, `au/head` → `{"seq":…,"hash":…}`.
 
+use std::borrow::Cow;
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -123,6 +125,10 @@ impl Drop for Inner {
         }
     }
 }
+
+/// The state of the keys a round has touched so far: the values its batches
+/// wrote (borrowed from them) or read from the store. `None`: absent.
+type Seen<'j> = HashMap<&'j [u8], Option<Cow<'j, [u8]>>>;
 
 /// A round's callers with their outcomes, applied but not yet durable.
 type Applied = Vec<(Reply, Outcome)>;
@@ -361,7 +367,7 @@ impl AuditLog {
         const ATTEMPTS: usize = 8;
         for _ in 0..ATTEMPTS {
             let (head_bytes, head) = self.head()?;
-            let mut seen: HashMap<&[u8], Option<Vec<u8>>> = HashMap::new();
+            let mut seen = Seen::new();
             let mut read = Transaction::new().expect(HEAD_KEY, head_bytes);
             let mut writes = Transaction::new();
             let mut outcomes = Vec::with_capacity(jobs.len());
@@ -385,7 +391,7 @@ impl AuditLog {
                     }
                     for write in &change.writes {
                         let (key, value) = match write {
-                            StoreWrite::Put(k, v) => (k, Some(v.clone())),
+                            StoreWrite::Put(k, v) => (k, Some(Cow::Borrowed(v.as_slice()))),
                             StoreWrite::Delete(k) => (k, None),
                         };
                         seen.insert(key.as_slice(), value);
@@ -423,23 +429,22 @@ impl AuditLog {
     fn preconditions_hold<'j>(
         &self,
         job: &'j Job,
-        seen: &mut HashMap<&'j [u8], Option<Vec<u8>>>,
+        seen: &mut Seen<'j>,
         read: &mut Transaction,
     ) -> Result<bool, AuditError> {
         // All of a job's preconditions are checked against the state before
         // it, as one transaction would check them.
         for (_, change) in &job.batch {
             for (key, expected) in &change.preconditions {
-                let current = match seen.get(key.as_slice()) {
-                    Some(value) => value.clone(),
-                    None => {
+                let current = match seen.entry(key.as_slice()) {
+                    Entry::Occupied(known) => known.into_mut(),
+                    Entry::Vacant(unknown) => {
                         let value = self.0.store.get(key)?;
                         read.preconditions.push((key.clone(), value.clone()));
-                        seen.insert(key.as_slice(), value.clone());
-                        value
+                        unknown.insert(value.map(Cow::Owned))
                     }
                 };
-                if current != *expected {
+                if current.as_deref() != expected.as_deref() {
                     return Ok(false);
                 }
             }
