@@ -8,7 +8,8 @@
 //! tokens, and reveal. `--only detokenize,reveal` runs the scenarios whose
 //! names contain one of the words (health always runs: it is the ratio's
 //! base). `--target FILE` drives a server that is already running instead:
-//! FILE holds the JSON line `strongroom dev --json` printed. Under
+//! FILE holds the JSON line `strongroom dev --json` printed (that server's
+//! credentials: a throw-away dev server only). Under
 //! `cargo test` it runs each scenario for a moment as a smoke test.
 #![allow(
     clippy::unwrap_used,
