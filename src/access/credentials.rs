@@ -110,6 +110,12 @@ fn check_roles(kind: PrincipalKind, roles: &[Role]) -> Result<(), AccessError> {
             message: "payment_service is for services; compliance roles are for staff",
         });
     }
+    if let Some(message) = super::policy::separation_of_duties(roles) {
+        return Err(AccessError::Invalid {
+            field: "roles",
+            message,
+        });
+    }
     Ok(())
 }
 
@@ -278,10 +284,15 @@ impl PrincipalDirectory {
                 .store
                 .get(key.as_bytes())?
                 .ok_or(AccessError::Unauthenticated)?;
-            let stored: StoredSession =
+            let session: StoredSession =
                 serde_json::from_slice(&stored).map_err(|_| AccessError::Corrupt)?;
-            let touch = sessions.check(&key, &stored, self.clock.now())?;
-            (stored.principal_id, Credential::Session { key }, touch)
+            // The touch holds only if the session is still as read: a
+            // logout (or another touch) in between makes it a conflict, so
+            // a racing request can never bring an ended session back.
+            let touch = sessions
+                .check(&key, &session, self.clock.now())?
+                .map(|tx| tx.expect(key.clone(), Some(stored)));
+            (session.principal_id, Credential::Session { key }, touch)
         } else {
             return Err(AccessError::Unauthenticated);
         };

@@ -26,6 +26,17 @@ impl Role {
         Role::Auditor,
     ];
 
+    /// The role's name as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::PaymentService => "payment_service",
+            Role::ComplianceOfficer => "compliance_officer",
+            Role::ComplianceApprover => "compliance_approver",
+            Role::Auditor => "auditor",
+        }
+    }
+
     /// Whether a principal of `kind` may hold this role: the payment
     /// service is a machine; compliance staff are people.
     pub fn fits(self, kind: PrincipalKind) -> bool {
@@ -145,6 +156,30 @@ pub fn allows(role: Role, op: Operation) -> bool {
         O::RecordReveal | O::RecordSearch | O::AccessRequestCreate => role == R::ComplianceOfficer,
         O::AccessRequestApprove | O::AccessRequestDeny => role == R::ComplianceApprover,
     }
+}
+
+/// Why one principal may not hold all of `roles`, if it may not: each of
+/// these roles checks or is checked by another, and one principal holding
+/// both would defeat the design (docs/access-control.md, "Separation of
+/// duties"). An admin may also be an auditor; every other role stands
+/// alone.
+pub fn separation_of_duties(roles: &[Role]) -> Option<&'static str> {
+    let has = |role: Role| roles.contains(&role);
+    if has(Role::ComplianceOfficer) && has(Role::ComplianceApprover) {
+        return Some("compliance_officer and compliance_approver are held by different people");
+    }
+    if has(Role::PaymentService) && roles.iter().any(|r| *r != Role::PaymentService) {
+        return Some(
+            "payment_service stands alone: with any other role it would see every owner's records or the audit log",
+        );
+    }
+    let compliance = has(Role::ComplianceOfficer) || has(Role::ComplianceApprover);
+    if compliance && (has(Role::Admin) || has(Role::Auditor)) {
+        return Some(
+            "compliance roles stand apart from admin (who creates principals) and auditor (who checks them)",
+        );
+    }
+    None
 }
 
 /// Whether `roles` see every record and token, not only their own: the

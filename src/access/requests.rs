@@ -1,6 +1,7 @@
 //! Four-eyes access requests: an officer asks to reveal named fields of one
 //! record; a different person approves or denies; an approval is a grant
-//! bound to that record, those fields and that officer, for a while.
+//! bound to that record, those fields, that officer and that case ticket,
+//! for a while, and for one reveal.
 
 use std::sync::Arc;
 
@@ -21,6 +22,8 @@ pub enum RequestStatus {
     Pending,
     Approved,
     Denied,
+    /// Approved, and spent by the reveal it was granted for.
+    Used,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,14 +170,18 @@ impl AccessRequests {
         Ok(Ok((decided, tx)))
     }
 
-    /// Whether `requester` holds a live grant for every one of `fields` of
-    /// `record_id`.
-    pub fn granted(
+    /// The grants `requester` would spend to reveal `fields` of
+    /// `record_id` under `ticket`, and the writes that spend them: each
+    /// approved, live request used is marked used, on condition that it is
+    /// still as read, so two reveals racing for one approval cannot both
+    /// have it. `None` when the grants do not cover every field.
+    pub fn take_grants(
         &self,
         requester: &str,
         record_id: &str,
         fields: &[&str],
-    ) -> Result<bool, AccessError> {
+        ticket: &str,
+    ) -> Result<Option<(Vec<String>, Transaction)>, AccessError> {
         let prefix = format!("{BY_REQUESTER_PREFIX}{requester}/{record_id}/");
         let now = self.clock.now();
         let mut requests = Vec::new();
@@ -183,14 +190,34 @@ impl AccessRequests {
                 .get(prefix.len()..)
                 .and_then(|id| std::str::from_utf8(id).ok())
                 .ok_or(AccessError::Corrupt)?;
-            if let Some(request) = self.get(id)? {
+            if let Some(request) = self.get(id)?
+                && request.ticket == ticket
+            {
                 requests.push(request);
             }
         }
-        Ok(fields.iter().all(|field| {
-            requests
+        let mut spent: Vec<&AccessRequest> = Vec::new();
+        for field in fields {
+            let Some(grant) = requests
                 .iter()
-                .any(|r| r.grants(requester, record_id, field, now))
-        }))
+                .find(|r| r.grants(requester, record_id, field, now))
+            else {
+                return Ok(None);
+            };
+            if !spent.iter().any(|s| s.id == grant.id) {
+                spent.push(grant);
+            }
+        }
+        let mut tx = Transaction::new();
+        for request in &spent {
+            let used = AccessRequest {
+                status: RequestStatus::Used,
+                ..(*request).clone()
+            };
+            tx = tx
+                .expect(key(&request.id), Some(encode(request)?))
+                .put(key(&request.id), encode(&used)?);
+        }
+        Ok(Some((spent.iter().map(|r| r.id.clone()).collect(), tx)))
     }
 }

@@ -13,6 +13,7 @@ use super::{ApiError, AppState, Problem};
 use crate::access::{DecisionError, Operation, RequestStatus};
 use crate::audit::{AuditEvent, Outcome};
 use crate::records::{RecordType, search_value};
+use crate::store::Transaction;
 
 /// A reason and a case ticket, both required, both bounded.
 fn justification(
@@ -171,7 +172,7 @@ pub async fn reveal(
     body: JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     state
-        .authorize(&caller, Operation::RecordReveal, &ctx)
+        .authorize_on(&caller, Operation::RecordReveal, &ctx, &[state.target_of(&id)])
         .await?;
     let request: RevealRequest = body.parse()?;
     let (reason, ticket) = justification(request.reason, request.ticket)?;
@@ -188,6 +189,9 @@ pub async fn reveal(
             .event(&principal.id, "record.reveal", outcome)
             .target(id.clone())
     };
+    // An approval is spent by the reveal it allows, in the same commit.
+    let mut spend_grants = Transaction::new();
+    let mut grant_note = String::new();
     if needs_approval {
         let sensitive: Vec<&str> = request
             .fields
@@ -200,14 +204,23 @@ pub async fn reveal(
                     .any(|(n, s)| n == f && *s)
             })
             .collect();
-        if !state
+        match state
             .access_requests
-            .granted(&principal.id, &id, &sensitive)?
+            .take_grants(&principal.id, &id, &sensitive, &ticket)?
         {
-            state
-                .record(event(Outcome::Denied, "; no approved access request"))
-                .await?;
-            return Err(ApiError::ApprovalRequired);
+            Some((spent, tx)) => {
+                grant_note = format!("; approval {}", spent.join(","));
+                spend_grants = tx;
+            }
+            None => {
+                state
+                    .record(event(
+                        Outcome::Denied,
+                        "; no unused approved access request with this ticket",
+                    ))
+                    .await?;
+                return Err(ApiError::ApprovalRequired);
+            }
         }
     }
     if let Err(retry_after_secs) = state.reveals.take(&principal.id, state.clock.now()) {
@@ -217,7 +230,17 @@ pub async fn reveal(
         return Err(ApiError::RateLimited { retry_after_secs });
     }
     let data = state.vault.open(&meta)?;
-    state.record(event(Outcome::Allowed, "")).await?;
+    if state
+        .try_commit(event(Outcome::Allowed, &grant_note), spend_grants)
+        .await?
+        .is_none()
+    {
+        // Another reveal spent the approval first.
+        state
+            .record(event(Outcome::Denied, "; approval already used"))
+            .await?;
+        return Err(ApiError::ApprovalRequired);
+    }
     let mut fields = Map::new();
     for name in &request.fields {
         fields.insert(name.clone(), data.field(name).unwrap_or(Value::Null));
@@ -252,8 +275,17 @@ pub async fn request_access(
     caller: Caller,
     body: JsonBody,
 ) -> Result<(StatusCode, Json<AccessRequestState>), ApiError> {
+    let named = body
+        .parse::<serde_json::Value>()
+        .ok()
+        .and_then(|v| v.get("record_id")?.as_str().map(|id| state.target_of(id)));
     state
-        .authorize(&caller, Operation::AccessRequestCreate, &ctx)
+        .authorize_on(
+            &caller,
+            Operation::AccessRequestCreate,
+            &ctx,
+            named.as_slice(),
+        )
         .await?;
     let request: CreateAccessRequest = body.parse()?;
     let (reason, ticket) = justification(request.reason, request.ticket)?;
@@ -301,7 +333,9 @@ async fn decide(
     } else {
         Operation::AccessRequestDeny
     };
-    state.authorize(&caller, op, &ctx).await?;
+    state
+        .authorize_on(&caller, op, &ctx, &[state.target_of(&id)])
+        .await?;
     let principal = caller.principal();
     let event = ctx
         .event(&principal.id, op.action(), Outcome::Allowed)

@@ -11,7 +11,8 @@ use std::net::SocketAddr;
 use axum::extract::ConnectInfo;
 
 use super::{ApiError, AppState, RequestId};
-use crate::access::{Authenticated, Principal};
+use crate::access::{Authenticated, Credential, Principal};
+use crate::store::StoreError;
 use crate::audit::{AuditEvent, Outcome};
 
 /// A JSON body, read but not yet parsed, so a handler can authorise the
@@ -128,11 +129,24 @@ impl FromRequestParts<AppState> for Caller {
             &state.settings.sessions,
             credential,
         )?;
-        if let Some(touch) = authenticated.touch.take() {
+        if let (Some(touch), Credential::Session { key }) =
+            (authenticated.touch.take(), &authenticated.credential)
+        {
             let store = std::sync::Arc::clone(&state.store);
-            tokio::task::spawn_blocking(move || store.commit(touch))
-                .await
-                .map_err(|_| ApiError::Internal)??;
+            let key = key.clone();
+            let touched = tokio::task::spawn_blocking(move || match store.commit(touch) {
+                // Changed since it was read: still there means another
+                // request touched it first; gone means it was ended.
+                Err(StoreError::Conflict) => match store.get(key.as_bytes()) {
+                    Ok(Some(_)) => Ok(()),
+                    Ok(None) => Err(ApiError::Unauthenticated),
+                    Err(e) => Err(e.into()),
+                },
+                other => other.map_err(ApiError::from),
+            })
+            .await
+            .map_err(|_| ApiError::Internal)?;
+            touched?;
         }
         Ok(Self(authenticated))
     }

@@ -238,8 +238,10 @@ impl AppState {
         let (principal, key, tx) =
             self.principals
                 .prepare_service(&keys.credential_key(), name, roles)?;
-        let event =
-            AuditEvent::new(actor, "principal.create", Outcome::Allowed).target(principal.id);
+        let event = AuditEvent {
+            reason: Some(principals::creation_note(actor, &principal)),
+            ..AuditEvent::new(actor, "principal.create", Outcome::Allowed).target(principal.id)
+        };
         self.audit.record_with(event, tx).map_err(audit_failure)?;
         Ok(key)
     }
@@ -259,8 +261,10 @@ impl AppState {
             .hash(password)
             .map_err(|_| ApiError::Internal)?;
         let (principal, tx) = self.principals.prepare_staff(name, roles, hash)?;
-        let event =
-            AuditEvent::new(actor, "principal.create", Outcome::Allowed).target(principal.id);
+        let event = AuditEvent {
+            reason: Some(principals::creation_note(actor, &principal)),
+            ..AuditEvent::new(actor, "principal.create", Outcome::Allowed).target(principal.id)
+        };
         self.audit.record_with(event, tx).map_err(audit_failure)?;
         Ok(())
     }
@@ -306,20 +310,85 @@ impl AppState {
         self.commit(event, Transaction::new()).await
     }
 
-    /// Allows `op` for `caller`, or audits the denial and answers 403.
+    /// Allows `op` for `caller`, or audits the denial and answers 403. For
+    /// an operation whose request names nothing (a create, a list).
     pub async fn authorize(
         &self,
         caller: &Caller,
         op: Operation,
         ctx: &RequestContext,
     ) -> Result<(), ApiError> {
+        self.authorize_on(caller, op, ctx, &[]).await
+    }
+
+    /// Allows `op` on the things the request names (`targets`: record,
+    /// token, access-request or principal ids, as [`AppState::target_of`]
+    /// gives them), or audits one denial per target (one without a target
+    /// when there is none) and answers 403. An investigator asking "who
+    /// tried to reach record X?" finds every attempt.
+    pub async fn authorize_on(
+        &self,
+        caller: &Caller,
+        op: Operation,
+        ctx: &RequestContext,
+        targets: &[Option<String>],
+    ) -> Result<(), ApiError> {
         if caller.principal().may(op) {
             return Ok(());
         }
-        self.record(ctx.event(&caller.principal().id, op.action(), Outcome::Denied))
-            .await?;
+        let denial = ctx.event(&caller.principal().id, op.action(), Outcome::Denied);
+        let batch = if targets.is_empty() {
+            vec![(denial, Transaction::new())]
+        } else {
+            targets
+                .iter()
+                .map(|target| {
+                    let event = AuditEvent {
+                        target: target.clone(),
+                        ..denial.clone()
+                    };
+                    (event, Transaction::new())
+                })
+                .collect()
+        };
+        self.commit_many(batch).await?;
         Err(ApiError::Forbidden)
     }
+
+    /// How the audit log names something a request names: an id of the
+    /// shape this vault issues as it is; anything else (a mistyped id, a
+    /// value pasted where an id belongs, a token) only as its fingerprint,
+    /// so no personal data or credential reaches an entry.
+    pub fn target_of(&self, named: &str) -> Option<String> {
+        if is_issued_id(named) {
+            Some(named.to_owned())
+        } else {
+            self.audit.fingerprint(named)
+        }
+    }
+
+    /// The audit target of a token a request names: the id of what it
+    /// stands for when it exists (whoever owns it), else its fingerprint.
+    pub fn token_target(&self, token: &str) -> Result<Option<String>, ApiError> {
+        Ok(match self.vault.token(token)? {
+            Some((_, record)) => Some(record.target.id().to_owned()),
+            None => self.audit.fingerprint(token),
+        })
+    }
+}
+
+/// Prefixes of the ids this vault issues, each followed by 24 hex digits.
+const ISSUED_ID_PREFIXES: [&str; 6] = ["card_", "bank_", "kyc_", "gen_", "ar_", "prn_"];
+
+fn is_issued_id(text: &str) -> bool {
+    ISSUED_ID_PREFIXES.iter().any(|prefix| {
+        text.strip_prefix(prefix).is_some_and(|rest| {
+            rest.len() == 24
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
+    })
 }
 
 fn audit_failure(e: AuditError) -> ApiError {

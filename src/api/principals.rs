@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use super::extract::{Caller, JsonBody, RequestContext};
 use super::{ApiError, AppState, Problem};
 use crate::access::{Operation, Principal, PrincipalKind, Role};
-use crate::audit::Outcome;
+use crate::audit::{AuditEvent, Outcome};
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -88,13 +88,13 @@ pub async fn create(
         }
     };
     drop(keys);
-    state
-        .commit(
-            ctx.event(&actor, "principal.create", Outcome::Allowed)
-                .target(principal.id.clone()),
-            tx,
-        )
-        .await?;
+    let event = AuditEvent {
+        reason: Some(creation_note(&caller.principal().name, &principal)),
+        ..ctx
+            .event(&actor, "principal.create", Outcome::Allowed)
+            .target(principal.id.clone())
+    };
+    state.commit(event, tx).await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedPrincipal {
@@ -102,6 +102,20 @@ pub async fn create(
             api_key: api_key.map(|k| k.expose_secret().to_owned()),
         }),
     ))
+}
+
+/// The audit reason of a principal's creation: who created whom, with
+/// which roles, by name as well as by id, so a reviewer sees at once an
+/// admin who made themselves an officer and an approver.
+pub(super) fn creation_note(creator: &str, created: &Principal) -> String {
+    let roles: Vec<&str> = created.roles.iter().map(|r| r.as_str()).collect();
+    format!(
+        "{creator} created {} ({:?}; roles: {})",
+        created.name,
+        created.kind,
+        roles.join(",")
+    )
+    .to_lowercase()
 }
 
 #[derive(Serialize, ToSchema)]
@@ -139,7 +153,12 @@ pub async fn disable(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     state
-        .authorize(&caller, Operation::PrincipalDisable, &ctx)
+        .authorize_on(
+            &caller,
+            Operation::PrincipalDisable,
+            &ctx,
+            &[state.target_of(&id)],
+        )
         .await?;
     let event = ctx
         .event(
@@ -150,7 +169,7 @@ pub async fn disable(
         .target(id.clone());
     let Some((_, tx)) = state.principals.prepare_disable(&id)? else {
         state
-            .record(crate::audit::AuditEvent {
+            .record(AuditEvent {
                 outcome: Outcome::Error,
                 reason: Some("not found".into()),
                 ..event

@@ -153,7 +153,7 @@ pub async fn read(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     state
-        .authorize(&caller, Operation::RecordRead, &ctx)
+        .authorize_on(&caller, Operation::RecordRead, &ctx, &[state.target_of(&id)])
         .await?;
     let meta = visible(&state, &ctx, &caller, &id, "record.read").await?;
     let data = state.vault.open(&meta)?;
@@ -179,7 +179,7 @@ pub async fn update(
     body: JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     state
-        .authorize(&caller, Operation::RecordUpdate, &ctx)
+        .authorize_on(&caller, Operation::RecordUpdate, &ctx, &[state.target_of(&id)])
         .await?;
     let mut patch = object(&body)?;
     let meta = visible(&state, &ctx, &caller, &id, "record.update").await?;
@@ -212,7 +212,7 @@ pub async fn erase(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     state
-        .authorize(&caller, Operation::RecordErase, &ctx)
+        .authorize_on(&caller, Operation::RecordErase, &ctx, &[state.target_of(&id)])
         .await?;
     let meta = visible(&state, &ctx, &caller, &id, "record.erase").await?;
     let tx = state.vault.prepare_erase(&meta)?;

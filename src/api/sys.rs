@@ -160,10 +160,29 @@ pub async fn seal(
     state.authorize(&caller, Operation::SysSeal, &ctx).await?;
     let actor = caller.principal().id.clone();
     drop(caller);
-    state
-        .record(ctx.event(&actor, "sys.seal", Outcome::Allowed))
-        .await?;
-    state.seal();
+    let event = ctx.event(&actor, "sys.seal", Outcome::Allowed);
+    // The seal happens whatever becomes of the request or of its entry: it
+    // runs in a task of its own (a client that hangs up cannot stop it),
+    // and the entry is best effort, for at most SEAL_AUDIT_WAIT: a vault
+    // whose audit log cannot be written is a vault to seal, not to keep
+    // open. The entry is written first only because, once sealed, the log
+    // has no key to sign it with.
+    let sealing = state.clone();
+    let recorded = tokio::spawn(async move {
+        let recorded = tokio::time::timeout(SEAL_AUDIT_WAIT, sealing.record(event)).await;
+        sealing.seal();
+        recorded
+    })
+    .await
+    .map_err(|_| ApiError::Internal)?;
+    match recorded {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::error!(error = ?e, "sealed without its audit entry"),
+        Err(_) => tracing::error!("sealed; its audit entry was not written in time"),
+    }
     tracing::info!(actor = %actor, "vault sealed");
     Ok(Json(SealState { sealed: true }))
 }
+
+/// How long a seal waits for its audit entry before sealing without it.
+const SEAL_AUDIT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);

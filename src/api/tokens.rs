@@ -151,11 +151,11 @@ fn resolve(
         tx: Transaction::new(),
     };
     let Some((key, record)) = state.vault.token(token)? else {
-        return Ok(refuse("not_found", None));
+        return Ok(refuse("not_found", state.audit.fingerprint(token)));
     };
     let target_id = record.target.id().to_owned();
     if !principal.sees(&record.owner) {
-        return Ok(refuse("not_found", None));
+        return Ok(refuse("not_found", Some(target_id)));
     }
     match record.state(state.clock.now()) {
         TokenState::Revoked => return Ok(refuse("token_revoked", Some(target_id))),
@@ -210,9 +210,23 @@ pub async fn detokenize(
     caller: Caller,
     body: JsonBody,
 ) -> Result<Json<Value>, ApiError> {
-    state
-        .authorize(&caller, Operation::TokenDetokenize, &ctx)
-        .await?;
+    if !caller.principal().may(Operation::TokenDetokenize) {
+        // The denial names what each token stands for (a batch is bounded).
+        let named = body
+            .parse::<DetokenizeRequest>()
+            .map(|r| r.tokens)
+            .unwrap_or_default();
+        let mut targets = Vec::new();
+        for token in named.iter().take(MAX_BATCH) {
+            let target = state.token_target(token)?;
+            if !targets.contains(&target) {
+                targets.push(target);
+            }
+        }
+        state
+            .authorize_on(&caller, Operation::TokenDetokenize, &ctx, &targets)
+            .await?;
+    }
     let request: DetokenizeRequest = body.parse()?;
     if request.tokens.is_empty() || request.tokens.len() > MAX_BATCH {
         return Err(ApiError::field("tokens", "must hold 1 to 1000 tokens"));
@@ -241,17 +255,25 @@ pub async fn revoke(
     caller: Caller,
     Path(token): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    let named = state.token_target(&token)?;
     state
-        .authorize(&caller, Operation::TokenRevoke, &ctx)
+        .authorize_on(&caller, Operation::TokenRevoke, &ctx, &[named.clone()])
         .await?;
     let principal = caller.principal();
-    let Some((key, record)) = state
-        .vault
-        .token(&token)?
-        .filter(|(_, r)| principal.sees(&r.owner))
-    else {
+    let Some((key, record)) = state.vault.token(&token)? else {
         return Err(ApiError::NotFound);
     };
+    if !principal.sees(&record.owner) {
+        // Another owner's token is "not found" to this caller, and the
+        // attempt is a denial on what the token stands for.
+        let event = AuditEvent {
+            target: named,
+            reason: Some("not the owner".into()),
+            ..ctx.event(&principal.id, "token.revoke", Outcome::Denied)
+        };
+        state.record(event).await?;
+        return Err(ApiError::NotFound);
+    }
     let target = record.target.id().to_owned();
     let tx = state.vault.prepare_revoke(&key, &record)?;
     state
