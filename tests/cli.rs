@@ -412,17 +412,7 @@ fn offline_commands_never_create_a_store() {
 fn offline_commands_understand_the_dev_layout() {
     let dir = tempfile::tempdir().unwrap();
     let vault = dir.path().join("vault");
-    let (child, creds, addr) = process::dev(
-        strongroom(&[
-            "dev",
-            "--json",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            vault.to_str().unwrap(),
-        ]),
-        Stdio::piped(),
-    );
+    let (child, creds, addr) = process::dev_in(&vault, &[], Stdio::piped());
     let card = r#"{"pan":"4242424242424242","exp_month":12,"exp_year":2031}"#;
     let key = creds["payment_service_api_key"].as_str().unwrap();
     assert_eq!(

@@ -16,7 +16,7 @@ mod common;
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 
-use common::process::{dev, terminate_wrapped, wrapped};
+use common::process::{dev_in, terminate_wrapped};
 use common::try_http;
 
 /// Clients writing at once (so rounds of group commit cover several
@@ -155,33 +155,21 @@ fn every_acknowledged_write_follows_an_fdatasync_of_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let trace_file = dir.path().join("strace.txt");
     let vault = dir.path().join("vault");
-    let (server, credentials, addr) = dev(
-        wrapped(
-            &[
-                "strace",
-                "-f",
-                "-qq",
-                "-yy",
-                "-s",
-                "48",
-                "-e",
-                TRACED,
-                "-e",
-                "signal=none",
-                "-o",
-                trace_file.to_str().unwrap(),
-            ],
-            &[
-                "dev",
-                "--json",
-                "--listen",
-                "127.0.0.1:0",
-                "--data-dir",
-                vault.to_str().unwrap(),
-            ],
-        ),
-        Stdio::null(),
-    );
+    let strace = [
+        "strace",
+        "-f",
+        "-qq",
+        "-yy",
+        "-s",
+        "48",
+        "-e",
+        TRACED,
+        "-e",
+        "signal=none",
+        "-o",
+        trace_file.to_str().unwrap(),
+    ];
+    let (server, credentials, addr) = dev_in(&vault, &strace, Stdio::null());
     let key = credentials["payment_service_api_key"]
         .as_str()
         .unwrap()

@@ -157,6 +157,20 @@ pub fn dev(mut command: Command, stderr: Stdio) -> (Child, Value, SocketAddr) {
     (child, credentials, addr)
 }
 
+/// `<wrapper…> strongroom dev --json` on a free loopback port, its vault in
+/// `vault` (new or empty), as [`dev`] starts it.
+pub fn dev_in(vault: &Path, wrapper: &[&str], stderr: Stdio) -> (Child, Value, SocketAddr) {
+    let args = [
+        "dev",
+        "--json",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        vault.to_str().unwrap(),
+    ];
+    dev(wrapped(wrapper, &args), stderr)
+}
+
 /// Stops a server run under a wrapper (`strace`): SIGTERM to the wrapper's
 /// one child, the server, then the wrapper's exit status (strace exits with
 /// its tracee's).
