@@ -55,13 +55,14 @@ impl SledStore {
 
 /// The `fdatasync`s sled 0.34 leaves out.
 ///
-/// After `sled::Db::flush` has written the log (ending in
-/// `sync_file_range`), [`DeviceSync::sync`] makes it durable: `fdatasync` of
-/// the log, and of every blob file not yet synced at its current length
-/// followed by an `fsync` of the blob directory (a new file's name is
-/// durable only once its directory is). Blobs go first, so a log entry never
-/// becomes durable before the blob it points to (for the writes this flush
-/// covers, which finished writing their blobs before the flush began).
+/// [`SledStore::flush`] calls [`DeviceSync::sync_blobs`] (`fdatasync` of
+/// every blob file not yet synced at its current length, then `fsync` of
+/// the blob directory: a new file's name is durable only once its directory
+/// is), then `sled::Db::flush` (which writes the log and ends in
+/// `sync_file_range`), then [`DeviceSync::sync_log`] (`fdatasync` of the
+/// log). Blobs go first, so a log entry never becomes durable before the
+/// blob it points to (for the writes this flush covers, which finished
+/// writing their blobs before the flush began).
 /// Opening syncs everything once, the store directory and its parent
 /// included, so a store just created (or left by a crash) is durable from
 /// the start.
