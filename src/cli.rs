@@ -54,7 +54,8 @@ enum AuditCommand {
 
 #[derive(Debug, Args)]
 struct AuditVerifyArgs {
-    /// Verify the log in this data directory.
+    /// Verify the log in this data directory (of `init`/`serve`, or of
+    /// `dev --data-dir`). Nothing is created there.
     #[arg(
         long,
         env = "STRONGROOM_DATA_DIR",
@@ -62,7 +63,8 @@ struct AuditVerifyArgs {
         required_unless_present = "file"
     )]
     data_dir: Option<PathBuf>,
-    /// Keys directory holding audit.pub (with --data-dir).
+    /// Keys directory holding audit.pub (with --data-dir; default: the
+    /// `keys` directory beside the store).
     #[arg(long, env = "STRONGROOM_KEYS_DIR")]
     keys_dir: Option<PathBuf>,
     /// Verify this exported JSONL file.
@@ -75,6 +77,8 @@ struct AuditVerifyArgs {
 
 #[derive(Debug, Args)]
 struct AuditExportArgs {
+    /// Export the log in this data directory (of `init`/`serve`, or of
+    /// `dev --data-dir`). Nothing is created there.
     #[arg(long, env = "STRONGROOM_DATA_DIR")]
     data_dir: PathBuf,
 }
@@ -515,24 +519,96 @@ fn audit_verify(args: AuditVerifyArgs) -> Result<(), String> {
         return report(&verify_lines(lines, &public_key, true));
     }
     let data_dir = args.data_dir.ok_or("give --data-dir or --file")?;
-    let public_key = match &args.public_key {
-        Some(path) => read_public_key(path)?,
-        None => {
-            let keys = args
-                .keys_dir
-                .unwrap_or_else(|| crate::config::DEFAULT_KEYS_DIR.into());
-            read_public_key(&keys.join("audit.pub"))?
-        }
+    let vault = OfflineVault::locate(&data_dir)?;
+    let store = vault.open()?;
+    let public_key = match (&args.public_key, &args.keys_dir) {
+        (Some(path), _) => read_public_key(path)?,
+        (None, Some(keys)) => read_public_key(&keys.join(AUDIT_PUBLIC_KEY))?,
+        (None, None) => read_public_key(&vault.public_key_beside()?)?,
     };
-    let store =
-        SledStore::open(&data_dir).map_err(|e| format!("{e} (is the server still running?)"))?;
     report(&verify_store(&store, &public_key, true))
 }
 
 fn audit_export(args: AuditExportArgs) -> Result<(), String> {
-    let store = SledStore::open(&args.data_dir)
-        .map_err(|e| format!("{e} (is the server still running?)"))?;
+    let store = OfflineVault::locate(&args.data_dir)?.open()?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     export_store(&store, &mut out)?;
     out.flush().map_err(|e| e.to_string())
+}
+
+/// The audit verification key's file name in a keys directory.
+const AUDIT_PUBLIC_KEY: &str = "audit.pub";
+
+/// What the offline commands accept as `--data-dir`.
+const OFFLINE_LAYOUTS: &str = "expected the data directory of `strongroom init` / \
+     `serve` (the store: sled's `conf` and `db` files) or the directory given to \
+     `strongroom dev --data-dir` (holding `store/` and `keys/`)";
+
+/// A vault's store found for an offline command (`audit verify`, `audit
+/// export`), which must never create one: sled creates a database wherever
+/// it is opened, so the directory is recognised first.
+struct OfflineVault {
+    store: PathBuf,
+}
+
+impl OfflineVault {
+    /// `data_dir` is the store itself (the `init` / `serve` layout) or holds
+    /// it as `store/` (the `dev` layout); anything else is an error that
+    /// says what was expected, and nothing is created.
+    fn locate(data_dir: &Path) -> Result<Self, String> {
+        let dev_store = data_dir.join("store");
+        let store = if SledStore::exists_in(data_dir) {
+            data_dir.to_path_buf()
+        } else if SledStore::exists_in(&dev_store) {
+            dev_store
+        } else if !data_dir.exists() {
+            return Err(format!(
+                "{} does not exist; {OFFLINE_LAYOUTS}",
+                data_dir.display()
+            ));
+        } else {
+            return Err(format!(
+                "{} holds no Strongroom store; {OFFLINE_LAYOUTS}. Nothing was created",
+                data_dir.display()
+            ));
+        };
+        Ok(Self { store })
+    }
+
+    /// `audit.pub` in the keys directory beside the store, where `dev` puts
+    /// it (`D/keys` beside `D/store`) and where `init` does when the data
+    /// and keys directories are siblings (`data/`, `keys/`).
+    fn public_key_beside(&self) -> Result<PathBuf, String> {
+        let keys = match self.store.parent() {
+            Some(parent) => parent.join("keys"),
+            None => PathBuf::from("keys"),
+        };
+        let path = keys.join(AUDIT_PUBLIC_KEY);
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!(
+                "no {AUDIT_PUBLIC_KEY} beside the store {} (looked for {}): give \
+                 --keys-dir with the vault's keys directory, or --public-key with its \
+                 {AUDIT_PUBLIC_KEY}",
+                self.store.display(),
+                path.display()
+            ))
+        }
+    }
+
+    /// Opens the store, which must hold an initialised vault.
+    fn open(&self) -> Result<SledStore, String> {
+        let store = SledStore::open(&self.store)
+            .map_err(|e| format!("{e} (is the server still running?)"))?;
+        match Keyring::is_initialised(&store) {
+            Ok(true) => Ok(store),
+            Ok(false) => Err(format!(
+                "{} holds a database but no Strongroom vault (`strongroom init` never \
+                 completed there)",
+                self.store.display()
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    }
 }

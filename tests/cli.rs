@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -216,16 +215,10 @@ fn sigterm_as_soon_as_the_port_opens_is_a_clean_stop() {
 
 #[test]
 fn dev_prints_credentials_as_json_and_serves_unsealed() {
-    let mut child = strongroom(&["dev", "--json", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let creds: Value = serde_json::from_str(&first).unwrap();
+    let (child, creds, addr) = process::dev(
+        strongroom(&["dev", "--json", "--listen", "127.0.0.1:0"]),
+        Stdio::piped(),
+    );
     let url = creds["url"].as_str().unwrap();
     let admin = creds["admin_api_key"].as_str().unwrap();
     for key in [
@@ -236,7 +229,6 @@ fn dev_prints_credentials_as_json_and_serves_unsealed() {
         assert!(creds[key].as_str().unwrap().starts_with("srk_"), "{key}");
     }
     assert!(url.starts_with("http://127.0.0.1:"));
-    let addr: SocketAddr = url.trim_start_matches("http://").parse().unwrap();
     let health = http(addr, "GET", "/v1/sys/health", None, None);
     assert_eq!(health.status, 200);
     assert_eq!(health.json()["sealed"], false);
@@ -350,4 +342,141 @@ fn audit_verify_and_export_after_a_clean_stop() {
     let verify = verify_data_dir(&data, &keys);
     assert!(!verify.status.success());
     assert!(String::from_utf8_lossy(&verify.stderr).contains("failed at entry"));
+}
+
+/// What the offline commands say they expected.
+const EXPECTED_LAYOUTS: &str = "expected the data directory of `strongroom init` / `serve`";
+
+/// `audit export` and `audit verify` pointed at a directory without a store
+/// (empty, missing, or a sled database no vault was initialised in) exit
+/// non-zero saying what they expected, print nothing, and create nothing.
+#[test]
+fn offline_commands_never_create_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let missing = dir.path().join("missing");
+    let keys = dir.path().join("keys");
+    for data in [&empty, &missing] {
+        let data = data.to_str().unwrap();
+        for args in [
+            &["audit", "export", "--data-dir", data][..],
+            &["audit", "verify", "--data-dir", data],
+            &[
+                "audit",
+                "verify",
+                "--data-dir",
+                data,
+                "--keys-dir",
+                keys.to_str().unwrap(),
+            ],
+        ] {
+            let out = run(args);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{args:?} succeeded");
+            assert!(out.stdout.is_empty(), "{args:?} printed something");
+            assert!(
+                stderr.contains(EXPECTED_LAYOUTS) && stderr.contains("dev --data-dir"),
+                "{args:?}: {stderr}"
+            );
+        }
+    }
+    assert_eq!(
+        std::fs::read_dir(&empty).unwrap().count(),
+        0,
+        "an offline command created something"
+    );
+    assert!(!missing.exists() && !keys.exists());
+
+    // A sled database that holds no vault (what `audit export` used to
+    // leave behind) is not a Strongroom store either. (Reading it at all
+    // means opening it with sled, which may write a snapshot there.)
+    let foreign = dir.path().join("foreign");
+    drop(strongroom::store::SledStore::open(&foreign).unwrap());
+    for command in ["export", "verify"] {
+        let out = run(&["audit", command, "--data-dir", foreign.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{command}");
+        assert!(out.stdout.is_empty(), "{command}");
+        assert!(
+            stderr.contains("no Strongroom vault"),
+            "{command}: {stderr}"
+        );
+    }
+}
+
+/// `dev --data-dir D` lays out `D/store` and `D/keys`: the offline commands
+/// take D (or D/store) and find `keys/audit.pub` beside the store, not in
+/// the working directory; without it there, the error names the flags.
+#[test]
+fn offline_commands_understand_the_dev_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = dir.path().join("vault");
+    let (child, creds, addr) = process::dev_in(&vault, &[], Stdio::piped());
+    let card = r#"{"pan":"4242424242424242","exp_month":12,"exp_year":2031}"#;
+    let key = creds["payment_service_api_key"].as_str().unwrap();
+    assert_eq!(
+        http(addr, "POST", "/v1/records/card", Some(key), Some(card)).status,
+        201
+    );
+    let (status, log) = terminate(child);
+    assert!(status.success(), "{log}");
+
+    // Run from a directory with no `keys/` in it.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let offline = |args: &[&str]| {
+        strongroom(args)
+            .current_dir(elsewhere.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let store = vault.join("store");
+    for data in [&vault, &store] {
+        let out = offline(&["audit", "verify", "--data-dir", data.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(result["ok"], true);
+    }
+    let export = offline(&["audit", "export", "--data-dir", vault.to_str().unwrap()]);
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let text = String::from_utf8(export.stdout).unwrap();
+    assert!(
+        text.lines().count() > 1 && text.contains("\"record.create\""),
+        "{text}"
+    );
+
+    // Keys moved away from beside the store: say which flag to give.
+    let moved = dir.path().join("moved-keys");
+    std::fs::rename(vault.join("keys"), &moved).unwrap();
+    let out = offline(&["audit", "verify", "--data-dir", vault.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    assert!(
+        stderr.contains("--keys-dir") && stderr.contains("--public-key"),
+        "{stderr}"
+    );
+    assert!(!elsewhere.path().join("keys").exists());
+    let out = offline(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        vault.to_str().unwrap(),
+        "--keys-dir",
+        moved.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -390,6 +390,13 @@ impl Keyring {
         &self.root_file.vault_id
     }
 
+    /// Whether `store` holds an initialised vault (`init` or `dev` ran on
+    /// it), without its keys: how the offline commands tell a Strongroom
+    /// store from any other sled database.
+    pub fn is_initialised(store: &dyn Store) -> Result<bool, StoreError> {
+        Ok(store.get(VAULT_KEY)?.is_some())
+    }
+
     pub fn keys_dir(&self) -> &Path {
         &self.keys_dir
     }

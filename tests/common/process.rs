@@ -1,7 +1,7 @@
 //! Running the real `strongroom` binary: commands on a vault directory,
 //! servers on free loopback ports, and stopping them.
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -13,7 +13,20 @@ const BIN: &str = env!("CARGO_BIN_EXE_strongroom");
 
 /// `strongroom <args…>` with no `STRONGROOM_*` variable inherited.
 pub fn strongroom(args: &[&str]) -> Command {
-    let mut command = Command::new(BIN);
+    wrapped(&[], args)
+}
+
+/// `<wrapper…> strongroom <args…>`: the binary run by another program (such
+/// as `strace`), with no `STRONGROOM_*` variable inherited.
+pub fn wrapped(wrapper: &[&str], args: &[&str]) -> Command {
+    let mut command = match wrapper.split_first() {
+        Some((program, wrapper_args)) => {
+            let mut command = Command::new(program);
+            command.args(wrapper_args).arg(BIN);
+            command
+        }
+        None => Command::new(BIN),
+    };
     command.args(args);
     for (key, _) in std::env::vars() {
         if key.starts_with("STRONGROOM_") {
@@ -116,4 +129,64 @@ pub fn terminate(mut child: Child) -> (ExitStatus, String) {
         pipe.read_to_string(&mut stderr).unwrap();
     }
     (status, stderr)
+}
+
+/// Starts `command` (a `strongroom dev --json …`, maybe [`wrapped`]) and
+/// waits for the credentials it prints on its first line: the child, the
+/// credentials and the address it serves on. stdin is closed, stderr goes
+/// to `stderr`.
+pub fn dev(mut command: Command, stderr: Stdio) -> (Child, Value, SocketAddr) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let credentials: Value = serde_json::from_str(&first)
+        .unwrap_or_else(|e| panic!("dev printed no credentials ({e}): {first:?}"));
+    let addr = credentials["url"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    (child, credentials, addr)
+}
+
+/// `<wrapper…> strongroom dev --json` on a free loopback port, its vault in
+/// `vault` (new or empty), as [`dev`] starts it.
+pub fn dev_in(vault: &Path, wrapper: &[&str], stderr: Stdio) -> (Child, Value, SocketAddr) {
+    let args = [
+        "dev",
+        "--json",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        vault.to_str().unwrap(),
+    ];
+    dev(wrapped(wrapper, &args), stderr)
+}
+
+/// Stops a server run under a wrapper (`strace`): SIGTERM to the wrapper's
+/// one child, the server, then the wrapper's exit status (strace exits with
+/// its tracee's).
+pub fn terminate_wrapped(mut wrapper: Child) -> ExitStatus {
+    let pid = wrapper.id();
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    let server = children.split_whitespace().next().unwrap_or_else(|| {
+        let _ = wrapper.kill();
+        panic!("the wrapper {pid} has no child")
+    });
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", server])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wrapper.wait().unwrap()
 }
