@@ -1,6 +1,9 @@
 //! Four-eyes access requests: an officer asks to reveal named fields of one
 //! record; a different person approves or denies; an approval is a grant
 //! bound to that record, those fields and that officer, for a while.
+//!
+//! A request is stored sealed with the state key under `ar/<id>`: flipping
+//! its status to `approved` on disk gives an integrity error, not a grant.
 
 use std::sync::Arc;
 
@@ -10,6 +13,7 @@ use time::{Duration, OffsetDateTime};
 use super::AccessError;
 use crate::clock::{Clock, rfc3339};
 use crate::crypto::random_array;
+use crate::keyring::{Keyring, StateKey};
 use crate::store::{Store, Transaction};
 
 const REQUEST_PREFIX: &str = "ar/";
@@ -73,6 +77,7 @@ pub enum DecisionError {
 /// Access requests in the store.
 pub struct AccessRequests {
     store: Arc<dyn Store>,
+    keyring: Arc<Keyring>,
     clock: Arc<dyn Clock>,
     /// How long an approval lasts.
     pub grant_lifetime: Duration,
@@ -82,14 +87,20 @@ fn key(id: &str) -> String {
     format!("{REQUEST_PREFIX}{id}")
 }
 
-fn encode(request: &AccessRequest) -> Result<Vec<u8>, AccessError> {
-    serde_json::to_vec(request).map_err(|_| AccessError::Corrupt)
+fn seal(state: &StateKey, request: &AccessRequest) -> Result<Vec<u8>, AccessError> {
+    Ok(state.seal_json(key(&request.id).as_bytes(), request)?)
 }
 
 impl AccessRequests {
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, grant_lifetime: Duration) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        keyring: Arc<Keyring>,
+        clock: Arc<dyn Clock>,
+        grant_lifetime: Duration,
+    ) -> Self {
         Self {
             store,
+            keyring,
             clock,
             grant_lifetime,
         }
@@ -120,17 +131,29 @@ impl AccessRequests {
             "{BY_REQUESTER_PREFIX}{requester}/{record_id}/{}",
             request.id
         );
+        let sealed = seal(self.keyring.keys()?.state_key(), &request)?;
         let tx = Transaction::new()
-            .put(key(&request.id), encode(&request)?)
+            .put(key(&request.id), sealed)
             .put(index, Vec::new());
         Ok((request, tx))
     }
 
     pub fn get(&self, id: &str) -> Result<Option<AccessRequest>, AccessError> {
-        self.store
-            .get(key(id).as_bytes())?
-            .map(|b| serde_json::from_slice(&b).map_err(|_| AccessError::Corrupt))
-            .transpose()
+        Ok(self.get_with_bytes(id)?.map(|(request, _)| request))
+    }
+
+    /// A request and its stored bytes (for a transaction's precondition).
+    fn get_with_bytes(&self, id: &str) -> Result<Option<(AccessRequest, Vec<u8>)>, AccessError> {
+        let key = key(id);
+        let Some(bytes) = self.store.get(key.as_bytes())? else {
+            return Ok(None);
+        };
+        let request: AccessRequest = self
+            .keyring
+            .keys()?
+            .state_key()
+            .open_json(key.as_bytes(), &bytes)?;
+        Ok(Some((request, bytes)))
     }
 
     /// The writes that approve (`approve = true`) or deny a pending request
@@ -141,7 +164,7 @@ impl AccessRequests {
         decider: &str,
         approve: bool,
     ) -> Result<Result<(AccessRequest, Transaction), DecisionError>, AccessError> {
-        let Some(request) = self.get(id)? else {
+        let Some((request, stored)) = self.get_with_bytes(id)? else {
             return Ok(Err(DecisionError::NotFound));
         };
         if request.requester == decider {
@@ -159,11 +182,12 @@ impl AccessRequests {
             },
             decided_by: Some(decider.to_owned()),
             expires_at: approve.then(|| (now + self.grant_lifetime).unix_timestamp()),
-            ..request.clone()
+            ..request
         };
+        let sealed = seal(self.keyring.keys()?.state_key(), &decided)?;
         let tx = Transaction::new()
-            .expect(key(id), Some(encode(&request)?))
-            .put(key(id), encode(&decided)?);
+            .expect(key(id), Some(stored))
+            .put(key(id), sealed);
         Ok(Ok((decided, tx)))
     }
 
