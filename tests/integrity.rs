@@ -262,6 +262,14 @@ async fn an_api_key_index_entry_pointed_or_moved_to_an_admin_grants_nothing() {
     let reply = w.get(&w.payments, "/v1/principals").await;
     refused(&reply, &[]);
 
+    // The earlier, unauthenticated format (the bare id), and a cut tag.
+    w.store.put(&my_entry, admin.as_bytes()).unwrap();
+    refused(&w.get(&w.payments, "/v1/principals").await, &[]);
+    w.store
+        .put(&my_entry, &original[..original.len() - 1])
+        .unwrap();
+    refused(&w.get(&w.payments, "/v1/principals").await, &[]);
+
     // Put back, the key works as before (and is still no admin).
     w.store.put(&my_entry, &original).unwrap();
     assert_eq!(
