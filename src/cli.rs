@@ -184,8 +184,17 @@ fn load_config(locations: &Locations, listen: Option<String>) -> Result<Config, 
     .map_err(|e| e.to_string())
 }
 
+/// A new store in a data directory created 0700 (`init`, `dev`).
+fn create_store(data_dir: &Path) -> Result<Arc<dyn Store>, String> {
+    crate::config::create_data_dir(data_dir).map_err(|e| e.to_string())?;
+    let store = SledStore::open(data_dir).map_err(|e| e.to_string())?;
+    Ok(Arc::new(store))
+}
+
+/// The store of an existing data directory that only its owner may enter
+/// (`serve`); never creates one.
 fn open_store(data_dir: &Path) -> Result<Arc<dyn Store>, String> {
-    std::fs::create_dir_all(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
+    crate::config::check_data_dir(data_dir).map_err(|e| e.to_string())?;
     let store = SledStore::open(data_dir).map_err(|e| e.to_string())?;
     Ok(Arc::new(store))
 }
@@ -268,7 +277,7 @@ fn init(args: InitArgs) -> Result<(), String> {
         (None, None, Some(path)) => SealMethod::Passphrase(read_passphrase(path)?),
         _ => return Err("give --shares N --threshold M, or --passphrase-file F".into()),
     };
-    let store = open_store(&config.data_dir)?;
+    let store = create_store(&config.data_dir)?;
     let NewVault {
         state,
         admin_api_key: admin_key,
@@ -380,9 +389,13 @@ fn dev(args: DevArgs) -> Result<(), String> {
                     dir.display()
                 ));
             }
+            if !dir.exists() {
+                crate::config::create_data_dir(&dir).map_err(|e| e.to_string())?;
+            }
             (None, dir)
         }
         None => {
+            // Created 0700.
             let temp = tempfile::Builder::new()
                 .prefix("strongroom-dev-")
                 .tempdir()
@@ -400,7 +413,7 @@ fn dev(args: DevArgs) -> Result<(), String> {
     let passphrase = Zeroizing::new(hex::encode(
         crate::crypto::random_array::<24>().map_err(|e| e.to_string())?,
     ));
-    let store = open_store(&config.data_dir)?;
+    let store = create_store(&config.data_dir)?;
     let NewVault {
         state,
         admin_api_key: admin_key,

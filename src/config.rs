@@ -59,6 +59,46 @@ pub struct Overrides {
 #[error("configuration: {0}")]
 pub struct ConfigError(pub String);
 
+/// Creates the data directory `dir` (and any missing parent) with mode
+/// 0700, then checks it as [`check_data_dir`] does: an existing directory
+/// keeps its mode and is refused if others may enter it.
+pub fn create_data_dir(dir: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| ConfigError(format!("cannot create {}: {e}", dir.display())))?;
+    check_data_dir(dir)
+}
+
+/// Refuses a data directory that does not exist (nothing creates one but
+/// `init` and `dev`) or that group or others may read, write or enter: the
+/// store holds the security state and the audit log.
+pub fn check_data_dir(dir: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(dir).map_err(|e| {
+        ConfigError(format!(
+            "the data directory {} cannot be opened ({e}); create it with `strongroom init`",
+            dir.display()
+        ))
+    })?;
+    if !meta.is_dir() {
+        return Err(ConfigError(format!(
+            "the data directory {} is not a directory",
+            dir.display()
+        )));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(ConfigError(format!(
+            "the data directory {} is open to group or others (mode {mode:o}); chmod 700 it",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -209,6 +249,36 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("/f"));
         assert_eq!(config.keys_dir, PathBuf::from(DEFAULT_KEYS_DIR));
         assert_eq!(config.body_limit_bytes, DEFAULT_BODY_LIMIT);
+    }
+
+    #[test]
+    fn data_directories_are_created_private_and_shared_ones_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("a/b");
+        create_data_dir(&dir).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert!(check_data_dir(&dir).is_ok());
+        for shared in [0o710, 0o701, 0o750, 0o755, 0o777] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(shared)).unwrap();
+            let e = check_data_dir(&dir).unwrap_err().to_string();
+            assert!(e.contains("chmod 700"), "{e}");
+            // An existing directory keeps its mode: refused, not changed.
+            assert!(create_data_dir(&dir).is_err());
+            assert_eq!(mode(&dir), shared);
+        }
+        let missing = base.path().join("missing");
+        assert!(
+            check_data_dir(&missing)
+                .unwrap_err()
+                .to_string()
+                .contains("init")
+        );
+        assert!(!missing.exists());
+        let file = base.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        assert!(check_data_dir(&file).is_err());
     }
 
     #[test]

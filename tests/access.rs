@@ -55,18 +55,6 @@ async fn credential_for(vault: &TestVault, app: &Router, role: Role, n: usize) -
     }
 }
 
-fn principal_id(vault: &TestVault, name: &str) -> String {
-    vault
-        .state
-        .principals
-        .list()
-        .unwrap()
-        .into_iter()
-        .find(|p| p.name == name)
-        .unwrap()
-        .id
-}
-
 fn card_body() -> Value {
     json!({"pan": "4242 4242 4242 4242", "exp_month": 12, "exp_year": 2031, "holder_name": "Ada Lovelace", "subject_ref": "user-42"})
 }
@@ -129,7 +117,7 @@ async fn sample(
             vault.service(&name, Role::Auditor);
             (
                 "DELETE",
-                format!("/v1/principals/{}", principal_id(vault, &name)),
+                format!("/v1/principals/{}", vault.principal_id(&name)),
                 None,
             )
         }
@@ -327,7 +315,7 @@ async fn missing_malformed_unknown_disabled_and_ended_credentials_are_401() {
     // Disabled: its key stops at once.
     let doomed = vault.service("doomed", Role::Auditor);
     assert_eq!(verify_status(&app, &doomed).await, 200);
-    let id = principal_id(&vault, "doomed");
+    let id = vault.principal_id("doomed");
     assert_eq!(
         status_of(
             &app,
@@ -562,7 +550,7 @@ async fn disabling_ends_sessions_and_keys_at_once() {
         body: s2,
         ..
     } = login(&app, "carol", STAFF_PASSWORD).await;
-    let id = principal_id(&vault, "carol");
+    let id = vault.principal_id("carol");
     let Reply { status, .. } = call(
         &app,
         "DELETE",

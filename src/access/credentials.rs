@@ -4,6 +4,11 @@
 //! store keeps `HMAC-SHA256(credential key, api key)` as the lookup key, so
 //! a stolen data directory yields no usable credential. Staff password
 //! hashes live apart from the principal record, which is safe to list.
+//!
+//! Every value stored here (principal, API-key and name index entries,
+//! password hash, session) is sealed with the state key bound to its store
+//! key, so none can be edited, or copied under another principal's key,
+//! without the vault noticing.
 
 use std::sync::Arc;
 
@@ -14,6 +19,7 @@ use super::sessions::{self, SessionPolicy, SessionToken, StoredSession};
 use super::{AccessError, LockoutPolicy, Principal, PrincipalKind, Role, lockout};
 use crate::clock::{Clock, rfc3339};
 use crate::crypto::{HmacKey, random_array};
+use crate::keyring::{Keyring, StateKey, UnsealedKeys};
 use crate::store::{Store, Transaction};
 
 const API_KEY_PREFIX: &str = "srk_";
@@ -74,6 +80,7 @@ pub struct Authenticated {
 /// Principals stored in the store.
 pub struct PrincipalDirectory {
     store: Arc<dyn Store>,
+    keyring: Arc<Keyring>,
     clock: Arc<dyn Clock>,
 }
 
@@ -123,13 +130,35 @@ fn principal_key(id: &str) -> String {
     format!("{PRINCIPAL_PREFIX}{id}")
 }
 
-fn encode(principal: &Principal) -> Result<Vec<u8>, AccessError> {
-    serde_json::to_vec(principal).map_err(|_| AccessError::Corrupt)
+fn name_key(name: &str) -> String {
+    format!("{NAME_INDEX_PREFIX}{name}")
+}
+
+fn password_key(id: &str) -> String {
+    format!("{PASSWORD_PREFIX}{id}")
+}
+
+fn seal_principal(state: &StateKey, principal: &Principal) -> Result<Vec<u8>, AccessError> {
+    Ok(state.seal_json(principal_key(&principal.id).as_bytes(), principal)?)
+}
+
+/// A stored text (an index entry's id, a password hash), once
+/// authenticated.
+fn open_text(state: &StateKey, key: &[u8], stored: &[u8]) -> Result<String, AccessError> {
+    String::from_utf8(state.open(key, stored)?.to_vec()).map_err(|_| AccessError::Corrupt)
 }
 
 impl PrincipalDirectory {
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
-        Self { store, clock }
+    pub fn new(store: Arc<dyn Store>, keyring: Arc<Keyring>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            store,
+            keyring,
+            clock,
+        }
+    }
+
+    fn keys(&self) -> Result<Arc<UnsealedKeys>, AccessError> {
+        Ok(self.keyring.keys()?)
     }
 
     fn new_principal(
@@ -150,11 +179,19 @@ impl PrincipalDirectory {
             created_at: rfc3339(self.clock.now()),
             disabled: false,
         };
-        let name_key = format!("{NAME_INDEX_PREFIX}{name}");
+        let keys = self.keys()?;
+        let state = keys.state_key();
+        let name_key = name_key(name);
         let tx = Transaction::new()
             .expect(name_key.clone(), None)
-            .put(name_key, principal.id.clone())
-            .put(principal_key(&principal.id), encode(&principal)?);
+            .put(
+                name_key.clone(),
+                state.seal(name_key.as_bytes(), principal.id.as_bytes()),
+            )
+            .put(
+                principal_key(&principal.id),
+                seal_principal(state, &principal)?,
+            );
         Ok((principal, tx))
     }
 
@@ -168,14 +205,16 @@ impl PrincipalDirectory {
     ) -> Result<(Principal, ApiKey, Transaction), AccessError> {
         let (principal, tx) = self.new_principal(name, PrincipalKind::Service, roles)?;
         let api_key = ApiKey::generate()?;
-        let tx = tx.put(
-            api_key_index(credential_key, api_key.expose_secret()),
-            principal.id.clone(),
-        );
-        Ok((principal, api_key, tx))
+        let index = api_key_index(credential_key, api_key.expose_secret());
+        let sealed = self
+            .keys()?
+            .state_key()
+            .seal(&index, principal.id.as_bytes());
+        Ok((principal, api_key, tx.put(index, sealed)))
     }
 
-    /// A staff principal whose password hash (a PHC string) is `password_hash`.
+    /// A staff principal whose password hash (a PHC string, peppered) is
+    /// `password_hash`.
     pub fn prepare_staff(
         &self,
         name: &str,
@@ -183,23 +222,35 @@ impl PrincipalDirectory {
         password_hash: String,
     ) -> Result<(Principal, Transaction), AccessError> {
         let (principal, tx) = self.new_principal(name, PrincipalKind::Staff, roles)?;
-        let tx = tx.put(format!("{PASSWORD_PREFIX}{}", principal.id), password_hash);
-        Ok((principal, tx))
+        let key = password_key(&principal.id);
+        let sealed = self
+            .keys()?
+            .state_key()
+            .seal(key.as_bytes(), password_hash.as_bytes());
+        Ok((principal, tx.put(key, sealed)))
     }
 
     pub fn principal(&self, id: &str) -> Result<Option<Principal>, AccessError> {
-        self.store
-            .get(principal_key(id).as_bytes())?
-            .map(|bytes| serde_json::from_slice(&bytes).map_err(|_| AccessError::Corrupt))
-            .transpose()
+        Ok(self.principal_and_bytes(id)?.map(|(p, _)| p))
+    }
+
+    /// A principal and its stored bytes (for a transaction's precondition).
+    fn principal_and_bytes(&self, id: &str) -> Result<Option<(Principal, Vec<u8>)>, AccessError> {
+        let key = principal_key(id);
+        let Some(bytes) = self.store.get(key.as_bytes())? else {
+            return Ok(None);
+        };
+        let principal = self.keys()?.state_key().open_json(key.as_bytes(), &bytes)?;
+        Ok(Some((principal, bytes)))
     }
 
     /// Every principal, by id.
     pub fn list(&self) -> Result<Vec<Principal>, AccessError> {
+        let keys = self.keys()?;
         self.store
             .scan_prefix(PRINCIPAL_PREFIX.as_bytes())?
             .iter()
-            .map(|(_, bytes)| serde_json::from_slice(bytes).map_err(|_| AccessError::Corrupt))
+            .map(|(key, bytes)| Ok(keys.state_key().open_json(key, bytes)?))
             .collect()
     }
 
@@ -210,17 +261,17 @@ impl PrincipalDirectory {
         &self,
         id: &str,
     ) -> Result<Option<(Principal, Transaction)>, AccessError> {
-        let Some(old) = self.principal(id)? else {
+        let Some((old, old_bytes)) = self.principal_and_bytes(id)? else {
             return Ok(None);
         };
-        let old_bytes = encode(&old)?;
         let principal = Principal {
             disabled: true,
             ..old
         };
+        let sealed = seal_principal(self.keys()?.state_key(), &principal)?;
         let mut tx = Transaction::new()
             .expect(principal_key(id), Some(old_bytes))
-            .put(principal_key(id), encode(&principal)?);
+            .put(principal_key(id), sealed);
         let prefix = format!("{}{id}/", sessions::PRINCIPAL_SESSIONS_PREFIX);
         for (key, _) in self.store.scan_prefix(prefix.as_bytes())? {
             let digest = key.get(prefix.len()..).ok_or(AccessError::Corrupt)?;
@@ -237,27 +288,25 @@ impl PrincipalDirectory {
         &self,
         name: &str,
     ) -> Result<Option<(Principal, String)>, AccessError> {
-        let Some(id) = self
-            .store
-            .get(format!("{NAME_INDEX_PREFIX}{name}").as_bytes())?
-        else {
+        let key = name_key(name);
+        let Some(stored) = self.store.get(key.as_bytes())? else {
             return Ok(None);
         };
-        let id = String::from_utf8(id).map_err(|_| AccessError::Corrupt)?;
+        let keys = self.keys()?;
+        let id = open_text(keys.state_key(), key.as_bytes(), &stored)?;
         let Some(principal) = self.principal(&id)? else {
             return Ok(None);
         };
         if principal.kind != PrincipalKind::Staff {
             return Ok(None);
         }
-        let hash = self
+        let key = password_key(&id);
+        let stored = self
             .store
-            .get(format!("{PASSWORD_PREFIX}{id}").as_bytes())?
+            .get(key.as_bytes())?
             .ok_or(AccessError::Corrupt)?;
-        Ok(Some((
-            principal,
-            String::from_utf8(hash).map_err(|_| AccessError::Corrupt)?,
-        )))
+        let hash = open_text(keys.state_key(), key.as_bytes(), &stored)?;
+        Ok(Some((principal, hash)))
     }
 
     /// The enabled principal behind a bearer credential: an API key or a
@@ -268,29 +317,27 @@ impl PrincipalDirectory {
         sessions: &SessionPolicy,
         bearer: &str,
     ) -> Result<Authenticated, AccessError> {
+        let keys = self.keys()?;
+        let state = keys.state_key();
         let (id, credential, touch) = if looks_like_api_key(bearer) {
-            let id = self
+            let index = api_key_index(credential_key, bearer);
+            let stored = self
                 .store
-                .get(&api_key_index(credential_key, bearer))?
+                .get(&index)?
                 .ok_or(AccessError::Unauthenticated)?;
-            (
-                String::from_utf8(id).map_err(|_| AccessError::Corrupt)?,
-                Credential::ApiKey,
-                None,
-            )
+            (open_text(state, &index, &stored)?, Credential::ApiKey, None)
         } else if sessions::looks_like_session_token(bearer) {
             let key = sessions::session_key(credential_key, bearer);
             let stored = self
                 .store
                 .get(key.as_bytes())?
                 .ok_or(AccessError::Unauthenticated)?;
-            let session: StoredSession =
-                serde_json::from_slice(&stored).map_err(|_| AccessError::Corrupt)?;
+            let session: StoredSession = state.open_json(key.as_bytes(), &stored)?;
             // The touch holds only if the session is still as read: a
             // logout (or another touch) in between makes it a conflict, so
             // a racing request can never bring an ended session back.
             let touch = sessions
-                .check(&key, &session, self.clock.now())?
+                .check(state, &key, &session, self.clock.now())?
                 .map(|tx| tx.expect(key.clone(), Some(stored)));
             (session.principal_id, Credential::Session { key }, touch)
         } else {
@@ -315,8 +362,12 @@ impl PrincipalDirectory {
         principal: &Principal,
         username: &str,
     ) -> Result<(SessionToken, OffsetDateTime, Transaction), AccessError> {
-        let (token, expires, tx) =
-            sessions.open(credential_key, &principal.id, self.clock.now())?;
+        let (token, expires, tx) = sessions.open(
+            credential_key,
+            self.keys()?.state_key(),
+            &principal.id,
+            self.clock.now(),
+        )?;
         let clear = LockoutPolicy::success(&lockout::lockout_key(credential_key, username));
         Ok((token, expires, tx.merge(clear)))
     }

@@ -1,9 +1,11 @@
 //! Principals, credentials, sessions, lockout, roles and the policy table.
 //!
 //! This module decides who a caller is and what they may do. It stores only
-//! HMACs of credentials (under a key derived from the root key) and Argon2id
-//! hashes of passwords, never a credential itself, and knows nothing about
-//! HTTP. Writes are returned as transactions, so the caller can commit each
+//! HMACs of credentials (under a key derived from the root key) and peppered
+//! Argon2id hashes of passwords, never a credential itself, and knows nothing
+//! about HTTP. Every stored value that grants or denies is authenticated
+//! with the keyring's state key (`keyring::StateKey`), bound to its store
+//! key; one that fails is an integrity error, never a grant. Writes are returned as transactions, so the caller can commit each
 //! together with its audit entry.
 
 mod credentials;
@@ -69,6 +71,10 @@ pub enum AccessError {
     Store(#[from] crate::store::StoreError),
     #[error("cryptographic failure: {0}")]
     Crypto(#[from] crate::crypto::CryptoError),
+    /// Sealed, or stored security state that fails authentication
+    /// (`KeyringError::Integrity`).
+    #[error(transparent)]
+    Keyring(#[from] crate::keyring::KeyringError),
     #[error("stored access record is corrupt")]
     Corrupt,
 }

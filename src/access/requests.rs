@@ -2,6 +2,9 @@
 //! record; a different person approves or denies; an approval is a grant
 //! bound to that record, those fields, that officer and that case ticket,
 //! for a while, and for one reveal.
+//!
+//! A request is stored sealed with the state key under `ar/<id>`: flipping
+//! its status to `approved` on disk gives an integrity error, not a grant.
 
 use std::sync::Arc;
 
@@ -11,6 +14,7 @@ use time::{Duration, OffsetDateTime};
 use super::AccessError;
 use crate::clock::{Clock, rfc3339};
 use crate::crypto::random_array;
+use crate::keyring::{Keyring, StateKey};
 use crate::store::{Store, Transaction};
 
 const REQUEST_PREFIX: &str = "ar/";
@@ -76,6 +80,7 @@ pub enum DecisionError {
 /// Access requests in the store.
 pub struct AccessRequests {
     store: Arc<dyn Store>,
+    keyring: Arc<Keyring>,
     clock: Arc<dyn Clock>,
     /// How long an approval lasts.
     pub grant_lifetime: Duration,
@@ -85,14 +90,20 @@ fn key(id: &str) -> String {
     format!("{REQUEST_PREFIX}{id}")
 }
 
-fn encode(request: &AccessRequest) -> Result<Vec<u8>, AccessError> {
-    serde_json::to_vec(request).map_err(|_| AccessError::Corrupt)
+fn seal(state: &StateKey, request: &AccessRequest) -> Result<Vec<u8>, AccessError> {
+    Ok(state.seal_json(key(&request.id).as_bytes(), request)?)
 }
 
 impl AccessRequests {
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, grant_lifetime: Duration) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        keyring: Arc<Keyring>,
+        clock: Arc<dyn Clock>,
+        grant_lifetime: Duration,
+    ) -> Self {
         Self {
             store,
+            keyring,
             clock,
             grant_lifetime,
         }
@@ -123,17 +134,29 @@ impl AccessRequests {
             "{BY_REQUESTER_PREFIX}{requester}/{record_id}/{}",
             request.id
         );
+        let sealed = seal(self.keyring.keys()?.state_key(), &request)?;
         let tx = Transaction::new()
-            .put(key(&request.id), encode(&request)?)
+            .put(key(&request.id), sealed)
             .put(index, Vec::new());
         Ok((request, tx))
     }
 
     pub fn get(&self, id: &str) -> Result<Option<AccessRequest>, AccessError> {
-        self.store
-            .get(key(id).as_bytes())?
-            .map(|b| serde_json::from_slice(&b).map_err(|_| AccessError::Corrupt))
-            .transpose()
+        Ok(self.get_with_bytes(id)?.map(|(request, _)| request))
+    }
+
+    /// A request and its stored bytes (for a transaction's precondition).
+    fn get_with_bytes(&self, id: &str) -> Result<Option<(AccessRequest, Vec<u8>)>, AccessError> {
+        let key = key(id);
+        let Some(bytes) = self.store.get(key.as_bytes())? else {
+            return Ok(None);
+        };
+        let request: AccessRequest = self
+            .keyring
+            .keys()?
+            .state_key()
+            .open_json(key.as_bytes(), &bytes)?;
+        Ok(Some((request, bytes)))
     }
 
     /// The writes that approve (`approve = true`) or deny a pending request
@@ -144,7 +167,7 @@ impl AccessRequests {
         decider: &str,
         approve: bool,
     ) -> Result<Result<(AccessRequest, Transaction), DecisionError>, AccessError> {
-        let Some(request) = self.get(id)? else {
+        let Some((request, stored)) = self.get_with_bytes(id)? else {
             return Ok(Err(DecisionError::NotFound));
         };
         if request.requester == decider {
@@ -162,11 +185,12 @@ impl AccessRequests {
             },
             decided_by: Some(decider.to_owned()),
             expires_at: approve.then(|| (now + self.grant_lifetime).unix_timestamp()),
-            ..request.clone()
+            ..request
         };
+        let sealed = seal(self.keyring.keys()?.state_key(), &decided)?;
         let tx = Transaction::new()
-            .expect(key(id), Some(encode(&request)?))
-            .put(key(id), encode(&decided)?);
+            .expect(key(id), Some(stored))
+            .put(key(id), sealed);
         Ok(Ok((decided, tx)))
     }
 
@@ -190,34 +214,35 @@ impl AccessRequests {
                 .get(prefix.len()..)
                 .and_then(|id| std::str::from_utf8(id).ok())
                 .ok_or(AccessError::Corrupt)?;
-            if let Some(request) = self.get(id)?
+            if let Some((request, stored)) = self.get_with_bytes(id)?
                 && request.ticket == ticket
             {
-                requests.push(request);
+                requests.push((request, stored));
             }
         }
-        let mut spent: Vec<&AccessRequest> = Vec::new();
+        let mut spent: Vec<&(AccessRequest, Vec<u8>)> = Vec::new();
         for field in fields {
             let Some(grant) = requests
                 .iter()
-                .find(|r| r.grants(requester, record_id, field, now))
+                .find(|(r, _)| r.grants(requester, record_id, field, now))
             else {
                 return Ok(None);
             };
-            if !spent.iter().any(|s| s.id == grant.id) {
+            if !spent.iter().any(|(s, _)| s.id == grant.0.id) {
                 spent.push(grant);
             }
         }
+        let keys = self.keyring.keys()?;
         let mut tx = Transaction::new();
-        for request in &spent {
+        for (request, stored) in &spent {
             let used = AccessRequest {
                 status: RequestStatus::Used,
-                ..(*request).clone()
+                ..request.clone()
             };
             tx = tx
-                .expect(key(&request.id), Some(encode(request)?))
-                .put(key(&request.id), encode(&used)?);
+                .expect(key(&request.id), Some(stored.clone()))
+                .put(key(&request.id), seal(keys.state_key(), &used)?);
         }
-        Ok(Some((spent.iter().map(|r| r.id.clone()).collect(), tx)))
+        Ok(Some((spent.iter().map(|(r, _)| r.id.clone()).collect(), tx)))
     }
 }

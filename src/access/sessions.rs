@@ -1,5 +1,6 @@
 //! Staff sessions: opaque random tokens (`sst_` + 64 hex), stored as
-//! `ac/session/<HMAC of the token>` with an idle and an absolute expiry.
+//! `ac/session/<HMAC of the token>` with an idle and an absolute expiry,
+//! sealed with the state key (so its principal cannot be changed on disk).
 
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
@@ -7,6 +8,7 @@ use zeroize::Zeroizing;
 
 use super::AccessError;
 use crate::crypto::{HmacKey, random_array};
+use crate::keyring::StateKey;
 use crate::store::Transaction;
 
 pub(crate) const SESSION_PREFIX: &str = "ac/session/";
@@ -89,6 +91,7 @@ impl SessionPolicy {
     pub(crate) fn open(
         &self,
         credential_key: &HmacKey,
+        state: &StateKey,
         principal_id: &str,
         now: OffsetDateTime,
     ) -> Result<(SessionToken, OffsetDateTime, Transaction), AccessError> {
@@ -103,12 +106,10 @@ impl SessionPolicy {
             created_at: now.unix_timestamp(),
             last_seen: now.unix_timestamp(),
         };
+        let sealed = state.seal_json(key.as_bytes(), &stored)?;
         let tx = Transaction::new()
             .put(principal_session_key(principal_id, &key), Vec::new())
-            .put(
-                key,
-                serde_json::to_vec(&stored).map_err(|_| AccessError::Corrupt)?,
-            );
+            .put(key, sealed);
         Ok((token, self.expires_at(now, now), tx))
     }
 
@@ -117,6 +118,7 @@ impl SessionPolicy {
     /// is unauthenticated.
     pub(crate) fn check(
         &self,
+        state: &StateKey,
         key: &str,
         stored: &StoredSession,
         now: OffsetDateTime,
@@ -135,10 +137,9 @@ impl SessionPolicy {
             last_seen: now.unix_timestamp(),
             ..stored.clone()
         };
-        Ok(Some(Transaction::new().put(
-            key,
-            serde_json::to_vec(&touched).map_err(|_| AccessError::Corrupt)?,
-        )))
+        Ok(Some(
+            Transaction::new().put(key, state.seal_json(key.as_bytes(), &touched)?),
+        ))
     }
 }
 
@@ -152,7 +153,12 @@ pub(crate) fn close(key: &str, principal_id: &str) -> Transaction {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::Key256;
     use time::macros::datetime;
+
+    fn state() -> StateKey {
+        StateKey::new(&Key256::from_bytes([5; 32]))
+    }
 
     #[test]
     fn idle_and_absolute_expiry() {
@@ -165,12 +171,12 @@ mod tests {
         };
         assert!(
             policy
-                .check("k", &stored, t0 + Duration::minutes(14))
+                .check(&state(), "k", &stored, t0 + Duration::minutes(14))
                 .is_ok()
         );
         assert!(
             policy
-                .check("k", &stored, t0 + Duration::minutes(15))
+                .check(&state(), "k", &stored, t0 + Duration::minutes(15))
                 .is_err()
         );
         // Kept alive every ten minutes, it still ends after eight hours.
@@ -180,12 +186,12 @@ mod tests {
         };
         assert!(
             policy
-                .check("k", &busy, t0 + Duration::minutes(479))
+                .check(&state(), "k", &busy, t0 + Duration::minutes(479))
                 .is_ok()
         );
         assert!(
             policy
-                .check("k", &busy, t0 + Duration::minutes(480))
+                .check(&state(), "k", &busy, t0 + Duration::minutes(480))
                 .is_err()
         );
     }
@@ -201,13 +207,13 @@ mod tests {
         };
         assert!(
             policy
-                .check("k", &stored, t0 + Duration::seconds(30))
+                .check(&state(), "k", &stored, t0 + Duration::seconds(30))
                 .unwrap()
                 .is_none()
         );
         assert!(
             policy
-                .check("k", &stored, t0 + Duration::seconds(61))
+                .check(&state(), "k", &stored, t0 + Duration::seconds(61))
                 .unwrap()
                 .is_some()
         );

@@ -42,6 +42,7 @@ pub async fn login(
 ) -> Result<Json<Session>, ApiError> {
     let keys = state.keyring.keys()?;
     let credential_key = keys.credential_key();
+    let pepper = keys.password_pepper();
     drop(keys);
     let lockout = state.settings.lockout;
     let username = login.username.trim().to_lowercase();
@@ -79,7 +80,7 @@ pub async fn login(
     let password = zeroize::Zeroizing::new(login.password);
     let verified = state
         .passwords
-        .run(move || policy.verify(&hash, &password))
+        .run(move || policy.verify(&pepper, &hash, &password))
         .await?;
 
     match record {

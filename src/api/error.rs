@@ -227,6 +227,7 @@ impl From<AccessError> for ApiError {
         match e {
             AccessError::Unauthenticated => Self::Unauthenticated,
             AccessError::Invalid { field, message } => Self::field(field, message),
+            AccessError::Keyring(k) => k.into(),
             other => {
                 tracing::error!(error = %other, "access failure");
                 Self::Internal

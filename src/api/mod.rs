@@ -37,7 +37,7 @@ pub use openapi::openapi_document;
 use crate::access::{AccessRequests, LockoutPolicy, Operation, PrincipalDirectory, SessionPolicy};
 use crate::audit::{AuditEntry, AuditError, AuditEvent, AuditLog, Outcome};
 use crate::clock::Clock;
-use crate::crypto::PasswordPolicy;
+use crate::crypto::{PasswordPepper, PasswordPolicy};
 use crate::keyring::Keyring;
 use crate::store::{Store, Transaction};
 use crate::vault::Vault;
@@ -162,20 +162,27 @@ impl AppState {
         clock: Arc<dyn Clock>,
         settings: AppSettings,
     ) -> Self {
-        let principals = PrincipalDirectory::new(Arc::clone(&store), Arc::clone(&clock));
+        let principals =
+            PrincipalDirectory::new(Arc::clone(&store), Arc::clone(&keyring), Arc::clone(&clock));
         let audit = AuditLog::new(
             Arc::clone(&store),
             Arc::clone(&keyring),
             Arc::clone(&clock),
             settings.audit_checkpoint_every,
         );
-        let dummy_password_hash = settings
-            .password_policy
-            .hash("strongroom: no such user")
+        // Made under a throw-away pepper (this may run while sealed): it
+        // costs what a real hash costs and never matches.
+        let dummy_password_hash = PasswordPepper::random()
+            .and_then(|pepper| {
+                settings
+                    .password_policy
+                    .hash(&pepper, "strongroom: no such user")
+            })
             .unwrap_or_default();
         let vault = Vault::new(Arc::clone(&store), Arc::clone(&keyring), Arc::clone(&clock));
         let access_requests = AccessRequests::new(
             Arc::clone(&store),
+            Arc::clone(&keyring),
             Arc::clone(&clock),
             settings.grant_lifetime,
         );
@@ -255,10 +262,11 @@ impl AppState {
         roles: Vec<crate::access::Role>,
         password: &str,
     ) -> Result<(), ApiError> {
+        let pepper = self.keyring.keys()?.password_pepper();
         let hash = self
             .settings
             .password_policy
-            .hash(password)
+            .hash(&pepper, password)
             .map_err(|_| ApiError::Internal)?;
         let (principal, tx) = self.principals.prepare_staff(name, roles, hash)?;
         let event = AuditEvent {

@@ -66,9 +66,10 @@ pub async fn create(
             policy
                 .check_strength(&password)
                 .map_err(|message| ApiError::field("password", message))?;
+            let pepper = keys.password_pepper();
             let hash = state
                 .passwords
-                .run(move || policy.hash(&password))
+                .run(move || policy.hash(&pepper, &password))
                 .await?
                 .map_err(|_| ApiError::Internal)?;
             let (principal, tx) =

@@ -17,7 +17,9 @@ mod signing;
 pub use aead::{NONCE_LEN, TAG_LEN, aead_open, aead_seal};
 pub use envelope::{Aad, ENVELOPE_VERSION, Envelope};
 pub use kdf::{HmacKey, Tag, constant_time_eq, derive_key, hkdf_sha256, sha256};
-pub use password::{Argon2Params, KdfPolicy, PasswordPolicy, derive_key_from_passphrase};
+pub use password::{
+    Argon2Params, KdfPolicy, PasswordPepper, PasswordPolicy, derive_key_from_passphrase,
+};
 pub use random::{SystemRng, fill_random, random_array};
 pub use secret::Key256;
 pub use signing::{SIGNATURE_LEN, SigningKey, verify_signature};

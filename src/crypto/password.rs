@@ -149,9 +149,44 @@ mod tests {
     }
 }
 
-/// How staff passwords are hashed: Argon2id PHC strings, with a length
-/// policy. Stored hashes whose costs are above the ceiling are refused
-/// rather than computed.
+/// The secret ("pepper") mixed into every staff password hash: Argon2id's
+/// `secret` input, derived from the root key and never stored. A stolen
+/// data directory then holds hashes no one can test guesses against
+/// offline; the PHC string does not record the pepper, so a hash made
+/// without it (or with another) simply never verifies.
+pub struct PasswordPepper(Key256);
+
+impl PasswordPepper {
+    pub fn new(key: Key256) -> Self {
+        Self(key)
+    }
+
+    /// A pepper no stored hash uses: for the dummy hash that unknown
+    /// usernames are checked against (the same cost, never a match).
+    pub fn random() -> Result<Self, CryptoError> {
+        Ok(Self(Key256::random()?))
+    }
+
+    fn argon2(&self, params: Params) -> Result<Argon2<'_>, CryptoError> {
+        Argon2::new_with_secret(
+            self.0.expose_secret(),
+            Algorithm::Argon2id,
+            Version::V0x13,
+            params,
+        )
+        .map_err(|_| CryptoError::KdfParams("rejected by argon2"))
+    }
+}
+
+impl std::fmt::Debug for PasswordPepper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PasswordPepper(<redacted>)")
+    }
+}
+
+/// How staff passwords are hashed: Argon2id PHC strings, peppered with a
+/// [`PasswordPepper`], with a length policy. Stored hashes whose costs are
+/// above the ceiling are refused rather than computed.
 #[derive(Debug, Clone, Copy)]
 pub struct PasswordPolicy {
     params: Argon2Params,
@@ -207,23 +242,25 @@ impl PasswordPolicy {
         Ok(())
     }
 
-    /// The PHC string of `password` under a fresh random salt.
-    pub fn hash(&self, password: &str) -> Result<String, CryptoError> {
+    /// The PHC string of `password` under a fresh random salt and `pepper`.
+    pub fn hash(&self, pepper: &PasswordPepper, password: &str) -> Result<String, CryptoError> {
         use argon2::password_hash::{PasswordHasher, SaltString};
         let salt_bytes = super::random_array::<16>()?;
         let salt = SaltString::encode_b64(&salt_bytes).map_err(|_| CryptoError::Length("salt"))?;
         let params = Params::new(self.params.m_kib, self.params.t, self.params.p, None)
             .map_err(|_| CryptoError::KdfParams("rejected by argon2"))?;
-        Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+        pepper
+            .argon2(params)?
             .hash_password(password.as_bytes(), &salt)
             .map(|h| h.to_string())
             .map_err(|_| CryptoError::KdfParams("rejected by argon2"))
     }
 
-    /// Checks `password` against a stored PHC string in constant time.
-    /// False for a wrong password, a malformed hash, another algorithm, or
-    /// costs above the ceiling. Over-long passwords are refused unhashed.
-    pub fn verify(&self, phc: &str, password: &str) -> bool {
+    /// Checks `password` against a stored PHC string made with `pepper`, in
+    /// constant time. False for a wrong password, another pepper (or none),
+    /// a malformed hash, another algorithm, or costs above the ceiling.
+    /// Over-long passwords are refused unhashed.
+    pub fn verify(&self, pepper: &PasswordPepper, phc: &str, password: &str) -> bool {
         use argon2::password_hash::{PasswordHash, PasswordVerifier};
         if password.len() > self.max_bytes {
             return false;
@@ -243,9 +280,10 @@ impl PasswordPolicy {
         {
             return false;
         }
-        Argon2::default()
-            .verify_password(password.as_bytes(), &hash)
-            .is_ok()
+        // The PHC string's own parameters are used; the pepper is ours.
+        pepper
+            .argon2(Params::default())
+            .is_ok_and(|argon| argon.verify_password(password.as_bytes(), &hash).is_ok())
     }
 }
 
@@ -253,16 +291,46 @@ impl PasswordPolicy {
 mod password_tests {
     use super::*;
 
+    fn pepper(byte: u8) -> PasswordPepper {
+        PasswordPepper::new(Key256::from_bytes([byte; 32]))
+    }
+
     #[test]
     fn hash_and_verify() {
         let policy = PasswordPolicy::danger_insecure_for_tests();
-        let phc = policy.hash("a long enough password").unwrap();
+        let pepper = pepper(1);
+        let phc = policy.hash(&pepper, "a long enough password").unwrap();
         assert!(phc.starts_with("$argon2id$v=19$m=8,t=1,p=1$"));
         assert!(!phc.contains("a long enough password"));
-        assert!(policy.verify(&phc, "a long enough password"));
-        assert!(!policy.verify(&phc, "a long enough passwore"));
-        assert!(!policy.verify("not a hash", "x"));
-        assert_ne!(phc, policy.hash("a long enough password").unwrap());
+        assert!(policy.verify(&pepper, &phc, "a long enough password"));
+        assert!(!policy.verify(&pepper, &phc, "a long enough passwore"));
+        assert!(!policy.verify(&pepper, "not a hash", "x"));
+        assert_ne!(phc, policy.hash(&pepper, "a long enough password").unwrap());
+    }
+
+    #[test]
+    fn a_hash_verifies_only_with_its_pepper() {
+        use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+        let policy = PasswordPolicy::danger_insecure_for_tests();
+        let phc = policy.hash(&pepper(1), "a long enough password").unwrap();
+        // The wrong pepper: refused, though the password is right.
+        assert!(!policy.verify(&pepper(2), &phc, "a long enough password"));
+        // No pepper (what a thief of the data directory has): no match.
+        let parsed = PasswordHash::new(&phc).unwrap();
+        assert!(
+            Argon2::default()
+                .verify_password(b"a long enough password", &parsed)
+                .is_err()
+        );
+        // A hash stored without the pepper is refused.
+        let params = Params::new(8, 1, 1, None).unwrap();
+        let salt = SaltString::encode_b64(&[7u8; 16]).unwrap();
+        let unpeppered = Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+            .hash_password(b"a long enough password", &salt)
+            .unwrap()
+            .to_string();
+        assert!(!policy.verify(&pepper(1), &unpeppered, "a long enough password"));
+        assert_eq!(format!("{:?}", pepper(0xAB)), "PasswordPepper(<redacted>)");
     }
 
     #[test]
@@ -273,9 +341,9 @@ mod password_tests {
         assert!(policy.check_strength(&"x".repeat(2000)).is_err());
         // An argon2id hash claiming 4 GiB is refused, not computed.
         let huge = "$argon2id$v=19$m=4194304,t=3,p=4$c29tZXNhbHRzb21lc2FsdA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
-        assert!(!policy.verify(huge, "password"));
+        assert!(!policy.verify(&pepper(1), huge, "password"));
         let argon2i =
             "$argon2i$v=19$m=65536,t=2,p=1$c29tZXNhbHQ$wWKIMhR9lyDFvRz9YTZweHKfbftvj+qf+YFY4NeBbtA";
-        assert!(!policy.verify(argon2i, "password"));
+        assert!(!policy.verify(&pepper(1), argon2i, "password"));
     }
 }

@@ -9,6 +9,7 @@ mod kek;
 mod record;
 mod root_file;
 pub mod shares;
+mod state;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,11 +22,12 @@ pub use record::{RecordContext, SealedRecord};
 pub use root_file::check_private;
 use root_file::{AUDIT_PUBLIC_KEY_FILE, RootFile, SealDescription, write_new_file};
 use shares::{ParsedShare, ShareError};
+pub use state::{STATE_FORMAT, StateKey};
 
 use crate::clock::{Clock, rfc3339};
 use crate::crypto::{
-    Aad, Argon2Params, CryptoError, Envelope, HmacKey, KdfPolicy, Key256, SigningKey,
-    constant_time_eq, derive_key, derive_key_from_passphrase, random_array,
+    Aad, Argon2Params, CryptoError, Envelope, HmacKey, KdfPolicy, Key256, PasswordPepper,
+    SigningKey, constant_time_eq, derive_key, derive_key_from_passphrase, random_array,
 };
 use crate::store::{Store, StoreError, Transaction};
 
@@ -134,6 +136,10 @@ pub struct UnsealedKeys {
     audit_hmac: Key256,
     audit_signing: Key256,
     credential: Key256,
+    /// Authenticates security state at rest (`state`).
+    state: StateKey,
+    /// The Argon2id secret of staff password hashes.
+    password_pepper: Arc<PasswordPepper>,
     keks: Mutex<kek::KekCache>,
 }
 
@@ -148,6 +154,11 @@ impl UnsealedKeys {
             audit_hmac: derive_key(root, "strongroom/v1/audit-hmac"),
             audit_signing: derive_key(root, "strongroom/v1/audit-signing"),
             credential: derive_key(root, "strongroom/v1/credential"),
+            state: StateKey::new(&derive_key(root, "strongroom/v1/state-mac")),
+            password_pepper: Arc::new(PasswordPepper::new(derive_key(
+                root,
+                "strongroom/v1/password-pepper",
+            ))),
             keks: Mutex::new(keks),
         })
     }
@@ -170,6 +181,16 @@ impl UnsealedKeys {
     /// Key for HMACs of API keys and session tokens at rest.
     pub fn credential_key(&self) -> HmacKey {
         HmacKey::new(&self.credential)
+    }
+
+    /// Key that authenticates stored security state (see [`StateKey`]).
+    pub fn state_key(&self) -> &StateKey {
+        &self.state
+    }
+
+    /// The pepper (Argon2id secret) of staff password hashes.
+    pub fn password_pepper(&self) -> Arc<PasswordPepper> {
+        Arc::clone(&self.password_pepper)
     }
 
     /// Ed25519 key that signs audit checkpoints.

@@ -4,10 +4,14 @@
 //! Every write is returned as a transaction, so the API commits it together
 //! with its audit entry. Nothing here decides who may do what (that is
 //! `access`) and nothing here writes plaintext: bodies are sealed, indexes
-//! and token keys are HMACs.
+//! and token keys are HMACs. Record metadata (owner, erasure, subject) and
+//! token records (owner, target, revocation, uses) decide what a caller
+//! gets, so they are sealed with the keyring's state key, bound to their
+//! store key: edited or moved on disk, they are an integrity error.
 
 use std::sync::Arc;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -75,7 +79,7 @@ fn generic_key(id: &str) -> String {
     format!("gen/{id}")
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, VaultError> {
+fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, VaultError> {
     serde_json::to_vec(value).map_err(|_| VaultError::Corrupt)
 }
 
@@ -107,9 +111,26 @@ impl Vault {
         Ok((keys.index_key(), keys.token_key()))
     }
 
+    /// The stored (authenticated) form of metadata or a token record.
+    fn seal_state<T: Serialize>(&self, key: &str, value: &T) -> Result<Vec<u8>, VaultError> {
+        Ok(self
+            .keyring
+            .keys()?
+            .state_key()
+            .seal_json(key.as_bytes(), value)?)
+    }
+
+    fn open_state<T: DeserializeOwned>(&self, key: &str, stored: &[u8]) -> Result<T, VaultError> {
+        Ok(self
+            .keyring
+            .keys()?
+            .state_key()
+            .open_json(key.as_bytes(), stored)?)
+    }
+
     fn seal(&self, id: &str, data: &RecordData, version: u64) -> Result<Vec<u8>, VaultError> {
         let record_type = data.record_type();
-        let plaintext = Zeroizing::new(encode(data)?);
+        let plaintext = Zeroizing::new(to_json(data)?);
         let context = RecordContext {
             id,
             record_type: record_type.as_str(),
@@ -173,9 +194,10 @@ impl Vault {
             TokenFormat::Random,
             owner,
         );
-        tx = tx
-            .expect(token_store_key.clone(), None)
-            .put(token_store_key.clone(), encode(&record)?);
+        tx = tx.expect(token_store_key.clone(), None).put(
+            token_store_key.clone(),
+            self.seal_state(&token_store_key, &record)?,
+        );
         let mut token_keys = vec![token_store_key];
 
         let (mut pan_token, mut fingerprint) = (None, None);
@@ -190,7 +212,7 @@ impl Vault {
                     );
                     tx = tx
                         .expect(key.clone(), None)
-                        .put(key.clone(), encode(&record)?);
+                        .put(key.clone(), self.seal_state(&key, &record)?);
                     token_keys.push(key);
                     pan_token = Some(fpe);
                 }
@@ -214,7 +236,7 @@ impl Vault {
         };
         tx = tx
             .expect(meta_key(&id), None)
-            .put(meta_key(&id), encode(&meta)?);
+            .put(meta_key(&id), self.seal_state(&meta_key(&id), &meta)?);
         Ok(Created {
             meta,
             token,
@@ -257,11 +279,16 @@ impl Vault {
     }
 
     pub fn meta(&self, id: &str) -> Result<RecordMeta, VaultError> {
+        let key = meta_key(id);
         let bytes = self
             .store
-            .get(meta_key(id).as_bytes())?
+            .get(key.as_bytes())?
             .ok_or(VaultError::NotFound)?;
-        serde_json::from_slice(&bytes).map_err(|_| VaultError::Corrupt)
+        let meta: RecordMeta = self.open_state(&key, &bytes)?;
+        if meta.id != id {
+            return Err(VaultError::Corrupt);
+        }
+        Ok(meta)
     }
 
     /// Decrypts a live record.
@@ -309,9 +336,10 @@ impl Vault {
             index_keys: index_keys.clone(),
             ..meta.clone()
         };
+        let key = meta_key(&meta.id);
         let mut tx = Transaction::new()
-            .expect(meta_key(&meta.id), Some(encode(meta)?))
-            .put(meta_key(&meta.id), encode(&updated)?)
+            .expect(key.clone(), Some(self.seal_state(&key, meta)?))
+            .put(key.clone(), self.seal_state(&key, &updated)?)
             .put(body_key(&meta.id), body);
         for key in meta.index_keys.iter().filter(|k| !index_keys.contains(k)) {
             tx = tx.delete(key.clone());
@@ -331,9 +359,10 @@ impl Vault {
             index_keys: Vec::new(),
             ..meta.clone()
         };
+        let key = meta_key(&meta.id);
         let mut tx = Transaction::new()
-            .expect(meta_key(&meta.id), Some(encode(meta)?))
-            .put(meta_key(&meta.id), encode(&erased)?)
+            .expect(key.clone(), Some(self.seal_state(&key, meta)?))
+            .put(key.clone(), self.seal_state(&key, &erased)?)
             .delete(body_key(&meta.id));
         for key in &meta.index_keys {
             tx = tx.delete(key.clone());
@@ -396,10 +425,11 @@ impl Vault {
             max_uses,
             ..self.token_record(TokenTarget::Generic { id: id.clone() }, format, owner)
         };
+        let stored = self.seal_state(&key, &record)?;
         let tx = Transaction::new()
             .put(generic_key(&id), sealed.encode())
             .expect(key.clone(), None)
-            .put(key, encode(&record)?);
+            .put(key, stored);
         Ok((token, record, tx))
     }
 
@@ -410,14 +440,11 @@ impl Vault {
         }
         let (_, token_key) = self.keys()?;
         let key = tokens::token_key_for(&token_key, token);
-        self.store
-            .get(key.as_bytes())?
-            .map(|bytes| {
-                serde_json::from_slice(&bytes)
-                    .map(|record| (key, record))
-                    .map_err(|_| VaultError::Corrupt)
-            })
-            .transpose()
+        let Some(bytes) = self.store.get(key.as_bytes())? else {
+            return Ok(None);
+        };
+        let record = self.open_state(&key, &bytes)?;
+        Ok(Some((key, record)))
     }
 
     /// Decrypts a generic value.
@@ -444,8 +471,8 @@ impl Vault {
             ..record.clone()
         };
         Ok(Transaction::new()
-            .expect(key, Some(encode(record)?))
-            .put(key, encode(&used)?))
+            .expect(key, Some(self.seal_state(key, record)?))
+            .put(key, self.seal_state(key, &used)?))
     }
 
     /// The write that revokes a token.
@@ -458,6 +485,6 @@ impl Vault {
             revoked: true,
             ..record.clone()
         };
-        Ok(Transaction::new().put(key, encode(&revoked)?))
+        Ok(Transaction::new().put(key, self.seal_state(key, &revoked)?))
     }
 }

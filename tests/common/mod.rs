@@ -87,6 +87,18 @@ impl TestVault {
             .to_owned()
     }
 
+    /// The id of the principal called `name`.
+    pub fn principal_id(&self, name: &str) -> String {
+        self.state
+            .principals
+            .list()
+            .unwrap()
+            .into_iter()
+            .find(|p| p.name == name)
+            .unwrap()
+            .id
+    }
+
     /// A new staff principal with `role` and `password`.
     pub fn staff(&self, name: &str, role: Role, password: &str) {
         self.state
