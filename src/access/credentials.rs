@@ -11,7 +11,8 @@ use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 use super::sessions::{self, SessionPolicy, SessionToken, StoredSession};
-use super::{AccessError, LockoutPolicy, Principal, PrincipalKind, Role, lockout};
+use super::lockout::{self, Attempt};
+use super::{AccessError, LockoutPolicy, Principal, PrincipalKind, Role};
 use crate::clock::{Clock, rfc3339};
 use crate::crypto::{HmacKey, random_array};
 use crate::store::{Store, Transaction};
@@ -310,28 +311,16 @@ impl PrincipalDirectory {
         Ok((token, expires, tx.merge(clear)))
     }
 
-    /// Seconds `username` must wait before trying again, if locked.
-    pub fn login_retry_after(
+    /// Counts a login attempt for `username` durably before its password
+    /// is checked, unless the username is locked (see
+    /// [`LockoutPolicy::reserve`]). Blocking.
+    pub fn reserve_login_attempt(
         &self,
         credential_key: &HmacKey,
         lockout: &LockoutPolicy,
         username: &str,
-    ) -> Result<Option<u64>, AccessError> {
-        lockout.retry_after(
-            self.store.as_ref(),
-            &lockout::lockout_key(credential_key, username),
-            self.clock.now(),
-        )
-    }
-
-    /// The write that counts a failed login for `username`.
-    pub fn prepare_login_failure(
-        &self,
-        credential_key: &HmacKey,
-        lockout: &LockoutPolicy,
-        username: &str,
-    ) -> Result<Transaction, AccessError> {
-        lockout.failure(
+    ) -> Result<Attempt, AccessError> {
+        lockout.reserve(
             self.store.as_ref(),
             &lockout::lockout_key(credential_key, username),
             self.clock.now(),
