@@ -715,16 +715,9 @@ async fn creating_principals_validates_and_never_lists_secrets() {
 /// The audited failed logins of `reason` ("wrong password", "unknown
 /// username", …): one per full password check.
 fn failed_logins(vault: &TestVault, reason: &str) -> usize {
-    let needle = format!("\"reason\":\"{reason}\"");
-    vault
-        .store
-        .scan_prefix(b"au/e/")
-        .unwrap()
+    audit_entries(vault)
         .iter()
-        .filter(|(_, v)| {
-            let text = String::from_utf8_lossy(v);
-            text.contains("\"action\":\"auth.login_failed\"") && text.contains(&needle)
-        })
+        .filter(|e| e["action"] == "auth.login_failed" && e["reason"] == reason)
         .count()
 }
 

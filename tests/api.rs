@@ -368,21 +368,11 @@ async fn openapi_document_is_3_1_and_lists_every_route() {
     }
 }
 
-/// Audit entries of `action` with `outcome`, straight from the store.
+/// Audit entries of `action` with `outcome`.
 fn audited(vault: &TestVault, action: &str, outcome: &str) -> usize {
-    let (action, outcome) = (
-        format!("\"action\":\"{action}\""),
-        format!("\"outcome\":\"{outcome}\""),
-    );
-    vault
-        .store
-        .scan_prefix(b"au/e/")
-        .unwrap()
+    audit_entries(vault)
         .iter()
-        .filter(|(_, v)| {
-            let text = String::from_utf8_lossy(v);
-            text.contains(&action) && text.contains(&outcome)
-        })
+        .filter(|e| e["action"] == action && e["outcome"] == outcome)
         .count()
 }
 
@@ -397,7 +387,9 @@ async fn parallel_wrong_unseals_never_exceed_the_limit() {
     let attempts: Vec<_> = (0..30)
         .map(|_| {
             let app = app.clone();
-            tokio::spawn(async move { unseal(&app, json!({"passphrase": "wrong passphrase!"})).await })
+            tokio::spawn(
+                async move { unseal(&app, json!({"passphrase": "wrong passphrase!"})).await },
+            )
         })
         .collect();
     let (mut checked, mut limited) = (0, 0);
@@ -488,16 +480,6 @@ async fn unseal_and_hang_up(addr: std::net::SocketAddr, passphrase: &str) {
     drop(stream);
 }
 
-/// Waits (up to 30 s, the production Argon2id on a busy machine) until
-/// `condition` holds.
-async fn eventually(what: &str, condition: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !condition() {
-        assert!(tokio::time::Instant::now() < deadline, "waited 30 s for {what}");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-}
-
 /// A client that hangs up during a wrong passphrase's check: the attempt
 /// still ends in an audit entry and counts against the limit, so the next
 /// attempt (even with the right passphrase) must wait.
@@ -505,17 +487,21 @@ async fn eventually(what: &str, condition: impl Fn() -> bool) {
 async fn an_unseal_whose_client_hangs_up_is_still_counted_and_audited() {
     let (vault, addr) = slow_unseal_server(1).await;
     unseal_and_hang_up(addr, "wrong passphrase!").await;
-    eventually("the abandoned attempt's audit entry", || {
+    wait_until("the abandoned attempt's audit entry", || {
         audited(&vault, "sys.unseal", "denied") == 1
-    })
-    .await;
+    });
     let reply = tokio::task::spawn_blocking(move || {
         let body = json!({ "passphrase": PASSPHRASE }).to_string();
         http(addr, "POST", "/v1/sys/unseal", None, Some(&body))
     })
     .await
     .unwrap();
-    assert_eq!(reply.status, 429, "{:?}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(
+        reply.status,
+        429,
+        "{:?}",
+        String::from_utf8_lossy(&reply.body)
+    );
     assert!(vault.keyring.is_sealed());
 }
 
@@ -525,23 +511,22 @@ async fn an_unseal_whose_client_hangs_up_is_still_counted_and_audited() {
 async fn an_unseal_whose_client_hangs_up_still_unseals_and_is_audited() {
     let (vault, addr) = slow_unseal_server(5).await;
     unseal_and_hang_up(addr, PASSPHRASE).await;
-    eventually("the abandoned unseal's audit entry", || {
+    wait_until("the abandoned unseal's audit entry", || {
         audited(&vault, "sys.unseal", "allowed") == 1
-    })
-    .await;
+    });
     assert!(!vault.keyring.is_sealed());
-    eventually("a checkpoint over the unseal entry", || {
-        let last_unseal = vault
-            .store
-            .scan_prefix(b"au/e/")
-            .unwrap()
+    wait_until("a checkpoint over the unseal entry", || {
+        let last_unseal = audit_entries(&vault)
             .iter()
-            .filter_map(|(_, v)| serde_json::from_slice::<Value>(v).ok())
             .filter(|e| e["action"] == "sys.unseal")
-            .map(|e| e["seq"].as_u64().unwrap())
+            .filter_map(|e| e["seq"].as_u64())
             .max();
-        let signed = vault.state.audit.latest_checkpoint().unwrap().map(|c| c.seq);
+        let signed = vault
+            .state
+            .audit
+            .latest_checkpoint()
+            .unwrap()
+            .map(|c| c.seq);
         matches!((last_unseal, signed), (Some(u), Some(s)) if s >= u)
-    })
-    .await;
+    });
 }

@@ -1151,12 +1151,8 @@ fn search_body(field: &str, value: &str, country: Option<&str>) -> Value {
 
 /// The record.search entries of the audit log, oldest first.
 fn search_entries(w: &World) -> Vec<Value> {
-    w.vault
-        .store
-        .scan_prefix(b"au/e/")
-        .unwrap()
-        .iter()
-        .map(|(_, v)| serde_json::from_slice::<Value>(v).unwrap())
+    audit_entries(&w.vault)
+        .into_iter()
         .filter(|e| e["action"] == "record.search")
         .collect()
 }
@@ -1208,7 +1204,10 @@ async fn pan_and_national_id_searches_take_a_quota_misses_included_under_paralle
     assert_eq!((answered, limited), (5, 45));
     let entries = search_entries(&w);
     assert_eq!(
-        entries.iter().filter(|e| e["outcome"] == "no_match").count(),
+        entries
+            .iter()
+            .filter(|e| e["outcome"] == "no_match")
+            .count(),
         5
     );
     assert_eq!(
@@ -1226,9 +1225,12 @@ async fn pan_and_national_id_searches_take_a_quota_misses_included_under_paralle
     assert_eq!(hit.status, 429);
     assert!(hit.body.get("matches").is_none());
     assert_eq!(
-        search(&w.officer, search_body("national_id", "925076473", Some("GB")))
-            .await
-            .status,
+        search(
+            &w.officer,
+            search_body("national_id", "925076473", Some("GB"))
+        )
+        .await
+        .status,
         429
     );
     let email = search(&w.officer, search_body("email", "ada@example.org", None)).await;
@@ -1334,7 +1336,12 @@ async fn search_misses_are_audited_as_no_match_and_a_burst_is_logged() {
         .unwrap()
         .id;
     assert!(warnings[0].contains(&officer_id), "{}", warnings[0]);
-    for value in ["111223333", OTHER_PAN, "nobody@example.org", "ada@example.org"] {
+    for value in [
+        "111223333",
+        OTHER_PAN,
+        "nobody@example.org",
+        "ada@example.org",
+    ] {
         assert!(!log.contains(value), "{value} reached the log");
     }
 }

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use super::sessions::{self, SessionPolicy, SessionToken, StoredSession};
 use super::lockout::{self, Attempt};
+use super::sessions::{self, SessionPolicy, SessionToken, StoredSession};
 use super::{AccessError, LockoutPolicy, Principal, PrincipalKind, Role};
 use crate::clock::{Clock, rfc3339};
 use crate::crypto::{HmacKey, random_array};

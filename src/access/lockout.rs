@@ -179,15 +179,23 @@ mod tests {
         let reserved = attempts.iter().filter(|a| **a == Attempt::Reserved).count();
         assert_eq!(reserved, 5);
         assert!(attempts.iter().all(|a| *a == Attempt::Reserved
-            || *a == Attempt::Locked { retry_after_secs: 60 }));
+            || *a
+                == Attempt::Locked {
+                    retry_after_secs: 60
+                }));
         let (_, failures) = LockoutPolicy::read(&store, "ac/lockout/k").unwrap();
         assert_eq!(failures.count, 5);
         // A minute later one more attempt is counted, and the lock doubles.
         let later = now + Duration::seconds(61);
-        assert_eq!(policy.reserve(&store, "ac/lockout/k", later).unwrap(), Attempt::Reserved);
         assert_eq!(
             policy.reserve(&store, "ac/lockout/k", later).unwrap(),
-            Attempt::Locked { retry_after_secs: 120 }
+            Attempt::Reserved
+        );
+        assert_eq!(
+            policy.reserve(&store, "ac/lockout/k", later).unwrap(),
+            Attempt::Locked {
+                retry_after_secs: 120
+            }
         );
     }
 }

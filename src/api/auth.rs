@@ -40,12 +40,9 @@ pub async fn login(
     ctx: RequestContext,
     ApiJson(login): ApiJson<Login>,
 ) -> Result<Json<Session>, ApiError> {
-    // The attempt runs in a task of its own: a client that hangs up drops
-    // this handler, but not the attempt between its count, its check and
-    // its audit entry.
-    tokio::spawn(attempt(state, ctx, login))
-        .await
-        .map_err(|_| ApiError::Internal)?
+    // A client that hangs up cannot stop the attempt between its count, its
+    // check and its audit entry.
+    super::to_the_end(attempt(state, ctx, login)).await
 }
 
 /// One login attempt: one check at a time per username, counted against the
@@ -138,7 +135,11 @@ async fn refuse(
     retry_after_secs: u64,
 ) -> Result<Json<Session>, ApiError> {
     let notice_key = event.target.clone().unwrap_or_default();
-    if state.lock_notices.take(&notice_key, state.clock.now()).is_ok() {
+    if state
+        .lock_notices
+        .take(&notice_key, state.clock.now())
+        .is_ok()
+    {
         state.record(event).await?;
     }
     Err(ApiError::RateLimited { retry_after_secs })

@@ -151,7 +151,7 @@ pub async fn search(
 fn watch_misses(state: &AppState, officer: &str, field: &str) {
     let misses = state.search_misses.record(officer, state.clock.now());
     let alert = state.settings.search_miss_alert.max(1);
-    if misses % alert == 0 {
+    if misses.is_multiple_of(alert) {
         tracing::warn!(
             actor = %officer,
             field,

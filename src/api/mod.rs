@@ -124,11 +124,10 @@ impl PasswordPool {
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, ApiError> {
         let permit = {
-            let _place = QueuePlace::take(&self.waiting, self.max_waiting).ok_or(
-                ApiError::RateLimited {
+            let _place =
+                QueuePlace::take(&self.waiting, self.max_waiting).ok_or(ApiError::RateLimited {
                     retry_after_secs: 1,
-                },
-            )?;
+                })?;
             Arc::clone(&self.permits).acquire_owned().await
         };
         let permit = permit.map_err(|_| ApiError::Internal)?;
@@ -373,6 +372,17 @@ impl AppState {
             .await?;
         Err(ApiError::Forbidden)
     }
+}
+
+/// Runs `attempt` in a task of its own and waits for it. When a client
+/// hangs up, hyper drops the handler; work that must finish whole (a limit's
+/// count, a check, its audit entry) goes in here, so it still does.
+async fn to_the_end<T: Send + 'static>(
+    attempt: impl std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::spawn(attempt)
+        .await
+        .map_err(|_| ApiError::Internal)?
 }
 
 fn audit_failure(e: AuditError) -> ApiError {

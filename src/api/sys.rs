@@ -53,7 +53,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
 const UNSEAL_KEY: &str = "vault";
 
 /// The longest passphrase or share accepted, in bytes: far beyond any real
-/// one (a share is under 200), and a bound on what reaches Argon2id.
+/// one (a share is 98 characters), and a bound on what reaches Argon2id.
 pub const MAX_UNSEAL_INPUT_BYTES: usize = 1024;
 
 /// Exactly one of `passphrase` or `share`, each at most 1024 bytes.
@@ -98,12 +98,9 @@ pub async fn unseal(
     if !state.keyring.is_sealed() {
         return Ok(Json(state.keyring.unseal_status()));
     }
-    // The attempt runs in a task of its own: a client that hangs up drops
-    // this handler, but not the attempt, which keeps its permit, its place
-    // in the limit and its audit entry to the end.
-    tokio::spawn(attempt(state, ctx, input))
-        .await
-        .map_err(|_| ApiError::Internal)?
+    // A client that hangs up cannot stop the attempt: it keeps its permit,
+    // its place in the limit and its audit entry to the end.
+    super::to_the_end(attempt(state, ctx, input)).await
 }
 
 /// One unseal attempt, whole: one at a time, reserved against the failure

@@ -188,7 +188,8 @@ mod tests {
     #[test]
     fn no_match_round_trips_through_the_chain_encoding() {
         let event = AuditEvent::new("prn_1", "record.search", Outcome::NoMatch);
-        let (entry, hash) = AuditEntry::chained(7, "2026-01-01T00:00:00Z", event, hex::encode(GENESIS_HASH));
+        let (entry, hash) =
+            AuditEntry::chained(7, "2026-01-01T00:00:00Z", event, hex::encode(GENESIS_HASH));
         let line = serde_json::to_string(&ExportLine::Entry(entry.clone())).unwrap();
         assert!(line.contains("\"outcome\":\"no_match\""));
         let ExportLine::Entry(read) = serde_json::from_str(&line).unwrap() else {
