@@ -31,13 +31,6 @@ impl SlidingWindow {
         }
     }
 
-    /// Seconds until `key` may have another event, if its window is full.
-    pub fn retry_after(&self, key: &str, now: OffsetDateTime) -> Option<u64> {
-        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        let times = seen.get_mut(key)?;
-        self.full_for(times, now)
-    }
-
     /// Drops the `times` that left the window.
     fn prune(&self, times: &mut VecDeque<OffsetDateTime>, now: OffsetDateTime) {
         while times.front().is_some_and(|t| now - *t >= self.window) {
@@ -153,18 +146,15 @@ mod tests {
     fn opens_again_when_the_oldest_event_leaves_the_window() {
         let limiter = SlidingWindow::new(2, Duration::minutes(1));
         let t0 = datetime!(2026-01-01 00:00 UTC);
-        assert_eq!(limiter.retry_after("k", t0), None);
-        assert_eq!(limiter.record("k", t0), 1);
-        assert_eq!(limiter.record("k", t0 + Duration::seconds(10)), 2);
-        assert_eq!(
-            limiter.retry_after("k", t0 + Duration::seconds(20)),
-            Some(40)
-        );
-        assert_eq!(
-            limiter.retry_after("other", t0 + Duration::seconds(20)),
-            None
-        );
-        assert_eq!(limiter.retry_after("k", t0 + Duration::seconds(61)), None);
+        assert_eq!(limiter.take("k", t0), Ok(()));
+        assert_eq!(limiter.take("k", t0 + Duration::seconds(10)), Ok(()));
+        assert_eq!(limiter.take("k", t0 + Duration::seconds(20)), Err(40));
+        assert_eq!(limiter.take("other", t0 + Duration::seconds(20)), Ok(()));
+        assert_eq!(limiter.take("k", t0 + Duration::seconds(61)), Ok(()));
+        // `record` counts whatever the limit, and says how many are in the
+        // window.
+        assert_eq!(limiter.record("k", t0 + Duration::seconds(62)), 3);
+        assert_eq!(limiter.record("k", t0 + Duration::seconds(75)), 3);
     }
 
     #[test]
