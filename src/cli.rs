@@ -224,6 +224,8 @@ fn app_settings(config: &Config) -> AppSettings {
         },
         audit_checkpoint_every: config.audit_checkpoint_every,
         reveals_per_hour: usize::try_from(config.reveals_per_hour).unwrap_or(usize::MAX),
+        sensitive_searches_per_hour: usize::try_from(config.sensitive_searches_per_hour)
+            .unwrap_or(usize::MAX),
         ..AppSettings::default()
     }
 }

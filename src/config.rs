@@ -16,6 +16,11 @@ pub const DEFAULT_DATA_DIR: &str = "data";
 pub const DEFAULT_KEYS_DIR: &str = "keys";
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 pub const DEFAULT_UNSEAL_FAILURES_PER_MINUTE: u32 = 10;
+/// Searches by PAN or national id per officer in a sliding hour (misses
+/// included): each one is a guess at a value the officer sees only masked.
+pub const DEFAULT_SENSITIVE_SEARCHES_PER_HOUR: u32 = 20;
+/// Search misses by one officer within 10 minutes that log a WARN line.
+pub const DEFAULT_SEARCH_MISS_ALERT: usize = 5;
 
 /// The configuration file's contents. Every field is optional; unknown
 /// fields are an error, so a typo never silently falls back to a default.
@@ -34,6 +39,7 @@ pub struct FileConfig {
     pub session_absolute_minutes: Option<u32>,
     pub lockout_threshold: Option<u32>,
     pub reveals_per_hour: Option<u32>,
+    pub sensitive_searches_per_hour: Option<u32>,
 }
 
 impl FileConfig {
@@ -112,6 +118,7 @@ pub struct Config {
     pub session_absolute: time::Duration,
     pub lockout_threshold: u32,
     pub reveals_per_hour: u32,
+    pub sensitive_searches_per_hour: u32,
     pub keyring: KeyringSettings,
 }
 
@@ -203,8 +210,15 @@ impl Config {
         let lockout_threshold = ranged("lockout_threshold", file.lockout_threshold, 5, 1..=10)?;
         let reveals_per_hour =
             ranged("reveals_per_hour", file.reveals_per_hour, 30, 1..=1_000_000)?;
+        let sensitive_searches_per_hour = ranged(
+            "sensitive_searches_per_hour",
+            file.sensitive_searches_per_hour,
+            DEFAULT_SENSITIVE_SEARCHES_PER_HOUR,
+            1..=1000,
+        )?;
         Ok(Self {
             reveals_per_hour,
+            sensitive_searches_per_hour,
             audit_checkpoint_every,
             session_idle: time::Duration::minutes(i64::from(session_idle)),
             session_absolute: time::Duration::minutes(i64::from(session_absolute)),
@@ -249,6 +263,13 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("/f"));
         assert_eq!(config.keys_dir, PathBuf::from(DEFAULT_KEYS_DIR));
         assert_eq!(config.body_limit_bytes, DEFAULT_BODY_LIMIT);
+        assert_eq!(
+            config.sensitive_searches_per_hour,
+            DEFAULT_SENSITIVE_SEARCHES_PER_HOUR
+        );
+        let file: FileConfig = toml::from_str("sensitive_searches_per_hour = 3").unwrap();
+        let config = Config::resolve(file, Overrides::default()).unwrap();
+        assert_eq!(config.sensitive_searches_per_hour, 3);
     }
 
     #[test]
@@ -290,6 +311,8 @@ mod tests {
         assert!(bad("body_limit_bytes = 10").is_err());
         assert!(bad("kek_usage_limit = 0").is_err());
         assert!(bad("kek_cryptoperiod_days = 0").is_err());
+        assert!(bad("sensitive_searches_per_hour = 0").is_err());
+        assert!(bad("sensitive_searches_per_hour = 1001").is_err());
         assert!(bad("").is_ok());
     }
 }

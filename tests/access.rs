@@ -699,3 +699,64 @@ async fn creating_principals_validates_and_never_lists_secrets() {
     assert!(text.contains("payments-api") && text.contains("dora"));
     assert!(!text.contains("srk_") && !text.contains("argon2") && !text.contains(STAFF_PASSWORD));
 }
+
+/// The audited failed logins of `reason` ("wrong password", "unknown
+/// username", …): one per full password check.
+fn failed_logins(vault: &TestVault, reason: &str) -> usize {
+    audit_entries(vault)
+        .iter()
+        .filter(|e| e["action"] == "auth.login_failed" && e["reason"] == reason)
+        .count()
+}
+
+/// 200 wrong passwords at once for one username: the lockout is a
+/// reservation taken before the password check (and one check runs at a
+/// time per username), so no more than `threshold` checks happen, each a
+/// 401 with its audit entry, and the rest are 429. Every check was counted:
+/// the lock falls after exactly 5 in all, and then the right password is
+/// refused too. Unknown usernames are held to the same count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_wrong_passwords_get_no_more_checks_than_the_lockout_allows() {
+    let vault = passphrase_vault();
+    let app = vault.app();
+    vault.staff("dave", Role::Auditor, STAFF_PASSWORD);
+    for (username, reason) in [("dave", "wrong password"), ("ghost", "unknown username")] {
+        let attempts: Vec<_> = (0..200)
+            .map(|_| {
+                let app = app.clone();
+                tokio::spawn(async move { login(&app, username, "not the password").await })
+            })
+            .collect();
+        let (mut checked, mut limited) = (0, 0);
+        for attempt in attempts {
+            let Reply { status, body, .. } = attempt.await.unwrap();
+            match status {
+                401 => checked += 1,
+                429 => {
+                    assert_eq!(body["code"], "rate_limited");
+                    limited += 1;
+                }
+                other => panic!("{username}: unexpected {other}: {body}"),
+            }
+        }
+        assert!(
+            (1..=5).contains(&checked),
+            "{username}: {checked} password checks, the lockout allows 5"
+        );
+        assert_eq!(checked + limited, 200);
+        assert_eq!(failed_logins(&vault, reason), checked, "{username}");
+        // One at a time now, until the lock: 5 checks in all.
+        for _ in 0..10 {
+            if login(&app, username, "not the password").await.status != 401 {
+                break;
+            }
+            checked += 1;
+        }
+        assert_eq!(checked, 5, "{username}");
+        assert_eq!(failed_logins(&vault, reason), 5, "{username}");
+    }
+    // Locked: the right password gets no check and no session.
+    let Reply { status, body, .. } = login(&app, "dave", STAFF_PASSWORD).await;
+    assert_eq!((status, body["code"].as_str()), (429, Some("rate_limited")));
+    assert!(body.get("token").is_none());
+}

@@ -367,3 +367,166 @@ async fn openapi_document_is_3_1_and_lists_every_route() {
         );
     }
 }
+
+/// Audit entries of `action` with `outcome`.
+fn audited(vault: &TestVault, action: &str, outcome: &str) -> usize {
+    audit_entries(vault)
+        .iter()
+        .filter(|e| e["action"] == action && e["outcome"] == outcome)
+        .count()
+}
+
+/// 30 wrong passphrases at once against a limit of 3 failures a minute: the
+/// attempt is reserved before the check, so at most 3 checks happen and
+/// every other attempt is 429; even the right passphrase waits afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_wrong_unseals_never_exceed_the_limit() {
+    let vault = passphrase_vault();
+    let app = app_with_limit(&vault, 3);
+    vault.keyring.seal();
+    let attempts: Vec<_> = (0..30)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(
+                async move { unseal(&app, json!({"passphrase": "wrong passphrase!"})).await },
+            )
+        })
+        .collect();
+    let (mut checked, mut limited) = (0, 0);
+    for attempt in attempts {
+        let reply = attempt.await.unwrap();
+        match reply.status {
+            400 => {
+                assert_problem(&reply, 400, "unseal_failed");
+                checked += 1;
+            }
+            429 => {
+                assert_problem(&reply, 429, "rate_limited");
+                limited += 1;
+            }
+            other => panic!("unexpected {other}: {:?}", reply.body),
+        }
+    }
+    assert!(
+        (1..=3).contains(&checked),
+        "{checked} passphrase checks, the limit is 3"
+    );
+    assert_eq!(checked + limited, 30);
+    assert_eq!(audited(&vault, "sys.unseal", "denied"), checked);
+    let reply = unseal(&app, json!({"passphrase": PASSPHRASE})).await;
+    assert_problem(&reply, 429, "rate_limited");
+    assert!(vault.keyring.is_sealed());
+}
+
+#[tokio::test]
+async fn overlong_unseal_material_is_refused_before_any_work() {
+    let vault = app_vault_sealed();
+    let app = app_with_limit(&vault, 1);
+    for field in ["passphrase", "share"] {
+        let long = "x".repeat(1025);
+        let reply = unseal(&app, json!({ field: long })).await;
+        assert_problem(&reply, 422, "validation_failed");
+        assert_eq!(reply.body["errors"][0]["field"], field);
+        assert!(!reply.body.to_string().contains("xxxx"));
+    }
+    // Neither was checked, audited or counted against the limit of 1.
+    assert_eq!(audited(&vault, "sys.unseal", "denied"), 0);
+    let reply = unseal(&app, json!({"passphrase": PASSPHRASE})).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert!(!vault.keyring.is_sealed());
+}
+
+/// A passphrase vault, sealed.
+fn app_vault_sealed() -> TestVault {
+    let vault = passphrase_vault();
+    vault.keyring.seal();
+    vault
+}
+
+/// A passphrase vault with the production Argon2id cost (64 MiB, t = 3,
+/// p = 4), so an unseal takes far longer than a client waiting 50 ms,
+/// served on a loopback port by this process with `unseal_failures` a
+/// minute; sealed.
+async fn slow_unseal_server(unseal_failures_per_minute: u32) -> (TestVault, std::net::SocketAddr) {
+    let vault = new_vault(
+        strongroom::keyring::SealMethod::Passphrase(zeroize::Zeroizing::new(PASSPHRASE.into())),
+        strongroom::keyring::KeyringSettings::default(),
+        std::sync::Arc::new(strongroom::clock::SystemClock),
+    );
+    let app = router(vault.state_with(AppSettings {
+        unseal_failures_per_minute,
+        ..test_settings()
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, service).await });
+    vault.keyring.seal();
+    (vault, addr)
+}
+
+/// Sends an unseal request over a raw connection and hangs up ~50 ms later,
+/// long before the Argon2id check can answer.
+async fn unseal_and_hang_up(addr: std::net::SocketAddr, passphrase: &str) {
+    use tokio::io::AsyncWriteExt;
+    let body = json!({ "passphrase": passphrase }).to_string();
+    let request = format!(
+        "POST /v1/sys/unseal HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    drop(stream);
+}
+
+/// A client that hangs up during a wrong passphrase's check: the attempt
+/// still ends in an audit entry and counts against the limit, so the next
+/// attempt (even with the right passphrase) must wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unseal_whose_client_hangs_up_is_still_counted_and_audited() {
+    let (vault, addr) = slow_unseal_server(1).await;
+    unseal_and_hang_up(addr, "wrong passphrase!").await;
+    wait_until("the abandoned attempt's audit entry", || {
+        audited(&vault, "sys.unseal", "denied") == 1
+    });
+    let reply = tokio::task::spawn_blocking(move || {
+        let body = json!({ "passphrase": PASSPHRASE }).to_string();
+        http(addr, "POST", "/v1/sys/unseal", None, Some(&body))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        reply.status,
+        429,
+        "{:?}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert!(vault.keyring.is_sealed());
+}
+
+/// A client that hangs up during the right passphrase's check: the vault
+/// unseals, and that is audited and the head signed, as for any unseal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unseal_whose_client_hangs_up_still_unseals_and_is_audited() {
+    let (vault, addr) = slow_unseal_server(5).await;
+    unseal_and_hang_up(addr, PASSPHRASE).await;
+    wait_until("the abandoned unseal's audit entry", || {
+        audited(&vault, "sys.unseal", "allowed") == 1
+    });
+    assert!(!vault.keyring.is_sealed());
+    wait_until("a checkpoint over the unseal entry", || {
+        let last_unseal = audit_entries(&vault)
+            .iter()
+            .filter(|e| e["action"] == "sys.unseal")
+            .filter_map(|e| e["seq"].as_u64())
+            .max();
+        let signed = vault
+            .state
+            .audit
+            .latest_checkpoint()
+            .unwrap()
+            .map(|c| c.seq);
+        matches!((last_unseal, signed), (Some(u), Some(s)) if s >= u)
+    });
+}

@@ -241,6 +241,35 @@ async fn an_access_request_flipped_to_approved_on_disk_grants_nothing() {
 }
 
 #[tokio::test]
+async fn a_lockout_count_lowered_on_disk_gives_no_more_guesses() {
+    let w = world().await;
+    let wrong = || {
+        call(
+            &w.app,
+            "POST",
+            "/v1/auth/login",
+            None,
+            Some(json!({"username": "approver", "password": "not the password"})),
+        )
+    };
+    for _ in 0..5 {
+        assert_eq!(wrong().await.status, 401);
+    }
+    assert_eq!(wrong().await.status, 429);
+    let counts = w.store.scan_prefix(b"ac/lockout/").unwrap();
+    assert_eq!(counts.len(), 1);
+    let (key, stored) = &counts[0];
+    w.edit(key, &[("\"count\":5", "\"count\":0")]);
+    assert_ne!(&w.store.get(key).unwrap().unwrap(), stored, "not edited");
+    refused(&wrong().await, &[]);
+    // A count rewritten in the old unauthenticated format is refused too.
+    w.store
+        .put(key, br#"{"count":0,"last":0}"#)
+        .unwrap();
+    refused(&login(&w.app, "approver").await, &[]);
+}
+
+#[tokio::test]
 async fn an_api_key_index_entry_pointed_or_moved_to_an_admin_grants_nothing() {
     let w = world().await;
     let (mine, admin) = (w.id_of("payments"), w.id_of("admin"));

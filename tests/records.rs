@@ -377,10 +377,17 @@ async fn masked_views_per_role_and_ownership() {
         .await
         .body;
     assert!(service_card.get("first6").is_none());
-    let officer_card = call(&w.app, "GET", &card_path, Some(&w.approver), None)
-        .await
-        .body;
-    assert_eq!(officer_card["first6"], "424242");
+    // Compliance staff see brand and last 4 only: with the first 6 too, a
+    // PAN search would have about 10^5 candidates left to guess.
+    for staff in [&w.officer, &w.approver] {
+        let staff_card = call(&w.app, "GET", &card_path, Some(staff), None)
+            .await
+            .body;
+        assert_eq!(staff_card["last4"], "4242");
+        assert_eq!(staff_card["brand"], "visa");
+        assert!(staff_card.get("first6").is_none());
+        assert!(!staff_card.to_string().contains("424242"));
+    }
     assert_eq!(
         status_of(
             &w.app,
@@ -1109,4 +1116,238 @@ async fn ten_thousand_format_preserving_tokens_fail_luhn_keep_six_and_four_and_n
             .pan_token
             .is_none()
     );
+}
+
+/// A Luhn-valid Visa PAN that no record here holds.
+const OTHER_PAN: &str = "4000056655665556";
+
+fn search_body(field: &str, value: &str, country: Option<&str>) -> Value {
+    json!({"field": field, "value": value, "country": country, "reason": "AML review", "ticket": "CASE-9"})
+}
+
+/// The record.search entries of the audit log, oldest first.
+fn search_entries(w: &World) -> Vec<Value> {
+    audit_entries(&w.vault)
+        .into_iter()
+        .filter(|e| e["action"] == "record.search")
+        .collect()
+}
+
+/// Searching a PAN or a national id is a guess at the most sensitive
+/// values: each one, hit or miss, takes one of the officer's quota before
+/// the lookup, under any concurrency. Email and phone searches do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pan_and_national_id_searches_take_a_quota_misses_included_under_parallel_searches() {
+    let w = world_with(AppSettings {
+        sensitive_searches_per_hour: 5,
+        ..test_settings()
+    })
+    .await;
+    let card_id = stored_id(&w, "card", card()).await;
+    stored_id(&w, "kyc", kyc()).await;
+    let searches: Vec<_> = (0..50)
+        .map(|_| {
+            let app = w.app.clone();
+            let officer = w.officer.clone();
+            tokio::spawn(async move {
+                call(
+                    &app,
+                    "POST",
+                    "/v1/search",
+                    Some(&officer),
+                    Some(search_body("pan", OTHER_PAN, None)),
+                )
+                .await
+            })
+        })
+        .collect();
+    let (mut answered, mut limited) = (0, 0);
+    for search in searches {
+        let reply = search.await.unwrap();
+        match reply.status {
+            200 => {
+                assert_eq!(reply.body["matches"], json!([]));
+                answered += 1;
+            }
+            429 => {
+                assert_eq!(reply.body["code"], "rate_limited");
+                assert!(reply.headers.contains_key("retry-after"));
+                limited += 1;
+            }
+            other => panic!("unexpected {other}: {}", reply.body),
+        }
+    }
+    assert_eq!((answered, limited), (5, 45));
+    let entries = search_entries(&w);
+    assert_eq!(
+        entries
+            .iter()
+            .filter(|e| e["outcome"] == "no_match")
+            .count(),
+        5
+    );
+    assert_eq!(
+        entries.iter().filter(|e| e["outcome"] == "denied").count(),
+        45
+    );
+    // The quota is spent: a hit and a national id are refused too, without
+    // a lookup; email and phone are not counted.
+    let search = |token: &str, body: Value| {
+        let app = w.app.clone();
+        let token = token.to_owned();
+        async move { call(&app, "POST", "/v1/search", Some(&token), Some(body)).await }
+    };
+    let hit = search(&w.officer, search_body("pan", PAN, None)).await;
+    assert_eq!(hit.status, 429);
+    assert!(hit.body.get("matches").is_none());
+    assert_eq!(
+        search(
+            &w.officer,
+            search_body("national_id", "925076473", Some("GB"))
+        )
+        .await
+        .status,
+        429
+    );
+    let email = search(&w.officer, search_body("email", "ada@example.org", None)).await;
+    assert_eq!(email.status, 200);
+    assert_eq!(email.body["matches"].as_array().unwrap().len(), 1);
+    // Another officer has their own quota; an hour later the first has too.
+    let other = search(&w.officer2, search_body("pan", PAN, None)).await;
+    assert_eq!(other.status, 200);
+    assert_eq!(other.body["matches"][0]["id"], card_id.as_str());
+    w.clock.advance(time::Duration::minutes(61));
+    let officer = session(&w.app, "officer").await;
+    assert_eq!(
+        search(&officer, search_body("pan", PAN, None)).await.status,
+        200
+    );
+}
+
+/// A search that finds nothing is audited as `no_match` (the chain still
+/// verifies), and a burst of misses by one officer logs a WARN line that
+/// names the officer and never the searched values.
+#[tokio::test]
+async fn search_misses_are_audited_as_no_match_and_a_burst_is_logged() {
+    let w = world_with(AppSettings {
+        search_miss_alert: 3,
+        ..test_settings()
+    })
+    .await;
+    stored_id(&w, "kyc", kyc()).await;
+    let log_path = w.vault.dir.path().join("search.log");
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(
+            std::fs::File::create(&log_path).unwrap(),
+        ))
+        .finish();
+    let guard = tracing::subscriber::set_default(subscriber);
+    let misses = [
+        ("national_id", "111223333", Some("GB")),
+        ("pan", OTHER_PAN, None),
+        ("email", "nobody@example.org", None),
+    ];
+    for (field, value, country) in misses {
+        let reply = call(
+            &w.app,
+            "POST",
+            "/v1/search",
+            Some(&w.officer),
+            Some(search_body(field, value, country)),
+        )
+        .await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.body["matches"], json!([]));
+    }
+    let hit = call(
+        &w.app,
+        "POST",
+        "/v1/search",
+        Some(&w.officer2),
+        Some(search_body("email", "ada@example.org", None)),
+    )
+    .await;
+    assert_eq!(hit.body["matches"].as_array().unwrap().len(), 1);
+    drop(guard);
+    let outcomes: Vec<Value> = search_entries(&w)
+        .iter()
+        .map(|e| e["outcome"].clone())
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            json!("no_match"),
+            json!("no_match"),
+            json!("no_match"),
+            json!("allowed")
+        ]
+    );
+    let verify = call(
+        &w.app,
+        "GET",
+        "/v1/audit/verify",
+        Some(&w.vault.admin_api_key),
+        None,
+    )
+    .await;
+    assert_eq!(verify.status, 200, "{}", verify.body);
+    assert_eq!(verify.body["ok"], true, "{}", verify.body);
+
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("search misses"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    let officer_id = w
+        .vault
+        .state
+        .principals
+        .list()
+        .unwrap()
+        .into_iter()
+        .find(|p| p.name == "officer")
+        .unwrap()
+        .id;
+    assert!(warnings[0].contains(&officer_id), "{}", warnings[0]);
+    for value in [
+        "111223333",
+        OTHER_PAN,
+        "nobody@example.org",
+        "ada@example.org",
+    ] {
+        assert!(!log.contains(value), "{value} reached the log");
+    }
+}
+
+/// 100 reveals at once against a quota of 3: exactly 3 are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_reveal_quota_holds_under_parallel_reveals() {
+    let w = world_with(AppSettings {
+        reveals_per_hour: 3,
+        ..test_settings()
+    })
+    .await;
+    let id = stored_id(&w, "kyc", kyc()).await;
+    let path = format!("/v1/records/{id}/reveal");
+    let body = json!({"fields": ["date_of_birth"], "reason": "AML review", "ticket": "CASE-1"});
+    let reveals: Vec<_> = (0..100)
+        .map(|_| {
+            let (app, officer, path, body) =
+                (w.app.clone(), w.officer.clone(), path.clone(), body.clone());
+            tokio::spawn(async move { call(&app, "POST", &path, Some(&officer), Some(body)).await })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for reveal in reveals {
+        let reply = reveal.await.unwrap();
+        if reply.status == 429 {
+            assert!(reply.body.get("fields").is_none());
+        }
+        statuses.push(reply.status);
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 3);
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 97);
 }

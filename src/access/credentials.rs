@@ -15,8 +15,9 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
+use super::lockout::{self, Attempt};
 use super::sessions::{self, SessionPolicy, SessionToken, StoredSession};
-use super::{AccessError, LockoutPolicy, Principal, PrincipalKind, Role, lockout};
+use super::{AccessError, LockoutPolicy, Principal, PrincipalKind, Role};
 use crate::clock::{Clock, rfc3339};
 use crate::crypto::{HmacKey, random_array};
 use crate::keyring::{Keyring, StateKey, UnsealedKeys};
@@ -372,29 +373,18 @@ impl PrincipalDirectory {
         Ok((token, expires, tx.merge(clear)))
     }
 
-    /// Seconds `username` must wait before trying again, if locked.
-    pub fn login_retry_after(
+    /// Counts a login attempt for `username` durably before its password
+    /// is checked, unless the username is locked (see
+    /// [`LockoutPolicy::reserve`]). Blocking.
+    pub fn reserve_login_attempt(
         &self,
         credential_key: &HmacKey,
         lockout: &LockoutPolicy,
         username: &str,
-    ) -> Result<Option<u64>, AccessError> {
-        lockout.retry_after(
+    ) -> Result<Attempt, AccessError> {
+        lockout.reserve(
             self.store.as_ref(),
-            &lockout::lockout_key(credential_key, username),
-            self.clock.now(),
-        )
-    }
-
-    /// The write that counts a failed login for `username`.
-    pub fn prepare_login_failure(
-        &self,
-        credential_key: &HmacKey,
-        lockout: &LockoutPolicy,
-        username: &str,
-    ) -> Result<Transaction, AccessError> {
-        lockout.failure(
-            self.store.as_ref(),
+            self.keys()?.state_key(),
             &lockout::lockout_key(credential_key, username),
             self.clock.now(),
         )

@@ -2,13 +2,21 @@
 //! locked for a period that doubles with each further failure, up to a cap.
 //! Keyed by an HMAC of the attempted username, so a password typed into the
 //! username field never reaches the store.
+//!
+//! An attempt is counted *before* its password is checked: a transaction
+//! whose precondition is the count it read ([`LockoutPolicy::reserve`]),
+//! retried when another attempt won the race. So however many attempts
+//! arrive at once, on one node or several sharing a store, no more than
+//! `threshold` passwords are checked before the lock; a success clears the
+//! count.
 
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 
 use super::AccessError;
 use crate::crypto::HmacKey;
-use crate::store::{Store, Transaction};
+use crate::keyring::StateKey;
+use crate::store::{Store, StoreError, Transaction};
 
 const LOCKOUT_PREFIX: &str = "ac/lockout/";
 
@@ -45,12 +53,23 @@ pub(crate) fn lockout_key(credential_key: &HmacKey, username: &str) -> String {
 }
 
 impl LockoutPolicy {
-    fn read(store: &dyn Store, key: &str) -> Result<Failures, AccessError> {
-        store
-            .get(key.as_bytes())?
-            .map(|b| serde_json::from_slice(&b).map_err(|_| AccessError::Corrupt))
-            .transpose()
-            .map(Option::unwrap_or_default)
+    /// The stored count under `key`, as bytes (for the precondition) and
+    /// decoded.
+    /// Sealed with the state key, like every record that decides who may
+    /// do what: a count lowered on disk is an integrity error, not more
+    /// guesses.
+    fn read(
+        store: &dyn Store,
+        state: &StateKey,
+        key: &str,
+    ) -> Result<(Option<Vec<u8>>, Failures), AccessError> {
+        let bytes = store.get(key.as_bytes())?;
+        let failures = bytes
+            .as_deref()
+            .map(|b| state.open_json(key.as_bytes(), b))
+            .transpose()?
+            .unwrap_or_default();
+        Ok((bytes, failures))
     }
 
     fn lock_length(&self, count: u32) -> Option<Duration> {
@@ -59,14 +78,12 @@ impl LockoutPolicy {
         Some((self.base * factor).min(self.max))
     }
 
-    /// Seconds until `key` may try again, if it is locked now.
-    pub(crate) fn retry_after(
+    /// Seconds until `failures` allow another attempt, if locked at `now`.
+    fn locked_for(
         &self,
-        store: &dyn Store,
-        key: &str,
+        failures: &Failures,
         now: OffsetDateTime,
     ) -> Result<Option<u64>, AccessError> {
-        let failures = Self::read(store, key)?;
         let Some(length) = self.lock_length(failures.count) else {
             return Ok(None);
         };
@@ -76,22 +93,41 @@ impl LockoutPolicy {
         Ok((left > 0).then(|| u64::try_from(left).unwrap_or(1)))
     }
 
-    /// The write that counts one more failure.
-    pub(crate) fn failure(
+    /// Counts one attempt on `key` durably, before its password is checked,
+    /// unless `key` is locked. The write carries the count it read as a
+    /// precondition and is retried when a concurrent attempt changed it, so
+    /// every attempt is counted exactly once. An attempt that turns out
+    /// right is cleared by [`LockoutPolicy::success`]; a wrong one stays
+    /// counted as the failure it was.
+    pub(crate) fn reserve(
         &self,
         store: &dyn Store,
+        state: &StateKey,
         key: &str,
         now: OffsetDateTime,
-    ) -> Result<Transaction, AccessError> {
-        let failures = Self::read(store, key)?;
-        let next = Failures {
-            count: failures.count.saturating_add(1),
-            last: now.unix_timestamp(),
-        };
-        Ok(Transaction::new().put(
-            key,
-            serde_json::to_vec(&next).map_err(|_| AccessError::Corrupt)?,
-        ))
+    ) -> Result<Attempt, AccessError> {
+        for _ in 0..RESERVE_TRIES {
+            let (stored, failures) = Self::read(store, state, key)?;
+            if let Some(retry_after_secs) = self.locked_for(&failures, now)? {
+                return Ok(Attempt::Locked { retry_after_secs });
+            }
+            let next = Failures {
+                count: failures.count.saturating_add(1),
+                last: now.unix_timestamp(),
+            };
+            let tx = Transaction::new()
+                .expect(key, stored)
+                .put(key, state.seal_json(key.as_bytes(), &next)?);
+            match store.commit(tx) {
+                Ok(()) => return Ok(Attempt::Reserved),
+                Err(StoreError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // Never check a password without a reservation.
+        Ok(Attempt::Locked {
+            retry_after_secs: 1,
+        })
     }
 
     /// The write that clears the count after a success.
@@ -99,6 +135,19 @@ impl LockoutPolicy {
         Transaction::new().delete(key)
     }
 }
+
+/// Whether a login attempt may check its password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// Counted; check the password.
+    Reserved,
+    /// Locked (or too contended to count): refuse without checking.
+    Locked { retry_after_secs: u64 },
+}
+
+/// Precondition failures tolerated before an attempt gives up (each one
+/// means another attempt on the same username was counted meanwhile).
+const RESERVE_TRIES: usize = 32;
 
 #[cfg(test)]
 mod tests {
@@ -113,5 +162,49 @@ mod tests {
         assert_eq!(policy.lock_length(8), Some(Duration::minutes(8)));
         assert_eq!(policy.lock_length(20), Some(Duration::hours(1)));
         assert_eq!(policy.lock_length(u32::MAX), Some(Duration::hours(1)));
+    }
+
+    /// 64 threads reserving attempts on one username in one store at once:
+    /// exactly `threshold` are counted, the rest find it locked.
+    #[test]
+    fn concurrent_reservations_count_exactly_up_to_the_threshold() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::SledStore::open(dir.path()).unwrap();
+        let state = StateKey::new(&crate::crypto::Key256::from_bytes([7; 32]));
+        let policy = LockoutPolicy::default();
+        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let start = std::sync::Barrier::new(64);
+        let attempts: Vec<Attempt> = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..64)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        policy.reserve(&store, &state, "ac/lockout/k", now).unwrap()
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        let reserved = attempts.iter().filter(|a| **a == Attempt::Reserved).count();
+        assert_eq!(reserved, 5);
+        assert!(attempts.iter().all(|a| *a == Attempt::Reserved
+            || *a
+                == Attempt::Locked {
+                    retry_after_secs: 60
+                }));
+        let (_, failures) = LockoutPolicy::read(&store, &state, "ac/lockout/k").unwrap();
+        assert_eq!(failures.count, 5);
+        // A minute later one more attempt is counted, and the lock doubles.
+        let later = now + Duration::seconds(61);
+        assert_eq!(
+            policy.reserve(&store, &state, "ac/lockout/k", later).unwrap(),
+            Attempt::Reserved
+        );
+        assert_eq!(
+            policy.reserve(&store, &state, "ac/lockout/k", later).unwrap(),
+            Attempt::Locked {
+                retry_after_secs: 120
+            }
+        );
     }
 }

@@ -15,7 +15,7 @@ mod requests;
 mod sessions;
 
 pub use credentials::{ApiKey, Authenticated, Credential, PrincipalDirectory};
-pub use lockout::LockoutPolicy;
+pub use lockout::{Attempt, LockoutPolicy};
 pub use policy::{Operation, Role, allows, sees_all};
 pub use requests::{AccessRequest, AccessRequests, DecisionError, RequestStatus};
 pub use sessions::{SessionPolicy, SessionToken};

@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 
 use super::extract::{ApiJson, Caller, RequestContext};
 use super::{ApiError, AppState, Problem};
-use crate::access::Credential;
+use crate::access::{Attempt, Credential};
 use crate::audit::{AuditEvent, Outcome};
 use crate::clock::rfc3339;
 
@@ -33,19 +33,28 @@ pub struct Session {
     responses(
         (status = 200, body = Session),
         (status = 401, description = "Wrong username or password", body = Problem),
-        (status = 429, description = "Locked for a while", body = Problem),
+        (status = 429, description = "Locked for a while, or another attempt for this username is being checked", body = Problem),
     ))]
 pub async fn login(
     State(state): State<AppState>,
     ctx: RequestContext,
     ApiJson(login): ApiJson<Login>,
 ) -> Result<Json<Session>, ApiError> {
-    let keys = state.keyring.keys()?;
-    let credential_key = keys.credential_key();
-    let pepper = keys.password_pepper();
-    drop(keys);
+    // A client that hangs up cannot stop the attempt between its count, its
+    // check and its audit entry.
+    super::to_the_end(attempt(state, ctx, login)).await
+}
+
+/// One login attempt: one check at a time per username, counted against the
+/// lockout before the password is checked, audited whatever the outcome.
+async fn attempt(
+    state: AppState,
+    ctx: RequestContext,
+    login: Login,
+) -> Result<Json<Session>, ApiError> {
     let lockout = state.settings.lockout;
     let username = login.username.trim().to_lowercase();
+    let password = zeroize::Zeroizing::new(login.password);
     let target = state.audit.fingerprint(&username);
     let failed = |actor: &str, reason: &str| AuditEvent {
         target: target.clone(),
@@ -53,21 +62,24 @@ pub async fn login(
         ..ctx.event(actor, "auth.login_failed", Outcome::Denied)
     };
 
-    if let Some(retry_after_secs) =
-        state
-            .principals
-            .login_retry_after(&credential_key, &lockout, &username)?
-    {
-        // Locked refusals cost no password check, so they are audited at
-        // most once a minute per username, or they could flood the log.
-        if state
-            .lock_notices
-            .take(target.as_deref().unwrap_or_default(), state.clock.now())
-            .is_ok()
-        {
-            state.record(failed("anonymous", "locked")).await?;
-        }
-        return Err(ApiError::RateLimited { retry_after_secs });
+    let Some(_checking) = state.logins_in_flight.begin(&username) else {
+        return refuse(&state, failed("anonymous", "attempt in progress"), 1).await;
+    };
+    let reserved = {
+        let state = state.clone();
+        let username = username.clone();
+        tokio::task::spawn_blocking(move || {
+            let keys = state.keyring.keys()?;
+            state
+                .principals
+                .reserve_login_attempt(&keys.credential_key(), &lockout, &username)
+                .map_err(ApiError::from)
+        })
+        .await
+        .map_err(|_| ApiError::Internal)??
+    };
+    if let Attempt::Locked { retry_after_secs } = reserved {
+        return refuse(&state, failed("anonymous", "locked"), retry_after_secs).await;
     }
 
     let record = state.principals.staff_login_record(&username)?;
@@ -77,7 +89,7 @@ pub async fn login(
         .as_ref()
         .map_or_else(|| state.dummy_password_hash.clone(), |(_, h)| h.clone());
     let policy = state.settings.password_policy;
-    let password = zeroize::Zeroizing::new(login.password);
+    let pepper = state.keyring.keys()?.password_pepper();
     let verified = state
         .passwords
         .run(move || policy.verify(&pepper, &hash, &password))
@@ -85,12 +97,14 @@ pub async fn login(
 
     match record {
         Some((principal, _)) if verified && !principal.disabled => {
+            let keys = state.keyring.keys()?;
             let (token, expires_at, tx) = state.principals.prepare_login(
-                &credential_key,
+                &keys.credential_key(),
                 &state.settings.sessions,
                 &principal,
                 &username,
             )?;
+            drop(keys);
             state
                 .commit(ctx.event(&principal.id, "auth.login", Outcome::Allowed), tx)
                 .await?;
@@ -106,14 +120,30 @@ pub async fn login(
                 Some((p, _)) if p.disabled => "disabled",
                 Some(_) => "wrong password",
             };
-            let tx =
-                state
-                    .principals
-                    .prepare_login_failure(&credential_key, &lockout, &username)?;
-            state.commit(failed(actor, reason), tx).await?;
+            // The attempt was counted when it was reserved.
+            state.record(failed(actor, reason)).await?;
             Err(ApiError::Unauthenticated)
         }
     }
+}
+
+/// Refuses an attempt without checking its password: 429. Such refusals
+/// cost nothing, so they are audited at most once a minute per username, or
+/// they could flood the log.
+async fn refuse(
+    state: &AppState,
+    event: AuditEvent,
+    retry_after_secs: u64,
+) -> Result<Json<Session>, ApiError> {
+    let notice_key = event.target.clone().unwrap_or_default();
+    if state
+        .lock_notices
+        .take(&notice_key, state.clock.now())
+        .is_ok()
+    {
+        state.record(event).await?;
+    }
+    Err(ApiError::RateLimited { retry_after_secs })
 }
 
 /// Ends the caller's session.

@@ -61,10 +61,17 @@ pub struct SearchMatch {
     pub subject_ref: Option<String>,
 }
 
+/// Fields whose search is a guess at a value officers see only masked
+/// (a national id's last 4; a PAN's brand and last 4): each search takes one
+/// of the officer's `sensitive_searches_per_hour`, hit or miss.
+const QUOTA_FIELDS: [&str; 2] = ["national_id", "pan"];
+
 /// Exact-match search by blind index; answers record ids and subject refs
-/// only.
+/// only. Searches by `pan` or `national_id` count against a per-officer
+/// quota (misses included); a search that finds nothing is audited as
+/// `no_match`.
 #[utoipa::path(post, path = "/v1/search", tag = "compliance", security(("bearer" = [])), request_body = SearchRequest,
-    responses((status = 200, description = "{\"matches\":[{\"id\",\"subject_ref\"}]}"), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 200, description = "{\"matches\":[{\"id\",\"subject_ref\"}]}"), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem), (status = 422, body = Problem), (status = 429, description = "The officer's PAN / national-id search quota is spent", body = Problem)))]
 pub async fn search(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -89,7 +96,30 @@ pub async fn search(
             "is required to search a national id",
         ));
     }
+    let principal = caller.principal();
     let normalised = search_value(&request.field, &value, request.country.as_deref());
+    let fingerprint = state.audit.fingerprint(&format!(
+        "{}\0{}",
+        request.field,
+        normalised.as_deref().unwrap_or(&value)
+    ));
+    let event = |outcome: Outcome, note: String| AuditEvent {
+        target: fingerprint.clone(),
+        reason: Some(format!("{reason} (field: {}{note})", request.field)),
+        ticket: Some(ticket.clone()),
+        ..ctx.event(&principal.id, "record.search", outcome)
+    };
+    // Reserved before the lookup, so parallel searches cannot overrun it.
+    if QUOTA_FIELDS.contains(&request.field.as_str())
+        && let Err(retry_after_secs) = state
+            .sensitive_searches
+            .take(&principal.id, state.clock.now())
+    {
+        state
+            .record(event(Outcome::Denied, "; rate limited".into()))
+            .await?;
+        return Err(ApiError::RateLimited { retry_after_secs });
+    }
     let ids = match &normalised {
         Some(v) => state.vault.search(&request.field, v)?,
         None => Vec::new(),
@@ -104,23 +134,33 @@ pub async fn search(
             });
         }
     }
-    let fingerprint = state.audit.fingerprint(&format!(
-        "{}\0{}",
-        request.field,
-        normalised.as_deref().unwrap_or(&value)
-    ));
-    let event = AuditEvent {
-        target: fingerprint,
-        reason: Some(format!(
-            "{reason} (field: {}, matches: {})",
-            request.field,
-            matches.len()
-        )),
-        ticket: Some(ticket),
-        ..ctx.event(&caller.principal().id, "record.search", Outcome::Allowed)
+    let outcome = if matches.is_empty() {
+        watch_misses(&state, &principal.id, &request.field);
+        Outcome::NoMatch
+    } else {
+        Outcome::Allowed
     };
-    state.record(event).await?;
+    state
+        .record(event(outcome, format!(", matches: {}", matches.len())))
+        .await?;
     Ok(Json(json!({ "matches": matches })))
+}
+
+/// Counts a miss by `officer`; a WARN line (ids and counts only, never a
+/// value) each time their misses in the window reach another multiple of
+/// `search_miss_alert`: someone may be guessing.
+fn watch_misses(state: &AppState, officer: &str, field: &str) {
+    let misses = state.search_misses.record(officer, state.clock.now());
+    let alert = state.settings.search_miss_alert.max(1);
+    if misses.is_multiple_of(alert) {
+        tracing::warn!(
+            actor = %officer,
+            field,
+            misses,
+            window_minutes = super::SEARCH_MISS_WINDOW.whole_minutes(),
+            "burst of blind-index search misses"
+        );
+    }
 }
 
 #[derive(Deserialize, ToSchema)]

@@ -48,6 +48,9 @@ pub const AVAILABLE_WHILE_SEALED: [&str; 3] =
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// How far back search misses are counted for the burst warning.
+const SEARCH_MISS_WINDOW: time::Duration = time::Duration::minutes(10);
+
 /// Server settings beyond the keyring's; validated by `config`.
 #[derive(Debug, Clone)]
 pub struct AppSettings {
@@ -61,6 +64,11 @@ pub struct AppSettings {
     pub password_workers: usize,
     /// Reveals one officer may make in a sliding hour.
     pub reveals_per_hour: usize,
+    /// Searches by PAN or national id one officer may make in a sliding
+    /// hour, misses included.
+    pub sensitive_searches_per_hour: usize,
+    /// Search misses by one officer within 10 minutes that log a WARN line.
+    pub search_miss_alert: usize,
     /// How long an approved access request lasts.
     pub grant_lifetime: time::Duration,
 }
@@ -78,6 +86,11 @@ impl Default for AppSettings {
             // Leave at least half the cores to everything else.
             password_workers: (cores / 2).max(1),
             reveals_per_hour: 30,
+            sensitive_searches_per_hour: usize::try_from(
+                crate::config::DEFAULT_SENSITIVE_SEARCHES_PER_HOUR,
+            )
+            .unwrap_or(usize::MAX),
+            search_miss_alert: crate::config::DEFAULT_SEARCH_MISS_ALERT,
             grant_lifetime: time::Duration::minutes(30),
         }
     }
@@ -87,7 +100,7 @@ impl Default for AppSettings {
 /// a flood of logins can neither exhaust memory (each check takes the
 /// policy's memory cost) nor take every core.
 pub struct PasswordPool {
-    permits: tokio::sync::Semaphore,
+    permits: Arc<tokio::sync::Semaphore>,
     waiting: AtomicUsize,
     max_waiting: usize,
 }
@@ -95,29 +108,56 @@ pub struct PasswordPool {
 impl PasswordPool {
     fn new(workers: usize) -> Self {
         Self {
-            permits: tokio::sync::Semaphore::new(workers.max(1)),
+            permits: Arc::new(tokio::sync::Semaphore::new(workers.max(1))),
             waiting: AtomicUsize::new(0),
             max_waiting: 64 * workers.max(1),
         }
     }
 
     /// Runs `work` when a worker is free; 429 when too many already wait.
+    /// A caller that is dropped while it waits (a client that hung up)
+    /// leaves the queue: its place is given back by a guard, not by code
+    /// after the wait that would never run. Once started, `work` holds its
+    /// worker until it ends, whether or not the caller still waits.
     pub async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, ApiError> {
-        if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.max_waiting {
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
-            return Err(ApiError::RateLimited {
-                retry_after_secs: 1,
-            });
-        }
-        let permit = self.permits.acquire().await;
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
-        let _permit = permit.map_err(|_| ApiError::Internal)?;
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|_| ApiError::Internal)
+        let permit = {
+            let _place =
+                QueuePlace::take(&self.waiting, self.max_waiting).ok_or(ApiError::RateLimited {
+                    retry_after_secs: 1,
+                })?;
+            Arc::clone(&self.permits).acquire_owned().await
+        };
+        let permit = permit.map_err(|_| ApiError::Internal)?;
+        tokio::task::spawn_blocking(move || {
+            let _worker = permit;
+            work()
+        })
+        .await
+        .map_err(|_| ApiError::Internal)
+    }
+}
+
+/// A place among a pool's waiting callers, given back when dropped.
+struct QueuePlace<'a>(&'a AtomicUsize);
+
+impl<'a> QueuePlace<'a> {
+    /// A place, unless `max` callers already wait.
+    fn take(waiting: &'a AtomicUsize, max: usize) -> Option<Self> {
+        waiting
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(waiting))
+    }
+}
+
+impl Drop for QueuePlace<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -145,6 +185,12 @@ pub struct AppInner {
     dummy_password_hash: String,
     /// Audited refusals of each locked username: one a minute (see `auth`).
     lock_notices: SlidingWindow,
+    /// Usernames whose password is being checked: one check at a time each.
+    logins_in_flight: limits::OneAtATime,
+    /// Searches by PAN or national id per officer in a sliding hour.
+    sensitive_searches: SlidingWindow,
+    /// Search misses per officer in a sliding 10 minutes, watched for bursts.
+    search_misses: SlidingWindow,
 }
 
 impl std::ops::Deref for AppState {
@@ -201,9 +247,15 @@ impl AppState {
             ),
             unseal_work: tokio::sync::Semaphore::new(1),
             passwords: PasswordPool::new(settings.password_workers),
-            settings,
             dummy_password_hash,
             lock_notices: SlidingWindow::new(1, time::Duration::minutes(1)),
+            logins_in_flight: limits::OneAtATime::default(),
+            sensitive_searches: SlidingWindow::new(
+                settings.sensitive_searches_per_hour,
+                time::Duration::hours(1),
+            ),
+            search_misses: SlidingWindow::new(usize::MAX, SEARCH_MISS_WINDOW),
+            settings,
         }))
     }
 
@@ -399,6 +451,17 @@ fn is_issued_id(text: &str) -> bool {
     })
 }
 
+/// Runs `attempt` in a task of its own and waits for it. When a client
+/// hangs up, hyper drops the handler; work that must finish whole (a limit's
+/// count, a check, its audit entry) goes in here, so it still does.
+async fn to_the_end<T: Send + 'static>(
+    attempt: impl std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::spawn(attempt)
+        .await
+        .map_err(|_| ApiError::Internal)?
+}
+
 fn audit_failure(e: AuditError) -> ApiError {
     tracing::error!(error = %e, "audit entry not written; request refused");
     ApiError::AuditUnavailable
@@ -509,4 +572,45 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(request_id))
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Logins whose futures are dropped while they wait for a worker (a
+    /// client that hung up) leave the waiting count as it was, so later
+    /// logins are not refused as if the queue were full.
+    #[tokio::test]
+    async fn cancelled_waits_give_back_their_place_in_the_queue() {
+        let pool = Arc::new(PasswordPool::new(1));
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let busy = {
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move { pool.run(move || hold.recv().is_ok()).await })
+        };
+        while pool.permits.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let waiters: Vec<_> = (0..pool.max_waiting)
+            .map(|_| {
+                let pool = Arc::clone(&pool);
+                tokio::spawn(async move { pool.run(|| true).await })
+            })
+            .collect();
+        while pool.waiting.load(Ordering::SeqCst) < pool.max_waiting {
+            tokio::task::yield_now().await;
+        }
+        for waiter in &waiters {
+            waiter.abort();
+        }
+        for waiter in waiters {
+            assert!(waiter.await.is_err_and(|e| e.is_cancelled()));
+        }
+        assert_eq!(pool.waiting.load(Ordering::SeqCst), 0);
+        release.send(()).unwrap();
+        assert!(busy.await.unwrap().unwrap());
+        assert!(pool.run(|| true).await.unwrap());
+        assert_eq!(pool.waiting.load(Ordering::SeqCst), 0);
+    }
 }

@@ -14,7 +14,6 @@ use super::extract::{ApiJson, Caller, RequestContext};
 use super::{ApiError, AppState, Problem};
 use crate::access::Operation;
 use crate::audit::{AuditEvent, Outcome};
-use crate::clock::Clock;
 use crate::keyring::{KeyringError, UnsealInput, UnsealProgress};
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -50,10 +49,14 @@ pub async fn health(State(state): State<AppState>) -> Response {
     }
 }
 
-/// Exactly one of `passphrase` or `share`.
 /// Failed unseals are counted for the whole vault, not per client.
 const UNSEAL_KEY: &str = "vault";
 
+/// The longest passphrase or share accepted, in bytes: far beyond any real
+/// one (a share is 98 characters), and a bound on what reaches Argon2id.
+pub const MAX_UNSEAL_INPUT_BYTES: usize = 1024;
+
+/// Exactly one of `passphrase` or `share`, each at most 1024 bytes.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UnsealRequest {
@@ -66,7 +69,7 @@ pub struct UnsealRequest {
     responses(
         (status = 200, description = "Accepted; progress so far", body = UnsealProgress),
         (status = 400, description = "unseal_failed or malformed_request", body = Problem),
-        (status = 422, description = "Neither or both of passphrase and share", body = Problem),
+        (status = 422, description = "Neither or both of passphrase and share, or one over 1024 bytes", body = Problem),
         (status = 429, description = "Too many failed attempts", body = Problem),
     ))]
 pub async fn unseal(
@@ -74,9 +77,9 @@ pub async fn unseal(
     ctx: RequestContext,
     ApiJson(body): ApiJson<UnsealRequest>,
 ) -> Result<Json<UnsealProgress>, ApiError> {
-    let input = match (body.passphrase, body.share) {
-        (Some(p), None) => UnsealInput::Passphrase(Zeroizing::new(p)),
-        (None, Some(s)) => UnsealInput::Share(Zeroizing::new(s)),
+    let (field, input) = match (body.passphrase, body.share) {
+        (Some(p), None) => ("passphrase", UnsealInput::Passphrase(Zeroizing::new(p))),
+        (None, Some(s)) => ("share", UnsealInput::Share(Zeroizing::new(s))),
         _ => {
             return Err(ApiError::field(
                 "body",
@@ -84,26 +87,50 @@ pub async fn unseal(
             ));
         }
     };
+    let length = match &input {
+        UnsealInput::Passphrase(text) | UnsealInput::Share(text) => text.len(),
+    };
+    if length > MAX_UNSEAL_INPUT_BYTES {
+        return Err(ApiError::field(field, "must be at most 1024 bytes"));
+    }
     // Already unsealed: nothing to do, nothing to audit (or anyone could
     // grow the audit log at will).
     if !state.keyring.is_sealed() {
         return Ok(Json(state.keyring.unseal_status()));
     }
-    let clock: Arc<dyn Clock> = Arc::clone(&state.clock);
-    if let Some(retry_after_secs) = state.unseal_failures.retry_after(UNSEAL_KEY, clock.now()) {
-        return Err(ApiError::RateLimited { retry_after_secs });
-    }
-    let _permit = state
+    // A client that hangs up cannot stop the attempt: it keeps its permit,
+    // its place in the limit and its audit entry to the end.
+    super::to_the_end(attempt(state, ctx, input)).await
+}
+
+/// One unseal attempt, whole: one at a time, reserved against the failure
+/// limit before the check, audited, and the head signed once unsealed.
+async fn attempt(
+    state: AppState,
+    ctx: RequestContext,
+    input: UnsealInput,
+) -> Result<Json<UnsealProgress>, ApiError> {
+    let _one_at_a_time = state
         .unseal_work
         .acquire()
         .await
         .map_err(|_| ApiError::Internal)?;
+    // The attempt before this one may have unsealed the vault.
+    if !state.keyring.is_sealed() {
+        return Ok(Json(state.keyring.unseal_status()));
+    }
+    let reserved_at = state.clock.now();
+    if let Err(retry_after_secs) = state.unseal_failures.take(UNSEAL_KEY, reserved_at) {
+        return Err(ApiError::RateLimited { retry_after_secs });
+    }
     let keyring = Arc::clone(&state.keyring);
     let result = tokio::task::spawn_blocking(move || keyring.unseal(input))
         .await
         .map_err(|_| ApiError::Internal)?;
     match result {
         Ok(progress) => {
+            // Accepted material is not a failure: its reservation goes back.
+            state.unseal_failures.give_back(UNSEAL_KEY, reserved_at);
             let event = AuditEvent {
                 reason: Some(format!(
                     "progress {}/{}",
@@ -119,14 +146,16 @@ pub async fn unseal(
             if !progress.sealed {
                 tracing::info!("vault unsealed");
                 // Sign whatever an unclean stop left unsigned.
-                if let Err(e) = state.audit.checkpoint() {
-                    tracing::error!(error = %e, "audit checkpoint at unseal failed");
+                let audit = state.audit.clone();
+                match tokio::task::spawn_blocking(move || audit.checkpoint()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "audit checkpoint at unseal failed"),
+                    Err(_) => tracing::error!("audit checkpoint at unseal did not run"),
                 }
             }
             Ok(Json(progress))
         }
         Err(KeyringError::UnsealFailed(why)) => {
-            state.unseal_failures.record(UNSEAL_KEY, clock.now());
             tracing::warn!(reason = why, "unseal attempt refused");
             let event = AuditEvent {
                 reason: Some(why.to_owned()),
@@ -135,6 +164,7 @@ pub async fn unseal(
             state.record(event).await?;
             Err(ApiError::UnsealFailed(why))
         }
+        // Counted all the same: the limit errs on the side of refusing.
         Err(other) => Err(other.into()),
     }
 }
@@ -168,13 +198,12 @@ pub async fn seal(
     // open. The entry is written first only because, once sealed, the log
     // has no key to sign it with.
     let sealing = state.clone();
-    let recorded = tokio::spawn(async move {
+    let recorded = super::to_the_end(async move {
         let recorded = tokio::time::timeout(SEAL_AUDIT_WAIT, sealing.record(event)).await;
         sealing.seal();
-        recorded
+        Ok(recorded)
     })
-    .await
-    .map_err(|_| ApiError::Internal)?;
+    .await?;
     match recorded {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => tracing::error!(error = ?e, "sealed without its audit entry"),

@@ -18,6 +18,9 @@ pub enum Outcome {
     Allowed,
     Denied,
     Error,
+    /// Allowed, and found nothing (a search): a burst of these is someone
+    /// guessing.
+    NoMatch,
 }
 
 /// What a caller asks to record. `target` and every text field must not
@@ -174,4 +177,30 @@ impl Checkpoint {
 pub enum ExportLine {
     Entry(AuditEntry),
     Checkpoint(Checkpoint),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `no_match` is part of the canonical encoding: an entry carrying it
+    /// hashes, exports and reads back like any other.
+    #[test]
+    fn no_match_round_trips_through_the_chain_encoding() {
+        let event = AuditEvent::new("prn_1", "record.search", Outcome::NoMatch);
+        let (entry, hash) =
+            AuditEntry::chained(7, "2026-01-01T00:00:00Z", event, hex::encode(GENESIS_HASH));
+        let line = serde_json::to_string(&ExportLine::Entry(entry.clone())).unwrap();
+        assert!(line.contains("\"outcome\":\"no_match\""));
+        let ExportLine::Entry(read) = serde_json::from_str(&line).unwrap() else {
+            panic!("not an entry: {line}");
+        };
+        assert_eq!(read, entry);
+        assert_eq!(read.compute_hash(), hash);
+        let other = AuditEntry {
+            outcome: Outcome::Allowed,
+            ..read
+        };
+        assert_ne!(other.compute_hash(), hash);
+    }
 }

@@ -193,6 +193,17 @@ pub fn shares_vault(count: u8, threshold: u8) -> TestVault {
     )
 }
 
+/// Every audit entry in `vault`'s store, oldest first, as JSON.
+pub fn audit_entries(vault: &TestVault) -> Vec<serde_json::Value> {
+    vault
+        .store
+        .scan_prefix(b"au/e/")
+        .unwrap()
+        .iter()
+        .map(|(_, v)| serde_json::from_slice(v).unwrap())
+        .collect()
+}
+
 /// Every file below `dir`, recursively.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
