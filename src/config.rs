@@ -102,6 +102,20 @@ pub fn check_data_dir(dir: &Path) -> Result<(), ConfigError> {
             dir.display()
         )));
     }
+    // Its owner could change the mode, or anything in it: it must be the
+    // user the server runs as (the owner of /proc/self is this process's
+    // effective user).
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(me) = std::fs::metadata("/proc/self")
+        && meta.uid() != me.uid()
+    {
+        return Err(ConfigError(format!(
+            "the data directory {} belongs to user {}, not to the user the server runs as ({}); chown it",
+            dir.display(),
+            meta.uid(),
+            me.uid()
+        )));
+    }
     Ok(())
 }
 
@@ -300,6 +314,27 @@ mod tests {
         let file = base.path().join("file");
         std::fs::write(&file, b"").unwrap();
         assert!(check_data_dir(&file).is_err());
+    }
+
+    /// A private directory that another user owns (who could change its
+    /// mode or its contents) is refused, reached directly or by a link.
+    /// Needs root to give a directory away (CI runs as root).
+    #[test]
+    fn a_data_directory_owned_by_another_user_is_refused() {
+        use std::os::unix::fs::MetadataExt;
+        if std::fs::metadata("/proc/self").unwrap().uid() != 0 {
+            eprintln!("not root: cannot give a directory away; not checked here");
+            return;
+        }
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("theirs");
+        create_data_dir(&dir).unwrap();
+        std::os::unix::fs::chown(&dir, Some(65534), None).unwrap();
+        let e = check_data_dir(&dir).unwrap_err().to_string();
+        assert!(e.contains("belongs to user 65534") && e.contains("chown"), "{e}");
+        let link = base.path().join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        assert!(check_data_dir(&link).is_err());
     }
 
     #[test]

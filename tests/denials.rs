@@ -317,3 +317,57 @@ async fn a_value_typed_where_an_id_belongs_is_audited_only_as_a_fingerprint() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_refused_batch_writes_a_bounded_number_of_entries() {
+    let s = scene().await;
+    let before = s.denials().await.len();
+    // As many as the test server's 4 KiB body limit takes.
+    let junk: Vec<String> = (0..300).map(|i| format!("t{i}")).collect();
+    let reply = call(
+        &s.app,
+        "POST",
+        "/v1/tokens/detokenize",
+        Some(&s.auditor),
+        Some(json!({"tokens": junk})),
+    )
+    .await;
+    assert_eq!(reply.status, 403);
+    let written = s.denials().await.len() - before;
+    assert!(
+        (1..=10).contains(&written),
+        "one refused request wrote {written} entries"
+    );
+}
+
+#[tokio::test]
+async fn an_id_that_reaches_past_a_record_is_not_found() {
+    let s = scene().await;
+    // `card_…/body` would name the record's sealed body in the store.
+    for path in [
+        format!("/v1/records/{}%2Fbody", s.card_id),
+        format!("/v1/records/{}%2fbody", s.card_id),
+    ] {
+        let reply = call(&s.app, "GET", &path, Some(&s.payments), None).await;
+        assert_eq!(
+            (reply.status, reply.body["code"].as_str()),
+            (404, Some("not_found")),
+            "{path}: {}",
+            reply.body
+        );
+    }
+    let reply = call(
+        &s.app,
+        "POST",
+        "/v1/access-requests",
+        Some(&s.officer),
+        Some(json!({"record_id": format!("{}/body", s.card_id), "fields": ["pan"], "reason": "r", "ticket": "T-1"})),
+    )
+    .await;
+    assert_eq!(
+        (reply.status, reply.body["code"].as_str()),
+        (404, Some("not_found")),
+        "{}",
+        reply.body
+    );
+}

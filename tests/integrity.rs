@@ -560,3 +560,43 @@ fn dev_creates_its_directories_private() {
     assert!(status.success());
     assert_eq!(modes, (0o700, 0o700));
 }
+
+#[tokio::test]
+async fn a_search_index_entry_planted_on_disk_neither_redirects_nor_breaks_a_search() {
+    let w = world().await;
+    let with_email = |email: &str| {
+        let mut body = kyc();
+        body["email"] = json!(email);
+        body
+    };
+    let ada = w.record(&w.payments, "kyc", with_email("ada@example.org")).await;
+    let eve = w.record(&w.payments, "kyc", with_email("eve@example.org")).await;
+    let entries = w.store.scan_prefix(b"bi/email/").unwrap();
+    let (ada_entry, _) = entries
+        .iter()
+        .find(|(k, _)| k.ends_with(ada.as_bytes()))
+        .unwrap();
+    let prefix = &ada_entry[..ada_entry.len() - ada.len()];
+    // Eve's record made to answer a search for Ada's address, and an entry
+    // that points at no record at all.
+    w.store.put(&[prefix, eve.as_bytes()].concat(), b"").unwrap();
+    w.store
+        .put(&[prefix, b"kyc_000000000000000000000000"].concat(), b"")
+        .unwrap();
+    let reply = call(
+        &w.app,
+        "POST",
+        "/v1/search",
+        Some(&w.officer),
+        Some(json!({"field": "email", "value": "ada@example.org", "reason": "KYC check", "ticket": "CASE-7"})),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let ids: Vec<&str> = reply.body["matches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [ada.as_str()], "a planted entry redirected the search");
+}

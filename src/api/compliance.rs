@@ -120,20 +120,17 @@ pub async fn search(
             .await?;
         return Err(ApiError::RateLimited { retry_after_secs });
     }
-    let ids = match &normalised {
+    let hits = match &normalised {
         Some(v) => state.vault.search(&request.field, v)?,
         None => Vec::new(),
     };
-    let mut matches = Vec::new();
-    for id in ids {
-        let meta = state.vault.meta(&id)?;
-        if meta.erased_at.is_none() {
-            matches.push(SearchMatch {
-                id: meta.id,
-                subject_ref: meta.subject_ref,
-            });
-        }
-    }
+    let matches: Vec<SearchMatch> = hits
+        .into_iter()
+        .map(|meta| SearchMatch {
+            id: meta.id,
+            subject_ref: meta.subject_ref,
+        })
+        .collect();
     let outcome = if matches.is_empty() {
         watch_misses(&state, &principal.id, &request.field);
         Outcome::NoMatch

@@ -441,14 +441,7 @@ impl AppState {
 const ISSUED_ID_PREFIXES: [&str; 6] = ["card_", "bank_", "kyc_", "gen_", "ar_", "prn_"];
 
 fn is_issued_id(text: &str) -> bool {
-    ISSUED_ID_PREFIXES.iter().any(|prefix| {
-        text.strip_prefix(prefix).is_some_and(|rest| {
-            rest.len() == 24
-                && rest
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        })
-    })
+    crate::vault::has_issued_shape(text, &ISSUED_ID_PREFIXES)
 }
 
 /// Runs `attempt` in a task of its own and waits for it. When a client

@@ -19,6 +19,8 @@ use crate::store::Transaction;
 use crate::tokens::{TokenFormat, TokenState, TokenTarget};
 
 const MAX_BATCH: usize = 1000;
+/// Tokens of a refused batch named in its denial entries, at most.
+const DENIAL_TARGETS: usize = 10;
 const MAX_VALUE_BYTES: usize = 4096;
 const MAX_TTL_SECONDS: u64 = 10 * 366 * 24 * 3600;
 
@@ -211,13 +213,15 @@ pub async fn detokenize(
     body: JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     if !caller.principal().may(Operation::TokenDetokenize) {
-        // The denial names what each token stands for (a batch is bounded).
+        // The denial names what the first few tokens stand for: enough for
+        // "who tried to reach X?", while one refused request can never
+        // write more than DENIAL_TARGETS entries.
         let named = body
             .parse::<DetokenizeRequest>()
             .map(|r| r.tokens)
             .unwrap_or_default();
         let mut targets = Vec::new();
-        for token in named.iter().take(MAX_BATCH) {
+        for token in named.iter().take(DENIAL_TARGETS) {
             let target = state.token_target(token)?;
             if !targets.contains(&target) {
                 targets.push(target);

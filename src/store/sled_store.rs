@@ -165,6 +165,14 @@ fn io(path: &Path, e: &std::io::Error) -> StoreError {
     StoreError::Backend(format!("{}: {e}", path.display()))
 }
 
+/// Every write after a failed sync (see `GroupCommit`).
+fn poisoned() -> StoreError {
+    StoreError::Backend(
+        "an earlier sync of the store failed; no write is accepted until the server restarts"
+            .to_owned(),
+    )
+}
+
 fn backend(e: sled::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
@@ -213,6 +221,9 @@ impl Store for SledStore {
         // transactions would do the same with per-key conflict tracking,
         // at several times the cost.)
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.group.is_poisoned() {
+            return Err(poisoned());
+        }
         for (key, expected) in &tx.preconditions {
             let current = self.db.get(key).map_err(backend)?;
             if current.as_deref() != expected.as_deref() {
@@ -230,14 +241,17 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.group.wait_durable(|| {
-            let synced = |e: std::io::Error| io(&self.files.dir, &e);
-            self.files.sync_blobs(false).map_err(synced)?;
-            // sled's own flush ends in `sync_file_range` only …
-            self.db.flush().map_err(backend)?;
-            // … so the round is durable only after this `fdatasync`.
-            self.files.sync_log().map_err(synced)
-        })
+        self.group.wait_durable(
+            || {
+                let synced = |e: std::io::Error| io(&self.files.dir, &e);
+                self.files.sync_blobs(false).map_err(synced)?;
+                // sled's own flush ends in `sync_file_range` only …
+                self.db.flush().map_err(backend)?;
+                // … so the round is durable only after this `fdatasync`.
+                self.files.sync_log().map_err(synced)
+            },
+            poisoned,
+        )
     }
 }
 

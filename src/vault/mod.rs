@@ -83,6 +83,24 @@ fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, VaultError> {
     serde_json::to_vec(value).map_err(|_| VaultError::Corrupt)
 }
 
+/// Whether `text` has the shape of an id this vault issues: one of
+/// `prefixes` and 24 lowercase hex digits (12 random bytes).
+pub fn has_issued_shape(text: &str, prefixes: &[&str]) -> bool {
+    prefixes.iter().any(|prefix| {
+        text.strip_prefix(prefix).is_some_and(|rest| {
+            rest.len() == 24
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
+    })
+}
+
+/// Whether `id` has the shape [`new_id`] gives a record.
+fn is_record_id(id: &str) -> bool {
+    has_issued_shape(id, &RecordType::ALL.map(RecordType::id_prefix))
+}
+
 fn new_id(prefix: &str) -> Result<String, VaultError> {
     Ok(format!(
         "{prefix}{}",
@@ -279,6 +297,12 @@ impl Vault {
     }
 
     pub fn meta(&self, id: &str) -> Result<RecordMeta, VaultError> {
+        // Only an id of the shape this vault issues names a record: anything
+        // else (say `card_…/body`, which would reach the record's body key)
+        // is not found before the store is touched.
+        if !is_record_id(id) {
+            return Err(VaultError::NotFound);
+        }
         let key = meta_key(id);
         let bytes = self
             .store
@@ -371,18 +395,40 @@ impl Vault {
     }
 
     /// Ids of live records whose `field` has the normalised `value`.
-    pub fn search(&self, field: &str, value: &str) -> Result<Vec<String>, VaultError> {
+    ///
+    /// An index entry is only a pointer and is not itself authenticated: a
+    /// hit counts only when the record's authenticated metadata lists that
+    /// very entry and the record is live. An entry copied to point at
+    /// another record, or pointing at nothing, is skipped and logged, so a
+    /// planted entry can neither redirect a search nor break it.
+    pub fn search(&self, field: &str, value: &str) -> Result<Vec<RecordMeta>, VaultError> {
         let (index_key, _) = self.keys()?;
         let prefix = Self::index_prefix(&index_key, field, value);
-        self.store
-            .scan_prefix(prefix.as_bytes())?
-            .into_iter()
-            .map(|(key, _)| {
-                key.get(prefix.len()..)
-                    .and_then(|id| String::from_utf8(id.to_vec()).ok())
-                    .ok_or(VaultError::Corrupt)
-            })
-            .collect()
+        let mut hits = Vec::new();
+        for (key, _) in self.store.scan_prefix(prefix.as_bytes())? {
+            let id = key
+                .get(prefix.len()..)
+                .and_then(|id| std::str::from_utf8(id).ok())
+                .unwrap_or_default();
+            let listed = match self.meta(id) {
+                Ok(meta) => meta
+                    .index_keys
+                    .iter()
+                    .any(|k| k.as_bytes() == key.as_slice())
+                    .then_some(meta),
+                Err(VaultError::NotFound) => None,
+                Err(e) => return Err(e),
+            };
+            match listed {
+                Some(meta) if meta.erased_at.is_none() => hits.push(meta),
+                Some(_) => {}
+                None => tracing::warn!(
+                    field,
+                    "a search index entry points at no record that lists it; skipped"
+                ),
+            }
+        }
+        Ok(hits)
     }
 
     /// Seals a single generic value and mints its token. A deterministic
