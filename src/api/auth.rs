@@ -40,9 +40,12 @@ pub async fn login(
     ctx: RequestContext,
     ApiJson(login): ApiJson<Login>,
 ) -> Result<Json<Session>, ApiError> {
-    let keys = state.keyring.keys()?;
-    let credential_key = keys.credential_key();
-    drop(keys);
+    // The credential key is fetched for each use: a key cannot be held
+    // across the password check (an `.await`), and a seal meanwhile must
+    // end the login.
+    if state.keyring.is_sealed() {
+        return Err(ApiError::Sealed);
+    }
     let lockout = state.settings.lockout;
     let username = login.username.trim().to_lowercase();
     let target = state.audit.fingerprint(&username);
@@ -52,11 +55,12 @@ pub async fn login(
         ..ctx.event(actor, "auth.login_failed", Outcome::Denied)
     };
 
-    if let Some(retry_after_secs) =
-        state
-            .principals
-            .login_retry_after(&credential_key, &lockout, &username)?
-    {
+    let retry_after = state.principals.login_retry_after(
+        &*state.keyring.keys()?.credential_key()?,
+        &lockout,
+        &username,
+    )?;
+    if let Some(retry_after_secs) = retry_after {
         // Locked refusals cost no password check, so they are audited at
         // most once a minute per username, or they could flood the log.
         if state
@@ -85,7 +89,7 @@ pub async fn login(
     match record {
         Some((principal, _)) if verified && !principal.disabled => {
             let (token, expires_at, tx) = state.principals.prepare_login(
-                &credential_key,
+                &*state.keyring.keys()?.credential_key()?,
                 &state.settings.sessions,
                 &principal,
                 &username,
@@ -105,10 +109,11 @@ pub async fn login(
                 Some((p, _)) if p.disabled => "disabled",
                 Some(_) => "wrong password",
             };
-            let tx =
-                state
-                    .principals
-                    .prepare_login_failure(&credential_key, &lockout, &username)?;
+            let tx = state.principals.prepare_login_failure(
+                &*state.keyring.keys()?.credential_key()?,
+                &lockout,
+                &username,
+            )?;
             state.commit(failed(actor, reason), tx).await?;
             Err(ApiError::Unauthenticated)
         }

@@ -237,7 +237,7 @@ impl AppState {
         let keys = self.keyring.keys()?;
         let (principal, key, tx) =
             self.principals
-                .prepare_service(&keys.credential_key(), name, roles)?;
+                .prepare_service(&*keys.credential_key()?, name, roles)?;
         let event =
             AuditEvent::new(actor, "principal.create", Outcome::Allowed).target(principal.id);
         self.audit.record_with(event, tx).map_err(audit_failure)?;
@@ -323,8 +323,17 @@ impl AppState {
 }
 
 fn audit_failure(e: AuditError) -> ApiError {
-    tracing::error!(error = %e, "audit entry not written; request refused");
-    ApiError::AuditUnavailable
+    match e {
+        AuditError::Sealed => ApiError::Sealed,
+        AuditError::NotDurable(_) => {
+            tracing::error!(error = %e, "change applied but not made durable; request not acknowledged");
+            ApiError::AuditNotDurable
+        }
+        e => {
+            tracing::error!(error = %e, "audit entry not written; request refused");
+            ApiError::AuditUnavailable
+        }
+    }
 }
 
 /// The request id of the request being handled (echoed or generated).

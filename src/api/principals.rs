@@ -54,7 +54,7 @@ pub async fn create(
     let (principal, api_key, tx) = match (request.kind, request.password) {
         (PrincipalKind::Service, None) => {
             let (principal, key, tx) = state.principals.prepare_service(
-                &keys.credential_key(),
+                &*keys.credential_key()?,
                 &request.name,
                 request.roles,
             )?;

@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 
 use crate::clock::{Clock, rfc3339};
 use crate::crypto::{HmacKey, random_array};
-use crate::keyring::{Keyring, KeyringError, Purpose, RecordContext, SealedRecord};
+use crate::keyring::{Keyring, KeyringError, Purpose, RecordContext, SealedRecord, UnsealedKeys};
 use crate::records::{RecordData, RecordType};
 use crate::store::{Store, StoreError, Transaction};
 use crate::tokens::{self, TokenFormat, TokenRecord, TokenTarget};
@@ -102,9 +102,10 @@ impl Vault {
         }
     }
 
-    fn keys(&self) -> Result<(HmacKey, HmacKey), VaultError> {
-        let keys = self.keyring.keys()?;
-        Ok((keys.index_key(), keys.token_key()))
+    /// The unsealed key set; its blind-index and token keys are built for
+    /// each use and cannot outlive it.
+    fn keys(&self) -> Result<Arc<UnsealedKeys>, VaultError> {
+        Ok(self.keyring.keys()?)
     }
 
     fn seal(&self, id: &str, data: &RecordData, version: u64) -> Result<Vec<u8>, VaultError> {
@@ -155,7 +156,8 @@ impl Vault {
         subject_ref: Option<String>,
         data: &RecordData,
     ) -> Result<Created, VaultError> {
-        let (index_key, token_key) = self.keys()?;
+        let keys = self.keys()?;
+        let (index_key, token_key) = (keys.index_key()?, keys.token_key()?);
         let record_type = data.record_type();
         let id = new_id(record_type.id_prefix())?;
         let body = self.seal(&id, data, 1)?;
@@ -298,7 +300,8 @@ impl Vault {
         data: &RecordData,
         subject_ref: Option<String>,
     ) -> Result<(RecordMeta, Transaction), VaultError> {
-        let (index_key, _) = self.keys()?;
+        let keys = self.keys()?;
+        let index_key = keys.index_key()?;
         let version = meta.version + 1;
         let body = self.seal(&meta.id, data, version)?;
         let index_keys = Self::index_keys(&index_key, &meta.id, data);
@@ -343,8 +346,7 @@ impl Vault {
 
     /// Ids of live records whose `field` has the normalised `value`.
     pub fn search(&self, field: &str, value: &str) -> Result<Vec<String>, VaultError> {
-        let (index_key, _) = self.keys()?;
-        let prefix = Self::index_prefix(&index_key, field, value);
+        let prefix = Self::index_prefix(&*self.keys()?.index_key()?, field, value);
         self.store
             .scan_prefix(prefix.as_bytes())?
             .into_iter()
@@ -367,7 +369,8 @@ impl Vault {
         ttl_seconds: Option<u64>,
         max_uses: Option<u64>,
     ) -> Result<(String, TokenRecord, Transaction), VaultError> {
-        let (_, token_key) = self.keys()?;
+        let keys = self.keys()?;
+        let token_key = keys.token_key()?;
         let token = match format {
             TokenFormat::Deterministic => {
                 tokens::deterministic_token(&token_key, owner, "generic", value)
@@ -408,8 +411,7 @@ impl Vault {
         if !tokens::looks_like_token(token) {
             return Ok(None);
         }
-        let (_, token_key) = self.keys()?;
-        let key = tokens::token_key_for(&token_key, token);
+        let key = tokens::token_key_for(&*self.keys()?.token_key()?, token);
         self.store
             .get(key.as_bytes())?
             .map(|bytes| {
