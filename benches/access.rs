@@ -1,4 +1,5 @@
-//! The API-key check per request, one durable audit append, audit appends
+//! The API-key check per request, one durable audit append, the signature
+//! each audit round adds, audit appends
 //! per second from 1, 8 and 64 writers (group commit), verification speed
 //! over 1 M entries, and login cost for known and unknown usernames.
 //! `cargo bench --bench access`.
@@ -22,7 +23,7 @@ fn api_key_check(c: &mut Criterion) {
         .create_service_now("bench", "svc", vec![Role::Auditor])
         .unwrap();
     let keys = bench.state.keyring.keys().unwrap();
-    let credential_key = keys.credential_key();
+    let credential_key = keys.credential_key().unwrap();
     let sessions = SessionPolicy::default();
     c.bench_function("API key check (HMAC + 2 store reads)", |b| {
         b.iter(|| {
@@ -55,7 +56,8 @@ fn login_cost(c: &mut Criterion) {
         .unwrap()
         .unwrap();
     let policy = PasswordPolicy::owasp();
-    let pepper = bench.state.keyring.keys().unwrap().password_pepper();
+    let keys = bench.state.keyring.keys().unwrap();
+    let pepper = keys.password_pepper().unwrap();
     let dummy = policy
         .hash(
             &PasswordPepper::random().unwrap(),
@@ -86,6 +88,22 @@ fn audit_append(c: &mut Criterion) {
         })
     });
     group.finish();
+}
+
+/// What each group-commit round adds to sign its head: the Ed25519 key
+/// pair built from its seed (no ring key is kept between uses) and one
+/// signature.
+fn audit_round_signature(c: &mut Criterion) {
+    let bench = vault(PasswordPolicy::danger_insecure_for_tests());
+    let keys = bench.state.keyring.keys().unwrap();
+    let message = strongroom::audit::Checkpoint::signed_message(
+        42,
+        &[7; 32],
+        "2026-01-01T00:00:00.000000000Z",
+    );
+    c.bench_function("audit round signature (key pair from seed + sign)", |b| {
+        b.iter(|| black_box(keys.audit_signing_key().unwrap().sign(black_box(&message))))
+    });
 }
 
 /// Appends per second from several writers at once (group commit).
@@ -154,5 +172,12 @@ fn figures(_: &mut Criterion) {
     verify_speed(if quick { 2_000 } else { 1_000_000 });
 }
 
-criterion_group!(benches, api_key_check, audit_append, login_cost, figures);
+criterion_group!(
+    benches,
+    api_key_check,
+    audit_append,
+    audit_round_signature,
+    login_cost,
+    figures
+);
 criterion_main!(benches);

@@ -12,7 +12,10 @@ use zeroize::Zeroizing;
 
 use crate::access::{LockoutPolicy, Role, SessionPolicy};
 use crate::api::{AppSettings, AppState, router};
-use crate::audit::{ExportLine, Verification, export_store, verify_lines, verify_store};
+use crate::audit::{
+    ExportLine, KnownHead, Verification, export_store, read_head_file, verify_lines_since,
+    verify_store_since,
+};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, FileConfig, Overrides};
 use crate::keyring::{Keyring, SealMethod, check_private};
@@ -73,6 +76,15 @@ struct AuditVerifyArgs {
     /// The audit verification key (keys/audit.pub).
     #[arg(long)]
     public_key: Option<PathBuf>,
+    /// A signed head the log must still reach, as SEQ:HASH (a checkpoint's
+    /// seq and hash). For a data directory, keys/audit.head (beside
+    /// audit.pub) is used when this is not given.
+    #[arg(long, value_parser = parse_known_head)]
+    min_head: Option<KnownHead>,
+}
+
+fn parse_known_head(text: &str) -> Result<KnownHead, String> {
+    text.parse().map_err(|e: &str| e.to_owned())
 }
 
 #[derive(Debug, Args)]
@@ -508,6 +520,12 @@ fn report(result: &Verification) -> Result<(), String> {
         serde_json::to_string(result).map_err(|e| e.to_string())?
     );
     if result.ok {
+        if result.unsigned_tail > 0 {
+            eprintln!(
+                "note: the last {} entries are seal or unseal entries written while the vault was sealed; the next unseal signs them",
+                result.unsigned_tail
+            );
+        }
         Ok(())
     } else {
         Err(format!(
@@ -531,17 +549,46 @@ fn audit_verify(args: AuditVerifyArgs) -> Result<(), String> {
                 serde_json::from_str::<ExportLine>(&line)
                     .map_err(|_| format!("line {} is not an audit record", i + 1))
             });
-        return report(&verify_lines(lines, &public_key, true));
+        return report(&verify_lines_since(
+            lines,
+            &public_key,
+            true,
+            args.min_head.as_ref(),
+        ));
     }
     let data_dir = args.data_dir.ok_or("give --data-dir or --file")?;
     let vault = OfflineVault::locate(&data_dir)?;
     let store = vault.open()?;
-    let public_key = match (&args.public_key, &args.keys_dir) {
-        (Some(path), _) => read_public_key(path)?,
-        (None, Some(keys)) => read_public_key(&keys.join(AUDIT_PUBLIC_KEY))?,
-        (None, None) => read_public_key(&vault.public_key_beside()?)?,
+    let public_key_path = match (&args.public_key, &args.keys_dir) {
+        (Some(path), _) => path.clone(),
+        (None, Some(keys)) => keys.join(AUDIT_PUBLIC_KEY),
+        (None, None) => {
+            let beside = vault.public_key_beside()?;
+            // Whoever could rewrite the log could also have replaced this
+            // file: say which key vouched for it.
+            eprintln!(
+                "verifying with the public key beside the store ({}); for a copy you were given, pass --public-key from a source you trust",
+                beside.display()
+            );
+            beside
+        }
     };
-    report(&verify_store(&store, &public_key, true))
+    let public_key = read_public_key(&public_key_path)?;
+    // The newest signed head the server recorded, beside audit.pub: a data
+    // directory put back to an older copy ends before it.
+    let known = match args.min_head {
+        Some(known) => Some(known),
+        None => read_head_file(
+            public_key_path.parent().unwrap_or(Path::new(".")),
+            &public_key,
+        )?,
+    };
+    report(&verify_store_since(
+        &store,
+        &public_key,
+        false,
+        known.as_ref(),
+    ))
 }
 
 fn audit_export(args: AuditExportArgs) -> Result<(), String> {

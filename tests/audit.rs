@@ -43,21 +43,27 @@ fn public_key(vault: &TestVault) -> Vec<u8> {
     .unwrap()
 }
 
-/// A vault with some history, sealed so its tail is signed.
-async fn vault_with_history() -> TestVault {
-    let vault = passphrase_vault();
+/// `count` audited writes through the API: services `<names>-<i>`.
+async fn some_history(vault: &TestVault, names: &str, count: usize) {
     let app = vault.app();
-    for i in 0..6 {
-        let Reply { status, .. } = call(
+    for i in 0..count {
+        let status = status_of(
             &app,
             "POST",
             "/v1/principals",
             Some(&vault.admin_api_key),
-            Some(json!({"name": format!("svc-{i}"), "kind": "service", "roles": ["auditor"]})),
+            Some(json!({"name": format!("{names}-{i}"), "kind": "service", "roles": ["auditor"]})),
         )
         .await;
         assert_eq!(status, 201);
     }
+}
+
+/// A vault with some history, sealed so its tail is signed.
+async fn vault_with_history() -> TestVault {
+    let vault = passphrase_vault();
+    some_history(&vault, "svc", 6).await;
+    let app = vault.app();
     call(&app, "GET", "/v1/keys", Some(&vault.admin_api_key), None).await;
     call(
         &app,
@@ -258,21 +264,44 @@ async fn checkpoints_every_n_entries_and_on_seal() {
     for i in 0..9 {
         vault.service(&format!("s{i}"), Role::Auditor);
     }
-    // 10 entries (admin + 9): checkpoints at 4 and 8.
-    let verification = verify_store(vault.store.as_ref(), &public_key(&vault), false);
-    assert!(verification.ok, "{verification:?}");
-    assert_eq!(verification.entries, 10);
-    assert_eq!(verification.checkpoint.as_ref().unwrap().seq, 8);
-    // The tail (9, 10) is not signed yet: a strict check refuses it…
-    assert_eq!(
-        verify_store(vault.store.as_ref(), &public_key(&vault), true).first_bad_seq,
-        Some(9)
-    );
-    // …until seal signs it.
+    // 10 entries (admin + 9): checkpoints at 4 and 8…
+    let checkpoints: Vec<u64> = vault
+        .store
+        .scan_prefix(b"au/c/")
+        .unwrap()
+        .iter()
+        .map(|(k, _)| u64::from_be_bytes(k[5..].try_into().unwrap()))
+        .collect();
+    assert_eq!(checkpoints, [4, 8]);
+    // …and every round's head is signed when it is written, so even a
+    // strict check passes at once.
+    let strict = verify_store(vault.store.as_ref(), &public_key(&vault), true);
+    assert!(strict.ok, "{strict:?}");
+    assert_eq!(strict.entries, 10);
+    assert_eq!(strict.checkpoint.as_ref().unwrap().seq, 10);
+    // Seal adds a checkpoint over the head.
     vault.state.seal();
+    assert!(vault.store.get(&checkpoint_key(10)).unwrap().is_some());
     let strict = verify_store(vault.store.as_ref(), &public_key(&vault), true);
     assert!(strict.ok, "{strict:?}");
     assert_eq!(strict.checkpoint.unwrap().seq, 10);
+}
+
+/// Deletes the last entry and its checkpoint, and points the head record
+/// at the entry before, consistently.
+fn cut_last_entry_with_checkpoint_and_head(s: &dyn Store) {
+    let last = s.scan_prefix(b"au/e/").unwrap().len() as u64;
+    let prev: Value =
+        serde_json::from_slice(&s.get(&entry_key(last - 1)).unwrap().unwrap()).unwrap();
+    s.delete(&entry_key(last)).unwrap();
+    s.delete(&checkpoint_key(last)).unwrap();
+    s.put(
+        b"au/head",
+        json!({"seq": last - 1, "hash": prev["hash"]})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
 }
 
 /// Each tampering of a stored log, and the first sequence number verify
@@ -330,21 +359,38 @@ async fn tampering_with_a_data_directory_is_detected() {
         ),
         (
             "cut the tail with its checkpoint and head",
+            |s, _| cut_last_entry_with_checkpoint_and_head(s),
+            // The signed head still names the cut entry.
+            0,
+        ),
+        (
+            "cut the tail with its checkpoint, signed head and head record",
             |s, _| {
-                let last = s.scan_prefix(b"au/e/").unwrap().len() as u64;
-                let prev: Value =
-                    serde_json::from_slice(&s.get(&entry_key(last - 1)).unwrap().unwrap()).unwrap();
-                s.delete(&entry_key(last)).unwrap();
-                s.delete(&checkpoint_key(last)).unwrap();
-                s.put(
-                    b"au/head",
-                    json!({"seq": last - 1, "hash": prev["hash"]})
-                        .to_string()
-                        .as_bytes(),
-                )
-                .unwrap();
+                cut_last_entry_with_checkpoint_and_head(s);
+                s.delete(b"au/signed").unwrap();
             },
+            // Nothing signs any entry any more.
             1,
+        ),
+        (
+            "forge the signed head",
+            |s, _| {
+                let mut c: Value =
+                    serde_json::from_slice(&s.get(b"au/signed").unwrap().unwrap()).unwrap();
+                let seq = c["seq"].as_u64().unwrap();
+                s.delete(&checkpoint_key(seq)).unwrap();
+                let forger =
+                    strongroom::crypto::SigningKey::from_seed(&Key256::random().unwrap()).unwrap();
+                let hash = hex::decode(c["hash"].as_str().unwrap()).unwrap();
+                let msg = strongroom::audit::Checkpoint::signed_message(
+                    seq,
+                    &hash,
+                    c["time"].as_str().unwrap(),
+                );
+                c["signature"] = json!(hex::encode(forger.sign(&msg)));
+                s.put(b"au/signed", c.to_string().as_bytes()).unwrap();
+            },
+            0,
         ),
         (
             "forge a checkpoint",
@@ -731,8 +777,12 @@ async fn a_batch_appends_chained_entries_all_or_nothing() {
     let result = verify_store(vault.store.as_ref(), &public_key(&vault), false);
     assert!(result.ok, "{result:?}");
     assert_eq!(result.entries, 2501);
-    // Checkpoints at 1000 and 2000 were signed inside the batch.
-    assert_eq!(result.checkpoint.unwrap().seq, 2000);
+    // Checkpoints at 1000 and 2000 were signed inside the batch, and its
+    // head with it.
+    assert!(vault.store.get(&checkpoint_key(1000)).unwrap().is_some());
+    assert!(vault.store.get(&checkpoint_key(2000)).unwrap().is_some());
+    assert!(vault.store.get(&checkpoint_key(2001)).unwrap().is_none());
+    assert_eq!(result.checkpoint.unwrap().seq, 2501);
 
     // One conflicting change and nothing of the batch is written.
     let batch = vec![
@@ -750,5 +800,352 @@ async fn a_batch_appends_chained_entries_all_or_nothing() {
     assert_eq!(
         verify_store(vault.store.as_ref(), &public_key(&vault), false).entries,
         2501
+    );
+}
+
+/// The stored entry `seq`.
+fn stored_entry(store: &dyn Store, seq: u64) -> strongroom::audit::AuditEntry {
+    serde_json::from_slice(&store.get(&entry_key(seq)).unwrap().unwrap()).unwrap()
+}
+
+/// How many entries the store holds.
+fn stored_entries(store: &dyn Store) -> u64 {
+    store.scan_prefix(b"au/e/").unwrap().len() as u64
+}
+
+/// Every signature the store holds (checkpoints and the signed head), as
+/// the raw records: none of them may name a forged hash.
+fn stored_signatures(store: &dyn Store) -> Vec<String> {
+    store
+        .scan_prefix(b"au/")
+        .unwrap()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with(b"au/e/") && k.as_slice() != b"au/head")
+        .map(|(_, v)| String::from_utf8(v).unwrap())
+        .collect()
+}
+
+/// Rewrites the last stored entry with `change` the way a careful forger
+/// would: its hash recomputed and the head record fixed up. The new hash.
+fn rewrite_last_entry(
+    store: &dyn Store,
+    change: impl FnOnce(&mut strongroom::audit::AuditEntry),
+) -> String {
+    let last = stored_entries(store);
+    let mut entry = stored_entry(store, last);
+    change(&mut entry);
+    entry.hash = hex::encode(entry.compute_hash());
+    store
+        .put(&entry_key(last), &serde_json::to_vec(&entry).unwrap())
+        .unwrap();
+    store
+        .put(
+            b"au/head",
+            json!({"seq": last, "hash": entry.hash})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
+    entry.hash
+}
+
+async fn unseal_over_http(vault: &TestVault, passphrase: &str) -> Reply {
+    call(
+        &vault.app(),
+        "POST",
+        "/v1/sys/unseal",
+        None,
+        Some(json!({ "passphrase": passphrase })),
+    )
+    .await
+}
+
+/// Every entry is authenticated when it is written: a crash (the keys are
+/// gone, no checkpoint was written at stop) leaves a log that verifies
+/// strictly, offline, with only the public key.
+#[tokio::test]
+async fn after_a_crash_every_entry_is_already_signed() {
+    let vault = passphrase_vault();
+    some_history(&vault, "crash", 3).await;
+    // A crash: no seal-time checkpoint, the keys simply go.
+    vault.keyring.seal();
+    let strict = verify_store(vault.store.as_ref(), &public_key(&vault), true);
+    assert!(strict.ok, "{strict:?}");
+    assert_eq!(strict.entries, stored_entries(vault.store.as_ref()));
+    // And the next unseal accepts it.
+    assert_eq!(unseal_over_http(&vault, PASSPHRASE).await.status, 200);
+    assert!(!vault.keyring.is_sealed());
+}
+
+/// Someone who can write a stopped server's data directory rewrites the
+/// last entry consistently (its hash and the head record fixed up). The
+/// rewrite is found out, and unsealing neither signs it nor stands.
+#[tokio::test]
+async fn a_tail_rewritten_while_stopped_is_detected_and_never_signed() {
+    let vault = passphrase_vault();
+    some_history(&vault, "rewrite", 3).await;
+    vault.keyring.seal();
+    let store = vault.store.as_ref();
+    let last = stored_entries(store);
+    let forged = rewrite_last_entry(store, |e| e.actor = "prn_someone_else".into());
+
+    let found = verify_store(store, &public_key(&vault), false);
+    assert!(!found.ok, "{found:?}");
+    assert_eq!(found.first_bad_seq, Some(last), "{found:?}");
+
+    let reply = unseal_over_http(&vault, PASSPHRASE).await;
+    assert_ne!(reply.status, 200, "{:?}", reply.body);
+    assert!(
+        vault.keyring.is_sealed(),
+        "an unseal over a forged tail stood"
+    );
+    assert!(
+        stored_signatures(store)
+            .iter()
+            .all(|s| !s.contains(&forged)),
+        "the forged head was signed"
+    );
+    let after = verify_store(store, &public_key(&vault), false);
+    assert!(!after.ok, "{after:?}");
+    assert_eq!(after.first_bad_seq, Some(last));
+}
+
+/// An empty log or export proves nothing and is refused, offline and by
+/// export.
+#[test]
+fn an_empty_log_or_export_is_refused() {
+    let vault = passphrase_vault();
+    let key = public_key(&vault);
+    let empty = verify_lines(std::iter::empty(), &key, true);
+    assert!(!empty.ok, "{empty:?}");
+    assert_eq!(empty.first_bad_seq, Some(1));
+    assert!(empty.problem.unwrap().contains("empty"));
+    let lenient = verify_lines(std::iter::empty(), &key, false);
+    assert!(!lenient.ok, "{lenient:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = strongroom::store::SledStore::open(dir.path()).unwrap();
+    for strict in [true, false] {
+        let result = verify_store(&store, &key, strict);
+        assert!(!result.ok, "{result:?}");
+        assert!(result.problem.unwrap().contains("empty"));
+    }
+    let mut out = Vec::new();
+    let refused = export_store(&store, &mut out).unwrap_err();
+    assert!(refused.contains("empty"), "{refused}");
+    assert!(out.is_empty());
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+/// A copy of the data directory taken earlier and put back after more
+/// writes (a rollback: fewer entries, every one of them properly signed)
+/// is refused by the offline verifier and by unseal, and nothing is signed
+/// over it.
+#[tokio::test]
+async fn a_rolled_back_data_directory_is_refused() {
+    let vault = passphrase_vault();
+    some_history(&vault, "before", 3).await;
+    // A clean stop, then a copy of the data directory.
+    vault.state.seal();
+    vault.store.flush().unwrap();
+    let earlier = tempfile::tempdir().unwrap();
+    copy_dir(&vault.data_dir(), earlier.path());
+    let copied_entries = stored_entries(vault.store.as_ref());
+    // More work, and another clean stop.
+    assert_eq!(unseal_over_http(&vault, PASSPHRASE).await.status, 200);
+    some_history(&vault, "after", 3).await;
+    vault.state.seal();
+    vault.store.flush().unwrap();
+
+    // The old copy on its own is a well-formed, signed log…
+    let copy = strongroom::store::SledStore::open(earlier.path()).unwrap();
+    let alone = verify_store(&copy, &public_key(&vault), false);
+    assert!(alone.ok && alone.entries == copied_entries, "{alone:?}");
+    drop(copy);
+    // …but the keys directory has seen a newer signed head.
+    let out = common::process::verify_data_dir(earlier.path(), &vault.keys_dir());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a rolled-back log verified: {stderr}"
+    );
+    assert!(stderr.contains("rolled back"), "{stderr}");
+
+    // Served again over the old copy: unseal must not sign over it.
+    let store: Arc<dyn Store> =
+        Arc::new(strongroom::store::SledStore::open(earlier.path()).unwrap());
+    let keyring = Arc::new(
+        strongroom::keyring::Keyring::open(
+            &vault.keys_dir(),
+            Arc::clone(&store),
+            Arc::new(SystemClock),
+            fast_settings(),
+        )
+        .unwrap(),
+    );
+    let state = strongroom::api::AppState::new(
+        Arc::clone(&keyring),
+        Arc::clone(&store),
+        Arc::new(SystemClock),
+        test_settings(),
+    );
+    let signatures_before = stored_signatures(store.as_ref());
+    let reply = call(
+        &router(state.clone()),
+        "POST",
+        "/v1/sys/unseal",
+        None,
+        Some(json!({ "passphrase": PASSPHRASE })),
+    )
+    .await;
+    assert_ne!(reply.status, 200, "{:?}", reply.body);
+    assert!(
+        keyring.is_sealed(),
+        "an unseal over a rolled-back log stood"
+    );
+    assert_eq!(stored_signatures(store.as_ref()), signatures_before);
+}
+
+/// When the store's sync fails after a round was applied, the caller hears
+/// 503 `audit_unavailable` — and, honestly, that the change may still
+/// become durable (it was applied; only the sync failed).
+#[tokio::test]
+async fn a_failed_flush_says_the_change_may_still_become_durable() {
+    let (vault, faulty) = faulty_vault();
+    let app = vault.app();
+    faulty.set_flush_failing(true);
+    let Reply { status, body, .. } = call(
+        &app,
+        "POST",
+        "/v1/principals",
+        Some(&vault.admin_api_key),
+        Some(json!({"name": "unsynced", "kind": "service", "roles": ["auditor"]})),
+    )
+    .await;
+    faulty.set_flush_failing(false);
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("audit_unavailable")),
+        "{body}"
+    );
+    let detail = body["detail"].as_str().unwrap();
+    assert!(detail.contains("may still"), "{detail}");
+    assert!(!detail.contains("nothing was done"), "{detail}");
+    // Indeed it was applied.
+    assert!(
+        vault
+            .state
+            .principals
+            .list()
+            .unwrap()
+            .iter()
+            .any(|p| p.name == "unsynced")
+    );
+}
+
+/// While sealed no key can sign: only seal and unseal entries are written
+/// (unsigned), anything else is refused. They are the only entries a
+/// verifier accepts after the last signature, and the next unseal signs
+/// them — unless one was altered into something else meanwhile.
+#[tokio::test]
+async fn only_seal_and_unseal_entries_are_written_unsigned_while_sealed() {
+    use strongroom::audit::{AuditError, AuditEvent, Outcome};
+    for tamper in [false, true] {
+        let vault = passphrase_vault();
+        some_history(&vault, "sealed", 3).await;
+        vault.state.seal();
+        let signed_to = stored_entries(vault.store.as_ref());
+        let refused = vault.state.audit.record(AuditEvent::new(
+            "prn_x",
+            "principal.create",
+            Outcome::Allowed,
+        ));
+        assert!(matches!(refused, Err(AuditError::Sealed)), "{refused:?}");
+        for _ in 0..2 {
+            assert_eq!(
+                unseal_over_http(&vault, "not the passphrase at all")
+                    .await
+                    .status,
+                400
+            );
+        }
+        let store = vault.store.as_ref();
+        assert_eq!(stored_entries(store), signed_to + 2);
+        let lenient = verify_store(store, &public_key(&vault), false);
+        assert!(lenient.ok, "{lenient:?}");
+        assert_eq!(lenient.unsigned_tail, 2);
+        let strict = verify_store(store, &public_key(&vault), true);
+        assert_eq!(strict.first_bad_seq, Some(signed_to + 1), "{strict:?}");
+
+        if tamper {
+            // Turn the last unsigned entry into something never written
+            // unsigned, hashes and head record fixed up.
+            let last = signed_to + 2;
+            let forged = rewrite_last_entry(store, |e| e.action = "principal.disable".into());
+            let found = verify_store(store, &public_key(&vault), false);
+            assert_eq!(found.first_bad_seq, Some(last), "{found:?}");
+            let reply = unseal_over_http(&vault, PASSPHRASE).await;
+            assert_ne!(reply.status, 200, "{:?}", reply.body);
+            assert!(vault.keyring.is_sealed());
+            assert!(
+                stored_signatures(store)
+                    .iter()
+                    .all(|s| !s.contains(&forged))
+            );
+        } else {
+            assert_eq!(unseal_over_http(&vault, PASSPHRASE).await.status, 200);
+            let strict = verify_store(store, &public_key(&vault), true);
+            assert!(strict.ok, "{strict:?}");
+            assert_eq!(strict.entries, signed_to + 3);
+        }
+    }
+}
+
+/// The live verifier compares the log with the newest signed head seen:
+/// a log that ends before `keys/audit.head` is refused as rolled back.
+#[tokio::test]
+async fn the_live_verifier_refuses_a_log_behind_the_newest_signed_head() {
+    let vault = passphrase_vault();
+    let app = vault.app();
+    let auditor = vault.service("auditor", Role::Auditor);
+    let reply = call(&app, "GET", "/v1/audit/verify", Some(&auditor), None).await;
+    assert_eq!(reply.body["ok"], true, "{}", reply.body);
+    // A head this vault signed, further along than its log.
+    let ahead = stored_entries(vault.store.as_ref()) + 10;
+    let hash = [7u8; 32];
+    let time = "2030-01-01T00:00:00Z";
+    let keys = vault.keyring.keys().unwrap();
+    let signature =
+        keys.audit_signing_key()
+            .unwrap()
+            .sign(&strongroom::audit::Checkpoint::signed_message(
+                ahead, &hash, time,
+            ));
+    std::fs::write(
+        vault.keys_dir().join("audit.head"),
+        json!({"seq": ahead, "hash": hex::encode(hash), "time": time, "signature": hex::encode(signature)})
+            .to_string(),
+    )
+    .unwrap();
+    drop(keys);
+    let Reply { status, body, .. } =
+        call(&app, "GET", "/v1/audit/verify", Some(&auditor), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["ok"], false, "{body}");
+    assert!(
+        body["problem"].as_str().unwrap().contains("rolled back"),
+        "{body}"
     );
 }

@@ -331,7 +331,7 @@ async fn a_racing_request_cannot_bring_back_a_session_that_logged_out() {
         .state
         .principals
         .authenticate(
-            &keys.credential_key(),
+            &keys.credential_key().unwrap(),
             &vault.state.settings.sessions,
             &token,
         )

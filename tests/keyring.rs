@@ -208,8 +208,8 @@ fn kek_rotates_automatically_at_its_usage_limit() {
     assert_eq!(versions, [1, 1, 1, 2, 2, 2, 3]);
 }
 
-#[test]
-fn kek_rotates_automatically_after_its_cryptoperiod() {
+/// A vault on a manual clock whose KEKs have a 30-day cryptoperiod.
+fn thirty_day_cryptoperiod_vault() -> (TestVault, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(
         time::macros::datetime!(2026-01-01 00:00 UTC),
     ));
@@ -222,6 +222,12 @@ fn kek_rotates_automatically_after_its_cryptoperiod() {
         settings,
         clock.clone(),
     );
+    (vault, clock)
+}
+
+#[test]
+fn kek_rotates_automatically_after_its_cryptoperiod() {
+    let (vault, clock) = thirty_day_cryptoperiod_vault();
     assert_eq!(
         seal(&vault, Purpose::Bank, &ctx("a"), b"v").kek_version(),
         1
@@ -369,16 +375,26 @@ fn bad_shares_never_count_and_m_minus_one_never_unseal() {
     );
 }
 
+/// Seal wipes the key set in place: whoever still holds it from before can
+/// do nothing with it afterwards, and no key material is left in memory
+/// even while that holder lives.
 #[test]
 fn sealing_drops_every_key() {
     let vault = shares_vault(3, 2);
     assert!(vault.keyring.holds_key_material());
     let keys = vault.keyring.keys().unwrap();
+    assert!(keys.index_key().is_ok() && keys.audit_signing_key().is_ok());
     vault.keyring.seal();
-    // An in-flight operation still holds its keys until it ends…
-    assert!(vault.keyring.holds_key_material());
+    assert!(!vault.keyring.holds_key_material());
+    assert!(matches!(keys.index_key(), Err(KeyringError::Sealed)));
+    assert!(matches!(keys.token_key(), Err(KeyringError::Sealed)));
+    assert!(matches!(keys.audit_hmac_key(), Err(KeyringError::Sealed)));
+    assert!(matches!(keys.credential_key(), Err(KeyringError::Sealed)));
+    assert!(matches!(
+        keys.audit_signing_key(),
+        Err(KeyringError::Sealed)
+    ));
     drop(keys);
-    // …and then nothing is left.
     assert!(!vault.keyring.holds_key_material());
     assert!(vault.keyring.is_sealed());
     assert!(matches!(vault.keyring.keys(), Err(KeyringError::Sealed)));
@@ -616,4 +632,118 @@ fn a_shares_vault_reopened_from_disk_unseals() {
             b"reopened"
         );
     }
+}
+
+/// The `key.rotate` entries of a vault's audit log.
+fn rotation_entries(vault: &TestVault) -> Vec<strongroom::audit::AuditEntry> {
+    let (entries, _) = vault
+        .state
+        .audit
+        .query(&strongroom::audit::AuditQuery {
+            action: Some("key.rotate".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    entries
+}
+
+/// A KEK version that reaches its usage limit is replaced automatically,
+/// and the new version is written together with a `key.rotate` entry by
+/// `system` that names the trigger; when that entry cannot be written, no
+/// new version exists either.
+#[test]
+fn automatic_kek_rotation_is_audited_with_the_new_version() {
+    let settings = strongroom::keyring::KeyringSettings {
+        kek_usage_limit: 2,
+        ..fast_settings()
+    };
+    let (vault, faulty) = faulty_vault_with(settings, Arc::new(strongroom::clock::SystemClock));
+    for i in 0..3 {
+        seal(&vault, Purpose::Card, &ctx(&format!("card_{i}")), b"v");
+    }
+    let rotations = rotation_entries(&vault);
+    assert_eq!(rotations.len(), 1, "{rotations:?}");
+    let entry = &rotations[0];
+    assert_eq!(entry.actor, "system");
+    assert_eq!(entry.target.as_deref(), Some("kek/card"));
+    assert_eq!(entry.outcome, strongroom::audit::Outcome::Allowed);
+    let reason = entry.reason.as_deref().unwrap_or_default();
+    assert!(reason.contains("usage limit"), "{reason}");
+    assert!(reason.contains("version 2"), "{reason}");
+
+    // No entry, no version: the next rotation fails whole.
+    faulty.set_failing(true);
+    let mut refused = 0;
+    for i in 3..6 {
+        if vault
+            .keyring
+            .seal_record(Purpose::Card, &ctx(&format!("card_{i}")), b"v")
+            .is_err()
+        {
+            refused += 1;
+        }
+    }
+    faulty.set_failing(false);
+    assert!(refused > 0, "the rotation needed no audit entry");
+    let card_versions = |vault: &TestVault| vault.store.scan_prefix(b"kr/kek/card/").unwrap().len();
+    assert_eq!(card_versions(&vault), 2);
+    assert_eq!(rotation_entries(&vault).len(), 1);
+}
+
+#[test]
+fn a_cryptoperiod_rotation_is_audited_naming_the_cryptoperiod() {
+    let (vault, clock) = thirty_day_cryptoperiod_vault();
+    clock.advance(time::Duration::days(31));
+    assert_eq!(
+        seal(&vault, Purpose::Bank, &ctx("a"), b"v").kek_version(),
+        2
+    );
+    let rotations = rotation_entries(&vault);
+    assert_eq!(rotations.len(), 1, "{rotations:?}");
+    assert_eq!(rotations[0].actor, "system");
+    assert_eq!(rotations[0].target.as_deref(), Some("kek/bank"));
+    let reason = rotations[0].reason.as_deref().unwrap_or_default();
+    assert!(reason.contains("cryptoperiod"), "{reason}");
+}
+
+/// A ring key built for a use in progress when seal is called (on another
+/// thread: the handle cannot cross threads or `.await`s) is not outlived by
+/// seal: seal returns only once it has been dropped, and from then on
+/// nothing is left.
+#[test]
+fn seal_returns_only_after_every_key_in_use_is_dropped() {
+    use std::sync::mpsc::channel;
+    let vault = std::sync::Arc::new(passphrase_vault());
+    let (built, key_built) = channel();
+    let (release, released) = channel::<()>();
+    let user = {
+        let vault = std::sync::Arc::clone(&vault);
+        std::thread::spawn(move || {
+            let keys = vault.keyring.keys().unwrap();
+            let key = keys.credential_key().unwrap();
+            built.send(()).unwrap();
+            released.recv().unwrap();
+            // Still usable: the use began before seal.
+            key.sign(b"in flight")
+        })
+    };
+    key_built.recv().unwrap();
+    let sealer = {
+        let vault = std::sync::Arc::clone(&vault);
+        std::thread::spawn(move || vault.keyring.seal())
+    };
+    wait_until("seal to take the keys", || vault.keyring.is_sealed());
+    // New uses are refused at once, while seal waits for the one in flight.
+    assert!(vault.keyring.keys().is_err());
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(
+        !sealer.is_finished(),
+        "seal returned while a key was in use"
+    );
+    assert!(vault.keyring.holds_key_material());
+    release.send(()).unwrap();
+    user.join().unwrap();
+    sealer.join().unwrap();
+    assert!(!vault.keyring.holds_key_material());
 }

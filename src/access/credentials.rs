@@ -181,7 +181,7 @@ impl PrincipalDirectory {
             disabled: false,
         };
         let keys = self.keys()?;
-        let state = keys.state_key();
+        let state = keys.state_key()?;
         let name_key = name_key(name);
         let tx = Transaction::new()
             .expect(name_key.clone(), None)
@@ -191,7 +191,7 @@ impl PrincipalDirectory {
             )
             .put(
                 principal_key(&principal.id),
-                seal_principal(state, &principal)?,
+                seal_principal(&state, &principal)?,
             );
         Ok((principal, tx))
     }
@@ -209,7 +209,7 @@ impl PrincipalDirectory {
         let index = api_key_index(credential_key, api_key.expose_secret());
         let sealed = self
             .keys()?
-            .state_key()
+            .state_key()?
             .seal(&index, principal.id.as_bytes());
         Ok((principal, api_key, tx.put(index, sealed)))
     }
@@ -226,7 +226,7 @@ impl PrincipalDirectory {
         let key = password_key(&principal.id);
         let sealed = self
             .keys()?
-            .state_key()
+            .state_key()?
             .seal(key.as_bytes(), password_hash.as_bytes());
         Ok((principal, tx.put(key, sealed)))
     }
@@ -241,7 +241,7 @@ impl PrincipalDirectory {
         let Some(bytes) = self.store.get(key.as_bytes())? else {
             return Ok(None);
         };
-        let principal = self.keys()?.state_key().open_json(key.as_bytes(), &bytes)?;
+        let principal = self.keys()?.state_key()?.open_json(key.as_bytes(), &bytes)?;
         Ok(Some((principal, bytes)))
     }
 
@@ -251,7 +251,7 @@ impl PrincipalDirectory {
         self.store
             .scan_prefix(PRINCIPAL_PREFIX.as_bytes())?
             .iter()
-            .map(|(key, bytes)| Ok(keys.state_key().open_json(key, bytes)?))
+            .map(|(key, bytes)| Ok(keys.state_key()?.open_json(key, bytes)?))
             .collect()
     }
 
@@ -269,7 +269,7 @@ impl PrincipalDirectory {
             disabled: true,
             ..old
         };
-        let sealed = seal_principal(self.keys()?.state_key(), &principal)?;
+        let sealed = seal_principal(&*self.keys()?.state_key()?, &principal)?;
         let mut tx = Transaction::new()
             .expect(principal_key(id), Some(old_bytes))
             .put(principal_key(id), sealed);
@@ -294,7 +294,7 @@ impl PrincipalDirectory {
             return Ok(None);
         };
         let keys = self.keys()?;
-        let id = open_text(keys.state_key(), key.as_bytes(), &stored)?;
+        let id = open_text(&*keys.state_key()?, key.as_bytes(), &stored)?;
         let Some(principal) = self.principal(&id)? else {
             return Ok(None);
         };
@@ -306,7 +306,7 @@ impl PrincipalDirectory {
             .store
             .get(key.as_bytes())?
             .ok_or(AccessError::Corrupt)?;
-        let hash = open_text(keys.state_key(), key.as_bytes(), &stored)?;
+        let hash = open_text(&*keys.state_key()?, key.as_bytes(), &stored)?;
         Ok(Some((principal, hash)))
     }
 
@@ -319,14 +319,14 @@ impl PrincipalDirectory {
         bearer: &str,
     ) -> Result<Authenticated, AccessError> {
         let keys = self.keys()?;
-        let state = keys.state_key();
+        let state = keys.state_key()?;
         let (id, credential, touch) = if looks_like_api_key(bearer) {
             let index = api_key_index(credential_key, bearer);
             let stored = self
                 .store
                 .get(&index)?
                 .ok_or(AccessError::Unauthenticated)?;
-            (open_text(state, &index, &stored)?, Credential::ApiKey, None)
+            (open_text(&state, &index, &stored)?, Credential::ApiKey, None)
         } else if sessions::looks_like_session_token(bearer) {
             let key = sessions::session_key(credential_key, bearer);
             let stored = self
@@ -338,7 +338,7 @@ impl PrincipalDirectory {
             // logout (or another touch) in between makes it a conflict, so
             // a racing request can never bring an ended session back.
             let touch = sessions
-                .check(state, &key, &session, self.clock.now())?
+                .check(&state, &key, &session, self.clock.now())?
                 .map(|tx| tx.expect(key.clone(), Some(stored)));
             (session.principal_id, Credential::Session { key }, touch)
         } else {
@@ -365,7 +365,7 @@ impl PrincipalDirectory {
     ) -> Result<(SessionToken, OffsetDateTime, Transaction), AccessError> {
         let (token, expires, tx) = sessions.open(
             credential_key,
-            self.keys()?.state_key(),
+            &*self.keys()?.state_key()?,
             &principal.id,
             self.clock.now(),
         )?;
@@ -384,7 +384,7 @@ impl PrincipalDirectory {
     ) -> Result<Attempt, AccessError> {
         lockout.reserve(
             self.store.as_ref(),
-            self.keys()?.state_key(),
+            &*self.keys()?.state_key()?,
             &lockout::lockout_key(credential_key, username),
             self.clock.now(),
         )

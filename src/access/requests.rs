@@ -134,7 +134,7 @@ impl AccessRequests {
             "{BY_REQUESTER_PREFIX}{requester}/{record_id}/{}",
             request.id
         );
-        let sealed = seal(self.keyring.keys()?.state_key(), &request)?;
+        let sealed = seal(&*self.keyring.keys()?.state_key()?, &request)?;
         let tx = Transaction::new()
             .put(key(&request.id), sealed)
             .put(index, Vec::new());
@@ -154,7 +154,7 @@ impl AccessRequests {
         let request: AccessRequest = self
             .keyring
             .keys()?
-            .state_key()
+            .state_key()?
             .open_json(key.as_bytes(), &bytes)?;
         Ok(Some((request, bytes)))
     }
@@ -187,7 +187,7 @@ impl AccessRequests {
             expires_at: approve.then(|| (now + self.grant_lifetime).unix_timestamp()),
             ..request
         };
-        let sealed = seal(self.keyring.keys()?.state_key(), &decided)?;
+        let sealed = seal(&*self.keyring.keys()?.state_key()?, &decided)?;
         let tx = Transaction::new()
             .expect(key(id), Some(stored))
             .put(key(id), sealed);
@@ -241,7 +241,7 @@ impl AccessRequests {
             };
             tx = tx
                 .expect(key(&request.id), Some(stored.clone()))
-                .put(key(&request.id), seal(keys.state_key(), &used)?);
+                .put(key(&request.id), seal(&*keys.state_key()?, &used)?);
         }
         Ok(Some((spent.iter().map(|(r, _)| r.id.clone()).collect(), tx)))
     }

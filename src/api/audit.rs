@@ -94,7 +94,9 @@ pub async fn entries(
     }))
 }
 
-/// Verifies the whole chain and every checkpoint.
+/// Verifies the whole chain and every signature, and that the log still
+/// reaches the newest signed head seen (this process's, or
+/// `keys/audit.head`): a rolled-back or empty log is not ok.
 #[utoipa::path(get, path = "/v1/audit/verify", tag = "audit", security(("bearer" = [])),
     responses((status = 200, body = Verification), (status = 401, body = Problem), (status = 403, body = Problem)))]
 pub async fn verify(

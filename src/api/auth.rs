@@ -72,7 +72,7 @@ async fn attempt(
             let keys = state.keyring.keys()?;
             state
                 .principals
-                .reserve_login_attempt(&keys.credential_key(), &lockout, &username)
+                .reserve_login_attempt(&*keys.credential_key()?, &lockout, &username)
                 .map_err(ApiError::from)
         })
         .await
@@ -89,17 +89,22 @@ async fn attempt(
         .as_ref()
         .map_or_else(|| state.dummy_password_hash.clone(), |(_, h)| h.clone());
     let policy = state.settings.password_policy;
-    let pepper = state.keyring.keys()?.password_pepper();
+    // The pepper is fetched on the hashing thread, for that one use: no
+    // copy of it waits in the queue, or outlives a seal.
+    let keyring = std::sync::Arc::clone(&state.keyring);
     let verified = state
         .passwords
-        .run(move || policy.verify(&pepper, &hash, &password))
-        .await?;
+        .run(move || -> Result<bool, ApiError> {
+            let keys = keyring.keys()?;
+            Ok(policy.verify(&*keys.password_pepper()?, &hash, &password))
+        })
+        .await??;
 
     match record {
         Some((principal, _)) if verified && !principal.disabled => {
             let keys = state.keyring.keys()?;
             let (token, expires_at, tx) = state.principals.prepare_login(
-                &keys.credential_key(),
+                &*keys.credential_key()?,
                 &state.settings.sessions,
                 &principal,
                 &username,

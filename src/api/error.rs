@@ -43,11 +43,16 @@ pub enum ApiError {
     Malformed(&'static str),
     Validation(Vec<FieldError>),
     PayloadTooLarge,
-    RateLimited { retry_after_secs: u64 },
+    RateLimited {
+        retry_after_secs: u64,
+    },
     Conflict(&'static str),
     UnsealFailed(&'static str),
     Integrity,
     AuditUnavailable,
+    /// The change and its audit entry were applied, but the store's sync
+    /// failed: not acknowledged, yet they may still become durable.
+    AuditNotDurable,
     Internal,
     Erased,
     TokenExpired,
@@ -123,6 +128,11 @@ impl ApiError {
                 "audit_unavailable",
                 "Audit unavailable",
             ),
+            Self::AuditNotDurable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit_unavailable",
+                "Audit unavailable",
+            ),
         }
     }
 
@@ -143,6 +153,10 @@ impl ApiError {
             Self::AuditUnavailable => {
                 "The audit log could not be written; nothing was done.".into()
             }
+            Self::AuditNotDurable => "The change and its audit entry were written, but the store \
+                could not confirm they are on disk: the change was not acknowledged and may still \
+                become durable. Check its outcome before retrying."
+                .into(),
             Self::Erased => "The record was erased.".into(),
             Self::TokenExpired => "The token has expired or used up its uses.".into(),
             Self::TokenRevoked => "The token was revoked.".into(),
@@ -292,6 +306,7 @@ mod tests {
             (ApiError::Conflict("x"), 409, "conflict"),
             (ApiError::Integrity, 500, "integrity_error"),
             (ApiError::AuditUnavailable, 503, "audit_unavailable"),
+            (ApiError::AuditNotDurable, 503, "audit_unavailable"),
             (ApiError::UnsealFailed("x"), 400, "unseal_failed"),
             (ApiError::Erased, 410, "erased"),
             (ApiError::TokenExpired, 410, "token_expired"),

@@ -125,7 +125,7 @@ impl FromRequestParts<AppState> for Caller {
             .ok_or(ApiError::Unauthenticated)?;
         let keys = state.keyring.keys()?;
         let mut authenticated = state.principals.authenticate(
-            &keys.credential_key(),
+            &*keys.credential_key()?,
             &state.settings.sessions,
             credential,
         )?;

@@ -53,25 +53,35 @@ pub async fn rotate(
         .event(&caller.principal().id, "key.rotate", Outcome::Allowed)
         .target(format!("kek/{}", purpose.as_str()));
     let state2 = state.clone();
-    let version = tokio::task::spawn_blocking(move || {
-        state2.keyring.rotate_with(purpose, &|tx| {
+    let (version, not_durable) = tokio::task::spawn_blocking(move || {
+        // Whether the write was applied but its sync failed.
+        let not_durable = std::cell::Cell::new(false);
+        let version = state2.keyring.rotate_with(purpose, &|tx| {
             state2
                 .audit
                 .record_with(event.clone(), tx)
                 .map(|_| ())
                 .map_err(|e| match e {
                     AuditError::Conflict => StoreError::Conflict,
-                    other => StoreError::Backend(other.to_string()),
+                    other => {
+                        not_durable.set(matches!(other, AuditError::NotDurable(_)));
+                        StoreError::Backend(other.to_string())
+                    }
                 })
-        })
+        });
+        (version, not_durable.get())
     })
     .await
-    .map_err(|_| ApiError::Internal)?
-    .map_err(|e| match e {
+    .map_err(|_| ApiError::Internal)?;
+    let version = version.map_err(|e| match e {
         // The new version and its audit entry are one transaction.
         KeyringError::Store(e) => {
             tracing::error!(error = %e, "key rotation not written");
-            ApiError::AuditUnavailable
+            if not_durable {
+                ApiError::AuditNotDurable
+            } else {
+                ApiError::AuditUnavailable
+            }
         }
         other => other.into(),
     })?;

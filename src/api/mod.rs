@@ -296,7 +296,7 @@ impl AppState {
         let keys = self.keyring.keys()?;
         let (principal, key, tx) =
             self.principals
-                .prepare_service(&keys.credential_key(), name, roles)?;
+                .prepare_service(&*keys.credential_key()?, name, roles)?;
         let event = AuditEvent {
             reason: Some(principals::creation_note(actor, &principal)),
             ..AuditEvent::new(actor, "principal.create", Outcome::Allowed).target(principal.id)
@@ -314,12 +314,13 @@ impl AppState {
         roles: Vec<crate::access::Role>,
         password: &str,
     ) -> Result<(), ApiError> {
-        let pepper = self.keyring.keys()?.password_pepper();
+        let keys = self.keyring.keys()?;
         let hash = self
             .settings
             .password_policy
-            .hash(&pepper, password)
+            .hash(&*keys.password_pepper()?, password)
             .map_err(|_| ApiError::Internal)?;
+        drop(keys);
         let (principal, tx) = self.principals.prepare_staff(name, roles, hash)?;
         let event = AuditEvent {
             reason: Some(principals::creation_note(actor, &principal)),
@@ -456,8 +457,17 @@ async fn to_the_end<T: Send + 'static>(
 }
 
 fn audit_failure(e: AuditError) -> ApiError {
-    tracing::error!(error = %e, "audit entry not written; request refused");
-    ApiError::AuditUnavailable
+    match e {
+        AuditError::Sealed => ApiError::Sealed,
+        AuditError::NotDurable(_) => {
+            tracing::error!(error = %e, "change applied but not made durable; request not acknowledged");
+            ApiError::AuditNotDurable
+        }
+        e => {
+            tracing::error!(error = %e, "audit entry not written; request refused");
+            ApiError::AuditUnavailable
+        }
+    }
 }
 
 /// The request id of the request being handled (echoed or generated).

@@ -54,7 +54,7 @@ pub async fn create(
     let (principal, api_key, tx) = match (request.kind, request.password) {
         (PrincipalKind::Service, None) => {
             let (principal, key, tx) = state.principals.prepare_service(
-                &keys.credential_key(),
+                &*keys.credential_key()?,
                 &request.name,
                 request.roles,
             )?;
@@ -66,12 +66,17 @@ pub async fn create(
             policy
                 .check_strength(&password)
                 .map_err(|message| ApiError::field("password", message))?;
-            let pepper = keys.password_pepper();
+            // The pepper is fetched on the hashing thread, for that use.
+            let keyring = std::sync::Arc::clone(&state.keyring);
             let hash = state
                 .passwords
-                .run(move || policy.hash(&pepper, &password))
-                .await?
-                .map_err(|_| ApiError::Internal)?;
+                .run(move || -> Result<String, ApiError> {
+                    let keys = keyring.keys()?;
+                    policy
+                        .hash(&*keys.password_pepper()?, &password)
+                        .map_err(|_| ApiError::Internal)
+                })
+                .await??;
             let (principal, tx) =
                 state
                     .principals

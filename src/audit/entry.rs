@@ -4,7 +4,8 @@
 //! is the compact JSON of every field but `hash`, in the order declared
 //! below, and `prev_hash` is the previous entry's hash (32 zero bytes before
 //! the first). A checkpoint signs `"strongroom/v1/audit-checkpoint" ‖ 0 ‖
-//! seq (u64 BE) ‖ hash ‖ time` with the vault's Ed25519 audit key.
+//! seq (u64 BE) ‖ hash ‖ time` with the vault's Ed25519 audit key; the
+//! signed head each round writes has the same form.
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -91,6 +92,12 @@ struct Canonical<'a> {
 }
 
 pub(crate) const GENESIS_HASH: [u8; 32] = [0; 32];
+
+/// The actions recorded while the vault is sealed, when no key can sign
+/// them: seal and unseal. They are the only entries that may stand after
+/// the last signature; the next unseal signs them. Anything else found
+/// unsigned was not written by the server.
+pub const WRITTEN_WHILE_SEALED: [&str; 2] = ["sys.seal", "sys.unseal"];
 
 impl AuditEntry {
     /// The entry that records `event` as number `seq` after the entry whose

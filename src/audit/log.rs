@@ -1,7 +1,16 @@
 //! Appending to, reading and exporting the chain in the store.
 //!
 //! Keys: `au/e/<seq u64 BE>` → entry JSON, `au/c/<seq u64 BE>` → checkpoint
-//! JSON, `au/head` → `{"seq":…,"hash":…}`.
+//! JSON, `au/head` → `{"seq":…,"hash":…}`, `au/signed` → the newest signed
+//! head (checkpoint JSON).
+//!
+//! Every entry is authenticated when it is written: each round of the group
+//! commit signs its new head in the same store transaction as its entries,
+//! so no crash leaves an entry unsigned. Only while the vault is sealed (no
+//! key) are seal and unseal entries written unsigned; the next unseal signs
+//! them. Before this process signs anything over a head it did not write
+//! itself, the tail after the last signature must check out (see
+//! `check_tail`); otherwise nothing is signed and every write fails.
 
 use std::borrow::Cow;
 use std::collections::hash_map::Entry;
@@ -11,15 +20,21 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
-use super::entry::GENESIS_HASH;
-use super::{AuditEntry, AuditEvent, Checkpoint, ExportLine};
+use super::entry::{GENESIS_HASH, WRITTEN_WHILE_SEALED};
+use super::head_file::{HeadFile, read_head_file};
+use super::verify::KnownHead;
+use super::{AuditEntry, AuditEvent, Checkpoint, ExportLine, Outcome as EntryOutcome};
 use crate::clock::{Clock, rfc3339};
-use crate::keyring::Keyring;
+use crate::crypto::{SigningKey, verify_signature};
+use crate::keyring::{
+    Keyring, KeyringError, Purpose, RotationRecorder, RotationTrigger, UnsealedKeys,
+};
 use crate::store::{Store, StoreError, Transaction, Write as StoreWrite};
 
 const ENTRY_PREFIX: &[u8] = b"au/e/";
 const CHECKPOINT_PREFIX: &[u8] = b"au/c/";
 const HEAD_KEY: &[u8] = b"au/head";
+const SIGNED_KEY: &[u8] = b"au/signed";
 const SCAN_BATCH: usize = 1024;
 
 /// Why an entry could not be written or read.
@@ -34,6 +49,20 @@ pub enum AuditError {
     /// The stored log cannot be read as a log.
     #[error("audit log corrupt: {0}")]
     Corrupt(&'static str),
+    /// The change and its entry were applied, but the store's sync failed:
+    /// they were not acknowledged, yet may still become durable.
+    #[error(
+        "the change and its entry were applied but could not be made durable (they may still become durable): {0}"
+    )]
+    NotDurable(String),
+    /// The vault was sealed: no key signs the entry, and only seal and
+    /// unseal entries are written unsigned.
+    #[error("the vault is sealed")]
+    Sealed,
+    /// The stored log's tail is not authenticated (rewritten, rolled back
+    /// or unsigned): nothing is signed over it.
+    #[error("the audit log's tail is not authenticated: {0}")]
+    Unauthenticated(String),
 }
 
 impl From<StoreError> for AuditError {
@@ -45,7 +74,7 @@ impl From<StoreError> for AuditError {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Head {
     seq: u64,
     hash: String,
@@ -111,8 +140,16 @@ struct Inner {
     queue: Mutex<Queue>,
     /// Applied rounds on their way to the flusher thread, which flushes
     /// while the committer applies the next round.
-    flushes: Option<std::sync::mpsc::Sender<Applied>>,
+    flushes: Option<std::sync::mpsc::Sender<Round>>,
     flusher: Option<std::thread::JoinHandle<()>>,
+    /// The stored head this process knows to be authentic: it checked the
+    /// tail up to it, or wrote it over such a head. Signing over any other
+    /// head waits for [`check_tail`].
+    trusted: Mutex<Option<Head>>,
+    /// The newest head this process signed.
+    newest_signed: Mutex<Option<Checkpoint>>,
+    /// `audit.head` in the keys directory.
+    head_file: Arc<HeadFile>,
 }
 
 impl Drop for Inner {
@@ -130,34 +167,112 @@ impl Drop for Inner {
 /// wrote (borrowed from them) or read from the store. `None`: absent.
 type Seen<'j> = HashMap<&'j [u8], Option<Cow<'j, [u8]>>>;
 
-/// A round's callers with their outcomes, applied but not yet durable.
-type Applied = Vec<(Reply, Outcome)>;
+/// Rounds applied but not yet durable: their callers with their outcomes,
+/// and the newest head they signed.
+#[derive(Default)]
+struct Round {
+    replies: Vec<(Reply, Outcome)>,
+    signed: Option<Checkpoint>,
+}
 
-/// The flusher thread: makes applied rounds durable, then answers their
-/// callers. Rounds that arrive during a flush share the next one.
-fn flush_rounds(store: Arc<dyn Store>, rounds: std::sync::mpsc::Receiver<Applied>) {
-    while let Ok(first) = rounds.recv() {
-        let mut waiting = first;
-        for more in rounds.try_iter() {
-            waiting.extend(more);
+impl Round {
+    fn extend(&mut self, later: Round) {
+        self.replies.extend(later.replies);
+        if later.signed.is_some() {
+            self.signed = later.signed;
         }
-        answer_after_flush(store.as_ref(), waiting);
     }
 }
 
-/// Flushes (when anything was written) and answers every caller; a failed
-/// flush fails every write it should have made durable.
-fn answer_after_flush(store: &dyn Store, applied: Applied) {
-    let flushed = if applied.iter().any(|(_, outcome)| outcome.is_ok()) {
-        store.flush().map_err(AuditError::from)
+/// The flusher thread: makes applied rounds durable, then answers their
+/// callers. Rounds that arrive during a flush share the next one. The
+/// newest durable signed head goes to `audit.head` at most once a second,
+/// and within a second of the last round even when no more come.
+fn flush_rounds(
+    store: Arc<dyn Store>,
+    head_file: Arc<HeadFile>,
+    rounds: std::sync::mpsc::Receiver<Round>,
+) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut unrecorded: Option<Checkpoint> = None;
+    loop {
+        match rounds.recv_timeout(super::head_file::EVERY) {
+            Ok(first) => {
+                let mut waiting = first;
+                for more in rounds.try_iter() {
+                    waiting.extend(more);
+                }
+                if let Some(durable) = answer_after_flush(store.as_ref(), waiting) {
+                    unrecorded = Some(durable);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                if let Some(head) = unrecorded {
+                    head_file.record(&head, false);
+                }
+                return;
+            }
+        }
+        if let Some(head) = &unrecorded
+            && head_file.record(head, true)
+        {
+            unrecorded = None;
+        }
+    }
+}
+
+/// Flushes (when anything was written) and answers every caller; the
+/// newest signed head, once durable. A failed flush fails every write it
+/// should have made durable — honestly: they were applied, so they may
+/// still become durable ([`AuditError::NotDurable`]).
+fn answer_after_flush(store: &dyn Store, round: Round) -> Option<Checkpoint> {
+    let flushed = if round.replies.iter().any(|(_, outcome)| outcome.is_ok()) {
+        store.flush().map_err(|e| e.to_string())
     } else {
         Ok(())
     };
-    for (reply, outcome) in applied {
+    for (reply, outcome) in round.replies {
         reply.send(match (&flushed, outcome) {
-            (Err(e), Ok(_)) => Err(e.clone()),
+            (Err(why), Ok(_)) => Err(AuditError::NotDurable(why.clone())),
             (_, outcome) => outcome,
         });
+    }
+    flushed.ok().and(round.signed)
+}
+
+/// Commits automatic KEK rotations for the keyring with a `key.rotate`
+/// entry by `system`. Holds the log weakly: the log holds the keyring.
+struct RotationAuditor(std::sync::Weak<Inner>);
+
+impl RotationRecorder for RotationAuditor {
+    fn commit_rotation(
+        &self,
+        purpose: Purpose,
+        version: u32,
+        trigger: &RotationTrigger,
+        change: Transaction,
+    ) -> Result<(), StoreError> {
+        let inner = self
+            .0
+            .upgrade()
+            .ok_or_else(|| StoreError::Backend("the audit log is gone".into()))?;
+        let event = AuditEvent {
+            reason: Some(trigger.reason(version)),
+            ..AuditEvent::new("system", "key.rotate", EntryOutcome::Allowed)
+                .target(format!("kek/{}", purpose.as_str()))
+        };
+        AuditLog(inner)
+            .record_with(event, change)
+            .map(|_| ())
+            .map_err(|e| match e {
+                AuditError::Conflict => StoreError::Conflict,
+                other => StoreError::Backend(other.to_string()),
+            })
+    }
+
+    fn is_alive(&self) -> bool {
+        self.0.strong_count() > 0
     }
 }
 
@@ -200,24 +315,31 @@ impl AuditLog {
         checkpoint_every: u64,
     ) -> Self {
         let (flushes, rounds) = std::sync::mpsc::channel();
+        let head_file = Arc::new(HeadFile::new(keyring.keys_dir()));
         let flusher = {
             let store = Arc::clone(&store);
+            let head_file = Arc::clone(&head_file);
             std::thread::Builder::new()
                 .name("audit-flush".into())
-                .spawn(move || flush_rounds(store, rounds))
+                .spawn(move || flush_rounds(store, head_file, rounds))
                 .map_err(|e| tracing::error!(error = %e, "no flusher thread; flushing inline"))
                 .ok()
         };
-        Self(Arc::new(Inner {
+        let inner = Arc::new(Inner {
             store,
-            keyring,
+            keyring: Arc::clone(&keyring),
             clock,
             checkpoint_every: checkpoint_every.max(1),
             append: Mutex::new(()),
             queue: Mutex::new(Queue::default()),
             flushes: flusher.is_some().then_some(flushes),
             flusher,
-        }))
+            trusted: Mutex::new(None),
+            newest_signed: Mutex::new(None),
+            head_file,
+        });
+        keyring.record_rotations_with(Arc::new(RotationAuditor(Arc::downgrade(&inner))));
+        Self(inner)
     }
 
     /// A stand-in for a sensitive value (an attempted username, a searched
@@ -225,7 +347,7 @@ impl AuditLog {
     /// correlated without being revealed. `None` while sealed.
     pub fn fingerprint(&self, value: &str) -> Option<String> {
         let keys = self.0.keyring.keys().ok()?;
-        let tag = keys.audit_hmac_key().sign(value.as_bytes());
+        let tag = keys.audit_hmac_key().ok()?.sign(value.as_bytes());
         Some(format!("hmac:{}", hex::encode(&tag.0[..16])))
     }
 
@@ -280,16 +402,96 @@ impl AuditLog {
             .unwrap_or_else(|_| Err(AuditError::Unavailable("committer stopped".into())))
     }
 
-    /// Verifies the whole chain and every checkpoint under this vault's
-    /// audit key. A live log's tail after its last checkpoint is not a
-    /// fault. Needs the vault unsealed; reads the whole log (blocking).
-    pub fn verify(&self) -> Result<super::Verification, crate::keyring::KeyringError> {
+    /// Verifies the whole chain and every signature under this vault's
+    /// audit key, and that the log still reaches the newest signed head
+    /// this process made or `audit.head` names (no rollback). Needs the
+    /// vault unsealed; reads the whole log (blocking).
+    pub fn verify(&self) -> Result<super::Verification, KeyringError> {
         let public_key = self.0.keyring.keys()?.audit_signing_key()?.public_key();
-        Ok(super::verify_store(
+        // Taken before the log is read: it only grows meanwhile.
+        let known = match self.newest_seen(&public_key) {
+            Ok(known) => known,
+            Err(problem) => return Ok(super::Verification::refused(0, problem)),
+        };
+        Ok(super::verify_store_since(
             self.0.store.as_ref(),
             &public_key,
             false,
+            known.as_ref(),
         ))
+    }
+
+    /// The newest signed head known to have been durable: the one this
+    /// process signed last, or the one in `audit.head`, whichever is newer.
+    fn newest_seen(&self, public_key: &[u8]) -> Result<Option<KnownHead>, String> {
+        let from_file = match self.0.head_file.keys_dir() {
+            Some(dir) => read_head_file(dir, public_key)?,
+            None => None,
+        };
+        let signed = self
+            .0
+            .newest_signed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(KnownHead::from);
+        Ok(match (from_file, signed) {
+            (Some(a), Some(b)) => Some(if a.seq >= b.seq { a } else { b }),
+            (a, b) => a.or(b),
+        })
+    }
+
+    /// Checks, once per head this process did not write itself, that the
+    /// stored tail is authentic before anything is signed over it.
+    fn authenticate_tail(&self, head: &Head, signer: &SigningKey) -> Result<(), AuditError> {
+        let mut trusted = self
+            .0
+            .trusted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if trusted.as_ref() == Some(head) {
+            return Ok(());
+        }
+        let public_key = signer.public_key();
+        let checked = self
+            .newest_seen(&public_key)
+            .and_then(|known| check_tail(self.0.store.as_ref(), head, &public_key, known.as_ref()));
+        match checked {
+            Ok(()) => {
+                *trusted = Some(head.clone());
+                Ok(())
+            }
+            Err(problem) => {
+                tracing::error!(
+                    %problem,
+                    "AUDIT LOG TAIL NOT AUTHENTICATED: nothing is signed over it and every audited write fails; run `strongroom audit verify` and see docs/audit.md"
+                );
+                Err(AuditError::Unauthenticated(problem))
+            }
+        }
+    }
+
+    /// After a round or checkpoint was applied over `old`: what this
+    /// process now knows to be authentic.
+    fn note_applied(&self, old: &Head, new: &Head, signed: Option<&Checkpoint>) {
+        let mut trusted = self
+            .0
+            .trusted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if signed.is_some() || trusted.as_ref() == Some(old) {
+            *trusted = Some(new.clone());
+        }
+        if let Some(signed) = signed {
+            let mut newest = self
+                .0
+                .newest_signed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if newest.as_ref().is_none_or(|n| n.seq <= signed.seq) {
+                *newest = Some(signed.clone());
+            }
+        }
     }
 
     /// How many batches wait for the committer's next round.
@@ -334,46 +536,73 @@ impl AuditLog {
                 }
                 std::mem::take(&mut queue.jobs)
             };
-            let outcomes = {
+            let (outcomes, signed) = {
                 let _append = self.0.append.lock().unwrap_or_else(PoisonError::into_inner);
                 self.apply_round(&jobs)
-                    .unwrap_or_else(|e| jobs.iter().map(|_| Err(e.clone())).collect())
+                    .unwrap_or_else(|e| (jobs.iter().map(|_| Err(e.clone())).collect(), None))
             };
-            let applied: Applied = jobs
-                .into_iter()
-                .map(|job| job.reply)
-                .zip(outcomes)
-                .collect();
+            let round = Round {
+                replies: jobs
+                    .into_iter()
+                    .map(|job| job.reply)
+                    .zip(outcomes)
+                    .collect(),
+                signed,
+            };
             // Pipelined: the flusher makes this round durable while the
             // next one is applied. Should it be gone, flush here.
             let unsent = match &self.0.flushes {
-                Some(flushes) => flushes.send(applied).err().map(|e| e.0),
-                None => Some(applied),
+                Some(flushes) => flushes.send(round).err().map(|e| e.0),
+                None => Some(round),
             };
-            if let Some(applied) = unsent {
-                answer_after_flush(self.0.store.as_ref(), applied);
+            if let Some(round) = unsent
+                && let Some(durable) = answer_after_flush(self.0.store.as_ref(), round)
+            {
+                self.0.head_file.record(&durable, true);
             }
         }
     }
 
-    /// Checks, chains and applies (not yet durably) the jobs of one round.
+    /// Checks, chains, signs and applies (not yet durably) the jobs of one
+    /// round; also the signed head it wrote.
     ///
     /// Each job's preconditions are checked against the store as the jobs
     /// before it in the round leave it; the combined transaction repeats
     /// the checks it made against the store, so a write from outside the
     /// log in between makes it fail as a whole, and the round is worked out
-    /// again from the new state.
-    fn apply_round(&self, jobs: &[Job]) -> Result<Vec<Outcome>, AuditError> {
+    /// again from the new state. The round's new head is signed in the same
+    /// transaction. While sealed nothing can be signed, and only seal and
+    /// unseal entries are written (unsigned); other jobs are refused.
+    fn apply_round(&self, jobs: &[Job]) -> Result<(Vec<Outcome>, Option<Checkpoint>), AuditError> {
         const ATTEMPTS: usize = 8;
+        let keys = self.0.keyring.keys().ok();
+        let signer = match keys.as_deref().map(UnsealedKeys::audit_signing_key) {
+            None | Some(Err(KeyringError::Sealed)) => None,
+            Some(Ok(signer)) => Some(signer),
+            Some(Err(e)) => return Err(AuditError::Unavailable(e.to_string())),
+        };
         for _ in 0..ATTEMPTS {
             let (head_bytes, head) = self.head()?;
+            if let Some(signer) = &signer {
+                self.authenticate_tail(&head, signer)?;
+            }
             let mut seen = Seen::new();
             let mut read = Transaction::new().expect(HEAD_KEY, head_bytes);
             let mut writes = Transaction::new();
             let mut outcomes = Vec::with_capacity(jobs.len());
-            let (mut seq, mut prev_hash) = (head.seq, head.hash);
+            let (mut seq, mut prev_hash) = (head.seq, head.hash.clone());
+            let mut last_hash = None;
             let time = rfc3339(self.0.clock.now());
             for job in jobs {
+                if signer.is_none()
+                    && !job
+                        .batch
+                        .iter()
+                        .all(|(event, _)| WRITTEN_WHILE_SEALED.contains(&event.action))
+                {
+                    outcomes.push(Err(AuditError::Sealed));
+                    continue;
+                }
                 if !self.preconditions_hold(job, &mut seen, &mut read)? {
                     outcomes.push(Err(AuditError::Conflict));
                     continue;
@@ -383,10 +612,12 @@ impl AuditLog {
                     seq += 1;
                     let (entry, hash) = AuditEntry::chained(seq, &time, event.clone(), prev_hash);
                     prev_hash = entry.hash.clone();
+                    last_hash = Some(hash);
                     writes = writes.put(entry_key(seq), encode(&entry)?);
                     if seq.is_multiple_of(self.0.checkpoint_every)
-                        && let Some(checkpoint) = self.sign(seq, &hash)
+                        && let Some(signer) = &signer
                     {
+                        let checkpoint = sign_head(signer, seq, &hash, &time);
                         writes = writes.put(checkpoint_key(seq), encode(&checkpoint)?);
                     }
                     for write in &change.writes {
@@ -401,19 +632,25 @@ impl AuditLog {
                 }
                 outcomes.push(Ok(entries));
             }
-            if outcomes.iter().all(Result::is_err) {
-                return Ok(outcomes);
-            }
+            let Some(last_hash) = last_hash else {
+                return Ok((outcomes, None));
+            };
             let new_head = Head {
                 seq,
                 hash: prev_hash,
             };
-            match self
-                .0
-                .store
-                .apply(read.merge(writes).put(HEAD_KEY, encode(&new_head)?))
-            {
-                Ok(()) => return Ok(outcomes),
+            let signed = signer
+                .as_ref()
+                .map(|signer| sign_head(signer, seq, &last_hash, &time));
+            let mut round = read.merge(writes).put(HEAD_KEY, encode(&new_head)?);
+            if let Some(signed) = &signed {
+                round = round.put(SIGNED_KEY, encode(signed)?);
+            }
+            match self.0.store.apply(round) {
+                Ok(()) => {
+                    self.note_applied(&head, &new_head, signed.as_ref());
+                    return Ok((outcomes, signed));
+                }
                 Err(StoreError::Conflict) => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -469,37 +706,54 @@ impl AuditLog {
         }
     }
 
-    fn sign(&self, seq: u64, hash: &[u8; 32]) -> Option<Checkpoint> {
-        let signer = self.0.keyring.keys().ok()?.audit_signing_key().ok()?;
-        let time = rfc3339(self.0.clock.now());
-        let signature = signer.sign(&Checkpoint::signed_message(seq, hash, &time));
-        Some(Checkpoint {
-            seq,
-            hash: hex::encode(hash),
-            time,
-            signature: hex::encode(signature),
-        })
-    }
-
-    /// Signs the current head unless a checkpoint already covers it. Called
-    /// on unseal (covering whatever a crash left unsigned), on seal and on
-    /// shutdown. `None` when sealed or when the log is empty.
+    /// Signs the current head as a checkpoint unless one already covers
+    /// it, after checking the tail it would cover, makes it durable and
+    /// records it in `audit.head`. Called on unseal (covering seal and
+    /// unseal entries written while sealed), on seal and on shutdown.
+    /// `None` when sealed or when the log is empty.
     pub fn checkpoint(&self) -> Result<Option<Checkpoint>, AuditError> {
         let _append = self.0.append.lock().unwrap_or_else(PoisonError::into_inner);
-        let (_, head) = self.head()?;
-        if head.seq == 0 || self.0.store.get(&checkpoint_key(head.seq))?.is_some() {
+        let (head_bytes, head) = self.head()?;
+        if head.seq == 0 {
             return Ok(None);
         }
-        let hash: [u8; 32] = hex::decode(&head.hash)
-            .ok()
-            .and_then(|h| h.try_into().ok())
-            .ok_or(AuditError::Corrupt("head hash"))?;
-        let Some(checkpoint) = self.sign(head.seq, &hash) else {
+        let Ok(keys) = self.0.keyring.keys() else {
             return Ok(None);
         };
+        let signer = match keys.audit_signing_key() {
+            Ok(signer) => signer,
+            Err(KeyringError::Sealed) => return Ok(None),
+            Err(e) => return Err(AuditError::Unavailable(e.to_string())),
+        };
+        self.authenticate_tail(&head, &signer)?;
+        let checkpoint = match self.0.store.get(&checkpoint_key(head.seq))? {
+            Some(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|_| AuditError::Corrupt("checkpoint"))?
+            }
+            None => {
+                let hash: [u8; 32] = hex::decode(&head.hash)
+                    .ok()
+                    .and_then(|h| h.try_into().ok())
+                    .ok_or(AuditError::Corrupt("head hash"))?;
+                let checkpoint = sign_head(&signer, head.seq, &hash, &rfc3339(self.0.clock.now()));
+                self.0.store.apply(
+                    Transaction::new()
+                        .expect(HEAD_KEY, head_bytes)
+                        .put(checkpoint_key(head.seq), encode(&checkpoint)?)
+                        .put(SIGNED_KEY, encode(&checkpoint)?),
+                )?;
+                checkpoint
+            }
+        };
+        drop(signer);
         self.0
             .store
-            .put(&checkpoint_key(head.seq), &encode(&checkpoint)?)?;
+            .flush()
+            .map_err(|e| AuditError::NotDurable(e.to_string()))?;
+        self.note_applied(&head, &head, Some(&checkpoint));
+        if !self.0.head_file.record(&checkpoint, false) {
+            tracing::warn!("the signed audit head is not recorded in the keys directory");
+        }
         Ok(Some(checkpoint))
     }
 
@@ -541,6 +795,125 @@ impl AuditLog {
     }
 }
 
+/// Signs `(seq, hash, time)` as a checkpoint.
+fn sign_head(signer: &SigningKey, seq: u64, hash: &[u8; 32], time: &str) -> Checkpoint {
+    let signature = signer.sign(&Checkpoint::signed_message(seq, hash, time));
+    Checkpoint {
+        seq,
+        hash: hex::encode(hash),
+        time: time.to_owned(),
+        signature: hex::encode(signature),
+    }
+}
+
+/// The newest signature in the store: the signed head, or the newest
+/// checkpoint (a log written before heads were signed), whichever covers
+/// more.
+fn newest_signature(store: &dyn Store) -> Result<Option<Checkpoint>, AuditError> {
+    let signed: Option<Checkpoint> = store
+        .get(SIGNED_KEY)?
+        .map(|bytes| serde_json::from_slice(&bytes).map_err(|_| AuditError::Corrupt("signed head")))
+        .transpose()?;
+    let checkpoint = latest_checkpoint(store)?;
+    Ok(match (signed, checkpoint) {
+        (Some(s), Some(c)) => Some(if s.seq >= c.seq { s } else { c }),
+        (s, c) => s.or(c),
+    })
+}
+
+/// Whether the stored log up to `head` may be signed over: the newest
+/// signature verifies and names its entry; every entry after it chains on
+/// and is a seal or unseal entry (the only ones written unsigned); the log
+/// reaches `known`, the newest signed head seen, and holds it. Reads only
+/// the tail, not the whole log: a change before the newest signature breaks
+/// the chain there, which every verification reports.
+fn check_tail(
+    store: &dyn Store,
+    head: &Head,
+    public_key: &[u8],
+    known: Option<&KnownHead>,
+) -> Result<(), String> {
+    if let Some(known) = known {
+        if known.seq > head.seq {
+            return Err(format!(
+                "the log ends at entry {}, but a signed head at entry {} was seen: the data directory was rolled back or truncated",
+                head.seq, known.seq
+            ));
+        }
+        let entry = stored_entry(store, known.seq)?;
+        if entry.hash != known.hash {
+            return Err(format!(
+                "entry {} is not the one the newest signed head seen names: the log was rewritten",
+                known.seq
+            ));
+        }
+    }
+    let (mut seq, mut prev) = (0u64, hex::encode(GENESIS_HASH));
+    if let Some(signed) = newest_signature(store).map_err(|e| e.to_string())? {
+        let entry = stored_entry(store, signed.seq)?;
+        let hash = entry.compute_hash();
+        let signature = hex::decode(&signed.signature).unwrap_or_default();
+        if entry.hash != hex::encode(hash)
+            || signed.hash != entry.hash
+            || verify_signature(
+                public_key,
+                &Checkpoint::signed_message(signed.seq, &hash, &signed.time),
+                &signature,
+            )
+            .is_err()
+        {
+            return Err(format!(
+                "the newest signature (entry {}) does not verify over the stored entry",
+                signed.seq
+            ));
+        }
+        (seq, prev) = (signed.seq, entry.hash);
+    }
+    while seq < head.seq {
+        let batch = store
+            .scan(ENTRY_PREFIX, Some(&entry_key(seq)), SCAN_BATCH)
+            .map_err(|e| e.to_string())?;
+        if batch.is_empty() {
+            break;
+        }
+        for (_, bytes) in batch {
+            let entry: AuditEntry = serde_json::from_slice(&bytes)
+                .map_err(|_| format!("entry {} does not parse", seq + 1))?;
+            if entry.seq != seq + 1
+                || entry.prev_hash != prev
+                || entry.hash != hex::encode(entry.compute_hash())
+            {
+                return Err(format!(
+                    "entry {} does not chain on from the newest signature",
+                    seq + 1
+                ));
+            }
+            if !WRITTEN_WHILE_SEALED.contains(&entry.action.as_str()) {
+                return Err(format!(
+                    "entry {} ({}) is not covered by a signature, and only seal and unseal entries are ever written unsigned",
+                    entry.seq, entry.action
+                ));
+            }
+            (seq, prev) = (entry.seq, entry.hash);
+        }
+    }
+    if seq != head.seq || prev != head.hash {
+        return Err(format!(
+            "the head record (entry {}) does not name the last entry",
+            head.seq
+        ));
+    }
+    Ok(())
+}
+
+fn stored_entry(store: &dyn Store, seq: u64) -> Result<AuditEntry, String> {
+    let bytes = store
+        .get(&entry_key(seq))
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("entry {seq} is missing"))?;
+    serde_json::from_slice(&bytes).map_err(|_| format!("entry {seq} does not parse"))
+}
+
 /// The head record: the last entry's seq and hash, as the writer left them.
 pub(crate) fn stored_head(store: &dyn Store) -> Result<Option<(u64, String)>, AuditError> {
     store
@@ -576,7 +949,7 @@ pub(crate) struct StoredLines<'a> {
 impl<'a> StoredLines<'a> {
     pub(crate) fn new(store: &'a dyn Store) -> Self {
         let mut queue = VecDeque::new();
-        let checkpoints = match store.scan_prefix(CHECKPOINT_PREFIX) {
+        let mut checkpoints = match store.scan_prefix(CHECKPOINT_PREFIX) {
             Ok(all) => all
                 .iter()
                 .map(|(_, b)| serde_json::from_slice(b))
@@ -590,6 +963,23 @@ impl<'a> StoredLines<'a> {
                 Vec::new()
             }
         };
+        // The signed head, unless a checkpoint at its seq says as much.
+        match store
+            .get(SIGNED_KEY)
+            .map(|v| v.map(|b| serde_json::from_slice(&b)))
+        {
+            Ok(None) => {}
+            Ok(Some(Ok(signed))) => {
+                let signed: Checkpoint = signed;
+                if let Err(at) = checkpoints.binary_search_by_key(&signed.seq, |c| c.seq) {
+                    checkpoints.insert(at, signed);
+                }
+            }
+            Ok(Some(Err(_))) => {
+                queue.push_back(Err("the signed head record does not parse".to_owned()))
+            }
+            Err(e) => queue.push_back(Err(e.to_string())),
+        }
         let entries_done = !queue.is_empty();
         Self {
             store,
@@ -657,26 +1047,30 @@ impl Iterator for StoredLines<'_> {
     }
 }
 
-/// Writes the whole log as JSONL. The export must end with a checkpoint
-/// over its last entry; when the stored log's tail is not yet signed
-/// (the server was not stopped cleanly), this refuses rather than write an
-/// export that could not be told from a truncated one.
+/// Writes the whole log as JSONL. The export must end with a signature
+/// over its last entry (the signed head is one); when the stored log ends
+/// with seal or unseal entries written while sealed, this refuses rather
+/// than write an export that could not be told from a truncated one. An
+/// empty log is refused: there is nothing to export.
 pub fn export_store(store: &dyn Store, out: &mut dyn Write) -> Result<u64, String> {
     let mut last: Option<ExportLine> = None;
+    let mut signed_to = 0u64;
     let mut lines = 0u64;
     for line in StoredLines::new(store) {
         let line = line?;
         let text = serde_json::to_string(&line).map_err(|e| e.to_string())?;
         writeln!(out, "{text}").map_err(|e| e.to_string())?;
         lines += 1;
+        if let ExportLine::Checkpoint(c) = &line {
+            signed_to = signed_to.max(c.seq);
+        }
         last = Some(line);
     }
     match last {
-        None => Ok(0),
+        None => Err("the audit log is empty: there is nothing to export".into()),
         Some(ExportLine::Checkpoint(_)) => Ok(lines),
-        Some(ExportLine::Entry(entry)) => Err(format!(
-            "entries after seq {} are not covered by a checkpoint yet; unseal and stop the server (or seal it) first",
-            entry.seq.saturating_sub(1)
+        Some(ExportLine::Entry(_)) => Err(format!(
+            "entries after seq {signed_to} were written while the vault was sealed and are not signed yet; unseal the vault once (and stop it), then export"
         )),
     }
 }

@@ -1,9 +1,9 @@
-//! Verification of the chain and its checkpoints with only the public key.
+//! Verification of the chain and its signatures with only the public key.
 
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::entry::GENESIS_HASH;
+use super::entry::{GENESIS_HASH, WRITTEN_WHILE_SEALED};
 use super::log::{StoredLines, stored_head};
 use super::{Checkpoint, ExportLine};
 use crate::crypto::verify_signature;
@@ -17,8 +17,12 @@ pub struct Verification {
     pub entries: u64,
     /// Hash of the last verified entry.
     pub head: Option<String>,
-    /// The last verified checkpoint.
+    /// The last verified signature (a checkpoint or the signed head).
     pub checkpoint: Option<Checkpoint>,
+    /// Entries after the last signature: seal and unseal entries written
+    /// while the vault was sealed, signed at the next unseal.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub unsigned_tail: u64,
     /// The first sequence number that failed, when `ok` is false.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_bad_seq: Option<u64>,
@@ -27,7 +31,28 @@ pub struct Verification {
     pub problem: Option<String>,
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 impl Verification {
+    fn new() -> Self {
+        Self {
+            ok: true,
+            entries: 0,
+            head: None,
+            checkpoint: None,
+            unsigned_tail: 0,
+            first_bad_seq: None,
+            problem: None,
+        }
+    }
+
+    /// A verification that could not start: `problem` at `seq`.
+    pub fn refused(seq: u64, problem: impl Into<String>) -> Self {
+        Self::new().fail(seq, problem)
+    }
+
     fn fail(mut self, seq: u64, problem: impl Into<String>) -> Self {
         self.ok = false;
         self.first_bad_seq = Some(seq);
@@ -36,28 +61,76 @@ impl Verification {
     }
 }
 
+/// A signed head the log must still contain: the newest one the server is
+/// known to have made durable (`keys/audit.head`), or one an operator holds
+/// (`--min-head SEQ:HASH`). A log that ends before it, or holds another
+/// entry at its seq, was rolled back or rewritten.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownHead {
+    pub seq: u64,
+    /// The hash of entry `seq`, hex.
+    pub hash: String,
+}
+
+impl From<&Checkpoint> for KnownHead {
+    fn from(signed: &Checkpoint) -> Self {
+        Self {
+            seq: signed.seq,
+            hash: signed.hash.clone(),
+        }
+    }
+}
+
+impl std::str::FromStr for KnownHead {
+    type Err = &'static str;
+
+    /// `SEQ:HASH`, as in the `seq` and `hash` of a checkpoint.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        const FORMAT: &str = "expected SEQ:HASH (a sequence number, a colon and 64 hex digits)";
+        let (seq, hash) = text.trim().split_once(':').ok_or(FORMAT)?;
+        let seq: u64 = seq.parse().map_err(|_| FORMAT)?;
+        let hash = hash.to_ascii_lowercase();
+        match hex::decode(&hash) {
+            Ok(bytes) if bytes.len() == 32 && seq > 0 => Ok(Self { seq, hash }),
+            _ => Err(FORMAT),
+        }
+    }
+}
+
 /// Checks a sequence of entries and checkpoints in chain order:
 /// sequence numbers run 1, 2, 3… without gaps; each `prev_hash` is the
 /// previous `hash`; each `hash` is recomputed; each checkpoint's signature
-/// holds under `public_key` and names the hash of the entry at its seq.
+/// holds under `public_key` and names the hash of the entry at its seq. An
+/// empty sequence is refused: it proves nothing.
+///
 /// With `require_signed_tail`, the last entry must be covered by a
-/// checkpoint, so cutting the tail is detected (exports, and a store after a
-/// clean stop).
+/// signature, so cutting the tail is detected (exports). Without it, the
+/// entries after the last signature may only be ones written while the
+/// vault was sealed (seal and unseal); anything else there is unsigned and
+/// refused (a data directory, the live log).
 pub fn verify_lines(
     lines: impl Iterator<Item = Result<ExportLine, String>>,
     public_key: &[u8],
     require_signed_tail: bool,
 ) -> Verification {
-    let mut result = Verification {
-        ok: true,
-        entries: 0,
-        head: None,
-        checkpoint: None,
-        first_bad_seq: None,
-        problem: None,
-    };
+    verify_lines_since(lines, public_key, require_signed_tail, None)
+}
+
+/// [`verify_lines`], also refusing a log that does not reach `known`, or
+/// holds another entry at its seq.
+pub fn verify_lines_since(
+    lines: impl Iterator<Item = Result<ExportLine, String>>,
+    public_key: &[u8],
+    require_signed_tail: bool,
+    known: Option<&KnownHead>,
+) -> Verification {
+    let mut result = Verification::new();
     let mut hashes: Vec<[u8; 32]> = Vec::new();
     let mut prev = GENESIS_HASH;
+    // The highest seq a signature covers, and entries after it that could
+    // only have been written unsigned by tampering: the first and the last.
+    let mut signed_to = 0u64;
+    let mut unsigned_forbidden: Option<(u64, u64)> = None;
     for line in lines {
         let next_seq = result.entries + 1;
         match line {
@@ -75,6 +148,19 @@ pub fn verify_lines(
                 let hash = entry.compute_hash();
                 if entry.hash != hex::encode(hash) {
                     return result.fail(entry.seq, "hash does not match the entry's contents");
+                }
+                if let Some(known) = known
+                    && known.seq == entry.seq
+                    && known.hash != entry.hash
+                {
+                    return result.fail(
+                        entry.seq,
+                        "this entry is not the one the newest signed head seen names: the log was rewritten",
+                    );
+                }
+                if !WRITTEN_WHILE_SEALED.contains(&entry.action.as_str()) {
+                    let first = unsigned_forbidden.map_or(entry.seq, |(first, _)| first);
+                    unsigned_forbidden = Some((first, entry.seq));
                 }
                 prev = hash;
                 hashes.push(hash);
@@ -103,16 +189,47 @@ pub fn verify_lines(
                 if verify_signature(public_key, &message, &signature).is_err() {
                     return result.fail(checkpoint.seq, "checkpoint signature does not verify");
                 }
+                signed_to = signed_to.max(checkpoint.seq);
+                unsigned_forbidden = match unsigned_forbidden {
+                    Some((_, last)) if last <= signed_to => None,
+                    // Not the first after the signature, but one there.
+                    Some((first, last)) if first <= signed_to => Some((last, last)),
+                    other => other,
+                };
                 result.checkpoint = Some(checkpoint);
             }
         }
     }
-    let signed_to = result.checkpoint.as_ref().map_or(0, |c| c.seq);
+    if result.entries == 0 {
+        return result.fail(
+            1,
+            "the log is empty: an empty log or export proves nothing (every vault's log starts with its init entries)",
+        );
+    }
+    if let Some(known) = known
+        && known.seq > result.entries
+    {
+        let (entries, first) = (result.entries, result.entries + 1);
+        return result.fail(
+            first,
+            format!(
+                "the log ends at entry {entries}, but a signed head at entry {} was seen: the log was rolled back or truncated",
+                known.seq
+            ),
+        );
+    }
+    result.unsigned_tail = result.entries - signed_to.min(result.entries);
     if require_signed_tail && signed_to < result.entries {
         let first = signed_to + 1;
         return result.fail(
             first,
-            "entries after the last checkpoint are not signed (truncated, or not stopped cleanly)",
+            "entries after the last signature are not signed (truncated, or written while sealed and not yet signed by an unseal)",
+        );
+    }
+    if let Some((first, _)) = unsigned_forbidden {
+        return result.fail(
+            first,
+            "this entry is not covered by a signature, and only seal and unseal entries are ever written unsigned",
         );
     }
     result
@@ -126,12 +243,26 @@ pub fn verify_store(
     public_key: &[u8],
     require_signed_tail: bool,
 ) -> Verification {
-    let result = verify_lines(StoredLines::new(store), public_key, require_signed_tail);
+    verify_store_since(store, public_key, require_signed_tail, None)
+}
+
+/// [`verify_store`], also refusing a log rolled back behind `known`.
+pub fn verify_store_since(
+    store: &dyn Store,
+    public_key: &[u8],
+    require_signed_tail: bool,
+    known: Option<&KnownHead>,
+) -> Verification {
+    let result = verify_lines_since(
+        StoredLines::new(store),
+        public_key,
+        require_signed_tail,
+        known,
+    );
     if !result.ok {
         return result;
     }
     match stored_head(store) {
-        Ok(None) if result.entries == 0 => result,
         Ok(Some((seq, hash))) if seq == result.entries && Some(&hash) == result.head.as_ref() => {
             result
         }
@@ -146,6 +277,31 @@ pub fn verify_store(
         Err(e) => {
             let first = result.entries + 1;
             result.fail(first, e.to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn known_heads_parse_strictly() {
+        let hash = "ab".repeat(32);
+        let head: KnownHead = format!("12:{hash}").parse().unwrap();
+        assert_eq!((head.seq, head.hash.as_str()), (12, hash.as_str()));
+        for bad in [
+            "",
+            "12",
+            ":ab",
+            "x:ab",
+            "0:ab",
+            "12:abc",
+            &format!("12:{hash}00"),
+        ] {
+            assert!(bad.parse::<KnownHead>().is_err(), "{bad}");
         }
     }
 }

@@ -29,6 +29,13 @@ impl Key256 {
         Ok(Self(array))
     }
 
+    /// A second copy of this key, wiped on drop like the first, for an
+    /// operation that must not hold the lock guarding the original. Not
+    /// `Clone`, so that every copy is written out and stands out in review.
+    pub(crate) fn duplicate(&self) -> Self {
+        Self(self.0)
+    }
+
     /// The raw key bytes, for wrapping this key under another or handing it to
     /// a primitive. Named so that every use stands out in review.
     pub fn expose_secret(&self) -> &[u8; 32] {

@@ -3,7 +3,12 @@
 //!
 //! Each version counts the DEKs it has wrapped. The count is persisted in
 //! reserved blocks before the encryptions happen, so a crash can only make
-//! the stored count higher than the truth, never lower.
+//! the stored count higher than the truth, never lower. A block is reserved
+//! with a precondition on the stored count it was computed from, so writers
+//! sharing the store (several keyrings, later several nodes) never take the
+//! same block. A version replaced because it is due (usage limit,
+//! cryptoperiod) is committed through a [`RotationRecorder`] (the audit log)
+//! with its audit entry.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,6 +23,9 @@ use crate::store::{Store, StoreError, Transaction};
 
 /// How many encryptions are reserved (and persisted) at a time.
 const RESERVATION_BLOCK: u64 = 1024;
+/// How often a reservation or rotation is tried again when another writer
+/// changed the stored KEK in between.
+const ATTEMPTS: usize = 64;
 pub(crate) const KEK_PREFIX: &[u8] = b"kr/kek/";
 
 /// What a KEK family protects. Each purpose has its own keys, so rotating or
@@ -77,6 +85,64 @@ struct StoredKek {
     reserved: u64,
 }
 
+/// Why a KEK version is replaced without anyone asking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotationTrigger {
+    /// The newest version has done `limit` encryptions.
+    UsageLimit { encryptions: u64, limit: u64 },
+    /// The newest version is older than the cryptoperiod.
+    Cryptoperiod {
+        created_at: OffsetDateTime,
+        cryptoperiod: time::Duration,
+    },
+    /// The purpose has no version at all.
+    NoVersion,
+}
+
+impl RotationTrigger {
+    /// The audit entry's reason for making `version`.
+    pub fn reason(&self, version: u32) -> String {
+        match self {
+            Self::UsageLimit { encryptions, limit } => format!(
+                "automatic: usage limit reached ({encryptions} of {limit} encryptions); version {version} made"
+            ),
+            Self::Cryptoperiod {
+                created_at,
+                cryptoperiod,
+            } => format!(
+                "automatic: cryptoperiod of {} days elapsed (previous version made {}); version {version} made",
+                cryptoperiod.whole_days(),
+                rfc3339(*created_at)
+            ),
+            Self::NoVersion => format!("automatic: no version existed; version {version} made"),
+        }
+    }
+}
+
+/// Commits an automatic KEK rotation together with its audit entry, in one
+/// transaction: both are written or neither is.
+pub trait RotationRecorder: Send + Sync {
+    /// Writes `change` (the new version `version` of `purpose`) with an
+    /// entry naming `trigger`, durably.
+    fn commit_rotation(
+        &self,
+        purpose: Purpose,
+        version: u32,
+        trigger: &RotationTrigger,
+        change: Transaction,
+    ) -> Result<(), StoreError>;
+
+    /// False once the log behind it is gone.
+    fn is_alive(&self) -> bool;
+}
+
+/// When the newest version must be replaced.
+pub(crate) struct RotationDue {
+    pub(crate) usage_limit: u64,
+    pub(crate) cryptoperiod: time::Duration,
+    pub(crate) now: OffsetDateTime,
+}
+
 /// One unwrapped KEK version. Immutable; its counters live in the cache.
 pub(crate) struct Kek {
     pub(crate) key: Key256,
@@ -87,9 +153,11 @@ pub(crate) struct Kek {
 
 struct Entry {
     kek: Arc<Kek>,
-    /// Encryptions performed (after a restart: assumed to be `reserved`).
+    /// Position in the version's counter of the next encryption here
+    /// (after a restart: assumed to be the stored count).
     used: u64,
-    /// Encryptions reserved in the store.
+    /// End of the block this writer reserved; `used < reserved` means
+    /// encryptions are left in it.
     reserved: u64,
 }
 
@@ -128,6 +196,41 @@ fn encode(stored: &StoredKek) -> Result<Vec<u8>, KeyringError> {
     serde_json::to_vec(stored).map_err(|_| KeyringError::Integrity)
 }
 
+/// Reserves the next block of encryptions of a stored KEK version: the
+/// stored count moves from what was read to one block more, on the
+/// condition that it still holds what was read. The block is this
+/// writer's alone.
+fn reserve_block(
+    store: &dyn Store,
+    purpose: Purpose,
+    version: u32,
+) -> Result<std::ops::Range<u64>, KeyringError> {
+    let key = kek_key(purpose, version);
+    for _ in 0..ATTEMPTS {
+        let current = store.get(&key)?.ok_or(KeyringError::Integrity)?;
+        let mut stored: StoredKek =
+            serde_json::from_slice(&current).map_err(|_| KeyringError::Integrity)?;
+        if stored.version != version {
+            return Err(KeyringError::Integrity);
+        }
+        let start = stored.reserved;
+        let end = start
+            .checked_add(RESERVATION_BLOCK)
+            .ok_or(KeyringError::Integrity)?;
+        stored.reserved = end;
+        match store.commit(
+            Transaction::new()
+                .expect(key.clone(), Some(current))
+                .put(key.clone(), encode(&stored)?),
+        ) {
+            Ok(()) => return Ok(start..end),
+            Err(StoreError::Conflict) => std::thread::yield_now(),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(KeyringError::Store(StoreError::Conflict))
+}
+
 impl KekCache {
     /// Unwraps every stored KEK version.
     pub(crate) fn load(store: &dyn Store, keyring_key: &Key256) -> Result<Self, KeyringError> {
@@ -136,40 +239,55 @@ impl KekCache {
             let mut prefix = KEK_PREFIX.to_vec();
             prefix.extend_from_slice(purpose.as_str().as_bytes());
             prefix.push(b'/');
-            for (_, value) in store.scan_prefix(&prefix)? {
-                let stored: StoredKek =
-                    serde_json::from_slice(&value).map_err(|_| KeyringError::Integrity)?;
-                let bytes = hex::decode(&stored.wrapped).map_err(|_| KeyringError::Integrity)?;
-                let envelope = Envelope::decode(&bytes)?;
-                if envelope.key_id() != "keyring" {
-                    return Err(KeyringError::Integrity);
-                }
-                let key_bytes = envelope.open(keyring_key, &kek_aad(purpose, stored.version))?;
-                let created_at = OffsetDateTime::parse(
-                    &stored.created_at,
-                    &time::format_description::well_known::Rfc3339,
-                )
-                .map_err(|_| KeyringError::Integrity)?;
-                let kek = Kek {
-                    key: Key256::try_from_slice(&key_bytes)?,
-                    version: stored.version,
-                    created_at,
-                    wrapped: stored.wrapped,
-                };
-                let entry = Entry {
-                    kek: Arc::new(kek),
-                    // Assume every reserved encryption happened.
-                    used: stored.reserved,
-                    reserved: stored.reserved,
-                };
-                cache
-                    .families
-                    .entry(purpose)
-                    .or_default()
-                    .insert(stored.version, entry);
-            }
+            cache.load_family(store, keyring_key, purpose)?;
         }
         Ok(cache)
+    }
+
+    /// Reads the versions of `purpose` this cache does not have yet (made
+    /// by another writer).
+    fn load_family(
+        &mut self,
+        store: &dyn Store,
+        keyring_key: &Key256,
+        purpose: Purpose,
+    ) -> Result<(), KeyringError> {
+        let mut prefix = KEK_PREFIX.to_vec();
+        prefix.extend_from_slice(purpose.as_str().as_bytes());
+        prefix.push(b'/');
+        for (_, value) in store.scan_prefix(&prefix)? {
+            let stored: StoredKek =
+                serde_json::from_slice(&value).map_err(|_| KeyringError::Integrity)?;
+            let family = self.families.entry(purpose).or_default();
+            if family.contains_key(&stored.version) {
+                continue;
+            }
+            let bytes = hex::decode(&stored.wrapped).map_err(|_| KeyringError::Integrity)?;
+            let envelope = Envelope::decode(&bytes)?;
+            if envelope.key_id() != "keyring" {
+                return Err(KeyringError::Integrity);
+            }
+            let key_bytes = envelope.open(keyring_key, &kek_aad(purpose, stored.version))?;
+            let created_at = OffsetDateTime::parse(
+                &stored.created_at,
+                &time::format_description::well_known::Rfc3339,
+            )
+            .map_err(|_| KeyringError::Integrity)?;
+            let kek = Kek {
+                key: Key256::try_from_slice(&key_bytes)?,
+                version: stored.version,
+                created_at,
+                wrapped: stored.wrapped,
+            };
+            let entry = Entry {
+                kek: Arc::new(kek),
+                // Assume every reserved encryption happened.
+                used: stored.reserved,
+                reserved: stored.reserved,
+            };
+            family.insert(stored.version, entry);
+        }
+        Ok(())
     }
 
     /// Creates the next version of `purpose` and stores it; the store refuses
@@ -181,17 +299,21 @@ impl KekCache {
         purpose: Purpose,
         now: OffsetDateTime,
     ) -> Result<u32, KeyringError> {
-        self.rotate_committing(keyring_key, purpose, now, &|tx| store.commit(tx))
+        self.rotate_committing(store, keyring_key, purpose, now, &|_, tx| store.commit(tx))
     }
 
-    /// Like `rotate`, with the store write done by `commit`, so a caller can
-    /// add its own writes (an audit entry) to the same transaction.
+    /// Like `rotate`, with the store write of version `v` done by
+    /// `commit(v, tx)`, so a caller can add its own writes (an audit entry)
+    /// to the same transaction. When another writer made that version
+    /// first, the cache reads it from the store and the conflict is
+    /// returned: nothing was written.
     pub(crate) fn rotate_committing(
         &mut self,
+        store: &dyn Store,
         keyring_key: &Key256,
         purpose: Purpose,
         now: OffsetDateTime,
-        commit: &dyn Fn(Transaction) -> Result<(), StoreError>,
+        commit: &dyn Fn(u32, Transaction) -> Result<(), StoreError>,
     ) -> Result<u32, KeyringError> {
         let version = self
             .families
@@ -217,11 +339,16 @@ impl KekCache {
             reserved: 0,
         };
         let key = kek_key(purpose, version);
-        commit(
+        let committed = commit(
+            version,
             Transaction::new()
                 .expect(key.clone(), None)
                 .put(key, encode(&entry.stored(0))?),
-        )?;
+        );
+        if let Err(StoreError::Conflict) = committed {
+            self.load_family(store, keyring_key, purpose)?;
+        }
+        committed?;
         self.families
             .entry(purpose)
             .or_default()
@@ -241,40 +368,72 @@ impl KekCache {
             .map(|e| Arc::clone(&e.kek))
     }
 
-    /// Takes one encryption from the newest version of `purpose`, rotating
-    /// first when it has reached `usage_limit` or its cryptoperiod.
+    /// Takes one encryption from the newest version of `purpose`, replacing
+    /// the version first (through `recorder`, audited) when it is due.
     pub(crate) fn take_for_encryption(
         &mut self,
         store: &dyn Store,
         keyring_key: &Key256,
         purpose: Purpose,
-        usage_limit: u64,
-        cryptoperiod: time::Duration,
-        now: OffsetDateTime,
+        due: &RotationDue,
+        recorder: Option<&dyn RotationRecorder>,
     ) -> Result<Arc<Kek>, KeyringError> {
-        let must_rotate = match self
+        for _ in 0..ATTEMPTS {
+            let Some(trigger) = self.rotation_due(purpose, due) else {
+                return self.take_one(store, purpose);
+            };
+            let recorder = recorder.ok_or(KeyringError::Config(
+                "a KEK is due for rotation, and automatic rotation needs the audit log",
+            ))?;
+            match self.rotate_committing(store, keyring_key, purpose, due.now, &|version, tx| {
+                recorder.commit_rotation(purpose, version, &trigger, tx)
+            }) {
+                // Another writer rotated first: its version is loaded now.
+                Err(KeyringError::Store(StoreError::Conflict)) => continue,
+                other => {
+                    other?;
+                }
+            }
+        }
+        Err(KeyringError::Store(StoreError::Conflict))
+    }
+
+    /// Why the newest version of `purpose` must be replaced, if it must.
+    fn rotation_due(&self, purpose: Purpose, due: &RotationDue) -> Option<RotationTrigger> {
+        let Some(entry) = self
             .families
             .get(&purpose)
             .and_then(|f| f.values().next_back())
-        {
-            None => true,
-            Some(e) => e.used >= usage_limit || now - e.kek.created_at >= cryptoperiod,
+        else {
+            return Some(RotationTrigger::NoVersion);
         };
-        if must_rotate {
-            self.rotate(store, keyring_key, purpose, now)?;
+        if entry.used >= due.usage_limit {
+            Some(RotationTrigger::UsageLimit {
+                encryptions: entry.used,
+                limit: due.usage_limit,
+            })
+        } else if due.now - entry.kek.created_at >= due.cryptoperiod {
+            Some(RotationTrigger::Cryptoperiod {
+                created_at: entry.kek.created_at,
+                cryptoperiod: due.cryptoperiod,
+            })
+        } else {
+            None
         }
+    }
+
+    /// One encryption from the newest version, reserving a block first when
+    /// this writer's block is used up.
+    fn take_one(&mut self, store: &dyn Store, purpose: Purpose) -> Result<Arc<Kek>, KeyringError> {
         let entry = self
             .families
             .get_mut(&purpose)
             .and_then(|f| f.values_mut().next_back())
             .ok_or(KeyringError::Integrity)?;
         if entry.used >= entry.reserved {
-            let reserved = entry.used + RESERVATION_BLOCK;
-            store.put(
-                &kek_key(purpose, entry.kek.version),
-                &encode(&entry.stored(reserved))?,
-            )?;
-            entry.reserved = reserved;
+            let block = reserve_block(store, purpose, entry.kek.version)?;
+            entry.used = block.start;
+            entry.reserved = block.end;
         }
         entry.used += 1;
         Ok(Arc::clone(&entry.kek))
@@ -295,5 +454,115 @@ impl KekCache {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use super::*;
+    use crate::store::SledStore;
+
+    fn stored_count(store: &dyn Store) -> u64 {
+        let stored: StoredKek =
+            serde_json::from_slice(&store.get(&kek_key(Purpose::Card, 1)).unwrap().unwrap())
+                .unwrap();
+        stored.reserved
+    }
+
+    fn store_with_a_card_kek() -> (tempfile::TempDir, SledStore, Key256) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let key = Key256::from_bytes([7; 32]);
+        KekCache::default()
+            .rotate(&store, &key, Purpose::Card, OffsetDateTime::UNIX_EPOCH)
+            .unwrap();
+        (dir, store, key)
+    }
+
+    /// Many threads reserve counter blocks of one KEK version at once, as
+    /// several writers sharing a store would: no two get overlapping
+    /// ranges, and the stored counter is the sum of every block taken.
+    #[test]
+    fn writers_reserving_at_once_never_share_a_counter_range() {
+        const THREADS: usize = 16;
+        const EACH: usize = 8;
+        let (_dir, store, _) = store_with_a_card_kek();
+        let barrier = std::sync::Barrier::new(THREADS);
+        let mut ranges: Vec<std::ops::Range<u64>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..THREADS)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        (0..EACH)
+                            .map(|_| reserve_block(&store, Purpose::Card, 1).unwrap())
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
+        });
+        ranges.sort_by_key(|r| r.start);
+        assert_eq!(ranges.len(), THREADS * EACH);
+        for pair in ranges.windows(2) {
+            assert!(pair[0].end <= pair[1].start, "{pair:?} overlap");
+        }
+        let total = (THREADS * EACH) as u64 * RESERVATION_BLOCK;
+        assert_eq!(ranges.last().unwrap().end, total);
+        assert_eq!(stored_count(&store), total);
+    }
+
+    /// The same through the caches of several writers encrypting at once:
+    /// each writer's first encryption reserves its own block.
+    #[test]
+    fn writers_with_their_own_caches_take_disjoint_blocks() {
+        const WRITERS: usize = 8;
+        let (_dir, store, key) = store_with_a_card_kek();
+        let due = RotationDue {
+            usage_limit: u64::MAX,
+            cryptoperiod: time::Duration::MAX,
+            now: OffsetDateTime::UNIX_EPOCH,
+        };
+        let barrier = std::sync::Barrier::new(WRITERS);
+        let mut positions: Vec<u64> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..WRITERS)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut cache = KekCache::load(&store, &key).unwrap();
+                        barrier.wait();
+                        cache
+                            .take_for_encryption(&store, &key, Purpose::Card, &due, None)
+                            .unwrap();
+                        cache.families[&Purpose::Card][&1].used
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        positions.sort_unstable();
+        positions.dedup();
+        assert_eq!(positions.len(), WRITERS, "two writers share a block");
+        assert_eq!(stored_count(&store), WRITERS as u64 * RESERVATION_BLOCK);
+    }
+
+    /// A due version is not replaced without somewhere to audit it.
+    #[test]
+    fn a_due_rotation_without_the_audit_log_is_refused() {
+        let (_dir, store, key) = store_with_a_card_kek();
+        let mut cache = KekCache::load(&store, &key).unwrap();
+        let due = RotationDue {
+            usage_limit: 0,
+            cryptoperiod: time::Duration::MAX,
+            now: OffsetDateTime::UNIX_EPOCH,
+        };
+        assert!(matches!(
+            cache.take_for_encryption(&store, &key, Purpose::Card, &due, None),
+            Err(KeyringError::Config(_))
+        ));
+        assert_eq!(cache.newest(Purpose::Card), Some(1));
     }
 }

@@ -12,12 +12,13 @@ pub mod shares;
 mod state;
 
 use std::collections::BTreeMap;
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock, Weak};
 
 use zeroize::Zeroizing;
 
-pub use kek::{KekMetadata, Purpose};
+pub use kek::{KekMetadata, Purpose, RotationRecorder, RotationTrigger};
 pub use record::{RecordContext, SealedRecord};
 pub use root_file::check_private;
 use root_file::{AUDIT_PUBLIC_KEY_FILE, RootFile, SealDescription, write_new_file};
@@ -129,18 +130,106 @@ pub enum UnsealInput {
 }
 
 /// Keys derived from the root key, alive only while unsealed.
+///
+/// Seal wipes them in place ([`UnsealedKeys::wipe`]): whoever still holds
+/// this set afterwards gets [`KeyringError::Sealed`] from every method. ring's
+/// HMAC keys and Ed25519 key pairs cannot be zeroized, so none is kept here:
+/// each use builds one from its zeroizing seed, inside a [`KeyInUse`] that
+/// borrows this set, cannot leave its thread and is counted; seal waits
+/// until every one has been dropped.
 pub struct UnsealedKeys {
+    /// The derived subkeys; `None` once sealed.
+    subkeys: RwLock<Option<Subkeys>>,
+    /// Every KEK version, unwrapped; `None` once sealed.
+    keks: Mutex<Option<kek::KekCache>>,
+    /// Operations now using a key of this set.
+    uses: UseCount,
+}
+
+/// The subkeys of the root key, as zeroizing seeds.
+struct Subkeys {
     keyring: Key256,
     index: Key256,
     token: Key256,
     audit_hmac: Key256,
     audit_signing: Key256,
     credential: Key256,
-    /// Authenticates security state at rest (`state`).
-    state: StateKey,
+    /// Authenticates security state at rest ([`StateKey`]).
+    state: Key256,
     /// The Argon2id secret of staff password hashes.
-    password_pepper: Arc<PasswordPepper>,
-    keks: Mutex<kek::KekCache>,
+    password_pepper: Key256,
+}
+
+/// How many operations are using keys of one set; seal waits for zero.
+#[derive(Default)]
+struct UseCount {
+    count: Mutex<usize>,
+    idle: Condvar,
+}
+
+/// How long seal waits for operations that still use keys. They are
+/// synchronous and short (a [`KeyInUse`] cannot be held across an `.await`),
+/// so this is a safety net, not a timeout anyone should meet.
+const SEAL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl UseCount {
+    fn enter(&self) -> UseGuard<'_> {
+        *self.count.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        UseGuard(self)
+    }
+
+    fn in_use(&self) -> usize {
+        *self.count.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits until no operation uses a key; false if some still did after
+    /// `limit`.
+    fn wait_idle(&self, limit: std::time::Duration) -> bool {
+        let count = self.count.lock().unwrap_or_else(PoisonError::into_inner);
+        let (count, _) = self
+            .idle
+            .wait_timeout_while(count, limit, |n| *n > 0)
+            .unwrap_or_else(PoisonError::into_inner);
+        *count == 0
+    }
+}
+
+/// One operation's claim on a key set.
+struct UseGuard<'a>(&'a UseCount);
+
+impl Drop for UseGuard<'_> {
+    fn drop(&mut self) {
+        let mut count = self.0.count.lock().unwrap_or_else(PoisonError::into_inner);
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            self.0.idle.notify_all();
+        }
+    }
+}
+
+/// A key built for one use from a subkey of an unsealed key set.
+///
+/// It borrows the set, so it cannot outlive it; it is neither `Clone` nor
+/// `Send`, so it cannot be kept across an `.await` or handed to another
+/// thread; and seal waits until it is dropped. Derefs to the key.
+pub struct KeyInUse<'a, K> {
+    key: K,
+    _use: UseGuard<'a>,
+    _this_thread_only: PhantomData<*const ()>,
+}
+
+impl<K> std::ops::Deref for KeyInUse<'_, K> {
+    type Target = K;
+
+    fn deref(&self) -> &K {
+        &self.key
+    }
+}
+
+impl<K> std::fmt::Debug for KeyInUse<'_, K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyInUse(<redacted>)")
+    }
 }
 
 impl UnsealedKeys {
@@ -148,58 +237,126 @@ impl UnsealedKeys {
         let keyring = derive_key(root, "strongroom/v1/keyring");
         let keks = kek::KekCache::load(store, &keyring)?;
         Ok(Self {
-            keyring,
-            index: derive_key(root, "strongroom/v1/index"),
-            token: derive_key(root, "strongroom/v1/token"),
-            audit_hmac: derive_key(root, "strongroom/v1/audit-hmac"),
-            audit_signing: derive_key(root, "strongroom/v1/audit-signing"),
-            credential: derive_key(root, "strongroom/v1/credential"),
-            state: StateKey::new(&derive_key(root, "strongroom/v1/state-mac")),
-            password_pepper: Arc::new(PasswordPepper::new(derive_key(
-                root,
-                "strongroom/v1/password-pepper",
-            ))),
-            keks: Mutex::new(keks),
+            subkeys: RwLock::new(Some(Subkeys {
+                keyring,
+                index: derive_key(root, "strongroom/v1/index"),
+                token: derive_key(root, "strongroom/v1/token"),
+                audit_hmac: derive_key(root, "strongroom/v1/audit-hmac"),
+                audit_signing: derive_key(root, "strongroom/v1/audit-signing"),
+                credential: derive_key(root, "strongroom/v1/credential"),
+                state: derive_key(root, "strongroom/v1/state-mac"),
+                password_pepper: derive_key(root, "strongroom/v1/password-pepper"),
+            })),
+            keks: Mutex::new(Some(keks)),
+            uses: UseCount::default(),
+        })
+    }
+
+    /// Builds a key from a subkey for one use; [`KeyringError::Sealed`] once
+    /// sealed.
+    fn key_in_use<K>(
+        &self,
+        build: impl FnOnce(&Subkeys) -> Result<K, KeyringError>,
+    ) -> Result<KeyInUse<'_, K>, KeyringError> {
+        // Counted before the subkeys are read: seal wipes them first and
+        // then waits for the count, so it sees every key built before.
+        let claim = self.uses.enter();
+        let subkeys = self.subkeys.read().unwrap_or_else(PoisonError::into_inner);
+        let key = build(subkeys.as_ref().ok_or(KeyringError::Sealed)?)?;
+        Ok(KeyInUse {
+            key,
+            _use: claim,
+            _this_thread_only: PhantomData,
         })
     }
 
     /// Blind-index key (HMAC-SHA256).
-    pub fn index_key(&self) -> HmacKey {
-        HmacKey::new(&self.index)
+    pub fn index_key(&self) -> Result<KeyInUse<'_, HmacKey>, KeyringError> {
+        self.key_in_use(|s| Ok(HmacKey::new(&s.index)))
     }
 
     /// Deterministic-token key (HMAC-SHA256).
-    pub fn token_key(&self) -> HmacKey {
-        HmacKey::new(&self.token)
+    pub fn token_key(&self) -> Result<KeyInUse<'_, HmacKey>, KeyringError> {
+        self.key_in_use(|s| Ok(HmacKey::new(&s.token)))
     }
 
     /// Key for HMACs of sensitive values in audit entries.
-    pub fn audit_hmac_key(&self) -> HmacKey {
-        HmacKey::new(&self.audit_hmac)
+    pub fn audit_hmac_key(&self) -> Result<KeyInUse<'_, HmacKey>, KeyringError> {
+        self.key_in_use(|s| Ok(HmacKey::new(&s.audit_hmac)))
     }
 
     /// Key for HMACs of API keys and session tokens at rest.
-    pub fn credential_key(&self) -> HmacKey {
-        HmacKey::new(&self.credential)
+    pub fn credential_key(&self) -> Result<KeyInUse<'_, HmacKey>, KeyringError> {
+        self.key_in_use(|s| Ok(HmacKey::new(&s.credential)))
     }
 
     /// Key that authenticates stored security state (see [`StateKey`]).
-    pub fn state_key(&self) -> &StateKey {
-        &self.state
+    pub fn state_key(&self) -> Result<KeyInUse<'_, StateKey>, KeyringError> {
+        self.key_in_use(|s| Ok(StateKey::new(&s.state)))
     }
 
-    /// The pepper (Argon2id secret) of staff password hashes.
-    pub fn password_pepper(&self) -> Arc<PasswordPepper> {
-        Arc::clone(&self.password_pepper)
+    /// The pepper (Argon2id secret) of staff password hashes, for one use
+    /// on this thread: a hash computed elsewhere fetches it there, so no
+    /// copy outlives a seal.
+    pub fn password_pepper(&self) -> Result<KeyInUse<'_, PasswordPepper>, KeyringError> {
+        self.key_in_use(|s| Ok(PasswordPepper::new(s.password_pepper.duplicate())))
     }
 
-    /// Ed25519 key that signs audit checkpoints.
-    pub fn audit_signing_key(&self) -> Result<SigningKey, KeyringError> {
-        Ok(SigningKey::from_seed(&self.audit_signing)?)
+    /// Ed25519 key that signs the audit log's heads and checkpoints.
+    pub fn audit_signing_key(&self) -> Result<KeyInUse<'_, SigningKey>, KeyringError> {
+        self.key_in_use(|s| Ok(SigningKey::from_seed(&s.audit_signing)?))
     }
 
-    fn keks(&self) -> std::sync::MutexGuard<'_, kek::KekCache> {
-        self.keks.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Runs `f` on the KEK cache with the keyring key, counted as a use.
+    fn with_keks<R>(
+        &self,
+        f: impl FnOnce(&mut kek::KekCache, &Key256) -> Result<R, KeyringError>,
+    ) -> Result<R, KeyringError> {
+        // A copy of the keyring key for this operation (zeroized as it
+        // drops): the subkeys' lock is not held while `f` runs, because an
+        // automatic rotation inside `f` waits for the audit log, which
+        // needs the signing key.
+        let keyring_key = self.key_in_use(|s| Ok(s.keyring.duplicate()))?;
+        let mut keks = self.keks.lock().unwrap_or_else(PoisonError::into_inner);
+        f(keks.as_mut().ok_or(KeyringError::Sealed)?, &keyring_key)
+    }
+
+    /// Seal: every subkey and KEK is dropped (zeroized) now, whoever holds
+    /// this set; then waits until no operation still uses a key built
+    /// from it.
+    fn wipe(&self) {
+        drop(
+            self.subkeys
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        drop(
+            self.keks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        if !self.uses.wait_idle(SEAL_WAIT) {
+            tracing::error!(
+                in_use = self.uses.in_use(),
+                "sealed, but operations still hold keys after 30 s; they drop them when they end"
+            );
+        }
+    }
+
+    /// Whether any key of this set is still in memory.
+    fn holds_key_material(&self) -> bool {
+        self.subkeys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+            || self
+                .keks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some()
+            || self.uses.in_use() > 0
     }
 }
 
@@ -237,6 +394,8 @@ pub struct Keyring {
     /// The keys last installed, to prove that sealing really dropped them.
     last_keys: Mutex<Weak<UnsealedKeys>>,
     pending_shares: Mutex<Vec<ParsedShare>>,
+    /// Where automatic KEK rotations are committed (the audit log).
+    rotation_recorders: Mutex<Vec<Arc<dyn RotationRecorder>>>,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -341,12 +500,12 @@ impl Keyring {
                 .expect(VAULT_KEY, None)
                 .put(VAULT_KEY, vault_id.as_bytes()),
         )?;
-        {
-            let mut keks = keys.keks();
+        keys.with_keks(|keks, keyring_key| {
             for purpose in Purpose::ALL {
-                keks.rotate(store.as_ref(), &keys.keyring, purpose, now)?;
+                keks.rotate(store.as_ref(), keyring_key, purpose, now)?;
             }
-        }
+            Ok(())
+        })?;
         root_file.create(keys_dir)?;
         let public = hex::encode(keys.audit_signing_key()?.public_key());
         write_new_file(
@@ -404,6 +563,7 @@ impl Keyring {
             state: RwLock::new(None),
             last_keys: Mutex::new(Weak::new()),
             pending_shares: Mutex::new(Vec::new()),
+            rotation_recorders: Mutex::new(Vec::new()),
         }
     }
 
@@ -429,8 +589,9 @@ impl Keyring {
             .is_none()
     }
 
-    /// Whether any key of this keyring is still in memory: false once sealed
-    /// and every in-flight operation has let go of the keys.
+    /// Whether any key of this keyring is still in memory: false once
+    /// [`Keyring::seal`] has returned, even for a holder of the key set
+    /// from before.
     pub fn holds_key_material(&self) -> bool {
         !self.is_sealed()
             || self
@@ -438,7 +599,7 @@ impl Keyring {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .upgrade()
-                .is_some()
+                .is_some_and(|keys| keys.holds_key_material())
     }
 
     fn threshold(&self) -> u8 {
@@ -569,13 +730,17 @@ impl Keyring {
     }
 
     /// Drops every key (they zeroize as they drop) and any gathered shares.
+    /// A key set obtained before is wiped too, and this returns once no
+    /// operation still uses a key built from it.
     pub fn seal(&self) {
         let keys = self
             .state
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        drop(keys);
+        if let Some(keys) = keys {
+            keys.wipe();
+        }
         self.pending_shares
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -585,14 +750,10 @@ impl Keyring {
     /// Adds a KEK version for `purpose`; new writes use it, older versions
     /// still decrypt.
     pub fn rotate(&self, purpose: Purpose) -> Result<u32, KeyringError> {
-        let keys = self.keys()?;
-        let mut keks = keys.keks();
-        keks.rotate(
-            self.store.as_ref(),
-            &keys.keyring,
-            purpose,
-            self.clock.now(),
-        )
+        let now = self.clock.now();
+        self.keys()?.with_keks(|keks, keyring_key| {
+            keks.rotate(self.store.as_ref(), keyring_key, purpose, now)
+        })
     }
 
     /// Like [`Keyring::rotate`], committing the new version with `commit`
@@ -602,14 +763,63 @@ impl Keyring {
         purpose: Purpose,
         commit: &dyn Fn(Transaction) -> Result<(), StoreError>,
     ) -> Result<u32, KeyringError> {
-        let keys = self.keys()?;
-        let mut keks = keys.keks();
-        keks.rotate_committing(&keys.keyring, purpose, self.clock.now(), commit)
+        let now = self.clock.now();
+        self.keys()?.with_keks(|keks, keyring_key| {
+            keks.rotate_committing(self.store.as_ref(), keyring_key, purpose, now, &|_, tx| {
+                commit(tx)
+            })
+        })
+    }
+
+    /// Where automatic KEK rotations are committed with their audit entry
+    /// (the audit log registers itself). Without one, a KEK that must be
+    /// replaced is not, and encryption under it is refused.
+    pub fn record_rotations_with(&self, recorder: Arc<dyn RotationRecorder>) {
+        let mut recorders = self
+            .rotation_recorders
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        recorders.retain(|r| r.is_alive());
+        recorders.push(recorder);
+    }
+
+    fn rotation_recorder(&self) -> Option<Arc<dyn RotationRecorder>> {
+        self.rotation_recorders
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .rev()
+            .find(|r| r.is_alive())
+            .cloned()
     }
 
     /// Metadata of every KEK version; never key bytes.
     pub fn kek_metadata(&self) -> Result<Vec<KekMetadata>, KeyringError> {
-        Ok(self.keys()?.keks().metadata())
+        self.keys()?.with_keks(|keks, _| Ok(keks.metadata()))
+    }
+
+    /// The newest KEK of `purpose` for one more encryption, replacing it
+    /// first (audited) when it is due.
+    fn kek_for_encryption(
+        &self,
+        keys: &UnsealedKeys,
+        purpose: Purpose,
+    ) -> Result<Arc<kek::Kek>, KeyringError> {
+        let recorder = self.rotation_recorder();
+        let due = kek::RotationDue {
+            usage_limit: self.settings.kek_usage_limit,
+            cryptoperiod: self.settings.kek_cryptoperiod,
+            now: self.clock.now(),
+        };
+        keys.with_keks(|keks, keyring_key| {
+            keks.take_for_encryption(
+                self.store.as_ref(),
+                keyring_key,
+                purpose,
+                &due,
+                recorder.as_deref(),
+            )
+        })
     }
 
     /// Encrypts a record version under a fresh DEK, wrapped by the newest
@@ -621,14 +831,8 @@ impl Keyring {
         plaintext: &[u8],
     ) -> Result<SealedRecord, KeyringError> {
         let keys = self.keys()?;
-        let kek = keys.keks().take_for_encryption(
-            self.store.as_ref(),
-            &keys.keyring,
-            purpose,
-            self.settings.kek_usage_limit,
-            self.settings.kek_cryptoperiod,
-            self.clock.now(),
-        )?;
+        let _use = keys.uses.enter();
+        let kek = self.kek_for_encryption(&keys, purpose)?;
         SealedRecord::seal(&kek.key, purpose, kek.version, context, plaintext)
     }
 
@@ -641,9 +845,9 @@ impl Keyring {
         sealed: &SealedRecord,
     ) -> Result<Zeroizing<Vec<u8>>, KeyringError> {
         let keys = self.keys()?;
+        let _use = keys.uses.enter();
         let kek = keys
-            .keks()
-            .version(purpose, sealed.kek_version())
+            .with_keks(|keks, _| Ok(keks.version(purpose, sealed.kek_version())))?
             .ok_or(KeyringError::Integrity)?;
         sealed.open(&kek.key, purpose, context)
     }
@@ -657,24 +861,17 @@ impl Keyring {
         sealed: &SealedRecord,
     ) -> Result<Option<SealedRecord>, KeyringError> {
         let keys = self.keys()?;
-        let (old, newest) = {
-            let keks = keys.keks();
+        let _use = keys.uses.enter();
+        let (old, newest) = keys.with_keks(|keks, _| {
             let old = keks
                 .version(purpose, sealed.kek_version())
                 .ok_or(KeyringError::Integrity)?;
-            (old, keks.newest(purpose))
-        };
+            Ok((old, keks.newest(purpose)))
+        })?;
         if newest == Some(old.version) {
             return Ok(None);
         }
-        let new = keys.keks().take_for_encryption(
-            self.store.as_ref(),
-            &keys.keyring,
-            purpose,
-            self.settings.kek_usage_limit,
-            self.settings.kek_cryptoperiod,
-            self.clock.now(),
-        )?;
+        let new = self.kek_for_encryption(&keys, purpose)?;
         sealed
             .rewrap(&old.key, &new.key, new.version, purpose, context)
             .map(Some)

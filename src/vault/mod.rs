@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 
 use crate::clock::{Clock, rfc3339};
 use crate::crypto::{HmacKey, random_array};
-use crate::keyring::{Keyring, KeyringError, Purpose, RecordContext, SealedRecord};
+use crate::keyring::{Keyring, KeyringError, Purpose, RecordContext, SealedRecord, UnsealedKeys};
 use crate::records::{RecordData, RecordType};
 use crate::store::{Store, StoreError, Transaction};
 use crate::tokens::{self, TokenFormat, TokenRecord, TokenTarget};
@@ -124,9 +124,10 @@ impl Vault {
         }
     }
 
-    fn keys(&self) -> Result<(HmacKey, HmacKey), VaultError> {
-        let keys = self.keyring.keys()?;
-        Ok((keys.index_key(), keys.token_key()))
+    /// The unsealed key set; its blind-index and token keys are built for
+    /// each use and cannot outlive it.
+    fn keys(&self) -> Result<Arc<UnsealedKeys>, VaultError> {
+        Ok(self.keyring.keys()?)
     }
 
     /// The stored (authenticated) form of metadata or a token record.
@@ -134,7 +135,7 @@ impl Vault {
         Ok(self
             .keyring
             .keys()?
-            .state_key()
+            .state_key()?
             .seal_json(key.as_bytes(), value)?)
     }
 
@@ -142,7 +143,7 @@ impl Vault {
         Ok(self
             .keyring
             .keys()?
-            .state_key()
+            .state_key()?
             .open_json(key.as_bytes(), stored)?)
     }
 
@@ -194,7 +195,8 @@ impl Vault {
         subject_ref: Option<String>,
         data: &RecordData,
     ) -> Result<Created, VaultError> {
-        let (index_key, token_key) = self.keys()?;
+        let keys = self.keys()?;
+        let (index_key, token_key) = (keys.index_key()?, keys.token_key()?);
         let record_type = data.record_type();
         let id = new_id(record_type.id_prefix())?;
         let body = self.seal(&id, data, 1)?;
@@ -349,7 +351,8 @@ impl Vault {
         data: &RecordData,
         subject_ref: Option<String>,
     ) -> Result<(RecordMeta, Transaction), VaultError> {
-        let (index_key, _) = self.keys()?;
+        let keys = self.keys()?;
+        let index_key = keys.index_key()?;
         let version = meta.version + 1;
         let body = self.seal(&meta.id, data, version)?;
         let index_keys = Self::index_keys(&index_key, &meta.id, data);
@@ -402,8 +405,7 @@ impl Vault {
     /// another record, or pointing at nothing, is skipped and logged, so a
     /// planted entry can neither redirect a search nor break it.
     pub fn search(&self, field: &str, value: &str) -> Result<Vec<RecordMeta>, VaultError> {
-        let (index_key, _) = self.keys()?;
-        let prefix = Self::index_prefix(&index_key, field, value);
+        let prefix = Self::index_prefix(&*self.keys()?.index_key()?, field, value);
         let mut hits = Vec::new();
         for (key, _) in self.store.scan_prefix(prefix.as_bytes())? {
             let id = key
@@ -442,7 +444,8 @@ impl Vault {
         ttl_seconds: Option<u64>,
         max_uses: Option<u64>,
     ) -> Result<(String, TokenRecord, Transaction), VaultError> {
-        let (_, token_key) = self.keys()?;
+        let keys = self.keys()?;
+        let token_key = keys.token_key()?;
         let token = match format {
             TokenFormat::Deterministic => {
                 tokens::deterministic_token(&token_key, owner, "generic", value)
@@ -484,8 +487,7 @@ impl Vault {
         if !tokens::looks_like_token(token) {
             return Ok(None);
         }
-        let (_, token_key) = self.keys()?;
-        let key = tokens::token_key_for(&token_key, token);
+        let key = tokens::token_key_for(&*self.keys()?.token_key()?, token);
         let Some(bytes) = self.store.get(key.as_bytes())? else {
             return Ok(None);
         };

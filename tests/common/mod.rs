@@ -118,6 +118,14 @@ pub fn new_vault_with(
 
 /// A vault of 2-of-3 shares whose store is wrapped in a [`FaultyStore`].
 pub fn faulty_vault() -> (TestVault, Arc<FaultyStore>) {
+    faulty_vault_with(fast_settings(), Arc::new(SystemClock))
+}
+
+/// [`faulty_vault`] with other keyring settings and clock.
+pub fn faulty_vault_with(
+    settings: KeyringSettings,
+    clock: Arc<dyn Clock>,
+) -> (TestVault, Arc<FaultyStore>) {
     let mut faulty = None;
     let vault = vault_over(
         |sled| {
@@ -129,8 +137,8 @@ pub fn faulty_vault() -> (TestVault, Arc<FaultyStore>) {
             count: 3,
             threshold: 2,
         },
-        fast_settings(),
-        Arc::new(SystemClock),
+        settings,
+        clock,
         test_settings(),
     );
     (vault, faulty.unwrap())
@@ -417,6 +425,8 @@ type StoreHook = Box<dyn FnOnce(&dyn Store) + Send>;
 pub struct FaultyStore {
     inner: Arc<dyn Store>,
     pub fail_audit: std::sync::atomic::AtomicBool,
+    /// While true, every `flush` fails (after the writes were applied).
+    pub fail_flushes: std::sync::atomic::AtomicBool,
     /// While true, `flush` waits (see [`FaultyStore::hold_flushes`]).
     flushes_held: Gate,
     /// While true, an `apply` that writes audit keys waits.
@@ -436,6 +446,7 @@ impl FaultyStore {
         Self {
             inner,
             fail_audit: std::sync::atomic::AtomicBool::new(false),
+            fail_flushes: std::sync::atomic::AtomicBool::new(false),
             flushes_held: Gate::default(),
             audit_applies_held: Gate::default(),
             flushes: std::sync::atomic::AtomicUsize::new(0),
@@ -448,6 +459,13 @@ impl FaultyStore {
 
     pub fn set_failing(&self, failing: bool) {
         self.fail_audit
+            .store(failing, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Makes every `flush` fail (the writes stay applied) until
+    /// `set_flush_failing(false)`.
+    pub fn set_flush_failing(&self, failing: bool) {
+        self.fail_flushes
             .store(failing, std::sync::atomic::Ordering::SeqCst);
     }
 
@@ -547,6 +565,11 @@ impl Store for FaultyStore {
         self.flushes
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.flushes_held.pass(&self.flushes_waiting);
+        if self.fail_flushes.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(strongroom::store::StoreError::Backend(
+                "injected sync failure".into(),
+            ));
+        }
         self.inner.flush()
     }
 }
