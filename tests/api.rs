@@ -530,3 +530,204 @@ async fn an_unseal_whose_client_hangs_up_still_unseals_and_is_audited() {
         matches!((last_unseal, signed), (Some(u), Some(s)) if s >= u)
     });
 }
+
+/// Every operation of the document, as (path, method, operation).
+fn operations(doc: &Value) -> Vec<(String, String, Value)> {
+    let mut out = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            out.push((path.clone(), method.clone(), operation.clone()));
+        }
+    }
+    out
+}
+
+/// The rules an OpenAPI 3.1 validator applies that utoipa does not
+/// enforce, and the ones this API adds: every operation answers what its
+/// layers can answer, as problem+json.
+#[test]
+fn openapi_document_is_exact() {
+    let doc = serde_json::to_value(openapi_document()).unwrap();
+    let ops = operations(&doc);
+
+    // Operation ids are unique (OpenAPI 3.1 §4.8.10).
+    let mut ids = std::collections::HashSet::new();
+    for (path, method, op) in &ops {
+        let id = op["operationId"].as_str().unwrap_or_default();
+        assert!(!id.is_empty(), "{method} {path} has no operationId");
+        assert!(ids.insert(id.to_owned()), "operationId {id} is not unique");
+    }
+    // No two paths are the same once their templates are blanked out
+    // (§4.8.8: "Templated paths with the same hierarchy but different
+    // templated names MUST NOT exist").
+    let mut shapes = std::collections::HashMap::new();
+    for path in doc["paths"].as_object().unwrap().keys() {
+        let shape: Vec<&str> = path
+            .split('/')
+            .map(|seg| if seg.starts_with('{') { "{}" } else { seg })
+            .collect();
+        if let Some(other) = shapes.insert(shape.join("/"), path.clone()) {
+            panic!("{path} and {other} are the same templated path");
+        }
+    }
+    let problem_only = |status: &str, response: &Value, what: &str| {
+        let content = response["content"].as_object();
+        assert_eq!(
+            content.map(|c| c.keys().cloned().collect::<Vec<_>>()),
+            Some(vec!["application/problem+json".to_owned()]),
+            "{what}: {status} must be application/problem+json"
+        );
+        assert_eq!(
+            response["content"]["application/problem+json"]["schema"]["$ref"],
+            "#/components/schemas/Problem",
+            "{what}: {status}"
+        );
+    };
+    for (path, method, op) in &ops {
+        let what = format!("{method} {path}");
+        let responses = op["responses"].as_object().unwrap();
+        let has = |status: &str| responses.contains_key(status);
+        // Path parameters are declared.
+        for seg in path.split('/').filter(|s| s.starts_with('{')) {
+            let name = seg.trim_matches(|c| c == '{' || c == '}');
+            assert!(
+                op["parameters"]
+                    .as_array()
+                    .is_some_and(|ps| ps.iter().any(|p| p["name"] == name && p["in"] == "path")),
+                "{what}: path parameter {name} undeclared"
+            );
+        }
+        for (status, response) in responses {
+            assert!(
+                response["headers"]["x-request-id"].is_object(),
+                "{what}: {status} lacks x-request-id"
+            );
+            // Errors are problem documents; health's 503 is its own body.
+            let health = path == "/v1/sys/health";
+            if status.starts_with('4') || (status.starts_with('5') && !health) {
+                problem_only(status, response, &what);
+            }
+            if status == "429" {
+                assert!(response["headers"]["retry-after"].is_object(), "{what}");
+            }
+        }
+        assert!(has("500"), "{what}: 500");
+        if op["security"].as_array().is_some_and(|s| !s.is_empty()) {
+            assert!(has("401"), "{what}: 401");
+        }
+        if !op["requestBody"].is_null() {
+            for status in ["400", "413", "422"] {
+                assert!(has(status), "{what}: {status}");
+            }
+            let content = op["requestBody"]["content"].as_object().unwrap();
+            assert!(content.contains_key("application/json"), "{what}");
+        }
+        if !AVAILABLE_WHILE_SEALED.contains(&path.as_str()) {
+            assert!(has("503"), "{what}: 503 sealed");
+        }
+    }
+
+    // One typed path per record type, whose body is the type's schema
+    // plus subject_ref, closed to unknown fields.
+    let schemas = &doc["components"]["schemas"];
+    let resolve = |schema: &Value| -> Value {
+        match schema["$ref"].as_str() {
+            Some(r) => schemas[r.trim_start_matches("#/components/schemas/")].clone(),
+            None => schema.clone(),
+        }
+    };
+    for (path, required, fields) in [
+        (
+            "/v1/records/card",
+            &["pan", "exp_month", "exp_year"][..],
+            &["holder_name"][..],
+        ),
+        (
+            "/v1/records/bank_account",
+            &[],
+            &[
+                "iban",
+                "account_number",
+                "routing_number",
+                "country",
+                "holder_name",
+            ],
+        ),
+        (
+            "/v1/records/kyc",
+            &["legal_name", "date_of_birth"],
+            &["nationality", "address", "national_id", "email", "phone"],
+        ),
+    ] {
+        let op = &doc["paths"][path]["post"];
+        let body = resolve(&op["requestBody"]["content"]["application/json"]["schema"]);
+        assert_eq!(body["type"], "object", "{path}");
+        assert_eq!(body["additionalProperties"], false, "{path}");
+        let properties = body["properties"].as_object().unwrap();
+        let mut expected: Vec<&str> = required.iter().chain(fields).copied().collect();
+        expected.push("subject_ref");
+        expected.sort_unstable();
+        let mut got: Vec<&str> = properties.keys().map(String::as_str).collect();
+        got.sort_unstable();
+        assert_eq!(got, expected, "{path}");
+        let mut got_required: Vec<&str> = body["required"]
+            .as_array()
+            .map(|r| r.iter().map(|v| v.as_str().unwrap()).collect())
+            .unwrap_or_default();
+        got_required.sort_unstable();
+        let mut required = required.to_vec();
+        required.sort_unstable();
+        assert_eq!(got_required, required, "{path}");
+        let created = resolve(&op["responses"]["201"]["content"]["application/json"]["schema"]);
+        assert!(created["properties"]["id"].is_object(), "{path}: typed 201");
+    }
+    // Nested KYC objects are closed too, and the id types are listed.
+    for name in ["LegalName", "Address", "NationalId"] {
+        assert_eq!(schemas[name]["additionalProperties"], false, "{name}");
+    }
+    let id_types: Vec<&str> = schemas["NationalIdType"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for t in ["passport", "ssn", "itin", "nino"] {
+        assert!(id_types.contains(&t), "{t}");
+    }
+}
+
+/// The record routes answer the contract's paths, and only those create.
+#[tokio::test]
+async fn record_creation_has_one_static_path_per_type() {
+    let vault = passphrase_vault();
+    let app = app(&vault);
+    for kind in ["card", "bank_account", "kyc"] {
+        let path = format!("/v1/records/{kind}");
+        // Reaches the handler: an admin may not create records.
+        let reply = call(
+            &app,
+            "POST",
+            &path,
+            Some(&vault.admin_api_key),
+            Some(json!({})),
+        )
+        .await;
+        assert_problem(&reply, 403, "forbidden");
+        // GET on the type's path is not a record read.
+        assert_problem(
+            &call(&app, "GET", &path, Some(&vault.admin_api_key), None).await,
+            405,
+            "method_not_allowed",
+        );
+    }
+    // POST on a record id creates nothing.
+    let reply = call(
+        &app,
+        "POST",
+        "/v1/records/card_x",
+        Some(&vault.admin_api_key),
+        Some(json!({})),
+    )
+    .await;
+    assert_problem(&reply, 405, "method_not_allowed");
+}

@@ -26,12 +26,23 @@ pub struct AuditParams {
     /// Dotted action name, e.g. `auth.login_failed`.
     pub action: Option<String>,
     /// RFC 3339; entries at or after.
+    #[param(format = DateTime)]
     pub since: Option<String>,
     /// RFC 3339; entries before.
+    #[param(format = DateTime)]
     pub until: Option<String>,
     /// 1-1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
+    #[serde(
+        default,
+        deserialize_with = "crate::records::whole_number::query_option"
+    )]
     pub limit: Option<usize>,
     /// Sequence number to continue after (the previous page's `next_after`).
+    #[serde(
+        default,
+        deserialize_with = "crate::records::whole_number::query_option"
+    )]
     pub after: Option<u64>,
 }
 
@@ -53,8 +64,13 @@ fn parse_time(field: &str, text: Option<String>) -> Result<Option<OffsetDateTime
 }
 
 /// Entries, oldest first, filtered and paginated by sequence number.
-#[utoipa::path(get, path = "/v1/audit", tag = "audit", security(("bearer" = [])), params(AuditParams),
-    responses((status = 200, body = AuditPage), (status = 401, body = Problem), (status = 403, body = Problem), (status = 422, body = Problem)))]
+#[utoipa::path(get, path = "/v1/audit", tag = "audit", operation_id = "audit_entries",
+    security(("bearer" = [])), params(AuditParams),
+    responses(
+        (status = 200, description = "A page of entries", body = AuditPage),
+        (status = 403, description = "`forbidden`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`: an unknown parameter, a bad time or limit", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn entries(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -97,8 +113,12 @@ pub async fn entries(
 /// Verifies the whole chain and every signature, and that the log still
 /// reaches the newest signed head seen (this process's, or
 /// `keys/audit.head`): a rolled-back or empty log is not ok.
-#[utoipa::path(get, path = "/v1/audit/verify", tag = "audit", security(("bearer" = [])),
-    responses((status = 200, body = Verification), (status = 401, body = Problem), (status = 403, body = Problem)))]
+#[utoipa::path(get, path = "/v1/audit/verify", tag = "audit", operation_id = "audit_verify",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The verdict", body = Verification),
+        (status = 403, description = "`forbidden`", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn verify(
     State(state): State<AppState>,
     ctx: RequestContext,

@@ -29,11 +29,13 @@ pub struct Session {
 
 /// Exchanges a staff username and password for a session token.
 /// Repeated failures lock the username for a growing period.
-#[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = Login,
+#[utoipa::path(post, path = "/v1/auth/login", tag = "auth", operation_id = "login",
+    request_body(content = Login, content_type = "application/json"),
     responses(
-        (status = 200, body = Session),
-        (status = 401, description = "Wrong username or password", body = Problem),
-        (status = 429, description = "Locked for a while, or another attempt for this username is being checked", body = Problem),
+        (status = 200, description = "A session", body = Session),
+        (status = 401, description = "`unauthenticated`: wrong username or password", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict`: a concurrent change won", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`rate_limited`: locked for a while, another attempt for this username is being checked, or too many password checks waiting", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn login(
     State(state): State<AppState>,
@@ -152,8 +154,13 @@ async fn refuse(
 }
 
 /// Ends the caller's session.
-#[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", security(("bearer" = [])),
-    responses((status = 204, description = "Session ended"), (status = 400, description = "Not a session credential", body = Problem), (status = 401, body = Problem)))]
+#[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", operation_id = "logout",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Session ended"),
+        (status = 400, description = "`malformed_request`: the credential is an API key, not a session", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict`: a concurrent change won", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn logout(
     State(state): State<AppState>,
     ctx: RequestContext,

@@ -46,13 +46,51 @@ fn justification(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SearchRequest {
-    /// national_id, email, phone or pan.
+    #[schema(value_type = SearchField)]
     pub field: String,
     pub value: String,
     /// Required for national_id.
     pub country: Option<String>,
+    /// Why: required (else 400 `reason_required`), at most 500 characters
+    /// once trimmed, no control characters.
+    #[schema(
+        required = true,
+        nullable = false,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub reason: Option<String>,
+    /// The case ticket: required (else 400 `reason_required`), 1 to 64
+    /// printable ASCII characters once trimmed.
+    #[schema(required = true, nullable = false, pattern = r"^\s*[!-~]{1,64}\s*$")]
     pub ticket: Option<String>,
+}
+
+/// The fields search can look up (documentation only).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "snake_case")]
+pub enum SearchField {
+    NationalId,
+    Email,
+    Phone,
+    Pan,
+}
+
+/// What `search` answers (documentation only: the handler builds this
+/// shape with `json!`).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct SearchResult {
+    pub matches: Vec<SearchMatch>,
+}
+
+/// What `reveal` answers (documentation only, as [`SearchResult`]).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Revealed {
+    pub id: String,
+    /// Each named field's plaintext; `null` where the record has none.
+    pub fields: Map<String, Value>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -70,8 +108,16 @@ const QUOTA_FIELDS: [&str; 2] = ["national_id", "pan"];
 /// only. Searches by `pan` or `national_id` count against a per-officer
 /// quota (misses included); a search that finds nothing is audited as
 /// `no_match`.
-#[utoipa::path(post, path = "/v1/search", tag = "compliance", security(("bearer" = [])), request_body = SearchRequest,
-    responses((status = 200, description = "{\"matches\":[{\"id\",\"subject_ref\"}]}"), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem), (status = 422, body = Problem), (status = 429, description = "The officer's PAN / national-id search quota is spent", body = Problem)))]
+#[utoipa::path(post, path = "/v1/search", tag = "compliance", operation_id = "search",
+    security(("bearer" = [])),
+    request_body(content = SearchRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Matching records (ids and subject refs only)", body = SearchResult),
+        (status = 400, description = "`reason_required`: a reason or a ticket is missing or empty; or `malformed_request`", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`: an unknown field, or no country for a national id", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`rate_limited`: the officer's PAN / national-id search quota is spent", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn search(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -163,8 +209,20 @@ fn watch_misses(state: &AppState, officer: &str, field: &str) {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevealRequest {
+    /// 1 to 16 distinct fields of the record's type.
+    #[schema(min_items = 1, max_items = 16)]
     pub fields: Vec<String>,
+    /// Why: required (else 400 `reason_required`), at most 500 characters
+    /// once trimmed, no control characters.
+    #[schema(
+        required = true,
+        nullable = false,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub reason: Option<String>,
+    /// The case ticket: required (else 400 `reason_required`), 1 to 64
+    /// printable ASCII characters once trimmed.
+    #[schema(required = true, nullable = false, pattern = r"^\s*[!-~]{1,64}\s*$")]
     pub ticket: Option<String>,
 }
 
@@ -198,9 +256,19 @@ fn check_fields(record_type: RecordType, fields: &[String]) -> Result<bool, ApiE
 
 /// Plaintext of named fields, with a reason and a case ticket; national ids
 /// and full PANs only with an approved access request.
-#[utoipa::path(post, path = "/v1/records/{id}/reveal", tag = "compliance", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Record id")), request_body = RevealRequest,
-    responses((status = 200, description = "{\"id\",\"fields\":{…plaintext…}}"), (status = 400, description = "reason_required", body = Problem), (status = 403, description = "forbidden or approval_required", body = Problem), (status = 404, body = Problem), (status = 410, body = Problem), (status = 429, body = Problem)))]
+#[utoipa::path(post, path = "/v1/records/{id}/reveal", tag = "compliance", operation_id = "reveal_record",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Record id")),
+    request_body(content = RevealRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The named fields in plaintext", body = Revealed),
+        (status = 400, description = "`reason_required`: a reason or a ticket is missing or empty; or `malformed_request`", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`, or `approval_required`: no approved access request for these fields", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "`erased`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`: no field, too many, one named twice, or one the record type lacks", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`rate_limited`: the officer's reveals for this hour are used up", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn reveal(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -289,8 +357,20 @@ pub async fn reveal(
 #[serde(deny_unknown_fields)]
 pub struct CreateAccessRequest {
     pub record_id: String,
+    /// 1 to 16 distinct fields of the record's type.
+    #[schema(min_items = 1, max_items = 16)]
     pub fields: Vec<String>,
+    /// Why: required (else 400 `reason_required`), at most 500 characters
+    /// once trimmed, no control characters.
+    #[schema(
+        required = true,
+        nullable = false,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub reason: Option<String>,
+    /// The case ticket: required (else 400 `reason_required`), 1 to 64
+    /// printable ASCII characters once trimmed.
+    #[schema(required = true, nullable = false, pattern = r"^\s*[!-~]{1,64}\s*$")]
     pub ticket: Option<String>,
 }
 
@@ -304,8 +384,17 @@ pub struct AccessRequestState {
 }
 
 /// Asks for another person's approval to reveal fields of a record.
-#[utoipa::path(post, path = "/v1/access-requests", tag = "compliance", security(("bearer" = [])), request_body = CreateAccessRequest,
-    responses((status = 201, body = AccessRequestState), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
+#[utoipa::path(post, path = "/v1/access-requests", tag = "compliance", operation_id = "create_access_request",
+    security(("bearer" = [])),
+    request_body(content = CreateAccessRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Pending", body = AccessRequestState),
+        (status = 400, description = "`reason_required`; or `malformed_request`", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`: no such record", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict`: a concurrent change won", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "`erased`", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn request_access(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -416,9 +505,15 @@ async fn decide(
 }
 
 /// Approves another officer's request; the grant lasts 30 minutes.
-#[utoipa::path(post, path = "/v1/access-requests/{id}/approve", tag = "compliance", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/access-requests/{id}/approve", tag = "compliance", operation_id = "approve_access_request",
+    security(("bearer" = [])),
     params(("id" = String, Path, description = "Access request id")),
-    responses((status = 200, body = AccessRequestState), (status = 401, body = Problem), (status = 403, description = "Not an approver, or one's own request", body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
+    responses(
+        (status = 200, description = "Approved, until `expires_at`", body = AccessRequestState),
+        (status = 403, description = "`forbidden`: not an approver, or one's own request", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict`: already decided", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn approve(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -429,9 +524,15 @@ pub async fn approve(
 }
 
 /// Denies a request.
-#[utoipa::path(post, path = "/v1/access-requests/{id}/deny", tag = "compliance", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/access-requests/{id}/deny", tag = "compliance", operation_id = "deny_access_request",
+    security(("bearer" = [])),
     params(("id" = String, Path, description = "Access request id")),
-    responses((status = 200, body = AccessRequestState), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
+    responses(
+        (status = 200, description = "Denied", body = AccessRequestState),
+        (status = 403, description = "`forbidden`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict`: already decided", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn deny(
     State(state): State<AppState>,
     ctx: RequestContext,

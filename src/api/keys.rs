@@ -12,14 +12,30 @@ use crate::audit::{AuditError, Outcome};
 use crate::keyring::{KekMetadata, KeyringError, Purpose};
 use crate::store::StoreError;
 
+/// The KEK families, as the rotate path names them (documentation only:
+/// `Purpose::parse` reads the path).
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum KeyPurpose {
+    Kyc,
+    Card,
+    Bank,
+    Generic,
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct KeyList {
     pub keys: Vec<KekMetadata>,
 }
 
 /// Every KEK version per purpose: version, creation time, encryptions.
-#[utoipa::path(get, path = "/v1/keys", tag = "keys", security(("bearer" = [])),
-    responses((status = 200, body = KeyList), (status = 401, body = Problem), (status = 403, body = Problem)))]
+#[utoipa::path(get, path = "/v1/keys", tag = "keys", operation_id = "list_keys",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "KEK metadata", body = KeyList),
+        (status = 403, description = "`forbidden`", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn list(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -36,9 +52,14 @@ pub async fn list(
 
 /// Adds a KEK version for `purpose` (kyc, card, bank, generic); new writes
 /// use it, older versions still decrypt.
-#[utoipa::path(post, path = "/v1/keys/{purpose}/rotate", tag = "keys", security(("bearer" = [])),
-    params(("purpose" = String, Path, description = "kyc, card, bank or generic")),
-    responses((status = 200, body = KekMetadata), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+#[utoipa::path(post, path = "/v1/keys/{purpose}/rotate", tag = "keys", operation_id = "rotate_key",
+    security(("bearer" = [])),
+    params(("purpose" = KeyPurpose, Path, description = "The KEK family")),
+    responses(
+        (status = 200, description = "The new version", body = KekMetadata),
+        (status = 403, description = "`forbidden`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`: no such purpose", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn rotate(
     State(state): State<AppState>,
     ctx: RequestContext,

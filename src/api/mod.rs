@@ -551,12 +551,19 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit/verify", get(audit::verify))
         .route("/v1/keys", get(keys::list))
         .route("/v1/keys/{purpose}/rotate", post(keys::rotate))
+        // One static path per record type (the document then has one
+        // typed body each); POST on any other `/v1/records/{id}` is 405.
+        .route("/v1/records/card", post(records::create_card))
+        .route(
+            "/v1/records/bank_account",
+            post(records::create_bank_account),
+        )
+        .route("/v1/records/kyc", post(records::create_kyc))
         .route(
             "/v1/records/{id}",
             get(records::read)
                 .patch(records::update)
-                .delete(records::erase)
-                .post(records::create),
+                .delete(records::erase),
         )
         .route("/v1/records/{id}/reveal", post(compliance::reveal))
         .route("/v1/search", post(compliance::search))

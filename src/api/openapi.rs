@@ -1,16 +1,35 @@
 //! The OpenAPI 3.1 document, generated from the handlers' annotations.
+//!
+//! Each handler's `#[utoipa::path]` lists what the handler itself answers.
+//! What the layers around every handler answer is added here, in one
+//! place, by [`Layers`]: the sealed gate (503 `sealed`), the body limit
+//! (413), the JSON body extractor (400, 422), the bearer extractor (401),
+//! the audit (503 `audit_unavailable`), a server fault (500), and the
+//! `x-request-id` header on every response. Every error is
+//! `application/problem+json`.
 
 use axum::Json;
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::response::{Response, ResponseBuilder};
+use utoipa::openapi::schema::{ObjectBuilder, Ref, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, HeaderBuilder, RefOr};
 use utoipa::{Modify, OpenApi};
 
+use super::AVAILABLE_WHILE_SEALED;
 use super::error::{FieldError, Problem};
 use super::{audit, auth, compliance, keys, principals, records, sys, tokens};
 use crate::access::{Principal, PrincipalKind, RequestStatus, Role};
 use crate::audit::{AuditEntry, Checkpoint, Outcome, Verification};
 use crate::keyring::{KekMetadata, UnsealProgress};
-use crate::records::{Address, BankAccountInput, CardInput, KycInput, LegalName, NationalId};
+use crate::records::{
+    Address, BankAccountInput, Brand, CardInput, KycInput, LegalName, NationalId, NationalIdType,
+    RecordType,
+};
 use crate::tokens::TokenFormat;
+
+/// The media type of every error.
+pub const PROBLEM_JSON: &str = "application/problem+json";
 
 struct BearerAuth;
 
@@ -24,6 +43,104 @@ impl Modify for BearerAuth {
     }
 }
 
+/// What the layers around the handlers answer (see the module docs).
+struct Layers;
+
+fn problem(description: &str) -> Response {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            PROBLEM_JSON,
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build(),
+        )
+        .build()
+}
+
+impl Layers {
+    fn operation(path: &str, operation: &mut Operation) {
+        let secured = operation.security.as_ref().is_some_and(|s| !s.is_empty());
+        let has_body = operation.request_body.is_some();
+        let gated = !AVAILABLE_WHILE_SEALED.contains(&path);
+        let responses = &mut operation.responses.responses;
+        let mut add = |status: &str, description: &str| {
+            responses
+                .entry(status.to_owned())
+                .or_insert_with(|| problem(description).into());
+        };
+        if has_body {
+            add(
+                "400",
+                "`malformed_request`: not JSON, or not `application/json`",
+            );
+            add("413", "`payload_too_large`: over the body limit");
+            add(
+                "422",
+                "`validation_failed`: the body does not fit the schema; `errors` names the fields, never their values",
+            );
+        }
+        if secured {
+            add("401", "`unauthenticated`: no valid bearer credential");
+        }
+        if gated {
+            add(
+                "503",
+                "`sealed`: the vault is sealed; or `audit_unavailable`: the audit entry could not be written, so nothing was done",
+            );
+        }
+        add(
+            "500",
+            "`internal_error` or `integrity_error`; the body never says why",
+        );
+        for (status, response) in responses.iter_mut() {
+            let RefOr::T(response) = response else {
+                continue;
+            };
+            response.headers.insert(
+                "x-request-id".to_owned(),
+                HeaderBuilder::new()
+                    .schema(ObjectBuilder::new().schema_type(Type::String))
+                    .description(Some(
+                        "The request's own id if it sent a well-formed one, else a fresh one",
+                    ))
+                    .build(),
+            );
+            if status == "429" {
+                response.headers.insert(
+                    "retry-after".to_owned(),
+                    HeaderBuilder::new()
+                        .schema(ObjectBuilder::new().schema_type(Type::Integer))
+                        .description(Some("Seconds to wait"))
+                        .build(),
+                );
+            }
+        }
+    }
+}
+
+impl Modify for Layers {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            for operation in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+                &mut item.head,
+                &mut item.options,
+                &mut item.trace,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                Self::operation(path, operation);
+            }
+        }
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Strongroom", description = "Vault for KYC records and payment credentials. Contract: docs/api.md."),
@@ -33,22 +150,26 @@ impl Modify for BearerAuth {
         auth::login, auth::logout,
         audit::entries, audit::verify,
         keys::list, keys::rotate,
-        records::create, records::read, records::update, records::erase,
+        records::create_card, records::create_bank_account, records::create_kyc,
+        records::read, records::update, records::erase,
         compliance::search, compliance::reveal, compliance::request_access, compliance::approve, compliance::deny,
         tokens::create, tokens::detokenize, tokens::revoke,
     ),
     components(schemas(
-        Problem, FieldError, UnsealProgress, sys::Health, sys::UnsealRequest, sys::SealState,
-        principals::CreatePrincipal, principals::CreatedPrincipal, principals::PrincipalList,
+        Problem, FieldError, UnsealProgress, sys::Health, sys::UnsealBody, sys::UnsealPassphrase, sys::UnsealShare, sys::SealState,
+        principals::NewPrincipal, principals::NewService, principals::NewStaff, principals::ServiceKind, principals::StaffKind, principals::ServiceRole, principals::StaffRole, principals::CreatedPrincipal, principals::PrincipalList,
         Principal, PrincipalKind, Role, auth::Login, auth::Session,
         audit::AuditPage, AuditEntry, Checkpoint, Outcome, Verification,
         keys::KeyList, KekMetadata,
-        CardInput, BankAccountInput, KycInput, LegalName, Address, NationalId,
-        compliance::SearchRequest, compliance::SearchMatch, compliance::RevealRequest,
+        CardInput, BankAccountInput, KycInput, LegalName, Address, NationalId, NationalIdType,
+        Brand, RecordType,
+        records::NewCard, records::NewBankAccount, records::NewKyc, records::MergePatch,
+        records::CreatedCard, records::CreatedBankAccount, records::CreatedKyc, records::RecordView,
+        compliance::SearchRequest, compliance::SearchField, compliance::SearchMatch, compliance::SearchResult, compliance::Revealed, compliance::RevealRequest,
         compliance::CreateAccessRequest, compliance::AccessRequestState, RequestStatus,
-        tokens::TokenizeRequest, tokens::Tokenized, tokens::DetokenizeRequest, TokenFormat,
+        tokens::TokenizeRequest, tokens::TokenKind, tokens::GenericTokenFormat, tokens::Tokenized, tokens::DetokenizeRequest, tokens::Detokenized, TokenFormat, keys::KeyPurpose,
     )),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &Layers),
     tags(
         (name = "sys", description = "Seal state and health"),
         (name = "principals", description = "Services and staff (admin)"),
@@ -68,8 +189,8 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
 }
 
 /// This document.
-#[utoipa::path(get, path = "/v1/openapi.json", tag = "sys",
-    responses((status = 200, description = "The OpenAPI 3.1 document of this API")))]
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "sys", operation_id = "openapi_document",
+    responses((status = 200, description = "The OpenAPI 3.1 document of this API", body = Object)))]
 pub async fn serve_document() -> Json<utoipa::openapi::OpenApi> {
     Json(openapi_document())
 }

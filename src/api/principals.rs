@@ -22,6 +22,78 @@ pub struct CreatePrincipal {
     pub password: Option<String>,
 }
 
+/// The create body as the document gives it: a service (API key, no
+/// password) or a staff member (password), each with the roles its kind
+/// may hold (documentation only: the handler parses [`CreatePrincipal`]).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(untagged)]
+pub enum NewPrincipal {
+    Service(NewService),
+    Staff(NewStaff),
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
+pub struct NewService {
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,63}$")]
+    pub name: String,
+    pub kind: ServiceKind,
+    #[schema(min_items = 1)]
+    pub roles: Vec<ServiceRole>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
+pub struct NewStaff {
+    /// The username.
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,63}$")]
+    pub name: String,
+    pub kind: StaffKind,
+    #[schema(min_items = 1)]
+    pub roles: Vec<StaffRole>,
+    /// At least 12 characters, at most 1024 bytes.
+    #[schema(min_length = 12, max_length = 1024)]
+    pub password: String,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "snake_case")]
+pub enum ServiceKind {
+    Service,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "snake_case")]
+pub enum StaffKind {
+    Staff,
+}
+
+/// The roles a service may hold (`Role::fits`).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "snake_case")]
+pub enum ServiceRole {
+    Admin,
+    Auditor,
+    PaymentService,
+}
+
+/// The roles a staff member may hold (`Role::fits`).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "snake_case")]
+pub enum StaffRole {
+    Admin,
+    Auditor,
+    ComplianceOfficer,
+    ComplianceApprover,
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct CreatedPrincipal {
     pub id: String,
@@ -31,13 +103,14 @@ pub struct CreatedPrincipal {
 }
 
 /// Creates a service (answering its API key, once) or a staff member.
-#[utoipa::path(post, path = "/v1/principals", tag = "principals", security(("bearer" = [])),
-    request_body = CreatePrincipal,
+#[utoipa::path(post, path = "/v1/principals", tag = "principals", operation_id = "create_principal",
+    security(("bearer" = [])),
+    request_body(content = NewPrincipal, content_type = "application/json"),
     responses(
         (status = 201, description = "Created", body = CreatedPrincipal),
-        (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 409, description = "Name taken", body = Problem),
-        (status = 422, body = Problem),
+        (status = 403, description = "`forbidden`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict`: the name is taken", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`rate_limited`: too many password hashes waiting (staff)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create(
     State(state): State<AppState>,
@@ -130,8 +203,12 @@ pub struct PrincipalList {
 }
 
 /// Every principal; never a secret.
-#[utoipa::path(get, path = "/v1/principals", tag = "principals", security(("bearer" = [])),
-    responses((status = 200, body = PrincipalList), (status = 401, body = Problem), (status = 403, body = Problem)))]
+#[utoipa::path(get, path = "/v1/principals", tag = "principals", operation_id = "list_principals",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every principal", body = PrincipalList),
+        (status = 403, description = "`forbidden`", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn list(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -149,9 +226,15 @@ pub async fn list(
 }
 
 /// Disables a principal: its API key and sessions stop working at once.
-#[utoipa::path(delete, path = "/v1/principals/{id}", tag = "principals", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/v1/principals/{id}", tag = "principals", operation_id = "disable_principal",
+    security(("bearer" = [])),
     params(("id" = String, Path, description = "Principal id")),
-    responses((status = 204, description = "Disabled"), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+    responses(
+        (status = 204, description = "Disabled"),
+        (status = 403, description = "`forbidden`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict`: a concurrent change won", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn disable(
     State(state): State<AppState>,
     ctx: RequestContext,

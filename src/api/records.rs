@@ -3,13 +3,19 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaType, Type};
 
 use super::extract::{Caller, JsonBody, RequestContext};
 use super::{ApiError, AppState, Problem};
 use crate::access::{Operation, Principal};
 use crate::audit::{AuditEvent, Outcome};
-use crate::records::{self, RecordData, RecordType, masked_view};
+use crate::records::{
+    self, BankAccountInput, Brand, CardInput, KycInput, RecordData, RecordType, masked_view,
+};
 use crate::vault::RecordMeta;
 
 /// Takes `subject_ref` out of a body: absent → `None`, null → `Some(None)`.
@@ -31,19 +37,49 @@ fn object(body: &JsonBody) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
+/// A record as its reader may see it: metadata and the masked fields of
+/// the reader's roles (docs/data-model.md, "Views"); never plaintext.
+#[derive(Serialize, ToSchema)]
+pub struct RecordView {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub record_type: RecordType,
+    pub version: u64,
+    pub created_at: String,
+    pub updated_at: String,
+    pub subject_ref: Option<String>,
+    /// The masked fields: which ones depends on the record type and the
+    /// reader's roles.
+    #[serde(flatten)]
+    pub fields: Map<String, Value>,
+}
+
 /// The masked view of a record for `caller`, with its metadata.
-fn view(meta: &RecordMeta, data: &RecordData, caller: &Principal) -> Value {
-    let mut out = match masked_view(data, &caller.roles) {
+fn view(meta: &RecordMeta, data: &RecordData, caller: &Principal) -> RecordView {
+    let mut fields = match masked_view(data, &caller.roles) {
         Value::Object(map) => map,
         _ => Map::new(),
     };
-    out.insert("id".into(), json!(meta.id));
-    out.insert("type".into(), json!(meta.record_type));
-    out.insert("version".into(), json!(meta.version));
-    out.insert("created_at".into(), json!(meta.created_at));
-    out.insert("updated_at".into(), json!(meta.updated_at));
-    out.insert("subject_ref".into(), json!(meta.subject_ref));
-    Value::Object(out)
+    // The metadata names win over any masked field of the same name.
+    for key in [
+        "id",
+        "type",
+        "version",
+        "created_at",
+        "updated_at",
+        "subject_ref",
+    ] {
+        fields.remove(key);
+    }
+    RecordView {
+        id: meta.id.clone(),
+        record_type: meta.record_type,
+        version: meta.version,
+        created_at: meta.created_at.clone(),
+        updated_at: meta.updated_at.clone(),
+        subject_ref: meta.subject_ref.clone(),
+        fields,
+    }
 }
 
 /// Loads a record `caller` may see. Another owner's record is "not found",
@@ -74,23 +110,115 @@ async fn visible(
     Ok(meta)
 }
 
-/// Stores a card, a bank account or a KYC record.
-#[utoipa::path(post, path = "/v1/records/{type}", tag = "records", security(("bearer" = [])),
-    params(("type" = String, Path, description = "card, bank_account or kyc")),
-    request_body(content = serde_json::Value, description = "CardInput, BankAccountInput or KycInput, plus an optional subject_ref"),
-    responses(
-        (status = 201, description = "Created; tokens and masked fields only"),
-        (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
-        (status = 422, description = "Validation failed; the fields are named, the values never repeated", body = Problem),
-    ))]
-pub async fn create(
-    State(state): State<AppState>,
+/// A created card: its tokens and what its owner may see of it.
+#[derive(Serialize, ToSchema)]
+pub struct CreatedCard {
+    /// `card_…`
+    pub id: String,
+    /// Random token of the record (`tok_…`).
+    pub token: String,
+    /// Format-preserving PAN token: first 6 and last 4 digits and a random
+    /// middle that fails Luhn; `null` for PANs of 13 digits or fewer.
+    pub pan_token: Option<String>,
+    /// Per-owner fingerprint of the PAN (equal cards, equal fingerprint).
+    pub fingerprint: Option<String>,
+    pub brand: Option<Brand>,
+    pub last4: Option<String>,
+    pub exp_month: Option<u8>,
+    pub exp_year: Option<u16>,
+}
+
+/// A created bank account.
+#[derive(Serialize, ToSchema)]
+pub struct CreatedBankAccount {
+    /// `bank_…`
+    pub id: String,
+    pub token: String,
+    /// Per-owner fingerprint of the IBAN or account number.
+    pub fingerprint: Option<String>,
+    pub last4: Option<String>,
+    pub country: Option<String>,
+}
+
+/// A created KYC record.
+#[derive(Serialize, ToSchema)]
+pub struct CreatedKyc {
+    /// `kyc_…`
+    pub id: String,
+    pub token: String,
+    pub version: u64,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum CreatedRecord {
+    Card(CreatedCard),
+    BankAccount(CreatedBankAccount),
+    Kyc(CreatedKyc),
+}
+
+/// One field of a masked view, typed; `None` when the view leaves it out.
+fn masked_field<T: serde::de::DeserializeOwned>(masked: &Value, key: &str) -> Option<T> {
+    masked
+        .get(key)
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+}
+
+/// `input`'s schema with an optional `subject_ref` beside its fields.
+fn with_subject_ref(input: RefOr<Schema>) -> RefOr<Schema> {
+    let subject_ref = ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        .min_length(Some(1))
+        .max_length(Some(128))
+        .pattern(Some("^[!-~]+$"))
+        .description(Some(
+            "The customer id in the payment system: 1 to 128 printable ASCII characters.",
+        ))
+        .build();
+    match input {
+        RefOr::T(Schema::Object(mut object)) => {
+            object
+                .properties
+                .insert("subject_ref".to_owned(), subject_ref.into());
+            RefOr::T(Schema::Object(object))
+        }
+        other => other,
+    }
+}
+
+/// Request bodies that create records: the input type's fields and an
+/// optional `subject_ref`. Only the OpenAPI document uses these types; the
+/// handler takes `subject_ref` out and parses the rest as the input type,
+/// so the document derives from the struct that parses.
+macro_rules! new_record_body {
+    ($($name:ident: $input:ty),*) => {$(
+        pub struct $name;
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> RefOr<Schema> {
+                with_subject_ref(<$input as utoipa::PartialSchema>::schema())
+            }
+        }
+
+        impl ToSchema for $name {
+            fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+                <$input as ToSchema>::schemas(schemas);
+            }
+        }
+    )*};
+}
+
+new_record_body!(NewCard: CardInput, NewBankAccount: BankAccountInput, NewKyc: KycInput);
+
+/// Creates a record of `record_type` from a body of its input fields plus
+/// an optional `subject_ref`.
+async fn create(
+    state: AppState,
     ctx: RequestContext,
     caller: Caller,
-    Path(record_type): Path<String>,
+    record_type: RecordType,
     body: JsonBody,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let record_type = RecordType::parse(&record_type).ok_or(ApiError::NotFound)?;
+) -> Result<(StatusCode, Json<CreatedRecord>), ApiError> {
     state
         .authorize(&caller, Operation::RecordCreate(record_type), &ctx)
         .await?;
@@ -118,40 +246,122 @@ pub async fn create(
         }
     };
     let masked = masked_view(&data, &principal.roles);
-    let mut out = Map::new();
-    out.insert("id".into(), json!(created.meta.id));
-    out.insert("token".into(), json!(created.token));
-    match &data {
-        RecordData::Card(_) => {
-            out.insert("pan_token".into(), json!(created.pan_token));
-            out.insert("fingerprint".into(), json!(created.fingerprint));
-            for key in ["brand", "last4", "exp_month", "exp_year"] {
-                out.insert(key.into(), masked.get(key).cloned().unwrap_or(Value::Null));
-            }
-        }
-        RecordData::BankAccount(_) => {
-            out.insert("fingerprint".into(), json!(created.fingerprint));
-            for key in ["last4", "country"] {
-                out.insert(key.into(), masked.get(key).cloned().unwrap_or(Value::Null));
-            }
-        }
-        RecordData::Kyc(_) => {
-            out.insert("version".into(), json!(created.meta.version));
-        }
+    let out = match &data {
+        RecordData::Card(_) => CreatedRecord::Card(CreatedCard {
+            id: created.meta.id,
+            token: created.token,
+            pan_token: created.pan_token,
+            fingerprint: created.fingerprint,
+            brand: masked_field(&masked, "brand"),
+            last4: masked_field(&masked, "last4"),
+            exp_month: masked_field(&masked, "exp_month"),
+            exp_year: masked_field(&masked, "exp_year"),
+        }),
+        RecordData::BankAccount(_) => CreatedRecord::BankAccount(CreatedBankAccount {
+            id: created.meta.id,
+            token: created.token,
+            fingerprint: created.fingerprint,
+            last4: masked_field(&masked, "last4"),
+            country: masked_field(&masked, "country"),
+        }),
+        RecordData::Kyc(_) => CreatedRecord::Kyc(CreatedKyc {
+            id: created.meta.id,
+            token: created.token,
+            version: created.meta.version,
+        }),
+    };
+    Ok((StatusCode::CREATED, Json(out)))
+}
+
+/// A merge patch: any JSON object, checked once applied against the
+/// record type's schema (`NewCard`, `NewBankAccount`, `NewKyc`). Only the
+/// OpenAPI document uses this type.
+pub struct MergePatch;
+
+impl utoipa::PartialSchema for MergePatch {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some(
+                "RFC 7396 merge patch of the record's client-shaped fields and `subject_ref`",
+            ))
+            .build()
+            .into()
     }
-    Ok((StatusCode::CREATED, Json(Value::Object(out))))
+}
+
+impl ToSchema for MergePatch {}
+
+/// Stores a card. Only a payment service may.
+#[utoipa::path(post, path = "/v1/records/card", tag = "records", operation_id = "create_card",
+    security(("bearer" = [])),
+    request_body(content = NewCard, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created; tokens and masked fields only", body = CreatedCard),
+        (status = 403, description = "`forbidden`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict`: no unique token could be minted", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create_card(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    caller: Caller,
+    body: JsonBody,
+) -> Result<(StatusCode, Json<CreatedRecord>), ApiError> {
+    create(state, ctx, caller, RecordType::Card, body).await
+}
+
+/// Stores a bank account: an IBAN, or a US account and routing number.
+#[utoipa::path(post, path = "/v1/records/bank_account", tag = "records", operation_id = "create_bank_account",
+    security(("bearer" = [])),
+    request_body(content = NewBankAccount, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created; tokens and masked fields only", body = CreatedBankAccount),
+        (status = 403, description = "`forbidden`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict`: no unique token could be minted", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create_bank_account(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    caller: Caller,
+    body: JsonBody,
+) -> Result<(StatusCode, Json<CreatedRecord>), ApiError> {
+    create(state, ctx, caller, RecordType::BankAccount, body).await
+}
+
+/// Stores a KYC record.
+#[utoipa::path(post, path = "/v1/records/kyc", tag = "records", operation_id = "create_kyc",
+    security(("bearer" = [])),
+    request_body(content = NewKyc, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created", body = CreatedKyc),
+        (status = 403, description = "`forbidden`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict`: no unique token could be minted", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create_kyc(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    caller: Caller,
+    body: JsonBody,
+) -> Result<(StatusCode, Json<CreatedRecord>), ApiError> {
+    create(state, ctx, caller, RecordType::Kyc, body).await
 }
 
 /// The masked view of a record.
-#[utoipa::path(get, path = "/v1/records/{id}", tag = "records", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/records/{id}", tag = "records", operation_id = "read_record",
+    security(("bearer" = [])),
     params(("id" = String, Path, description = "Record id")),
-    responses((status = 200, description = "Masked view"), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem), (status = 410, body = Problem)))]
+    responses(
+        (status = 200, description = "Masked view", body = RecordView),
+        (status = 403, description = "`forbidden`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`: no such record, or another owner's", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "`erased`", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn read(
     State(state): State<AppState>,
     ctx: RequestContext,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RecordView>, ApiError> {
     state
         .authorize_on(&caller, Operation::RecordRead, &ctx, &[state.target_of(&id)])
         .await?;
@@ -167,17 +377,27 @@ pub async fn read(
 }
 
 /// Applies a JSON merge patch; the record gets a new version under a new DEK.
-#[utoipa::path(patch, path = "/v1/records/{id}", tag = "records", security(("bearer" = [])),
+#[utoipa::path(patch, path = "/v1/records/{id}", tag = "records", operation_id = "update_record",
+    security(("bearer" = [])),
     params(("id" = String, Path, description = "Record id")),
-    request_body(content = serde_json::Value, description = "RFC 7396 merge patch of the record's fields"),
-    responses((status = 200, description = "Masked view of the new version"), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem), (status = 410, body = Problem), (status = 422, body = Problem)))]
+    request_body(content(
+        (MergePatch = "application/merge-patch+json"),
+        (MergePatch = "application/json"),
+    ), description = "RFC 7396 merge patch of the record's fields (`null` removes an optional field) and of `subject_ref`"),
+    responses(
+        (status = 200, description = "Masked view of the new version", body = RecordView),
+        (status = 403, description = "`forbidden`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`: no such record, or another owner's", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict`: a concurrent change won", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "`erased`", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn update(
     State(state): State<AppState>,
     ctx: RequestContext,
     caller: Caller,
     Path(id): Path<String>,
     body: JsonBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RecordView>, ApiError> {
     state
         .authorize_on(&caller, Operation::RecordUpdate, &ctx, &[state.target_of(&id)])
         .await?;
@@ -202,9 +422,16 @@ pub async fn update(
 
 /// Erases a record: its sealed data, DEK and index entries are destroyed;
 /// its tokens answer 410 `erased` from now on.
-#[utoipa::path(delete, path = "/v1/records/{id}", tag = "records", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/v1/records/{id}", tag = "records", operation_id = "erase_record",
+    security(("bearer" = [])),
     params(("id" = String, Path, description = "Record id")),
-    responses((status = 204, description = "Erased"), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem), (status = 410, body = Problem)))]
+    responses(
+        (status = 204, description = "Erased"),
+        (status = 403, description = "`forbidden`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`: no such record, or another owner's", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict`: a concurrent change won", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "`erased`: already erased", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn erase(
     State(state): State<AppState>,
     ctx: RequestContext,

@@ -26,7 +26,7 @@ pub struct Health {
 }
 
 /// Liveness and seal state.
-#[utoipa::path(get, path = "/v1/sys/health", tag = "sys",
+#[utoipa::path(get, path = "/v1/sys/health", tag = "sys", operation_id = "health",
     responses(
         (status = 200, description = "Unsealed and serving", body = Health),
         (status = 503, description = "Sealed", body = Health),
@@ -64,13 +64,41 @@ pub struct UnsealRequest {
     pub share: Option<String>,
 }
 
+/// The unseal body as the document gives it: exactly one of a passphrase
+/// or a share (documentation only: the handler parses [`UnsealRequest`]
+/// and answers 422 for neither or both).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(untagged)]
+pub enum UnsealBody {
+    Passphrase(UnsealPassphrase),
+    Share(UnsealShare),
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
+pub struct UnsealPassphrase {
+    pub passphrase: String,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
+pub struct UnsealShare {
+    /// One Shamir share as `init` printed it.
+    pub share: String,
+}
+
 /// Submits a passphrase or one share.
-#[utoipa::path(post, path = "/v1/sys/unseal", tag = "sys", request_body = UnsealRequest,
+#[utoipa::path(post, path = "/v1/sys/unseal", tag = "sys", operation_id = "unseal",
+    request_body(content = UnsealBody, content_type = "application/json"),
     responses(
-        (status = 200, description = "Accepted; progress so far", body = UnsealProgress),
-        (status = 400, description = "unseal_failed or malformed_request", body = Problem),
-        (status = 422, description = "Neither or both of passphrase and share, or one over 1024 bytes", body = Problem),
-        (status = 429, description = "Too many failed attempts", body = Problem),
+        (status = 200, description = "Accepted (or already unsealed); progress so far", body = UnsealProgress),
+        (status = 400, description = "`unseal_failed`: a wrong passphrase or an invalid share; or `malformed_request`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`: neither or both of passphrase and share, one over 1024 bytes, or an unknown field", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`rate_limited`: too many failed attempts", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`audit_unavailable`: the attempt could not be audited, so it does not stand", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn unseal(
     State(state): State<AppState>,
@@ -175,12 +203,12 @@ pub struct SealState {
 }
 
 /// Seals the vault: every key is dropped and zeroized.
-#[utoipa::path(post, path = "/v1/sys/seal", tag = "sys", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/sys/seal", tag = "sys", operation_id = "seal",
+    security(("bearer" = [])),
     responses(
         (status = 200, description = "Sealed", body = SealState),
-        (status = 401, description = "No valid credential", body = Problem),
-        (status = 403, description = "Not an admin", body = Problem),
-        (status = 503, description = "Already sealed", body = Problem),
+        (status = 403, description = "`forbidden`: not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`sealed`: already sealed; or `audit_unavailable`", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn seal(
     State(state): State<AppState>,

@@ -28,14 +28,40 @@ const MAX_TTL_SECONDS: u64 = 10 * 366 * 24 * 3600;
 #[serde(deny_unknown_fields)]
 pub struct TokenizeRequest {
     /// The value to seal (1–4096 bytes of text).
+    #[schema(min_length = 1, max_length = 4096)]
     pub value: String,
     /// Only `generic`: cards, bank accounts and KYC get their tokens when
     /// stored as records.
+    #[schema(value_type = TokenKind)]
     pub kind: String,
     /// `random` (default) or `deterministic`.
+    #[schema(value_type = Option<GenericTokenFormat>)]
     pub format: Option<TokenFormat>,
+    /// 1 second to 10 years.
+    #[schema(minimum = 1, maximum = 316_224_000)]
+    #[serde(default, deserialize_with = "crate::records::whole_number::option")]
     pub ttl_seconds: Option<u64>,
+    #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "crate::records::whole_number::option")]
     pub max_uses: Option<u64>,
+}
+
+/// What `POST /v1/tokens` tokenizes (documentation only).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "snake_case")]
+pub enum TokenKind {
+    Generic,
+}
+
+/// The formats `POST /v1/tokens` mints (documentation only:
+/// format-preserving tokens are minted for cards only).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "snake_case")]
+pub enum GenericTokenFormat {
+    Random,
+    Deterministic,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -49,8 +75,14 @@ fn timestamp(unix: i64) -> Option<String> {
 }
 
 /// Tokenizes one generic value.
-#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", security(("bearer" = [])), request_body = TokenizeRequest,
-    responses((status = 201, body = Tokenized), (status = 401, body = Problem), (status = 403, body = Problem), (status = 422, body = Problem)))]
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", operation_id = "tokenize",
+    security(("bearer" = [])),
+    request_body(content = TokenizeRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The token", body = Tokenized),
+        (status = 403, description = "`forbidden`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict`: no unique token could be minted", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn create(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -118,7 +150,18 @@ pub async fn create(
 #[serde(deny_unknown_fields)]
 pub struct DetokenizeRequest {
     /// 1 to 1000 tokens.
+    #[schema(min_items = 1, max_items = 1000)]
     pub tokens: Vec<String>,
+}
+
+/// What `detokenize` answers (documentation only: the handler builds this
+/// shape with `json!`).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Detokenized {
+    /// Per token: `{"view":"masked"|"plain","value":…}`, or
+    /// `{"error":"not_found"|"token_expired"|"token_revoked"|"erased"}`.
+    pub results: Map<String, Value>,
 }
 
 /// What one token resolves to, and what to write and audit for it.
@@ -204,8 +247,14 @@ fn resolve(
 }
 
 /// Resolves up to 1000 tokens; each gets its result or its own error code.
-#[utoipa::path(post, path = "/v1/tokens/detokenize", tag = "tokens", security(("bearer" = [])), request_body = DetokenizeRequest,
-    responses((status = 200, description = "{\"results\":{\"<token>\":{\"view\",\"value\"} or {\"error\"}}}"), (status = 401, body = Problem), (status = 403, body = Problem), (status = 422, body = Problem)))]
+#[utoipa::path(post, path = "/v1/tokens/detokenize", tag = "tokens", operation_id = "detokenize",
+    security(("bearer" = [])),
+    request_body(content = DetokenizeRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "One result per distinct token", body = Detokenized),
+        (status = 403, description = "`forbidden`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict`: a concurrent change won (a use count)", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn detokenize(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -250,9 +299,15 @@ pub async fn detokenize(
 }
 
 /// Revokes a token.
-#[utoipa::path(delete, path = "/v1/tokens/{token}", tag = "tokens", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/v1/tokens/{token}", tag = "tokens", operation_id = "revoke_token",
+    security(("bearer" = [])),
     params(("token" = String, Path, description = "The token")),
-    responses((status = 204, description = "Revoked"), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 403, description = "`forbidden`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`: unknown, or another owner's", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict`: a concurrent change won", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn revoke(
     State(state): State<AppState>,
     ctx: RequestContext,

@@ -5,6 +5,7 @@
 //! and sealing happen in `vault`, through the keyring. Plaintext types here
 //! zeroize on drop and never print their values.
 
+mod national_id;
 mod schema;
 mod validate;
 mod view;
@@ -12,11 +13,12 @@ mod view;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+pub use national_id::{NationalIdType, document_number};
 pub use schema::{
     Address, BankAccount, BankAccountInput, Card, CardInput, Kyc, KycInput, LegalName, NationalId,
     merge_patch, refuse_security_codes,
 };
-pub use validate::{Brand, Invalid, luhn_valid, safe_field_path};
+pub use validate::{Brand, Invalid, luhn_valid, safe_field_path, whole_number};
 pub use view::{Field, View, initials, last4, masked_view, view};
 
 use crate::keyring::Purpose;
@@ -194,13 +196,12 @@ impl RecordData {
     }
 }
 
-/// The normalised value a national id is indexed and searched under.
+/// The normalised value a national id is indexed and searched under:
+/// `COUNTRY:NUMBER`, both as validation normalises them (the number by
+/// [`document_number`], whatever its type, so search needs no type).
 pub fn national_id_index_value(number: &str, country: &str) -> String {
-    format!(
-        "{}:{}",
-        country.trim().to_uppercase(),
-        number.replace([' ', '-'], "").to_uppercase()
-    )
+    let number = document_number(number).unwrap_or_else(|_| number.trim().to_uppercase());
+    format!("{}:{}", country.trim().to_uppercase(), number)
 }
 
 /// Normalises a search value for `field` as records are indexed; `None` if
@@ -212,7 +213,7 @@ pub fn search_value(field: &str, value: &str, country: Option<&str>) -> Option<S
         "phone" => validate::phone(value).ok(),
         "national_id" => {
             let country = validate::country(country?).ok()?;
-            let number = validate::document_number(value).ok()?;
+            let number = document_number(value).ok()?;
             Some(national_id_index_value(&number, &country))
         }
         _ => None,

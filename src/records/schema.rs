@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
+use super::national_id::{NationalIdType, document_number};
 use super::validate::{self as v, Brand, Errors, Invalid};
 
 /// Field names that would carry a card security code. They are refused on
@@ -50,10 +51,20 @@ macro_rules! redacted_debug {
 #[derive(Deserialize, Serialize, Zeroize, ZeroizeOnDrop, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CardInput {
-    /// 12–19 digits; spaces and dashes are ignored.
+    /// 12–19 digits (spaces and dashes are ignored), Luhn-valid, of a
+    /// length its brand issues.
+    #[schema(
+        pattern = r"^[ -]*(?:[0-9][ -]*){12,19}$",
+        example = "4242 4242 4242 4242"
+    )]
     pub pan: String,
+    #[schema(minimum = 1, maximum = 12)]
+    #[serde(deserialize_with = "v::whole_number::deserialize")]
     pub exp_month: u8,
+    /// Not before the current month, at most 50 years ahead.
+    #[serde(deserialize_with = "v::whole_number::deserialize")]
     pub exp_year: u16,
+    #[schema(min_length = 1, max_length = 128)]
     pub holder_name: Option<String>,
 }
 
@@ -107,12 +118,20 @@ impl Card {
 #[derive(Deserialize, Serialize, Zeroize, ZeroizeOnDrop, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BankAccountInput {
-    /// An IBAN; or, for US accounts, `account_number` + `routing_number`.
+    /// An IBAN (white space ignored; mod-97 and the country's length); or,
+    /// for US accounts, `account_number` + `routing_number` instead.
+    #[schema(pattern = r"^[A-Za-z0-9\s]+$", example = "DE89 3704 0044 0532 0130 00")]
     pub iban: Option<String>,
+    #[schema(pattern = r"^[0-9]{4,17}$")]
     pub account_number: Option<String>,
+    /// ABA routing number (3-7-1 checksum).
+    #[schema(pattern = r"^[0-9]{9}$")]
     pub routing_number: Option<String>,
-    /// Required with `account_number` (only `US` is supported there).
+    /// ISO 3166-1 alpha-2. Required with `account_number` (only `US` is
+    /// supported there); with an IBAN it must be the IBAN's country.
+    #[schema(pattern = r"^\s*[A-Za-z]{2}\s*$")]
     pub country: Option<String>,
+    #[schema(min_length = 1, max_length = 128)]
     pub holder_name: Option<String>,
 }
 
@@ -204,8 +223,11 @@ impl BankAccount {
 )]
 #[serde(deny_unknown_fields)]
 pub struct LegalName {
+    #[schema(min_length = 1, max_length = 100)]
     pub given: String,
+    #[schema(min_length = 1, max_length = 100)]
     pub middle: Option<String>,
+    #[schema(min_length = 1, max_length = 100)]
     pub family: String,
 }
 
@@ -214,11 +236,18 @@ pub struct LegalName {
 )]
 #[serde(deny_unknown_fields)]
 pub struct Address {
+    #[schema(min_length = 1, max_length = 200)]
     pub line1: String,
+    #[schema(min_length = 1, max_length = 200)]
     pub line2: Option<String>,
+    #[schema(min_length = 1, max_length = 100)]
     pub city: String,
+    #[schema(min_length = 1, max_length = 100)]
     pub region: Option<String>,
+    #[schema(min_length = 1, max_length = 20)]
     pub postal_code: Option<String>,
+    /// ISO 3166-1 alpha-2.
+    #[schema(pattern = r"^\s*[A-Za-z]{2}\s*$")]
     pub country: String,
 }
 
@@ -227,10 +256,17 @@ pub struct Address {
 )]
 #[serde(deny_unknown_fields)]
 pub struct NationalId {
-    /// passport, national_id, driving_licence, residence_permit or tax_id.
+    /// The document type (docs/data-model.md): a country-specific type
+    /// must come with its issuing country, and its number is checked.
     #[serde(rename = "type")]
+    #[schema(value_type = NationalIdType)]
     pub id_type: String,
+    /// 1–32 letters and digits once spaces, dashes and dots are removed;
+    /// country-specific types are checked further (docs/data-model.md).
+    #[schema(pattern = r"^[ .-]*(?:[A-Za-z0-9][ .-]*){1,32}$")]
     pub number: String,
+    /// ISO 3166-1 alpha-2 of the issuer.
+    #[schema(pattern = r"^\s*[A-Za-z]{2}\s*$")]
     pub country: String,
 }
 
@@ -238,12 +274,23 @@ pub struct NationalId {
 #[serde(deny_unknown_fields)]
 pub struct KycInput {
     pub legal_name: LegalName,
-    /// YYYY-MM-DD.
+    /// A real date, YYYY-MM-DD, not in the future, not before 1800.
+    #[schema(format = Date, example = "1815-12-10")]
     pub date_of_birth: String,
+    /// ISO 3166-1 alpha-2.
+    #[schema(pattern = r"^\s*[A-Za-z]{2}\s*$")]
     pub nationality: Option<String>,
     pub address: Option<Address>,
     pub national_id: Option<NationalId>,
+    /// Lower-cased; at most 254 characters.
+    #[schema(format = Email, max_length = 254)]
     pub email: Option<String>,
+    /// E.164 (`+`, 8–15 digits, not starting with 0); spaces, dashes, dots
+    /// and parentheses are ignored.
+    #[schema(
+        pattern = r"^[ .()-]*\+[ .()-]*[1-9](?:[ .()-]*[0-9]){7,14}[ .()-]*$",
+        example = "+44 20 7946 0958"
+    )]
     pub phone: Option<String>,
 }
 
@@ -259,14 +306,6 @@ pub struct Kyc {
     pub email: Option<String>,
     pub phone: Option<String>,
 }
-
-const ID_TYPES: [&str; 5] = [
-    "passport",
-    "national_id",
-    "driving_licence",
-    "residence_permit",
-    "tax_id",
-];
 
 impl KycInput {
     pub fn validate(&self, now: OffsetDateTime) -> Result<Kyc, Vec<Invalid>> {
@@ -313,21 +352,31 @@ impl KycInput {
                 .unwrap_or_default(),
         });
         let national_id = self.national_id.as_ref().map(|n| {
-            let id_type = n.id_type.trim().to_lowercase();
-            if !ID_TYPES.contains(&id_type.as_str()) {
+            let id_type = NationalIdType::parse(&n.id_type);
+            if id_type.is_none() {
                 e.add(
                     "national_id.type",
-                    "must be passport, national_id, driving_licence, residence_permit or tax_id",
+                    "is not a supported identity document type (docs/data-model.md lists them)",
+                );
+            }
+            let number = e.check("national_id.number", document_number(&n.number));
+            let country = e.check("national_id.country", v::country(&n.country));
+            if let (Some(t), Some(number)) = (id_type, &number) {
+                e.check("national_id.number", t.check(number));
+            }
+            if let (Some(issuer), Some(country)) =
+                (id_type.and_then(NationalIdType::issuing_country), &country)
+                && issuer != country
+            {
+                e.add(
+                    "national_id.country",
+                    "is not the country that issues this type of number",
                 );
             }
             NationalId {
-                id_type,
-                number: e
-                    .check("national_id.number", v::document_number(&n.number))
-                    .unwrap_or_default(),
-                country: e
-                    .check("national_id.country", v::country(&n.country))
-                    .unwrap_or_default(),
+                id_type: id_type.map(|t| t.as_str().to_owned()).unwrap_or_default(),
+                number: number.unwrap_or_default(),
+                country: country.unwrap_or_default(),
             }
         });
         let email = self

@@ -85,8 +85,128 @@ pub fn safe_field_path(path: &serde_path_to_error::Path) -> String {
     }
 }
 
+/// Integers as JSON Schema's `integer` admits them, for request fields:
+/// `12` and also `12.0` (a whole number written with a fraction part),
+/// and, from a query string, the text `"12"`. Negative numbers, fractions
+/// and values past `i64::MAX` (the document's `int64`) are refused, as is
+/// anything the target type cannot hold.
+pub mod whole_number {
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    use serde::de::{self, Deserializer, Visitor};
+
+    const MAX: u64 = i64::MAX as u64;
+
+    /// `text`: whether the number may come as text (query strings only:
+    /// in a JSON body `"12"` is a string, not an integer).
+    struct Whole {
+        text: bool,
+    }
+
+    impl Visitor<'_> for Whole {
+        type Value = u64;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a whole number from 0 to 2^63 - 1")
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+            if v <= MAX {
+                Ok(v)
+            } else {
+                Err(E::custom("out of range"))
+            }
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::custom("out of range"))
+        }
+
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<u64, E> {
+            // MAX as f64 rounds up to 2^63, which is out of range.
+            if v.fract() == 0.0 && v >= 0.0 && v < MAX as f64 {
+                Ok(v as u64)
+            } else {
+                Err(E::custom("not a whole number in range"))
+            }
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<u64, E> {
+            if !self.text {
+                return Err(E::invalid_type(de::Unexpected::Str(""), &self));
+            }
+            match v.parse::<u64>() {
+                Ok(n) => self.visit_u64(n),
+                Err(_) => v
+                    .parse::<f64>()
+                    .map_err(|_| E::custom("not a number"))
+                    .and_then(|f| self.visit_f64(f)),
+            }
+        }
+    }
+
+    fn whole<'de, D: Deserializer<'de>, T: TryFrom<u64>>(d: D, text: bool) -> Result<T, D::Error> {
+        let v = d.deserialize_any(Whole { text })?;
+        T::try_from(v).map_err(|_| de::Error::custom("out of range"))
+    }
+
+    /// For a required integer of a JSON body:
+    /// `deserialize_with = "…::deserialize"`.
+    pub fn deserialize<'de, D: Deserializer<'de>, T: TryFrom<u64>>(d: D) -> Result<T, D::Error> {
+        whole(d, false)
+    }
+
+    struct Optional<T> {
+        text: bool,
+        target: PhantomData<T>,
+    }
+
+    impl<'de, T: TryFrom<u64>> Visitor<'de> for Optional<T> {
+        type Value = Option<T>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("null or a whole number")
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Option<T>, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Option<T>, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Option<T>, D::Error> {
+            whole(d, self.text).map(Some)
+        }
+    }
+
+    /// For an optional integer of a JSON body:
+    /// `default, deserialize_with = "…::option"`.
+    pub fn option<'de, D: Deserializer<'de>, T: TryFrom<u64>>(d: D) -> Result<Option<T>, D::Error> {
+        d.deserialize_option(Optional {
+            text: false,
+            target: PhantomData,
+        })
+    }
+
+    /// For an optional integer of a query string:
+    /// `default, deserialize_with = "…::query_option"`.
+    pub fn query_option<'de, D: Deserializer<'de>, T: TryFrom<u64>>(
+        d: D,
+    ) -> Result<Option<T>, D::Error> {
+        d.deserialize_option(Optional {
+            text: true,
+            target: PhantomData,
+        })
+    }
+}
+
 /// Card brands recognised by prefix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Brand {
     Visa,
@@ -247,10 +367,12 @@ pub fn us_account(raw: &str) -> Result<String, &'static str> {
 
 /// An ISO 3166-1 alpha-2 code, upper-cased.
 pub fn country(raw: &str) -> Result<String, &'static str> {
-    let upper = raw.trim().to_uppercase();
-    if upper.len() != 2 {
+    let code = raw.trim();
+    // ASCII only: Unicode upper-casing would turn `ß` into `SS`.
+    if code.len() != 2 || !code.bytes().all(|b| b.is_ascii_alphabetic()) {
         return Err("must be an ISO 3166-1 alpha-2 country code");
     }
+    let upper = code.to_ascii_uppercase();
     isocountry::CountryCode::for_alpha2(&upper)
         .map(|c| c.alpha2().to_owned())
         .map_err(|_| "must be an ISO 3166-1 alpha-2 country code")
@@ -327,36 +449,21 @@ pub fn email(raw: &str) -> Result<String, &'static str> {
     }
 }
 
-/// Free text: trimmed, 1 to `max` characters, no control characters.
+/// Free text: at most `max` characters as sent, then trimmed, not empty,
+/// no control characters.
 pub fn text(raw: &str, max: usize) -> Result<String, &'static str> {
+    // The length counts what was sent, as the OpenAPI `maxLength` does.
+    if raw.chars().count() > max {
+        return Err("is too long");
+    }
     let trimmed = raw.trim();
     if trimmed.is_empty() {
         return Err("must not be empty");
-    }
-    if trimmed.chars().count() > max {
-        return Err("is too long");
     }
     if trimmed.chars().any(char::is_control) {
         return Err("must not contain control characters");
     }
     Ok(trimmed.to_owned())
-}
-
-/// An identity document number: letters and digits once spaces and dashes
-/// are removed, upper-cased, 1 to 32 characters.
-pub fn document_number(raw: &str) -> Result<String, &'static str> {
-    let compact: String = raw
-        .chars()
-        .filter(|c| *c != ' ' && *c != '-')
-        .collect::<String>()
-        .to_uppercase();
-    let ok =
-        (1..=32).contains(&compact.len()) && compact.bytes().all(|b| b.is_ascii_alphanumeric());
-    if ok {
-        Ok(compact)
-    } else {
-        Err("must be 1 to 32 letters and digits")
-    }
 }
 
 #[cfg(test)]
@@ -401,6 +508,47 @@ mod tests {
             "legal_name.(unrecognised field)"
         );
         assert_eq!(path_of(r#"{"Ada Lovelace": 1}"#), "(unrecognised field)");
+    }
+
+    #[test]
+    fn whole_numbers() {
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct Body {
+            #[serde(deserialize_with = "whole_number::deserialize")]
+            month: u8,
+            #[serde(default, deserialize_with = "whole_number::option")]
+            uses: Option<u64>,
+        }
+        let parse = |s: &str| serde_json::from_str::<Body>(s).ok();
+        let body = |month, uses| Some(Body { month, uses });
+        assert_eq!(parse(r#"{"month": 12}"#), body(12, None));
+        assert_eq!(parse(r#"{"month": 12.0, "uses": 3.0}"#), body(12, Some(3)));
+        assert_eq!(parse(r#"{"month": 1, "uses": null}"#), body(1, None));
+        assert_eq!(
+            parse(r#"{"month": 1, "uses": 9223372036854775807}"#),
+            body(1, Some(i64::MAX as u64))
+        );
+        for bad in [
+            r#"{"month": 12.5}"#,
+            r#"{"month": -1}"#,
+            r#"{"month": 256}"#,
+            r#"{"month": "12"}"#,
+            r#"{"month": 1, "uses": 9223372036854775808}"#,
+            r#"{"month": 1, "uses": 1e300}"#,
+        ] {
+            assert_eq!(parse(bad), None, "{bad}");
+        }
+        // A query string carries text.
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct Query {
+            #[serde(default, deserialize_with = "whole_number::query_option")]
+            limit: Option<usize>,
+        }
+        let query = |s: &str| serde_urlencoded::from_str::<Query>(s).ok();
+        assert_eq!(query("limit=10"), Some(Query { limit: Some(10) }));
+        assert_eq!(query("limit=10.0"), Some(Query { limit: Some(10) }));
+        assert_eq!(query(""), Some(Query { limit: None }));
+        assert_eq!(query("limit=x"), None);
     }
 
     #[test]
@@ -458,6 +606,5 @@ mod tests {
                 && text("a\u{0}b", 10).is_err()
                 && text(&"x".repeat(11), 10).is_err()
         );
-        assert_eq!(document_number("ab-12 34").unwrap(), "AB1234");
     }
 }
