@@ -331,7 +331,10 @@ mod tests {
         create_data_dir(&dir).unwrap();
         std::os::unix::fs::chown(&dir, Some(65534), None).unwrap();
         let e = check_data_dir(&dir).unwrap_err().to_string();
-        assert!(e.contains("belongs to user 65534") && e.contains("chown"), "{e}");
+        assert!(
+            e.contains("belongs to user 65534") && e.contains("chown"),
+            "{e}"
+        );
         let link = base.path().join("link");
         std::os::unix::fs::symlink(&dir, &link).unwrap();
         assert!(check_data_dir(&link).is_err());

@@ -240,7 +240,11 @@ async fn other_owners_records_and_tokens_are_not_found_and_audited_as_denials() 
     let card_path = format!("/v1/records/{}", s.card_id);
     for (method, body, action) in [
         ("GET", None, "record.read"),
-        ("PATCH", Some(json!({"holder_name": "Eve"})), "record.update"),
+        (
+            "PATCH",
+            Some(json!({"holder_name": "Eve"})),
+            "record.update",
+        ),
         ("DELETE", None, "record.erase"),
     ] {
         let reply = call(&s.app, method, &card_path, Some(&s.other_payments), body).await;

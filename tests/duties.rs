@@ -59,7 +59,10 @@ async fn one_principal_never_holds_roles_that_check_each_other() {
     let refused = [
         ("service", json!(["admin", "payment_service"])),
         ("service", json!(["auditor", "payment_service"])),
-        ("staff", json!(["compliance_officer", "compliance_approver"])),
+        (
+            "staff",
+            json!(["compliance_officer", "compliance_approver"]),
+        ),
         ("staff", json!(["admin", "compliance_officer"])),
         ("staff", json!(["admin", "compliance_approver"])),
         ("staff", json!(["auditor", "compliance_officer"])),
@@ -137,7 +140,9 @@ async fn creating_a_principal_is_audited_with_both_names() {
             "POST",
             "/v1/principals",
             Some(&session),
-            Some(json!({"name": name, "kind": "staff", "roles": [role], "password": STAFF_PASSWORD})),
+            Some(
+                json!({"name": name, "kind": "staff", "roles": [role], "password": STAFF_PASSWORD}),
+            ),
         )
         .await;
         assert_eq!(reply.status, 201, "{}", reply.body);
@@ -367,7 +372,10 @@ async fn a_seal_never_waits_on_the_audit_log() {
         "{}",
         reply.body
     );
-    assert!(vault.keyring.is_sealed(), "an audit failure kept the vault unsealed");
+    assert!(
+        vault.keyring.is_sealed(),
+        "an audit failure kept the vault unsealed"
+    );
     faulty.set_failing(false);
     assert_eq!(
         status_of(&app, "GET", "/v1/sys/health", None, None).await,

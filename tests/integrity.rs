@@ -263,9 +263,7 @@ async fn a_lockout_count_lowered_on_disk_gives_no_more_guesses() {
     assert_ne!(&w.store.get(key).unwrap().unwrap(), stored, "not edited");
     refused(&wrong().await, &[]);
     // A count rewritten in the old unauthenticated format is refused too.
-    w.store
-        .put(key, br#"{"count":0,"last":0}"#)
-        .unwrap();
+    w.store.put(key, br#"{"count":0,"last":0}"#).unwrap();
     refused(&login(&w.app, "approver").await, &[]);
 }
 
@@ -569,8 +567,12 @@ async fn a_search_index_entry_planted_on_disk_neither_redirects_nor_breaks_a_sea
         body["email"] = json!(email);
         body
     };
-    let ada = w.record(&w.payments, "kyc", with_email("ada@example.org")).await;
-    let eve = w.record(&w.payments, "kyc", with_email("eve@example.org")).await;
+    let ada = w
+        .record(&w.payments, "kyc", with_email("ada@example.org"))
+        .await;
+    let eve = w
+        .record(&w.payments, "kyc", with_email("eve@example.org"))
+        .await;
     let entries = w.store.scan_prefix(b"bi/email/").unwrap();
     let (ada_entry, _) = entries
         .iter()
@@ -579,7 +581,9 @@ async fn a_search_index_entry_planted_on_disk_neither_redirects_nor_breaks_a_sea
     let prefix = &ada_entry[..ada_entry.len() - ada.len()];
     // Eve's record made to answer a search for Ada's address, and an entry
     // that points at no record at all.
-    w.store.put(&[prefix, eve.as_bytes()].concat(), b"").unwrap();
+    w.store
+        .put(&[prefix, eve.as_bytes()].concat(), b"")
+        .unwrap();
     w.store
         .put(&[prefix, b"kyc_000000000000000000000000"].concat(), b"")
         .unwrap();

@@ -241,7 +241,10 @@ impl PrincipalDirectory {
         let Some(bytes) = self.store.get(key.as_bytes())? else {
             return Ok(None);
         };
-        let principal = self.keys()?.state_key()?.open_json(key.as_bytes(), &bytes)?;
+        let principal = self
+            .keys()?
+            .state_key()?
+            .open_json(key.as_bytes(), &bytes)?;
         Ok(Some((principal, bytes)))
     }
 
@@ -326,7 +329,11 @@ impl PrincipalDirectory {
                 .store
                 .get(&index)?
                 .ok_or(AccessError::Unauthenticated)?;
-            (open_text(&state, &index, &stored)?, Credential::ApiKey, None)
+            (
+                open_text(&state, &index, &stored)?,
+                Credential::ApiKey,
+                None,
+            )
         } else if sessions::looks_like_session_token(bearer) {
             let key = sessions::session_key(credential_key, bearer);
             let stored = self

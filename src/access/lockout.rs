@@ -197,11 +197,15 @@ mod tests {
         // A minute later one more attempt is counted, and the lock doubles.
         let later = now + Duration::seconds(61);
         assert_eq!(
-            policy.reserve(&store, &state, "ac/lockout/k", later).unwrap(),
+            policy
+                .reserve(&store, &state, "ac/lockout/k", later)
+                .unwrap(),
             Attempt::Reserved
         );
         assert_eq!(
-            policy.reserve(&store, &state, "ac/lockout/k", later).unwrap(),
+            policy
+                .reserve(&store, &state, "ac/lockout/k", later)
+                .unwrap(),
             Attempt::Locked {
                 retry_after_secs: 120
             }

@@ -243,6 +243,9 @@ impl AccessRequests {
                 .expect(key(&request.id), Some(stored.clone()))
                 .put(key(&request.id), seal(&*keys.state_key()?, &used)?);
         }
-        Ok(Some((spent.iter().map(|(r, _)| r.id.clone()).collect(), tx)))
+        Ok(Some((
+            spent.iter().map(|(r, _)| r.id.clone()).collect(),
+            tx,
+        )))
     }
 }

@@ -277,7 +277,12 @@ pub async fn reveal(
     body: JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     state
-        .authorize_on(&caller, Operation::RecordReveal, &ctx, &[state.target_of(&id)])
+        .authorize_on(
+            &caller,
+            Operation::RecordReveal,
+            &ctx,
+            &[state.target_of(&id)],
+        )
         .await?;
     let request: RevealRequest = body.parse()?;
     let (reason, ticket) = justification(request.reason, request.ticket)?;

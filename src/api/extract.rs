@@ -12,8 +12,8 @@ use axum::extract::ConnectInfo;
 
 use super::{ApiError, AppState, RequestId};
 use crate::access::{Authenticated, Credential, Principal};
-use crate::store::StoreError;
 use crate::audit::{AuditEvent, Outcome};
+use crate::store::StoreError;
 
 /// A JSON body, read but not yet parsed, so a handler can authorise the
 /// caller first. Wrong content type → 400 `malformed_request`; over the body

@@ -105,7 +105,10 @@ mod tests {
             || "poisoned",
         );
         assert_eq!(later, Err("poisoned"));
-        assert!(!flushed, "a flush after a failed one may report lost writes as durable");
+        assert!(
+            !flushed,
+            "a flush after a failed one may report lost writes as durable"
+        );
         assert!(gc.is_poisoned());
     }
 }
