@@ -382,3 +382,22 @@ async fn a_seal_never_waits_on_the_audit_log() {
         503
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seal_never_waits_on_a_hanging_store() {
+    let (vault, faulty) = faulty_vault();
+    let app = vault.app();
+    let admin = vault.admin_api_key.clone();
+    // Every flush hangs, as on a dying disk: neither the seal's entry nor
+    // its checkpoint can become durable.
+    faulty.hold_flushes(true);
+    let seal =
+        tokio::spawn(async move { call(&app, "POST", "/v1/sys/seal", Some(&admin), None).await });
+    let reply = tokio::time::timeout(std::time::Duration::from_secs(40), seal)
+        .await
+        .expect("the seal hung with the store")
+        .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(vault.keyring.is_sealed(), "a hanging store kept the keys");
+    faulty.hold_flushes(false);
+}

@@ -15,6 +15,7 @@ use crate::clock::rfc3339;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Login {
+    #[schema(max_length = 256)]
     pub username: String,
     pub password: String,
 }
@@ -26,6 +27,9 @@ pub struct Session {
     /// When the session ends unless used (idle) or at the latest (absolute).
     pub expires_at: String,
 }
+
+/// Longest username a login considers (names are at most 64 characters).
+const MAX_USERNAME_CHARS: usize = 256;
 
 /// Exchanges a staff username and password for a session token.
 /// Repeated failures lock the username for a growing period.
@@ -55,6 +59,14 @@ async fn attempt(
     login: Login,
 ) -> Result<Json<Session>, ApiError> {
     let lockout = state.settings.lockout;
+    // Names are at most 64 characters; a far longer one is no one's, and
+    // is refused before it costs a count, a hash or an entry.
+    if login.username.chars().count() > MAX_USERNAME_CHARS {
+        return Err(ApiError::field(
+            "username",
+            "must be at most 256 characters",
+        ));
+    }
     let username = login.username.trim().to_lowercase();
     let password = zeroize::Zeroizing::new(login.password);
     let target = state.audit.fingerprint(&username);
@@ -65,7 +77,15 @@ async fn attempt(
     };
 
     let Some(_checking) = state.logins_in_flight.begin(&username) else {
-        return refuse(&state, failed("anonymous", "attempt in progress"), 1).await;
+        // Audited once a minute in all, not per username: usernames are
+        // free to invent, so a per-name budget would not bound the log.
+        return refuse(
+            &state,
+            failed("anonymous", "attempt in progress"),
+            1,
+            "in progress",
+        )
+        .await;
     };
     let reserved = {
         let state = state.clone();
@@ -81,7 +101,14 @@ async fn attempt(
         .map_err(|_| ApiError::Internal)??
     };
     if let Attempt::Locked { retry_after_secs } = reserved {
-        return refuse(&state, failed("anonymous", "locked"), retry_after_secs).await;
+        let notice = target.clone().unwrap_or_default();
+        return refuse(
+            &state,
+            failed("anonymous", "locked"),
+            retry_after_secs,
+            &notice,
+        )
+        .await;
     }
 
     let record = state.principals.staff_login_record(&username)?;
@@ -135,17 +162,17 @@ async fn attempt(
 }
 
 /// Refuses an attempt without checking its password: 429. Such refusals
-/// cost nothing, so they are audited at most once a minute per username, or
-/// they could flood the log.
+/// cost nothing, so they are audited at most once a minute per
+/// `notice_key`, or they could flood the log.
 async fn refuse(
     state: &AppState,
     event: AuditEvent,
     retry_after_secs: u64,
+    notice_key: &str,
 ) -> Result<Json<Session>, ApiError> {
-    let notice_key = event.target.clone().unwrap_or_default();
     if state
         .lock_notices
-        .take(&notice_key, state.clock.now())
+        .take(notice_key, state.clock.now())
         .is_ok()
     {
         state.record(event).await?;

@@ -331,9 +331,23 @@ impl AppState {
     }
 
     /// Signs the audit head, then drops every key: on seal and on shutdown.
+    /// The signature is best effort, for at most [`SEAL_CHECKPOINT_WAIT`]:
+    /// a store that hangs (a dying disk) must not keep the keys in memory.
     pub fn seal(&self) {
-        if let Err(e) = self.audit.checkpoint() {
-            tracing::error!(error = %e, "audit checkpoint before sealing failed");
+        let audit = self.audit.clone();
+        let (done, signed) = std::sync::mpsc::channel();
+        let checkpoint = std::thread::Builder::new()
+            .name("seal-checkpoint".into())
+            .spawn(move || drop(done.send(audit.checkpoint())));
+        match checkpoint.map(|_| signed.recv_timeout(SEAL_CHECKPOINT_WAIT)) {
+            Ok(Ok(Ok(_))) => {}
+            Ok(Ok(Err(e))) => {
+                tracing::error!(error = %e, "audit checkpoint before sealing failed");
+            }
+            Ok(Err(_)) => tracing::error!(
+                "audit checkpoint before sealing did not finish in time; sealing without it"
+            ),
+            Err(e) => tracing::error!(error = %e, "no thread for the audit checkpoint; sealing"),
         }
         self.keyring.seal();
     }
@@ -437,6 +451,9 @@ impl AppState {
         })
     }
 }
+
+/// How long a seal waits for its audit checkpoint before sealing without it.
+const SEAL_CHECKPOINT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Prefixes of the ids this vault issues, each followed by 24 hex digits.
 const ISSUED_ID_PREFIXES: [&str; 6] = ["card_", "bank_", "kyc_", "gen_", "ar_", "prn_"];

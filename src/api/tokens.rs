@@ -316,7 +316,12 @@ pub async fn revoke(
 ) -> Result<StatusCode, ApiError> {
     let named = state.token_target(&token)?;
     state
-        .authorize_on(&caller, Operation::TokenRevoke, &ctx, &[named.clone()])
+        .authorize_on(
+            &caller,
+            Operation::TokenRevoke,
+            &ctx,
+            std::slice::from_ref(&named),
+        )
         .await?;
     let principal = caller.principal();
     let Some((key, record)) = state.vault.token(&token)? else {

@@ -146,9 +146,14 @@ pub fn masked_view(data: &RecordData, roles: &[Role]) -> Value {
                 kyc.address.as_ref().map(|a| json!({"country": a.country}))
             });
             put(Field::NationalId, "national_id", &|_| {
-                kyc.national_id.as_ref().map(
-                    |n| json!({"type": n.id_type, "country": n.country, "last4": last4(&n.number)}),
-                )
+                kyc.national_id.as_ref().map(|n| {
+                    // A PESEL is the birth date, four digits and a check
+                    // digit: its last four and the (revealable) birth date
+                    // leave one digit, which the check digit fixes. So no
+                    // digit of a PESEL is shown.
+                    let last4 = (n.id_type != "pesel").then(|| last4(&n.number));
+                    json!({"type": n.id_type, "country": n.country, "last4": last4})
+                })
             });
             put(Field::Email, "email", &|_| {
                 kyc.email.as_deref().map(|e| json!(mask_email(e)))
@@ -183,5 +188,26 @@ mod tests {
                 assert_eq!(v, View::Masked);
             }
         }
+    }
+
+    #[test]
+    fn no_digit_of_a_pesel_is_shown() {
+        let kyc = |id_type: &str, number: &str| {
+            RecordData::parse(
+                crate::records::RecordType::Kyc,
+                serde_json::json!({
+                    "legal_name": {"given": "Ada", "family": "Nowak"},
+                    "date_of_birth": "1944-05-14",
+                    "national_id": {"type": id_type, "number": number, "country": "PL"}
+                }),
+                time::macros::datetime!(2026-11-29 00:00 UTC),
+            )
+            .unwrap()
+        };
+        let pesel = masked_view(&kyc("pesel", "44051401359"), &[Role::ComplianceOfficer]);
+        assert_eq!(pesel["national_id"]["last4"], Value::Null, "{pesel}");
+        assert!(!pesel.to_string().contains("1359"));
+        let passport = masked_view(&kyc("passport", "925076473"), &[Role::ComplianceOfficer]);
+        assert_eq!(passport["national_id"]["last4"], "6473");
     }
 }
