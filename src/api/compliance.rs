@@ -277,12 +277,9 @@ pub async fn reveal(
     body: JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     state
-        .authorize_on(
-            &caller,
-            Operation::RecordReveal,
-            &ctx,
-            &[state.target_of(&id)],
-        )
+        .authorize_on(&caller, Operation::RecordReveal, &ctx, || {
+            Ok(vec![state.target_of(&id)])
+        })
         .await?;
     let request: RevealRequest = body.parse()?;
     let (reason, ticket) = justification(request.reason, request.ticket)?;
@@ -406,17 +403,13 @@ pub async fn request_access(
     caller: Caller,
     body: JsonBody,
 ) -> Result<(StatusCode, Json<AccessRequestState>), ApiError> {
-    let named = body
-        .parse::<serde_json::Value>()
-        .ok()
-        .and_then(|v| v.get("record_id")?.as_str().map(|id| state.target_of(id)));
+    let named = || {
+        let body = body.parse::<serde_json::Value>().ok();
+        let record = body.as_ref().and_then(|v| v.get("record_id")?.as_str());
+        Ok(record.map(|id| state.target_of(id)).into_iter().collect())
+    };
     state
-        .authorize_on(
-            &caller,
-            Operation::AccessRequestCreate,
-            &ctx,
-            named.as_slice(),
-        )
+        .authorize_on(&caller, Operation::AccessRequestCreate, &ctx, named)
         .await?;
     let request: CreateAccessRequest = body.parse()?;
     let (reason, ticket) = justification(request.reason, request.ticket)?;
@@ -465,7 +458,7 @@ async fn decide(
         Operation::AccessRequestDeny
     };
     state
-        .authorize_on(&caller, op, &ctx, &[state.target_of(&id)])
+        .authorize_on(&caller, op, &ctx, || Ok(vec![state.target_of(&id)]))
         .await?;
     let principal = caller.principal();
     let event = ctx

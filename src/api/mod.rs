@@ -393,24 +393,26 @@ impl AppState {
         op: Operation,
         ctx: &RequestContext,
     ) -> Result<(), ApiError> {
-        self.authorize_on(caller, op, ctx, &[]).await
+        self.authorize_on(caller, op, ctx, || Ok(Vec::new())).await
     }
 
-    /// Allows `op` on the things the request names (`targets`: record,
-    /// token, access-request or principal ids, as [`AppState::target_of`]
-    /// gives them), or audits one denial per target (one without a target
-    /// when there is none) and answers 403. An investigator asking "who
+    /// Allows `op` on the things the request names, or audits one denial
+    /// per target (one without a target when there is none) and answers
+    /// 403. `targets` (record, token, access-request or principal ids, as
+    /// [`AppState::target_of`] gives them) is worked out only for a denial:
+    /// an allowed request pays nothing for it. An investigator asking "who
     /// tried to reach record X?" finds every attempt.
     pub async fn authorize_on(
         &self,
         caller: &Caller,
         op: Operation,
         ctx: &RequestContext,
-        targets: &[Option<String>],
+        targets: impl FnOnce() -> Result<Vec<Option<String>>, ApiError>,
     ) -> Result<(), ApiError> {
         if caller.principal().may(op) {
             return Ok(());
         }
+        let targets = targets()?;
         let denial = ctx.event(&caller.principal().id, op.action(), Outcome::Denied);
         let batch = if targets.is_empty() {
             vec![(denial, Transaction::new())]

@@ -242,12 +242,9 @@ pub async fn disable(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     state
-        .authorize_on(
-            &caller,
-            Operation::PrincipalDisable,
-            &ctx,
-            &[state.target_of(&id)],
-        )
+        .authorize_on(&caller, Operation::PrincipalDisable, &ctx, || {
+            Ok(vec![state.target_of(&id)])
+        })
         .await?;
     let event = ctx
         .event(

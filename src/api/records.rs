@@ -363,12 +363,9 @@ pub async fn read(
     Path(id): Path<String>,
 ) -> Result<Json<RecordView>, ApiError> {
     state
-        .authorize_on(
-            &caller,
-            Operation::RecordRead,
-            &ctx,
-            &[state.target_of(&id)],
-        )
+        .authorize_on(&caller, Operation::RecordRead, &ctx, || {
+            Ok(vec![state.target_of(&id)])
+        })
         .await?;
     let meta = visible(&state, &ctx, &caller, &id, "record.read").await?;
     let data = state.vault.open(&meta)?;
@@ -404,12 +401,9 @@ pub async fn update(
     body: JsonBody,
 ) -> Result<Json<RecordView>, ApiError> {
     state
-        .authorize_on(
-            &caller,
-            Operation::RecordUpdate,
-            &ctx,
-            &[state.target_of(&id)],
-        )
+        .authorize_on(&caller, Operation::RecordUpdate, &ctx, || {
+            Ok(vec![state.target_of(&id)])
+        })
         .await?;
     let mut patch = object(&body)?;
     let meta = visible(&state, &ctx, &caller, &id, "record.update").await?;
@@ -449,12 +443,9 @@ pub async fn erase(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     state
-        .authorize_on(
-            &caller,
-            Operation::RecordErase,
-            &ctx,
-            &[state.target_of(&id)],
-        )
+        .authorize_on(&caller, Operation::RecordErase, &ctx, || {
+            Ok(vec![state.target_of(&id)])
+        })
         .await?;
     let meta = visible(&state, &ctx, &caller, &id, "record.erase").await?;
     let tx = state.vault.prepare_erase(&meta)?;

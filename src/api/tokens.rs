@@ -261,25 +261,26 @@ pub async fn detokenize(
     caller: Caller,
     body: JsonBody,
 ) -> Result<Json<Value>, ApiError> {
-    if !caller.principal().may(Operation::TokenDetokenize) {
-        // The denial names what the first few tokens stand for: enough for
-        // "who tried to reach X?", while one refused request can never
-        // write more than DENIAL_TARGETS entries.
-        let named = body
+    // A denial names what the first few tokens stand for: enough for "who
+    // tried to reach X?", while one refused request can never write more
+    // than DENIAL_TARGETS entries.
+    let named = || {
+        let tokens = body
             .parse::<DetokenizeRequest>()
             .map(|r| r.tokens)
             .unwrap_or_default();
         let mut targets = Vec::new();
-        for token in named.iter().take(DENIAL_TARGETS) {
+        for token in tokens.iter().take(DENIAL_TARGETS) {
             let target = state.token_target(token)?;
             if !targets.contains(&target) {
                 targets.push(target);
             }
         }
-        state
-            .authorize_on(&caller, Operation::TokenDetokenize, &ctx, &targets)
-            .await?;
-    }
+        Ok(targets)
+    };
+    state
+        .authorize_on(&caller, Operation::TokenDetokenize, &ctx, named)
+        .await?;
     let request: DetokenizeRequest = body.parse()?;
     if request.tokens.is_empty() || request.tokens.len() > MAX_BATCH {
         return Err(ApiError::field("tokens", "must hold 1 to 1000 tokens"));
@@ -314,14 +315,10 @@ pub async fn revoke(
     caller: Caller,
     Path(token): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let named = state.token_target(&token)?;
     state
-        .authorize_on(
-            &caller,
-            Operation::TokenRevoke,
-            &ctx,
-            std::slice::from_ref(&named),
-        )
+        .authorize_on(&caller, Operation::TokenRevoke, &ctx, || {
+            Ok(vec![state.token_target(&token)?])
+        })
         .await?;
     let principal = caller.principal();
     let Some((key, record)) = state.vault.token(&token)? else {
@@ -331,7 +328,7 @@ pub async fn revoke(
         // Another owner's token is "not found" to this caller, and the
         // attempt is a denial on what the token stands for.
         let event = AuditEvent {
-            target: named,
+            target: Some(record.target.id().to_owned()),
             reason: Some("not the owner".into()),
             ..ctx.event(&principal.id, "token.revoke", Outcome::Denied)
         };
