@@ -439,6 +439,9 @@ fn dev(args: DevArgs) -> Result<(), String> {
             .map(|k| Zeroizing::new(k.expose_secret().to_owned()))
             .map_err(|e| e.problem().detail)
     };
+    // A second admin: relay routes need another admin's approval (dual
+    // control), so a new user can try the whole payment path at once.
+    let second_admin_key = service("admin2", Role::Admin)?;
     let payment_key = service("payments", Role::PaymentService)?;
     let auditor_key = service("auditor", Role::Auditor)?;
     let mut staff = serde_json::Map::new();
@@ -470,6 +473,7 @@ fn dev(args: DevArgs) -> Result<(), String> {
             let value = json!({
                 "url": url,
                 "admin_api_key": admin_key.as_str(),
+                "second_admin_api_key": second_admin_key.as_str(),
                 "payment_service_api_key": payment_key.as_str(),
                 "auditor_api_key": auditor_key.as_str(),
                 "staff": staff,
@@ -481,12 +485,14 @@ fn dev(args: DevArgs) -> Result<(), String> {
                 out,
                 "Strongroom dev server (throw-away data, unsealed) at {url}\n\
                  Admin API key:           {}\n\
+                 Second admin API key:    {} (approves relay routes)\n\
                  Payment service API key: {}\n\
                  Auditor API key:         {}\n\
                  Staff logins:            {}\n\
                  Unseal passphrase:       {}\n\
                  Try: curl {url}/v1/sys/health",
                 admin_key.as_str(),
+                second_admin_key.as_str(),
                 payment_key.as_str(),
                 auditor_key.as_str(),
                 serde_json::Value::Object(staff.clone()),
