@@ -223,6 +223,7 @@ fn dev_prints_credentials_as_json_and_serves_unsealed() {
     let admin = creds["admin_api_key"].as_str().unwrap();
     for key in [
         "admin_api_key",
+        "second_admin_api_key",
         "payment_service_api_key",
         "auditor_api_key",
     ] {
