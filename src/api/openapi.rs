@@ -164,7 +164,7 @@ impl Modify for Layers {
         CardInput, BankAccountInput, KycInput, LegalName, Address, NationalId, NationalIdType,
         Brand, RecordType,
         records::NewCard, records::NewBankAccount, records::NewKyc, records::MergePatch,
-        records::CreatedCard, records::CollectedCard, records::CardCreated, collect::AttachCvc, principals::NewPublishable, principals::PublishableKind, principals::PublishableRole, records::CreatedBankAccount, records::CreatedKyc, records::RecordView,
+        records::CreatedCard, records::CollectedCard, collect::AttachCvc, principals::NewPublishable, principals::PublishableKind, principals::PublishableRole, records::CreatedBankAccount, records::CreatedKyc, records::RecordView,
         compliance::SearchRequest, compliance::SearchField, compliance::SearchMatch, compliance::SearchResult, compliance::Revealed, compliance::RevealRequest,
         compliance::CreateAccessRequest, compliance::AccessRequestState, RequestStatus,
         tokens::TokenizeRequest, tokens::TokenKind, tokens::GenericTokenFormat, tokens::Tokenized, tokens::DetokenizeRequest, tokens::Detokenized, TokenFormat, keys::KeyPurpose,

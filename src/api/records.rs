@@ -166,16 +166,6 @@ pub struct CollectedCard {
     pub exp_year: Option<u16>,
 }
 
-/// The answer to a card's creation: the full one for its owner service,
-/// the collect one for a publishable key.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-#[serde(untagged)]
-pub enum CardCreated {
-    Card(CreatedCard),
-    Collected(CollectedCard),
-}
-
 #[derive(Serialize)]
 #[serde(untagged)]
 pub enum CreatedRecord {
@@ -343,7 +333,7 @@ impl ToSchema for MergePatch {}
     security(("bearer" = [])),
     request_body(content = NewCard, content_type = "application/json"),
     responses(
-        (status = 201, description = "Created; tokens and masked fields only (`CollectedCard` for a publishable key)", body = CardCreated),
+        (status = 201, description = "Created; tokens and masked fields only. A publishable key gets the `CollectedCard` subset: no `fingerprint`", body = CreatedCard),
         (status = 403, description = "`forbidden`; or a publishable key from an origin it does not allow", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "`rate_limited`: a publishable key's or client address's limit", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`conflict`: no unique token could be minted", body = Problem, content_type = "application/problem+json"),
