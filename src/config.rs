@@ -433,7 +433,8 @@ mod tests {
 
     #[test]
     fn the_collect_section() {
-        let resolve = |text: &str| Config::resolve(toml::from_str(text).unwrap(), Overrides::default());
+        let resolve =
+            |text: &str| Config::resolve(toml::from_str(text).unwrap(), Overrides::default());
         let config = resolve("").unwrap();
         assert_eq!(config.collect, CollectSettings::default());
         assert_eq!(config.collect.cvc_ttl_seconds, 900);

@@ -268,7 +268,10 @@ mod tests {
         let (_, cvcs) = store(10);
         cvcs.put("card_1", "123").unwrap();
         assert!(cvcs.holds("card_1"));
-        assert_eq!(cvcs.take("card_1").as_deref().map(String::as_str), Some("123"));
+        assert_eq!(
+            cvcs.take("card_1").as_deref().map(String::as_str),
+            Some("123")
+        );
         assert_eq!(cvcs.take("card_1"), None);
         assert!(!cvcs.holds("card_1"));
         assert!(cvcs.is_empty());
@@ -293,7 +296,10 @@ mod tests {
         cvcs.put("card_1", "123").unwrap();
         cvcs.put("card_2", "321").unwrap();
         clock.advance(Duration::seconds(899));
-        assert_eq!(cvcs.take("card_2").as_deref().map(String::as_str), Some("321"));
+        assert_eq!(
+            cvcs.take("card_2").as_deref().map(String::as_str),
+            Some("321")
+        );
         clock.advance(Duration::seconds(1));
         assert_eq!(cvcs.take("card_1"), None);
         assert!(cvcs.is_empty());
@@ -303,7 +309,10 @@ mod tests {
         clock.advance(Duration::seconds(600));
         cvcs.put("card_3", "222").unwrap();
         clock.advance(Duration::seconds(400));
-        assert_eq!(cvcs.take("card_3").as_deref().map(String::as_str), Some("222"));
+        assert_eq!(
+            cvcs.take("card_3").as_deref().map(String::as_str),
+            Some("222")
+        );
     }
 
     #[test]
@@ -319,7 +328,10 @@ mod tests {
         assert_ne!(old_nonce_key, new_key);
         // Still usable after a clear.
         cvcs.put("card_1", "999").unwrap();
-        assert_eq!(cvcs.take("card_1").as_deref().map(String::as_str), Some("999"));
+        assert_eq!(
+            cvcs.take("card_1").as_deref().map(String::as_str),
+            Some("999")
+        );
     }
 
     #[test]

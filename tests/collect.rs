@@ -205,7 +205,8 @@ async fn publishable_keys_are_made_for_an_enabled_payment_service_only() {
 
     let auditor = w.vault.service("auditor-svc", Role::Auditor);
     let auditor_id = w.vault.principal_id("auditor-svc");
-    w.vault.staff("staffer", Role::Auditor, "staff password 123");
+    w.vault
+        .staff("staffer", Role::Auditor, "staff password 123");
     let staff_id = w.vault.principal_id("staffer");
     let disabled = w.vault.service("gone-payments", Role::PaymentService);
     drop(disabled);
@@ -264,7 +265,10 @@ async fn publishable_keys_are_made_for_an_enabled_payment_service_only() {
     }
     let mut body = good(&w.payments_id);
     body.as_object_mut().unwrap().remove("allowed_origins");
-    assert_eq!(create(body).await.body["errors"][0]["field"], "allowed_origins");
+    assert_eq!(
+        create(body).await.body["errors"][0]["field"],
+        "allowed_origins"
+    );
     // Roles: collector only, and only for publishable keys.
     for roles in [
         json!(["payment_service"]),
@@ -278,12 +282,16 @@ async fn publishable_keys_are_made_for_an_enabled_payment_service_only() {
         assert_eq!(reply.status, 422, "{roles}");
         assert_eq!(reply.body["errors"][0]["field"], "roles");
     }
-    let reply = create(json!({"name": "svc-collector", "kind": "service", "roles": ["collector"]})).await;
+    let reply =
+        create(json!({"name": "svc-collector", "kind": "service", "roles": ["collector"]})).await;
     assert_eq!(reply.body["errors"][0]["field"], "roles");
     let reply = create(json!({"name": "stf-collector", "kind": "staff", "roles": ["collector"], "password": "staff password 123"})).await;
     assert_eq!(reply.body["errors"][0]["field"], "roles");
     // Owner and origins belong to publishable keys; passwords do not.
-    let reply = create(json!({"name": "svc2", "kind": "service", "roles": ["auditor"], "owner": w.payments_id})).await;
+    let reply = create(
+        json!({"name": "svc2", "kind": "service", "roles": ["auditor"], "owner": w.payments_id}),
+    )
+    .await;
     assert_eq!(reply.body["errors"][0]["field"], "owner");
     let reply = create(json!({"name": "svc3", "kind": "service", "roles": ["auditor"], "allowed_origins": [TEST_ORIGIN]})).await;
     assert_eq!(reply.body["errors"][0]["field"], "allowed_origins");
@@ -355,17 +363,34 @@ async fn a_collector_creates_cards_for_its_owner_and_sees_only_the_create_answer
     assert_eq!(reply.body["brand"], "visa");
     assert_eq!(reply.body["last4"], "4242");
     assert_eq!(
-        (reply.body["exp_month"].as_u64(), reply.body["exp_year"].as_u64()),
+        (
+            reply.body["exp_month"].as_u64(),
+            reply.body["exp_year"].as_u64()
+        ),
         (Some(12), Some(2030))
     );
     let text = reply.body.to_string();
     assert!(!text.contains("4242424242424242") && !text.contains("Lovelace"));
     let id = reply.body["id"].as_str().unwrap().to_owned();
     // The record is the owner's: it reads it; another service does not.
-    let read = call(&w.app, "GET", &format!("/v1/records/{id}"), Some(&w.payments), None).await;
+    let read = call(
+        &w.app,
+        "GET",
+        &format!("/v1/records/{id}"),
+        Some(&w.payments),
+        None,
+    )
+    .await;
     assert_eq!(read.status, 200, "{}", read.body);
     assert_eq!(read.body["subject_ref"], "user-42");
-    let other = call(&w.app, "GET", &format!("/v1/records/{id}"), Some(&w.other_payments), None).await;
+    let other = call(
+        &w.app,
+        "GET",
+        &format!("/v1/records/{id}"),
+        Some(&w.other_payments),
+        None,
+    )
+    .await;
     assert_eq!(other.status, 404);
     assert_eq!(w.vault.state.vault.meta(&id).unwrap().owner, w.payments_id);
     // Audited with the publishable key as actor and the owner named.
@@ -377,17 +402,44 @@ async fn a_collector_creates_cards_for_its_owner_and_sees_only_the_create_answer
     assert_eq!(entry["actor"], w.spk_id.as_str());
     assert_eq!(entry["reason"], format!("for {}", w.payments_id));
     // From the development origin too.
-    let dev = from_origin(&w.app, "POST", "/v1/records/card", Some(&w.spk), Some(DEV_ORIGIN), Some(card())).await;
+    let dev = from_origin(
+        &w.app,
+        "POST",
+        "/v1/records/card",
+        Some(&w.spk),
+        Some(DEV_ORIGIN),
+        Some(card()),
+    )
+    .await;
     assert_eq!(dev.status, 201);
     // A card with a CVC in it is still refused (CVCs go to their own route).
     let mut with_cvc = card();
     with_cvc["cvc"] = json!("123");
-    let refused = from_origin(&w.app, "POST", "/v1/records/card", Some(&w.spk), Some(TEST_ORIGIN), Some(with_cvc)).await;
+    let refused = from_origin(
+        &w.app,
+        "POST",
+        "/v1/records/card",
+        Some(&w.spk),
+        Some(TEST_ORIGIN),
+        Some(with_cvc),
+    )
+    .await;
     assert_eq!(refused.status, 422);
     assert!(!refused.body.to_string().contains("\"123\""));
     // Bad input is problem+json, never 500.
-    let bad = from_origin(&w.app, "POST", "/v1/records/card", Some(&w.spk), Some(TEST_ORIGIN), Some(json!({"pan": "4242 4242 4242 4241", "exp_month": 12, "exp_year": 2030}))).await;
-    assert_eq!((bad.status, bad.body["code"].as_str()), (422, Some("validation_failed")));
+    let bad = from_origin(
+        &w.app,
+        "POST",
+        "/v1/records/card",
+        Some(&w.spk),
+        Some(TEST_ORIGIN),
+        Some(json!({"pan": "4242 4242 4242 4241", "exp_month": 12, "exp_year": 2030})),
+    )
+    .await;
+    assert_eq!(
+        (bad.status, bad.body["code"].as_str()),
+        (422, Some("validation_failed"))
+    );
     assert!(!bad.body.to_string().contains("4241"));
 }
 
@@ -397,21 +449,50 @@ async fn a_collector_creates_cards_for_its_owner_and_sees_only_the_create_answer
 async fn a_collector_gets_403_on_every_other_route() {
     let w = world().await;
     let card_id = collected(&w, card()).await;
-    let token = call(&w.app, "POST", "/v1/records/card", Some(&w.payments), Some(card()))
-        .await
-        .body["token"]
+    let token = call(
+        &w.app,
+        "POST",
+        "/v1/records/card",
+        Some(&w.payments),
+        Some(card()),
+    )
+    .await
+    .body["token"]
         .as_str()
         .unwrap()
         .to_owned();
     let officer_password = "officer password 1";
-    w.vault.staff("officer", Role::ComplianceOfficer, officer_password);
-    let session = call(&w.app, "POST", "/v1/auth/login", None, Some(json!({"username": "officer", "password": officer_password}))).await.body["token"].as_str().unwrap().to_owned();
-    let request = call(&w.app, "POST", "/v1/access-requests", Some(&session), Some(json!({"record_id": card_id, "fields": ["pan"], "reason": "r", "ticket": "CASE-1"}))).await;
+    w.vault
+        .staff("officer", Role::ComplianceOfficer, officer_password);
+    let session = call(
+        &w.app,
+        "POST",
+        "/v1/auth/login",
+        None,
+        Some(json!({"username": "officer", "password": officer_password})),
+    )
+    .await
+    .body["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let request = call(
+        &w.app,
+        "POST",
+        "/v1/access-requests",
+        Some(&session),
+        Some(json!({"record_id": card_id, "fields": ["pan"], "reason": "r", "ticket": "CASE-1"})),
+    )
+    .await;
     assert_eq!(request.status, 201, "{}", request.body);
     let request_id = request.body["id"].as_str().unwrap().to_owned();
     let routes: Vec<(&str, String, Option<Value>)> = vec![
         ("POST", "/v1/sys/seal".into(), None),
-        ("POST", "/v1/principals".into(), Some(json!({"name": "x", "kind": "service", "roles": ["auditor"]}))),
+        (
+            "POST",
+            "/v1/principals".into(),
+            Some(json!({"name": "x", "kind": "service", "roles": ["auditor"]})),
+        ),
         ("GET", "/v1/principals".into(), None),
         ("DELETE", format!("/v1/principals/{}", w.payments_id), None),
         ("DELETE", format!("/v1/principals/{}", w.spk_id), None),
@@ -420,23 +501,75 @@ async fn a_collector_gets_403_on_every_other_route() {
         ("GET", "/v1/audit/verify".into(), None),
         ("GET", "/v1/keys".into(), None),
         ("POST", "/v1/keys/card/rotate".into(), None),
-        ("POST", "/v1/records/bank_account".into(), Some(json!({"iban": "DE89 3704 0044 0532 0130 00"}))),
-        ("POST", "/v1/records/kyc".into(), Some(json!({"legal_name": {"given": "Ada", "family": "Lovelace"}}))),
+        (
+            "POST",
+            "/v1/records/bank_account".into(),
+            Some(json!({"iban": "DE89 3704 0044 0532 0130 00"})),
+        ),
+        (
+            "POST",
+            "/v1/records/kyc".into(),
+            Some(json!({"legal_name": {"given": "Ada", "family": "Lovelace"}})),
+        ),
         ("GET", format!("/v1/records/{card_id}"), None),
-        ("PATCH", format!("/v1/records/{card_id}"), Some(json!({"exp_month": 11}))),
+        (
+            "PATCH",
+            format!("/v1/records/{card_id}"),
+            Some(json!({"exp_month": 11})),
+        ),
         ("DELETE", format!("/v1/records/{card_id}"), None),
-        ("POST", format!("/v1/records/{card_id}/reveal"), Some(json!({"fields": ["pan"], "reason": "r", "ticket": "CASE-1"}))),
-        ("POST", "/v1/search".into(), Some(json!({"field": "pan", "value": "4242424242424242", "reason": "r", "ticket": "CASE-1"}))),
-        ("POST", "/v1/access-requests".into(), Some(json!({"record_id": card_id, "fields": ["pan"], "reason": "r", "ticket": "CASE-1"}))),
-        ("POST", format!("/v1/access-requests/{request_id}/approve"), None),
-        ("POST", format!("/v1/access-requests/{request_id}/deny"), None),
-        ("POST", "/v1/tokens".into(), Some(json!({"value": "a secret", "kind": "generic"}))),
-        ("POST", "/v1/tokens/detokenize".into(), Some(json!({"tokens": [token]}))),
+        (
+            "POST",
+            format!("/v1/records/{card_id}/reveal"),
+            Some(json!({"fields": ["pan"], "reason": "r", "ticket": "CASE-1"})),
+        ),
+        (
+            "POST",
+            "/v1/search".into(),
+            Some(
+                json!({"field": "pan", "value": "4242424242424242", "reason": "r", "ticket": "CASE-1"}),
+            ),
+        ),
+        (
+            "POST",
+            "/v1/access-requests".into(),
+            Some(
+                json!({"record_id": card_id, "fields": ["pan"], "reason": "r", "ticket": "CASE-1"}),
+            ),
+        ),
+        (
+            "POST",
+            format!("/v1/access-requests/{request_id}/approve"),
+            None,
+        ),
+        (
+            "POST",
+            format!("/v1/access-requests/{request_id}/deny"),
+            None,
+        ),
+        (
+            "POST",
+            "/v1/tokens".into(),
+            Some(json!({"value": "a secret", "kind": "generic"})),
+        ),
+        (
+            "POST",
+            "/v1/tokens/detokenize".into(),
+            Some(json!({"tokens": [token]})),
+        ),
         ("DELETE", format!("/v1/tokens/{token}"), None),
     ];
     let before = audit_entries(&w.vault).len();
     for (method, path, body) in &routes {
-        let reply = from_origin(&w.app, method, path, Some(&w.spk), Some(TEST_ORIGIN), body.clone()).await;
+        let reply = from_origin(
+            &w.app,
+            method,
+            path,
+            Some(&w.spk),
+            Some(TEST_ORIGIN),
+            body.clone(),
+        )
+        .await;
         assert_eq!(reply.status, 403, "{method} {path}: {}", reply.body);
         assert_eq!(reply.body["code"], "forbidden", "{method} {path}");
         assert!(cors_headers(&reply).is_empty(), "{method} {path}");
@@ -447,15 +580,41 @@ async fn a_collector_gets_403_on_every_other_route() {
         .skip(before)
         .filter(|e| e["actor"] == w.spk_id.as_str() && e["outcome"] == "denied")
         .count();
-    assert!(denials >= routes.len(), "{denials} denials for {} routes", routes.len());
+    assert!(
+        denials >= routes.len(),
+        "{denials} denials for {} routes",
+        routes.len()
+    );
     // Nothing happened: unsealed, the card and its token stand, the
     // principals are enabled.
     assert!(!w.vault.keyring.is_sealed());
-    let read = call(&w.app, "GET", &format!("/v1/records/{card_id}"), Some(&w.payments), None).await;
+    let read = call(
+        &w.app,
+        "GET",
+        &format!("/v1/records/{card_id}"),
+        Some(&w.payments),
+        None,
+    )
+    .await;
     assert_eq!(read.status, 200);
-    let detok = call(&w.app, "POST", "/v1/tokens/detokenize", Some(&w.payments), Some(json!({"tokens": [token]}))).await;
+    let detok = call(
+        &w.app,
+        "POST",
+        "/v1/tokens/detokenize",
+        Some(&w.payments),
+        Some(json!({"tokens": [token]})),
+    )
+    .await;
     assert_eq!(detok.status, 200, "{}", detok.body);
-    assert!(w.vault.state.principals.list().unwrap().iter().all(|p| !p.disabled));
+    assert!(
+        w.vault
+            .state
+            .principals
+            .list()
+            .unwrap()
+            .iter()
+            .all(|p| !p.disabled)
+    );
     // The key still works for what it may do.
     collected(&w, card()).await;
 }
@@ -464,15 +623,41 @@ async fn a_collector_gets_403_on_every_other_route() {
 async fn a_publishable_key_needs_one_of_its_origins() {
     let w = world().await;
     let before = audit_entries(&w.vault).len();
-    for origin in [None, Some(OTHER_ORIGIN), Some("null"), Some("https://shop.example.evil.example"), Some("https://SHOP.example"), Some("http://shop.example")] {
-        let reply = from_origin(&w.app, "POST", "/v1/records/card", Some(&w.spk), origin, Some(card())).await;
+    for origin in [
+        None,
+        Some(OTHER_ORIGIN),
+        Some("null"),
+        Some("https://shop.example.evil.example"),
+        Some("https://SHOP.example"),
+        Some("http://shop.example"),
+    ] {
+        let reply = from_origin(
+            &w.app,
+            "POST",
+            "/v1/records/card",
+            Some(&w.spk),
+            origin,
+            Some(card()),
+        )
+        .await;
         assert_eq!(reply.status, 403, "{origin:?}: {}", reply.body);
         assert_eq!(reply.body["code"], "forbidden");
         // No CORS header for a refused origin.
-        assert!(header(&reply, "access-control-allow-origin").is_none(), "{origin:?}");
+        assert!(
+            header(&reply, "access-control-allow-origin").is_none(),
+            "{origin:?}"
+        );
     }
     // Two Origin headers are no origin.
-    let two = call_with(&w.app, "POST", "/v1/records/card", Some(&w.spk), Some(card()), &[("origin", TEST_ORIGIN), ("origin", TEST_ORIGIN)]).await;
+    let two = call_with(
+        &w.app,
+        "POST",
+        "/v1/records/card",
+        Some(&w.spk),
+        Some(card()),
+        &[("origin", TEST_ORIGIN), ("origin", TEST_ORIGIN)],
+    )
+    .await;
     assert_eq!(two.status, 403);
     // Each refusal is audited; no card was made.
     let refusals: Vec<Value> = audit_entries(&w.vault)
@@ -481,14 +666,38 @@ async fn a_publishable_key_needs_one_of_its_origins() {
         .filter(|e| e["action"] == "collect.origin_refused")
         .collect();
     assert_eq!(refusals.len(), 7);
-    assert!(refusals.iter().all(|e| e["actor"] == w.spk_id.as_str() && e["outcome"] == "denied"));
+    assert!(
+        refusals
+            .iter()
+            .all(|e| e["actor"] == w.spk_id.as_str() && e["outcome"] == "denied")
+    );
     assert_eq!(refusals[0]["reason"], "no origin");
-    assert!(!audit_entries(&w.vault).iter().skip(before).any(|e| e["action"] == "record.create"));
+    assert!(
+        !audit_entries(&w.vault)
+            .iter()
+            .skip(before)
+            .any(|e| e["action"] == "record.create")
+    );
     // The other key's origins are its own: TEST_ORIGIN only, not DEV_ORIGIN.
-    let reply = from_origin(&w.app, "POST", "/v1/records/card", Some(&w.other_spk), Some(DEV_ORIGIN), Some(card())).await;
+    let reply = from_origin(
+        &w.app,
+        "POST",
+        "/v1/records/card",
+        Some(&w.other_spk),
+        Some(DEV_ORIGIN),
+        Some(card()),
+    )
+    .await;
     assert_eq!(reply.status, 403);
     // Service keys are not bound to origins (servers send none).
-    let reply = call(&w.app, "POST", "/v1/records/card", Some(&w.payments), Some(card())).await;
+    let reply = call(
+        &w.app,
+        "POST",
+        "/v1/records/card",
+        Some(&w.payments),
+        Some(card()),
+    )
+    .await;
     assert_eq!(reply.status, 201);
 }
 
@@ -497,37 +706,123 @@ async fn disabling_the_owner_or_the_key_makes_it_unusable_at_once() {
     let w = world().await;
     collected(&w, card()).await;
     let preflight = |app: Router| async move {
-        from_origin(&app, "OPTIONS", "/v1/records/card", None, Some(DEV_ORIGIN), None).await.status
+        from_origin(
+            &app,
+            "OPTIONS",
+            "/v1/records/card",
+            None,
+            Some(DEV_ORIGIN),
+            None,
+        )
+        .await
+        .status
     };
     assert_eq!(preflight(w.app.clone()).await, 204);
     // Disable the owner service: the key is refused (401, as a disabled
     // principal's key is), and its origins no longer get CORS.
-    let reply = call(&w.app, "DELETE", &format!("/v1/principals/{}", w.payments_id), Some(&w.vault.admin_api_key), None).await;
+    let reply = call(
+        &w.app,
+        "DELETE",
+        &format!("/v1/principals/{}", w.payments_id),
+        Some(&w.vault.admin_api_key),
+        None,
+    )
+    .await;
     assert_eq!(reply.status, 204);
-    let reply = from_origin(&w.app, "POST", "/v1/records/card", Some(&w.spk), Some(TEST_ORIGIN), Some(card())).await;
-    assert_eq!((reply.status, reply.body["code"].as_str()), (401, Some("unauthenticated")));
+    let reply = from_origin(
+        &w.app,
+        "POST",
+        "/v1/records/card",
+        Some(&w.spk),
+        Some(TEST_ORIGIN),
+        Some(card()),
+    )
+    .await;
+    assert_eq!(
+        (reply.status, reply.body["code"].as_str()),
+        (401, Some("unauthenticated"))
+    );
     assert_eq!(preflight(w.app.clone()).await, 403);
     // The other owner's key still works; TEST_ORIGIN is still its own.
-    let reply = from_origin(&w.app, "POST", "/v1/records/card", Some(&w.other_spk), Some(TEST_ORIGIN), Some(card())).await;
+    let reply = from_origin(
+        &w.app,
+        "POST",
+        "/v1/records/card",
+        Some(&w.other_spk),
+        Some(TEST_ORIGIN),
+        Some(card()),
+    )
+    .await;
     assert_eq!(reply.status, 201);
-    let reply = from_origin(&w.app, "OPTIONS", "/v1/records/card", None, Some(TEST_ORIGIN), None).await;
+    let reply = from_origin(
+        &w.app,
+        "OPTIONS",
+        "/v1/records/card",
+        None,
+        Some(TEST_ORIGIN),
+        None,
+    )
+    .await;
     assert_eq!(reply.status, 204);
     // A disabled publishable key: refused; its origin loses CORS.
     let other_spk_id = w.vault.principal_id("other-checkout");
-    let reply = call(&w.app, "DELETE", &format!("/v1/principals/{other_spk_id}"), Some(&w.vault.admin_api_key), None).await;
+    let reply = call(
+        &w.app,
+        "DELETE",
+        &format!("/v1/principals/{other_spk_id}"),
+        Some(&w.vault.admin_api_key),
+        None,
+    )
+    .await;
     assert_eq!(reply.status, 204);
-    let reply = from_origin(&w.app, "POST", "/v1/records/card", Some(&w.other_spk), Some(TEST_ORIGIN), Some(card())).await;
+    let reply = from_origin(
+        &w.app,
+        "POST",
+        "/v1/records/card",
+        Some(&w.other_spk),
+        Some(TEST_ORIGIN),
+        Some(card()),
+    )
+    .await;
     assert_eq!(reply.status, 401);
-    let reply = from_origin(&w.app, "OPTIONS", "/v1/records/card", None, Some(TEST_ORIGIN), None).await;
+    let reply = from_origin(
+        &w.app,
+        "OPTIONS",
+        "/v1/records/card",
+        None,
+        Some(TEST_ORIGIN),
+        None,
+    )
+    .await;
     assert_eq!(reply.status, 403);
     // A new key for the origin brings it back, at once.
     let owner = w.vault.principal_id("other-payments");
-    publishable_key(&w.app, &w.vault.admin_api_key, "new-checkout", &owner, &[TEST_ORIGIN]).await;
-    let reply = from_origin(&w.app, "OPTIONS", "/v1/records/card", None, Some(TEST_ORIGIN), None).await;
+    publishable_key(
+        &w.app,
+        &w.vault.admin_api_key,
+        "new-checkout",
+        &owner,
+        &[TEST_ORIGIN],
+    )
+    .await;
+    let reply = from_origin(
+        &w.app,
+        "OPTIONS",
+        "/v1/records/card",
+        None,
+        Some(TEST_ORIGIN),
+        None,
+    )
+    .await;
     assert_eq!(reply.status, 204);
     // A key whose prefix is changed to a service key's does not pass.
     let disguised = w.spk.replacen("spk_", "srk_", 1);
-    assert_eq!(call(&w.app, "GET", "/v1/keys", Some(&disguised), None).await.status, 401);
+    assert_eq!(
+        call(&w.app, "GET", "/v1/keys", Some(&disguised), None)
+            .await
+            .status,
+        401
+    );
 }
 
 #[tokio::test]
@@ -537,11 +832,29 @@ async fn cors_only_on_the_collect_routes_and_only_for_allowed_origins() {
     let cvc_path = format!("/v1/records/{card_id}/cvc");
     for path in ["/v1/records/card", cvc_path.as_str()] {
         for origin in [TEST_ORIGIN, DEV_ORIGIN] {
-            let reply = call_with(&w.app, "OPTIONS", path, None, None, &[("origin", origin), ("access-control-request-method", "POST"), ("access-control-request-headers", "authorization, content-type")]).await;
+            let reply = call_with(
+                &w.app,
+                "OPTIONS",
+                path,
+                None,
+                None,
+                &[
+                    ("origin", origin),
+                    ("access-control-request-method", "POST"),
+                    (
+                        "access-control-request-headers",
+                        "authorization, content-type",
+                    ),
+                ],
+            )
+            .await;
             assert_eq!(reply.status, 204, "{path} {origin}: {}", reply.body);
             assert_eq!(header(&reply, "access-control-allow-origin"), Some(origin));
             assert_eq!(header(&reply, "access-control-allow-methods"), Some("POST"));
-            assert_eq!(header(&reply, "access-control-allow-headers"), Some("authorization, content-type, x-request-id"));
+            assert_eq!(
+                header(&reply, "access-control-allow-headers"),
+                Some("authorization, content-type, x-request-id")
+            );
             assert_eq!(header(&reply, "access-control-max-age"), Some("600"));
             assert_eq!(header(&reply, "vary"), Some("origin"));
             assert!(header(&reply, "access-control-allow-credentials").is_none());
@@ -554,19 +867,44 @@ async fn cors_only_on_the_collect_routes_and_only_for_allowed_origins() {
         }
     }
     // Actual responses on the collect routes: ACAO for an allowed origin.
-    let reply = from_origin(&w.app, "POST", "/v1/records/card", Some(&w.spk), Some(TEST_ORIGIN), Some(card())).await;
+    let reply = from_origin(
+        &w.app,
+        "POST",
+        "/v1/records/card",
+        Some(&w.spk),
+        Some(TEST_ORIGIN),
+        Some(card()),
+    )
+    .await;
     assert_eq!(reply.status, 201);
-    assert_eq!(header(&reply, "access-control-allow-origin"), Some(TEST_ORIGIN));
+    assert_eq!(
+        header(&reply, "access-control-allow-origin"),
+        Some(TEST_ORIGIN)
+    );
     assert_eq!(header(&reply, "vary"), Some("origin"));
     let reply = attach(&w, &w.spk, &card_id, json!("123")).await;
     assert_eq!(reply.status, 204);
-    assert_eq!(header(&reply, "access-control-allow-origin"), Some(TEST_ORIGIN));
+    assert_eq!(
+        header(&reply, "access-control-allow-origin"),
+        Some(TEST_ORIGIN)
+    );
     // Errors too, so the page can read them (a 422 here).
     let reply = attach(&w, &w.spk, &card_id, json!("12")).await;
     assert_eq!(reply.status, 422);
-    assert_eq!(header(&reply, "access-control-allow-origin"), Some(TEST_ORIGIN));
+    assert_eq!(
+        header(&reply, "access-control-allow-origin"),
+        Some(TEST_ORIGIN)
+    );
     // A refused origin's answer has none.
-    let reply = from_origin(&w.app, "POST", "/v1/records/card", Some(&w.spk), Some(OTHER_ORIGIN), Some(card())).await;
+    let reply = from_origin(
+        &w.app,
+        "POST",
+        "/v1/records/card",
+        Some(&w.spk),
+        Some(OTHER_ORIGIN),
+        Some(card()),
+    )
+    .await;
     assert_eq!(reply.status, 403);
     assert!(cors_headers(&reply).is_empty());
     // Every other route sends no CORS header at all, whatever the origin,
@@ -579,17 +917,44 @@ async fn cors_only_on_the_collect_routes_and_only_for_allowed_origins() {
         ("OPTIONS", "/v1/records/kyc".into(), None),
         ("OPTIONS", "/v1/tokens/detokenize".into(), None),
         ("OPTIONS", "/v1/nowhere".into(), None),
-        ("GET", format!("/v1/records/{card_id}"), Some(w.payments.as_str())),
-        ("GET", format!("/v1/records/{card_id}"), Some(w.spk.as_str())),
+        (
+            "GET",
+            format!("/v1/records/{card_id}"),
+            Some(w.payments.as_str()),
+        ),
+        (
+            "GET",
+            format!("/v1/records/{card_id}"),
+            Some(w.spk.as_str()),
+        ),
         ("POST", "/v1/records/kyc".into(), Some(w.spk.as_str())),
-        ("GET", "/v1/principals".into(), Some(w.vault.admin_api_key.as_str())),
+        (
+            "GET",
+            "/v1/principals".into(),
+            Some(w.vault.admin_api_key.as_str()),
+        ),
         ("POST", "/v1/auth/login".into(), None),
         ("GET", "/v1/nowhere".into(), Some(w.spk.as_str())),
     ];
     for (method, path, bearer) in &others {
         for origin in [TEST_ORIGIN, OTHER_ORIGIN] {
-            let reply = call_with(&w.app, method, path, *bearer, None, &[("origin", origin), ("access-control-request-method", "POST")]).await;
-            assert!(cors_headers(&reply).is_empty(), "{method} {path} {origin}: {:?}", reply.headers);
+            let reply = call_with(
+                &w.app,
+                method,
+                path,
+                *bearer,
+                None,
+                &[
+                    ("origin", origin),
+                    ("access-control-request-method", "POST"),
+                ],
+            )
+            .await;
+            assert!(
+                cors_headers(&reply).is_empty(),
+                "{method} {path} {origin}: {:?}",
+                reply.headers
+            );
             assert_ne!(reply.status, 204, "{method} {path}");
         }
     }
@@ -616,7 +981,11 @@ async fn from_address(app: &Router, bearer: &str, addr: SocketAddr) -> u16 {
 }
 
 /// Sends `n` requests at once; how many answered each status.
-async fn burst(app: &Router, n: usize, request: impl Fn(usize) -> (String, SocketAddr)) -> BTreeMap<u16, usize> {
+async fn burst(
+    app: &Router,
+    n: usize,
+    request: impl Fn(usize) -> (String, SocketAddr),
+) -> BTreeMap<u16, usize> {
     let tasks: Vec<_> = (0..n)
         .map(|i| {
             let app = app.clone();
@@ -658,7 +1027,18 @@ async fn per_key_limit_lets_exactly_its_limit_through_in_parallel() {
         .count();
     assert_eq!(created, 15);
     // Service keys are not counted against any collect window.
-    assert_eq!(call(&w.app, "POST", "/v1/records/card", Some(&w.payments), Some(card())).await.status, 201);
+    assert_eq!(
+        call(
+            &w.app,
+            "POST",
+            "/v1/records/card",
+            Some(&w.payments),
+            Some(card())
+        )
+        .await
+        .status,
+        201
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -673,7 +1053,17 @@ async fn per_address_limit_lets_exactly_its_limit_through_in_parallel() {
     let there = SocketAddr::from(([192, 0, 2, 8], 50000));
     let (spk, other) = (w.spk.clone(), w.other_spk.clone());
     // Two keys from one address share the address's window.
-    let counts = burst(&w.app, 30, |i| (if i % 2 == 0 { spk.clone() } else { other.clone() }, SocketAddr::new(here.ip(), 50000 + i as u16))).await;
+    let counts = burst(&w.app, 30, |i| {
+        (
+            if i % 2 == 0 {
+                spk.clone()
+            } else {
+                other.clone()
+            },
+            SocketAddr::new(here.ip(), 50000 + i as u16),
+        )
+    })
+    .await;
     assert_eq!(counts, BTreeMap::from([(201, 4), (429, 26)]));
     // Unknown keys from that address are refused before any lookup.
     let unknown = format!("spk_{}", "a".repeat(64));
@@ -699,7 +1089,11 @@ async fn cvcs_attach_for_the_owner_and_its_key_only() {
     assert!(cvcs.holds(&card_id));
     // Audited as `card.cvc_attached`, naming the card only.
     let entries = audit_entries(&w.vault);
-    let entry = entries.iter().rev().find(|e| e["action"] == "card.cvc_attached").unwrap();
+    let entry = entries
+        .iter()
+        .rev()
+        .find(|e| e["action"] == "card.cvc_attached")
+        .unwrap();
     assert_eq!(entry["target"], card_id.as_str());
     assert_eq!(entry["actor"], w.spk_id.as_str());
     assert_eq!(entry["outcome"], "allowed");
@@ -707,11 +1101,18 @@ async fn cvcs_attach_for_the_owner_and_its_key_only() {
     // Another service, another owner's key: not found, nothing replaced.
     for key in [&w.other_payments, &w.other_spk] {
         let reply = attach(&w, key, &card_id, json!("999")).await;
-        assert_eq!((reply.status, reply.body["code"].as_str()), (404, Some("not_found")));
+        assert_eq!(
+            (reply.status, reply.body["code"].as_str()),
+            (404, Some("not_found"))
+        );
     }
     let denied = audit_entries(&w.vault)
         .into_iter()
-        .filter(|e| e["action"] == "card.cvc_attached" && e["outcome"] == "denied" && e["target"] == card_id.as_str())
+        .filter(|e| {
+            e["action"] == "card.cvc_attached"
+                && e["outcome"] == "denied"
+                && e["target"] == card_id.as_str()
+        })
         .count();
     assert_eq!(denied, 2);
     // Roles without the operation: 403.
@@ -721,30 +1122,78 @@ async fn cvcs_attach_for_the_owner_and_its_key_only() {
         assert_eq!(reply.status, 403);
     }
     // No credential: 401.
-    let reply = from_origin(&w.app, "POST", &format!("/v1/records/{card_id}/cvc"), None, Some(TEST_ORIGIN), Some(json!({"cvc": "999"}))).await;
+    let reply = from_origin(
+        &w.app,
+        "POST",
+        &format!("/v1/records/{card_id}/cvc"),
+        None,
+        Some(TEST_ORIGIN),
+        Some(json!({"cvc": "999"})),
+    )
+    .await;
     assert_eq!(reply.status, 401);
-    assert_eq!(cvcs.take(&card_id).as_deref().map(String::as_str), Some("123"));
+    assert_eq!(
+        cvcs.take(&card_id).as_deref().map(String::as_str),
+        Some("123")
+    );
     // Single use.
     assert_eq!(cvcs.take(&card_id), None);
     // The owner service itself may attach too; a new one replaces the old.
-    assert_eq!(attach(&w, &w.payments, &card_id, json!("111")).await.status, 204);
+    assert_eq!(
+        attach(&w, &w.payments, &card_id, json!("111")).await.status,
+        204
+    );
     assert_eq!(attach(&w, &w.spk, &card_id, json!("222")).await.status, 204);
     assert_eq!(cvcs.len(), 1);
-    assert_eq!(cvcs.take(&card_id).as_deref().map(String::as_str), Some("222"));
+    assert_eq!(
+        cvcs.take(&card_id).as_deref().map(String::as_str),
+        Some("222")
+    );
     // Amex takes 4 digits.
-    assert_eq!(attach(&w, &w.spk, &amex_id, json!("1234")).await.status, 204);
-    assert_eq!(cvcs.take(&amex_id).as_deref().map(String::as_str), Some("1234"));
+    assert_eq!(
+        attach(&w, &w.spk, &amex_id, json!("1234")).await.status,
+        204
+    );
+    assert_eq!(
+        cvcs.take(&amex_id).as_deref().map(String::as_str),
+        Some("1234")
+    );
     // Unknown ids, records that are not cards, erased cards.
-    let bank = call(&w.app, "POST", "/v1/records/bank_account", Some(&w.payments), Some(json!({"iban": "DE89 3704 0044 0532 0130 00"}))).await.body["id"].as_str().unwrap().to_owned();
+    let bank = call(
+        &w.app,
+        "POST",
+        "/v1/records/bank_account",
+        Some(&w.payments),
+        Some(json!({"iban": "DE89 3704 0044 0532 0130 00"})),
+    )
+    .await
+    .body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let unknown = format!("card_{}", "0".repeat(24));
     for id in [unknown.as_str(), bank.as_str(), "nonsense", "tok_abc"] {
         let reply = attach(&w, &w.payments, id, json!("123")).await;
-        assert_eq!((reply.status, reply.body["code"].as_str()), (404, Some("not_found")), "{id}");
+        assert_eq!(
+            (reply.status, reply.body["code"].as_str()),
+            (404, Some("not_found")),
+            "{id}"
+        );
     }
-    let reply = call(&w.app, "DELETE", &format!("/v1/records/{card_id}"), Some(&w.payments), None).await;
+    let reply = call(
+        &w.app,
+        "DELETE",
+        &format!("/v1/records/{card_id}"),
+        Some(&w.payments),
+        None,
+    )
+    .await;
     assert_eq!(reply.status, 204);
     let reply = attach(&w, &w.spk, &card_id, json!("123")).await;
-    assert_eq!((reply.status, reply.body["code"].as_str()), (410, Some("erased")));
+    assert_eq!(
+        (reply.status, reply.body["code"].as_str()),
+        (410, Some("erased"))
+    );
     assert!(cvcs.is_empty());
 }
 
@@ -770,7 +1219,15 @@ async fn bad_cvcs_are_422_naming_cvc_and_never_echoed() {
     ];
     for (id, body) in cases {
         for key in [&w.spk, &w.payments] {
-            let reply = from_origin(&w.app, "POST", &format!("/v1/records/{id}/cvc"), Some(key), Some(TEST_ORIGIN), Some(body.clone())).await;
+            let reply = from_origin(
+                &w.app,
+                "POST",
+                &format!("/v1/records/{id}/cvc"),
+                Some(key),
+                Some(TEST_ORIGIN),
+                Some(body.clone()),
+            )
+            .await;
             assert_eq!(reply.status, 422, "{body}: {}", reply.body);
             assert_eq!(reply.body["code"], "validation_failed");
             assert_eq!(reply.body["errors"][0]["field"], "cvc", "{body}");
@@ -781,11 +1238,27 @@ async fn bad_cvcs_are_422_naming_cvc_and_never_echoed() {
         }
     }
     // Unknown fields are named, not echoed.
-    let reply = from_origin(&w.app, "POST", &path, Some(&w.spk), Some(TEST_ORIGIN), Some(json!({"cvc": "123", "cvv": "987"}))).await;
+    let reply = from_origin(
+        &w.app,
+        "POST",
+        &path,
+        Some(&w.spk),
+        Some(TEST_ORIGIN),
+        Some(json!({"cvc": "123", "cvv": "987"})),
+    )
+    .await;
     assert_eq!(reply.status, 422);
     assert!(!reply.body.to_string().contains("987"));
     // Not JSON: 400; nothing held after any of it.
-    let reply = call_with(&w.app, "POST", &path, Some(&w.payments), None, &[("content-type", "text/plain")]).await;
+    let reply = call_with(
+        &w.app,
+        "POST",
+        &path,
+        Some(&w.payments),
+        None,
+        &[("content-type", "text/plain")],
+    )
+    .await;
     assert_eq!(reply.status, 400);
     assert!(w.vault.state.cvcs.is_empty());
 }
@@ -807,7 +1280,15 @@ async fn a_cvc_is_gone_at_expiry() {
     // Attached again: held again, for the full time.
     assert_eq!(attach(&w, &w.spk, &card_id, json!("456")).await.status, 204);
     w.clock.advance(time::Duration::seconds(119));
-    assert_eq!(w.vault.state.cvcs.take(&card_id).as_deref().map(String::as_str), Some("456"));
+    assert_eq!(
+        w.vault
+            .state
+            .cvcs
+            .take(&card_id)
+            .as_deref()
+            .map(String::as_str),
+        Some("456")
+    );
 }
 
 #[tokio::test]
@@ -817,20 +1298,46 @@ async fn cvcs_are_bounded_and_a_full_store_answers_429() {
         ..test_settings().collect
     }))
     .await;
-    let cards = [collected(&w, card()).await, collected(&w, card()).await, collected(&w, card()).await];
-    assert_eq!(attach(&w, &w.spk, &cards[0], json!("123")).await.status, 204);
+    let cards = [
+        collected(&w, card()).await,
+        collected(&w, card()).await,
+        collected(&w, card()).await,
+    ];
+    assert_eq!(
+        attach(&w, &w.spk, &cards[0], json!("123")).await.status,
+        204
+    );
     w.clock.advance(time::Duration::seconds(100));
-    assert_eq!(attach(&w, &w.spk, &cards[1], json!("123")).await.status, 204);
+    assert_eq!(
+        attach(&w, &w.spk, &cards[1], json!("123")).await.status,
+        204
+    );
     let reply = attach(&w, &w.spk, &cards[2], json!("123")).await;
-    assert_eq!((reply.status, reply.body["code"].as_str()), (429, Some("rate_limited")));
+    assert_eq!(
+        (reply.status, reply.body["code"].as_str()),
+        (429, Some("rate_limited"))
+    );
     assert_eq!(header(&reply, "retry-after"), Some("800"));
     assert!(!w.vault.state.cvcs.holds(&cards[2]));
-    let refused = audit_entries(&w.vault).into_iter().rev().find(|e| e["action"] == "card.cvc_attached").unwrap();
-    assert_eq!((refused["outcome"].as_str(), refused["target"].as_str()), (Some("error"), Some(cards[2].as_str())));
+    let refused = audit_entries(&w.vault)
+        .into_iter()
+        .rev()
+        .find(|e| e["action"] == "card.cvc_attached")
+        .unwrap();
+    assert_eq!(
+        (refused["outcome"].as_str(), refused["target"].as_str()),
+        (Some("error"), Some(cards[2].as_str()))
+    );
     // Replacing a held one needs no room; one used makes room.
-    assert_eq!(attach(&w, &w.spk, &cards[1], json!("456")).await.status, 204);
+    assert_eq!(
+        attach(&w, &w.spk, &cards[1], json!("456")).await.status,
+        204
+    );
     assert!(w.vault.state.cvcs.take(&cards[0]).is_some());
-    assert_eq!(attach(&w, &w.spk, &cards[2], json!("123")).await.status, 204);
+    assert_eq!(
+        attach(&w, &w.spk, &cards[2], json!("123")).await.status,
+        204
+    );
 }
 
 #[tokio::test]
@@ -838,12 +1345,22 @@ async fn cvcs_are_cleared_on_seal_and_gone_on_restart() {
     let w = world().await;
     let card_id = collected(&w, card()).await;
     assert_eq!(attach(&w, &w.spk, &card_id, json!("123")).await.status, 204);
-    let reply = call(&w.app, "POST", "/v1/sys/seal", Some(&w.vault.admin_api_key), None).await;
+    let reply = call(
+        &w.app,
+        "POST",
+        "/v1/sys/seal",
+        Some(&w.vault.admin_api_key),
+        None,
+    )
+    .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert!(w.vault.state.cvcs.is_empty());
     // Sealed: the route answers 503 like every data route, and takes nothing.
     let reply = attach(&w, &w.spk, &card_id, json!("123")).await;
-    assert_eq!((reply.status, reply.body["code"].as_str()), (503, Some("sealed")));
+    assert_eq!(
+        (reply.status, reply.body["code"].as_str()),
+        (503, Some("sealed"))
+    );
     w.vault
         .keyring
         .unseal(UnsealInput::Passphrase(Zeroizing::new(PASSPHRASE.into())))
@@ -860,7 +1377,15 @@ async fn cvcs_are_cleared_on_seal_and_gone_on_restart() {
     );
     assert!(restarted.cvcs.is_empty());
     assert_eq!(restarted.cvcs.take(&card_id), None);
-    assert_eq!(w.vault.state.cvcs.take(&card_id).as_deref().map(String::as_str), Some("456"));
+    assert_eq!(
+        w.vault
+            .state
+            .cvcs
+            .take(&card_id)
+            .as_deref()
+            .map(String::as_str),
+        Some("456")
+    );
 }
 
 #[tokio::test]
@@ -868,14 +1393,50 @@ async fn a_cvc_whose_audit_entry_fails_is_not_held() {
     let (vault, faulty) = faulty_vault();
     let app = vault.app();
     let payments = vault.service("payments", Role::PaymentService);
-    let spk = publishable_key(&app, &vault.admin_api_key, "web", &vault.principal_id("payments"), &[TEST_ORIGIN]).await;
-    let card_id = call_with(&app, "POST", "/v1/records/card", Some(&spk), Some(card()), &[("origin", TEST_ORIGIN)]).await.body["id"].as_str().unwrap().to_owned();
+    let spk = publishable_key(
+        &app,
+        &vault.admin_api_key,
+        "web",
+        &vault.principal_id("payments"),
+        &[TEST_ORIGIN],
+    )
+    .await;
+    let card_id = call_with(
+        &app,
+        "POST",
+        "/v1/records/card",
+        Some(&spk),
+        Some(card()),
+        &[("origin", TEST_ORIGIN)],
+    )
+    .await
+    .body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     faulty.set_failing(true);
-    let reply = call(&app, "POST", &format!("/v1/records/{card_id}/cvc"), Some(&payments), Some(json!({"cvc": "123"}))).await;
-    assert_eq!((reply.status, reply.body["code"].as_str()), (503, Some("audit_unavailable")));
+    let reply = call(
+        &app,
+        "POST",
+        &format!("/v1/records/{card_id}/cvc"),
+        Some(&payments),
+        Some(json!({"cvc": "123"})),
+    )
+    .await;
+    assert_eq!(
+        (reply.status, reply.body["code"].as_str()),
+        (503, Some("audit_unavailable"))
+    );
     assert!(!vault.state.cvcs.holds(&card_id));
     faulty.set_failing(false);
-    let reply = call(&app, "POST", &format!("/v1/records/{card_id}/cvc"), Some(&payments), Some(json!({"cvc": "123"}))).await;
+    let reply = call(
+        &app,
+        "POST",
+        &format!("/v1/records/{card_id}/cvc"),
+        Some(&payments),
+        Some(json!({"cvc": "123"})),
+    )
+    .await;
     assert_eq!(reply.status, 204);
     assert!(vault.state.cvcs.holds(&card_id));
 }
@@ -922,19 +1483,56 @@ async fn no_cvc_reaches_the_store_the_audit_log_or_the_logs() {
     let w = world().await;
     let card_id = collected(&w, card()).await;
     let amex_id = collected(&w, amex()).await;
-    let before: BTreeMap<Vec<u8>, Vec<u8>> = w.vault.store.scan_prefix(b"").unwrap().into_iter().collect();
+    let before: BTreeMap<Vec<u8>, Vec<u8>> = w
+        .vault
+        .store
+        .scan_prefix(b"")
+        .unwrap()
+        .into_iter()
+        .collect();
     let (visa_cvc, amex_cvc, refused_cvc) = ("731", "8317", "95827");
-    assert_eq!(attach(&w, &w.spk, &card_id, json!(visa_cvc)).await.status, 204);
-    assert_eq!(attach(&w, &w.payments, &amex_id, json!(amex_cvc)).await.status, 204);
-    assert_eq!(attach(&w, &w.spk, &card_id, json!(refused_cvc)).await.status, 422);
-    assert_eq!(attach(&w, &w.other_payments, &card_id, json!("5296")).await.status, 404);
-    let after: BTreeMap<Vec<u8>, Vec<u8>> = w.vault.store.scan_prefix(b"").unwrap().into_iter().collect();
+    assert_eq!(
+        attach(&w, &w.spk, &card_id, json!(visa_cvc)).await.status,
+        204
+    );
+    assert_eq!(
+        attach(&w, &w.payments, &amex_id, json!(amex_cvc))
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        attach(&w, &w.spk, &card_id, json!(refused_cvc))
+            .await
+            .status,
+        422
+    );
+    assert_eq!(
+        attach(&w, &w.other_payments, &card_id, json!("5296"))
+            .await
+            .status,
+        404
+    );
+    let after: BTreeMap<Vec<u8>, Vec<u8>> = w
+        .vault
+        .store
+        .scan_prefix(b"")
+        .unwrap()
+        .into_iter()
+        .collect();
     for (key, value) in &after {
         if before.get(key) != Some(value) {
-            assert!(key.starts_with(b"au/"), "a CVC attach wrote {}", String::from_utf8_lossy(key));
+            assert!(
+                key.starts_with(b"au/"),
+                "a CVC attach wrote {}",
+                String::from_utf8_lossy(key)
+            );
         }
     }
-    assert!(before.keys().all(|k| after.contains_key(k)), "a CVC attach deleted something");
+    assert!(
+        before.keys().all(|k| after.contains_key(k)),
+        "a CVC attach deleted something"
+    );
     // The new audit entries: every field but the chain's own hashes is free
     // of the CVCs.
     let new_entries: Vec<Value> = after
@@ -970,11 +1568,20 @@ async fn no_cvc_reaches_the_store_the_audit_log_or_the_logs() {
         let quoted = format!("\"{cvc}\"");
         let field = format!("cvc\":\"{cvc}");
         for needle in [&quoted, &field] {
-            assert!(files_containing(&dirs, needle.as_bytes()).is_empty(), "{needle} on disk");
+            assert!(
+                files_containing(&dirs, needle.as_bytes()).is_empty(),
+                "{needle} on disk"
+            );
             assert!(!log.contains(needle.as_str()), "{needle} in the log");
-            assert!(!export.contains(needle.as_str()), "{needle} in the audit export");
+            assert!(
+                !export.contains(needle.as_str()),
+                "{needle} in the audit export"
+            );
         }
-        assert!(!log.contains(&format!("={cvc}")) && !log.contains(&format!(": {cvc}")), "{cvc} in the log");
+        assert!(
+            !log.contains(&format!("={cvc}")) && !log.contains(&format!(": {cvc}")),
+            "{cvc} in the log"
+        );
     }
     assert!(!log.contains("\"cvc\""), "a CVC body reached the log");
 }

@@ -566,9 +566,7 @@ impl PrincipalDirectory {
         // owner service disables its keys at once. The key's prefix must
         // match its kind, so neither kind of key can pass for the other.
         let publishable = principal.kind == PrincipalKind::Publishable;
-        if credential == Credential::ApiKey
-            && publishable != looks_like_publishable_key(bearer)
-        {
+        if credential == Credential::ApiKey && publishable != looks_like_publishable_key(bearer) {
             return Err(AccessError::Unauthenticated);
         }
         if publishable && !self.publishable_owner_usable(&principal)? {

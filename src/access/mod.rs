@@ -15,8 +15,8 @@ mod requests;
 mod sessions;
 
 pub use credentials::{
-    ApiKey, Authenticated, Credential, MAX_ALLOWED_ORIGINS, PUBLISHABLE_KEY_PREFIX, PrincipalDirectory,
-    check_origin, looks_like_publishable_key,
+    ApiKey, Authenticated, Credential, MAX_ALLOWED_ORIGINS, PUBLISHABLE_KEY_PREFIX,
+    PrincipalDirectory, check_origin, looks_like_publishable_key,
 };
 pub use lockout::{Attempt, LockoutPolicy};
 pub use policy::{Operation, Role, allows, sees_all};

@@ -172,7 +172,12 @@ fn on_behalf(principal: &Principal) -> Option<String> {
 pub struct AttachCvc {
     /// 3 digits; 4 for American Express. Never stored, logged or echoed.
     /// (Missing or `null` is a 422 naming `cvc`, like a wrong value.)
-    #[schema(pattern = "^[0-9]{3,4}$", example = "123", required = true, nullable = false)]
+    #[schema(
+        pattern = "^[0-9]{3,4}$",
+        example = "123",
+        required = true,
+        nullable = false
+    )]
     #[serde(default)]
     pub cvc: Option<String>,
 }
@@ -235,13 +240,19 @@ pub async fn attach_cvc(
     let RecordData::Card(card) = state.vault.open(&meta)? else {
         return Err(ApiError::NotFound);
     };
-    if !request.cvc.as_deref().is_some_and(|c| fits_brand(c, card.brand)) {
+    if !request
+        .cvc
+        .as_deref()
+        .is_some_and(|c| fits_brand(c, card.brand))
+    {
         return Err(cvc_invalid());
     }
     drop(card);
     let event = AuditEvent {
         reason: on_behalf(principal),
-        ..ctx.event(&principal.id, action, Outcome::Allowed).target(id.clone())
+        ..ctx
+            .event(&principal.id, action, Outcome::Allowed)
+            .target(id.clone())
     };
     // Held, then audited; both finish even if the client hangs up. An entry
     // that cannot be written takes the CVC back out (no audit, no CVC); so
@@ -310,9 +321,15 @@ mod tests {
     fn one_origin_header_or_none() {
         let mut headers = HeaderMap::new();
         assert_eq!(origin_of(&headers), None);
-        headers.insert(header::ORIGIN, HeaderValue::from_static("https://a.example"));
+        headers.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://a.example"),
+        );
         assert_eq!(origin_of(&headers), Some("https://a.example"));
-        headers.append(header::ORIGIN, HeaderValue::from_static("https://b.example"));
+        headers.append(
+            header::ORIGIN,
+            HeaderValue::from_static("https://b.example"),
+        );
         assert_eq!(origin_of(&headers), None);
     }
 }

@@ -169,7 +169,10 @@ pub async fn create(
     let actor = caller.principal().id.clone();
     if request.kind != PrincipalKind::Publishable {
         if request.owner.is_some() {
-            return Err(ApiError::field("owner", "only publishable keys have an owner"));
+            return Err(ApiError::field(
+                "owner",
+                "only publishable keys have an owner",
+            ));
         }
         if request.allowed_origins.is_some() {
             return Err(ApiError::field(
@@ -181,9 +184,9 @@ pub async fn create(
     let keys = state.keyring.keys()?;
     let (principal, api_key, tx) = match (request.kind, request.password) {
         (PrincipalKind::Publishable, None) => {
-            let owner = request
-                .owner
-                .ok_or_else(|| ApiError::field("owner", "a publishable key needs its owner service"))?;
+            let owner = request.owner.ok_or_else(|| {
+                ApiError::field("owner", "a publishable key needs its owner service")
+            })?;
             let origins = request.allowed_origins.ok_or_else(|| {
                 ApiError::field("allowed_origins", "1 to 16 origins are required")
             })?;
@@ -268,7 +271,12 @@ pub(super) fn creation_note(creator: &str, created: &Principal) -> String {
     let owner = created
         .owner
         .as_deref()
-        .map(|o| format!("; owner: {o}; origins: {}", created.allowed_origins.join(",")))
+        .map(|o| {
+            format!(
+                "; owner: {o}; origins: {}",
+                created.allowed_origins.join(",")
+            )
+        })
         .unwrap_or_default();
     format!(
         "{creator} created {} ({:?}; roles: {}{owner})",
