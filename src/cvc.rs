@@ -4,7 +4,8 @@
 //! restart, whichever comes first.
 //!
 //! Each CVC is sealed with AES-256-GCM under a key made from the system RNG
-//! when the store is made (and again at every [`CvcStore::clear`]): never
+//! when the store is made (dropped at every [`CvcStore::clear`], and made
+//! anew by the next put): never
 //! derived from the root key, never written anywhere, so nothing on disk or
 //! in a backup can ever open one. The AAD is the card id, so a ciphertext
 //! moved to another card does not open. Nonces are a counter under that
@@ -179,6 +180,9 @@ impl CvcStore {
                 retry_after_secs: u64::try_from(wait).unwrap_or(0).max(1),
             });
         }
+        if inner.key.is_none() {
+            inner.key = ProcessKey::fresh();
+        }
         let process_key = inner.key.as_mut().ok_or(CvcError::Unavailable)?;
         let nonce = process_key.nonce().ok_or(CvcError::Unavailable)?;
         let sealed = aead_seal(&process_key.key, &nonce, card_id.as_bytes(), cvc.as_bytes())
@@ -241,13 +245,14 @@ impl CvcStore {
         self.len() == 0
     }
 
-    /// Forgets every CVC and replaces the key (on seal): even a ciphertext
-    /// left in freed memory can no longer be opened by this process.
+    /// Forgets every CVC and drops the key (on seal): even a ciphertext
+    /// left in freed memory can no longer be opened, and a sealed server
+    /// holds no CVC key. The next [`CvcStore::put`] makes a new one.
     pub fn clear(&self) {
         let mut inner = self.lock();
         inner.held.clear();
         inner.expiries.clear();
-        inner.key = ProcessKey::fresh();
+        inner.key = None;
     }
 }
 
@@ -323,11 +328,12 @@ mod tests {
         cvcs.clear();
         assert_eq!(cvcs.take("card_1"), None);
         assert!(cvcs.is_empty());
+        // No key while cleared (sealed); a new one at the next put.
+        assert!(cvcs.lock().key.is_none());
+        cvcs.put("card_1", "999").unwrap();
         let new_key = cvcs.lock().key.as_ref().map(|k| *k.key.expose_secret());
         assert!(new_key.is_some());
         assert_ne!(old_nonce_key, new_key);
-        // Still usable after a clear.
-        cvcs.put("card_1", "999").unwrap();
         assert_eq!(
             cvcs.take("card_1").as_deref().map(String::as_str),
             Some("999")
