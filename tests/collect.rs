@@ -1609,3 +1609,47 @@ async fn no_cvc_reaches_the_store_the_audit_log_or_the_logs() {
         }
     }
 }
+
+/// The OpenAPI document has the CVC route and the publishable-key fields.
+#[test]
+fn the_openapi_document_has_the_collect_additions() {
+    let doc = serde_json::to_value(strongroom::api::openapi_document()).unwrap();
+    let op = &doc["paths"]["/v1/records/{id}/cvc"]["post"];
+    assert_eq!(op["operationId"], "attach_cvc");
+    for status in ["204", "401", "403", "404", "410", "422", "429", "503"] {
+        assert!(op["responses"][status].is_object(), "{status}");
+    }
+    assert!(op["responses"]["429"]["headers"]["retry-after"].is_object());
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["AttachCvc"]["properties"]["cvc"]["pattern"],
+        "^[0-9]{3,4}$"
+    );
+    assert_eq!(schemas["AttachCvc"]["additionalProperties"], false);
+    let principal = &schemas["Principal"]["properties"];
+    assert!(principal["owner"].is_object() && principal["allowed_origins"].is_object());
+    let kinds = schemas["PrincipalKind"]["enum"].as_array().unwrap();
+    assert!(kinds.contains(&json!("publishable")));
+    let roles = schemas["Role"]["enum"].as_array().unwrap();
+    assert!(roles.contains(&json!("collector")));
+    let publishable = &schemas["NewPublishable"];
+    let required: HashSet<&str> = publishable["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        required,
+        HashSet::from(["name", "kind", "roles", "owner", "allowed_origins"])
+    );
+    assert_eq!(publishable["properties"]["allowed_origins"]["maxItems"], 16);
+    let variants = schemas["NewPrincipal"]["oneOf"].as_array().unwrap();
+    assert!(
+        variants
+            .iter()
+            .any(|v| v["$ref"] == "#/components/schemas/NewPublishable")
+    );
+    let collected = &schemas["CollectedCard"]["properties"];
+    assert!(collected.get("fingerprint").is_none() && collected["id"].is_object());
+}
