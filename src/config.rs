@@ -21,6 +21,12 @@ pub const DEFAULT_UNSEAL_FAILURES_PER_MINUTE: u32 = 10;
 pub const DEFAULT_SENSITIVE_SEARCHES_PER_HOUR: u32 = 20;
 /// Search misses by one officer within 10 minutes that log a WARN line.
 pub const DEFAULT_SEARCH_MISS_ALERT: usize = 5;
+/// Requests one publishable key may make in a sliding minute, from all its
+/// pages together (docs/payment-path.md, "Collect").
+pub const DEFAULT_COLLECT_PER_KEY_PER_MINUTE: u32 = 600;
+/// Requests with publishable keys from one client address in a sliding
+/// minute: a shopper needs two (card, CVC), and a few retries.
+pub const DEFAULT_COLLECT_PER_ADDRESS_PER_MINUTE: u32 = 30;
 
 /// The configuration file's contents. Every field is optional; unknown
 /// fields are an error, so a typo never silently falls back to a default.
@@ -40,6 +46,74 @@ pub struct FileConfig {
     pub lockout_threshold: Option<u32>,
     pub reveals_per_hour: Option<u32>,
     pub sensitive_searches_per_hour: Option<u32>,
+    /// `[collect]`: publishable keys and ephemeral CVCs.
+    pub collect: Option<CollectFileConfig>,
+}
+
+/// The `[collect]` section.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectFileConfig {
+    pub per_key_per_minute: Option<u32>,
+    pub per_address_per_minute: Option<u32>,
+    pub cvc_ttl_seconds: Option<u32>,
+    pub max_cvcs: Option<u32>,
+}
+
+/// Collect settings, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CollectSettings {
+    pub per_key_per_minute: u32,
+    pub per_address_per_minute: u32,
+    /// How long an attached CVC is held (1 s to 1 h).
+    pub cvc_ttl_seconds: u32,
+    /// How many CVCs are held at once.
+    pub max_cvcs: u32,
+}
+
+impl Default for CollectSettings {
+    fn default() -> Self {
+        Self {
+            per_key_per_minute: DEFAULT_COLLECT_PER_KEY_PER_MINUTE,
+            per_address_per_minute: DEFAULT_COLLECT_PER_ADDRESS_PER_MINUTE,
+            cvc_ttl_seconds: crate::cvc::DEFAULT_TTL_SECONDS,
+            max_cvcs: u32::try_from(crate::cvc::DEFAULT_CAPACITY).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+impl CollectSettings {
+    /// The `[collect]` section over the defaults, each value in range.
+    pub fn resolve(file: Option<CollectFileConfig>) -> Result<Self, ConfigError> {
+        let file = file.unwrap_or_default();
+        let defaults = Self::default();
+        Ok(Self {
+            per_key_per_minute: ranged(
+                "collect.per_key_per_minute",
+                file.per_key_per_minute,
+                defaults.per_key_per_minute,
+                1..=1_000_000,
+            )?,
+            per_address_per_minute: ranged(
+                "collect.per_address_per_minute",
+                file.per_address_per_minute,
+                defaults.per_address_per_minute,
+                1..=1_000_000,
+            )?,
+            cvc_ttl_seconds: ranged(
+                "collect.cvc_ttl_seconds",
+                file.cvc_ttl_seconds,
+                defaults.cvc_ttl_seconds,
+                1..=crate::cvc::MAX_TTL_SECONDS,
+            )?,
+            max_cvcs: ranged(
+                "collect.max_cvcs",
+                file.max_cvcs,
+                defaults.max_cvcs,
+                1..=10_000_000,
+            )?,
+        })
+    }
 }
 
 impl FileConfig {
@@ -133,6 +207,7 @@ pub struct Config {
     pub lockout_threshold: u32,
     pub reveals_per_hour: u32,
     pub sensitive_searches_per_hour: u32,
+    pub collect: CollectSettings,
     pub keyring: KeyringSettings,
 }
 
@@ -230,7 +305,9 @@ impl Config {
             DEFAULT_SENSITIVE_SEARCHES_PER_HOUR,
             1..=1000,
         )?;
+        let collect = CollectSettings::resolve(file.collect)?;
         Ok(Self {
+            collect,
             reveals_per_hour,
             sensitive_searches_per_hour,
             audit_checkpoint_every,
@@ -352,5 +429,42 @@ mod tests {
         assert!(bad("sensitive_searches_per_hour = 0").is_err());
         assert!(bad("sensitive_searches_per_hour = 1001").is_err());
         assert!(bad("").is_ok());
+    }
+
+    #[test]
+    fn the_collect_section() {
+        let resolve =
+            |text: &str| Config::resolve(toml::from_str(text).unwrap(), Overrides::default());
+        let config = resolve("").unwrap();
+        assert_eq!(config.collect, CollectSettings::default());
+        assert_eq!(config.collect.cvc_ttl_seconds, 900);
+        assert_eq!(config.collect.per_key_per_minute, 600);
+        assert_eq!(config.collect.per_address_per_minute, 30);
+        assert_eq!(config.collect.max_cvcs, 100_000);
+        let config = resolve(
+            "[collect]\nper_key_per_minute = 5\nper_address_per_minute = 2\ncvc_ttl_seconds = 3600\nmax_cvcs = 10",
+        )
+        .unwrap();
+        assert_eq!(
+            config.collect,
+            CollectSettings {
+                per_key_per_minute: 5,
+                per_address_per_minute: 2,
+                cvc_ttl_seconds: 3600,
+                max_cvcs: 10
+            }
+        );
+        for bad in [
+            "[collect]\ncvc_ttl_seconds = 0",
+            "[collect]\ncvc_ttl_seconds = 3601",
+            "[collect]\nper_key_per_minute = 0",
+            "[collect]\nper_address_per_minute = 0",
+            "[collect]\nmax_cvcs = 0",
+        ] {
+            let e = resolve(bad).unwrap_err().to_string();
+            assert!(e.contains("collect."), "{bad}: {e}");
+        }
+        assert!(toml::from_str::<FileConfig>("[collect]\ncvc_ttl = 5").is_err());
+        assert!(toml::from_str::<FileConfig>("cvc_ttl_seconds = 5").is_err());
     }
 }

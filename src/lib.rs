@@ -11,6 +11,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod crypto;
+pub mod cvc;
 pub mod keyring;
 pub mod records;
 pub mod store;

@@ -45,7 +45,10 @@ async fn verify_status(app: &Router, credential: &str) -> u16 {
 /// hold, otherwise a staff session.
 async fn credential_for(vault: &TestVault, app: &Router, role: Role, n: usize) -> String {
     let name = format!("{role:?}-{n}").to_lowercase();
-    if role.fits(PrincipalKind::Service) {
+    if role == Role::Collector {
+        let owner = vault.principal_id("fixture-payments");
+        publishable_key(app, &vault.admin_api_key, &name, &owner, &[TEST_ORIGIN]).await
+    } else if role.fits(PrincipalKind::Service) {
         vault.service(&name, role)
     } else {
         vault.staff(&name, role, STAFF_PASSWORD);
@@ -211,6 +214,11 @@ async fn sample(
             format!("/v1/tokens/{}", stored_card(app, owner).await.1),
             None,
         ),
+        Operation::CvcAttach => (
+            "POST",
+            format!("/v1/records/{}/cvc", stored_card(app, owner).await.0),
+            Some(json!({"cvc": "123"})),
+        ),
     }
 }
 
@@ -233,7 +241,7 @@ async fn role_matrix_is_generated_from_the_policy_table() {
                 status,
                 body: reply,
                 ..
-            } = call(&app, method, &path, Some(&credential), body).await;
+            } = call_as(&app, method, &path, Some(&credential), body).await;
             if allows(role, op) {
                 assert!(
                     (200..300).contains(&status),

@@ -1,8 +1,11 @@
 //! API keys and the principal directory in the store.
 //!
-//! An API key is `srk_` followed by 64 hex digits (256 random bits). The
-//! store keeps `HMAC-SHA256(credential key, api key)` as the lookup key, so
-//! a stolen data directory yields no usable credential. Staff password
+//! An API key is `srk_` (a service) or `spk_` (a publishable key) followed
+//! by 64 hex digits (256 random bits). The store keeps `HMAC-SHA256(credential
+//! key, api key)` as the lookup key, so a stolen data directory yields no
+//! usable credential. A publishable key also has one `ac/origin/…` entry per
+//! allowed origin, so a CORS preflight finds the keys of an origin without
+//! a cache (see [`PrincipalDirectory::origin_allowed`]). Staff password
 //! hashes live apart from the principal record, which is safe to list.
 //!
 //! Every value stored here (principal, API-key and name index entries,
@@ -24,6 +27,11 @@ use crate::keyring::{Keyring, StateKey, UnsealedKeys};
 use crate::store::{Store, Transaction};
 
 const API_KEY_PREFIX: &str = "srk_";
+/// The prefix of a publishable key (one that ships in a web page).
+pub const PUBLISHABLE_KEY_PREFIX: &str = "spk_";
+/// At most this many allowed origins per publishable key.
+pub const MAX_ALLOWED_ORIGINS: usize = 16;
+const ORIGIN_INDEX_PREFIX: &str = "ac/origin/";
 const PRINCIPAL_PREFIX: &str = "ac/principal/";
 const API_KEY_INDEX_PREFIX: &str = "ac/apikey/";
 const NAME_INDEX_PREFIX: &str = "ac/name/";
@@ -34,9 +42,13 @@ pub struct ApiKey(Zeroizing<String>);
 
 impl ApiKey {
     fn generate() -> Result<Self, AccessError> {
+        Self::generate_with(API_KEY_PREFIX)
+    }
+
+    fn generate_with(prefix: &str) -> Result<Self, AccessError> {
         let bytes = Zeroizing::new(random_array::<32>()?);
         Ok(Self(Zeroizing::new(format!(
-            "{API_KEY_PREFIX}{}",
+            "{prefix}{}",
             hex::encode(&bytes[..])
         ))))
     }
@@ -53,10 +65,97 @@ impl std::fmt::Debug for ApiKey {
     }
 }
 
+/// Whether `text` is `prefix` and 64 hex digits.
+fn has_key_shape(text: &str, prefix: &str) -> bool {
+    text.strip_prefix(prefix)
+        .is_some_and(|rest| rest.len() == 64 && rest.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// Whether `text` has the shape of an API key (cheap, before any HMAC).
 fn looks_like_api_key(text: &str) -> bool {
-    text.strip_prefix(API_KEY_PREFIX)
-        .is_some_and(|rest| rest.len() == 64 && rest.bytes().all(|b| b.is_ascii_hexdigit()))
+    has_key_shape(text, API_KEY_PREFIX) || looks_like_publishable_key(text)
+}
+
+/// Whether `text` has the shape of a publishable key (cheap, before any
+/// HMAC): the API rate-limits these by client address before looking
+/// them up.
+pub fn looks_like_publishable_key(text: &str) -> bool {
+    has_key_shape(text, PUBLISHABLE_KEY_PREFIX)
+}
+
+/// Whether `origin` is a web origin a publishable key may allow, exactly as
+/// a browser sends it in `Origin`: `https://host[:port]`, lower case, no
+/// path, no default port; `http://` only for `localhost` and `127.0.0.1`
+/// (a developer's machine; browsers treat both as secure contexts). No
+/// wildcard, no IPv6 literal, no user info.
+pub fn check_origin(origin: &str) -> Result<(), &'static str> {
+    const SHAPE: &str = "must be https://host[:port] in lower case, without path or default port (http:// only for localhost and 127.0.0.1)";
+    if origin.len() > 270 {
+        return Err(SHAPE);
+    }
+    let (authority, default_port, https) = if let Some(rest) = origin.strip_prefix("https://") {
+        (rest, "443", true)
+    } else if let Some(rest) = origin.strip_prefix("http://") {
+        (rest, "80", false)
+    } else {
+        return Err(SHAPE);
+    };
+    let (host, port) = match authority.split_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (authority, None),
+    };
+    if let Some(port) = port {
+        let digits_ok = !port.is_empty()
+            && port.len() <= 5
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && !port.starts_with('0');
+        if !digits_ok || port.parse::<u32>().map_or(true, |p| p > 65535) || port == default_port {
+            return Err(SHAPE);
+        }
+    }
+    let label_ok = |label: &str| {
+        (1..=63).contains(&label.len())
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+        return Err(SHAPE);
+    }
+    if !https && !matches!(host, "localhost" | "127.0.0.1") {
+        return Err(SHAPE);
+    }
+    Ok(())
+}
+
+/// The allowed origins of a new publishable key: 1 to
+/// [`MAX_ALLOWED_ORIGINS`] valid origins, duplicates dropped.
+fn check_origins(origins: Vec<String>) -> Result<Vec<String>, AccessError> {
+    let invalid = |message| AccessError::Invalid {
+        field: "allowed_origins",
+        message,
+    };
+    if origins.is_empty() || origins.len() > MAX_ALLOWED_ORIGINS {
+        return Err(invalid("1 to 16 origins are required"));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(origins.len());
+    for origin in origins {
+        check_origin(&origin).map_err(invalid)?;
+        if !out.contains(&origin) {
+            out.push(origin);
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `owner` may own publishable keys: an enabled service that holds
+/// `payment_service`.
+fn usable_owner(owner: &Principal) -> bool {
+    !owner.disabled
+        && owner.kind == PrincipalKind::Service
+        && owner.roles.contains(&Role::PaymentService)
 }
 
 /// How a request authenticated.
@@ -115,7 +214,7 @@ fn check_roles(kind: PrincipalKind, roles: &[Role]) -> Result<(), AccessError> {
     if roles.iter().any(|r| !r.fits(kind)) {
         return Err(AccessError::Invalid {
             field: "roles",
-            message: "payment_service is for services; compliance roles are for staff",
+            message: "payment_service is for services; compliance roles are for staff; a publishable key holds collector and nothing else",
         });
     }
     if let Some(message) = super::policy::separation_of_duties(roles) {
@@ -133,6 +232,13 @@ fn principal_key(id: &str) -> String {
 
 fn name_key(name: &str) -> String {
     format!("{NAME_INDEX_PREFIX}{name}")
+}
+
+/// The origin index entry of publishable key `id` for `origin` (a checked
+/// origin: it holds no `/` after its scheme, so one origin's prefix never
+/// covers another's).
+fn origin_key(origin: &str, id: &str) -> String {
+    format!("{ORIGIN_INDEX_PREFIX}{origin}/{id}")
 }
 
 fn password_key(id: &str) -> String {
@@ -168,6 +274,17 @@ impl PrincipalDirectory {
         kind: PrincipalKind,
         roles: Vec<Role>,
     ) -> Result<(Principal, Transaction), AccessError> {
+        self.new_principal_with(name, kind, roles, None, Vec::new())
+    }
+
+    fn new_principal_with(
+        &self,
+        name: &str,
+        kind: PrincipalKind,
+        roles: Vec<Role>,
+        owner: Option<String>,
+        allowed_origins: Vec<String>,
+    ) -> Result<(Principal, Transaction), AccessError> {
         check_name(name)?;
         check_roles(kind, &roles)?;
         let mut roles = roles;
@@ -179,6 +296,8 @@ impl PrincipalDirectory {
             roles,
             created_at: rfc3339(self.clock.now()),
             disabled: false,
+            owner,
+            allowed_origins,
         };
         let keys = self.keys()?;
         let state = keys.state_key()?;
@@ -212,6 +331,94 @@ impl PrincipalDirectory {
             .state_key()?
             .seal(&index, principal.id.as_bytes());
         Ok((principal, api_key, tx.put(index, sealed)))
+    }
+
+    /// A publishable key for the service `owner`, usable from
+    /// `allowed_origins`, and its new `spk_` key. The owner must be an
+    /// enabled service holding `payment_service` (else 422 naming `owner`);
+    /// the transaction fails with a conflict if the owner changed (was
+    /// disabled) since it was read, or the name is taken.
+    pub fn prepare_publishable(
+        &self,
+        credential_key: &HmacKey,
+        name: &str,
+        roles: Vec<Role>,
+        owner: &str,
+        allowed_origins: Vec<String>,
+    ) -> Result<(Principal, ApiKey, Transaction), AccessError> {
+        let allowed_origins = check_origins(allowed_origins)?;
+        let bad_owner = AccessError::Invalid {
+            field: "owner",
+            message: "must be the id of an enabled service principal holding payment_service",
+        };
+        let (owner_principal, owner_bytes) = match self.principal_and_bytes(owner) {
+            Ok(Some(found)) => found,
+            Ok(None) => return Err(bad_owner),
+            Err(e) => return Err(e),
+        };
+        if !usable_owner(&owner_principal) {
+            return Err(bad_owner);
+        }
+        let (principal, tx) = self.new_principal_with(
+            name,
+            PrincipalKind::Publishable,
+            roles,
+            Some(owner_principal.id.clone()),
+            allowed_origins,
+        )?;
+        let keys = self.keys()?;
+        let state = keys.state_key()?;
+        let mut tx = tx.expect(principal_key(owner), Some(owner_bytes));
+        for origin in &principal.allowed_origins {
+            let key = origin_key(origin, &principal.id);
+            let sealed = state.seal(key.as_bytes(), principal.id.as_bytes());
+            tx = tx.put(key, sealed);
+        }
+        let api_key = ApiKey::generate_with(PUBLISHABLE_KEY_PREFIX)?;
+        let index = api_key_index(credential_key, api_key.expose_secret());
+        let sealed = state.seal(&index, principal.id.as_bytes());
+        Ok((principal, api_key, tx.put(index, sealed)))
+    }
+
+    /// Whether some usable publishable key allows `origin`: enabled, with
+    /// an enabled owner service holding `payment_service`. Read from the
+    /// store each time (the origin index entries, each authenticated, then
+    /// the principals they name), so a disabled key or owner stops counting
+    /// at once, on every node.
+    pub fn origin_allowed(&self, origin: &str) -> Result<bool, AccessError> {
+        if check_origin(origin).is_err() {
+            return Ok(false);
+        }
+        let keys = self.keys()?;
+        let state = keys.state_key()?;
+        let prefix = format!("{ORIGIN_INDEX_PREFIX}{origin}/");
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self.store.scan(prefix.as_bytes(), after.as_deref(), 32)?;
+            for (key, stored) in &page {
+                let id = open_text(&state, key, stored)?;
+                if let Some(principal) = self.principal(&id)?
+                    && principal.kind == PrincipalKind::Publishable
+                    && !principal.disabled
+                    && principal.allowed_origins.iter().any(|o| o == origin)
+                    && self.publishable_owner_usable(&principal)?
+                {
+                    return Ok(true);
+                }
+            }
+            match page.last() {
+                Some((key, _)) if page.len() == 32 => after = Some(key.clone()),
+                _ => return Ok(false),
+            }
+        }
+    }
+
+    /// Whether a publishable principal's owner is (still) usable.
+    fn publishable_owner_usable(&self, principal: &Principal) -> Result<bool, AccessError> {
+        let Some(owner) = &principal.owner else {
+            return Ok(false);
+        };
+        Ok(self.principal(owner)?.is_some_and(|o| usable_owner(&o)))
     }
 
     /// A staff principal whose password hash (a PHC string, peppered) is
@@ -355,6 +562,16 @@ impl PrincipalDirectory {
         if principal.disabled {
             return Err(AccessError::Unauthenticated);
         }
+        // A publishable key is usable only while its owner is: disabling the
+        // owner service disables its keys at once. The key's prefix must
+        // match its kind, so neither kind of key can pass for the other.
+        let publishable = principal.kind == PrincipalKind::Publishable;
+        if credential == Credential::ApiKey && publishable != looks_like_publishable_key(bearer) {
+            return Err(AccessError::Unauthenticated);
+        }
+        if publishable && !self.publishable_owner_usable(&principal)? {
+            return Err(AccessError::Unauthenticated);
+        }
         Ok(Authenticated {
             principal,
             credential,
@@ -424,6 +641,60 @@ mod tests {
             &key.expose_secret().replace("srk_", "xxx_")
         ));
         assert_eq!(format!("{key:?}"), "ApiKey(<redacted>)");
+        let publishable = ApiKey::generate_with(PUBLISHABLE_KEY_PREFIX).unwrap();
+        assert!(looks_like_publishable_key(publishable.expose_secret()));
+        assert!(looks_like_api_key(publishable.expose_secret()));
+        assert!(!looks_like_publishable_key(key.expose_secret()));
+    }
+
+    #[test]
+    fn origins() {
+        for good in [
+            "https://shop.example",
+            "https://shop.example:8443",
+            "https://a-b.c.example",
+            "https://10.0.0.1",
+            "http://localhost",
+            "http://localhost:3000",
+            "http://127.0.0.1:8080",
+            "https://localhost",
+        ] {
+            assert_eq!(check_origin(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "shop.example",
+            "https://",
+            "https://Shop.example",
+            "HTTPS://shop.example",
+            "https://shop.example/",
+            "https://shop.example/path",
+            "https://shop.example?x",
+            "https://shop.example#x",
+            "https://user@shop.example",
+            "https://*.shop.example",
+            "https://shop.example:443",
+            "http://localhost:80",
+            "https://shop.example:0",
+            "https://shop.example:080",
+            "https://shop.example:65536",
+            "https://shop.example:",
+            "https://-shop.example",
+            "https://shop..example",
+            "https://[::1]",
+            "http://shop.example",
+            "http://192.168.1.1",
+            "null",
+            " https://shop.example",
+        ] {
+            assert!(check_origin(bad).is_err(), "{bad}");
+        }
+        assert!(check_origins(vec![]).is_err());
+        assert!(check_origins(vec!["https://a.example".into(); 17]).is_err());
+        assert_eq!(
+            check_origins(vec!["https://a.example".into(); 16]).unwrap(),
+            vec!["https://a.example".to_owned()]
+        );
     }
 
     #[test]

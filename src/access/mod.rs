@@ -14,7 +14,10 @@ mod policy;
 mod requests;
 mod sessions;
 
-pub use credentials::{ApiKey, Authenticated, Credential, PrincipalDirectory};
+pub use credentials::{
+    ApiKey, Authenticated, Credential, MAX_ALLOWED_ORIGINS, PUBLISHABLE_KEY_PREFIX,
+    PrincipalDirectory, check_origin, looks_like_publishable_key,
+};
 pub use lockout::{Attempt, LockoutPolicy};
 pub use policy::{Operation, Role, allows, sees_all};
 pub use requests::{AccessRequest, AccessRequests, DecisionError, RequestStatus};
@@ -32,6 +35,14 @@ pub struct Principal {
     pub roles: Vec<Role>,
     pub created_at: String,
     pub disabled: bool,
+    /// Publishable keys only: the service principal whose cards the key
+    /// collects (docs/payment-path.md, "Collect").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Publishable keys only: the exact web origins (`https://host[:port]`)
+    /// whose pages may use the key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_origins: Vec<String>,
 }
 
 impl Principal {
@@ -39,6 +50,15 @@ impl Principal {
     /// its own, or any if a compliance role or admin.
     pub fn sees(&self, owner: &str) -> bool {
         self.id == owner || sees_all(&self.roles)
+    }
+
+    /// The principal whose records this one works on: a publishable key's
+    /// owner service, anyone else itself.
+    pub fn acts_for(&self) -> &str {
+        match (self.kind, &self.owner) {
+            (PrincipalKind::Publishable, Some(owner)) => owner,
+            _ => &self.id,
+        }
     }
 
     /// Whether any of this principal's roles allows `op`.
@@ -54,6 +74,9 @@ pub enum PrincipalKind {
     Service,
     /// A person, authenticated by username and password.
     Staff,
+    /// A key that ships in a web page (`spk_…`): collects cards for its
+    /// owner service from its allowed origins, and nothing else.
+    Publishable,
 }
 
 /// Errors of the access layer.

@@ -15,15 +15,19 @@ pub enum Role {
     ComplianceOfficer,
     ComplianceApprover,
     Auditor,
+    /// A publishable key's one role: create cards and attach CVCs for its
+    /// owner service.
+    Collector,
 }
 
 impl Role {
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 6] = [
         Role::Admin,
         Role::PaymentService,
         Role::ComplianceOfficer,
         Role::ComplianceApprover,
         Role::Auditor,
+        Role::Collector,
     ];
 
     /// The role's name as the API spells it.
@@ -34,13 +38,19 @@ impl Role {
             Role::ComplianceOfficer => "compliance_officer",
             Role::ComplianceApprover => "compliance_approver",
             Role::Auditor => "auditor",
+            Role::Collector => "collector",
         }
     }
 
     /// Whether a principal of `kind` may hold this role: the payment
-    /// service is a machine; compliance staff are people.
+    /// service is a machine; compliance staff are people; a publishable
+    /// key is a collector and nothing else.
     pub fn fits(self, kind: PrincipalKind) -> bool {
+        if kind == PrincipalKind::Publishable || self == Role::Collector {
+            return kind == PrincipalKind::Publishable && self == Role::Collector;
+        }
         match self {
+            Role::Collector => false,
             Role::PaymentService => kind == PrincipalKind::Service,
             Role::ComplianceOfficer | Role::ComplianceApprover => kind == PrincipalKind::Staff,
             Role::Admin | Role::Auditor => true,
@@ -73,10 +83,11 @@ pub enum Operation {
     TokenCreate,
     TokenDetokenize,
     TokenRevoke,
+    CvcAttach,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 22] = [
+    pub const ALL: [Operation; 23] = [
         Operation::SysSeal,
         Operation::PrincipalCreate,
         Operation::PrincipalList,
@@ -99,6 +110,7 @@ impl Operation {
         Operation::TokenCreate,
         Operation::TokenDetokenize,
         Operation::TokenRevoke,
+        Operation::CvcAttach,
     ];
 
     /// The audit action recorded for this operation.
@@ -124,6 +136,7 @@ impl Operation {
             Operation::TokenCreate => "token.create",
             Operation::TokenDetokenize => "token.detokenize",
             Operation::TokenRevoke => "token.revoke",
+            Operation::CvcAttach => "card.cvc_attached",
         }
     }
 }
@@ -140,9 +153,12 @@ pub fn allows(role: Role, op: Operation) -> bool {
         | O::KeysRead
         | O::KeysRotate => role == R::Admin,
         O::AuditRead | O::AuditVerify => matches!(role, R::Auditor | R::Admin),
-        O::RecordCreate(RecordType::Card | RecordType::BankAccount) | O::TokenCreate => {
-            role == R::PaymentService
+        // A publishable key may do exactly these two: create a card and
+        // attach its CVC (for its owner service).
+        O::RecordCreate(RecordType::Card) | O::CvcAttach => {
+            matches!(role, R::PaymentService | R::Collector)
         }
+        O::RecordCreate(RecordType::BankAccount) | O::TokenCreate => role == R::PaymentService,
         O::RecordCreate(RecordType::Kyc) | O::RecordUpdate => {
             matches!(role, R::PaymentService | R::ComplianceOfficer)
         }
@@ -172,6 +188,9 @@ pub fn separation_of_duties(roles: &[Role]) -> Option<&'static str> {
         return Some(
             "payment_service stands alone: with any other role it would see every owner's records or the audit log",
         );
+    }
+    if has(Role::Collector) && roles.iter().any(|r| *r != Role::Collector) {
+        return Some("collector stands alone: it is the one role of a publishable key");
     }
     let compliance = has(Role::ComplianceOfficer) || has(Role::ComplianceApprover);
     if compliance && (has(Role::Admin) || has(Role::Auditor)) {
@@ -215,6 +234,28 @@ mod tests {
         assert!(!allows(Role::Admin, Operation::RecordReveal));
     }
 
+    /// A publishable key is public: it may create a card and attach a CVC,
+    /// and nothing else at all.
+    #[test]
+    fn a_collector_may_create_cards_and_attach_cvcs_only() {
+        for op in Operation::ALL {
+            let expected = matches!(
+                op,
+                Operation::RecordCreate(RecordType::Card) | Operation::CvcAttach
+            );
+            assert_eq!(allows(Role::Collector, op), expected, "{op:?}");
+        }
+        assert!(allows(Role::PaymentService, Operation::CvcAttach));
+        for role in [
+            Role::Admin,
+            Role::Auditor,
+            Role::ComplianceOfficer,
+            Role::ComplianceApprover,
+        ] {
+            assert!(!allows(role, Operation::CvcAttach), "{role:?}");
+        }
+    }
+
     #[test]
     fn roles_fit_kinds() {
         assert!(!Role::PaymentService.fits(PrincipalKind::Staff));
@@ -222,5 +263,14 @@ mod tests {
         assert!(
             Role::Auditor.fits(PrincipalKind::Staff) && Role::Auditor.fits(PrincipalKind::Service)
         );
+        for role in Role::ALL {
+            let publishable = role.fits(PrincipalKind::Publishable);
+            assert_eq!(publishable, role == Role::Collector, "{role:?}");
+            if role == Role::Collector {
+                assert!(!role.fits(PrincipalKind::Service) && !role.fits(PrincipalKind::Staff));
+            }
+        }
+        assert!(separation_of_duties(&[Role::Collector, Role::Auditor]).is_some());
+        assert!(separation_of_duties(&[Role::Collector]).is_none());
     }
 }

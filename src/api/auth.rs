@@ -186,6 +186,7 @@ async fn refuse(
     responses(
         (status = 204, description = "Session ended"),
         (status = 400, description = "`malformed_request`: the credential is an API key, not a session", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`: a publishable key", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`conflict`: a concurrent change won", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn logout(
@@ -193,6 +194,13 @@ pub async fn logout(
     ctx: RequestContext,
     caller: Caller,
 ) -> Result<StatusCode, ApiError> {
+    // A publishable key reaches the collect routes and nothing else.
+    if caller.principal().kind == crate::access::PrincipalKind::Publishable {
+        state
+            .record(ctx.event(&caller.principal().id, "auth.logout", Outcome::Denied))
+            .await?;
+        return Err(ApiError::Forbidden);
+    }
     let Credential::Session { key } = &caller.0.credential else {
         return Err(ApiError::Malformed(
             "Logout ends a session; this credential is an API key.",

@@ -123,12 +123,21 @@ impl FromRequestParts<AppState> for Caller {
             .map(str::trim)
             .filter(|v| !v.is_empty())
             .ok_or(ApiError::Unauthenticated)?;
+        // A publishable key is public: its client address pays for the
+        // attempt before the key is even looked up.
+        if crate::access::looks_like_publishable_key(credential) {
+            super::collect::admit_address(state, parts)?;
+        }
         let keys = state.keyring.keys()?;
         let mut authenticated = state.principals.authenticate(
             &*keys.credential_key()?,
             &state.settings.sessions,
             credential,
         )?;
+        drop(keys);
+        if authenticated.principal.kind == crate::access::PrincipalKind::Publishable {
+            super::collect::admit_publishable(state, parts, &authenticated.principal).await?;
+        }
         if let (Some(touch), Credential::Session { key }) =
             (authenticated.touch.take(), &authenticated.credential)
         {
@@ -174,6 +183,13 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self::from_parts(parts))
+    }
+}
+
+impl RequestContext {
+    /// The context of the request whose parts these are.
+    pub fn from_parts(parts: &Parts) -> Self {
         let request_id = parts
             .extensions
             .get::<RequestId>()
@@ -183,7 +199,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip().to_string());
-        Ok(Self { request_id, client })
+        Self { request_id, client }
     }
 }
 

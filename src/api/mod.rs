@@ -7,6 +7,7 @@
 
 mod audit;
 mod auth;
+mod collect;
 mod compliance;
 mod error;
 mod extract;
@@ -71,6 +72,8 @@ pub struct AppSettings {
     pub search_miss_alert: usize,
     /// How long an approved access request lasts.
     pub grant_lifetime: time::Duration,
+    /// Publishable keys' rate limits and the ephemeral CVCs.
+    pub collect: crate::config::CollectSettings,
 }
 
 impl Default for AppSettings {
@@ -92,6 +95,7 @@ impl Default for AppSettings {
             .unwrap_or(usize::MAX),
             search_miss_alert: crate::config::DEFAULT_SEARCH_MISS_ALERT,
             grant_lifetime: time::Duration::minutes(30),
+            collect: crate::config::CollectSettings::default(),
         }
     }
 }
@@ -191,6 +195,13 @@ pub struct AppInner {
     sensitive_searches: SlidingWindow,
     /// Search misses per officer in a sliding 10 minutes, watched for bursts.
     search_misses: SlidingWindow,
+    /// CVCs attached to cards: process memory only (docs/payment-path.md,
+    /// "Ephemeral CVC").
+    pub cvcs: crate::cvc::CvcStore,
+    /// Requests per publishable key (by principal id) in a sliding minute.
+    collect_per_key: SlidingWindow,
+    /// Requests with publishable keys per client address in a sliding minute.
+    collect_per_address: SlidingWindow,
 }
 
 impl std::ops::Deref for AppState {
@@ -232,6 +243,11 @@ impl AppState {
             Arc::clone(&clock),
             settings.grant_lifetime,
         );
+        let cvcs = crate::cvc::CvcStore::new(
+            Arc::clone(&clock),
+            time::Duration::seconds(i64::from(settings.collect.cvc_ttl_seconds)),
+            usize::try_from(settings.collect.max_cvcs).unwrap_or(usize::MAX),
+        );
         Self(Arc::new(AppInner {
             vault,
             access_requests,
@@ -255,6 +271,15 @@ impl AppState {
                 time::Duration::hours(1),
             ),
             search_misses: SlidingWindow::new(usize::MAX, SEARCH_MISS_WINDOW),
+            cvcs,
+            collect_per_key: SlidingWindow::new(
+                usize::try_from(settings.collect.per_key_per_minute).unwrap_or(usize::MAX),
+                time::Duration::minutes(1),
+            ),
+            collect_per_address: SlidingWindow::new(
+                usize::try_from(settings.collect.per_address_per_minute).unwrap_or(usize::MAX),
+                time::Duration::minutes(1),
+            ),
             settings,
         }))
     }
@@ -350,6 +375,10 @@ impl AppState {
             Err(e) => tracing::error!(error = %e, "no thread for the audit checkpoint; sealing"),
         }
         self.keyring.seal();
+        // Every held CVC goes with the keys, and the CVC key is replaced.
+        // After the seal, so a CVC attached meanwhile fails its audit entry
+        // (no key to write it) and is taken back, or is cleared here.
+        self.cvcs.clear();
     }
 
     /// Like [`AppState::commit`], but a conflict comes back as `Ok(None)`
@@ -585,6 +614,7 @@ pub fn router(state: AppState) -> Router {
                 .delete(records::erase),
         )
         .route("/v1/records/{id}/reveal", post(compliance::reveal))
+        .route("/v1/records/{id}/cvc", post(collect::attach_cvc))
         .route("/v1/search", post(compliance::search))
         .route("/v1/access-requests", post(compliance::request_access))
         .route(
@@ -597,6 +627,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tokens/{token}", delete(tokens::revoke))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // CORS on the collect routes only, inside the sealed gate (a sealed
+        // vault cannot read which origins are allowed).
+        .layer(middleware::from_fn_with_state(state.clone(), collect::cors))
         .layer(middleware::from_fn_with_state(state.clone(), sealed_gate))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(request_id))

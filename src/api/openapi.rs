@@ -18,7 +18,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::AVAILABLE_WHILE_SEALED;
 use super::error::{FieldError, Problem};
-use super::{audit, auth, compliance, keys, principals, records, sys, tokens};
+use super::{audit, auth, collect, compliance, keys, principals, records, sys, tokens};
 use crate::access::{Principal, PrincipalKind, RequestStatus, Role};
 use crate::audit::{AuditEntry, Checkpoint, Outcome, Verification};
 use crate::keyring::{KekMetadata, UnsealProgress};
@@ -151,7 +151,7 @@ impl Modify for Layers {
         audit::entries, audit::verify,
         keys::list, keys::rotate,
         records::create_card, records::create_bank_account, records::create_kyc,
-        records::read, records::update, records::erase,
+        records::read, records::update, records::erase, collect::attach_cvc,
         compliance::search, compliance::reveal, compliance::request_access, compliance::approve, compliance::deny,
         tokens::create, tokens::detokenize, tokens::revoke,
     ),
@@ -164,7 +164,7 @@ impl Modify for Layers {
         CardInput, BankAccountInput, KycInput, LegalName, Address, NationalId, NationalIdType,
         Brand, RecordType,
         records::NewCard, records::NewBankAccount, records::NewKyc, records::MergePatch,
-        records::CreatedCard, records::CreatedBankAccount, records::CreatedKyc, records::RecordView,
+        records::CreatedCard, records::CollectedCard, collect::AttachCvc, principals::NewPublishable, principals::PublishableKind, principals::PublishableRole, records::CreatedBankAccount, records::CreatedKyc, records::RecordView,
         compliance::SearchRequest, compliance::SearchField, compliance::SearchMatch, compliance::SearchResult, compliance::Revealed, compliance::RevealRequest,
         compliance::CreateAccessRequest, compliance::AccessRequestState, RequestStatus,
         tokens::TokenizeRequest, tokens::TokenKind, tokens::GenericTokenFormat, tokens::Tokenized, tokens::DetokenizeRequest, tokens::Detokenized, TokenFormat, keys::KeyPurpose,

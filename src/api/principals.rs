@@ -20,6 +20,10 @@ pub struct CreatePrincipal {
     pub roles: Vec<Role>,
     /// Staff only: at least 12 characters.
     pub password: Option<String>,
+    /// Publishable keys only: the id of their service (`prn_…`).
+    pub owner: Option<String>,
+    /// Publishable keys only: 1 to 16 exact web origins.
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 /// The create body as the document gives it: a service (API key, no
@@ -31,6 +35,45 @@ pub struct CreatePrincipal {
 pub enum NewPrincipal {
     Service(NewService),
     Staff(NewStaff),
+    Publishable(NewPublishable),
+}
+
+/// A publishable key (`spk_…`): ships in a checkout page, creates cards and
+/// attaches CVCs for `owner` from `allowed_origins`, nothing else
+/// (docs/payment-path.md, "Collect").
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
+pub struct NewPublishable {
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,63}$")]
+    pub name: String,
+    pub kind: PublishableKind,
+    #[schema(min_items = 1)]
+    pub roles: Vec<PublishableRole>,
+    /// The id of an enabled service principal holding `payment_service`:
+    /// the cards collected are its own. Disabling it disables the key.
+    #[schema(pattern = "^prn_[0-9a-f]{24}$")]
+    pub owner: String,
+    /// Exact web origins, as browsers send them in `Origin`:
+    /// `https://host[:port]`, lower case, no path, no default port;
+    /// `http://` only for `localhost` and `127.0.0.1`.
+    #[schema(min_items = 1, max_items = 16)]
+    pub allowed_origins: Vec<String>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "snake_case")]
+pub enum PublishableKind {
+    Publishable,
+}
+
+/// The one role a publishable key holds.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "snake_case")]
+pub enum PublishableRole {
+    Collector,
 }
 
 #[derive(ToSchema)]
@@ -97,7 +140,8 @@ pub enum StaffRole {
 #[derive(Serialize, ToSchema)]
 pub struct CreatedPrincipal {
     pub id: String,
-    /// Services only; shown this once.
+    /// Services (`srk_…`) and publishable keys (`spk_…`) only; shown this
+    /// once.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key: Option<String>,
 }
@@ -109,7 +153,7 @@ pub struct CreatedPrincipal {
     responses(
         (status = 201, description = "Created", body = CreatedPrincipal),
         (status = 403, description = "`forbidden`", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`conflict`: the name is taken", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict`: the name is taken, or the owner changed meanwhile", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "`rate_limited`: too many password hashes waiting (staff)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create(
@@ -123,8 +167,44 @@ pub async fn create(
         .await?;
     let request: CreatePrincipal = body.parse()?;
     let actor = caller.principal().id.clone();
+    if request.kind != PrincipalKind::Publishable {
+        if request.owner.is_some() {
+            return Err(ApiError::field(
+                "owner",
+                "only publishable keys have an owner",
+            ));
+        }
+        if request.allowed_origins.is_some() {
+            return Err(ApiError::field(
+                "allowed_origins",
+                "only publishable keys have allowed origins",
+            ));
+        }
+    }
     let keys = state.keyring.keys()?;
     let (principal, api_key, tx) = match (request.kind, request.password) {
+        (PrincipalKind::Publishable, None) => {
+            let owner = request.owner.ok_or_else(|| {
+                ApiError::field("owner", "a publishable key needs its owner service")
+            })?;
+            let origins = request.allowed_origins.ok_or_else(|| {
+                ApiError::field("allowed_origins", "1 to 16 origins are required")
+            })?;
+            let (principal, key, tx) = state.principals.prepare_publishable(
+                &*keys.credential_key()?,
+                &request.name,
+                request.roles,
+                &owner,
+                origins,
+            )?;
+            (principal, Some(key), tx)
+        }
+        (PrincipalKind::Publishable, Some(_)) => {
+            return Err(ApiError::field(
+                "password",
+                "publishable keys authenticate by key, not password",
+            ));
+        }
         (PrincipalKind::Service, None) => {
             let (principal, key, tx) = state.principals.prepare_service(
                 &*keys.credential_key()?,
@@ -188,8 +268,18 @@ pub async fn create(
 /// admin who made themselves an officer and an approver.
 pub(super) fn creation_note(creator: &str, created: &Principal) -> String {
     let roles: Vec<&str> = created.roles.iter().map(|r| r.as_str()).collect();
+    let owner = created
+        .owner
+        .as_deref()
+        .map(|o| {
+            format!(
+                "; owner: {o}; origins: {}",
+                created.allowed_origins.join(",")
+            )
+        })
+        .unwrap_or_default();
     format!(
-        "{creator} created {} ({:?}; roles: {})",
+        "{creator} created {} ({:?}; roles: {}{owner})",
         created.name,
         created.kind,
         roles.join(",")

@@ -11,7 +11,7 @@ use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaType, Type};
 
 use super::extract::{Caller, JsonBody, RequestContext};
 use super::{ApiError, AppState, Problem};
-use crate::access::{Operation, Principal};
+use crate::access::{Operation, Principal, PrincipalKind};
 use crate::audit::{AuditEvent, Outcome};
 use crate::records::{
     self, BankAccountInput, Brand, CardInput, KycInput, RecordData, RecordType, masked_view,
@@ -149,10 +149,28 @@ pub struct CreatedKyc {
     pub version: u64,
 }
 
+/// A card created with a publishable key (from a web page): its id (to
+/// attach the CVC), its tokens and its brand, last 4 and expiry; nothing
+/// else (no fingerprint).
+#[derive(Serialize, ToSchema)]
+pub struct CollectedCard {
+    /// `card_…`
+    pub id: String,
+    /// Random token of the record (`tok_…`).
+    pub token: String,
+    /// Format-preserving PAN token; `null` for PANs of 13 digits or fewer.
+    pub pan_token: Option<String>,
+    pub brand: Option<Brand>,
+    pub last4: Option<String>,
+    pub exp_month: Option<u8>,
+    pub exp_year: Option<u16>,
+}
+
 #[derive(Serialize)]
 #[serde(untagged)]
 pub enum CreatedRecord {
     Card(CreatedCard),
+    Collected(CollectedCard),
     BankAccount(CreatedBankAccount),
     Kyc(CreatedKyc),
 }
@@ -226,16 +244,21 @@ async fn create(
     let subject_ref = take_subject_ref(&mut fields)?.flatten();
     let data = RecordData::parse(record_type, Value::Object(fields), state.clock.now())?;
     let principal = caller.principal();
+    // A publishable key's cards belong to its owner service.
+    let owner = principal.acts_for();
     // Concurrent creations may pick the same fresh token (a format-preserving
     // one, for many cards with one PAN); the loser mints new ones and retries.
     let mut attempts = 0;
     let created = loop {
         let created = state
             .vault
-            .prepare_create(&principal.id, subject_ref.clone(), &data)?;
-        let event = ctx
-            .event(&principal.id, "record.create", Outcome::Allowed)
-            .target(created.meta.id.clone());
+            .prepare_create(owner, subject_ref.clone(), &data)?;
+        let event = AuditEvent {
+            reason: super::collect::creation_note(principal),
+            ..ctx
+                .event(&principal.id, "record.create", Outcome::Allowed)
+                .target(created.meta.id.clone())
+        };
         attempts += 1;
         if attempts == 3 {
             state.commit(event, created.tx.clone()).await?;
@@ -247,6 +270,18 @@ async fn create(
     };
     let masked = masked_view(&data, &principal.roles);
     let out = match &data {
+        // A publishable key's answer reaches a web page: no fingerprint.
+        RecordData::Card(_) if principal.kind == PrincipalKind::Publishable => {
+            CreatedRecord::Collected(CollectedCard {
+                id: created.meta.id,
+                token: created.token,
+                pan_token: created.pan_token,
+                brand: masked_field(&masked, "brand"),
+                last4: masked_field(&masked, "last4"),
+                exp_month: masked_field(&masked, "exp_month"),
+                exp_year: masked_field(&masked, "exp_year"),
+            })
+        }
         RecordData::Card(_) => CreatedRecord::Card(CreatedCard {
             id: created.meta.id,
             token: created.token,
@@ -292,13 +327,15 @@ impl utoipa::PartialSchema for MergePatch {
 
 impl ToSchema for MergePatch {}
 
-/// Stores a card. Only a payment service may.
+/// Stores a card: a payment service, or its publishable key from an
+/// allowed origin (the card then belongs to the key's owner service).
 #[utoipa::path(post, path = "/v1/records/card", tag = "records", operation_id = "create_card",
     security(("bearer" = [])),
     request_body(content = NewCard, content_type = "application/json"),
     responses(
-        (status = 201, description = "Created; tokens and masked fields only", body = CreatedCard),
-        (status = 403, description = "`forbidden`", body = Problem, content_type = "application/problem+json"),
+        (status = 201, description = "Created; tokens and masked fields only. A publishable key gets the `CollectedCard` subset: no `fingerprint`", body = CreatedCard),
+        (status = 403, description = "`forbidden`; or a publishable key from an origin it does not allow", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`rate_limited`: a publishable key's or client address's limit", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`conflict`: no unique token could be minted", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create_card(

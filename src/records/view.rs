@@ -47,6 +47,12 @@ pub fn view(role: Role, field: Field) -> View {
         Role::ComplianceOfficer | Role::ComplianceApprover => View::Masked,
         // No record data for administrators and auditors.
         Role::Admin | Role::Auditor => View::Redacted,
+        // A collector sees only what its create answer holds (brand, last 4,
+        // expiry: see `api::records`); the masks are the payment service's.
+        Role::Collector => match field {
+            F::Pan | F::Expiry => View::Masked,
+            _ => View::Redacted,
+        },
     }
 }
 
@@ -184,6 +190,24 @@ mod tests {
             let v = view(role, Field::Pan);
             if matches!(role, Role::Admin | Role::Auditor) {
                 assert_eq!(v, View::Redacted);
+                assert_eq!(view(role, Field::HolderName), View::Redacted);
+            } else if role == Role::Collector {
+                // Brand, last 4 and expiry: nothing of any other field.
+                assert_eq!(v, View::Masked);
+                for field in [
+                    Field::HolderName,
+                    Field::AccountNumber,
+                    Field::BankCountry,
+                    Field::LegalName,
+                    Field::DateOfBirth,
+                    Field::Nationality,
+                    Field::Address,
+                    Field::NationalId,
+                    Field::Email,
+                    Field::Phone,
+                ] {
+                    assert_eq!(view(role, field), View::Redacted, "{field:?}");
+                }
             } else {
                 assert_eq!(v, View::Masked);
             }

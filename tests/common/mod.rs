@@ -41,7 +41,80 @@ pub fn test_settings() -> AppSettings {
         body_limit_bytes: 4096,
         unseal_failures_per_minute: 5,
         password_policy: PasswordPolicy::danger_insecure_for_tests(),
+        // Requests through `oneshot` share one client address: tests of the
+        // collect limits set their own.
+        collect: strongroom::config::CollectSettings {
+            per_key_per_minute: 1_000_000,
+            per_address_per_minute: 1_000_000,
+            ..strongroom::config::CollectSettings::default()
+        },
         ..AppSettings::default()
+    }
+}
+
+/// The origin test publishable keys allow (see [`publishable_key`]).
+pub const TEST_ORIGIN: &str = "https://shop.example";
+
+/// A new publishable key called `name` for the service `owner_id`, allowed
+/// from `origins`, made through the API by `admin_key`; its `spk_` key.
+pub async fn publishable_key(
+    app: &axum::Router,
+    admin_key: &str,
+    name: &str,
+    owner_id: &str,
+    origins: &[&str],
+) -> String {
+    let reply = call(
+        app,
+        "POST",
+        "/v1/principals",
+        Some(admin_key),
+        Some(serde_json::json!({"name": name, "kind": "publishable", "roles": ["collector"], "owner": owner_id, "allowed_origins": origins})),
+    )
+    .await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    reply.body["api_key"].as_str().unwrap().to_owned()
+}
+
+/// Like [`call`], with extra request headers.
+pub async fn call_with(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<serde_json::Value>,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let mut builder = axum::http::Request::builder().method(method).uri(path);
+    if let Some(token) = bearer {
+        builder = builder.header("authorization", format!("Bearer {token}"));
+    }
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let body = match body {
+        Some(value) => {
+            builder = builder.header("content-type", "application/json");
+            axum::body::Body::from(value.to_string())
+        }
+        None => axum::body::Body::empty(),
+    };
+    send_request(app, builder.body(body).unwrap()).await
+}
+
+/// [`call`] as a browser on [`TEST_ORIGIN`] would send it when `bearer` is
+/// a publishable key (with `Origin`); as is otherwise.
+pub async fn call_as(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> Reply {
+    if bearer.is_some_and(|b| b.starts_with("spk_")) {
+        call_with(app, method, path, bearer, body, &[("origin", TEST_ORIGIN)]).await
+    } else {
+        call(app, method, path, bearer, body).await
     }
 }
 
