@@ -578,7 +578,7 @@ mod tests {
             format!("{{{{{TOK}:}}}}"),
             format!("{{{{ {TOK}:pan}}}}"),
             format!("{{{{{TOK}:pan }}}}"),
-            format!("{{{{{TOK}:pan}}}"),
+            format!("{{{{{TOK}:pan}}"),
             format!("{{{{{TOK}pan}}}}"),
             format!("{{{{{TOK}:pan:x}}}}"),
             format!("{{{{{TOK}:pan1}}}}"),
@@ -593,7 +593,7 @@ mod tests {
     #[test]
     fn json_placeholders_are_found_in_order_and_unique() {
         let body = format!(
-            r#"{{"amount":100,"card":{{"number":"{{{{{TOK}:pan}}}}","exp":["{{{{{TOK}:exp_month}}}}","{{{{{PAN_TOK}:exp_year}}}}"],"again":"{{{{{TOK}:pan}}}}"}},"note":"}} is fine"}}"#
+            r#"{{"amount":100,"card":{{"number":"{{{{{TOK}:pan}}}}","exp":["{{{{{TOK}:exp_month}}}}","{{{{{PAN_TOK}:exp_year}}}}"],"again":"{{{{{TOK}:pan}}}}"}},"note":"}}}} is fine"}}"#
         );
         let t = json(&body).unwrap();
         assert_eq!(
