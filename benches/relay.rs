@@ -119,7 +119,10 @@ async fn api(
     let response = request.send().await.unwrap();
     let status = response.status().as_u16();
     let bytes = response.bytes().await.unwrap();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 trait JsonBody {
@@ -315,16 +318,28 @@ fn main() {
     // Direct first, then relay, then direct again: the two direct runs
     // show how steady the machine was.
     let outcomes = vec![
-        rt.block_on(run("direct to processor", Arc::clone(&straight), connections, seconds)),
+        rt.block_on(run(
+            "direct to processor",
+            Arc::clone(&straight),
+            connections,
+            seconds,
+        )),
         rt.block_on(run("via relay", via_relay, connections, seconds)),
-        rt.block_on(run("direct to processor (again)", straight, connections, seconds)),
+        rt.block_on(run(
+            "direct to processor (again)",
+            straight,
+            connections,
+            seconds,
+        )),
     ];
     let _ = server.kill();
     let _ = server.wait();
 
     let direct_rate = (outcomes[0].rate() + outcomes[2].rate()) / 2.0;
     let ratio = outcomes[1].rate() / direct_rate.max(f64::MIN_POSITIVE);
-    println!("{connections} connections, {seconds} s per run, vault, processor and load on this machine");
+    println!(
+        "{connections} connections, {seconds} s per run, vault, processor and load on this machine"
+    );
     println!(
         "{:<30} {:>10} {:>9} {:>9} {:>7}",
         "run", "req/s", "p50 ms", "p99 ms", "errors"

@@ -50,7 +50,10 @@ async fn main() {
     let bind: SocketAddr = ([127, 0, 0, 1], port).into();
     let stub = TestProcessor::start_on(bind, &ca, behaviour).await;
     std::fs::write(&ca_out, stub.ca_pem()).expect("cannot write the CA file");
-    println!("TEST STUB processor (prints what it receives) at {}", stub.url());
+    println!(
+        "TEST STUB processor (prints what it receives) at {}",
+        stub.url()
+    );
     println!("CA certificate for the route's ca_pem written to {ca_out}");
     let mut shown = 0;
     loop {

@@ -319,7 +319,10 @@ mod tests {
     #[test]
     fn the_relay_section() {
         let config = Config::resolve(FileConfig::default(), Overrides::default()).unwrap();
-        assert_eq!(config.relay, crate::relay::upstream::RelaySettings::default());
+        assert_eq!(
+            config.relay,
+            crate::relay::upstream::RelaySettings::default()
+        );
         assert!(!config.relay.allow_private_destinations);
         let file: FileConfig = toml::from_str(
             "[relay]\nallow_private_destinations = true\nmax_body_bytes = 2048\nconnect_timeout_ms = 250",
@@ -332,7 +335,10 @@ mod tests {
         assert!(toml::from_str::<FileConfig>("[relay]\nallow_private = true").is_err());
         for bad in ["max_body_bytes = 10", "connect_timeout_ms = 0"] {
             let file: FileConfig = toml::from_str(&format!("[relay]\n{bad}")).unwrap();
-            assert!(Config::resolve(file, Overrides::default()).is_err(), "{bad}");
+            assert!(
+                Config::resolve(file, Overrides::default()).is_err(),
+                "{bad}"
+            );
         }
     }
 

@@ -1,7 +1,12 @@
 //! The relay's outbound client against a real local HTTPS processor:
 //! destination checks (nothing reaches the processor when refused), trust
 //! (only the route's CA), no plain HTTP, no redirects, size and time limits.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod common;
 
@@ -29,7 +34,10 @@ fn strict() -> Upstream {
 fn request(base_url: &str, ca_pem: Option<&str>) -> UpstreamRequest {
     let mut headers = HeaderMap::new();
     headers.insert("content-type", HeaderValue::from_static("application/json"));
-    headers.insert("authorization", HeaderValue::from_static("Bearer sk_test_route"));
+    headers.insert(
+        "authorization",
+        HeaderValue::from_static("Bearer sk_test_route"),
+    );
     UpstreamRequest {
         base_url: base_url.to_owned(),
         ca_pem: ca_pem.map(str::to_owned),
@@ -63,7 +71,10 @@ async fn with_the_switch_and_the_route_ca_the_request_arrives_whole() {
     assert_eq!(received[0].path, "/charges?expand=x");
     assert_eq!(received[1].path, "/v1/charges?expand=x");
     assert_eq!(received[0].body, br#"{"pan":"4242424242424242"}"#);
-    assert_eq!(received[0].header("authorization"), Some("Bearer sk_test_route"));
+    assert_eq!(
+        received[0].header("authorization"),
+        Some("Bearer sk_test_route")
+    );
     assert_eq!(received[0].header("accept-encoding"), Some("identity"));
 }
 
@@ -98,7 +109,10 @@ async fn loopback_private_and_metadata_destinations_are_refused_without_the_swit
     // The same upstream with the switch reaches it (the refusal above was
     // the address check, not a broken processor).
     lenient()
-        .send(request(&processor.localhost_url(), Some(processor.ca_pem())))
+        .send(request(
+            &processor.localhost_url(),
+            Some(processor.ca_pem()),
+        ))
         .await
         .unwrap();
     assert_eq!(processor.count(), 1);
@@ -147,7 +161,10 @@ async fn plain_http_is_refused_before_anything_is_sent() {
         .await
         .unwrap_err();
     assert!(
-        matches!(error, UpstreamError::Destination(DestinationError::NotHttps)),
+        matches!(
+            error,
+            UpstreamError::Destination(DestinationError::NotHttps)
+        ),
         "{error:?}"
     );
     // Nothing connected to the plain listener.
@@ -159,11 +176,8 @@ async fn plain_http_is_refused_before_anything_is_sent() {
 async fn a_redirect_is_returned_as_it_is_and_not_followed() {
     let ca = TestCa::new("processor CA");
     let target = TestProcessor::start(&ca, Behaviour::Charge).await;
-    let redirecting = TestProcessor::start(
-        &ca,
-        Behaviour::Redirect(format!("{}/stolen", target.url())),
-    )
-    .await;
+    let redirecting =
+        TestProcessor::start(&ca, Behaviour::Redirect(format!("{}/stolen", target.url()))).await;
     let answer = lenient()
         .send(request(&redirecting.url(), Some(ca.cert_pem().as_str())))
         .await
@@ -174,7 +188,11 @@ async fn a_redirect_is_returned_as_it_is_and_not_followed() {
         format!("{}/stolen", target.url())
     );
     assert_eq!(redirecting.count(), 1);
-    assert_eq!(target.count(), 0, "the redirect target must receive nothing");
+    assert_eq!(
+        target.count(),
+        0,
+        "the redirect target must receive nothing"
+    );
 }
 
 #[tokio::test]
@@ -194,7 +212,10 @@ async fn an_answer_over_the_cap_is_refused_announced_or_not() {
             .send(request(&processor.url(), Some(processor.ca_pem())))
             .await
             .unwrap_err();
-        assert!(matches!(error, UpstreamError::TooLarge), "{behaviour:?}: {error:?}");
+        assert!(
+            matches!(error, UpstreamError::TooLarge),
+            "{behaviour:?}: {error:?}"
+        );
     }
     // Exactly at the cap is fine, announced or not.
     for behaviour in [
@@ -252,7 +273,10 @@ async fn paths_that_leave_the_base_are_refused_before_sending() {
         req.path_and_query = path.into();
         let error = lenient().send(req).await.unwrap_err();
         assert!(
-            matches!(error, UpstreamError::Destination(DestinationError::PathEscapes)),
+            matches!(
+                error,
+                UpstreamError::Destination(DestinationError::PathEscapes)
+            ),
             "{path}: {error:?}"
         );
     }

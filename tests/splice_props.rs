@@ -63,12 +63,14 @@ fn leaf() -> impl Strategy<Value = Leaf> {
 }
 
 fn tree() -> impl Strategy<Value = Tree> {
-    leaf().prop_map(Tree::Leaf).prop_recursive(4, 40, 6, |inner| {
-        prop_oneof![
-            proptest::collection::vec(inner.clone(), 0..6).prop_map(Tree::Array),
-            proptest::collection::btree_map(text(), inner, 0..6).prop_map(Tree::Object),
-        ]
-    })
+    leaf()
+        .prop_map(Tree::Leaf)
+        .prop_recursive(4, 40, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Tree::Array),
+                proptest::collection::btree_map(text(), inner, 0..6).prop_map(Tree::Object),
+            ]
+        })
 }
 
 fn placeholder(t: usize, f: usize) -> Placeholder {

@@ -391,7 +391,11 @@ mod tests {
             (ApiError::TokenRevoked, 410, "token_revoked"),
             (ApiError::ReasonRequired, 400, "reason_required"),
             (ApiError::ApprovalRequired, 403, "approval_required"),
-            (ApiError::DestinationRefused("x"), 422, "destination_refused"),
+            (
+                ApiError::DestinationRefused("x"),
+                422,
+                "destination_refused",
+            ),
             (ApiError::UpstreamUnavailable, 502, "upstream_unavailable"),
             (ApiError::UpstreamTimeout, 504, "upstream_timeout"),
             (ApiError::UpstreamTooLarge, 502, "upstream_too_large"),

@@ -146,7 +146,8 @@ fn mask_whole(body: &[u8], value: &[u8], star: &mut [bool]) {
                 .is_none_or(|b| *b != b'\\');
         // A whole form value: after `=`, up to `&`, a line end or the end.
         let form_value = before == Some(b'=') && matches!(after, None | Some(b'&' | b'\r' | b'\n'));
-        let bare_number = value.iter().all(u8::is_ascii_digit) && bare_json_number(body, start, end);
+        let bare_number =
+            value.iter().all(u8::is_ascii_digit) && bare_json_number(body, start, end);
         if json_string || form_value || bare_number {
             mark(star, start, end);
         }
@@ -167,7 +168,17 @@ fn bare_json_number(body: &[u8], start: usize, end: usize) -> bool {
         .copied();
     let touching_left = start.checked_sub(1).and_then(|i| body.get(i)).copied();
     let touching_right = body.get(end).copied();
-    let glued = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_digit() || b == b'.' || b == b'"' || b == b'-' || b == b'e' || b == b'E' || b == b'+');
+    let glued = |b: Option<u8>| {
+        b.is_some_and(|b| {
+            b.is_ascii_digit()
+                || b == b'.'
+                || b == b'"'
+                || b == b'-'
+                || b == b'e'
+                || b == b'E'
+                || b == b'+'
+        })
+    };
     matches!(left, Some(b':' | b'[' | b','))
         && matches!(right, None | Some(b',' | b'}' | b']'))
         && !glued(touching_left)
@@ -201,7 +212,9 @@ fn mask_luhn_runs(body: &[u8], star: &mut [bool]) {
         for first in 0..groups.len() {
             let mut digits = Vec::with_capacity(MAX_PAN);
             for last in first..groups.len() {
-                let Some(&(s, e)) = groups.get(last) else { break };
+                let Some(&(s, e)) = groups.get(last) else {
+                    break;
+                };
                 if let Some(group) = body.get(s..e) {
                     digits.extend_from_slice(group);
                 }
@@ -244,7 +257,7 @@ fn luhn(digits: &[u8]) -> bool {
         }
         sum += v;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Applies the marks; a masked bare JSON number becomes a string.
@@ -266,7 +279,11 @@ fn render(body: &[u8], star: &[bool]) -> Vec<u8> {
             }
             for k in i..end {
                 let m = star.get(k).copied().unwrap_or(false);
-                out.push(if m { b'*' } else { body.get(k).copied().unwrap_or(b'*') });
+                out.push(if m {
+                    b'*'
+                } else {
+                    body.get(k).copied().unwrap_or(b'*')
+                });
             }
             if quote {
                 out.push(b'"');
@@ -274,7 +291,11 @@ fn render(body: &[u8], star: &[bool]) -> Vec<u8> {
             i = end;
             continue;
         }
-        out.push(if star.get(i).copied().unwrap_or(false) { b'*' } else { b });
+        out.push(if star.get(i).copied().unwrap_or(false) {
+            b'*'
+        } else {
+            b
+        });
         i += 1;
     }
     out
@@ -301,7 +322,10 @@ mod tests {
     }
 
     fn cards() -> Cards {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/cards/cards.json");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/vectors/cards/cards.json"
+        );
         serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
     }
 
@@ -315,7 +339,10 @@ mod tests {
             let out = m(&body, &[]);
             assert!(!out.contains(n.as_str()), "{n}: {out}");
             let masked = format!("{}{}", "*".repeat(n.len() - 4), &n[n.len() - 4..]);
-            assert_eq!(out, format!(r#"{{"error":"card {masked} declined","n":"{masked}"}}"#));
+            assert_eq!(
+                out,
+                format!(r#"{{"error":"card {masked} declined","n":"{masked}"}}"#)
+            );
             // As processors print them: groups of 4.
             let spaced: Vec<String> = n
                 .as_bytes()
@@ -341,7 +368,11 @@ mod tests {
             assert_eq!(m(&body, &[]), body, "{}", card.number);
         }
         // Too short, too long, glued to further digits.
-        for body in ["424242424242", "42424242424242424242", "x4242424242424242000012"] {
+        for body in [
+            "424242424242",
+            "42424242424242424242",
+            "x4242424242424242000012",
+        ] {
             assert_eq!(m(body, &[]), body);
         }
     }
@@ -415,9 +446,18 @@ mod tests {
 
     #[test]
     fn luhn_matches_the_records_module() {
-        for card in cards().valid_cards.iter().chain(cards().invalid_cards.iter()) {
+        for card in cards()
+            .valid_cards
+            .iter()
+            .chain(cards().invalid_cards.iter())
+        {
             if card.number.bytes().all(|b| b.is_ascii_digit()) && !card.number.is_empty() {
-                assert_eq!(luhn(card.number.as_bytes()), card.luhn_valid, "{}", card.number);
+                assert_eq!(
+                    luhn(card.number.as_bytes()),
+                    card.luhn_valid,
+                    "{}",
+                    card.number
+                );
                 assert_eq!(
                     luhn(card.number.as_bytes()),
                     crate::records::luhn_valid(&card.number)

@@ -72,10 +72,7 @@ pub struct Placeholder {
 pub enum SpliceError {
     /// A placeholder (or `{{`) where none may stand.
     #[error("a placeholder is not allowed at {location}: {why}")]
-    Misplaced {
-        location: String,
-        why: &'static str,
-    },
+    Misplaced { location: String, why: &'static str },
     /// The body is not JSON / not form-encoded as its content type says.
     #[error("the body is not valid {0}")]
     Malformed(&'static str),
@@ -136,7 +133,10 @@ pub fn parse_placeholder(text: &str) -> Option<Placeholder> {
 }
 
 /// What a string in the body is: plain text, a placeholder, or refused.
-fn classify(text: &str, location: impl FnOnce() -> String) -> Result<Option<Placeholder>, SpliceError> {
+fn classify(
+    text: &str,
+    location: impl FnOnce() -> String,
+) -> Result<Option<Placeholder>, SpliceError> {
     if !text.contains(OPEN) {
         return Ok(None);
     }
@@ -168,7 +168,11 @@ fn contains_placeholder(text: &str) -> bool {
 /// Placeholders are only ever spliced into bodies.
 pub fn refuse_in(location: &str, text: &str) -> Result<(), SpliceError> {
     let lower = text.to_ascii_lowercase();
-    if text.contains(OPEN) || lower.contains("%7b%7b") || lower.contains("%7b{") || lower.contains("{%7b") {
+    if text.contains(OPEN)
+        || lower.contains("%7b%7b")
+        || lower.contains("%7b{")
+        || lower.contains("{%7b")
+    {
         return Err(SpliceError::Misplaced {
             location: location.to_owned(),
             why: "placeholders are only allowed in the body",
@@ -261,13 +265,15 @@ impl Template {
                     .map_err(|_| SpliceError::Malformed("form data"))?;
                 let mut out = Vec::with_capacity(pairs.len());
                 for (n, (key, value)) in pairs.into_iter().enumerate() {
-                    classify(&key, || format!("form pair {} key", n + 1)).and_then(|p| match p {
-                        None => Ok(()),
-                        Some(_) => Err(SpliceError::Misplaced {
-                            location: format!("form pair {} key", n + 1),
-                            why: "a placeholder may not be a form key",
-                        }),
-                    })?;
+                    classify(&key, || format!("form pair {} key", n + 1)).and_then(
+                        |p| match p {
+                            None => Ok(()),
+                            Some(_) => Err(SpliceError::Misplaced {
+                                location: format!("form pair {} key", n + 1),
+                                why: "a placeholder may not be a form key",
+                            }),
+                        },
+                    )?;
                     let location = format!("form:{key}");
                     let value = match classify(&value, || location.clone())? {
                         None => FormValue::Text(value),
@@ -346,11 +352,14 @@ impl Template {
                     out.push(b'=');
                     let text = match value {
                         FormValue::Text(t) => t.as_str(),
-                        FormValue::Slot(i) => by_slot.get(*i).copied().ok_or_else(|| {
-                            SpliceError::Missing {
-                                location: format!("form:{key}"),
-                            }
-                        })?,
+                        FormValue::Slot(i) => {
+                            by_slot
+                                .get(*i)
+                                .copied()
+                                .ok_or_else(|| SpliceError::Missing {
+                                    location: format!("form:{key}"),
+                                })?
+                        }
                     };
                     form_encode(&mut out, text);
                 }
@@ -370,8 +379,11 @@ fn form_encode(out: &mut Vec<u8>, text: &str) {
             b' ' => out.push(b'+'),
             _ => {
                 out.push(b'%');
-                out.push(HEX[usize::from(b >> 4)]);
-                out.push(HEX[usize::from(b & 0x0f)]);
+                let [high, low] = [b >> 4, b & 0x0f].map(|n| {
+                    HEX.get(usize::from(n)).copied().unwrap_or(b'0')
+                });
+                out.push(high);
+                out.push(low);
             }
         }
     }
@@ -627,10 +639,16 @@ mod tests {
                 format!(r#"{{"card":{{"number":"pan: {{{{{TOK}:pan}}}}"}}}}"#),
                 "/card/number",
             ),
-            (format!(r#"{{"a":{{"{{{{{TOK}:pan}}}}":1}}}}"#), "/a (an object key)"),
+            (
+                format!(r#"{{"a":{{"{{{{{TOK}:pan}}}}":1}}}}"#),
+                "/a (an object key)",
+            ),
             (format!(r#"{{"x~/y":["ok","{{{{{TOK}"]}}"#), "/x~0~1y/1"),
             (r#"{"a":"{{"}"#.to_owned(), "/a"),
-            (format!(r#"{{"a":"{{{{{TOK}:pan}}}}{{{{{TOK}:cvc}}}}"}}"#), "/a"),
+            (
+                format!(r#"{{"a":"{{{{{TOK}:pan}}}}{{{{{TOK}:cvc}}}}"}}"#),
+                "/a",
+            ),
             (format!(r#"["{{{{ {TOK}:pan }}}}"]"#), "/0"),
             (format!(r#""x{{{{{TOK}:pan}}}}""#), "/"),
         ];
@@ -679,8 +697,11 @@ mod tests {
         assert_eq!(back["amount"], 100);
         assert_eq!(back.as_object().unwrap().len(), 2);
 
-        let t = Template::parse(BodyKind::Form, format!("n={{{{{TOK}:pan}}}}&amount=100").as_bytes())
-            .unwrap();
+        let t = Template::parse(
+            BodyKind::Form,
+            format!("n={{{{{TOK}:pan}}}}&amount=100").as_bytes(),
+        )
+        .unwrap();
         let out = t.render(&values(&[(p(TOK, "pan"), hostile)])).unwrap();
         let back: Vec<(String, String)> = serde_urlencoded::from_bytes(&out).unwrap();
         assert_eq!(
@@ -696,7 +717,12 @@ mod tests {
     fn a_missing_value_is_an_error_naming_the_place() {
         let t = json(&format!(r#"{{"a":["{{{{{TOK}:cvc}}}}"]}}"#)).unwrap();
         let e = t.render(&HashMap::new()).unwrap_err();
-        assert_eq!(e, SpliceError::Missing { location: "/a/0".into() });
+        assert_eq!(
+            e,
+            SpliceError::Missing {
+                location: "/a/0".into()
+            }
+        );
     }
 
     #[test]

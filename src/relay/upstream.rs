@@ -486,7 +486,10 @@ impl Upstream {
         ] {
             headers.remove(name);
         }
-        headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
         let body: Vec<u8> = request.body.to_vec();
         let cap = self.settings.max_body_bytes;
         let exchange = async move {
@@ -709,7 +712,9 @@ mod tests {
             e.downcast_ref::<DestinationError>(),
             Some(DestinationError::NonGlobal("loopback"))
         ));
-        let allowed = CheckedResolver { allow_private: true };
+        let allowed = CheckedResolver {
+            allow_private: true,
+        };
         let addrs: Vec<SocketAddr> = allowed
             .resolve("localhost".parse().unwrap())
             .await
@@ -753,7 +758,11 @@ mod tests {
             "/x\\..\\..\\y",
             "@evil.test/",
         ] {
-            assert_eq!(join(&base, bad), Err(DestinationError::PathEscapes), "{bad}");
+            assert_eq!(
+                join(&base, bad),
+                Err(DestinationError::PathEscapes),
+                "{bad}"
+            );
         }
         let root = check_base_url("https://api.test").unwrap();
         assert_eq!(
