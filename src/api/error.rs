@@ -409,6 +409,43 @@ mod tests {
         }
     }
 
+    /// Relay transport errors map to their own codes, and neither the
+    /// detail nor the field ever carries an address, a token or a value.
+    #[test]
+    fn relay_errors_map_to_their_codes_without_values() {
+        use crate::relay::splice::{BodyKind, SpliceError, Template};
+        use crate::relay::upstream::{DestinationError as D, UpstreamError as U};
+        let cases = [
+            (U::Destination(D::NonGlobal("loopback")), 422, "destination_refused"),
+            (U::Destination(D::NotHttps), 422, "destination_refused"),
+            (U::Destination(D::PathEscapes), 422, "destination_refused"),
+            (U::Unavailable("tls"), 502, "upstream_unavailable"),
+            (U::Timeout, 504, "upstream_timeout"),
+            (U::TooLarge, 502, "upstream_too_large"),
+            (U::InvalidCa, 422, "validation_failed"),
+        ];
+        for (error, status, code) in cases {
+            let problem = ApiError::from(error).problem();
+            assert_eq!((problem.status, problem.code), (status, code));
+            assert!(!problem.detail.contains("127.0.0.1"));
+        }
+        let token = "tok_0123456789abcdef0123456789abcdef";
+        let body = format!(r#"{{"card":{{"number":"x {{{{{token}:pan}}}}"}}}}"#);
+        let error = Template::parse(BodyKind::Json, body.as_bytes()).unwrap_err();
+        let problem = ApiError::from(error).problem();
+        assert_eq!((problem.status, problem.code), (422, "validation_failed"));
+        assert_eq!(problem.errors[0].field, "/card/number");
+        let shown = serde_json::to_string(&problem).unwrap();
+        assert!(!shown.contains(token), "{shown}");
+        let malformed = ApiError::from(SpliceError::Malformed("JSON")).problem();
+        assert_eq!(malformed.code, "malformed_request");
+        let missing = ApiError::from(SpliceError::Missing {
+            location: "/a".into(),
+        })
+        .problem();
+        assert_eq!(missing.status, 500);
+    }
+
     #[test]
     fn a_500_says_nothing_about_its_cause() {
         let detail = ApiError::from(KeyringError::Io("/secret/path: denied".into()))
