@@ -416,7 +416,11 @@ mod tests {
         use crate::relay::splice::{BodyKind, SpliceError, Template};
         use crate::relay::upstream::{DestinationError as D, UpstreamError as U};
         let cases = [
-            (U::Destination(D::NonGlobal("loopback")), 422, "destination_refused"),
+            (
+                U::Destination(D::NonGlobal("loopback")),
+                422,
+                "destination_refused",
+            ),
             (U::Destination(D::NotHttps), 422, "destination_refused"),
             (U::Destination(D::PathEscapes), 422, "destination_refused"),
             (U::Unavailable("tls"), 502, "upstream_unavailable"),

@@ -97,6 +97,13 @@ fn encodings(value: &str) -> Vec<String> {
             out.push(form_urlencoded_like(value, space, upper));
         }
     }
+    // Some serialisers (PHP's json_encode) also escape `/` as `\/`.
+    let slashed: Vec<String> = out
+        .iter()
+        .filter(|s| s.contains('/'))
+        .map(|s| s.replace('/', "\\/"))
+        .collect();
+    out.extend(slashed);
     out.sort();
     out.dedup();
     out.retain(|s| s.len() >= SHORT_VALUE);
@@ -402,6 +409,15 @@ mod tests {
         // Unrelated text stays.
         assert!(out.contains(" | "));
         assert!(out.contains("plain "));
+    }
+
+    #[test]
+    fn a_value_with_escaped_slashes_is_masked() {
+        let out = m(
+            r#"{"addr":"12\/34 Rue d'Ulm","again":"12/34 Rue d'Ulm"}"#,
+            &["12/34 Rue d'Ulm"],
+        );
+        assert!(!out.contains("Ulm"), "{out}");
     }
 
     #[test]

@@ -379,9 +379,8 @@ fn form_encode(out: &mut Vec<u8>, text: &str) {
             b' ' => out.push(b'+'),
             _ => {
                 out.push(b'%');
-                let [high, low] = [b >> 4, b & 0x0f].map(|n| {
-                    HEX.get(usize::from(n)).copied().unwrap_or(b'0')
-                });
+                let [high, low] =
+                    [b >> 4, b & 0x0f].map(|n| HEX.get(usize::from(n)).copied().unwrap_or(b'0'));
                 out.push(high);
                 out.push(low);
             }
