@@ -238,6 +238,7 @@ fn app_settings(config: &Config) -> AppSettings {
         reveals_per_hour: usize::try_from(config.reveals_per_hour).unwrap_or(usize::MAX),
         sensitive_searches_per_hour: usize::try_from(config.sensitive_searches_per_hour)
             .unwrap_or(usize::MAX),
+        relay: config.relay.clone(),
         ..AppSettings::default()
     }
 }

@@ -71,6 +71,8 @@ pub struct AppSettings {
     pub search_miss_alert: usize,
     /// How long an approved access request lasts.
     pub grant_lifetime: time::Duration,
+    /// The relay's outbound client (config `[relay]`).
+    pub relay: crate::relay::upstream::RelaySettings,
 }
 
 impl Default for AppSettings {
@@ -92,6 +94,7 @@ impl Default for AppSettings {
             .unwrap_or(usize::MAX),
             search_miss_alert: crate::config::DEFAULT_SEARCH_MISS_ALERT,
             grant_lifetime: time::Duration::minutes(30),
+            relay: crate::relay::upstream::RelaySettings::default(),
         }
     }
 }
