@@ -282,3 +282,26 @@ async fn paths_that_leave_the_base_are_refused_before_sending() {
     }
     assert_eq!(processor.count(), 0);
 }
+
+#[tokio::test]
+async fn connections_are_pooled_per_trust_configuration() {
+    let ca = TestCa::new("processor CA");
+    let processor = TestProcessor::start(&ca, Behaviour::Charge).await;
+    let upstream = lenient();
+    for _ in 0..5 {
+        upstream
+            .send(request(&processor.url(), Some(processor.ca_pem())))
+            .await
+            .unwrap();
+    }
+    assert_eq!(processor.count(), 5);
+    assert_eq!(processor.connections(), 1, "one pooled connection");
+    // The same CA given with different bytes (a trailing newline) is
+    // another trust configuration: its own client, its own connection.
+    let other_bytes = format!("{}\n", processor.ca_pem());
+    upstream
+        .send(request(&processor.url(), Some(&other_bytes)))
+        .await
+        .unwrap();
+    assert_eq!(processor.connections(), 2);
+}
