@@ -239,6 +239,7 @@ fn app_settings(config: &Config) -> AppSettings {
         sensitive_searches_per_hour: usize::try_from(config.sensitive_searches_per_hour)
             .unwrap_or(usize::MAX),
         collect: config.collect,
+        relay: config.relay.clone(),
         ..AppSettings::default()
     }
 }
@@ -424,7 +425,14 @@ fn dev(args: DevArgs) -> Result<(), String> {
         keys_dir: Some(data_dir.join("keys")),
         config: args.config,
     };
-    let config = load_config(&locations, args.listen)?;
+    let mut config = load_config(&locations, args.listen)?;
+    // Test processors run on this machine: dev lets the relay reach
+    // loopback and private addresses, and says so (docs/payment-path.md).
+    config.relay.allow_private_destinations = true;
+    eprintln!(
+        "note: dev sets relay.allow_private_destinations = true: relay routes may reach \
+         loopback and private addresses"
+    );
     let passphrase = Zeroizing::new(hex::encode(
         crate::crypto::random_array::<24>().map_err(|e| e.to_string())?,
     ));

@@ -48,6 +48,9 @@ pub struct FileConfig {
     pub sensitive_searches_per_hour: Option<u32>,
     /// `[collect]`: publishable keys and ephemeral CVCs.
     pub collect: Option<CollectFileConfig>,
+    /// `[relay]`: the outbound client of the payment relay.
+    #[serde(default)]
+    pub relay: RelayFileConfig,
 }
 
 /// The `[collect]` section.
@@ -114,6 +117,15 @@ impl CollectSettings {
             )?,
         })
     }
+}
+
+/// `[relay]` in the configuration file (docs/operations.md).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayFileConfig {
+    pub allow_private_destinations: Option<bool>,
+    pub max_body_bytes: Option<usize>,
+    pub connect_timeout_ms: Option<u64>,
 }
 
 impl FileConfig {
@@ -209,6 +221,7 @@ pub struct Config {
     pub sensitive_searches_per_hour: u32,
     pub collect: CollectSettings,
     pub keyring: KeyringSettings,
+    pub relay: crate::relay::upstream::RelaySettings,
 }
 
 /// `value` (or `default`) if within `range`, else an error naming `name`.
@@ -306,8 +319,25 @@ impl Config {
             1..=1000,
         )?;
         let collect = CollectSettings::resolve(file.collect)?;
+        let relay_defaults = crate::relay::upstream::RelaySettings::default();
+        let relay = crate::relay::upstream::RelaySettings {
+            allow_private_destinations: file.relay.allow_private_destinations.unwrap_or(false),
+            max_body_bytes: ranged(
+                "relay.max_body_bytes",
+                file.relay.max_body_bytes,
+                relay_defaults.max_body_bytes,
+                1024..=64 * 1024 * 1024,
+            )?,
+            connect_timeout: std::time::Duration::from_millis(ranged(
+                "relay.connect_timeout_ms",
+                file.relay.connect_timeout_ms,
+                5000,
+                100..=60_000,
+            )?),
+        };
         Ok(Self {
             collect,
+            relay,
             reveals_per_hour,
             sensitive_searches_per_hour,
             audit_checkpoint_every,
@@ -361,6 +391,32 @@ mod tests {
         let file: FileConfig = toml::from_str("sensitive_searches_per_hour = 3").unwrap();
         let config = Config::resolve(file, Overrides::default()).unwrap();
         assert_eq!(config.sensitive_searches_per_hour, 3);
+    }
+
+    #[test]
+    fn the_relay_section() {
+        let config = Config::resolve(FileConfig::default(), Overrides::default()).unwrap();
+        assert_eq!(
+            config.relay,
+            crate::relay::upstream::RelaySettings::default()
+        );
+        assert!(!config.relay.allow_private_destinations);
+        let file: FileConfig = toml::from_str(
+            "[relay]\nallow_private_destinations = true\nmax_body_bytes = 2048\nconnect_timeout_ms = 250",
+        )
+        .unwrap();
+        let config = Config::resolve(file, Overrides::default()).unwrap();
+        assert!(config.relay.allow_private_destinations);
+        assert_eq!(config.relay.max_body_bytes, 2048);
+        assert_eq!(config.relay.connect_timeout.as_millis(), 250);
+        assert!(toml::from_str::<FileConfig>("[relay]\nallow_private = true").is_err());
+        for bad in ["max_body_bytes = 10", "connect_timeout_ms = 0"] {
+            let file: FileConfig = toml::from_str(&format!("[relay]\n{bad}")).unwrap();
+            assert!(
+                Config::resolve(file, Overrides::default()).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

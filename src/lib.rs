@@ -14,6 +14,7 @@ pub mod crypto;
 pub mod cvc;
 pub mod keyring;
 pub mod records;
+pub mod relay;
 pub mod store;
 pub mod tokens;
 pub mod vault;

@@ -246,6 +246,11 @@ fn dev_prints_credentials_as_json_and_serves_unsealed() {
     assert!(status.success(), "{log}");
     assert!(!log.contains(admin));
     assert!(!log.contains(creds["unseal_passphrase"].as_str().unwrap()));
+    // dev lets the relay reach local test processors, and says so.
+    assert!(
+        log.contains("relay.allow_private_destinations = true"),
+        "{log}"
+    );
 }
 
 #[test]

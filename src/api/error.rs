@@ -59,6 +59,15 @@ pub enum ApiError {
     TokenRevoked,
     ReasonRequired,
     ApprovalRequired,
+    /// The relay destination is not allowed (docs/payment-path.md "SSRF
+    /// defences"); the detail names the rule, never an address.
+    DestinationRefused(&'static str),
+    /// The relay could not reach the upstream or complete TLS with it.
+    UpstreamUnavailable,
+    /// The upstream did not answer within the route's time.
+    UpstreamTimeout,
+    /// The upstream's answer passed `relay.max_body_bytes`.
+    UpstreamTooLarge,
 }
 
 impl ApiError {
@@ -133,6 +142,26 @@ impl ApiError {
                 "audit_unavailable",
                 "Audit unavailable",
             ),
+            Self::DestinationRefused(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "destination_refused",
+                "Destination refused",
+            ),
+            Self::UpstreamUnavailable => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_unavailable",
+                "Upstream unavailable",
+            ),
+            Self::UpstreamTimeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                "Upstream timeout",
+            ),
+            Self::UpstreamTooLarge => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_too_large",
+                "Upstream answer too large",
+            ),
         }
     }
 
@@ -163,6 +192,18 @@ impl ApiError {
             Self::ReasonRequired => "A reason and a case ticket are required.".into(),
             Self::ApprovalRequired => {
                 "These fields need an access request approved by another person.".into()
+            }
+            Self::DestinationRefused(why) => format!("The relay destination is refused: {why}."),
+            Self::UpstreamUnavailable => {
+                "The upstream could not be reached or its TLS certificate was not trusted; nothing \
+                 was received from it."
+                    .into()
+            }
+            Self::UpstreamTimeout => "The upstream did not answer in time; the request may or \
+                may not have reached it."
+                .into(),
+            Self::UpstreamTooLarge => {
+                "The upstream's answer exceeds the relay's size limit; it was not returned.".into()
             }
         }
     }
@@ -281,6 +322,43 @@ impl From<Vec<crate::records::Invalid>> for ApiError {
     }
 }
 
+impl From<crate::relay::upstream::UpstreamError> for ApiError {
+    fn from(e: crate::relay::upstream::UpstreamError) -> Self {
+        use crate::relay::upstream::{DestinationError as D, UpstreamError as U};
+        match e {
+            U::Destination(d) => Self::DestinationRefused(match d {
+                D::NonGlobal(_) => {
+                    "its host resolves to a loopback, private, link-local or other non-public address"
+                }
+                D::Unresolvable => "its host name does not resolve",
+                D::NotHttps => "only https:// destinations are allowed",
+                D::PathEscapes => "the path must stay under the route's base path",
+                D::Userinfo | D::Query | D::Fragment | D::NoHost | D::Unparsable => {
+                    "the route's base URL is not an allowed https URL"
+                }
+            }),
+            U::Unavailable(_) => Self::UpstreamUnavailable,
+            U::Timeout => Self::UpstreamTimeout,
+            U::TooLarge => Self::UpstreamTooLarge,
+            U::InvalidCa => Self::field("ca_pem", "holds no usable PEM certificate"),
+        }
+    }
+}
+
+impl From<crate::relay::splice::SpliceError> for ApiError {
+    fn from(e: crate::relay::splice::SpliceError) -> Self {
+        use crate::relay::splice::SpliceError as S;
+        match e {
+            S::Malformed(_) => Self::Malformed("The body does not parse as its content type says."),
+            S::Missing { .. } => {
+                tracing::error!("relay render without a value for a placeholder");
+                Self::Internal
+            }
+            other => Self::field(other.location(), other.message()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,6 +391,14 @@ mod tests {
             (ApiError::TokenRevoked, 410, "token_revoked"),
             (ApiError::ReasonRequired, 400, "reason_required"),
             (ApiError::ApprovalRequired, 403, "approval_required"),
+            (
+                ApiError::DestinationRefused("x"),
+                422,
+                "destination_refused",
+            ),
+            (ApiError::UpstreamUnavailable, 502, "upstream_unavailable"),
+            (ApiError::UpstreamTimeout, 504, "upstream_timeout"),
+            (ApiError::UpstreamTooLarge, 502, "upstream_too_large"),
         ];
         for (error, status, code) in cases {
             let (s, c, _) = error.parts();
@@ -321,6 +407,47 @@ mod tests {
             assert_eq!(problem.status, status);
             assert_eq!(problem.code, code);
         }
+    }
+
+    /// Relay transport errors map to their own codes, and neither the
+    /// detail nor the field ever carries an address, a token or a value.
+    #[test]
+    fn relay_errors_map_to_their_codes_without_values() {
+        use crate::relay::splice::{BodyKind, SpliceError, Template};
+        use crate::relay::upstream::{DestinationError as D, UpstreamError as U};
+        let cases = [
+            (
+                U::Destination(D::NonGlobal("loopback")),
+                422,
+                "destination_refused",
+            ),
+            (U::Destination(D::NotHttps), 422, "destination_refused"),
+            (U::Destination(D::PathEscapes), 422, "destination_refused"),
+            (U::Unavailable("tls"), 502, "upstream_unavailable"),
+            (U::Timeout, 504, "upstream_timeout"),
+            (U::TooLarge, 502, "upstream_too_large"),
+            (U::InvalidCa, 422, "validation_failed"),
+        ];
+        for (error, status, code) in cases {
+            let problem = ApiError::from(error).problem();
+            assert_eq!((problem.status, problem.code), (status, code));
+            assert!(!problem.detail.contains("127.0.0.1"));
+        }
+        let token = "tok_0123456789abcdef0123456789abcdef";
+        let body = format!(r#"{{"card":{{"number":"x {{{{{token}:pan}}}}"}}}}"#);
+        let error = Template::parse(BodyKind::Json, body.as_bytes()).unwrap_err();
+        let problem = ApiError::from(error).problem();
+        assert_eq!((problem.status, problem.code), (422, "validation_failed"));
+        assert_eq!(problem.errors[0].field, "/card/number");
+        let shown = serde_json::to_string(&problem).unwrap();
+        assert!(!shown.contains(token), "{shown}");
+        let malformed = ApiError::from(SpliceError::Malformed("JSON")).problem();
+        assert_eq!(malformed.code, "malformed_request");
+        let missing = ApiError::from(SpliceError::Missing {
+            location: "/a".into(),
+        })
+        .problem();
+        assert_eq!(missing.status, 500);
     }
 
     #[test]

@@ -74,6 +74,8 @@ pub struct AppSettings {
     pub grant_lifetime: time::Duration,
     /// Publishable keys' rate limits and the ephemeral CVCs.
     pub collect: crate::config::CollectSettings,
+    /// The relay's outbound client (config `[relay]`).
+    pub relay: crate::relay::upstream::RelaySettings,
 }
 
 impl Default for AppSettings {
@@ -96,6 +98,7 @@ impl Default for AppSettings {
             search_miss_alert: crate::config::DEFAULT_SEARCH_MISS_ALERT,
             grant_lifetime: time::Duration::minutes(30),
             collect: crate::config::CollectSettings::default(),
+            relay: crate::relay::upstream::RelaySettings::default(),
         }
     }
 }
