@@ -13,6 +13,7 @@ pub mod config;
 pub mod crypto;
 pub mod keyring;
 pub mod records;
+pub mod relay;
 pub mod store;
 pub mod tokens;
 pub mod vault;

@@ -59,6 +59,23 @@ pub enum ApiError {
     TokenRevoked,
     ReasonRequired,
     ApprovalRequired,
+    /// The relay destination is not allowed (docs/payment-path.md "SSRF
+    /// defences"); the detail names the rule, never an address.
+    DestinationRefused(&'static str),
+    /// The relay could not reach the upstream or complete TLS with it.
+    UpstreamUnavailable,
+    /// The upstream did not answer within the route's time.
+    UpstreamTimeout,
+    /// The upstream's answer passed `relay.max_body_bytes`.
+    UpstreamTooLarge,
+    /// The relay body is neither JSON nor a form.
+    UnsupportedMediaType,
+    /// A relay route that a second admin has not approved (yet).
+    RoutePending,
+    /// A relay route an admin disabled.
+    RouteDisabled,
+    /// A relay needs a card's CVC and this node holds none for it.
+    CvcUnavailable,
 }
 
 impl ApiError {
@@ -123,6 +140,18 @@ impl ApiError {
                 "approval_required",
                 "Approval required",
             ),
+            Self::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Unsupported media type",
+            ),
+            Self::RoutePending => (StatusCode::CONFLICT, "route_pending", "Route pending"),
+            Self::RouteDisabled => (StatusCode::CONFLICT, "route_disabled", "Route disabled"),
+            Self::CvcUnavailable => (
+                StatusCode::CONFLICT,
+                "cvc_unavailable",
+                "CVC unavailable",
+            ),
             Self::AuditUnavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "audit_unavailable",
@@ -132,6 +161,26 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "audit_unavailable",
                 "Audit unavailable",
+            ),
+            Self::DestinationRefused(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "destination_refused",
+                "Destination refused",
+            ),
+            Self::UpstreamUnavailable => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_unavailable",
+                "Upstream unavailable",
+            ),
+            Self::UpstreamTimeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                "Upstream timeout",
+            ),
+            Self::UpstreamTooLarge => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_too_large",
+                "Upstream answer too large",
             ),
         }
     }
@@ -164,6 +213,28 @@ impl ApiError {
             Self::ApprovalRequired => {
                 "These fields need an access request approved by another person.".into()
             }
+            Self::UnsupportedMediaType => {
+                "The body must be application/json or application/x-www-form-urlencoded.".into()
+            }
+            Self::RoutePending => {
+                "The relay route waits for a second admin's approval; nothing was sent.".into()
+            }
+            Self::RouteDisabled => "The relay route is disabled; nothing was sent.".into(),
+            Self::DestinationRefused(why) => format!("The relay destination is refused: {why}."),
+            Self::UpstreamUnavailable => {
+                "The upstream could not be reached or its TLS certificate was not trusted; nothing \
+                 was received from it."
+                    .into()
+            }
+            Self::UpstreamTimeout => "The upstream did not answer in time; the request may or \
+                may not have reached it."
+                .into(),
+            Self::UpstreamTooLarge => {
+                "The upstream's answer exceeds the relay's size limit; it was not returned.".into()
+            }
+            Self::CvcUnavailable => "No CVC is held for this card on this node (never attached, \
+                already used, expired, or attached on another node); nothing was sent."
+                .into(),
         }
     }
 
@@ -281,6 +352,43 @@ impl From<Vec<crate::records::Invalid>> for ApiError {
     }
 }
 
+impl From<crate::relay::upstream::UpstreamError> for ApiError {
+    fn from(e: crate::relay::upstream::UpstreamError) -> Self {
+        use crate::relay::upstream::{DestinationError as D, UpstreamError as U};
+        match e {
+            U::Destination(d) => Self::DestinationRefused(match d {
+                D::NonGlobal(_) => {
+                    "its host resolves to a loopback, private, link-local or other non-public address"
+                }
+                D::Unresolvable => "its host name does not resolve",
+                D::NotHttps => "only https:// destinations are allowed",
+                D::PathEscapes => "the path must stay under the route's base path",
+                D::Userinfo | D::Query | D::Fragment | D::NoHost | D::Unparsable => {
+                    "the route's base URL is not an allowed https URL"
+                }
+            }),
+            U::Unavailable(_) => Self::UpstreamUnavailable,
+            U::Timeout => Self::UpstreamTimeout,
+            U::TooLarge => Self::UpstreamTooLarge,
+            U::InvalidCa => Self::field("ca_pem", "holds no usable PEM certificate"),
+        }
+    }
+}
+
+impl From<crate::relay::splice::SpliceError> for ApiError {
+    fn from(e: crate::relay::splice::SpliceError) -> Self {
+        use crate::relay::splice::SpliceError as S;
+        match e {
+            S::Malformed(_) => Self::Malformed("The body does not parse as its content type says."),
+            S::Missing { .. } => {
+                tracing::error!("relay render without a value for a placeholder");
+                Self::Internal
+            }
+            other => Self::field(other.location(), other.message()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,6 +421,14 @@ mod tests {
             (ApiError::TokenRevoked, 410, "token_revoked"),
             (ApiError::ReasonRequired, 400, "reason_required"),
             (ApiError::ApprovalRequired, 403, "approval_required"),
+            (ApiError::DestinationRefused("x"), 422, "destination_refused"),
+            (ApiError::UpstreamUnavailable, 502, "upstream_unavailable"),
+            (ApiError::UpstreamTimeout, 504, "upstream_timeout"),
+            (ApiError::UpstreamTooLarge, 502, "upstream_too_large"),
+            (ApiError::UnsupportedMediaType, 415, "unsupported_media_type"),
+            (ApiError::RoutePending, 409, "route_pending"),
+            (ApiError::RouteDisabled, 409, "route_disabled"),
+            (ApiError::CvcUnavailable, 409, "cvc_unavailable"),
         ];
         for (error, status, code) in cases {
             let (s, c, _) = error.parts();

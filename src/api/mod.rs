@@ -15,6 +15,7 @@ mod limits;
 mod openapi;
 mod principals;
 mod records;
+mod relay;
 mod sys;
 mod tokens;
 
@@ -27,7 +28,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, header::HeaderName};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 
 pub use error::{ApiError, FieldError, Problem};
 pub use extract::{ApiJson, Caller, JsonBody, RequestContext, parse_json};
@@ -71,6 +72,8 @@ pub struct AppSettings {
     pub search_miss_alert: usize,
     /// How long an approved access request lasts.
     pub grant_lifetime: time::Duration,
+    /// The relay's outbound client (config `[relay]`).
+    pub relay: crate::relay::upstream::RelaySettings,
 }
 
 impl Default for AppSettings {
@@ -92,6 +95,7 @@ impl Default for AppSettings {
             .unwrap_or(usize::MAX),
             search_miss_alert: crate::config::DEFAULT_SEARCH_MISS_ALERT,
             grant_lifetime: time::Duration::minutes(30),
+            relay: crate::relay::upstream::RelaySettings::default(),
         }
     }
 }
@@ -173,6 +177,10 @@ pub struct AppInner {
     pub audit: AuditLog,
     pub vault: Vault,
     pub access_requests: AccessRequests,
+    /// Relay routes (where card data may go).
+    pub relay_routes: crate::relay::routes::Routes,
+    /// The relay's outbound HTTPS client.
+    pub relay_upstream: crate::relay::upstream::Upstream,
     /// Reveals per officer in a sliding hour.
     pub reveals: SlidingWindow,
     pub settings: AppSettings,
@@ -232,9 +240,16 @@ impl AppState {
             Arc::clone(&clock),
             settings.grant_lifetime,
         );
+        let relay_routes = crate::relay::routes::Routes::new(
+            Arc::clone(&store),
+            Arc::clone(&keyring),
+            Arc::clone(&clock),
+        );
         Self(Arc::new(AppInner {
             vault,
             access_requests,
+            relay_routes,
+            relay_upstream: crate::relay::upstream::Upstream::new(settings.relay.clone()),
             reveals: SlidingWindow::new(settings.reveals_per_hour, time::Duration::hours(1)),
             keyring,
             store,
@@ -595,9 +610,24 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tokens", post(tokens::create))
         .route("/v1/tokens/detokenize", post(tokens::detokenize))
         .route("/v1/tokens/{token}", delete(tokens::revoke))
+        .route(
+            "/v1/relay/routes",
+            post(relay::create_route).get(relay::list_routes),
+        )
+        .route(
+            "/v1/relay/routes/{name}",
+            put(relay::change_route).delete(relay::delete_route),
+        )
+        .route("/v1/relay/routes/{name}/approve", post(relay::approve_route))
+        .route(
+            "/v1/relay/{name}/{*path}",
+            post(relay::invoke).put(relay::invoke).patch(relay::invoke),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), sealed_gate))
+        // Outside the sealed gate, so its 503 is marked too.
+        .layer(middleware::from_fn(relay::mark_refusals))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(request_id))
         .with_state(state)

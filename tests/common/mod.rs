@@ -22,6 +22,7 @@ use strongroom::store::{SledStore, Store};
 use zeroize::Zeroizing;
 
 pub mod process;
+pub mod processor;
 pub mod tls;
 
 /// Keyring settings with a cheap Argon2id, so tests do not spend 64 MiB per
