@@ -641,12 +641,16 @@ async fn relay(state: AppState, call: Invocation) -> Result<Answer, ApiError> {
 
     let body = template.render(&values).map_err(|e| splice_error(&e))?;
     let relayed: Vec<&str> = values.values().map(|v| v.as_str()).collect();
+    // The path is the caller's text: card-number-like runs in it are masked
+    // before it reaches the audit log; the query is never audited.
+    let audited_path = String::from_utf8_lossy(&mask::mask_body(call.path.as_bytes(), &relayed))
+        .into_owned();
     let summary = format!(
         "route {}; {} {}{}; records {}",
         call.name,
         call.method,
         route.base_url,
-        call.path,
+        audited_path,
         if records.is_empty() {
             "none".to_owned()
         } else {
