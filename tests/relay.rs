@@ -706,3 +706,64 @@ async fn roles() {
     assert_eq!(reply.status, 200);
     assert_eq!(processor.count(), 1);
 }
+
+/// A client that hangs up while the processor is still answering: the call
+/// still runs to the end, and its answer's audit entry is written.
+#[tokio::test]
+async fn a_client_that_hangs_up_does_not_cut_the_audit_short() {
+    let w = world();
+    let processor = Processor::start(
+        &w.ca,
+        Behaviour::Slow(std::time::Duration::from_millis(300)),
+    )
+    .await;
+    w.active_route("acme", &processor).await;
+    let (card_id, token, _) = w.card(&w.payments).await;
+    let app = w.app.clone();
+    let key = w.payments.clone();
+    let body = charge(&token);
+    let client = tokio::spawn(async move {
+        call(&app, "POST", "/v1/relay/acme/charges", Some(&key), Some(body)).await
+    });
+    while processor.count() == 0 {
+        tokio::task::yield_now().await;
+    }
+    client.abort();
+    assert!(matches!(client.await, Err(e) if e.is_cancelled()));
+    // The answer's entry arrives once the processor answers; the card's
+    // entry was written before anything was sent.
+    let finished = |entries: &[Value]| {
+        entries.iter().any(|e| {
+            e["action"] == "relay.invoke"
+                && e["target"] == "acme"
+                && e["reason"].as_str().unwrap().contains("upstream status 200")
+        })
+    };
+    let mut waited = 0;
+    while !finished(&audit_entries(&w.vault)) {
+        waited += 1;
+        assert!(waited < 3000, "the answer's audit entry never came");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(audit_entries(&w.vault).iter().any(|e| e["action"] == "relay.invoke"
+        && e["target"] == card_id.as_str()
+        && e["outcome"] == "allowed"));
+    assert_eq!(processor.count(), 1);
+}
+
+/// While sealed, an invocation is 503 `sealed`, marked as the vault's own.
+#[tokio::test]
+async fn sealed_is_refused_too() {
+    let w = world();
+    let processor = Processor::start(&w.ca, Behaviour::Charge).await;
+    w.active_route("acme", &processor).await;
+    let (_, token, _) = w.card(&w.payments).await;
+    w.vault.state.seal();
+    let (reply, _) = w.relay_json("/v1/relay/acme/x", &w.payments, charge(&token)).await;
+    assert_refused(&reply, 503, "sealed");
+    // Admin paths carry no relay marker.
+    let reply = call(&w.app, "GET", "/v1/relay/routes", Some(&w.admin), None).await;
+    assert_eq!(reply.status, 503);
+    assert!(reply.headers.get("x-strongroom-relay").is_none());
+    assert_eq!(processor.count(), 0);
+}

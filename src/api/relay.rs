@@ -423,25 +423,26 @@ pub async fn invoke(
     State(state): State<AppState>,
     ctx: RequestContext,
     caller: Caller,
-    Path(params): Path<(String, String)>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let (name, _) = params;
+    // The route name and the path after it, from the request's own path
+    // (still percent-encoded): a name with anything to decode is no valid
+    // name, and the path goes upstream as the caller sent it.
+    let (name, path) = request
+        .uri()
+        .path()
+        .strip_prefix(INVOKE_PREFIX)
+        .and_then(|rest| rest.split_once('/'))
+        .map(|(name, rest)| (name.to_owned(), format!("/{rest}")))
+        .ok_or(ApiError::NotFound)?;
     state
         .authorize_on(&caller, Operation::RelayInvoke, &ctx, || {
             Ok(vec![route_target(&state, &name)])
         })
         .await?;
     let method = request.method().as_str().to_owned();
-    let raw_path = request.uri().path().to_owned();
     let query = request.uri().query().map(str::to_owned);
     let headers = request.headers().clone();
-    // The path after `/v1/relay/<name>`, as sent (still percent-encoded).
-    let path = raw_path
-        .strip_prefix(INVOKE_PREFIX)
-        .and_then(|rest| rest.split_once('/'))
-        .map(|(_, rest)| format!("/{rest}"))
-        .ok_or(ApiError::NotFound)?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
