@@ -232,7 +232,11 @@ async fn the_processor_gets_the_card_and_the_caller_gets_none_of_it() {
             "/v1/relay/acme/charges?expand=source",
             Some(&w.payments),
             Some("application/json"),
-            &[("idempotency-key", "order-1"), ("x-custom", "not forwarded"), ("accept", "application/json")],
+            &[
+                ("idempotency-key", "order-1"),
+                ("x-custom", "not forwarded"),
+                ("accept", "application/json"),
+            ],
             &charge(&token).to_string(),
         )
         .await;
@@ -284,7 +288,10 @@ async fn the_processor_gets_the_card_and_the_caller_gets_none_of_it() {
         .find(|e| e["target"] == "acme")
         .expect("the answer's entry");
     let reason = finished["reason"].as_str().unwrap();
-    assert!(reason.contains("upstream status 200") && reason.contains(&card_id), "{reason}");
+    assert!(
+        reason.contains("upstream status 200") && reason.contains(&card_id),
+        "{reason}"
+    );
     let all = serde_json::to_string(&entries).unwrap();
     for secret in [PAN, HOLDER, PROCESSOR_KEY, &token] {
         assert!(!all.contains(secret), "{secret} in the audit log");
@@ -306,7 +313,15 @@ async fn pan_tokens_and_form_bodies_work_too() {
     let mut body = w.route_body("acme", &processor);
     body["response_headers"] = json!([]);
     assert_eq!(
-        call(&w.app, "POST", "/v1/relay/routes", Some(&w.admin), Some(body)).await.status,
+        call(
+            &w.app,
+            "POST",
+            "/v1/relay/routes",
+            Some(&w.admin),
+            Some(body)
+        )
+        .await
+        .status,
         201
     );
     assert_eq!(w.approve("acme", &w.admin2).await.status, 200);
@@ -325,12 +340,18 @@ async fn pan_tokens_and_form_bodies_work_too() {
         )
         .await;
     assert_eq!(reply.status, 200, "{text}");
-    assert!(reply.headers.get("x-processor").is_none(), "not allow-listed");
+    assert!(
+        reply.headers.get("x-processor").is_none(),
+        "not allow-listed"
+    );
     assert_eq!(reply.headers["content-type"], "application/json");
     let received = processor.received();
     assert_eq!(received.len(), 1);
     let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&received[0].body).unwrap();
-    assert!(pairs.contains(&("card[number]".into(), PAN.into())), "{pairs:?}");
+    assert!(
+        pairs.contains(&("card[number]".into(), PAN.into())),
+        "{pairs:?}"
+    );
     assert!(pairs.contains(&("card[exp_month]".into(), "07".into())));
     assert_eq!(
         received[0].header("content-type"),
@@ -358,6 +379,16 @@ async fn an_echoing_processor_is_masked() {
     }
 }
 
+/// Method, path, extra headers, body, and the refusal's status and code.
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    Vec<(&'a str, String)>,
+    String,
+    u16,
+    &'a str,
+);
+
 #[tokio::test]
 async fn refusals_send_nothing() {
     let w = world();
@@ -371,75 +402,215 @@ async fn refusals_send_nothing() {
     narrow["fields"] = json!(["pan"]);
     narrow["methods"] = json!(["PUT"]);
     assert_eq!(
-        call(&w.app, "POST", "/v1/relay/routes", Some(&w.admin), Some(narrow)).await.status,
+        call(
+            &w.app,
+            "POST",
+            "/v1/relay/routes",
+            Some(&w.admin),
+            Some(narrow)
+        )
+        .await
+        .status,
         201
     );
     assert_eq!(w.approve("narrow", &w.admin3).await.status, 200);
 
     let pan = |t: &str| format!("{{{{{t}:pan}}}}");
-    let cases: Vec<(&str, &str, Vec<(&str, String)>, String, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         // Field not on the allow-list (exp_month on `narrow`).
-        ("PUT", "/v1/relay/narrow/x", vec![], json!({"n": pan(&token), "m": format!("{{{{{token}:exp_month}}}}")}).to_string(), 422, "validation_failed"),
+        (
+            "PUT",
+            "/v1/relay/narrow/x",
+            vec![],
+            json!({"n": pan(&token), "m": format!("{{{{{token}:exp_month}}}}")}).to_string(),
+            422,
+            "validation_failed",
+        ),
         // Method the route does not allow.
-        ("POST", "/v1/relay/narrow/x", vec![], json!({"n": pan(&token)}).to_string(), 405, "method_not_allowed"),
+        (
+            "POST",
+            "/v1/relay/narrow/x",
+            vec![],
+            json!({"n": pan(&token)}).to_string(),
+            405,
+            "method_not_allowed",
+        ),
         // Another owner's token.
-        ("POST", "/v1/relay/acme/x", vec![], json!({"n": pan(&others_token)}).to_string(), 404, "not_found"),
+        (
+            "POST",
+            "/v1/relay/acme/x",
+            vec![],
+            json!({"n": pan(&others_token)}).to_string(),
+            404,
+            "not_found",
+        ),
         // An unknown token.
-        ("POST", "/v1/relay/acme/x", vec![], json!({"n": pan("tok_00000000000000000000000000000000")}).to_string(), 404, "not_found"),
+        (
+            "POST",
+            "/v1/relay/acme/x",
+            vec![],
+            json!({"n": pan("tok_00000000000000000000000000000000")}).to_string(),
+            404,
+            "not_found",
+        ),
         // A field that is no card field.
-        ("POST", "/v1/relay/acme/x", vec![], json!({"n": format!("{{{{{token}:iban}}}}")}).to_string(), 422, "validation_failed"),
+        (
+            "POST",
+            "/v1/relay/acme/x",
+            vec![],
+            json!({"n": format!("{{{{{token}:iban}}}}")}).to_string(),
+            422,
+            "validation_failed",
+        ),
         // Placeholders outside whole body values.
-        ("POST", "/v1/relay/acme/x", vec![], json!({pan(&token): "1"}).to_string(), 422, "validation_failed"),
-        ("POST", "/v1/relay/acme/x", vec![], json!({"n": format!("card {}", pan(&token))}).to_string(), 422, "validation_failed"),
-        ("POST", "/v1/relay/acme/x", vec![("x-card", pan(&token))], json!({"n": 1}).to_string(), 422, "validation_failed"),
-        ("POST", "/v1/relay/acme/x", vec![("idempotency-key", pan(&token))], json!({"n": 1}).to_string(), 422, "validation_failed"),
+        (
+            "POST",
+            "/v1/relay/acme/x",
+            vec![],
+            json!({pan(&token): "1"}).to_string(),
+            422,
+            "validation_failed",
+        ),
+        (
+            "POST",
+            "/v1/relay/acme/x",
+            vec![],
+            json!({"n": format!("card {}", pan(&token))}).to_string(),
+            422,
+            "validation_failed",
+        ),
+        (
+            "POST",
+            "/v1/relay/acme/x",
+            vec![("x-card", pan(&token))],
+            json!({"n": 1}).to_string(),
+            422,
+            "validation_failed",
+        ),
+        (
+            "POST",
+            "/v1/relay/acme/x",
+            vec![("idempotency-key", pan(&token))],
+            json!({"n": 1}).to_string(),
+            422,
+            "validation_failed",
+        ),
         // Path escapes.
-        ("POST", "/v1/relay/acme/a/../../admin", vec![], json!({"n": 1}).to_string(), 422, "validation_failed"),
+        (
+            "POST",
+            "/v1/relay/acme/a/../../admin",
+            vec![],
+            json!({"n": 1}).to_string(),
+            422,
+            "validation_failed",
+        ),
         // The CVC: none is held on this node.
-        ("POST", "/v1/relay/acme/x", vec![], json!({"n": pan(&token), "c": format!("{{{{{token}:cvc}}}}")}).to_string(), 409, "cvc_unavailable"),
+        (
+            "POST",
+            "/v1/relay/acme/x",
+            vec![],
+            json!({"n": pan(&token), "c": format!("{{{{{token}:cvc}}}}")}).to_string(),
+            409,
+            "cvc_unavailable",
+        ),
         // Unknown route.
-        ("POST", "/v1/relay/nope/x", vec![], json!({"n": pan(&token)}).to_string(), 404, "not_found"),
+        (
+            "POST",
+            "/v1/relay/nope/x",
+            vec![],
+            json!({"n": pan(&token)}).to_string(),
+            404,
+            "not_found",
+        ),
         // Not JSON.
-        ("POST", "/v1/relay/acme/x", vec![], "{not json".to_owned(), 400, "malformed_request"),
+        (
+            "POST",
+            "/v1/relay/acme/x",
+            vec![],
+            "{not json".to_owned(),
+            400,
+            "malformed_request",
+        ),
     ];
     for (method, path, headers, body, status, code) in &cases {
         let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
         let (reply, text) = w
-            .relay_raw(method, path, Some(&w.payments), Some("application/json"), &headers, body)
+            .relay_raw(
+                method,
+                path,
+                Some(&w.payments),
+                Some("application/json"),
+                &headers,
+                body,
+            )
             .await;
         assert_refused(&reply, *status, code);
         assert!(!text.contains(PAN) && !text.contains(&token), "{text}");
     }
     // A placeholder in the query (raw and percent-encoded).
-    for query in [format!("?q={}", pan(&token)), format!("?q=%7B%7B{token}:pan%7D%7D")] {
+    for query in [
+        format!("?q={}", pan(&token)),
+        format!("?q=%7B%7B{token}:pan%7D%7D"),
+    ] {
         let (reply, _) = w
-            .relay_json(&format!("/v1/relay/acme/x{query}"), &w.payments, json!({"n": 1}))
+            .relay_json(
+                &format!("/v1/relay/acme/x{query}"),
+                &w.payments,
+                json!({"n": 1}),
+            )
             .await;
         assert_refused(&reply, 422, "validation_failed");
         assert_eq!(reply.body["errors"][0]["field"], "query");
     }
     // Not JSON nor a form.
     let (reply, _) = w
-        .relay_raw("POST", "/v1/relay/acme/x", Some(&w.payments), Some("text/plain"), &[], "x")
+        .relay_raw(
+            "POST",
+            "/v1/relay/acme/x",
+            Some(&w.payments),
+            Some("text/plain"),
+            &[],
+            "x",
+        )
         .await;
     assert_refused(&reply, 415, "unsupported_media_type");
 
     // A revoked token, then an erased record.
     assert_eq!(
-        call(&w.app, "DELETE", &format!("/v1/tokens/{token}"), Some(&w.payments), None).await.status,
-        204
-    );
-    let (reply, _) = w.relay_json("/v1/relay/acme/x", &w.payments, json!({"n": pan(&token)})).await;
-    assert_refused(&reply, 410, "token_revoked");
-    let (erased_id, erased_token, _) = w.card(&w.payments).await;
-    assert_eq!(
-        call(&w.app, "DELETE", &format!("/v1/records/{erased_id}"), Some(&w.payments), None)
-            .await
-            .status,
+        call(
+            &w.app,
+            "DELETE",
+            &format!("/v1/tokens/{token}"),
+            Some(&w.payments),
+            None
+        )
+        .await
+        .status,
         204
     );
     let (reply, _) = w
-        .relay_json("/v1/relay/acme/x", &w.payments, json!({"n": pan(&erased_token)}))
+        .relay_json("/v1/relay/acme/x", &w.payments, json!({"n": pan(&token)}))
+        .await;
+    assert_refused(&reply, 410, "token_revoked");
+    let (erased_id, erased_token, _) = w.card(&w.payments).await;
+    assert_eq!(
+        call(
+            &w.app,
+            "DELETE",
+            &format!("/v1/records/{erased_id}"),
+            Some(&w.payments),
+            None
+        )
+        .await
+        .status,
+        204
+    );
+    let (reply, _) = w
+        .relay_json(
+            "/v1/relay/acme/x",
+            &w.payments,
+            json!({"n": pan(&erased_token)}),
+        )
         .await;
     assert_refused(&reply, 410, "erased");
 
@@ -451,8 +622,10 @@ async fn refusals_send_nothing() {
         .collect();
     assert!(denied.len() >= cases.len(), "{denied:?}");
     assert!(denied.iter().any(|e| e["target"] == card_id.as_str()));
-    assert!(denied.iter().any(|e| e["target"] == erased_id.as_str()
-        && e["reason"].as_str().unwrap().contains("erased")));
+    assert!(
+        denied.iter().any(|e| e["target"] == erased_id.as_str()
+            && e["reason"].as_str().unwrap().contains("erased"))
+    );
 }
 
 #[tokio::test]
@@ -462,20 +635,43 @@ async fn dual_control() {
     let (_, token, _) = w.card(&w.payments).await;
     let body = w.route_body("acme", &processor);
     assert_eq!(
-        call(&w.app, "POST", "/v1/relay/routes", Some(&w.admin), Some(body.clone())).await.status,
+        call(
+            &w.app,
+            "POST",
+            "/v1/relay/routes",
+            Some(&w.admin),
+            Some(body.clone())
+        )
+        .await
+        .status,
         201
     );
     // Same name again.
-    let reply = call(&w.app, "POST", "/v1/relay/routes", Some(&w.admin2), Some(body.clone())).await;
-    assert_eq!((reply.status, reply.body["code"].as_str()), (409, Some("conflict")));
+    let reply = call(
+        &w.app,
+        "POST",
+        "/v1/relay/routes",
+        Some(&w.admin2),
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(
+        (reply.status, reply.body["code"].as_str()),
+        (409, Some("conflict"))
+    );
 
     // Pending: nothing goes.
-    let (reply, _) = w.relay_json("/v1/relay/acme/x", &w.payments, charge(&token)).await;
+    let (reply, _) = w
+        .relay_json("/v1/relay/acme/x", &w.payments, charge(&token))
+        .await;
     assert_refused(&reply, 409, "route_pending");
 
     // Self-approval is refused and audited.
     let reply = w.approve("acme", &w.admin).await;
-    assert_eq!((reply.status, reply.body["code"].as_str()), (403, Some("forbidden")));
+    assert_eq!(
+        (reply.status, reply.body["code"].as_str()),
+        (403, Some("forbidden"))
+    );
     let self_approval = audit_entries(&w.vault).into_iter().any(|e| {
         e["action"] == "relay.route.approve"
             && e["outcome"] == "denied"
@@ -483,13 +679,17 @@ async fn dual_control() {
             && e["reason"].as_str().unwrap().contains("self-approval")
     });
     assert!(self_approval);
-    let (reply, _) = w.relay_json("/v1/relay/acme/x", &w.payments, charge(&token)).await;
+    let (reply, _) = w
+        .relay_json("/v1/relay/acme/x", &w.payments, charge(&token))
+        .await;
     assert_refused(&reply, 409, "route_pending");
 
     // A second admin approves; approving again is 409.
     assert_eq!(w.approve("acme", &w.admin2).await.body["status"], "active");
     assert_eq!(w.approve("acme", &w.admin3).await.status, 409);
-    let (reply, _) = w.relay_json("/v1/relay/acme/x", &w.payments, charge(&token)).await;
+    let (reply, _) = w
+        .relay_json("/v1/relay/acme/x", &w.payments, charge(&token))
+        .await;
     assert_eq!(reply.status, 200);
     assert_eq!(processor.count(), 1);
 
@@ -497,24 +697,45 @@ async fn dual_control() {
     // the changer may approve it; a third admin may.
     let mut changed = body.clone();
     changed["fields"] = json!(["pan", "exp_month", "exp_year", "holder_name"]);
-    let reply = call(&w.app, "PUT", "/v1/relay/routes/acme", Some(&w.admin2), Some(changed)).await;
+    let reply = call(
+        &w.app,
+        "PUT",
+        "/v1/relay/routes/acme",
+        Some(&w.admin2),
+        Some(changed),
+    )
+    .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.body["status"], "pending");
-    let (reply, _) = w.relay_json("/v1/relay/acme/x", &w.payments, charge(&token)).await;
+    let (reply, _) = w
+        .relay_json("/v1/relay/acme/x", &w.payments, charge(&token))
+        .await;
     assert_refused(&reply, 409, "route_pending");
     assert_eq!(w.approve("acme", &w.admin).await.status, 403);
     assert_eq!(w.approve("acme", &w.admin2).await.status, 403);
     assert_eq!(w.approve("acme", &w.admin3).await.status, 200);
-    let (reply, _) = w.relay_json("/v1/relay/acme/x", &w.payments, charge(&token)).await;
+    let (reply, _) = w
+        .relay_json("/v1/relay/acme/x", &w.payments, charge(&token))
+        .await;
     assert_eq!(reply.status, 200);
     assert_eq!(processor.count(), 2);
 
     // Delete disables at once.
     assert_eq!(
-        call(&w.app, "DELETE", "/v1/relay/routes/acme", Some(&w.admin), None).await.status,
+        call(
+            &w.app,
+            "DELETE",
+            "/v1/relay/routes/acme",
+            Some(&w.admin),
+            None
+        )
+        .await
+        .status,
         204
     );
-    let (reply, _) = w.relay_json("/v1/relay/acme/x", &w.payments, charge(&token)).await;
+    let (reply, _) = w
+        .relay_json("/v1/relay/acme/x", &w.payments, charge(&token))
+        .await;
     assert_refused(&reply, 409, "route_disabled");
     assert_eq!(w.approve("acme", &w.admin3).await.status, 409);
     assert_eq!(processor.count(), 2);
@@ -525,7 +746,12 @@ async fn dual_control() {
         .filter(|e| e["target"] == "acme" && e["outcome"] == "allowed")
         .map(|e| e["action"].as_str().unwrap().to_owned())
         .collect();
-    for action in ["relay.route.create", "relay.route.approve", "relay.route.change", "relay.route.delete"] {
+    for action in [
+        "relay.route.create",
+        "relay.route.approve",
+        "relay.route.change",
+        "relay.route.delete",
+    ] {
         assert!(actions.iter().any(|a| a == action), "{action}: {actions:?}");
     }
 }
@@ -544,7 +770,10 @@ async fn the_list_holds_no_header_values_and_the_store_no_plaintext_key() {
         let route = &reply.body["routes"][0];
         assert_eq!(route["name"], "acme");
         assert_eq!(route["status"], "active");
-        assert_eq!(route["header_names"], json!(["authorization", "x-api-version"]));
+        assert_eq!(
+            route["header_names"],
+            json!(["authorization", "x-api-version"])
+        );
         assert_eq!(route["base_url"], format!("{}/v1", processor.url()));
         assert!(route["created_by"].is_string() && route["approved_by"].is_string());
         assert_ne!(route["created_by"], route["approved_by"]);
@@ -560,9 +789,15 @@ async fn a_route_tampered_with_in_the_store_is_refused() {
     let processor = Processor::start(&w.ca, Behaviour::Charge).await;
     let (_, token, _) = w.card(&w.payments).await;
     assert_eq!(
-        call(&w.app, "POST", "/v1/relay/routes", Some(&w.admin), Some(w.route_body("acme", &processor)))
-            .await
-            .status,
+        call(
+            &w.app,
+            "POST",
+            "/v1/relay/routes",
+            Some(&w.admin),
+            Some(w.route_body("acme", &processor))
+        )
+        .await
+        .status,
         201
     );
     // Flip "pending" to "active" in the stored bytes.
@@ -574,10 +809,14 @@ async fn a_route_tampered_with_in_the_store_is_refused() {
     let at = text.find("\"pending\"").unwrap();
     forged.splice(at..at + 9, b"\"active\"".iter().copied());
     w.vault.store.put(key, &forged).unwrap();
-    let (reply, _) = w.relay_json("/v1/relay/acme/x", &w.payments, charge(&token)).await;
+    let (reply, _) = w
+        .relay_json("/v1/relay/acme/x", &w.payments, charge(&token))
+        .await;
     assert_refused(&reply, 500, "integrity_error");
     assert_eq!(
-        call(&w.app, "GET", "/v1/relay/routes", Some(&w.admin), None).await.status,
+        call(&w.app, "GET", "/v1/relay/routes", Some(&w.admin), None)
+            .await
+            .status,
         500
     );
     // The sealed header values moved to another route do not open either.
@@ -586,13 +825,26 @@ async fn a_route_tampered_with_in_the_store_is_refused() {
     let mut other = w.route_body("other", &processor);
     other["headers"] = json!({"authorization": "Bearer other"});
     assert_eq!(
-        call(&w.app, "POST", "/v1/relay/routes", Some(&w.admin), Some(other)).await.status,
+        call(
+            &w.app,
+            "POST",
+            "/v1/relay/routes",
+            Some(&w.admin),
+            Some(other)
+        )
+        .await
+        .status,
         201
     );
     let acme_headers = w.vault.store.get(b"rl/headers/acme").unwrap().unwrap();
-    w.vault.store.put(b"rl/headers/other", &acme_headers).unwrap();
+    w.vault
+        .store
+        .put(b"rl/headers/other", &acme_headers)
+        .unwrap();
     assert_eq!(w.approve("other", &w.admin2).await.status, 200);
-    let (reply, _) = w.relay_json("/v1/relay/other/x", &w.payments, charge(&token)).await;
+    let (reply, _) = w
+        .relay_json("/v1/relay/other/x", &w.payments, charge(&token))
+        .await;
     assert_refused(&reply, 500, "integrity_error");
     assert_eq!(processor.count(), 0);
 }
@@ -609,11 +861,23 @@ async fn bad_route_definitions() {
     };
     let cases = [
         (with("base_url", json!("http://127.0.0.1:1/v1")), "base_url"),
-        (with("base_url", json!("https://user:pw@example.com")), "base_url"),
-        (with("base_url", json!("https://example.com/?a=1")), "base_url"),
+        (
+            with("base_url", json!("https://user:pw@example.com")),
+            "base_url",
+        ),
+        (
+            with("base_url", json!("https://example.com/?a=1")),
+            "base_url",
+        ),
         (with("methods", json!(["GET"])), "methods"),
         (with("fields", json!(["pan", "password"])), "fields"),
-        (with("ca_pem", json!("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")), "ca_pem"),
+        (
+            with(
+                "ca_pem",
+                json!("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"),
+            ),
+            "ca_pem",
+        ),
         (with("headers", json!({"host": "evil.example"})), "headers"),
         (with("headers", json!({"x-a": "line\r\nbreak"})), "headers"),
         (with("timeout_ms", json!(0)), "timeout_ms"),
@@ -621,26 +885,76 @@ async fn bad_route_definitions() {
         (with("name", json!("Bad Name")), "name"),
     ];
     for (body, field) in cases {
-        let reply = call(&w.app, "POST", "/v1/relay/routes", Some(&w.admin), Some(body.clone())).await;
+        let reply = call(
+            &w.app,
+            "POST",
+            "/v1/relay/routes",
+            Some(&w.admin),
+            Some(body.clone()),
+        )
+        .await;
         assert_eq!(reply.status, 422, "{body}: {}", reply.body);
         assert_eq!(reply.body["code"], "validation_failed");
         assert!(
-            reply.body["errors"].as_array().unwrap().iter().any(|e| e["field"] == field),
+            reply.body["errors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["field"] == field),
             "{field}: {}",
             reply.body
         );
-        assert!(!reply.body.to_string().contains("evil") && !reply.body.to_string().contains(PROCESSOR_KEY));
+        assert!(
+            !reply.body.to_string().contains("evil")
+                && !reply.body.to_string().contains(PROCESSOR_KEY)
+        );
     }
-    let reply = call(&w.app, "POST", "/v1/relay/routes", Some(&w.admin), Some(with("extra", json!(1)))).await;
+    let reply = call(
+        &w.app,
+        "POST",
+        "/v1/relay/routes",
+        Some(&w.admin),
+        Some(with("extra", json!(1))),
+    )
+    .await;
     assert_eq!(reply.status, 422);
     let (reply, _) = w
-        .relay_raw("POST", "/v1/relay/routes", Some(&w.admin), Some("application/json"), &[], "{nope")
+        .relay_raw(
+            "POST",
+            "/v1/relay/routes",
+            Some(&w.admin),
+            Some("application/json"),
+            &[],
+            "{nope",
+        )
         .await;
     assert_eq!(reply.status, 400);
     // PUT of an unknown route, approve and delete of unknown routes.
-    assert_eq!(call(&w.app, "PUT", "/v1/relay/routes/nope", Some(&w.admin), Some(good.clone())).await.status, 404);
+    assert_eq!(
+        call(
+            &w.app,
+            "PUT",
+            "/v1/relay/routes/nope",
+            Some(&w.admin),
+            Some(good.clone())
+        )
+        .await
+        .status,
+        404
+    );
     assert_eq!(w.approve("nope", &w.admin2).await.status, 404);
-    assert_eq!(call(&w.app, "DELETE", "/v1/relay/routes/nope", Some(&w.admin), None).await.status, 404);
+    assert_eq!(
+        call(
+            &w.app,
+            "DELETE",
+            "/v1/relay/routes/nope",
+            Some(&w.admin),
+            None
+        )
+        .await
+        .status,
+        404
+    );
     // Nothing was stored.
     let reply = call(&w.app, "GET", "/v1/relay/routes", Some(&w.admin), None).await;
     assert_eq!(reply.body["routes"], json!([]));
@@ -675,34 +989,94 @@ async fn roles() {
 
     // Who may not do what: 403, audited.
     for key in [&auditor, &w.payments, &officer, &approver] {
-        assert_eq!(call(&w.app, "POST", "/v1/relay/routes", Some(key), Some(body.clone())).await.status, 403);
-        assert_eq!(call(&w.app, "PUT", "/v1/relay/routes/acme", Some(key), Some(body.clone())).await.status, 403);
+        assert_eq!(
+            call(
+                &w.app,
+                "POST",
+                "/v1/relay/routes",
+                Some(key),
+                Some(body.clone())
+            )
+            .await
+            .status,
+            403
+        );
+        assert_eq!(
+            call(
+                &w.app,
+                "PUT",
+                "/v1/relay/routes/acme",
+                Some(key),
+                Some(body.clone())
+            )
+            .await
+            .status,
+            403
+        );
         assert_eq!(w.approve("acme", key).await.status, 403);
-        assert_eq!(call(&w.app, "DELETE", "/v1/relay/routes/acme", Some(key), None).await.status, 403);
+        assert_eq!(
+            call(&w.app, "DELETE", "/v1/relay/routes/acme", Some(key), None)
+                .await
+                .status,
+            403
+        );
     }
     for key in [&w.payments, &officer, &approver] {
-        assert_eq!(call(&w.app, "GET", "/v1/relay/routes", Some(key), None).await.status, 403);
+        assert_eq!(
+            call(&w.app, "GET", "/v1/relay/routes", Some(key), None)
+                .await
+                .status,
+            403
+        );
     }
     for key in [&w.admin, &auditor, &officer, &approver] {
         let (reply, _) = w.relay_json("/v1/relay/acme/x", key, charge(&token)).await;
         assert_refused(&reply, 403, "forbidden");
     }
     let (reply, _) = w
-        .relay_raw("POST", "/v1/relay/acme/x", None, Some("application/json"), &[], &charge(&token).to_string())
+        .relay_raw(
+            "POST",
+            "/v1/relay/acme/x",
+            None,
+            Some("application/json"),
+            &[],
+            &charge(&token).to_string(),
+        )
         .await;
     assert_refused(&reply, 401, "unauthenticated");
     assert_eq!(processor.count(), 0);
     let entries = audit_entries(&w.vault);
-    for action in ["relay.route.create", "relay.route.change", "relay.route.approve", "relay.route.delete", "relay.route.list", "relay.invoke"] {
+    for action in [
+        "relay.route.create",
+        "relay.route.change",
+        "relay.route.approve",
+        "relay.route.delete",
+        "relay.route.list",
+        "relay.invoke",
+    ] {
         assert!(
-            entries.iter().any(|e| e["action"] == action && e["outcome"] == "denied"),
+            entries
+                .iter()
+                .any(|e| e["action"] == action && e["outcome"] == "denied"),
             "{action} denial not audited"
         );
     }
     // Who may: admin lists, auditor lists, payment service invokes.
-    assert_eq!(call(&w.app, "GET", "/v1/relay/routes", Some(&w.admin), None).await.status, 200);
-    assert_eq!(call(&w.app, "GET", "/v1/relay/routes", Some(&auditor), None).await.status, 200);
-    let (reply, _) = w.relay_json("/v1/relay/acme/x", &w.payments, charge(&token)).await;
+    assert_eq!(
+        call(&w.app, "GET", "/v1/relay/routes", Some(&w.admin), None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        call(&w.app, "GET", "/v1/relay/routes", Some(&auditor), None)
+            .await
+            .status,
+        200
+    );
+    let (reply, _) = w
+        .relay_json("/v1/relay/acme/x", &w.payments, charge(&token))
+        .await;
     assert_eq!(reply.status, 200);
     assert_eq!(processor.count(), 1);
 }
@@ -723,7 +1097,14 @@ async fn a_client_that_hangs_up_does_not_cut_the_audit_short() {
     let key = w.payments.clone();
     let body = charge(&token);
     let client = tokio::spawn(async move {
-        call(&app, "POST", "/v1/relay/acme/charges", Some(&key), Some(body)).await
+        call(
+            &app,
+            "POST",
+            "/v1/relay/acme/charges",
+            Some(&key),
+            Some(body),
+        )
+        .await
     });
     while processor.count() == 0 {
         tokio::task::yield_now().await;
@@ -736,7 +1117,10 @@ async fn a_client_that_hangs_up_does_not_cut_the_audit_short() {
         entries.iter().any(|e| {
             e["action"] == "relay.invoke"
                 && e["target"] == "acme"
-                && e["reason"].as_str().unwrap().contains("upstream status 200")
+                && e["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("upstream status 200")
         })
     };
     let mut waited = 0;
@@ -745,9 +1129,13 @@ async fn a_client_that_hangs_up_does_not_cut_the_audit_short() {
         assert!(waited < 3000, "the answer's audit entry never came");
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    assert!(audit_entries(&w.vault).iter().any(|e| e["action"] == "relay.invoke"
-        && e["target"] == card_id.as_str()
-        && e["outcome"] == "allowed"));
+    assert!(
+        audit_entries(&w.vault)
+            .iter()
+            .any(|e| e["action"] == "relay.invoke"
+                && e["target"] == card_id.as_str()
+                && e["outcome"] == "allowed")
+    );
     assert_eq!(processor.count(), 1);
 }
 
@@ -759,7 +1147,9 @@ async fn sealed_is_refused_too() {
     w.active_route("acme", &processor).await;
     let (_, token, _) = w.card(&w.payments).await;
     w.vault.state.seal();
-    let (reply, _) = w.relay_json("/v1/relay/acme/x", &w.payments, charge(&token)).await;
+    let (reply, _) = w
+        .relay_json("/v1/relay/acme/x", &w.payments, charge(&token))
+        .await;
     assert_refused(&reply, 503, "sealed");
     // Admin paths carry no relay marker.
     let reply = call(&w.app, "GET", "/v1/relay/routes", Some(&w.admin), None).await;

@@ -59,6 +59,14 @@ pub enum ApiError {
     TokenRevoked,
     ReasonRequired,
     ApprovalRequired,
+    /// The relay body is neither JSON nor a form.
+    UnsupportedMediaType,
+    /// A relay route that a second admin has not approved (yet).
+    RoutePending,
+    /// A relay route an admin disabled.
+    RouteDisabled,
+    /// A relay needs a card's CVC and this node holds none for it.
+    CvcUnavailable,
     /// The relay destination is not allowed (docs/payment-path.md "SSRF
     /// defences"); the detail names the rule, never an address.
     DestinationRefused(&'static str),
@@ -68,14 +76,6 @@ pub enum ApiError {
     UpstreamTimeout,
     /// The upstream's answer passed `relay.max_body_bytes`.
     UpstreamTooLarge,
-    /// The relay body is neither JSON nor a form.
-    UnsupportedMediaType,
-    /// A relay route that a second admin has not approved (yet).
-    RoutePending,
-    /// A relay route an admin disabled.
-    RouteDisabled,
-    /// A relay needs a card's CVC and this node holds none for it.
-    CvcUnavailable,
 }
 
 impl ApiError {
@@ -147,11 +147,7 @@ impl ApiError {
             ),
             Self::RoutePending => (StatusCode::CONFLICT, "route_pending", "Route pending"),
             Self::RouteDisabled => (StatusCode::CONFLICT, "route_disabled", "Route disabled"),
-            Self::CvcUnavailable => (
-                StatusCode::CONFLICT,
-                "cvc_unavailable",
-                "CVC unavailable",
-            ),
+            Self::CvcUnavailable => (StatusCode::CONFLICT, "cvc_unavailable", "CVC unavailable"),
             Self::AuditUnavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "audit_unavailable",
@@ -220,6 +216,9 @@ impl ApiError {
                 "The relay route waits for a second admin's approval; nothing was sent.".into()
             }
             Self::RouteDisabled => "The relay route is disabled; nothing was sent.".into(),
+            Self::CvcUnavailable => "No CVC is held for this card on this node (never attached, \
+                already used, expired, or attached on another node); nothing was sent."
+                .into(),
             Self::DestinationRefused(why) => format!("The relay destination is refused: {why}."),
             Self::UpstreamUnavailable => {
                 "The upstream could not be reached or its TLS certificate was not trusted; nothing \
@@ -232,9 +231,6 @@ impl ApiError {
             Self::UpstreamTooLarge => {
                 "The upstream's answer exceeds the relay's size limit; it was not returned.".into()
             }
-            Self::CvcUnavailable => "No CVC is held for this card on this node (never attached, \
-                already used, expired, or attached on another node); nothing was sent."
-                .into(),
         }
     }
 
@@ -421,14 +417,22 @@ mod tests {
             (ApiError::TokenRevoked, 410, "token_revoked"),
             (ApiError::ReasonRequired, 400, "reason_required"),
             (ApiError::ApprovalRequired, 403, "approval_required"),
-            (ApiError::DestinationRefused("x"), 422, "destination_refused"),
-            (ApiError::UpstreamUnavailable, 502, "upstream_unavailable"),
-            (ApiError::UpstreamTimeout, 504, "upstream_timeout"),
-            (ApiError::UpstreamTooLarge, 502, "upstream_too_large"),
-            (ApiError::UnsupportedMediaType, 415, "unsupported_media_type"),
+            (
+                ApiError::UnsupportedMediaType,
+                415,
+                "unsupported_media_type",
+            ),
             (ApiError::RoutePending, 409, "route_pending"),
             (ApiError::RouteDisabled, 409, "route_disabled"),
             (ApiError::CvcUnavailable, 409, "cvc_unavailable"),
+            (
+                ApiError::DestinationRefused("x"),
+                422,
+                "destination_refused",
+            ),
+            (ApiError::UpstreamUnavailable, 502, "upstream_unavailable"),
+            (ApiError::UpstreamTimeout, 504, "upstream_timeout"),
+            (ApiError::UpstreamTooLarge, 502, "upstream_too_large"),
         ];
         for (error, status, code) in cases {
             let (s, c, _) = error.parts();
@@ -437,6 +441,47 @@ mod tests {
             assert_eq!(problem.status, status);
             assert_eq!(problem.code, code);
         }
+    }
+
+    /// Relay transport errors map to their own codes, and neither the
+    /// detail nor the field ever carries an address, a token or a value.
+    #[test]
+    fn relay_errors_map_to_their_codes_without_values() {
+        use crate::relay::splice::{BodyKind, SpliceError, Template};
+        use crate::relay::upstream::{DestinationError as D, UpstreamError as U};
+        let cases = [
+            (
+                U::Destination(D::NonGlobal("loopback")),
+                422,
+                "destination_refused",
+            ),
+            (U::Destination(D::NotHttps), 422, "destination_refused"),
+            (U::Destination(D::PathEscapes), 422, "destination_refused"),
+            (U::Unavailable("tls"), 502, "upstream_unavailable"),
+            (U::Timeout, 504, "upstream_timeout"),
+            (U::TooLarge, 502, "upstream_too_large"),
+            (U::InvalidCa, 422, "validation_failed"),
+        ];
+        for (error, status, code) in cases {
+            let problem = ApiError::from(error).problem();
+            assert_eq!((problem.status, problem.code), (status, code));
+            assert!(!problem.detail.contains("127.0.0.1"));
+        }
+        let token = "tok_0123456789abcdef0123456789abcdef";
+        let body = format!(r#"{{"card":{{"number":"x {{{{{token}:pan}}}}"}}}}"#);
+        let error = Template::parse(BodyKind::Json, body.as_bytes()).unwrap_err();
+        let problem = ApiError::from(error).problem();
+        assert_eq!((problem.status, problem.code), (422, "validation_failed"));
+        assert_eq!(problem.errors[0].field, "/card/number");
+        let shown = serde_json::to_string(&problem).unwrap();
+        assert!(!shown.contains(token), "{shown}");
+        let malformed = ApiError::from(SpliceError::Malformed("JSON")).problem();
+        assert_eq!(malformed.code, "malformed_request");
+        let missing = ApiError::from(SpliceError::Missing {
+            location: "/a".into(),
+        })
+        .problem();
+        assert_eq!(missing.status, 500);
     }
 
     #[test]

@@ -618,7 +618,10 @@ pub fn router(state: AppState) -> Router {
             "/v1/relay/routes/{name}",
             put(relay::change_route).delete(relay::delete_route),
         )
-        .route("/v1/relay/routes/{name}/approve", post(relay::approve_route))
+        .route(
+            "/v1/relay/routes/{name}/approve",
+            post(relay::approve_route),
+        )
         .route(
             "/v1/relay/{name}/{*path}",
             post(relay::invoke).put(relay::invoke).patch(relay::invoke),

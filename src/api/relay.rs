@@ -56,15 +56,6 @@ impl From<RouteError> for ApiError {
     }
 }
 
-fn splice_error(e: &SpliceError) -> ApiError {
-    match e {
-        SpliceError::Malformed(_) => {
-            ApiError::Malformed("The body does not parse as its content type says.")
-        }
-        other => ApiError::field(other.location(), other.message()),
-    }
-}
-
 /// How an audit entry names a route the request names: its name when it
 /// can be one, else (a value pasted into the path) its fingerprint.
 fn route_target(state: &AppState, name: &str) -> Option<String> {
@@ -104,7 +95,11 @@ fn describe(route: &Route) -> String {
             .join(","),
         route.fields.join(","),
         route.header_names.join(","),
-        if route.ca_pem.is_some() { "own" } else { "platform roots" },
+        if route.ca_pem.is_some() {
+            "own"
+        } else {
+            "platform roots"
+        },
     )
 }
 
@@ -268,7 +263,9 @@ pub async fn approve_route(
             }))
         }
         Err(ApprovalError::NotFound) => {
-            state.record(refused(Outcome::Denied, "no such route")).await?;
+            state
+                .record(refused(Outcome::Denied, "no such route"))
+                .await?;
             Err(ApiError::NotFound)
         }
         Err(ApprovalError::OwnRoute) => {
@@ -286,7 +283,10 @@ pub async fn approve_route(
                     "the route is disabled",
                     "The route is disabled; change it (PUT) to make it pending again.",
                 ),
-                _ => ("the route is already active", "The route is already active."),
+                _ => (
+                    "the route is already active",
+                    "The route is already active.",
+                ),
             };
             state.record(refused(Outcome::Error, reason)).await?;
             Err(ApiError::Conflict(detail))
@@ -344,7 +344,10 @@ pub async fn delete_route(
     state
         .commit(
             AuditEvent {
-                reason: Some(format!("disabled; header values destroyed; {}", describe(&route))),
+                reason: Some(format!(
+                    "disabled; header values destroyed; {}",
+                    describe(&route)
+                )),
                 ..ctx
                     .event(admin, "relay.route.delete", Outcome::Allowed)
                     .target(name)
@@ -529,12 +532,10 @@ async fn relay(state: AppState, call: Invocation) -> Result<Answer, ApiError> {
         state
             .record(denied(&format!("refused: {}", e.location()), route_named))
             .await?;
-        return Err(splice_error(&e));
+        return Err(e.into());
     }
     if let Err(message) = check_path(&call.path) {
-        state
-            .record(denied("refused: path", route_named))
-            .await?;
+        state.record(denied("refused: path", route_named)).await?;
         return Err(ApiError::field("path", message));
     }
     let template = match Template::parse(kind, &call.body) {
@@ -543,7 +544,7 @@ async fn relay(state: AppState, call: Invocation) -> Result<Answer, ApiError> {
             state
                 .record(denied(&format!("refused: {}", e.location()), route_named))
                 .await?;
-            return Err(splice_error(&e));
+            return Err(e.into());
         }
     };
 
@@ -571,7 +572,11 @@ async fn relay(state: AppState, call: Invocation) -> Result<Answer, ApiError> {
     // Every token usable by this caller; every field a value of its record.
     let resolved = match resolve_all(&state, &call.principal, template.placeholders()) {
         Ok(resolved) => resolved,
-        Err(Refused { error, target, reason }) => {
+        Err(Refused {
+            error,
+            target,
+            reason,
+        }) => {
             state.record(denied(&reason, target)).await?;
             return Err(error);
         }
@@ -606,9 +611,7 @@ async fn relay(state: AppState, call: Invocation) -> Result<Answer, ApiError> {
 
     // The reservation: one entry per record sent, with the use counts, in
     // one durable transaction, before any byte leaves.
-    let sending = call
-        .ctx
-        .event(&actor, "relay.invoke", Outcome::Allowed);
+    let sending = call.ctx.event(&actor, "relay.invoke", Outcome::Allowed);
     let mut batch: Vec<(AuditEvent, Transaction)> = records
         .iter()
         .map(|id| {
@@ -640,12 +643,12 @@ async fn relay(state: AppState, call: Invocation) -> Result<Answer, ApiError> {
         return Err(e);
     }
 
-    let body = template.render(&values).map_err(|e| splice_error(&e))?;
+    let body = template.render(&values).map_err(ApiError::from)?;
     let relayed: Vec<&str> = values.values().map(|v| v.as_str()).collect();
     // The path is the caller's text: card-number-like runs in it are masked
     // before it reaches the audit log; the query is never audited.
-    let audited_path = String::from_utf8_lossy(&mask::mask_body(call.path.as_bytes(), &relayed))
-        .into_owned();
+    let audited_path =
+        String::from_utf8_lossy(&mask::mask_body(call.path.as_bytes(), &relayed)).into_owned();
     let summary = format!(
         "route {}; {} {}{}; records {}",
         call.name,
@@ -667,7 +670,10 @@ async fn relay(state: AppState, call: Invocation) -> Result<Answer, ApiError> {
             answer.body = Zeroizing::new(mask::mask_body(&answer.body, &relayed));
             state
                 .record(AuditEvent {
-                    reason: Some(format!("{summary}; upstream status {}", answer.status.as_u16())),
+                    reason: Some(format!(
+                        "{summary}; upstream status {}",
+                        answer.status.as_u16()
+                    )),
                     ..finished
                 })
                 .await?;
@@ -782,7 +788,11 @@ fn resolve_all(
             return Err(Refused {
                 error: ApiError::field(&p.field, "is not a field of the token's record type"),
                 target: Some(meta.id.clone()),
-                reason: format!("field {} is not a {} field", p.field, meta.record_type.as_str()),
+                reason: format!(
+                    "field {} is not a {} field",
+                    p.field,
+                    meta.record_type.as_str()
+                ),
             });
         }
         if !records.contains(&meta.id) {
@@ -800,7 +810,9 @@ fn resolve_all(
                 Err(e) => return fault(e.into()),
             }
         }
-        let value = opened.get(&meta.id).and_then(|data| field_value(data, &p.field));
+        let value = opened
+            .get(&meta.id)
+            .and_then(|data| field_value(data, &p.field));
         let Some(value) = value else {
             return Err(Refused {
                 error: ApiError::field(&p.field, "the record has no value for this field"),

@@ -207,7 +207,12 @@ pub(super) fn usable_token(
         }));
     };
     let target = Some(record.target.id().to_owned());
-    let refuse = |code| Ok(Err(Refusal { code, target: target.clone() }));
+    let refuse = |code| {
+        Ok(Err(Refusal {
+            code,
+            target: target.clone(),
+        }))
+    };
     if !principal.sees(&record.owner) {
         return refuse("not_found");
     }

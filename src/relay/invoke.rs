@@ -25,8 +25,7 @@ pub fn body_kind(content_type: &str) -> Option<BodyKind> {
         .unwrap_or_default()
         .trim()
         .to_ascii_lowercase();
-    if mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
-    {
+    if mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json")) {
         Some(BodyKind::Json)
     } else if mime == "application/x-www-form-urlencoded" {
         Some(BodyKind::Form)
@@ -116,13 +115,21 @@ mod tests {
     #[test]
     fn body_kinds() {
         assert_eq!(body_kind("application/json"), Some(BodyKind::Json));
-        assert_eq!(body_kind("Application/JSON; charset=utf-8"), Some(BodyKind::Json));
+        assert_eq!(
+            body_kind("Application/JSON; charset=utf-8"),
+            Some(BodyKind::Json)
+        );
         assert_eq!(body_kind("application/vnd.acme+json"), Some(BodyKind::Json));
         assert_eq!(
             body_kind("application/x-www-form-urlencoded; charset=utf-8"),
             Some(BodyKind::Form)
         );
-        for other in ["text/plain", "multipart/form-data; boundary=x", "", "application/xml"] {
+        for other in [
+            "text/plain",
+            "multipart/form-data; boundary=x",
+            "",
+            "application/xml",
+        ] {
             assert_eq!(body_kind(other), None, "{other}");
         }
     }
@@ -156,7 +163,10 @@ mod tests {
             now,
         )
         .unwrap();
-        assert_eq!(field_value(&data, "pan").unwrap().as_str(), "4242424242424242");
+        assert_eq!(
+            field_value(&data, "pan").unwrap().as_str(),
+            "4242424242424242"
+        );
         assert_eq!(field_value(&data, "exp_month").unwrap().as_str(), "04");
         assert_eq!(field_value(&data, "exp_year").unwrap().as_str(), "2031");
         assert!(field_value(&data, "holder_name").is_none());
@@ -177,8 +187,14 @@ mod tests {
             now,
         )
         .unwrap();
-        assert_eq!(field_value(&sparse, "legal_name.family").unwrap().as_str(), "Lovelace");
-        assert_eq!(field_value(&sparse, "national_id.number").unwrap().as_str(), "X1234567");
+        assert_eq!(
+            field_value(&sparse, "legal_name.family").unwrap().as_str(),
+            "Lovelace"
+        );
+        assert_eq!(
+            field_value(&sparse, "national_id.number").unwrap().as_str(),
+            "X1234567"
+        );
         assert!(field_value(&sparse, "address.city").is_none());
         // A record with every field has a value for every allow-listable name.
         let full = RecordData::parse(

@@ -235,7 +235,10 @@ impl std::fmt::Debug for RouteSpec {
         f.debug_struct("RouteSpec")
             .field("name", &self.name)
             .field("base_url", &self.base_url)
-            .field("header_names", &self.headers.iter().map(|(n, _)| n).collect::<Vec<_>>())
+            .field(
+                "header_names",
+                &self.headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -364,8 +367,7 @@ pub fn validate(
             add("headers", "holds a name that is not a valid header name");
             continue;
         };
-        if REFUSED_REQUEST_HEADERS.contains(&lower.as_str()) || lower.starts_with("x-strongroom-")
-        {
+        if REFUSED_REQUEST_HEADERS.contains(&lower.as_str()) || lower.starts_with("x-strongroom-") {
             add(
                 "headers",
                 "may not set host, content-length, content-type, hop-by-hop or x-strongroom- headers",
@@ -373,7 +375,10 @@ pub fn validate(
             continue;
         }
         if headers.iter().any(|(n, _)| *n == lower) {
-            add("headers", "names a header twice (names are case-insensitive)");
+            add(
+                "headers",
+                "names a header twice (names are case-insensitive)",
+            );
             continue;
         }
         if value.is_empty()
@@ -548,13 +553,10 @@ impl Routes {
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
-        let plaintext =
-            Zeroizing::new(serde_json::to_vec(&map).map_err(|_| RouteError::Corrupt)?);
-        let sealed = self.keyring.seal_record(
-            Purpose::Generic,
-            &Self::header_context(route),
-            &plaintext,
-        )?;
+        let plaintext = Zeroizing::new(serde_json::to_vec(&map).map_err(|_| RouteError::Corrupt)?);
+        let sealed =
+            self.keyring
+                .seal_record(Purpose::Generic, &Self::header_context(route), &plaintext)?;
         Ok(tx.put(headers_key(&route.name), sealed.encode()))
     }
 
@@ -768,7 +770,17 @@ mod tests {
             assert!(valid_name(ok), "{ok}");
         }
         let long = "a".repeat(65);
-        for bad in ["", "Acme", "-a", "_a", "a/b", "a.b", "routes", long.as_str(), "a b"] {
+        for bad in [
+            "",
+            "Acme",
+            "-a",
+            "_a",
+            "a/b",
+            "a.b",
+            "routes",
+            long.as_str(),
+            "a b",
+        ] {
             assert!(!valid_name(bad), "{bad}");
         }
     }
@@ -800,30 +812,90 @@ mod tests {
     #[test]
     fn bad_routes_name_their_fields_and_never_echo_values() {
         let cases = [
-            (serde_json::json!({"base_url": "http://x", "methods": ["POST"], "fields": ["pan"]}), "base_url"),
-            (serde_json::json!({"base_url": "https://x", "methods": ["GET"], "fields": ["pan"]}), "methods"),
-            (serde_json::json!({"base_url": "https://x", "methods": [], "fields": ["pan"]}), "methods"),
-            (serde_json::json!({"base_url": "https://x", "methods": ["POST", "POST"], "fields": ["pan"]}), "methods"),
-            (serde_json::json!({"base_url": "https://x", "methods": ["POST"], "fields": ["cvv"]}), "fields"),
-            (serde_json::json!({"base_url": "https://x", "methods": ["POST"], "fields": []}), "fields"),
-            (serde_json::json!({"base_url": "https://x", "methods": ["POST"], "fields": ["legal_name"]}), "fields"),
-            (serde_json::json!({"base_url": "https://x", "methods": ["POST"], "fields": ["pan"], "headers": {"Host": "evil"}}), "headers"),
-            (serde_json::json!({"base_url": "https://x", "methods": ["POST"], "fields": ["pan"], "headers": {"content-length": "1"}}), "headers"),
-            (serde_json::json!({"base_url": "https://x", "methods": ["POST"], "fields": ["pan"], "headers": {"transfer-encoding": "chunked"}}), "headers"),
-            (serde_json::json!({"base_url": "https://x", "methods": ["POST"], "fields": ["pan"], "headers": {"bad name": "v"}}), "headers"),
-            (serde_json::json!({"base_url": "https://x", "methods": ["POST"], "fields": ["pan"], "headers": {"x-k": "a\r\nInjected: 1"}}), "headers"),
-            (serde_json::json!({"base_url": "https://x", "methods": ["POST"], "fields": ["pan"], "headers": {"x-k": "{{tok:pan}}"}}), "headers"),
-            (serde_json::json!({"base_url": "https://x", "methods": ["POST"], "fields": ["pan"], "headers": {"a": "1", "A": "2"}}), "headers"),
-            (serde_json::json!({"base_url": "https://x", "methods": ["POST"], "fields": ["pan"], "timeout_ms": 99}), "timeout_ms"),
-            (serde_json::json!({"base_url": "https://x", "methods": ["POST"], "fields": ["pan"], "timeout_ms": 60001}), "timeout_ms"),
-            (serde_json::json!({"base_url": "https://x", "methods": ["POST"], "fields": ["pan"], "ca_pem": "not pem"}), "ca_pem"),
-            (serde_json::json!({"base_url": "https://x", "methods": ["POST"], "fields": ["pan"], "response_headers": ["content-length"]}), "response_headers"),
-            (serde_json::json!({"name": "other", "base_url": "https://x", "methods": ["POST"], "fields": ["pan"]}), "name"),
+            (
+                serde_json::json!({"base_url": "http://x", "methods": ["POST"], "fields": ["pan"]}),
+                "base_url",
+            ),
+            (
+                serde_json::json!({"base_url": "https://x", "methods": ["GET"], "fields": ["pan"]}),
+                "methods",
+            ),
+            (
+                serde_json::json!({"base_url": "https://x", "methods": [], "fields": ["pan"]}),
+                "methods",
+            ),
+            (
+                serde_json::json!({"base_url": "https://x", "methods": ["POST", "POST"], "fields": ["pan"]}),
+                "methods",
+            ),
+            (
+                serde_json::json!({"base_url": "https://x", "methods": ["POST"], "fields": ["cvv"]}),
+                "fields",
+            ),
+            (
+                serde_json::json!({"base_url": "https://x", "methods": ["POST"], "fields": []}),
+                "fields",
+            ),
+            (
+                serde_json::json!({"base_url": "https://x", "methods": ["POST"], "fields": ["legal_name"]}),
+                "fields",
+            ),
+            (
+                serde_json::json!({"base_url": "https://x", "methods": ["POST"], "fields": ["pan"], "headers": {"Host": "evil"}}),
+                "headers",
+            ),
+            (
+                serde_json::json!({"base_url": "https://x", "methods": ["POST"], "fields": ["pan"], "headers": {"content-length": "1"}}),
+                "headers",
+            ),
+            (
+                serde_json::json!({"base_url": "https://x", "methods": ["POST"], "fields": ["pan"], "headers": {"transfer-encoding": "chunked"}}),
+                "headers",
+            ),
+            (
+                serde_json::json!({"base_url": "https://x", "methods": ["POST"], "fields": ["pan"], "headers": {"bad name": "v"}}),
+                "headers",
+            ),
+            (
+                serde_json::json!({"base_url": "https://x", "methods": ["POST"], "fields": ["pan"], "headers": {"x-k": "a\r\nInjected: 1"}}),
+                "headers",
+            ),
+            (
+                serde_json::json!({"base_url": "https://x", "methods": ["POST"], "fields": ["pan"], "headers": {"x-k": "{{tok:pan}}"}}),
+                "headers",
+            ),
+            (
+                serde_json::json!({"base_url": "https://x", "methods": ["POST"], "fields": ["pan"], "headers": {"a": "1", "A": "2"}}),
+                "headers",
+            ),
+            (
+                serde_json::json!({"base_url": "https://x", "methods": ["POST"], "fields": ["pan"], "timeout_ms": 99}),
+                "timeout_ms",
+            ),
+            (
+                serde_json::json!({"base_url": "https://x", "methods": ["POST"], "fields": ["pan"], "timeout_ms": 60001}),
+                "timeout_ms",
+            ),
+            (
+                serde_json::json!({"base_url": "https://x", "methods": ["POST"], "fields": ["pan"], "ca_pem": "not pem"}),
+                "ca_pem",
+            ),
+            (
+                serde_json::json!({"base_url": "https://x", "methods": ["POST"], "fields": ["pan"], "response_headers": ["content-length"]}),
+                "response_headers",
+            ),
+            (
+                serde_json::json!({"name": "other", "base_url": "https://x", "methods": ["POST"], "fields": ["pan"]}),
+                "name",
+            ),
         ];
         for (json, field) in cases {
             let text = json.to_string();
             let errors = validate("acme", &input(json), https).unwrap_err();
-            assert!(errors.iter().any(|e| e.field == field), "{text}: {errors:?}");
+            assert!(
+                errors.iter().any(|e| e.field == field),
+                "{text}: {errors:?}"
+            );
             for e in &errors {
                 assert!(!e.message.contains("evil") && !e.message.contains("Injected"));
             }
