@@ -125,10 +125,16 @@ fn form_urlencoded_like(value: &str, space: &str, upper: bool) -> String {
     out
 }
 
+/// Start of every (possibly overlapping) occurrence of `needle`.
 fn find_all<'a>(haystack: &'a [u8], needle: &'a [u8]) -> impl Iterator<Item = usize> + 'a {
     let n = needle.len();
-    (0..haystack.len().saturating_sub(n.saturating_sub(1)))
-        .filter(move |&i| n > 0 && haystack.get(i..i + n) == Some(needle))
+    let first = needle.first().copied();
+    haystack
+        .iter()
+        .enumerate()
+        .filter(move |(_, b)| Some(**b) == first)
+        .map(|(i, _)| i)
+        .filter(move |&i| haystack.get(i..i + n) == Some(needle))
 }
 
 fn mark(star: &mut [bool], start: usize, end: usize) {
@@ -442,6 +448,14 @@ mod tests {
         let out = m(r#"{"pan":4242424242424242,"n":[378282246310005]}"#, &[]);
         assert_eq!(out, r#"{"pan":"************4242","n":["***********0005"]}"#);
         serde_json::from_str::<serde_json::Value>(&out).unwrap();
+    }
+
+    #[test]
+    fn overlapping_and_edge_occurrences() {
+        assert_eq!(m("abababab", &["abab"]), "********");
+        assert_eq!(m("abcd", &["abcd"]), "****");
+        assert_eq!(m("abc", &["abcd"]), "abc");
+        assert_eq!(m("xabcdabcdx", &["abcd"]), "x********x");
     }
 
     #[test]

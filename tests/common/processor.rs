@@ -75,6 +75,8 @@ struct Shared {
     charges: AtomicUsize,
     /// Requests started (counted before the body is read).
     started: AtomicUsize,
+    /// TLS connections accepted (handshake completed).
+    connections: AtomicUsize,
 }
 
 /// The running processor; stops when dropped.
@@ -116,6 +118,7 @@ impl TestProcessor {
             received: Mutex::new(Vec::new()),
             charges: AtomicUsize::new(0),
             started: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
         });
         let accepting = shared.clone();
         let task = tokio::spawn(async move {
@@ -129,6 +132,7 @@ impl TestProcessor {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
+                    shared.connections.fetch_add(1, Ordering::SeqCst);
                     let service = hyper::service::service_fn(move |request| {
                         let shared = shared.clone();
                         async move { Ok::<_, Infallible>(answer(&shared, request).await) }
@@ -169,6 +173,11 @@ impl TestProcessor {
     /// Every request received completely, in order.
     pub fn received(&self) -> Vec<Received> {
         self.shared.received.lock().unwrap().clone()
+    }
+
+    /// How many TLS connections were accepted (handshakes completed).
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
     }
 
     /// How many requests reached it (counted as soon as one arrives, before
