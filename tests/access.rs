@@ -87,6 +87,41 @@ async fn stored_card(app: &Router, key: &str) -> (String, String) {
 struct Fixtures {
     payments: String,
     officer: String,
+    /// A second admin, to approve relay routes the vault's admin creates.
+    admin2: String,
+    /// The HTTPS processor relay routes point at.
+    processor: common::processor::TestProcessor,
+}
+
+/// A relay route to the fixture processor that may carry PANs.
+fn route_body(name: &str, fx: &Fixtures) -> Value {
+    json!({
+        "name": name,
+        "base_url": fx.processor.url(),
+        "methods": ["POST"],
+        "fields": ["pan"],
+        "ca_pem": fx.processor.ca_pem(),
+        "headers": {"authorization": "Bearer sk_matrix"},
+    })
+}
+
+/// Creates relay route `name` as the vault's first admin; approved by the
+/// second when `approve`.
+async fn relay_route(vault: &TestVault, app: &Router, fx: &Fixtures, name: &str, approve: bool) {
+    let reply = call(
+        app,
+        "POST",
+        "/v1/relay/routes",
+        Some(&vault.admin_api_key),
+        Some(route_body(name, fx)),
+    )
+    .await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    if approve {
+        let path = format!("/v1/relay/routes/{name}/approve");
+        let reply = call(app, "POST", &path, Some(&fx.admin2), None).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
 }
 
 /// One valid request per operation, for a caller holding `role` with
@@ -219,16 +254,70 @@ async fn sample(
             format!("/v1/records/{}/cvc", stored_card(app, owner).await.0),
             Some(json!({"cvc": "123"})),
         ),
+        Operation::RelayRouteCreate => (
+            "POST",
+            "/v1/relay/routes".into(),
+            Some(route_body(&format!("create-{n}"), fx)),
+        ),
+        Operation::RelayRouteChange => {
+            let name = format!("change-{n}");
+            relay_route(vault, app, fx, &name, false).await;
+            (
+                "PUT",
+                format!("/v1/relay/routes/{name}"),
+                Some(route_body(&name, fx)),
+            )
+        }
+        Operation::RelayRouteApprove => {
+            let name = format!("approve-{n}");
+            relay_route(vault, app, fx, &name, false).await;
+            ("POST", format!("/v1/relay/routes/{name}/approve"), None)
+        }
+        Operation::RelayRouteList => ("GET", "/v1/relay/routes".into(), None),
+        Operation::RelayRouteDelete => {
+            let name = format!("delete-{n}");
+            relay_route(vault, app, fx, &name, false).await;
+            ("DELETE", format!("/v1/relay/routes/{name}"), None)
+        }
+        Operation::RelayInvoke => {
+            let name = format!("invoke-{n}");
+            relay_route(vault, app, fx, &name, true).await;
+            let (_, token) = stored_card(app, owner).await;
+            (
+                "POST",
+                format!("/v1/relay/{name}/charges"),
+                Some(json!({"card": format!("{{{{{token}:pan}}}}")})),
+            )
+        }
     }
 }
 
 #[tokio::test]
 async fn role_matrix_is_generated_from_the_policy_table() {
-    let vault = passphrase_vault();
+    // Relay routes point at a processor on 127.0.0.1.
+    let vault = new_vault_with(
+        SealMethod::Passphrase(Zeroizing::new(PASSPHRASE.to_owned())),
+        fast_settings(),
+        Arc::new(strongroom::clock::SystemClock),
+        strongroom::api::AppSettings {
+            relay: strongroom::relay::upstream::RelaySettings {
+                allow_private_destinations: true,
+                ..Default::default()
+            },
+            ..test_settings()
+        },
+    );
     let app = vault.app();
+    let ca = common::tls::TestCa::new("matrix CA");
     let fx = Fixtures {
         payments: vault.service("fixture-payments", Role::PaymentService),
         officer: credential_for(&vault, &app, Role::ComplianceOfficer, 0).await,
+        admin2: vault.service("fixture-admin-2", Role::Admin),
+        processor: common::processor::TestProcessor::start(
+            &ca,
+            common::processor::Behaviour::Charge,
+        )
+        .await,
     };
     let mut n = 0;
     let mut checked = 0;

@@ -84,10 +84,16 @@ pub enum Operation {
     TokenDetokenize,
     TokenRevoke,
     CvcAttach,
+    RelayRouteCreate,
+    RelayRouteChange,
+    RelayRouteApprove,
+    RelayRouteList,
+    RelayRouteDelete,
+    RelayInvoke,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 23] = [
+    pub const ALL: [Operation; 29] = [
         Operation::SysSeal,
         Operation::PrincipalCreate,
         Operation::PrincipalList,
@@ -111,6 +117,12 @@ impl Operation {
         Operation::TokenDetokenize,
         Operation::TokenRevoke,
         Operation::CvcAttach,
+        Operation::RelayRouteCreate,
+        Operation::RelayRouteChange,
+        Operation::RelayRouteApprove,
+        Operation::RelayRouteList,
+        Operation::RelayRouteDelete,
+        Operation::RelayInvoke,
     ];
 
     /// The audit action recorded for this operation.
@@ -137,6 +149,12 @@ impl Operation {
             Operation::TokenDetokenize => "token.detokenize",
             Operation::TokenRevoke => "token.revoke",
             Operation::CvcAttach => "card.cvc_attached",
+            Operation::RelayRouteCreate => "relay.route.create",
+            Operation::RelayRouteChange => "relay.route.change",
+            Operation::RelayRouteApprove => "relay.route.approve",
+            Operation::RelayRouteList => "relay.route.list",
+            Operation::RelayRouteDelete => "relay.route.delete",
+            Operation::RelayInvoke => "relay.invoke",
         }
     }
 }
@@ -171,6 +189,14 @@ pub fn allows(role: Role, op: Operation) -> bool {
         O::RecordErase | O::TokenRevoke => matches!(role, R::PaymentService | R::Admin),
         O::RecordReveal | O::RecordSearch | O::AccessRequestCreate => role == R::ComplianceOfficer,
         O::AccessRequestApprove | O::AccessRequestDeny => role == R::ComplianceApprover,
+        // Where card data may go is decided by admins (two of them: the
+        // approver must be another admin, checked by the handler); the
+        // route list holds no record data, so auditors may read it.
+        O::RelayRouteCreate | O::RelayRouteChange | O::RelayRouteApprove | O::RelayRouteDelete => {
+            role == R::Admin
+        }
+        O::RelayRouteList => matches!(role, R::Admin | R::Auditor),
+        O::RelayInvoke => role == R::PaymentService,
     }
 }
 
@@ -219,7 +245,10 @@ mod tests {
     #[test]
     fn no_record_data_operation_for_auditors_and_no_reveal_for_services() {
         for op in Operation::ALL {
-            if !matches!(op, Operation::AuditRead | Operation::AuditVerify) {
+            if !matches!(
+                op,
+                Operation::AuditRead | Operation::AuditVerify | Operation::RelayRouteList
+            ) {
                 assert!(!allows(Role::Auditor, op), "auditor may {op:?}");
             }
         }

@@ -59,6 +59,14 @@ pub enum ApiError {
     TokenRevoked,
     ReasonRequired,
     ApprovalRequired,
+    /// The relay body is neither JSON nor a form.
+    UnsupportedMediaType,
+    /// A relay route that a second admin has not approved (yet).
+    RoutePending,
+    /// A relay route an admin disabled.
+    RouteDisabled,
+    /// A relay needs a card's CVC and this node holds none for it.
+    CvcUnavailable,
     /// The relay destination is not allowed (docs/payment-path.md "SSRF
     /// defences"); the detail names the rule, never an address.
     DestinationRefused(&'static str),
@@ -132,6 +140,14 @@ impl ApiError {
                 "approval_required",
                 "Approval required",
             ),
+            Self::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Unsupported media type",
+            ),
+            Self::RoutePending => (StatusCode::CONFLICT, "route_pending", "Route pending"),
+            Self::RouteDisabled => (StatusCode::CONFLICT, "route_disabled", "Route disabled"),
+            Self::CvcUnavailable => (StatusCode::CONFLICT, "cvc_unavailable", "CVC unavailable"),
             Self::AuditUnavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "audit_unavailable",
@@ -193,6 +209,16 @@ impl ApiError {
             Self::ApprovalRequired => {
                 "These fields need an access request approved by another person.".into()
             }
+            Self::UnsupportedMediaType => {
+                "The body must be application/json or application/x-www-form-urlencoded.".into()
+            }
+            Self::RoutePending => {
+                "The relay route waits for a second admin's approval; nothing was sent.".into()
+            }
+            Self::RouteDisabled => "The relay route is disabled; nothing was sent.".into(),
+            Self::CvcUnavailable => "No CVC is held for this card on this node (never attached, \
+                already used, expired, or attached on another node); nothing was sent."
+                .into(),
             Self::DestinationRefused(why) => format!("The relay destination is refused: {why}."),
             Self::UpstreamUnavailable => {
                 "The upstream could not be reached or its TLS certificate was not trusted; nothing \
@@ -391,6 +417,14 @@ mod tests {
             (ApiError::TokenRevoked, 410, "token_revoked"),
             (ApiError::ReasonRequired, 400, "reason_required"),
             (ApiError::ApprovalRequired, 403, "approval_required"),
+            (
+                ApiError::UnsupportedMediaType,
+                415,
+                "unsupported_media_type",
+            ),
+            (ApiError::RoutePending, 409, "route_pending"),
+            (ApiError::RouteDisabled, 409, "route_disabled"),
+            (ApiError::CvcUnavailable, 409, "cvc_unavailable"),
             (
                 ApiError::DestinationRefused("x"),
                 422,

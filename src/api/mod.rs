@@ -16,6 +16,7 @@ mod limits;
 mod openapi;
 mod principals;
 mod records;
+mod relay;
 mod sys;
 mod tokens;
 
@@ -28,7 +29,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, header::HeaderName};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 
 pub use error::{ApiError, FieldError, Problem};
 pub use extract::{ApiJson, Caller, JsonBody, RequestContext, parse_json};
@@ -180,6 +181,10 @@ pub struct AppInner {
     pub audit: AuditLog,
     pub vault: Vault,
     pub access_requests: AccessRequests,
+    /// Relay routes (where card data may go).
+    pub relay_routes: crate::relay::routes::Routes,
+    /// The relay's outbound HTTPS client.
+    pub relay_upstream: crate::relay::upstream::Upstream,
     /// Reveals per officer in a sliding hour.
     pub reveals: SlidingWindow,
     pub settings: AppSettings,
@@ -251,9 +256,16 @@ impl AppState {
             time::Duration::seconds(i64::from(settings.collect.cvc_ttl_seconds)),
             usize::try_from(settings.collect.max_cvcs).unwrap_or(usize::MAX),
         );
+        let relay_routes = crate::relay::routes::Routes::new(
+            Arc::clone(&store),
+            Arc::clone(&keyring),
+            Arc::clone(&clock),
+        );
         Self(Arc::new(AppInner {
             vault,
             access_requests,
+            relay_routes,
+            relay_upstream: crate::relay::upstream::Upstream::new(settings.relay.clone()),
             reveals: SlidingWindow::new(settings.reveals_per_hour, time::Duration::hours(1)),
             keyring,
             store,
@@ -628,12 +640,30 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tokens", post(tokens::create))
         .route("/v1/tokens/detokenize", post(tokens::detokenize))
         .route("/v1/tokens/{token}", delete(tokens::revoke))
+        .route(
+            "/v1/relay/routes",
+            post(relay::create_route).get(relay::list_routes),
+        )
+        .route(
+            "/v1/relay/routes/{name}",
+            put(relay::change_route).delete(relay::delete_route),
+        )
+        .route(
+            "/v1/relay/routes/{name}/approve",
+            post(relay::approve_route),
+        )
+        .route(
+            "/v1/relay/{name}/{*path}",
+            post(relay::invoke).put(relay::invoke).patch(relay::invoke),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // CORS on the collect routes only, inside the sealed gate (a sealed
         // vault cannot read which origins are allowed).
         .layer(middleware::from_fn_with_state(state.clone(), collect::cors))
         .layer(middleware::from_fn_with_state(state.clone(), sealed_gate))
+        // Outside the sealed gate, so its 503 is marked too.
+        .layer(middleware::from_fn(relay::mark_refusals))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(request_id))
         .with_state(state)

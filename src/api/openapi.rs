@@ -18,7 +18,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::AVAILABLE_WHILE_SEALED;
 use super::error::{FieldError, Problem};
-use super::{audit, auth, collect, compliance, keys, principals, records, sys, tokens};
+use super::{audit, auth, collect, compliance, keys, principals, records, relay, sys, tokens};
 use crate::access::{Principal, PrincipalKind, RequestStatus, Role};
 use crate::audit::{AuditEntry, Checkpoint, Outcome, Verification};
 use crate::keyring::{KekMetadata, UnsealProgress};
@@ -26,6 +26,7 @@ use crate::records::{
     Address, BankAccountInput, Brand, CardInput, KycInput, LegalName, NationalId, NationalIdType,
     RecordType,
 };
+use crate::relay::routes::{RelayMethod, Route, RouteInput, RouteStatus};
 use crate::tokens::TokenFormat;
 
 /// The media type of every error.
@@ -154,6 +155,7 @@ impl Modify for Layers {
         records::read, records::update, records::erase, collect::attach_cvc,
         compliance::search, compliance::reveal, compliance::request_access, compliance::approve, compliance::deny,
         tokens::create, tokens::detokenize, tokens::revoke,
+        relay::create_route, relay::list_routes, relay::change_route, relay::delete_route, relay::approve_route, relay::invoke,
     ),
     components(schemas(
         Problem, FieldError, UnsealProgress, sys::Health, sys::UnsealBody, sys::UnsealPassphrase, sys::UnsealShare, sys::SealState,
@@ -168,6 +170,7 @@ impl Modify for Layers {
         compliance::SearchRequest, compliance::SearchField, compliance::SearchMatch, compliance::SearchResult, compliance::Revealed, compliance::RevealRequest,
         compliance::CreateAccessRequest, compliance::AccessRequestState, RequestStatus,
         tokens::TokenizeRequest, tokens::TokenKind, tokens::GenericTokenFormat, tokens::Tokenized, tokens::DetokenizeRequest, tokens::Detokenized, TokenFormat, keys::KeyPurpose,
+        RouteInput, Route, RouteStatus, RelayMethod, relay::RouteState, relay::RouteList,
     )),
     modifiers(&BearerAuth, &Layers),
     tags(
@@ -179,6 +182,7 @@ impl Modify for Layers {
         (name = "records", description = "Cards, bank accounts, KYC: sealed, masked"),
         (name = "compliance", description = "Search, reveal, four-eyes access requests"),
         (name = "tokens", description = "Tokenize, detokenize, revoke"),
+        (name = "relay", description = "Relay routes under dual control (admin) and their invocation (payment service)"),
     ),
 )]
 struct ApiDoc;

@@ -11,12 +11,13 @@ use utoipa::ToSchema;
 
 use super::extract::{Caller, JsonBody, RequestContext};
 use super::{ApiError, AppState, Problem};
-use crate::access::{Operation, Role};
+use crate::access::{Operation, Principal, Role};
 use crate::audit::{AuditEvent, Outcome};
 use crate::clock::rfc3339;
 use crate::records::masked_view;
 use crate::store::Transaction;
-use crate::tokens::{TokenFormat, TokenState, TokenTarget};
+use crate::tokens::{TokenFormat, TokenRecord, TokenState, TokenTarget};
+use crate::vault::RecordMeta;
 
 const MAX_BATCH: usize = 1000;
 /// Tokens of a refused batch named in its denial entries, at most.
@@ -175,6 +176,64 @@ fn error(code: &str) -> Value {
     json!({ "error": code })
 }
 
+/// A token a caller may use now: its store key, its record, and for a
+/// record token the (live) record's metadata.
+pub(super) struct Usable {
+    pub key: String,
+    pub record: TokenRecord,
+    pub meta: Option<RecordMeta>,
+}
+
+/// Why a caller may not use a token: the stable code detokenize and relay
+/// answer with, and the audit target (what the token stands for, or the
+/// token's fingerprint when it stands for nothing).
+pub(super) struct Refusal {
+    pub code: &'static str,
+    pub target: Option<String>,
+}
+
+/// Whether `principal` may use `token` now: it exists, is theirs (or they
+/// see every owner's), is neither revoked nor expired nor used up, and its
+/// record is not erased. The one check behind detokenize and relay.
+pub(super) fn usable_token(
+    state: &AppState,
+    principal: &Principal,
+    token: &str,
+) -> Result<Result<Usable, Refusal>, ApiError> {
+    let Some((key, record)) = state.vault.token(token)? else {
+        return Ok(Err(Refusal {
+            code: "not_found",
+            target: state.audit.fingerprint(token),
+        }));
+    };
+    let target = Some(record.target.id().to_owned());
+    let refuse = |code| {
+        Ok(Err(Refusal {
+            code,
+            target: target.clone(),
+        }))
+    };
+    if !principal.sees(&record.owner) {
+        return refuse("not_found");
+    }
+    match record.state(state.clock.now()) {
+        TokenState::Revoked => return refuse("token_revoked"),
+        TokenState::Expired => return refuse("token_expired"),
+        TokenState::Usable => {}
+    }
+    let meta = match &record.target {
+        TokenTarget::Record { id } => {
+            let meta = state.vault.meta(id)?;
+            if meta.erased_at.is_some() {
+                return refuse("erased");
+            }
+            Some(meta)
+        }
+        TokenTarget::Generic { .. } => None,
+    };
+    Ok(Ok(Usable { key, record, meta }))
+}
+
 /// Resolves one token for `caller`. Record tokens always give the masked
 /// view of the caller's roles; generic values are plain to their owner only.
 fn resolve(
@@ -195,24 +254,13 @@ fn resolve(
         },
         tx: Transaction::new(),
     };
-    let Some((key, record)) = state.vault.token(token)? else {
-        return Ok(refuse("not_found", state.audit.fingerprint(token)));
+    let Usable { key, record, meta } = match usable_token(state, principal, token)? {
+        Ok(usable) => usable,
+        Err(refusal) => return Ok(refuse(refusal.code, refusal.target)),
     };
     let target_id = record.target.id().to_owned();
-    if !principal.sees(&record.owner) {
-        return Ok(refuse("not_found", Some(target_id)));
-    }
-    match record.state(state.clock.now()) {
-        TokenState::Revoked => return Ok(refuse("token_revoked", Some(target_id))),
-        TokenState::Expired => return Ok(refuse("token_expired", Some(target_id))),
-        TokenState::Usable => {}
-    }
-    let value = match &record.target {
-        TokenTarget::Record { id } => {
-            let meta = state.vault.meta(id)?;
-            if meta.erased_at.is_some() {
-                return Ok(refuse("erased", Some(target_id)));
-            }
+    let value = match (&record.target, meta) {
+        (TokenTarget::Record { .. }, Some(meta)) => {
             let data = state.vault.open(&meta)?;
             let mut view = masked_view(&data, &principal.roles);
             if let Value::Object(map) = &mut view {
@@ -221,7 +269,8 @@ fn resolve(
             }
             json!({"view": "masked", "value": view})
         }
-        TokenTarget::Generic { id } => {
+        (TokenTarget::Record { .. }, None) => return Err(ApiError::Internal),
+        (TokenTarget::Generic { id }, _) => {
             let plaintext = state.vault.open_generic(id)?;
             let text = String::from_utf8_lossy(&plaintext).into_owned();
             let owner_service =
