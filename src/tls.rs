@@ -38,6 +38,13 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// connected: a slow-loris connection is closed after this.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a stop waits for open connections to finish once asked to
+/// (idle ones close at once; a request in flight is answered). A client
+/// that never reads its connection's shutdown notice (an HTTP/2 GOAWAY is
+/// acknowledged by the client) cannot keep the server, and its keys, up
+/// beyond this.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
 /// The largest certificate, key or CA file read (a bundle of a few hundred
 /// certificates fits; a file of gigabytes is not read into memory).
 const MAX_PEM_FILE: u64 = 1024 * 1024;
@@ -287,7 +294,9 @@ pub fn server_config(
 /// (a TLS handshake first, under [`HANDSHAKE_TIMEOUT`]), HTTP/1.1 or
 /// HTTP/2, and each request carries `ConnectInfo<SocketAddr>` and a
 /// [`PeerCertificate`]. On the signal it stops accepting, lets requests in
-/// flight finish, and returns once every connection has closed.
+/// flight finish, and returns once every connection has closed, or after
+/// [`SHUTDOWN_GRACE`] with those still open left to be dropped with the
+/// runtime.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<ServerConfig>>,
@@ -335,7 +344,16 @@ pub async fn serve(
     }
     drop(listener);
     drop(open_rx);
-    open_tx.closed().await;
+    if tokio::time::timeout(SHUTDOWN_GRACE, open_tx.closed())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            connections = open_tx.receiver_count(),
+            "connections still open {} s after the stop signal; closing them",
+            SHUTDOWN_GRACE.as_secs()
+        );
+    }
 }
 
 /// An accept that failed. The client's own failures (it hung up before

@@ -323,6 +323,7 @@ fn https_serves_the_api_with_tls_1_2_and_1_3_over_http_1_1_and_http_2() {
         stream.conn.protocol_version(),
         Some(rustls::ProtocolVersion::TLSv1_3)
     );
+    drop(stream);
 
     // HTTP/2, chosen by ALPN.
     let mut h2 = (*vault.client(None)).clone();
@@ -360,6 +361,8 @@ fn https_serves_the_api_with_tls_1_2_and_1_3_over_http_1_1_and_http_2() {
         let list: Value = serde_json::from_slice(&body).unwrap();
         assert!(list["principals"].as_array().is_some_and(|p| !p.is_empty()));
     });
+    // Closes the HTTP/2 connection (its task lives in this runtime).
+    drop(runtime);
 
     // Plain HTTP to the TLS port gets no HTTP answer, and the server
     // carries on.
@@ -677,22 +680,27 @@ fn bindings_are_validated_and_only_for_services() {
     let service = |fingerprints: Value| {
         json!({"name": "svc", "kind": "service", "roles": ["payment_service"], "client_cert_sha256": fingerprints})
     };
-    for bad in [
-        service(json!(["AB".repeat(32)])),
-        service(json!(["ab".repeat(31)])),
-        service(json!([format!("{}zz", "ab".repeat(31))])),
-        service(json!([good.clone(), "not hex"])),
-        service(json!(nine)),
-        service(json!("ab")),
-        service(json!([42])),
-        json!({"name": "alice", "kind": "staff", "roles": ["compliance_officer"],
-               "password": "a long enough password", "client_cert_sha256": [good.clone()]}),
+    let field = "client_cert_sha256";
+    for (bad, named) in [
+        (service(json!(["AB".repeat(32)])), field),
+        (service(json!(["ab".repeat(31)])), field),
+        (service(json!([format!("{}zz", "ab".repeat(31))])), field),
+        (service(json!([good.clone(), "not hex"])), field),
+        (service(json!(nine)), field),
+        // The wrong JSON types fail parsing, which names the path.
+        (service(json!("ab")), field),
+        (service(json!([42])), "client_cert_sha256[0]"),
+        (
+            json!({"name": "alice", "kind": "staff", "roles": ["compliance_officer"],
+                   "password": "a long enough password", "client_cert_sha256": [good.clone()]}),
+            field,
+        ),
     ] {
         let reply = create(vault.admin(), bad.clone());
         assert_eq!(reply.status, 422, "{bad}");
         assert_eq!(problem_code(&reply), "validation_failed");
         let problem = reply.json();
-        assert_eq!(problem["errors"][0]["field"], "client_cert_sha256", "{bad}");
+        assert_eq!(problem["errors"][0]["field"], named, "{bad}");
         // The value is never echoed.
         assert!(!String::from_utf8_lossy(&reply.body).contains("abab"), "{bad}");
     }
