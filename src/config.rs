@@ -416,7 +416,10 @@ mod tests {
             Config::resolve(toml::from_str(text).unwrap(), Overrides::default()).map(|c| c.tls)
         };
         assert_eq!(tls("").unwrap(), TlsSettings::Unset);
-        assert_eq!(tls("[tls]\ndisabled = true").unwrap(), TlsSettings::Disabled);
+        assert_eq!(
+            tls("[tls]\ndisabled = true").unwrap(),
+            TlsSettings::Disabled
+        );
         assert_eq!(tls("[tls]\ndisabled = false").unwrap(), TlsSettings::Unset);
         assert_eq!(
             tls("[tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"").unwrap(),

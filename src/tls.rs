@@ -105,29 +105,42 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))
 }
 
-/// One DER element at the start of `input`: its tag, the whole element
-/// (header and contents), its contents, and what follows it. Definite
-/// lengths only (DER has no other).
-fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (length, rest) = if first < 0x80 {
-        (usize::from(first), rest)
+/// One DER element, and what follows it.
+struct DerElement<'a> {
+    tag: u8,
+    /// Header and contents.
+    whole: &'a [u8],
+    contents: &'a [u8],
+    rest: &'a [u8],
+}
+
+/// The DER element at the start of `input`. Definite lengths only (DER
+/// has no other), of at most four length bytes.
+fn der_element(input: &[u8]) -> Option<DerElement<'_>> {
+    let (&tag, after_tag) = input.split_first()?;
+    let (&first, after_first) = after_tag.split_first()?;
+    let (length, body) = if first < 0x80 {
+        (usize::from(first), after_first)
     } else {
         let count = usize::from(first & 0x7f);
         if count == 0 || count > 4 {
             return None;
         }
-        let (bytes, rest) = rest.split_at_checked(count)?;
+        let (bytes, body) = after_first.split_at_checked(count)?;
         let length = bytes
             .iter()
             .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
-        (length, rest)
+        (length, body)
     };
-    let header = input.len().checked_sub(rest.len())?;
-    let (contents, after) = rest.split_at_checked(length)?;
+    let header = input.len().checked_sub(body.len())?;
+    let (contents, rest) = body.split_at_checked(length)?;
     let whole = input.get(..header.checked_add(length)?)?;
-    Some((tag, whole, contents, after))
+    Some(DerElement {
+        tag,
+        whole,
+        contents,
+        rest,
+    })
 }
 
 /// The SubjectPublicKeyInfo (the whole DER element) of an X.509
@@ -136,31 +149,29 @@ fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8], &[u8])> {
 fn subject_public_key_info(der: &[u8]) -> Option<&[u8]> {
     const SEQUENCE: u8 = 0x30;
     const VERSION: u8 = 0xa0;
-    let (tag, _, certificate, _) = der_element(der)?;
-    if tag != SEQUENCE {
-        return None;
-    }
-    let (tag, _, tbs, _) = der_element(certificate)?;
-    if tag != SEQUENCE {
-        return None;
-    }
-    let mut fields = tbs;
+    let certificate = der_element(der).filter(|e| e.tag == SEQUENCE)?;
+    let tbs = der_element(certificate.contents).filter(|e| e.tag == SEQUENCE)?;
+    let mut fields = tbs.contents;
     if fields.first() == Some(&VERSION) {
-        fields = der_element(fields)?.3;
+        fields = der_element(fields)?.rest;
     }
     // serialNumber, signature, issuer, validity, subject.
     for _ in 0..5 {
-        fields = der_element(fields)?.3;
+        fields = der_element(fields)?.rest;
     }
-    let (tag, spki, _, _) = der_element(fields)?;
-    (tag == SEQUENCE).then_some(spki)
+    let spki = der_element(fields).filter(|e| e.tag == SEQUENCE)?;
+    Some(spki.whole)
 }
 
 /// Reads a PEM file for TLS after checking who may change (and, for a
 /// private key, read) it: the same rule as `keys/` (docs/operations.md).
 /// The check and the read are on the same open file, so the file checked
 /// is the file read.
-fn read_pem_file(setting: &str, path: &Path, private: bool) -> Result<Zeroizing<Vec<u8>>, TlsError> {
+fn read_pem_file(
+    setting: &str,
+    path: &Path,
+    private: bool,
+) -> Result<Zeroizing<Vec<u8>>, TlsError> {
     let file = File::open(path)
         .map_err(|e| TlsError(format!("{setting} {} cannot be read: {e}", path.display())))?;
     let meta = file
@@ -271,9 +282,7 @@ pub fn server_config(
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .allow_unauthenticated()
                 .build()
-                .map_err(|e| {
-                    TlsError(format!("tls.client_ca_file {}: {e}", path.display()))
-                })?;
+                .map_err(|e| TlsError(format!("tls.client_ca_file {}: {e}", path.display())))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
@@ -598,7 +607,10 @@ mod tests {
         for writable in [0o664, 0o646] {
             std::fs::set_permissions(&cert, std::fs::Permissions::from_mode(writable)).unwrap();
             let e = server_config(&cert, &key, None).unwrap_err().to_string();
-            assert!(e.contains("tls.cert_file") && e.contains("chmod 644"), "{e}");
+            assert!(
+                e.contains("tls.cert_file") && e.contains("chmod 644"),
+                "{e}"
+            );
             std::fs::set_permissions(&ca_file, std::fs::Permissions::from_mode(writable)).unwrap();
             std::fs::set_permissions(&cert, std::fs::Permissions::from_mode(0o644)).unwrap();
             let e = server_config(&cert, &key, Some(&ca_file))
@@ -610,11 +622,21 @@ mod tests {
 
         // Wrong contents, each named by its setting; a key's own bytes are
         // never repeated.
-        let not_pem = write(dir.path(), "x.pem", "-----BEGIN nonsense\nsecret-ish\n", 0o600);
+        let not_pem = write(
+            dir.path(),
+            "x.pem",
+            "-----BEGIN nonsense\nsecret-ish\n",
+            0o600,
+        );
         let e = server_config(&not_pem, &key, None).unwrap_err().to_string();
         assert!(e.contains("tls.cert_file"), "{e}");
-        let e = server_config(&cert, &not_pem, None).unwrap_err().to_string();
-        assert!(e.contains("tls.key_file") && !e.contains("secret-ish"), "{e}");
+        let e = server_config(&cert, &not_pem, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("tls.key_file") && !e.contains("secret-ish"),
+            "{e}"
+        );
         let e = server_config(&cert, &cert, None).unwrap_err().to_string();
         assert!(e.contains("tls.key_file"), "{e}");
         // A key that is not the certificate's.
@@ -624,7 +646,9 @@ mod tests {
             &rcgen::KeyPair::generate().unwrap().serialize_pem(),
             0o600,
         );
-        let e = server_config(&cert, &stranger, None).unwrap_err().to_string();
+        let e = server_config(&cert, &stranger, None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("do not make a usable certificate"), "{e}");
         let missing = dir.path().join("missing.pem");
         let e = server_config(&missing, &key, None).unwrap_err().to_string();

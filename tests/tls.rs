@@ -162,7 +162,10 @@ impl Vault {
 }
 
 /// A client configuration offering only `version`.
-fn only(ca: &TestCa, version: &'static rustls::SupportedProtocolVersion) -> Arc<rustls::ClientConfig> {
+fn only(
+    ca: &TestCa,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> Arc<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[version])
@@ -207,7 +210,10 @@ fn serve_refuses_to_start_without_a_certificate_and_says_why() {
         vault.key.to_str().unwrap()
     ));
     let stderr = vault.serve_fails(Some(&both));
-    assert!(stderr.contains("tls.disabled = true cannot be combined"), "{stderr}");
+    assert!(
+        stderr.contains("tls.disabled = true cannot be combined"),
+        "{stderr}"
+    );
     // A missing file is named.
     let missing = vault.config(&format!(
         "cert_file = {:?}\nkey_file = \"/nonexistent/strongroom/key.pem\"",
@@ -295,13 +301,28 @@ fn https_serves_the_api_with_tls_1_2_and_1_3_over_http_1_1_and_http_2() {
     let vault = Vault::new();
     let server = Server::start(vault.dir.path(), &vault.tls_config(false));
     let addr = server.addr;
-    let health = https(addr, vault.client(None), "GET", "/v1/sys/health", None, None);
+    let health = https(
+        addr,
+        vault.client(None),
+        "GET",
+        "/v1/sys/health",
+        None,
+        None,
+    );
     assert_eq!(health.status, 503);
     assert_eq!(health.json()["sealed"], true);
     assert!(health.header("x-request-id").is_some());
     vault.unseal(addr);
     assert_eq!(
-        https(addr, vault.client(None), "GET", "/v1/sys/health", None, None).status,
+        https(
+            addr,
+            vault.client(None),
+            "GET",
+            "/v1/sys/health",
+            None,
+            None
+        )
+        .status,
         200
     );
 
@@ -312,9 +333,15 @@ fn https_serves_the_api_with_tls_1_2_and_1_3_over_http_1_1_and_http_2() {
     ] {
         let mut stream = tls_stream(addr, only(&vault.ca, version)).unwrap();
         assert_eq!(stream.conn.protocol_version(), Some(expected));
-        let reply =
-            common::exchange(&mut stream, "localhost", "GET", "/v1/principals", Some(vault.admin()), None)
-                .unwrap();
+        let reply = common::exchange(
+            &mut stream,
+            "localhost",
+            "GET",
+            "/v1/principals",
+            Some(vault.admin()),
+            None,
+        )
+        .unwrap();
         assert_eq!(reply.status, 200, "{expected:?}");
     }
     // A client offering both gets TLS 1.3.
@@ -382,7 +409,15 @@ fn https_serves_the_api_with_tls_1_2_and_1_3_over_http_1_1_and_http_2() {
     );
     assert!(try_http(addr, "GET", "/v1/sys/health", None, None).is_err());
     assert_eq!(
-        https(addr, vault.client(None), "GET", "/v1/sys/health", None, None).status,
+        https(
+            addr,
+            vault.client(None),
+            "GET",
+            "/v1/sys/health",
+            None,
+            None
+        )
+        .status,
         200
     );
     server.stop();
@@ -486,7 +521,15 @@ fn private_keys_others_can_read_are_refused() {
     std::fs::set_permissions(&vault.client_ca, std::fs::Permissions::from_mode(0o644)).unwrap();
     let server = Server::start(vault.dir.path(), &config);
     assert_eq!(
-        https(server.addr, vault.client(None), "GET", "/v1/sys/health", None, None).status,
+        https(
+            server.addr,
+            vault.client(None),
+            "GET",
+            "/v1/sys/health",
+            None,
+            None
+        )
+        .status,
         503
     );
     server.stop();
@@ -537,7 +580,8 @@ fn a_bound_service_key_needs_its_client_certificate() {
     }));
     assert_eq!(spki_reply.status, 201);
     let by_key = spki_reply.json()["api_key"].as_str().unwrap().to_owned();
-    let unbound_reply = create(json!({"name": "legacy", "kind": "service", "roles": ["payment_service"]}));
+    let unbound_reply =
+        create(json!({"name": "legacy", "kind": "service", "roles": ["payment_service"]}));
     assert_eq!(unbound_reply.status, 201);
     let unbound = unbound_reply.json()["api_key"].as_str().unwrap().to_owned();
 
@@ -563,7 +607,12 @@ fn a_bound_service_key_needs_its_client_certificate() {
     // With either of its certificates: stored.
     for presented in [&payments_cert, &renewal_cert] {
         let reply = store_card(vault.client(Some(presented)), &bound).unwrap();
-        assert_eq!(reply.status, 201, "{}", String::from_utf8_lossy(&reply.body));
+        assert_eq!(
+            reply.status,
+            201,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
     }
     // Bound by public key: any certificate for that key.
     assert_eq!(store_card(vault.client(None), &by_key).unwrap().status, 401);
@@ -576,7 +625,9 @@ fn a_bound_service_key_needs_its_client_certificate() {
     // An unbound service works with or without a certificate.
     for presented in [None, Some(&other_cert)] {
         assert_eq!(
-            store_card(vault.client(presented), &unbound).unwrap().status,
+            store_card(vault.client(presented), &unbound)
+                .unwrap()
+                .status,
             201
         );
     }
@@ -650,13 +701,19 @@ fn a_bound_service_key_needs_its_client_certificate() {
         .into_iter()
         .filter(|e| e["outcome"] == "allowed")
         .count();
-    assert_eq!(stored, 2, "only the two requests with its certificates did anything");
+    assert_eq!(
+        stored, 2,
+        "only the two requests with its certificates did anything"
+    );
 
     let log = server.stop();
     for key in [&bound, &by_key, &unbound] {
         assert!(!log.contains(key.as_str()), "an API key reached the log");
     }
-    assert!(log.contains("without its client certificate; refused"), "{log}");
+    assert!(
+        log.contains("without its client certificate; refused"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -677,9 +734,7 @@ fn bindings_are_validated_and_only_for_services() {
     };
     let good = "ab".repeat(32);
     let nine: Vec<String> = (0..9).map(|i| format!("{i:064x}")).collect();
-    let service = |fingerprints: Value| {
-        json!({"name": "svc", "kind": "service", "roles": ["payment_service"], "client_cert_sha256": fingerprints})
-    };
+    let service = |fingerprints: Value| json!({"name": "svc", "kind": "service", "roles": ["payment_service"], "client_cert_sha256": fingerprints});
     let field = "client_cert_sha256";
     for (bad, named) in [
         (service(json!(["AB".repeat(32)])), field),
@@ -702,7 +757,10 @@ fn bindings_are_validated_and_only_for_services() {
         let problem = reply.json();
         assert_eq!(problem["errors"][0]["field"], named, "{bad}");
         // The value is never echoed.
-        assert!(!String::from_utf8_lossy(&reply.body).contains("abab"), "{bad}");
+        assert!(
+            !String::from_utf8_lossy(&reply.body).contains("abab"),
+            "{bad}"
+        );
     }
     // Nothing was created by any of them.
     let list = https(

@@ -142,7 +142,9 @@ fn check_client_certs(fingerprints: Vec<String>) -> Result<Vec<String>, AccessEr
         return Err(invalid("at most 8 certificate fingerprints"));
     }
     let well_formed = |f: &String| {
-        f.len() == 64 && f.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        f.len() == 64
+            && f.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
     if !fingerprints.iter().all(well_formed) {
         return Err(invalid(
@@ -485,7 +487,10 @@ mod tests {
     fn client_certificate_bindings() {
         let a = "a".repeat(64);
         let hex = "0123456789abcdef".repeat(4);
-        assert_eq!(check_client_certs(Vec::new()).unwrap(), Vec::<String>::new());
+        assert_eq!(
+            check_client_certs(Vec::new()).unwrap(),
+            Vec::<String>::new()
+        );
         assert_eq!(
             check_client_certs(vec![a.clone(), hex.clone(), a.clone()]).unwrap(),
             vec![a.clone(), hex.clone()]
@@ -501,11 +506,19 @@ mod tests {
         ] {
             let e = check_client_certs(vec![bad.clone()]).unwrap_err();
             assert!(
-                matches!(e, AccessError::Invalid { field: "client_cert_sha256", .. }),
+                matches!(
+                    e,
+                    AccessError::Invalid {
+                        field: "client_cert_sha256",
+                        ..
+                    }
+                ),
                 "{bad:?}"
             );
         }
-        let many: Vec<String> = (0..=MAX_CLIENT_CERTS).map(|i| format!("{i:064x}")).collect();
+        let many: Vec<String> = (0..=MAX_CLIENT_CERTS)
+            .map(|i| format!("{i:064x}"))
+            .collect();
         assert!(check_client_certs(many[..MAX_CLIENT_CERTS].to_vec()).is_ok());
         assert!(check_client_certs(many).is_err());
     }

@@ -68,7 +68,9 @@ impl TestCa {
         params
             .subject_alt_names
             .push(SanType::IpAddress(IpAddr::from([127, 0, 0, 1])));
-        params.distinguished_name.push(DnType::CommonName, "localhost");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         self.issue(params)
     }
