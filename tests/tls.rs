@@ -614,6 +614,26 @@ fn a_bound_service_key_needs_its_client_certificate() {
             String::from_utf8_lossy(&reply.body)
         );
     }
+    // A resumed session still carries the certificate of the handshake it
+    // resumes: the same client, a second connection.
+    let resuming = vault.client(Some(&payments_cert));
+    for (round, kind) in [
+        (0, rustls::HandshakeKind::Full),
+        (1, rustls::HandshakeKind::Resumed),
+    ] {
+        let mut stream = tls_stream(addr, Arc::clone(&resuming)).unwrap();
+        assert_eq!(stream.conn.handshake_kind(), Some(kind), "round {round}");
+        let reply = common::exchange(
+            &mut stream,
+            "localhost",
+            "POST",
+            "/v1/records/card",
+            Some(&bound),
+            Some(&card_body()),
+        )
+        .unwrap();
+        assert_eq!(reply.status, 201, "round {round}");
+    }
     // Bound by public key: any certificate for that key.
     assert_eq!(store_card(vault.client(None), &by_key).unwrap().status, 401);
     assert_eq!(
@@ -702,8 +722,8 @@ fn a_bound_service_key_needs_its_client_certificate() {
         .filter(|e| e["outcome"] == "allowed")
         .count();
     assert_eq!(
-        stored, 2,
-        "only the two requests with its certificates did anything"
+        stored, 4,
+        "only the four requests with its certificates did anything"
     );
 
     let log = server.stop();
@@ -795,4 +815,33 @@ fn bindings_are_validated_and_only_for_services() {
     let reply = create(vault.admin(), service(json!([good.clone(), good.clone()])));
     assert_eq!(reply.status, 201);
     server.stop();
+}
+
+/// A request that reached the router without passing through the TLS
+/// layer (no `PeerCertificate` at all, as in-process) is treated as one
+/// without a certificate: a bound key is refused and the refusal audited.
+#[tokio::test]
+async fn a_request_without_connection_details_is_refused_for_a_bound_key() {
+    let vault = common::passphrase_vault();
+    let app = vault.app();
+    let admin = vault.admin_api_key.clone();
+    let body = json!({"name": "bound", "kind": "service", "roles": ["payment_service"],
+                      "client_cert_sha256": ["cd".repeat(32)]});
+    let created = common::call(&app, "POST", "/v1/principals", Some(&admin), Some(body)).await;
+    assert_eq!(created.status, 201);
+    let key = created.body["api_key"].as_str().unwrap().to_owned();
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let card: Value = serde_json::from_str(&card_body()).unwrap();
+    let reply = common::call(&app, "POST", "/v1/records/card", Some(&key), Some(card)).await;
+    assert_eq!(reply.status, 401);
+    assert_eq!(reply.body["code"], "unauthenticated");
+    let entries = common::audit_entries(&vault);
+    let refused: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["action"] == "auth.client_cert_refused")
+        .collect();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0]["actor"], id.as_str());
+    assert_eq!(refused[0]["outcome"], "denied");
+    assert!(!entries.iter().any(|e| e["action"] == "record.create"));
 }
