@@ -17,7 +17,7 @@ use crate::audit::{
     verify_store_since,
 };
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, FileConfig, Overrides};
+use crate::config::{Config, FileConfig, Overrides, TlsSettings};
 use crate::keyring::{Keyring, SealMethod, check_private};
 use crate::store::{SledStore, Store};
 
@@ -37,9 +37,11 @@ enum Command {
     /// Create the store and the root key; print the shares (or nothing, for
     /// a passphrase) and the first admin API key, once.
     Init(InitArgs),
-    /// Serve the API. Starts sealed; unseal over the API.
+    /// Serve the API over HTTPS (the [tls] section of --config; plain HTTP
+    /// only with tls.disabled = true). Starts sealed; unseal over the API.
     Serve(ServeArgs),
-    /// A fresh, initialised and unsealed server for trying Strongroom out.
+    /// A fresh, initialised and unsealed server for trying Strongroom out
+    /// (plain HTTP, loopback only).
     Dev(DevArgs),
     /// Verify or export the audit log (offline: stop the server first).
     #[command(subcommand)]
@@ -348,22 +350,49 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
     })
 }
 
-/// Serves `state` on `listener` until SIGINT or SIGTERM, then signs the
-/// audit head, seals and flushes.
+/// Serves `state` on `listener` (over TLS with `tls`) until SIGINT or
+/// SIGTERM, then signs the audit head, seals and flushes.
 async fn serve_until_signal(
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     state: AppState,
     signal: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
-    let app = router(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(signal)
-        .await
-        .map_err(|e| e.to_string())?;
+    crate::tls::serve(listener, tls, router(state.clone()), signal).await;
     state.seal();
     state.store.flush().map_err(|e| e.to_string())?;
     tracing::info!("stopped; keys zeroized");
     Ok(())
+}
+
+/// What `serve` says when no TLS is configured.
+const TLS_REQUIRED: &str = "serve needs TLS: set tls.cert_file and tls.key_file (PEM) in the [tls] section \
+     of the configuration file, or tls.disabled = true when a TLS-terminating proxy stands in \
+     front of this server (docs/operations.md, \"TLS\")";
+
+/// The TLS configuration `serve` presents, or `None` for plain HTTP (only
+/// with `tls.disabled = true`, warned about at every start).
+fn edge_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
+    match &config.tls {
+        TlsSettings::Files {
+            cert_file,
+            key_file,
+            client_ca_file,
+        } => crate::tls::server_config(cert_file, key_file, client_ca_file.as_deref())
+            .map(Some)
+            .map_err(|e| e.to_string()),
+        TlsSettings::Disabled => {
+            tracing::warn!(
+                addr = %config.listen,
+                "TLS is disabled (tls.disabled = true): serving plain HTTP. Only behind a \
+                 TLS-terminating proxy; API keys and data cross this hop in the clear, and \
+                 certificate-bound principals are refused (no client certificate reaches \
+                 the server)"
+            );
+            Ok(None)
+        }
+        TlsSettings::Unset => Err(TLS_REQUIRED.to_owned()),
+    }
 }
 
 fn serve(args: ServeArgs) -> Result<(), String> {
@@ -376,20 +405,22 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         config.keyring,
     )
     .map_err(|e| e.to_string())?;
+    let tls = edge_tls(&config)?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     runtime()?.block_on(async {
         // Before the port opens: from then on SIGTERM means a clean stop.
         let signal = shutdown_signal()?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-        tracing::info!(addr = %config.listen, vault = keyring.vault_id(), "serving, sealed");
+        tracing::info!(addr = %config.listen, scheme, vault = keyring.vault_id(), "serving, sealed");
         let state = AppState::new(
             Arc::new(keyring),
             store,
             Arc::new(SystemClock),
             app_settings(&config),
         );
-        serve_until_signal(listener, state, signal).await
+        serve_until_signal(listener, tls, state, signal).await
     })
 }
 
@@ -426,6 +457,16 @@ fn dev(args: DevArgs) -> Result<(), String> {
         config: args.config,
     };
     let mut config = load_config(&locations, args.listen)?;
+    if !config.listen.ip().is_loopback() {
+        return Err(format!(
+            "dev serves plain HTTP (no TLS), so only on a loopback address, not {}; \
+             use serve with a certificate to listen elsewhere",
+            config.listen
+        ));
+    }
+    if config.tls != TlsSettings::Unset {
+        tracing::info!("dev serves plain HTTP on loopback; the [tls] section is ignored");
+    }
     // Test processors run on this machine: dev lets the relay reach
     // loopback and private addresses, and says so (docs/payment-path.md).
     config.relay.allow_private_destinations = true;
@@ -512,7 +553,7 @@ fn dev(args: DevArgs) -> Result<(), String> {
             .and_then(|()| out.flush())
             .map_err(|e| e.to_string())?;
         drop(out);
-        serve_until_signal(listener, state, signal).await
+        serve_until_signal(listener, None, state, signal).await
     })
 }
 

@@ -51,6 +51,9 @@ pub struct FileConfig {
     /// `[relay]`: the outbound client of the payment relay.
     #[serde(default)]
     pub relay: RelayFileConfig,
+    /// `[tls]`: the certificate `serve` presents (docs/operations.md "TLS").
+    #[serde(default)]
+    pub tls: FileTls,
 }
 
 /// The `[collect]` section.
@@ -126,6 +129,62 @@ pub struct RelayFileConfig {
     pub allow_private_destinations: Option<bool>,
     pub max_body_bytes: Option<usize>,
     pub connect_timeout_ms: Option<u64>,
+}
+
+/// The `[tls]` section as written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub client_ca_file: Option<PathBuf>,
+    pub disabled: Option<bool>,
+}
+
+/// How `serve` meets its clients, once the `[tls]` section is validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsSettings {
+    /// HTTPS with this certificate chain and key (PEM); with
+    /// `client_ca_file`, client certificates issued by that CA are asked
+    /// for (and verified) but not required.
+    Files {
+        cert_file: PathBuf,
+        key_file: PathBuf,
+        client_ca_file: Option<PathBuf>,
+    },
+    /// `tls.disabled = true`: plain HTTP, for a deployment behind a
+    /// TLS-terminating proxy. Said in a WARN line at every start.
+    Disabled,
+    /// Nothing configured: `serve` refuses to start (`dev` serves plain
+    /// HTTP on loopback whatever this says).
+    Unset,
+}
+
+impl TlsSettings {
+    fn resolve(file: FileTls) -> Result<Self, ConfigError> {
+        let disabled = file.disabled.unwrap_or(false);
+        match (file.cert_file, file.key_file, file.client_ca_file, disabled) {
+            (Some(cert_file), Some(key_file), client_ca_file, false) => Ok(Self::Files {
+                cert_file,
+                key_file,
+                client_ca_file,
+            }),
+            (None, None, None, true) => Ok(Self::Disabled),
+            (None, None, None, false) => Ok(Self::Unset),
+            (_, _, _, true) => Err(ConfigError(
+                "tls.disabled = true cannot be combined with tls.cert_file, tls.key_file or tls.client_ca_file".into(),
+            )),
+            (Some(_), None, _, false) => Err(ConfigError(
+                "tls.cert_file is set but tls.key_file is not: give both".into(),
+            )),
+            (None, Some(_), _, false) => Err(ConfigError(
+                "tls.key_file is set but tls.cert_file is not: give both".into(),
+            )),
+            (None, None, Some(_), false) => Err(ConfigError(
+                "tls.client_ca_file needs tls.cert_file and tls.key_file: client certificates are asked for during the TLS handshake".into(),
+            )),
+        }
+    }
 }
 
 impl FileConfig {
@@ -222,6 +281,7 @@ pub struct Config {
     pub collect: CollectSettings,
     pub keyring: KeyringSettings,
     pub relay: crate::relay::upstream::RelaySettings,
+    pub tls: TlsSettings,
 }
 
 /// `value` (or `default`) if within `range`, else an error naming `name`.
@@ -253,14 +313,7 @@ impl Config {
         let listen: SocketAddr = listen_text
             .parse()
             .map_err(|_| ConfigError(format!("listen address {listen_text:?} is not IP:PORT")))?;
-        if !listen.ip().is_loopback() {
-            // TLS is not built yet (docs/operations.md); plain HTTP may only
-            // be offered to this machine.
-            return Err(ConfigError(
-                "listening on a non-loopback address needs TLS, which this version does not offer yet"
-                    .into(),
-            ));
-        }
+        let tls = TlsSettings::resolve(file.tls)?;
         let body_limit_bytes = file.body_limit_bytes.unwrap_or(DEFAULT_BODY_LIMIT);
         if !(1024..=64 * 1024 * 1024).contains(&body_limit_bytes) {
             return Err(ConfigError(
@@ -338,6 +391,7 @@ impl Config {
         Ok(Self {
             collect,
             relay,
+            tls,
             reveals_per_hour,
             sensitive_searches_per_hour,
             audit_checkpoint_every,
@@ -477,7 +531,9 @@ mod tests {
     fn unknown_fields_and_bad_values_are_refused() {
         assert!(toml::from_str::<FileConfig>("listne = \"x\"").is_err());
         let bad = |text: &str| Config::resolve(toml::from_str(text).unwrap(), Overrides::default());
-        assert!(bad("listen = \"0.0.0.0:8200\"").is_err());
+        // Whether plain HTTP may leave the machine is the command's call
+        // (`dev` refuses; `serve` needs TLS or `tls.disabled`).
+        assert!(bad("listen = \"0.0.0.0:8200\"").is_ok());
         assert!(bad("listen = \"nonsense\"").is_err());
         assert!(bad("body_limit_bytes = 10").is_err());
         assert!(bad("kek_usage_limit = 0").is_err());
@@ -522,5 +578,44 @@ mod tests {
         }
         assert!(toml::from_str::<FileConfig>("[collect]\ncvc_ttl = 5").is_err());
         assert!(toml::from_str::<FileConfig>("cvc_ttl_seconds = 5").is_err());
+    }
+
+    #[test]
+    fn the_tls_section() {
+        let tls = |text: &str| {
+            Config::resolve(toml::from_str(text).unwrap(), Overrides::default()).map(|c| c.tls)
+        };
+        assert_eq!(tls("").unwrap(), TlsSettings::Unset);
+        assert_eq!(
+            tls("[tls]\ndisabled = true").unwrap(),
+            TlsSettings::Disabled
+        );
+        assert_eq!(tls("[tls]\ndisabled = false").unwrap(), TlsSettings::Unset);
+        assert_eq!(
+            tls("[tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"").unwrap(),
+            TlsSettings::Files {
+                cert_file: "c.pem".into(),
+                key_file: "k.pem".into(),
+                client_ca_file: None,
+            }
+        );
+        assert_eq!(
+            tls("[tls]\ncert_file = \"c\"\nkey_file = \"k\"\nclient_ca_file = \"ca\"").unwrap(),
+            TlsSettings::Files {
+                cert_file: "c".into(),
+                key_file: "k".into(),
+                client_ca_file: Some("ca".into()),
+            }
+        );
+        for bad in [
+            "[tls]\ncert_file = \"c\"",
+            "[tls]\nkey_file = \"k\"",
+            "[tls]\nclient_ca_file = \"ca\"",
+            "[tls]\ndisabled = true\ncert_file = \"c\"\nkey_file = \"k\"",
+            "[tls]\ndisabled = true\nclient_ca_file = \"ca\"",
+        ] {
+            assert!(tls(bad).is_err(), "{bad}");
+        }
+        assert!(toml::from_str::<FileConfig>("[tls]\ncert = \"c\"").is_err());
     }
 }

@@ -1,7 +1,8 @@
 //! Strongroom: a vault server for KYC records and payment credentials.
 //!
 //! Layers, each depending only on those below it:
-//! `api` → `access`/`records`/`tokens`/`audit` → `keyring` → `crypto`, `store`.
+//! `api` → `access`/`records`/`tokens`/`audit` → `keyring` → `crypto`, `store`;
+//! `tls` (connections, beside `api`) is what `cli` serves the router with.
 #![forbid(unsafe_code)]
 
 pub mod access;
@@ -16,5 +17,6 @@ pub mod keyring;
 pub mod records;
 pub mod relay;
 pub mod store;
+pub mod tls;
 pub mod tokens;
 pub mod vault;

@@ -167,7 +167,7 @@ fn configuration_file_env_and_flags() {
     std::fs::write(
         &config,
         format!(
-            "data_dir = \"{}\"\nkeys_dir = \"{}\"\nlisten = \"not an address\"\n",
+            "data_dir = \"{}\"\nkeys_dir = \"{}\"\nlisten = \"not an address\"\n[tls]\ndisabled = true\n",
             dir.path().join("data").display(),
             dir.path().join("keys").display()
         ),

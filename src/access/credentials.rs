@@ -226,6 +226,39 @@ fn check_roles(kind: PrincipalKind, roles: &[Role]) -> Result<(), AccessError> {
     Ok(())
 }
 
+/// The most certificates one principal may be bound to: enough for a
+/// rotation (old and new) across a few instances, few enough to review.
+pub const MAX_CLIENT_CERTS: usize = 8;
+
+/// Certificate fingerprints for a binding: each 64 lowercase hex digits
+/// (a SHA-256), at most [`MAX_CLIENT_CERTS`]; duplicates are dropped.
+fn check_client_certs(fingerprints: Vec<String>) -> Result<Vec<String>, AccessError> {
+    let invalid = |message| AccessError::Invalid {
+        field: "client_cert_sha256",
+        message,
+    };
+    if fingerprints.len() > MAX_CLIENT_CERTS {
+        return Err(invalid("at most 8 certificate fingerprints"));
+    }
+    let well_formed = |f: &String| {
+        f.len() == 64
+            && f.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    if !fingerprints.iter().all(well_formed) {
+        return Err(invalid(
+            "each must be 64 lowercase hex digits: the SHA-256 of a DER certificate or of its SubjectPublicKeyInfo",
+        ));
+    }
+    let mut unique: Vec<String> = Vec::with_capacity(fingerprints.len());
+    for fingerprint in fingerprints {
+        if !unique.contains(&fingerprint) {
+            unique.push(fingerprint);
+        }
+    }
+    Ok(unique)
+}
+
 fn principal_key(id: &str) -> String {
     format!("{PRINCIPAL_PREFIX}{id}")
 }
@@ -273,8 +306,9 @@ impl PrincipalDirectory {
         name: &str,
         kind: PrincipalKind,
         roles: Vec<Role>,
+        client_cert_sha256: Vec<String>,
     ) -> Result<(Principal, Transaction), AccessError> {
-        self.new_principal_with(name, kind, roles, None, Vec::new())
+        self.new_principal_with(name, kind, roles, None, Vec::new(), client_cert_sha256)
     }
 
     fn new_principal_with(
@@ -284,9 +318,17 @@ impl PrincipalDirectory {
         roles: Vec<Role>,
         owner: Option<String>,
         allowed_origins: Vec<String>,
+        client_cert_sha256: Vec<String>,
     ) -> Result<(Principal, Transaction), AccessError> {
         check_name(name)?;
         check_roles(kind, &roles)?;
+        let client_cert_sha256 = check_client_certs(client_cert_sha256)?;
+        if kind != PrincipalKind::Service && !client_cert_sha256.is_empty() {
+            return Err(AccessError::Invalid {
+                field: "client_cert_sha256",
+                message: "only services can be bound to client certificates",
+            });
+        }
         let mut roles = roles;
         roles.dedup();
         let principal = Principal {
@@ -298,6 +340,7 @@ impl PrincipalDirectory {
             disabled: false,
             owner,
             allowed_origins,
+            client_cert_sha256,
         };
         let keys = self.keys()?;
         let state = keys.state_key()?;
@@ -323,7 +366,22 @@ impl PrincipalDirectory {
         name: &str,
         roles: Vec<Role>,
     ) -> Result<(Principal, ApiKey, Transaction), AccessError> {
-        let (principal, tx) = self.new_principal(name, PrincipalKind::Service, roles)?;
+        self.prepare_bound_service(credential_key, name, roles, Vec::new())
+    }
+
+    /// [`PrincipalDirectory::prepare_service`] for a service whose API key
+    /// is accepted only on a connection that presented one of the client
+    /// certificates (or public keys) in `client_cert_sha256` (SHA-256,
+    /// lowercase hex; at most [`MAX_CLIENT_CERTS`]). Empty: not bound.
+    pub fn prepare_bound_service(
+        &self,
+        credential_key: &HmacKey,
+        name: &str,
+        roles: Vec<Role>,
+        client_cert_sha256: Vec<String>,
+    ) -> Result<(Principal, ApiKey, Transaction), AccessError> {
+        let (principal, tx) =
+            self.new_principal(name, PrincipalKind::Service, roles, client_cert_sha256)?;
         let api_key = ApiKey::generate()?;
         let index = api_key_index(credential_key, api_key.expose_secret());
         let sealed = self
@@ -365,6 +423,7 @@ impl PrincipalDirectory {
             roles,
             Some(owner_principal.id.clone()),
             allowed_origins,
+            Vec::new(),
         )?;
         let keys = self.keys()?;
         let state = keys.state_key()?;
@@ -429,7 +488,7 @@ impl PrincipalDirectory {
         roles: Vec<Role>,
         password_hash: String,
     ) -> Result<(Principal, Transaction), AccessError> {
-        let (principal, tx) = self.new_principal(name, PrincipalKind::Staff, roles)?;
+        let (principal, tx) = self.new_principal(name, PrincipalKind::Staff, roles, Vec::new())?;
         let key = password_key(&principal.id);
         let sealed = self
             .keys()?
@@ -695,6 +754,46 @@ mod tests {
             check_origins(vec!["https://a.example".into(); 16]).unwrap(),
             vec!["https://a.example".to_owned()]
         );
+    }
+
+    #[test]
+    fn client_certificate_bindings() {
+        let a = "a".repeat(64);
+        let hex = "0123456789abcdef".repeat(4);
+        assert_eq!(
+            check_client_certs(Vec::new()).unwrap(),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            check_client_certs(vec![a.clone(), hex.clone(), a.clone()]).unwrap(),
+            vec![a.clone(), hex.clone()]
+        );
+        for bad in [
+            "A".repeat(64),
+            "a".repeat(63),
+            "a".repeat(65),
+            "g".repeat(64),
+            String::new(),
+            format!("{}:", "a".repeat(63)),
+            "é".repeat(32),
+        ] {
+            let e = check_client_certs(vec![bad.clone()]).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    AccessError::Invalid {
+                        field: "client_cert_sha256",
+                        ..
+                    }
+                ),
+                "{bad:?}"
+            );
+        }
+        let many: Vec<String> = (0..=MAX_CLIENT_CERTS)
+            .map(|i| format!("{i:064x}"))
+            .collect();
+        assert!(check_client_certs(many[..MAX_CLIENT_CERTS].to_vec()).is_ok());
+        assert!(check_client_certs(many).is_err());
     }
 
     #[test]

@@ -43,6 +43,12 @@ pub struct Principal {
     /// whose pages may use the key.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_origins: Vec<String>,
+    /// Services only: SHA-256 fingerprints (lowercase hex) of the client
+    /// certificates, or of their public keys (SPKI), that this principal's
+    /// API key must arrive with (mTLS; docs/payment-path.md "TLS and mutual
+    /// TLS"). Empty: not bound.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_cert_sha256: Vec<String>,
 }
 
 impl Principal {
@@ -100,4 +106,26 @@ pub enum AccessError {
     Keyring(#[from] crate::keyring::KeyringError),
     #[error("stored access record is corrupt")]
     Corrupt,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A principal stored before certificate bindings existed still loads,
+    /// unbound, and an unbound one is stored as it was.
+    #[test]
+    fn principals_without_a_binding_load_and_store_as_before() {
+        let stored = r#"{"id":"prn_000000000000000000000001","name":"svc","kind":"service","roles":["payment_service"],"created_at":"2026-11-01T00:00:00Z","disabled":false}"#;
+        let principal: Principal = serde_json::from_str(stored).unwrap();
+        assert!(principal.client_cert_sha256.is_empty());
+        assert_eq!(serde_json::to_string(&principal).unwrap(), stored);
+        let bound = Principal {
+            client_cert_sha256: vec!["ab".repeat(32)],
+            ..principal
+        };
+        let text = serde_json::to_string(&bound).unwrap();
+        assert!(text.contains(&format!("\"client_cert_sha256\":[\"{}\"]", "ab".repeat(32))));
+        assert_eq!(serde_json::from_str::<Principal>(&text).unwrap(), bound);
+    }
 }

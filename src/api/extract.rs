@@ -14,6 +14,7 @@ use super::{ApiError, AppState, RequestId};
 use crate::access::{Authenticated, Credential, Principal};
 use crate::audit::{AuditEvent, Outcome};
 use crate::store::StoreError;
+use crate::tls::PeerCertificate;
 
 /// A JSON body, read but not yet parsed, so a handler can authorise the
 /// caller first. Wrong content type → 400 `malformed_request`; over the body
@@ -99,7 +100,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 
 /// The authenticated caller behind the request's bearer credential (an API
 /// key or a session token). While sealed no credential can be checked, so
-/// this answers 503 `sealed`.
+/// this answers 503 `sealed`. A principal bound to client certificates
+/// (`client_cert_sha256`) is accepted only on a connection that presented
+/// one of them ([`crate::tls::PeerCertificate`]); otherwise 401, audited
+/// as `auth.client_cert_refused`: whoever sent it holds the principal's
+/// credential, so unlike a wrong credential this is worth an entry.
 pub struct Caller(pub Authenticated);
 
 impl Caller {
@@ -138,6 +143,24 @@ impl FromRequestParts<AppState> for Caller {
         if authenticated.principal.kind == crate::access::PrincipalKind::Publishable {
             super::collect::admit_publishable(state, parts, &authenticated.principal).await?;
         }
+        let bound = &authenticated.principal.client_cert_sha256;
+        if !bound.is_empty() {
+            let presented = parts
+                .extensions
+                .get::<PeerCertificate>()
+                .cloned()
+                .unwrap_or_default();
+            if !presented.matches_any(bound) {
+                let ctx = RequestContext::from_request_parts(parts, state).await?;
+                return Err(refuse_unbound_connection(
+                    state,
+                    &ctx,
+                    &authenticated.principal,
+                    &presented,
+                )
+                .await);
+            }
+        }
         if let (Some(touch), Credential::Session { key }) =
             (authenticated.touch.take(), &authenticated.credential)
         {
@@ -158,6 +181,42 @@ impl FromRequestParts<AppState> for Caller {
             touched?;
         }
         Ok(Self(authenticated))
+    }
+}
+
+/// Audits a bound principal's credential arriving without one of its
+/// certificates, then answers 401. The entry is written whether or not the
+/// client waits for the answer.
+async fn refuse_unbound_connection(
+    state: &AppState,
+    ctx: &RequestContext,
+    principal: &Principal,
+    presented: &PeerCertificate,
+) -> ApiError {
+    let reason = match &presented.0 {
+        None => "credential of a certificate-bound principal on a connection without a client certificate".to_owned(),
+        Some(certificate) => format!(
+            "credential of a certificate-bound principal on a connection with another client certificate (sha256 {})",
+            certificate.cert_sha256
+        ),
+    };
+    tracing::warn!(
+        request_id = %ctx.request_id,
+        principal = %principal.id,
+        client = ctx.client.as_deref().unwrap_or("unknown"),
+        certificate_presented = presented.0.is_some(),
+        "API key of a certificate-bound principal without its client certificate; refused"
+    );
+    let event = AuditEvent {
+        reason: Some(reason),
+        ..ctx
+            .event(&principal.id, "auth.client_cert_refused", Outcome::Denied)
+            .target(principal.id.clone())
+    };
+    let state = state.clone();
+    match super::to_the_end(async move { state.record(event).await }).await {
+        Ok(_) => ApiError::Unauthenticated,
+        Err(e) => e,
     }
 }
 

@@ -82,7 +82,10 @@ impl Layers {
             );
         }
         if secured {
-            add("401", "`unauthenticated`: no valid bearer credential");
+            add(
+                "401",
+                "`unauthenticated`: no valid bearer credential, or a certificate-bound service's key on a connection without one of its client certificates",
+            );
         }
         if gated {
             add(
@@ -159,7 +162,7 @@ impl Modify for Layers {
     ),
     components(schemas(
         Problem, FieldError, UnsealProgress, sys::Health, sys::UnsealBody, sys::UnsealPassphrase, sys::UnsealShare, sys::SealState,
-        principals::NewPrincipal, principals::NewService, principals::NewStaff, principals::ServiceKind, principals::StaffKind, principals::ServiceRole, principals::StaffRole, principals::CreatedPrincipal, principals::PrincipalList,
+        principals::NewPrincipal, principals::NewService, principals::CertFingerprint, principals::NewStaff, principals::ServiceKind, principals::StaffKind, principals::ServiceRole, principals::StaffRole, principals::CreatedPrincipal, principals::PrincipalList,
         Principal, PrincipalKind, Role, auth::Login, auth::Session,
         audit::AuditPage, AuditEntry, Checkpoint, Outcome, Verification,
         keys::KeyList, KekMetadata,

@@ -24,6 +24,9 @@ pub struct CreatePrincipal {
     pub owner: Option<String>,
     /// Publishable keys only: 1 to 16 exact web origins.
     pub allowed_origins: Option<Vec<String>>,
+    /// Services only: the client certificates (SHA-256 of the DER
+    /// certificate or of its SPKI, lowercase hex) its API key needs.
+    pub client_cert_sha256: Option<Vec<String>>,
 }
 
 /// The create body as the document gives it: a service (API key, no
@@ -85,7 +88,20 @@ pub struct NewService {
     pub kind: ServiceKind,
     #[schema(min_items = 1)]
     pub roles: Vec<ServiceRole>,
+    /// Binds the service's API key to client certificates (mTLS): the key
+    /// is refused (401) on a connection that did not present one of these.
+    /// Each is the SHA-256 of a DER certificate or of its
+    /// SubjectPublicKeyInfo, as 64 lowercase hex digits.
+    #[schema(max_items = 8)]
+    pub client_cert_sha256: Option<Vec<CertFingerprint>>,
 }
+
+/// SHA-256 of a DER certificate or of its SubjectPublicKeyInfo, lowercase
+/// hex (`openssl x509 -outform der | sha256sum`).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(value_type = String, pattern = "^[0-9a-f]{64}$")]
+pub struct CertFingerprint(String);
 
 #[derive(ToSchema)]
 #[allow(dead_code)]
@@ -181,6 +197,16 @@ pub async fn create(
             ));
         }
     }
+    let client_cert_sha256 = match (request.kind, request.client_cert_sha256) {
+        (_, None) => Vec::new(),
+        (PrincipalKind::Service, Some(fingerprints)) => fingerprints,
+        (_, Some(_)) => {
+            return Err(ApiError::field(
+                "client_cert_sha256",
+                "only services can be bound to client certificates",
+            ));
+        }
+    };
     let keys = state.keyring.keys()?;
     let (principal, api_key, tx) = match (request.kind, request.password) {
         (PrincipalKind::Publishable, None) => {
@@ -206,10 +232,11 @@ pub async fn create(
             ));
         }
         (PrincipalKind::Service, None) => {
-            let (principal, key, tx) = state.principals.prepare_service(
+            let (principal, key, tx) = state.principals.prepare_bound_service(
                 &*keys.credential_key()?,
                 &request.name,
                 request.roles,
+                client_cert_sha256,
             )?;
             (principal, Some(key), tx)
         }
@@ -265,7 +292,8 @@ pub async fn create(
 
 /// The audit reason of a principal's creation: who created whom, with
 /// which roles, by name as well as by id, so a reviewer sees at once an
-/// admin who made themselves an officer and an approver.
+/// admin who made themselves an officer and an approver, and to which
+/// client certificates (fingerprints, not secret) its key is bound.
 pub(super) fn creation_note(creator: &str, created: &Principal) -> String {
     let roles: Vec<&str> = created.roles.iter().map(|r| r.as_str()).collect();
     let owner = created
@@ -278,13 +306,18 @@ pub(super) fn creation_note(creator: &str, created: &Principal) -> String {
             )
         })
         .unwrap_or_default();
-    format!(
+    let mut note = format!(
         "{creator} created {} ({:?}; roles: {}{owner})",
         created.name,
         created.kind,
         roles.join(",")
     )
-    .to_lowercase()
+    .to_lowercase();
+    if !created.client_cert_sha256.is_empty() {
+        note.push_str("; client certificates: ");
+        note.push_str(&created.client_cert_sha256.join(","));
+    }
+    note
 }
 
 #[derive(Serialize, ToSchema)]

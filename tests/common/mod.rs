@@ -432,10 +432,23 @@ pub fn try_http(
     bearer: Option<&str>,
     body: Option<&str>,
 ) -> std::io::Result<HttpResponse> {
-    let broken = |what: &str| std::io::Error::other(what.to_owned());
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    exchange(&mut stream, &addr.to_string(), method, path, bearer, body)
+}
+
+/// One HTTP/1.1 request with `Connection: close` over `stream` (plain TCP,
+/// or TLS: see `tls::try_https`), and its response read to the end.
+pub fn exchange<S: Read + Write>(
+    stream: &mut S,
+    host: &str,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&str>,
+) -> std::io::Result<HttpResponse> {
+    let broken = |what: &str| std::io::Error::other(what.to_owned());
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
     if let Some(token) = bearer {
         request.push_str(&format!("Authorization: Bearer {token}\r\n"));
     }
@@ -445,6 +458,7 @@ pub fn try_http(
     }
     request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
     stream.write_all(request.as_bytes())?;
+    stream.flush()?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
     let split = raw
@@ -647,4 +661,32 @@ impl Store for FaultyStore {
         }
         self.inner.flush()
     }
+}
+
+/// One HTTPS request (HTTP/1.1, `Connection: close`) to `addr` as
+/// `localhost`, through `config` (see [`TestCa::client_config`]): the
+/// response, or an error if the connection, the handshake or the exchange
+/// fails.
+pub fn try_https(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&str>,
+) -> std::io::Result<HttpResponse> {
+    let mut stream = tls::tls_stream(addr, config)?;
+    exchange(&mut stream, "localhost", method, path, bearer, body)
+}
+
+/// [`try_https`], which must succeed.
+pub fn https(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&str>,
+) -> HttpResponse {
+    try_https(addr, config, method, path, bearer, body).unwrap()
 }

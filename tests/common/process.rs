@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -99,15 +99,41 @@ pub fn wait_until_listening(addr: SocketAddr, child: &mut Child) {
     }
 }
 
-/// `strongroom serve` on a free loopback port of the vault in `dir`, once
-/// it listens. `stderr`: `Stdio::piped()` to read it in [`terminate`].
+/// A configuration file in `dir` that serves plain HTTP (`tls.disabled =
+/// true`, as behind a TLS-terminating proxy): what tests that speak plain
+/// HTTP to `serve` start it with.
+pub fn plain_http_config(dir: &Path) -> PathBuf {
+    let path = dir.join("plain-http.toml");
+    std::fs::write(&path, "[tls]\ndisabled = true\n").unwrap();
+    path
+}
+
+/// `strongroom serve` over plain HTTP ([`plain_http_config`]) on a free
+/// loopback port of the vault in `dir`, once it listens. `stderr`:
+/// `Stdio::piped()` to read it in [`terminate`].
 pub fn serve(dir: &Path, stderr: Stdio) -> (Child, SocketAddr) {
+    let config = plain_http_config(dir);
+    serve_with_config(dir, &config, stderr)
+}
+
+/// `strongroom serve --config <config>` on a free loopback port of the
+/// vault in `dir`, once it accepts connections.
+pub fn serve_with_config(dir: &Path, config: &Path, stderr: Stdio) -> (Child, SocketAddr) {
     let addr = free_addr();
-    let mut child = in_vault(dir, "serve", &["--listen", &addr.to_string()])
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .unwrap();
+    let mut child = in_vault(
+        dir,
+        "serve",
+        &[
+            "--listen",
+            &addr.to_string(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(stderr)
+    .spawn()
+    .unwrap();
     wait_until_listening(addr, &mut child);
     (child, addr)
 }
