@@ -167,12 +167,42 @@ impl CvcStore {
     /// Checks only the shape (3 or 4 digits); which length a card needs is
     /// the caller's business (it knows the brand).
     pub fn put(&self, card_id: &str, cvc: &str) -> Result<(), CvcError> {
+        let expires = self.clock.now() + self.ttl;
+        self.hold(card_id, cvc, expires, true)
+    }
+
+    /// Gives back a CVC [`CvcStore::take_until`] took, for a relay refused
+    /// before anything was sent, with the expiry it had: giving back never
+    /// makes a CVC live longer. Nothing happens if it has expired since,
+    /// or if a new CVC was attached for the card meanwhile (that one wins).
+    pub fn put_back(
+        &self,
+        card_id: &str,
+        cvc: &str,
+        expires: OffsetDateTime,
+    ) -> Result<(), CvcError> {
+        if expires <= self.clock.now() {
+            return Ok(());
+        }
+        self.hold(card_id, cvc, expires, false)
+    }
+
+    fn hold(
+        &self,
+        card_id: &str,
+        cvc: &str,
+        expires: OffsetDateTime,
+        replace: bool,
+    ) -> Result<(), CvcError> {
         if !well_formed(cvc) {
             return Err(CvcError::Invalid);
         }
         let now = self.clock.now();
         let mut inner = self.lock();
         inner.drop_expired(now);
+        if inner.held.contains_key(card_id) && !replace {
+            return Ok(());
+        }
         if !inner.held.contains_key(card_id) && inner.held.len() >= self.capacity {
             let oldest = inner.expiries.keys().next().map_or(now, |(t, _)| *t);
             let wait = (oldest - now).whole_seconds();
@@ -190,7 +220,6 @@ impl CvcStore {
         inner.forget(card_id);
         let serial = inner.next_serial;
         inner.next_serial = serial.wrapping_add(1);
-        let expires = now + self.ttl;
         inner.expiries.insert((expires, serial), card_id.to_owned());
         inner.held.insert(
             card_id.to_owned(),
@@ -207,6 +236,12 @@ impl CvcStore {
     /// The CVC held for `card_id`, removed (single use); `None` if none is
     /// held, or it expired.
     pub fn take(&self, card_id: &str) -> Option<Zeroizing<String>> {
+        self.take_until(card_id).map(|(cvc, _)| cvc)
+    }
+
+    /// [`CvcStore::take`], with the time the CVC would have expired (for
+    /// [`CvcStore::put_back`]).
+    pub fn take_until(&self, card_id: &str) -> Option<(Zeroizing<String>, OffsetDateTime)> {
         let now = self.clock.now();
         let mut inner = self.lock();
         inner.drop_expired(now);
@@ -216,7 +251,7 @@ impl CvcStore {
         drop(inner);
         // `plain` zeroizes itself; the string is a zeroizing copy.
         let text = std::str::from_utf8(&plain).ok()?;
-        Some(Zeroizing::new(text.to_owned()))
+        Some((Zeroizing::new(text.to_owned()), held.expires))
     }
 
     /// Forgets the CVC held for `card_id`, if any (a put whose audit entry
@@ -280,6 +315,34 @@ mod tests {
         assert_eq!(cvcs.take("card_1"), None);
         assert!(!cvcs.holds("card_1"));
         assert!(cvcs.is_empty());
+    }
+
+    /// A CVC given back after a refused relay keeps its first expiry, and
+    /// never replaces one attached meanwhile.
+    #[test]
+    fn a_cvc_given_back_lives_no_longer_than_it_would_have() {
+        let (clock, cvcs) = store(10);
+        cvcs.put("card_1", "123").unwrap();
+        clock.advance(Duration::seconds(600));
+        let (cvc, expires) = cvcs.take_until("card_1").unwrap();
+        cvcs.put_back("card_1", &cvc, expires).unwrap();
+        clock.advance(Duration::seconds(300));
+        assert_eq!(cvcs.take("card_1"), None, "expired at its first expiry");
+
+        cvcs.put("card_2", "123").unwrap();
+        let (cvc, expires) = cvcs.take_until("card_2").unwrap();
+        cvcs.put("card_2", "9876").unwrap();
+        cvcs.put_back("card_2", &cvc, expires).unwrap();
+        assert_eq!(
+            cvcs.take("card_2").as_deref().map(String::as_str),
+            Some("9876")
+        );
+
+        cvcs.put("card_3", "123").unwrap();
+        let (cvc, expires) = cvcs.take_until("card_3").unwrap();
+        clock.advance(Duration::seconds(900));
+        cvcs.put_back("card_3", &cvc, expires).unwrap();
+        assert!(cvcs.is_empty(), "an expired CVC is not given back");
     }
 
     #[test]

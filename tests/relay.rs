@@ -1157,3 +1157,73 @@ async fn sealed_is_refused_too() {
     assert!(reply.headers.get("x-strongroom-relay").is_none());
     assert_eq!(processor.count(), 0);
 }
+
+/// A CVC attached to the card reaches the processor once: the caller never
+/// sees it, a second relay with it is refused before anything is sent, and
+/// a relay refused before sending gives it back without lengthening its life.
+#[tokio::test]
+async fn a_cvc_is_relayed_once_and_never_shown() {
+    const CVC: &str = "739";
+    let w = world();
+    let processor = Processor::start(&w.ca, Behaviour::Charge).await;
+    w.active_route("acme", &processor).await;
+    let (card_id, token, _) = w.card(&w.payments).await;
+    let (other_id, other_token, _) = w.card(&w.payments).await;
+    for id in [&card_id, &other_id] {
+        let reply = call(
+            &w.app,
+            "POST",
+            &format!("/v1/records/{id}/cvc"),
+            Some(&w.payments),
+            Some(json!({"cvc": CVC})),
+        )
+        .await;
+        assert_eq!(reply.status, 204, "{}", reply.body);
+    }
+    let with_cvc = |token: &str| {
+        let mut body = charge(token);
+        body["card"]["cvc"] = json!(format!("{{{{{token}:cvc}}}}"));
+        body
+    };
+
+    // Two cards' CVCs, one of them missing: refused, nothing sent, and the
+    // one that was held is given back.
+    let (_, third_token, _) = w.card(&w.payments).await;
+    let mut both = with_cvc(&token);
+    both["second"] = json!(format!("{{{{{third_token}:cvc}}}}"));
+    let (reply, _) = w
+        .relay_json("/v1/relay/acme/charges", &w.payments, both)
+        .await;
+    assert_refused(&reply, 409, "cvc_unavailable");
+    assert!(processor.received().is_empty());
+    assert!(
+        w.vault.state.cvcs.holds(&card_id),
+        "the held CVC was given back"
+    );
+
+    let (reply, text) = w
+        .relay_json("/v1/relay/acme/charges", &w.payments, with_cvc(&token))
+        .await;
+    assert_eq!(reply.status, 200, "{text}");
+    assert!(!text.contains(CVC) && !text.contains(PAN));
+    let received = processor.received();
+    assert_eq!(received.len(), 1);
+    let body: Value = serde_json::from_slice(&received[0].body).unwrap();
+    assert_eq!(body["card"]["cvc"], CVC);
+    assert_eq!(body["card"]["number"], PAN);
+
+    // Used once: the second relay is refused and sends nothing.
+    let (reply, _) = w
+        .relay_json("/v1/relay/acme/charges", &w.payments, with_cvc(&token))
+        .await;
+    assert_refused(&reply, 409, "cvc_unavailable");
+    assert_eq!(processor.received().len(), 1);
+    // The other card's CVC is untouched by all of this.
+    assert!(w.vault.state.cvcs.holds(&other_id));
+    let _ = other_token;
+
+    // Never in the audit log or the data directory.
+    let all = serde_json::to_string(&audit_entries(&w.vault)).unwrap();
+    assert!(!all.contains(&format!("\"{CVC}\"")));
+    assert!(files_containing(&[&w.vault.data_dir()], PAN.as_bytes()).is_empty());
+}

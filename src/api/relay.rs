@@ -22,6 +22,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use time::OffsetDateTime;
 use utoipa::ToSchema;
 use zeroize::Zeroizing;
 
@@ -592,12 +593,12 @@ async fn relay(state: AppState, call: Invocation) -> Result<Answer, ApiError> {
     let route_headers = state.relay_routes.header_values(&route)?;
 
     // CVCs last: taking one uses it up.
-    let mut taken: Vec<(String, Zeroizing<String>)> = Vec::new();
+    let mut taken: Vec<(String, Zeroizing<String>, OffsetDateTime)> = Vec::new();
     for (placeholder, card_id) in &cvc_cards {
         match take_cvc(&state, card_id) {
-            Some(cvc) => {
+            Some((cvc, expires)) => {
                 values.insert(placeholder.clone(), cvc.clone());
-                taken.push((card_id.clone(), cvc));
+                taken.push((card_id.clone(), cvc, expires));
             }
             None => {
                 restore_cvcs(&state, &taken);
@@ -830,22 +831,20 @@ fn resolve_all(
     }))
 }
 
-/// Takes (uses up) the CVC held for `card_id`, if any.
-///
-/// INTEGRATOR: this is the one place the relay reaches the CVC store of
-/// helper B; point it at `state.cvcs.take(card_id)`. Until then this branch
-/// has no CVC store, so no CVC is ever held and a `cvc` placeholder is
-/// refused with 409 `cvc_unavailable` before anything is sent.
-fn take_cvc(state: &AppState, card_id: &str) -> Option<Zeroizing<String>> {
-    let _ = (state, card_id);
-    None
+/// Takes (uses up) the CVC held for `card_id`, if any, with its expiry.
+fn take_cvc(state: &AppState, card_id: &str) -> Option<(Zeroizing<String>, OffsetDateTime)> {
+    state.cvcs.take_until(card_id)
 }
 
-/// Gives back CVCs taken for a relay that was refused before sending
-/// (INTEGRATOR: `state.cvcs.put(card_id, cvc)`), so a refusal does not
-/// use them up.
-fn restore_cvcs(state: &AppState, taken: &[(String, Zeroizing<String>)]) {
-    let _ = (state, taken);
+/// Gives back CVCs taken for a relay that was refused before sending, with
+/// the expiry each had, so a refusal neither uses them up nor lengthens
+/// their life.
+fn restore_cvcs(state: &AppState, taken: &[(String, Zeroizing<String>, OffsetDateTime)]) {
+    for (card_id, cvc, expires) in taken {
+        if state.cvcs.put_back(card_id, cvc, *expires).is_err() {
+            tracing::warn!(card = %card_id, "a CVC taken for a refused relay could not be given back");
+        }
+    }
 }
 
 /// Sends the request upstream: the route's headers, and of the caller's
