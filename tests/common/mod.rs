@@ -447,10 +447,26 @@ pub fn exchange<S: Read + Write>(
     bearer: Option<&str>,
     body: Option<&str>,
 ) -> std::io::Result<HttpResponse> {
+    exchange_with(stream, host, method, path, bearer, &[], body)
+}
+
+/// [`exchange`] with extra request headers (an `Origin`, say).
+pub fn exchange_with<S: Read + Write>(
+    stream: &mut S,
+    host: &str,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    extra_headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> std::io::Result<HttpResponse> {
     let broken = |what: &str| std::io::Error::other(what.to_owned());
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
     if let Some(token) = bearer {
         request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    for (name, value) in extra_headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
     }
     let body = body.unwrap_or("");
     if !body.is_empty() {
