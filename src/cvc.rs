@@ -88,6 +88,9 @@ struct Inner {
     /// (expiry, serial) → card id: the order in which held CVCs go.
     expiries: BTreeMap<(OffsetDateTime, u64), String>,
     next_serial: u64,
+    /// Bumped by every [`CvcStore::clear`] (a seal): a CVC taken before
+    /// it is never given back after it.
+    generation: u64,
 }
 
 impl Inner {
@@ -109,6 +112,14 @@ impl Inner {
         self.expiries.remove(&(held.expires, held.serial));
         Some(held)
     }
+}
+
+/// A CVC taken for a relay: its value, when it would have expired, and
+/// the store's generation when it was taken (see [`CvcStore::put_back`]).
+pub struct TakenCvc {
+    pub value: Zeroizing<String>,
+    expires: OffsetDateTime,
+    generation: u64,
 }
 
 /// The CVCs this process holds, each for a card id.
@@ -146,6 +157,7 @@ impl CvcStore {
                 held: HashMap::new(),
                 expiries: BTreeMap::new(),
                 next_serial: 0,
+                generation: 0,
             }),
             clock,
             ttl: ttl.clamp(Duration::seconds(1), max),
@@ -168,23 +180,20 @@ impl CvcStore {
     /// the caller's business (it knows the brand).
     pub fn put(&self, card_id: &str, cvc: &str) -> Result<(), CvcError> {
         let expires = self.clock.now() + self.ttl;
-        self.hold(card_id, cvc, expires, true)
+        self.hold(card_id, cvc, expires, None)
     }
 
     /// Gives back a CVC [`CvcStore::take_until`] took, for a relay refused
     /// before anything was sent, with the expiry it had: giving back never
-    /// makes a CVC live longer. Nothing happens if it has expired since,
-    /// or if a new CVC was attached for the card meanwhile (that one wins).
-    pub fn put_back(
-        &self,
-        card_id: &str,
-        cvc: &str,
-        expires: OffsetDateTime,
-    ) -> Result<(), CvcError> {
-        if expires <= self.clock.now() {
+    /// makes a CVC live longer. Nothing happens if it has expired since, if
+    /// a new CVC was attached for the card meanwhile (that one wins), or if
+    /// the store was cleared (a seal) since it was taken: a seal forgets
+    /// every CVC, in flight or not.
+    pub fn put_back(&self, card_id: &str, taken: &TakenCvc) -> Result<(), CvcError> {
+        if taken.expires <= self.clock.now() {
             return Ok(());
         }
-        self.hold(card_id, cvc, expires, false)
+        self.hold(card_id, &taken.value, taken.expires, Some(taken.generation))
     }
 
     fn hold(
@@ -192,7 +201,7 @@ impl CvcStore {
         card_id: &str,
         cvc: &str,
         expires: OffsetDateTime,
-        replace: bool,
+        given_back_from: Option<u64>,
     ) -> Result<(), CvcError> {
         if !well_formed(cvc) {
             return Err(CvcError::Invalid);
@@ -200,7 +209,11 @@ impl CvcStore {
         let now = self.clock.now();
         let mut inner = self.lock();
         inner.drop_expired(now);
-        if inner.held.contains_key(card_id) && !replace {
+        if let Some(generation) = given_back_from
+            && (generation != inner.generation
+                || inner.key.is_none()
+                || inner.held.contains_key(card_id))
+        {
             return Ok(());
         }
         if !inner.held.contains_key(card_id) && inner.held.len() >= self.capacity {
@@ -236,22 +249,27 @@ impl CvcStore {
     /// The CVC held for `card_id`, removed (single use); `None` if none is
     /// held, or it expired.
     pub fn take(&self, card_id: &str) -> Option<Zeroizing<String>> {
-        self.take_until(card_id).map(|(cvc, _)| cvc)
+        self.take_until(card_id).map(|taken| taken.value)
     }
 
     /// [`CvcStore::take`], with the time the CVC would have expired (for
     /// [`CvcStore::put_back`]).
-    pub fn take_until(&self, card_id: &str) -> Option<(Zeroizing<String>, OffsetDateTime)> {
+    pub fn take_until(&self, card_id: &str) -> Option<TakenCvc> {
         let now = self.clock.now();
         let mut inner = self.lock();
         inner.drop_expired(now);
         let held = inner.forget(card_id)?;
         let key = inner.key.as_ref()?;
         let plain = aead_open(&key.key, &held.nonce, card_id.as_bytes(), &held.sealed).ok()?;
+        let generation = inner.generation;
         drop(inner);
         // `plain` zeroizes itself; the string is a zeroizing copy.
         let text = std::str::from_utf8(&plain).ok()?;
-        Some((Zeroizing::new(text.to_owned()), held.expires))
+        Some(TakenCvc {
+            value: Zeroizing::new(text.to_owned()),
+            expires: held.expires,
+            generation,
+        })
     }
 
     /// Forgets the CVC held for `card_id`, if any (a put whose audit entry
@@ -288,6 +306,7 @@ impl CvcStore {
         inner.held.clear();
         inner.expiries.clear();
         inner.key = None;
+        inner.generation = inner.generation.wrapping_add(1);
     }
 }
 
@@ -324,25 +343,34 @@ mod tests {
         let (clock, cvcs) = store(10);
         cvcs.put("card_1", "123").unwrap();
         clock.advance(Duration::seconds(600));
-        let (cvc, expires) = cvcs.take_until("card_1").unwrap();
-        cvcs.put_back("card_1", &cvc, expires).unwrap();
+        let taken = cvcs.take_until("card_1").unwrap();
+        cvcs.put_back("card_1", &taken).unwrap();
         clock.advance(Duration::seconds(300));
         assert_eq!(cvcs.take("card_1"), None, "expired at its first expiry");
 
         cvcs.put("card_2", "123").unwrap();
-        let (cvc, expires) = cvcs.take_until("card_2").unwrap();
+        let taken = cvcs.take_until("card_2").unwrap();
         cvcs.put("card_2", "9876").unwrap();
-        cvcs.put_back("card_2", &cvc, expires).unwrap();
+        cvcs.put_back("card_2", &taken).unwrap();
         assert_eq!(
             cvcs.take("card_2").as_deref().map(String::as_str),
             Some("9876")
         );
 
         cvcs.put("card_3", "123").unwrap();
-        let (cvc, expires) = cvcs.take_until("card_3").unwrap();
+        let taken = cvcs.take_until("card_3").unwrap();
         clock.advance(Duration::seconds(900));
-        cvcs.put_back("card_3", &cvc, expires).unwrap();
+        cvcs.put_back("card_3", &taken).unwrap();
         assert!(cvcs.is_empty(), "an expired CVC is not given back");
+
+        // Taken, then a seal (and a new CVC for another card): the taken
+        // one is not given back.
+        cvcs.put("card_4", "123").unwrap();
+        let taken = cvcs.take_until("card_4").unwrap();
+        cvcs.clear();
+        cvcs.put("card_5", "456").unwrap();
+        cvcs.put_back("card_4", &taken).unwrap();
+        assert!(!cvcs.holds("card_4"), "a seal forgets CVCs in flight too");
     }
 
     #[test]

@@ -97,7 +97,7 @@ async fn world() -> World {
 }
 
 fn card() -> Value {
-    json!({"pan": "4242 4242 4242 4242", "exp_month": 12, "exp_year": 2030, "holder_name": "Ada Lovelace", "subject_ref": "user-42"})
+    json!({"pan": "4242 4242 4242 4242", "exp_month": 12, "exp_year": 2030, "holder_name": "Ada Lovelace"})
 }
 
 fn amex() -> Value {
@@ -331,6 +331,27 @@ async fn publishable_keys_are_made_for_an_enabled_payment_service_only() {
 #[tokio::test]
 async fn a_collector_creates_cards_for_its_owner_and_sees_only_the_create_answer() {
     let w = world().await;
+    // A page cannot say whose card it is (anyone holds the public key):
+    // subject_ref from a publishable key is refused, and nothing is stored.
+    let mut with_subject = card();
+    with_subject["subject_ref"] = json!("user-42");
+    let reply = from_origin(
+        &w.app,
+        "POST",
+        "/v1/records/card",
+        Some(&w.spk),
+        Some(TEST_ORIGIN),
+        Some(with_subject),
+    )
+    .await;
+    assert_eq!(reply.status, 422, "{}", reply.body);
+    assert_eq!(reply.body["errors"][0]["field"], "subject_ref");
+    assert!(
+        !audit_entries(&w.vault)
+            .iter()
+            .any(|e| e["action"] == "record.create"),
+        "no record made"
+    );
     let reply = from_origin(
         &w.app,
         "POST",
@@ -382,7 +403,7 @@ async fn a_collector_creates_cards_for_its_owner_and_sees_only_the_create_answer
     )
     .await;
     assert_eq!(read.status, 200, "{}", read.body);
-    assert_eq!(read.body["subject_ref"], "user-42");
+    assert!(read.body["subject_ref"].is_null());
     let other = call(
         &w.app,
         "GET",

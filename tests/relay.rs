@@ -1227,3 +1227,181 @@ async fn a_cvc_is_relayed_once_and_never_shown() {
     assert!(!all.contains(&format!("\"{CVC}\"")));
     assert!(files_containing(&[&w.vault.data_dir()], PAN.as_bytes()).is_empty());
 }
+
+/// An approval that names the version reviewed approves that version
+/// only: a route changed between the approver's read and click is 409 and
+/// stays pending (review finding: approval of an unseen destination).
+#[tokio::test]
+async fn an_approval_is_for_the_version_reviewed() {
+    let w = world();
+    let processor = Processor::start(&w.ca, Behaviour::Charge).await;
+    let body = w.route_body("acme", &processor);
+    let reply = call(
+        &w.app,
+        "POST",
+        "/v1/relay/routes",
+        Some(&w.admin),
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(reply.status, 201);
+    let listed = call(&w.app, "GET", "/v1/relay/routes", Some(&w.admin2), None).await;
+    let seen = listed.body["routes"][0]["version"].as_u64().unwrap();
+    // The creator changes it after admin2 read it.
+    let mut changed = body.clone();
+    changed["base_url"] = json!(format!("{}/v2", processor.url()));
+    let reply = call(
+        &w.app,
+        "PUT",
+        "/v1/relay/routes/acme",
+        Some(&w.admin),
+        Some(changed),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let stale = call(
+        &w.app,
+        "POST",
+        &format!("/v1/relay/routes/acme/approve?version={seen}"),
+        Some(&w.admin2),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (stale.status, stale.body["code"].as_str()),
+        (409, Some("conflict"))
+    );
+    let listed = call(&w.app, "GET", "/v1/relay/routes", Some(&w.admin2), None).await;
+    assert_eq!(listed.body["routes"][0]["status"], "pending");
+    let current = listed.body["routes"][0]["version"].as_u64().unwrap();
+    assert_ne!(current, seen);
+    let bad = call(
+        &w.app,
+        "POST",
+        "/v1/relay/routes/acme/approve?version=latest",
+        Some(&w.admin2),
+        None,
+    )
+    .await;
+    assert_eq!(bad.status, 422);
+    let reply = call(
+        &w.app,
+        "POST",
+        &format!("/v1/relay/routes/acme/approve?version={current}"),
+        Some(&w.admin2),
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(processor.received().is_empty());
+}
+
+/// A route bound to callers and paths: another payment service is refused
+/// (it may not use this route's processor credential), and so is a path off
+/// the allow-list; nothing is sent for either.
+#[tokio::test]
+async fn callers_and_paths_bound_a_route() {
+    let w = world();
+    let processor = Processor::start(&w.ca, Behaviour::Charge).await;
+    let payments_id = w.vault.principal_id("payments");
+    let mut body = w.route_body("acme", &processor);
+    body["paths"] = json!(["/charges"]);
+    body["callers"] = json!([payments_id]);
+    let reply = call(
+        &w.app,
+        "POST",
+        "/v1/relay/routes",
+        Some(&w.admin),
+        Some(body),
+    )
+    .await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    assert_eq!(w.approve("acme", &w.admin2).await.status, 200);
+    let (_, token, _) = w.card(&w.payments).await;
+    let (_, other_token, _) = w.card(&w.other_payments).await;
+
+    let (reply, _) = w
+        .relay_json(
+            "/v1/relay/acme/refunds",
+            &w.other_payments,
+            json!({"charge": "ch_1"}),
+        )
+        .await;
+    assert_refused(&reply, 403, "forbidden");
+    let (reply, _) = w
+        .relay_json(
+            "/v1/relay/acme/charges",
+            &w.other_payments,
+            charge(&other_token),
+        )
+        .await;
+    assert_refused(&reply, 403, "forbidden");
+    let (reply, _) = w
+        .relay_json("/v1/relay/acme/customers/cus_1", &w.payments, json!({}))
+        .await;
+    assert_refused(&reply, 422, "validation_failed");
+    let (reply, _) = w
+        .relay_json("/v1/relay/acme/chargesx", &w.payments, charge(&token))
+        .await;
+    assert_refused(&reply, 422, "validation_failed");
+    assert!(processor.received().is_empty(), "nothing sent");
+
+    let (reply, text) = w
+        .relay_json(
+            "/v1/relay/acme/charges/ch_9/capture",
+            &w.payments,
+            charge(&token),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{text}");
+    assert_eq!(processor.count(), 1);
+    let denials: Vec<Value> = audit_entries(&w.vault)
+        .into_iter()
+        .filter(|e| e["action"] == "relay.invoke" && e["outcome"] == "denied")
+        .collect();
+    assert_eq!(denials.len(), 4, "{denials:?}");
+}
+
+/// A header the route passes back is masked like the body: a processor's
+/// redirect to a URL holding the card number reaches the caller masked.
+#[tokio::test]
+async fn passed_back_headers_are_masked() {
+    let w = world();
+    let processor = Processor::start(
+        &w.ca,
+        Behaviour::Redirect(format!("https://acs.example/3ds?pan={PAN}&n=1")),
+    )
+    .await;
+    let mut body = w.route_body("acme", &processor);
+    body["response_headers"] = json!(["location"]);
+    let reply = call(
+        &w.app,
+        "POST",
+        "/v1/relay/routes",
+        Some(&w.admin),
+        Some(body),
+    )
+    .await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    assert_eq!(w.approve("acme", &w.admin2).await.status, 200);
+    let (_, token, _) = w.card(&w.payments).await;
+    let (reply, _) = w
+        .relay_json("/v1/relay/acme/charges", &w.payments, charge(&token))
+        .await;
+    assert_eq!(reply.status, 302);
+    let location = reply.headers["location"].to_str().unwrap();
+    assert!(!location.contains(PAN), "{location}");
+    assert!(location.starts_with("https://acs.example/3ds?pan=*"), "{location}");
+    // Cookies are never passed back.
+    let mut body = w.route_body("cookies", &processor);
+    body["response_headers"] = json!(["set-cookie"]);
+    let reply = call(
+        &w.app,
+        "POST",
+        "/v1/relay/routes",
+        Some(&w.admin),
+        Some(body),
+    )
+    .await;
+    assert_eq!(reply.status, 422, "{}", reply.body);
+}

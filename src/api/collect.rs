@@ -121,7 +121,24 @@ fn client_address(parts: &Parts) -> String {
     parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string())
+        .map_or_else(|| "unknown".to_owned(), |c| address_bucket(c.0.ip()))
+}
+
+/// The rate-limit bucket of a client address: an IPv4 address itself; an
+/// IPv6 address by its /64 (one subscriber gets a whole /64, so counting
+/// /128s would give each shopper unlimited addresses). IPv4-mapped IPv6
+/// addresses count as their IPv4 address.
+fn address_bucket(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let [a, b, c, d, ..] = v6.segments();
+                format!("{a:x}:{b:x}:{c:x}:{d:x}::/64")
+            }
+        },
+    }
 }
 
 /// Reserves one request in the client address's window, before a
@@ -305,6 +322,16 @@ pub fn creation_note(principal: &Principal) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64() {
+        let bucket = |text: &str| address_bucket(text.parse().unwrap());
+        assert_eq!(bucket("2001:db8:1:2::1"), bucket("2001:db8:1:2:ffff::9"));
+        assert_ne!(bucket("2001:db8:1:2::1"), bucket("2001:db8:1:3::1"));
+        assert_eq!(bucket("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(bucket("192.0.2.7"), "192.0.2.7");
+        assert_ne!(bucket("192.0.2.7"), bucket("192.0.2.8"));
+    }
 
     #[test]
     fn cvc_lengths_follow_the_brand() {

@@ -207,6 +207,15 @@ async fn refuse_unbound_connection(
         certificate_presented = presented.0.is_some(),
         "API key of a certificate-bound principal without its client certificate; refused"
     );
+    // Each refusal costs the sender nothing but a request; past a budget a
+    // minute, they are answered and logged, not written to the audit log.
+    if state
+        .cert_refusals
+        .take(&principal.id, state.clock.now())
+        .is_err()
+    {
+        return ApiError::Unauthenticated;
+    }
     let event = AuditEvent {
         reason: Some(reason),
         ..ctx

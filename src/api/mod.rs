@@ -197,6 +197,10 @@ pub struct AppInner {
     dummy_password_hash: String,
     /// Audited refusals of each locked username: one a minute (see `auth`).
     lock_notices: SlidingWindow,
+    /// Audited refusals of a certificate-bound key without its certificate:
+    /// at most [`CERT_REFUSALS_AUDITED_PER_MINUTE`] a minute per principal,
+    /// so a stolen bound key cannot make every request a durable write.
+    cert_refusals: SlidingWindow,
     /// Usernames whose password is being checked: one check at a time each.
     logins_in_flight: limits::OneAtATime,
     /// Searches by PAN or national id per officer in a sliding hour.
@@ -280,6 +284,10 @@ impl AppState {
             passwords: PasswordPool::new(settings.password_workers),
             dummy_password_hash,
             lock_notices: SlidingWindow::new(1, time::Duration::minutes(1)),
+            cert_refusals: SlidingWindow::new(
+                CERT_REFUSALS_AUDITED_PER_MINUTE,
+                time::Duration::minutes(1),
+            ),
             logins_in_flight: limits::OneAtATime::default(),
             sensitive_searches: SlidingWindow::new(
                 settings.sensitive_searches_per_hour,
@@ -497,6 +505,10 @@ impl AppState {
         })
     }
 }
+
+/// Refusals of one certificate-bound key without its certificate that are
+/// audited in a minute; the rest are answered 401 and logged only.
+pub const CERT_REFUSALS_AUDITED_PER_MINUTE: usize = 10;
 
 /// How long a seal waits for its audit checkpoint before sealing without it.
 const SEAL_CHECKPOINT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);

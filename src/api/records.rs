@@ -241,9 +241,20 @@ async fn create(
         .authorize(&caller, Operation::RecordCreate(record_type), &ctx)
         .await?;
     let mut fields = object(&body)?;
+    let principal = caller.principal();
+    // A page cannot say whose card it is: anyone holding the public key
+    // could file cards under another customer. The owner service sets the
+    // subject later (PATCH).
+    if principal.kind == crate::access::PrincipalKind::Publishable
+        && fields.contains_key("subject_ref")
+    {
+        return Err(ApiError::field(
+            "subject_ref",
+            "a publishable key cannot set it; the owner service can, with PATCH",
+        ));
+    }
     let subject_ref = take_subject_ref(&mut fields)?.flatten();
     let data = RecordData::parse(record_type, Value::Object(fields), state.clock.now())?;
-    let principal = caller.principal();
     // A publishable key's cards belong to its owner service.
     let owner = principal.acts_for();
     // Concurrent creations may pick the same fresh token (a format-preserving

@@ -17,12 +17,11 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Path, Request, State};
+use axum::extract::{FromRequest, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
-use time::OffsetDateTime;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use zeroize::Zeroizing;
 
@@ -31,6 +30,7 @@ use super::tokens::{Usable, usable_token};
 use super::{ApiError, AppState, FieldError, Problem};
 use crate::access::{Operation, Principal};
 use crate::audit::{AuditEvent, Outcome};
+use crate::cvc::TakenCvc;
 use crate::relay::invoke::{FORWARDED_REQUEST_HEADERS, body_kind, check_path, field_value};
 use crate::relay::routes::{
     self, ApprovalError, Route, RouteError, RouteInput, RouteStatus, field_of,
@@ -217,23 +217,38 @@ pub async fn change_route(
     }))
 }
 
+/// What the approver reviewed: `?version=N` (from `GET
+/// /v1/relay/routes`). Given, the approval is for that version only: a
+/// route changed since is 409, never approved unseen.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ApproveQuery {
+    /// The route version the approver reviewed.
+    pub version: Option<u64>,
+}
+
 /// Approves a pending route: by an admin who neither created nor last
-/// changed it. Approving an active or disabled route is 409.
+/// changed it. Approving an active or disabled route is 409; with
+/// `?version=N`, so is approving a route no longer at version N.
 #[utoipa::path(post, path = "/v1/relay/routes/{name}/approve", tag = "relay", operation_id = "approve_relay_route",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Route name")),
+    params(("name" = String, Path, description = "Route name"), ApproveQuery),
     responses(
         (status = 200, description = "Active: the route carries data", body = RouteState),
         (status = 403, description = "`forbidden`: not an admin, or the admin who created or last changed it", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`conflict`: not pending (already active, or disabled), or a concurrent change won", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`: a query that is not `version=<number>`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict`: not pending (already active, or disabled), not at the version named, or a concurrent change won", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn approve_route(
     State(state): State<AppState>,
     ctx: RequestContext,
     caller: Caller,
     Path(name): Path<String>,
+    RawQuery(query): RawQuery,
 ) -> Result<Json<RouteState>, ApiError> {
+    let seen: ApproveQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
+        .map_err(|_| ApiError::field("query", "only version=<number> is accepted"))?;
     state
         .authorize_on(&caller, Operation::RelayRouteApprove, &ctx, || {
             Ok(vec![route_target(&state, &name)])
@@ -247,7 +262,10 @@ pub async fn approve_route(
         target: route_target(&state, &name),
         ..event.clone()
     };
-    match state.relay_routes.prepare_approve(&name, admin)? {
+    match state
+        .relay_routes
+        .prepare_approve(&name, admin, seen.version)?
+    {
         Ok((route, tx)) => {
             state
                 .commit(
@@ -277,6 +295,17 @@ pub async fn approve_route(
                 ))
                 .await?;
             Err(ApiError::Forbidden)
+        }
+        Err(ApprovalError::VersionChanged { current }) => {
+            state
+                .record(refused(
+                    Outcome::Denied,
+                    &format!("the route changed since it was read: now version {current}"),
+                ))
+                .await?;
+            Err(ApiError::Conflict(
+                "The route changed since you read it; read it again (GET /v1/relay/routes) and approve the version you reviewed.",
+            ))
         }
         Err(ApprovalError::NotPending(status)) => {
             let (reason, detail) = match status {
@@ -490,16 +519,19 @@ pub async fn invoke(
 /// audit. Runs in a task of its own (`to_the_end`).
 async fn relay(state: AppState, call: Invocation) -> Result<Answer, ApiError> {
     let actor = call.principal.id.clone();
+    let route_named = route_target(&state, &call.name);
+    // The route as the audit log names it: a caller's text that is no
+    // valid route name only as its fingerprint.
+    let audited_name = route_named.clone().unwrap_or_default();
     let denied = |reason: &str, target: Option<String>| AuditEvent {
         outcome: Outcome::Denied,
-        reason: Some(format!("route {}: {reason}", call.name)),
+        reason: Some(format!("route {audited_name}: {reason}")),
         target,
         ..call.ctx.event(&actor, "relay.invoke", Outcome::Denied)
     };
-    let route_named = route_target(&state, &call.name);
 
     // The route: exists, active, allows the method.
-    let Some((route, _)) = state.relay_routes.get(&call.name)? else {
+    let Some((route, route_stored)) = state.relay_routes.get(&call.name)? else {
         state.record(denied("no such route", route_named)).await?;
         return Err(ApiError::NotFound);
     };
@@ -513,6 +545,12 @@ async fn relay(state: AppState, call: Invocation) -> Result<Answer, ApiError> {
             state.record(denied("route_disabled", route_named)).await?;
             return Err(ApiError::RouteDisabled);
         }
+    }
+    if !route.allows_caller(&actor) {
+        state
+            .record(denied("caller not on the route's caller list", route_named))
+            .await?;
+        return Err(ApiError::Forbidden);
     }
     if !route.allows_method(&call.method) {
         state
@@ -531,7 +569,10 @@ async fn relay(state: AppState, call: Invocation) -> Result<Answer, ApiError> {
     let misplaced = check_outside_body(&call);
     if let Err(e) = misplaced {
         state
-            .record(denied(&format!("refused: {}", e.location()), route_named))
+            .record(denied(
+                &format!("refused: {}", audited_location(e.location())),
+                route_named,
+            ))
             .await?;
         return Err(e.into());
     }
@@ -539,11 +580,26 @@ async fn relay(state: AppState, call: Invocation) -> Result<Answer, ApiError> {
         state.record(denied("refused: path", route_named)).await?;
         return Err(ApiError::field("path", message));
     }
+    if !route.allows_path(&call.path) {
+        state
+            .record(denied(
+                "path not on the route's path allow-list",
+                route_named,
+            ))
+            .await?;
+        return Err(ApiError::field(
+            "path",
+            "is not on this route's path allow-list",
+        ));
+    }
     let template = match Template::parse(kind, &call.body) {
         Ok(template) => template,
         Err(e) => {
             state
-                .record(denied(&format!("refused: {}", e.location()), route_named))
+                .record(denied(
+                    &format!("refused: {}", audited_location(e.location())),
+                    route_named,
+                ))
                 .await?;
             return Err(e.into());
         }
@@ -593,12 +649,12 @@ async fn relay(state: AppState, call: Invocation) -> Result<Answer, ApiError> {
     let route_headers = state.relay_routes.header_values(&route)?;
 
     // CVCs last: taking one uses it up.
-    let mut taken: Vec<(String, Zeroizing<String>, OffsetDateTime)> = Vec::new();
+    let mut taken: Vec<(String, TakenCvc)> = Vec::new();
     for (placeholder, card_id) in &cvc_cards {
         match take_cvc(&state, card_id) {
-            Some((cvc, expires)) => {
-                values.insert(placeholder.clone(), cvc.clone());
-                taken.push((card_id.clone(), cvc, expires));
+            Some(cvc) => {
+                values.insert(placeholder.clone(), cvc.value.clone());
+                taken.push((card_id.clone(), cvc));
             }
             None => {
                 restore_cvcs(&state, &taken);
@@ -626,6 +682,13 @@ async fn relay(state: AppState, call: Invocation) -> Result<Answer, ApiError> {
             (event, Transaction::new())
         })
         .collect();
+    // The route as read is part of the reservation: a route disabled or
+    // changed before it stops the call.
+    let uses = uses.merge(
+        state
+            .relay_routes
+            .expect_unchanged(&route.name, route_stored.clone()),
+    );
     if let Some((_, tx)) = batch.first_mut() {
         *tx = std::mem::take(tx).merge(uses);
     } else {
@@ -669,6 +732,15 @@ async fn relay(state: AppState, call: Invocation) -> Result<Answer, ApiError> {
     match send(&state, &route, &call, route_headers, body).await {
         Ok(mut answer) => {
             answer.body = Zeroizing::new(mask::mask_body(&answer.body, &relayed));
+            // Allow-listed headers are masked as the body is (a Location
+            // can carry a card number).
+            for (_, value) in &mut answer.headers {
+                let masked = mask::mask_body(value.as_bytes(), &relayed);
+                if masked != value.as_bytes() {
+                    *value = HeaderValue::from_bytes(&masked)
+                        .unwrap_or_else(|_| HeaderValue::from_static("[masked]"));
+                }
+            }
             state
                 .record(AuditEvent {
                     reason: Some(format!(
@@ -691,6 +763,14 @@ async fn relay(state: AppState, call: Invocation) -> Result<Answer, ApiError> {
             Err(error)
         }
     }
+}
+
+/// Where a placeholder was refused, as the audit log may hold it: the
+/// location names a JSON pointer or a form key, which are the caller's
+/// text, so card-number-like runs are masked and the length capped.
+fn audited_location(location: &str) -> String {
+    let masked = mask::mask_body(location.as_bytes(), &[]);
+    String::from_utf8_lossy(&masked).chars().take(128).collect()
 }
 
 /// A placeholder in the path, the query or any header is refused: values
@@ -775,11 +855,17 @@ fn resolve_all(
                         reason: "a generic token".into(),
                     });
                 };
-                if record.max_uses.is_some() {
-                    match state.vault.prepare_use(&key, &record) {
-                        Ok(tx) => uses = uses.merge(tx),
-                        Err(e) => return fault(e.into()),
-                    }
+                // Reserved with the audit entries: a use counted, or at
+                // least the token as read, so a revocation acknowledged
+                // first stops the call before anything is sent.
+                let reservation = if record.max_uses.is_some() {
+                    state.vault.prepare_use(&key, &record)
+                } else {
+                    state.vault.expect_token(&key, &record)
+                };
+                match reservation {
+                    Ok(tx) => uses = uses.merge(tx),
+                    Err(e) => return fault(e.into()),
                 }
                 tokens.insert(p.token.as_str(), meta.clone());
                 meta
@@ -797,6 +883,12 @@ fn resolve_all(
             });
         }
         if !records.contains(&meta.id) {
+            // The record as read, reserved too: an erasure acknowledged
+            // first stops the call.
+            match state.vault.expect_meta(&meta) {
+                Ok(tx) => uses = uses.merge(tx),
+                Err(e) => return fault(e.into()),
+            }
             records.push(meta.id.clone());
         }
         if p.field == "cvc" {
@@ -831,17 +923,17 @@ fn resolve_all(
     }))
 }
 
-/// Takes (uses up) the CVC held for `card_id`, if any, with its expiry.
-fn take_cvc(state: &AppState, card_id: &str) -> Option<(Zeroizing<String>, OffsetDateTime)> {
+/// Takes (uses up) the CVC held for `card_id`, if any.
+fn take_cvc(state: &AppState, card_id: &str) -> Option<TakenCvc> {
     state.cvcs.take_until(card_id)
 }
 
 /// Gives back CVCs taken for a relay that was refused before sending, with
 /// the expiry each had, so a refusal neither uses them up nor lengthens
 /// their life.
-fn restore_cvcs(state: &AppState, taken: &[(String, Zeroizing<String>, OffsetDateTime)]) {
-    for (card_id, cvc, expires) in taken {
-        if state.cvcs.put_back(card_id, cvc, *expires).is_err() {
+fn restore_cvcs(state: &AppState, taken: &[(String, TakenCvc)]) {
+    for (card_id, cvc) in taken {
+        if state.cvcs.put_back(card_id, cvc).is_err() {
             tracing::warn!(card = %card_id, "a CVC taken for a refused relay could not be given back");
         }
     }

@@ -89,6 +89,11 @@ pub fn check_path(path: &str) -> Result<(), &'static str> {
     if lower.contains('\\') || lower.contains("%5c") || lower.contains("%2f") {
         return Err("may not hold backslashes or encoded slashes");
     }
+    // `;` (path parameters: `..;` is `..` to Tomcat-style servers) and `%25`
+    // (an encoded `%`: `%252e%252e` is `..` to servers that decode twice).
+    if lower.contains(';') || lower.contains("%3b") || lower.contains("%25") {
+        return Err("may not hold ; or encoded % (path parameters, double encoding)");
+    }
     let Some(rest) = path.strip_prefix('/') else {
         return Err("must start with /");
     };
@@ -147,6 +152,10 @@ mod tests {
             "/a//b",
             "/a%2fb",
             "/a\\b",
+            "/..;/admin",
+            "/a;jsessionid=1",
+            "/a%3b/b",
+            "/%252e%252e/admin",
             "",
             "x",
         ] {

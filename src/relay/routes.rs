@@ -104,10 +104,13 @@ const REFUSED_REQUEST_HEADERS: [&str; 13] = [
 ];
 
 /// Upstream response headers a route may not pass back: framing and
-/// hop-by-hop headers (the vault frames its own answer), and the relay's
+/// hop-by-hop headers (the vault frames its own answer), cookies (the
+/// processor's session is the vault's, not the caller's), and the relay's
 /// own marker.
-const REFUSED_RESPONSE_HEADERS: [&str; 11] = [
+const REFUSED_RESPONSE_HEADERS: [&str; 13] = [
     "content-length",
+    "content-encoding",
+    "set-cookie",
     "content-type",
     "transfer-encoding",
     "connection",
@@ -207,6 +210,18 @@ pub struct RouteInput {
     /// `content-type`.
     #[serde(default)]
     pub response_headers: Vec<String>,
+    /// Paths under `base_url` that callers may reach: a request's path must
+    /// be one of these or lie below one (`/charges` allows `/charges` and
+    /// `/charges/ch_1`). Empty: any path. Name only the processor's
+    /// endpoints that take card data; an endpoint that reads stored data
+    /// back would let a caller read what it relayed.
+    #[schema(example = json!(["/charges", "/payment_intents"]))]
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// Ids of the payment services that may invoke the route (its
+    /// processor credential is theirs to use). Empty: any payment service.
+    #[serde(default)]
+    pub callers: Vec<String>,
 }
 
 impl Drop for RouteInput {
@@ -228,6 +243,8 @@ pub struct RouteSpec {
     pub headers: Vec<(String, Zeroizing<String>)>,
     pub timeout_ms: u64,
     pub response_headers: Vec<String>,
+    pub paths: Vec<String>,
+    pub callers: Vec<String>,
 }
 
 impl std::fmt::Debug for RouteSpec {
@@ -421,6 +438,44 @@ pub fn validate(
     if input.response_headers.len() > MAX_HEADERS {
         add("response_headers", "must hold at most 32 headers");
     }
+    let mut paths: Vec<String> = Vec::new();
+    for raw in &input.paths {
+        let path = if raw.len() > 1 {
+            raw.trim_end_matches('/')
+        } else {
+            raw.as_str()
+        };
+        if raw.len() > 256
+            || super::invoke::check_path(path).is_err()
+            || path.contains("{{")
+            || path.contains('?')
+        {
+            add(
+                "paths",
+                "holds a path that is not /-rooted, over 256 bytes, or has . or .. segments, ;, a query or placeholders",
+            );
+        } else if paths.iter().any(|p| p == path) {
+            add("paths", "must not repeat a path");
+        } else {
+            paths.push(path.to_owned());
+        }
+    }
+    if input.paths.len() > MAX_HEADERS {
+        add("paths", "must hold at most 32 paths");
+    }
+    let mut callers: Vec<String> = Vec::new();
+    for raw in &input.callers {
+        if !crate::vault::has_issued_shape(raw, &["prn_"]) {
+            add("callers", "holds something that is no principal id (prn_…)");
+        } else if callers.contains(raw) {
+            add("callers", "must not repeat a principal");
+        } else {
+            callers.push(raw.clone());
+        }
+    }
+    if input.callers.len() > MAX_HEADERS {
+        add("callers", "must hold at most 32 principals");
+    }
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -433,6 +488,8 @@ pub fn validate(
         headers,
         timeout_ms,
         response_headers,
+        paths,
+        callers,
     })
 }
 
@@ -450,6 +507,12 @@ pub struct Route {
     pub header_names: Vec<String>,
     pub timeout_ms: u64,
     pub response_headers: Vec<String>,
+    /// Paths under `base_url` callers may reach (empty: any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// Payment services that may invoke the route (empty: any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub callers: Vec<String>,
     pub status: RouteStatus,
     /// Counts changes; the approval and the sealed header values are bound
     /// to it.
@@ -478,6 +541,24 @@ impl Route {
         admin != self.created_by && self.changed_by.as_deref() != Some(admin)
     }
 
+    /// Whether a request may go to `path` (already checked by
+    /// `invoke::check_path`) under the route's base.
+    pub fn allows_path(&self, path: &str) -> bool {
+        self.paths.is_empty()
+            || self.paths.iter().any(|p| {
+                p == "/"
+                    || path == p
+                    || path
+                        .strip_prefix(p.as_str())
+                        .is_some_and(|rest| rest.starts_with('/'))
+            })
+    }
+
+    /// Whether principal `id` may invoke the route.
+    pub fn allows_caller(&self, id: &str) -> bool {
+        self.callers.is_empty() || self.callers.iter().any(|c| c == id)
+    }
+
     pub fn allows_method(&self, method: &str) -> bool {
         self.methods.iter().any(|m| m.as_str() == method)
     }
@@ -495,6 +576,11 @@ pub enum ApprovalError {
     OwnRoute,
     /// Already active, or disabled.
     NotPending(RouteStatus),
+    /// The approver named a version, and the route is at another one: it
+    /// changed since they read it.
+    VersionChanged {
+        current: u64,
+    },
 }
 
 fn route_key(name: &str) -> String {
@@ -612,6 +698,8 @@ impl Routes {
             header_names: spec.headers.iter().map(|(n, _)| n.clone()).collect(),
             timeout_ms: spec.timeout_ms,
             response_headers: spec.response_headers.clone(),
+            paths: spec.paths.clone(),
+            callers: spec.callers.clone(),
             status: RouteStatus::Pending,
             version: 1,
             created_by: admin.to_owned(),
@@ -648,6 +736,8 @@ impl Routes {
             header_names: spec.headers.iter().map(|(n, _)| n.clone()).collect(),
             timeout_ms: spec.timeout_ms,
             response_headers: spec.response_headers.clone(),
+            paths: spec.paths.clone(),
+            callers: spec.callers.clone(),
             status: RouteStatus::Pending,
             version: current.version + 1,
             changed_by: Some(admin.to_owned()),
@@ -666,15 +756,30 @@ impl Routes {
         Ok((route, tx))
     }
 
+    /// A precondition that route `name` is still as read (`stored`): a
+    /// relay reserves it with its audit entries, so a route disabled or
+    /// changed first stops the call before anything is sent.
+    pub fn expect_unchanged(&self, name: &str, stored: Vec<u8>) -> Transaction {
+        Transaction::new().expect(route_key(name), Some(stored))
+    }
+
     /// The writes that approve route `name` by `admin`.
     pub fn prepare_approve(
         &self,
         name: &str,
         admin: &str,
+        seen_version: Option<u64>,
     ) -> Result<Result<(Route, Transaction), ApprovalError>, RouteError> {
         let Some((route, stored)) = self.get(name)? else {
             return Ok(Err(ApprovalError::NotFound));
         };
+        if let Some(seen) = seen_version
+            && seen != route.version
+        {
+            return Ok(Err(ApprovalError::VersionChanged {
+                current: route.version,
+            }));
+        }
         if !route.approvable_by(admin) {
             return Ok(Err(ApprovalError::OwnRoute));
         }
@@ -913,6 +1018,8 @@ mod tests {
             header_names: Vec::new(),
             timeout_ms: 1000,
             response_headers: Vec::new(),
+            paths: Vec::new(),
+            callers: Vec::new(),
             status: RouteStatus::Pending,
             version: 2,
             created_by: "prn_a".into(),
@@ -928,6 +1035,63 @@ mod tests {
         assert!(!route.approvable_by("prn_b"));
         assert!(route.approvable_by("prn_c"));
         assert_eq!(route.author(), "prn_b");
+    }
+
+    #[test]
+    fn paths_and_callers_bound_a_route() {
+        let spec = validate(
+            "acme",
+            &input(
+                serde_json::json!({"base_url": "https://x", "methods": ["POST"], "fields": ["pan"],
+                "paths": ["/charges/", "/tokens"], "callers": ["prn_0123456789abcdef01234567"]}),
+            ),
+            https,
+        )
+        .unwrap();
+        assert_eq!(spec.paths, ["/charges", "/tokens"]);
+        let route = Route {
+            name: "acme".into(),
+            base_url: "https://x".into(),
+            methods: vec![RelayMethod::Post],
+            fields: vec!["pan".into()],
+            ca_pem: None,
+            header_names: Vec::new(),
+            timeout_ms: 1000,
+            response_headers: Vec::new(),
+            paths: spec.paths.clone(),
+            callers: spec.callers.clone(),
+            status: RouteStatus::Active,
+            version: 1,
+            created_by: "prn_a".into(),
+            created_at: String::new(),
+            changed_by: None,
+            changed_at: None,
+            approved_by: None,
+            approved_at: None,
+            disabled_by: None,
+            disabled_at: None,
+        };
+        for ok in ["/charges", "/charges/ch_1", "/tokens"] {
+            assert!(route.allows_path(ok), "{ok}");
+        }
+        for bad in ["/chargesx", "/customers/cus_1", "/", "/token"] {
+            assert!(!route.allows_path(bad), "{bad}");
+        }
+        assert!(route.allows_caller("prn_0123456789abcdef01234567"));
+        assert!(!route.allows_caller("prn_ffffffffffffffffffffffff"));
+        for (json, field) in [
+            (serde_json::json!(["charges"]), "paths"),
+            (serde_json::json!(["/a/../b"]), "paths"),
+            (serde_json::json!(["/a;x"]), "paths"),
+            (serde_json::json!(["/a?b=1"]), "paths"),
+        ] {
+            let body = serde_json::json!({"base_url": "https://x", "methods": ["POST"], "fields": ["pan"], "paths": json});
+            let errors = validate("acme", &input(body), https).unwrap_err();
+            assert!(errors.iter().any(|e| e.field == field), "{json}");
+        }
+        let body = serde_json::json!({"base_url": "https://x", "methods": ["POST"], "fields": ["pan"], "callers": ["payments"]});
+        let errors = validate("acme", &input(body), https).unwrap_err();
+        assert!(errors.iter().any(|e| e.field == "callers"));
     }
 
     #[test]

@@ -504,10 +504,14 @@ impl Upstream {
             if response.content_length().is_some_and(|n| n > cap as u64) {
                 return Err(UpstreamError::TooLarge);
             }
+            // Every content-encoding header and every coding in each: one
+            // `gzip` anywhere means bytes the masking cannot read.
             let encoded = response
                 .headers()
-                .get(header::CONTENT_ENCODING)
-                .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+                .get_all(header::CONTENT_ENCODING)
+                .iter()
+                .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+                .any(|coding| !coding.trim_ascii().eq_ignore_ascii_case(b"identity"));
             if encoded {
                 return Err(UpstreamError::Unavailable(
                     "the answer is compressed and cannot be masked",

@@ -523,6 +523,20 @@ impl Vault {
             .put(key, self.seal_state(key, &used)?))
     }
 
+    /// A precondition that the token at `key` is still `record` (not
+    /// revoked, used or changed since it was read): a relay reserves it
+    /// with its audit entries, so a revocation acknowledged first stops it.
+    pub fn expect_token(&self, key: &str, record: &TokenRecord) -> Result<Transaction, VaultError> {
+        Ok(Transaction::new().expect(key, Some(self.seal_state(key, record)?)))
+    }
+
+    /// A precondition that record `meta` is as read (not erased or changed
+    /// since).
+    pub fn expect_meta(&self, meta: &RecordMeta) -> Result<Transaction, VaultError> {
+        let key = meta_key(&meta.id);
+        Ok(Transaction::new().expect(key.clone(), Some(self.seal_state(&key, meta)?)))
+    }
+
     /// The write that revokes a token.
     pub fn prepare_revoke(
         &self,
