@@ -1391,7 +1391,10 @@ async fn passed_back_headers_are_masked() {
     assert_eq!(reply.status, 302);
     let location = reply.headers["location"].to_str().unwrap();
     assert!(!location.contains(PAN), "{location}");
-    assert!(location.starts_with("https://acs.example/3ds?pan=*"), "{location}");
+    assert!(
+        location.starts_with("https://acs.example/3ds?pan=*"),
+        "{location}"
+    );
     // Cookies are never passed back.
     let mut body = w.route_body("cookies", &processor);
     body["response_headers"] = json!(["set-cookie"]);

@@ -845,4 +845,35 @@ async fn a_request_without_connection_details_is_refused_for_a_bound_key() {
     assert_eq!(refused[0]["actor"], id.as_str());
     assert_eq!(refused[0]["outcome"], "denied");
     assert!(!entries.iter().any(|e| e["action"] == "record.create"));
+
+    // A stolen bound key sent over and over: every request is refused, but
+    // only a budget a minute becomes a durable audit entry.
+    let budget = strongroom::api::CERT_REFUSALS_AUDITED_PER_MINUTE;
+    let card: Value = serde_json::from_str(&card_body()).unwrap();
+    let replies = futures_join(&app, &key, &card, budget + 10).await;
+    assert!(replies.iter().all(|status| *status == 401), "{replies:?}");
+    let refused = common::audit_entries(&vault)
+        .into_iter()
+        .filter(|e| e["action"] == "auth.client_cert_refused")
+        .count();
+    assert_eq!(refused, budget);
+}
+
+/// `count` card creations with `key` at once; their statuses.
+async fn futures_join(app: &axum::Router, key: &str, card: &Value, count: usize) -> Vec<u16> {
+    let calls: Vec<_> = (0..count)
+        .map(|_| {
+            let (app, key, card) = (app.clone(), key.to_owned(), card.clone());
+            tokio::spawn(async move {
+                common::call(&app, "POST", "/v1/records/card", Some(&key), Some(card))
+                    .await
+                    .status
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for call in calls {
+        statuses.push(call.await.unwrap());
+    }
+    statuses
 }
