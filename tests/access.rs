@@ -165,6 +165,12 @@ async fn sample(
         Operation::KeysRotate => ("POST", "/v1/keys/card/rotate".into(), None),
         Operation::RecordCreate(t) => {
             let body = match t {
+                // A page's key may not say whose card it is.
+                strongroom::records::RecordType::Card if role == Role::Collector => {
+                    let mut body = card_body();
+                    body.as_object_mut().unwrap().remove("subject_ref");
+                    body
+                }
                 strongroom::records::RecordType::Card => card_body(),
                 strongroom::records::RecordType::BankAccount => {
                     json!({"iban": "DE89 3704 0044 0532 0130 00", "holder_name": "Ada Lovelace"})
