@@ -18,6 +18,8 @@
     clippy::indexing_slicing
 )]
 
+mod measure;
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -29,6 +31,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
+use measure::{Outcome, arg};
+
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
 #[derive(Clone)]
@@ -38,28 +42,6 @@ struct Scenario {
     path: String,
     bearer: Option<String>,
     body: Option<String>,
-}
-
-struct Outcome {
-    name: &'static str,
-    requests: u64,
-    errors: u64,
-    seconds: f64,
-    latencies_us: Vec<u32>,
-}
-
-impl Outcome {
-    fn rate(&self) -> f64 {
-        self.requests as f64 / self.seconds
-    }
-
-    fn percentile(&self, p: f64) -> f64 {
-        if self.latencies_us.is_empty() {
-            return 0.0;
-        }
-        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
-        f64::from(self.latencies_us[i]) / 1000.0
-    }
 }
 
 async fn send(client: &HttpClient, base: &str, s: &Scenario) -> Result<(u16, Bytes), String> {
@@ -128,12 +110,6 @@ async fn run(
         seconds,
         latencies_us,
     }
-}
-
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
 }
 
 fn main() {

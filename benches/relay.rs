@@ -26,6 +26,8 @@ mod processor;
 #[path = "../tests/common/tls.rs"]
 mod tls;
 
+mod measure;
+
 use std::future::Future;
 use std::io::{BufRead, BufReader, Write};
 use std::pin::Pin;
@@ -35,31 +37,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use measure::{Outcome, arg};
 use processor::{Behaviour, TestProcessor};
 
 type Call = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
-
-struct Outcome {
-    name: &'static str,
-    requests: u64,
-    errors: u64,
-    seconds: f64,
-    latencies_us: Vec<u32>,
-}
-
-impl Outcome {
-    fn rate(&self) -> f64 {
-        self.requests as f64 / self.seconds
-    }
-
-    fn percentile(&self, p: f64) -> f64 {
-        if self.latencies_us.is_empty() {
-            return 0.0;
-        }
-        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
-        f64::from(self.latencies_us[i]) / 1000.0
-    }
-}
 
 async fn run(name: &'static str, call: Call, connections: usize, seconds: f64) -> Outcome {
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
@@ -96,12 +77,6 @@ async fn run(name: &'static str, call: Call, connections: usize, seconds: f64) -
         seconds,
         latencies_us,
     }
-}
-
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
 }
 
 /// One JSON call to the vault; the status and the parsed body.

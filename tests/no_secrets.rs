@@ -18,37 +18,6 @@ use strongroom::audit::export_store;
 
 const STAFF_PASSWORD: &str = "staff password 123";
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Everything logged by this test binary, at every level.
-fn captured_log() -> Captured {
-    static CAPTURE: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
-    CAPTURE
-        .get_or_init(|| {
-            let captured = Captured::default();
-            let writer = captured.clone();
-            let subscriber = tracing_subscriber::fmt()
-                .with_max_level(tracing::Level::TRACE)
-                .with_writer(move || writer.clone())
-                .finish();
-            tracing::subscriber::set_global_default(subscriber).unwrap();
-            captured
-        })
-        .clone()
-}
-
 #[tokio::test]
 async fn no_credential_reaches_the_store_the_audit_log_or_the_logs() {
     let captured = captured_log();

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::Arc;
 
-use common::process::{init_shares, serve_with_config, strongroom, terminate, verify_data_dir};
+use common::process::{Server, init_shares, strongroom, verify_data_dir};
 use common::processor::{Behaviour, TestProcessor};
 use common::tls::{Issued, TestCa, tls_stream};
 use common::{HttpResponse, exchange_with, files_containing};
@@ -76,36 +76,6 @@ fn holds_cvc(haystack: &str, cvc: &str) -> bool {
         let boundary = |c: Option<char>| !c.is_some_and(|c| c.is_ascii_alphanumeric());
         boundary(before) && boundary(after)
     })
-}
-
-struct Server {
-    child: Option<Child>,
-    addr: SocketAddr,
-}
-
-impl Server {
-    fn start(dir: &Path, config: &Path) -> Self {
-        let (child, addr) = serve_with_config(dir, config, Stdio::piped());
-        Self {
-            child: Some(child),
-            addr,
-        }
-    }
-
-    fn stop(mut self) -> String {
-        let (status, log) = terminate(self.child.take().unwrap());
-        assert!(status.success(), "{status}: {log}");
-        log
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 #[test]

@@ -21,43 +21,13 @@ use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::process::{in_vault, init_shares, plain_http_config, serve_with_config, terminate};
+use common::process::{
+    Server, in_vault, init_shares, plain_http_config, serve_with_config, terminate,
+};
 use common::tls::{Issued, TestCa, tls_stream};
 use common::{HttpResponse, http, try_http};
 use common::{https, try_https};
 use serde_json::{Value, json};
-
-/// A running `serve`, killed if a test fails before stopping it.
-struct Server {
-    child: Option<Child>,
-    addr: SocketAddr,
-}
-
-impl Server {
-    fn start(dir: &Path, config: &Path) -> Self {
-        let (child, addr) = serve_with_config(dir, config, Stdio::piped());
-        Self {
-            child: Some(child),
-            addr,
-        }
-    }
-
-    /// SIGTERM; the server must stop cleanly. Its stderr.
-    fn stop(mut self) -> String {
-        let (status, log) = terminate(self.child.take().unwrap());
-        assert!(status.success(), "{status}: {log}");
-        log
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 /// A vault (`init` with shares) and the TLS files for it, issued by a
 /// test CA that also issues client certificates.

@@ -689,34 +689,16 @@ impl Routes {
         spec: &RouteSpec,
         admin: &str,
     ) -> Result<(Route, Transaction), RouteError> {
+        let now = rfc3339(self.clock.now());
         let route = Route {
-            name: spec.name.clone(),
-            base_url: spec.base_url.clone(),
-            methods: spec.methods.clone(),
-            fields: spec.fields.clone(),
-            ca_pem: spec.ca_pem.clone(),
-            header_names: spec.headers.iter().map(|(n, _)| n.clone()).collect(),
-            timeout_ms: spec.timeout_ms,
-            response_headers: spec.response_headers.clone(),
-            paths: spec.paths.clone(),
-            callers: spec.callers.clone(),
-            status: RouteStatus::Pending,
             version: 1,
             created_by: admin.to_owned(),
-            created_at: rfc3339(self.clock.now()),
+            created_at: now,
             changed_by: None,
             changed_at: None,
-            approved_by: None,
-            approved_at: None,
-            disabled_by: None,
-            disabled_at: None,
+            ..Self::pending(spec, &spec.name)
         };
-        let key = route_key(&route.name);
-        let tx = Transaction::new()
-            .expect(key.clone(), None)
-            .put(key, self.seal_route(&route)?);
-        let tx = self.header_writes(&route, spec, tx)?;
-        Ok((route, tx))
+        self.write(route, None, spec)
     }
 
     /// Replaces `current` (read as `stored`) with `spec` by `admin`: the
@@ -729,6 +711,21 @@ impl Routes {
         admin: &str,
     ) -> Result<(Route, Transaction), RouteError> {
         let route = Route {
+            version: current.version + 1,
+            created_by: current.created_by.clone(),
+            created_at: current.created_at.clone(),
+            changed_by: Some(admin.to_owned()),
+            changed_at: Some(rfc3339(self.clock.now())),
+            ..Self::pending(spec, &current.name)
+        };
+        self.write(route, Some(stored), spec)
+    }
+
+    /// `spec` as a pending, unapproved route named `name` (who and when
+    /// are the caller's to fill in).
+    fn pending(spec: &RouteSpec, name: &str) -> Route {
+        Route {
+            name: name.to_owned(),
             base_url: spec.base_url.clone(),
             methods: spec.methods.clone(),
             fields: spec.fields.clone(),
@@ -739,18 +736,29 @@ impl Routes {
             paths: spec.paths.clone(),
             callers: spec.callers.clone(),
             status: RouteStatus::Pending,
-            version: current.version + 1,
-            changed_by: Some(admin.to_owned()),
-            changed_at: Some(rfc3339(self.clock.now())),
+            version: 0,
+            created_by: String::new(),
+            created_at: String::new(),
+            changed_by: None,
+            changed_at: None,
             approved_by: None,
             approved_at: None,
             disabled_by: None,
             disabled_at: None,
-            ..current.clone()
-        };
+        }
+    }
+
+    /// The writes of `route` (on condition that the stored route is still
+    /// `stored`, or that there is none) and of its sealed header values.
+    fn write(
+        &self,
+        route: Route,
+        stored: Option<Vec<u8>>,
+        spec: &RouteSpec,
+    ) -> Result<(Route, Transaction), RouteError> {
         let key = route_key(&route.name);
         let tx = Transaction::new()
-            .expect(key.clone(), Some(stored))
+            .expect(key.clone(), stored)
             .put(key, self.seal_route(&route)?);
         let tx = self.header_writes(&route, spec, tx)?;
         Ok((route, tx))

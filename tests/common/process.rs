@@ -216,3 +216,38 @@ pub fn terminate_wrapped(mut wrapper: Child) -> ExitStatus {
     );
     wrapper.wait().unwrap()
 }
+
+/// A running `serve` (stderr piped), killed if a test fails before
+/// stopping it.
+pub struct Server {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+}
+
+impl Server {
+    /// `serve --config <config>` on a free loopback port of the vault in
+    /// `dir`, once it accepts connections.
+    pub fn start(dir: &Path, config: &Path) -> Self {
+        let (child, addr) = serve_with_config(dir, config, Stdio::piped());
+        Self {
+            child: Some(child),
+            addr,
+        }
+    }
+
+    /// SIGTERM; the server must stop cleanly. Its stderr.
+    pub fn stop(mut self) -> String {
+        let (status, log) = terminate(self.child.take().unwrap());
+        assert!(status.success(), "{status}: {log}");
+        log
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
