@@ -10,8 +10,6 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
-
 use common::*;
 use serde_json::{Value, json};
 use strongroom::audit::export_store;

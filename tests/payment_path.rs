@@ -19,7 +19,6 @@ mod common;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::sync::Arc;
 
 use common::process::{Server, init_shares, strongroom, verify_data_dir};

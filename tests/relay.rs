@@ -1327,7 +1327,7 @@ async fn callers_and_paths_bound_a_route() {
             json!({"charge": "ch_1"}),
         )
         .await;
-    assert_refused(&reply, 403, "forbidden");
+    assert_refused(&reply, 404, "not_found");
     let (reply, _) = w
         .relay_json(
             "/v1/relay/acme/charges",
@@ -1335,7 +1335,7 @@ async fn callers_and_paths_bound_a_route() {
             charge(&other_token),
         )
         .await;
-    assert_refused(&reply, 403, "forbidden");
+    assert_refused(&reply, 404, "not_found");
     let (reply, _) = w
         .relay_json("/v1/relay/acme/customers/cus_1", &w.payments, json!({}))
         .await;
@@ -1407,4 +1407,74 @@ async fn passed_back_headers_are_masked() {
     )
     .await;
     assert_eq!(reply.status, 422, "{}", reply.body);
+}
+
+/// A token revoked, or a record erased, after the relay checked it but
+/// before its reservation commits: the reservation's preconditions fail,
+/// nothing is sent, and the refusal is audited on the record (review
+/// finding: "revoke or erase racing a relay").
+#[tokio::test]
+async fn a_revocation_or_erasure_that_lands_first_stops_the_relay() {
+    for erase in [false, true] {
+        let settings = AppSettings {
+            relay: RelaySettings {
+                allow_private_destinations: true,
+                ..RelaySettings::default()
+            },
+            ..test_settings()
+        };
+        let (vault, faulty) =
+            common::faulty_vault_app(fast_settings(), Arc::new(SystemClock), settings);
+        let app = vault.app();
+        let admin2 = vault.service("admin-2", Role::Admin);
+        let payments = vault.service("payments", Role::PaymentService);
+        let w = World {
+            ca: TestCa::new("relay test CA"),
+            admin: vault.admin_api_key.clone(),
+            admin2: admin2.clone(),
+            admin3: admin2,
+            payments: payments.clone(),
+            other_payments: payments,
+            app,
+            vault,
+        };
+        let processor = Processor::start(&w.ca, Behaviour::Charge).await;
+        w.active_route("acme", &processor).await;
+        let (card_id, token, _) = w.card(&w.payments).await;
+
+        // Between the checks and the reservation: revoke, or erase.
+        let state = w.vault.state.clone();
+        let (token_now, card_now) = (token.clone(), card_id.clone());
+        faulty.before_next_audit_apply(move |store| {
+            let tx = if erase {
+                let meta = state.vault.meta(&card_now).unwrap();
+                state.vault.prepare_erase(&meta).unwrap()
+            } else {
+                let (key, record) = state.vault.token(&token_now).unwrap().unwrap();
+                state.vault.prepare_revoke(&key, &record).unwrap()
+            };
+            store.commit(tx).unwrap();
+        });
+        let (reply, _) = w
+            .relay_json("/v1/relay/acme/charges", &w.payments, charge(&token))
+            .await;
+        assert_refused(&reply, 409, "conflict");
+        assert!(
+            processor.received().is_empty(),
+            "nothing sent (erase: {erase})"
+        );
+        let denied = audit_entries(&w.vault).into_iter().any(|e| {
+            e["action"] == "relay.invoke"
+                && e["outcome"] == "denied"
+                && e["target"] == card_id.as_str()
+                && e["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("changed while relaying")
+        });
+        assert!(
+            denied,
+            "the refusal is audited on the record (erase: {erase})"
+        );
+    }
 }

@@ -17,13 +17,10 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::process::{
-    Server, in_vault, init_shares, plain_http_config, serve_with_config, terminate,
-};
+use common::process::{Server, in_vault, init_shares, plain_http_config};
 use common::tls::{Issued, TestCa, tls_stream};
 use common::{HttpResponse, http, try_http};
 use common::{https, try_https};

@@ -535,6 +535,14 @@ async fn relay(state: AppState, call: Invocation) -> Result<Answer, ApiError> {
         state.record(denied("no such route", route_named)).await?;
         return Err(ApiError::NotFound);
     };
+    // A route bound to other callers is, to this caller, no route at all:
+    // not even its status is told.
+    if !route.allows_caller(&actor) {
+        state
+            .record(denied("caller not on the route's caller list", route_named))
+            .await?;
+        return Err(ApiError::NotFound);
+    }
     match route.status {
         RouteStatus::Active => {}
         RouteStatus::Pending => {
@@ -545,12 +553,6 @@ async fn relay(state: AppState, call: Invocation) -> Result<Answer, ApiError> {
             state.record(denied("route_disabled", route_named)).await?;
             return Err(ApiError::RouteDisabled);
         }
-    }
-    if !route.allows_caller(&actor) {
-        state
-            .record(denied("caller not on the route's caller list", route_named))
-            .await?;
-        return Err(ApiError::Forbidden);
     }
     if !route.allows_method(&call.method) {
         state
@@ -704,6 +706,22 @@ async fn relay(state: AppState, call: Invocation) -> Result<Answer, ApiError> {
     }
     if let Err(e) = state.commit_many(batch).await {
         restore_cvcs(&state, &taken);
+        // A conflict is the reservation's preconditions at work: a token
+        // revoked, a record erased or the route changed since they were
+        // read. The refusal is audited per record (the reservation's own
+        // entries went with it).
+        if matches!(e, ApiError::Conflict(_)) {
+            let denials: Vec<(AuditEvent, Transaction)> = records
+                .iter()
+                .map(|id| {
+                    let reason = "changed while relaying (token revoked or used, record erased or changed, or route changed); nothing sent";
+                    (denied(reason, Some(id.clone())), Transaction::new())
+                })
+                .collect();
+            if !denials.is_empty() {
+                state.commit_many(denials).await?;
+            }
+        }
         return Err(e);
     }
 

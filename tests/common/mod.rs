@@ -201,6 +201,15 @@ pub fn faulty_vault_with(
     settings: KeyringSettings,
     clock: Arc<dyn Clock>,
 ) -> (TestVault, Arc<FaultyStore>) {
+    faulty_vault_app(settings, clock, test_settings())
+}
+
+/// [`faulty_vault_with`] with other server settings too.
+pub fn faulty_vault_app(
+    settings: KeyringSettings,
+    clock: Arc<dyn Clock>,
+    app: AppSettings,
+) -> (TestVault, Arc<FaultyStore>) {
     let mut faulty = None;
     let vault = vault_over(
         |sled| {
@@ -214,7 +223,7 @@ pub fn faulty_vault_with(
         },
         settings,
         clock,
-        test_settings(),
+        app,
     );
     (vault, faulty.unwrap())
 }
