@@ -19,7 +19,9 @@ fuzz_target!(|data: &[u8]| {
                 .iter()
                 .map(|p| (p.clone(), Zeroizing::new("\"}&=\n{{x}}".to_owned())))
                 .collect();
-            let out = template.render(&values).expect("every placeholder has a value");
+            let out = template
+                .render(&values)
+                .expect("every placeholder has a value");
             if kind == BodyKind::Json {
                 serde_json::from_slice::<serde_json::Value>(&out).expect("renders JSON");
             }
