@@ -1642,3 +1642,24 @@ fn the_openapi_document_has_the_collect_additions() {
     let collected = &schemas["CollectedCard"]["properties"];
     assert!(collected.get("fingerprint").is_none() && collected["id"].is_object());
 }
+
+/// Erasing a card drops the CVC held for it at once: it is not left to its
+/// TTL (second review, finding B10).
+#[tokio::test]
+async fn erasing_a_card_drops_its_cvc() {
+    let w = world().await;
+    let card_id = collected(&w, card()).await;
+    let reply = attach(&w, &w.spk, &card_id, json!("123")).await;
+    assert_eq!(reply.status, 204, "{}", reply.body);
+    assert!(w.vault.state.cvcs.holds(&card_id));
+    let reply = call(
+        &w.app,
+        "DELETE",
+        &format!("/v1/records/{card_id}"),
+        Some(&w.payments),
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, 204, "{}", reply.body);
+    assert!(!w.vault.state.cvcs.holds(&card_id));
+}

@@ -666,7 +666,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/v1/relay/{name}/{*path}",
-            post(relay::invoke).put(relay::invoke).patch(relay::invoke),
+            post(relay::invoke_post)
+                .put(relay::invoke_put)
+                .patch(relay::invoke_patch),
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

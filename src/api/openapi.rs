@@ -158,7 +158,7 @@ impl Modify for Layers {
         records::read, records::update, records::erase, collect::attach_cvc,
         compliance::search, compliance::reveal, compliance::request_access, compliance::approve, compliance::deny,
         tokens::create, tokens::detokenize, tokens::revoke,
-        relay::create_route, relay::list_routes, relay::change_route, relay::delete_route, relay::approve_route, relay::invoke,
+        relay::create_route, relay::list_routes, relay::change_route, relay::delete_route, relay::approve_route, relay::invoke_post, relay::invoke_put, relay::invoke_patch,
     ),
     components(schemas(
         Problem, FieldError, UnsealProgress, sys::Health, sys::UnsealBody, sys::UnsealPassphrase, sys::UnsealShare, sys::SealState,

@@ -500,9 +500,11 @@ pub async fn erase(
     state
         .commit(
             ctx.event(&caller.principal().id, "record.erase", Outcome::Allowed)
-                .target(id),
+                .target(id.clone()),
             tx,
         )
         .await?;
+    // An erased card's CVC goes with it (it is not waited out).
+    state.cvcs.discard(&id);
     Ok(StatusCode::NO_CONTENT)
 }

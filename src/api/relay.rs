@@ -221,6 +221,7 @@ pub async fn change_route(
 /// /v1/relay/routes`). Given, the approval is for that version only: a
 /// route changed since is 409, never approved unseen.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ApproveQuery {
     /// The route version the approver reviewed.
@@ -429,29 +430,50 @@ struct Answer {
     body: Zeroizing<Vec<u8>>,
 }
 
+/// The invocation route, once per method it takes (POST, PUT, PATCH):
+/// each its own operation in the OpenAPI document.
+macro_rules! invoke_with {
+    ($method:ident, $name:ident, $operation:literal) => {
+        /// Forwards a request to a route with its placeholders replaced by
+        /// values (see [`invoke`]).
+        #[utoipa::path($method, path = "/v1/relay/{name}/{path}", tag = "relay", operation_id = $operation,
+            security(("bearer" = [])),
+            params(
+                ("name" = String, Path, description = "Route name"),
+                ("path" = String, Path, description = "Appended to the route's base URL (may hold slashes)"),
+            ),
+            request_body(content = Object, description = "JSON or `application/x-www-form-urlencoded`, with `{{<token>:<field>}}` placeholders as whole values",
+                content(
+                    (Object = "application/json"),
+                    (Object = "application/x-www-form-urlencoded"),
+                )),
+            responses(
+                (status = "default", description = "The upstream's own answer, any status, its body masked, with `x-strongroom-relay: upstream`"),
+                (status = 403, description = "`forbidden`: not a payment service", body = Problem, content_type = "application/problem+json"),
+                (status = 404, description = "`not_found`: no such route, or a token that is unknown or another owner's", body = Problem, content_type = "application/problem+json"),
+                (status = 405, description = "`method_not_allowed`: the route does not allow this method", body = Problem, content_type = "application/problem+json"),
+                (status = 409, description = "`route_pending`, `route_disabled`, `cvc_unavailable`, or `conflict` (a concurrent use won)", body = Problem, content_type = "application/problem+json"),
+                (status = 410, description = "`token_revoked`, `token_expired` or `erased`", body = Problem, content_type = "application/problem+json"),
+                (status = 415, description = "`unsupported_media_type`: neither JSON nor a form", body = Problem, content_type = "application/problem+json"),
+                (status = 502, description = "`upstream_unavailable` or `upstream_too_large`", body = Problem, content_type = "application/problem+json"),
+                (status = 504, description = "`upstream_timeout`", body = Problem, content_type = "application/problem+json"),
+            ))]
+        pub async fn $name(
+            state: State<AppState>,
+            ctx: RequestContext,
+            caller: Caller,
+            request: Request,
+        ) -> Result<Response, ApiError> {
+            invoke(state, ctx, caller, request).await
+        }
+    };
+}
+
+invoke_with!(post, invoke_post, "invoke_relay");
+invoke_with!(put, invoke_put, "invoke_relay_put");
+invoke_with!(patch, invoke_patch, "invoke_relay_patch");
+
 /// Forwards a request to a route with its placeholders replaced by values.
-#[utoipa::path(post, path = "/v1/relay/{name}/{path}", tag = "relay", operation_id = "invoke_relay",
-    security(("bearer" = [])),
-    params(
-        ("name" = String, Path, description = "Route name"),
-        ("path" = String, Path, description = "Appended to the route's base URL (may hold slashes)"),
-    ),
-    request_body(content = Object, description = "JSON or `application/x-www-form-urlencoded`, with `{{<token>:<field>}}` placeholders as whole values",
-        content(
-            (Object = "application/json"),
-            (Object = "application/x-www-form-urlencoded"),
-        )),
-    responses(
-        (status = "default", description = "The upstream's own answer, any status, its body masked, with `x-strongroom-relay: upstream`"),
-        (status = 403, description = "`forbidden`: not a payment service", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`not_found`: no such route, or a token that is unknown or another owner's", body = Problem, content_type = "application/problem+json"),
-        (status = 405, description = "`method_not_allowed`: the route does not allow this method", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`route_pending`, `route_disabled`, `cvc_unavailable`, or `conflict` (a concurrent use won)", body = Problem, content_type = "application/problem+json"),
-        (status = 410, description = "`token_revoked`, `token_expired` or `erased`", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "`unsupported_media_type`: neither JSON nor a form", body = Problem, content_type = "application/problem+json"),
-        (status = 502, description = "`upstream_unavailable` or `upstream_too_large`", body = Problem, content_type = "application/problem+json"),
-        (status = 504, description = "`upstream_timeout`", body = Problem, content_type = "application/problem+json"),
-    ))]
 pub async fn invoke(
     State(state): State<AppState>,
     ctx: RequestContext,

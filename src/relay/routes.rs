@@ -190,9 +190,10 @@ pub struct RouteInput {
     #[schema(example = "https://api.acme-pay.test/v1")]
     pub base_url: String,
     /// A non-empty subset of `POST`, `PUT`, `PATCH`.
+    #[schema(min_items = 1)]
     pub methods: Vec<String>,
     /// The values that may be placed into requests on this route.
-    #[schema(example = json!(["pan", "exp_month", "exp_year", "cvc"]))]
+    #[schema(example = json!(["pan", "exp_month", "exp_year", "cvc"]), min_items = 1)]
     pub fields: Vec<String>,
     /// PEM certificates: when given, the destination's certificate must
     /// chain to one of these instead of the platform roots.
