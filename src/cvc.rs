@@ -169,11 +169,6 @@ impl CvcStore {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// How long a CVC is held.
-    pub fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
     /// Holds `cvc` for `card_id` until [`CvcStore::take`], expiry or
     /// [`CvcStore::clear`]; a CVC already held for the card is replaced.
     /// Checks only the shape (3 or 4 digits); which length a card needs is

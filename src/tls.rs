@@ -102,7 +102,7 @@ impl PeerCertificate {
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))
+    hex::encode(crate::crypto::sha256(bytes))
 }
 
 /// One DER element, and what follows it.

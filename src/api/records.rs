@@ -497,14 +497,16 @@ pub async fn erase(
         .await?;
     let meta = visible(&state, &ctx, &caller, &id, "record.erase").await?;
     let tx = state.vault.prepare_erase(&meta)?;
+    // An erased card's CVC goes with it, before the erasure is written: a
+    // client that hangs up during the commit cannot leave it behind (and
+    // if the erasure fails, the CVC is only gone early).
+    state.cvcs.discard(&id);
     state
         .commit(
             ctx.event(&caller.principal().id, "record.erase", Outcome::Allowed)
-                .target(id.clone()),
+                .target(id),
             tx,
         )
         .await?;
-    // An erased card's CVC goes with it (it is not waited out).
-    state.cvcs.discard(&id);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -35,7 +35,7 @@ use crate::relay::invoke::{FORWARDED_REQUEST_HEADERS, body_kind, check_path, fie
 use crate::relay::routes::{
     self, ApprovalError, Route, RouteError, RouteInput, RouteStatus, field_of,
 };
-use crate::relay::splice::{Placeholder, SpliceError, Template, refuse_in};
+use crate::relay::splice::{BodyKind, Placeholder, SpliceError, Template, refuse_in};
 use crate::relay::{mask, upstream};
 use crate::store::Transaction;
 
@@ -248,13 +248,13 @@ pub async fn approve_route(
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<RouteState>, ApiError> {
-    let seen: ApproveQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
-        .map_err(|_| ApiError::field("query", "only version=<number> is accepted"))?;
     state
         .authorize_on(&caller, Operation::RelayRouteApprove, &ctx, || {
             Ok(vec![route_target(&state, &name)])
         })
         .await?;
+    let seen: ApproveQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
+        .map_err(|_| ApiError::field("query", "only version=<number> is accepted"))?;
     let admin = &caller.principal().id;
     let event = ctx.event(admin, "relay.route.approve", Outcome::Allowed);
     let refused = |outcome, reason: &str| AuditEvent {
@@ -417,7 +417,9 @@ struct Invocation {
     /// The path to append to the base URL, with its leading `/`, as sent.
     path: String,
     query: Option<String>,
+    /// The caller's headers, without its `Authorization`.
     headers: HeaderMap,
+    kind: BodyKind,
     body: Bytes,
 }
 
@@ -497,14 +499,16 @@ pub async fn invoke(
         .await?;
     let method = request.method().as_str().to_owned();
     let query = request.uri().query().map(str::to_owned);
-    let headers = request.headers().clone();
-    let content_type = headers
+    let kind = request
+        .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    if body_kind(content_type).is_none() {
-        return Err(ApiError::UnsupportedMediaType);
-    }
+        .and_then(body_kind)
+        .ok_or(ApiError::UnsupportedMediaType)?;
+    // The caller's headers go into the relay's task, all but its own
+    // credential, which it needs no longer.
+    let mut headers = request.headers().clone();
+    headers.remove(header::AUTHORIZATION);
     let body = Bytes::from_request(request, &state)
         .await
         .map_err(|rejection| {
@@ -522,6 +526,7 @@ pub async fn invoke(
         path,
         query,
         headers,
+        kind,
         body,
     };
     let answer = super::to_the_end(relay(state, invocation)).await?;
@@ -584,12 +589,7 @@ async fn relay(state: AppState, call: Invocation) -> Result<Answer, ApiError> {
     }
 
     // Placeholders only ever in the body.
-    let kind = call
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(body_kind)
-        .ok_or(ApiError::UnsupportedMediaType)?;
+    let kind = call.kind;
     let misplaced = check_outside_body(&call);
     if let Err(e) = misplaced {
         state
@@ -675,7 +675,7 @@ async fn relay(state: AppState, call: Invocation) -> Result<Answer, ApiError> {
     // CVCs last: taking one uses it up.
     let mut taken: Vec<(String, TakenCvc)> = Vec::new();
     for (placeholder, card_id) in &cvc_cards {
-        match take_cvc(&state, card_id) {
+        match state.cvcs.take_until(card_id) {
             Some(cvc) => {
                 values.insert(placeholder.clone(), cvc.value.clone());
                 taken.push((card_id.clone(), cvc));
@@ -820,10 +820,8 @@ fn check_outside_body(call: &Invocation) -> Result<(), SpliceError> {
     if let Some(query) = &call.query {
         refuse_in("query", query)?;
     }
+    // The caller's own `Authorization` was taken out when it was read.
     for (name, value) in &call.headers {
-        if *name == header::AUTHORIZATION {
-            continue;
-        }
         let text = String::from_utf8_lossy(value.as_bytes());
         refuse_in(&format!("header {}", name.as_str()), &text)?;
     }
@@ -961,11 +959,6 @@ fn resolve_all(
         records,
         cvc_cards,
     }))
-}
-
-/// Takes (uses up) the CVC held for `card_id`, if any.
-fn take_cvc(state: &AppState, card_id: &str) -> Option<TakenCvc> {
-    state.cvcs.take_until(card_id)
 }
 
 /// Gives back CVCs taken for a relay that was refused before sending, with

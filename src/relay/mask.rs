@@ -257,20 +257,9 @@ fn mask_keeping_last4(body: &[u8], star: &mut [bool], start: usize, end: usize) 
     }
 }
 
-/// Luhn over ASCII digits.
+/// Luhn over ASCII digits: the records module's check.
 fn luhn(digits: &[u8]) -> bool {
-    let mut sum = 0u32;
-    for (k, d) in digits.iter().rev().enumerate() {
-        let mut v = u32::from(d.wrapping_sub(b'0'));
-        if k % 2 == 1 {
-            v *= 2;
-            if v > 9 {
-                v -= 9;
-            }
-        }
-        sum += v;
-    }
-    sum.is_multiple_of(10)
+    std::str::from_utf8(digits).is_ok_and(crate::records::luhn_valid)
 }
 
 /// Applies the marks; a masked bare JSON number becomes a string.

@@ -400,10 +400,6 @@ impl Upstream {
         }
     }
 
-    pub fn settings(&self) -> &RelaySettings {
-        &self.settings
-    }
-
     /// Refuses an IP-literal host in a non-global range (unless allowed).
     /// reqwest does not resolve literals, so this is their only check.
     pub fn check_literal(&self, url: &Url) -> Result<(), DestinationError> {
@@ -414,12 +410,7 @@ impl Upstream {
     }
 
     fn client(&self, ca_pem: Option<&str>) -> Result<reqwest::Client, UpstreamError> {
-        let key = ca_pem.map(|pem| {
-            let digest = ring::digest::digest(&ring::digest::SHA256, pem.as_bytes());
-            let mut out = [0u8; 32];
-            out.copy_from_slice(digest.as_ref());
-            out
-        });
+        let key = ca_pem.map(|pem| crate::crypto::sha256(pem.as_bytes()));
         if let Ok(clients) = self.clients.lock()
             && let Some(client) = clients.get(&key)
         {
