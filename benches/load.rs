@@ -23,7 +23,6 @@ mod measure;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -75,41 +74,12 @@ async fn run(
     connections: usize,
     seconds: f64,
 ) -> Outcome {
-    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..connections)
-        .map(|_| {
-            let (client, base, s) = (client.clone(), Arc::clone(&base), s.clone());
-            tokio::spawn(async move {
-                let (mut lat, mut errors) = (Vec::new(), 0u64);
-                while Instant::now() < deadline {
-                    let t0 = Instant::now();
-                    match send(&client, &base, &s).await {
-                        Ok((status, _)) if status < 300 => {
-                            lat.push(t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32)
-                        }
-                        _ => errors += 1,
-                    }
-                }
-                (lat, errors)
-            })
-        })
-        .collect();
-    let (mut latencies_us, mut errors) = (Vec::new(), 0);
-    for t in tasks {
-        let (lat, err) = t.await.unwrap();
-        latencies_us.extend(lat);
-        errors += err;
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    latencies_us.sort_unstable();
-    Outcome {
-        name: s.name,
-        requests: latencies_us.len() as u64,
-        errors,
-        seconds,
-        latencies_us,
-    }
+    let name = s.name;
+    let call = move || {
+        let (client, base, s) = (client.clone(), Arc::clone(&base), s.clone());
+        async move { matches!(send(&client, &base, &s).await, Ok((status, _)) if status < 300) }
+    };
+    measure::drive(name, call, connections, seconds).await
 }
 
 fn main() {

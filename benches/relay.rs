@@ -33,7 +33,6 @@ use std::io::{BufRead, BufReader, Write};
 use std::pin::Pin;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -43,40 +42,7 @@ use processor::{Behaviour, TestProcessor};
 type Call = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
 
 async fn run(name: &'static str, call: Call, connections: usize, seconds: f64) -> Outcome {
-    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..connections)
-        .map(|_| {
-            let call = Arc::clone(&call);
-            tokio::spawn(async move {
-                let (mut lat, mut errors) = (Vec::new(), 0u64);
-                while Instant::now() < deadline {
-                    let t0 = Instant::now();
-                    if call().await {
-                        lat.push(t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
-                    } else {
-                        errors += 1;
-                    }
-                }
-                (lat, errors)
-            })
-        })
-        .collect();
-    let (mut latencies_us, mut errors) = (Vec::new(), 0);
-    for t in tasks {
-        let (lat, err) = t.await.unwrap();
-        latencies_us.extend(lat);
-        errors += err;
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    latencies_us.sort_unstable();
-    Outcome {
-        name,
-        requests: latencies_us.len() as u64,
-        errors,
-        seconds,
-        latencies_us,
-    }
+    measure::drive(name, move || call(), connections, seconds).await
 }
 
 /// One JSON call to the vault; the status and the parsed body.

@@ -1462,18 +1462,6 @@ async fn a_cvc_whose_audit_entry_fails_is_not_held() {
     assert!(vault.state.cvcs.holds(&card_id));
 }
 
-/// Every word (run of letters and digits) of the log, leaving out the
-/// latencies (`micros=…`, any number at all): a CVC is a few digits, so it
-/// is looked for as a whole word, which a random hex id cannot be.
-fn log_words(log: &str) -> HashSet<&str> {
-    log.lines()
-        .flat_map(|line| line.split(' '))
-        .filter(|field| !field.starts_with("micros="))
-        .flat_map(|field| field.split(|c: char| !c.is_ascii_alphanumeric()))
-        .filter(|word| !word.is_empty())
-        .collect()
-}
-
 /// Invariant 1 for CVCs: attached (and refused) CVCs are nowhere in the
 /// data directory, the audit export or the log. A CVC is a few digits, so
 /// the raw-byte scan looks for it as a JSON string (`"8317"`) and in the

@@ -368,7 +368,6 @@ pub async fn send_request(
     }
 }
 
-/// A request with an optional bearer credential and JSON body.
 /// Only the status of [`call`]'s reply.
 pub async fn status_of(
     app: &axum::Router,
@@ -380,6 +379,7 @@ pub async fn status_of(
     call(app, method, path, bearer, body).await.status
 }
 
+/// One request through the router, as JSON when there is a body.
 pub async fn call(
     app: &axum::Router,
     method: &str,
@@ -387,18 +387,7 @@ pub async fn call(
     bearer: Option<&str>,
     body: Option<serde_json::Value>,
 ) -> Reply {
-    let mut builder = axum::http::Request::builder().method(method).uri(path);
-    if let Some(token) = bearer {
-        builder = builder.header("authorization", format!("Bearer {token}"));
-    }
-    let body = match body {
-        Some(value) => {
-            builder = builder.header("content-type", "application/json");
-            axum::body::Body::from(value.to_string())
-        }
-        None => axum::body::Body::empty(),
-    };
-    send_request(app, builder.body(body).unwrap()).await
+    call_with(app, method, path, bearer, body, &[]).await
 }
 
 /// A blocking HTTP/1.1 exchange with `Connection: close`: status, headers
@@ -748,4 +737,33 @@ pub fn captured_log() -> Captured {
             captured
         })
         .clone()
+}
+
+/// Every word (run of letters and digits) of a log, with colour codes taken
+/// out and the latencies (`micros=…`) left out: a CVC is a few digits, so
+/// it is looked for as a whole word, which a random hex id cannot be, and
+/// `cvc=123` holds the word `123`.
+pub fn log_words(log: &str) -> std::collections::HashSet<String> {
+    let mut plain = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // An escape sequence: `ESC [ … letter`.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+        .lines()
+        .flat_map(|line| line.split(' '))
+        .filter(|field| !field.starts_with("micros="))
+        .flat_map(|field| field.split(|c: char| !c.is_ascii_alphanumeric()))
+        .filter(|word| !word.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
