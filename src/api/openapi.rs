@@ -59,6 +59,10 @@ fn problem(description: &str) -> Response {
         .build()
 }
 
+/// The relay invocation's path in the document: every answer on it says
+/// whose it is (`x-strongroom-relay`).
+const RELAY_INVOKE_PATH: &str = "/v1/relay/{name}/{path}";
+
 impl Layers {
     fn operation(path: &str, operation: &mut Operation) {
         let secured = operation.security.as_ref().is_some_and(|s| !s.is_empty());
@@ -86,6 +90,12 @@ impl Layers {
                 "401",
                 "`unauthenticated`: no valid bearer credential, or a certificate-bound service's key on a connection without one of its client certificates",
             );
+            // The bearer extractor counts a publishable key against its
+            // per-key and per-address budgets on whatever route it is sent.
+            add(
+                "429",
+                "`rate_limited`: a publishable key over its per-key budget, or its client address over its per-minute budget",
+            );
         }
         if gated {
             add(
@@ -110,6 +120,17 @@ impl Layers {
                     ))
                     .build(),
             );
+            if path == RELAY_INVOKE_PATH {
+                response.headers.insert(
+                    "x-strongroom-relay".to_owned(),
+                    HeaderBuilder::new()
+                        .schema(ObjectBuilder::new().schema_type(Type::String))
+                        .description(Some(
+                            "`upstream`: the processor's own answer (masked); `refused`: the vault's refusal, nothing or nothing more was sent",
+                        ))
+                        .build(),
+                );
+            }
             if status == "429" {
                 response.headers.insert(
                     "retry-after".to_owned(),
