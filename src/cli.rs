@@ -19,7 +19,7 @@ use crate::audit::{
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, FileConfig, Overrides, TlsSettings};
 use crate::keyring::{Keyring, SealMethod, check_private};
-use crate::store::{SledStore, Store};
+use crate::store::{self, Engine, Store, StoreSettings};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -198,19 +198,33 @@ fn load_config(locations: &Locations, listen: Option<String>) -> Result<Config, 
     .map_err(|e| e.to_string())
 }
 
-/// A new store in a data directory created 0700 (`init`, `dev`).
-fn create_store(data_dir: &Path) -> Result<Arc<dyn Store>, String> {
+/// A new store in a data directory created 0700 (`init`, `dev`), with the
+/// configured engine. A directory that already holds a store keeps it
+/// (`init` then finds the vault there and refuses).
+fn create_store(data_dir: &Path, settings: StoreSettings) -> Result<Arc<dyn Store>, String> {
     crate::config::create_data_dir(data_dir).map_err(|e| e.to_string())?;
-    let store = SledStore::open(data_dir).map_err(|e| e.to_string())?;
-    Ok(Arc::new(store))
+    let engine = Engine::detect(data_dir).unwrap_or(settings.engine);
+    store::open_engine(engine, data_dir, settings.cache_bytes).map_err(|e| e.to_string())
 }
 
 /// The store of an existing data directory that only its owner may enter
-/// (`serve`); never creates one.
-fn open_store(data_dir: &Path) -> Result<Arc<dyn Store>, String> {
+/// (`serve`), with the engine found there; never creates one.
+fn open_store(data_dir: &Path, settings: StoreSettings) -> Result<Arc<dyn Store>, String> {
     crate::config::check_data_dir(data_dir).map_err(|e| e.to_string())?;
-    let store = SledStore::open(data_dir).map_err(|e| e.to_string())?;
-    Ok(Arc::new(store))
+    let Some(engine) = Engine::detect(data_dir) else {
+        return Err(format!(
+            "{} holds no Strongroom store: run `strongroom init` first (nothing was created)",
+            data_dir.display()
+        ));
+    };
+    if engine != settings.engine {
+        tracing::info!(
+            found = engine.as_str(),
+            configured = settings.engine.as_str(),
+            "the data directory keeps the engine it was created with"
+        );
+    }
+    store::open_engine(engine, data_dir, settings.cache_bytes).map_err(|e| e.to_string())
 }
 
 fn read_passphrase(path: &Path) -> Result<Zeroizing<String>, String> {
@@ -295,7 +309,7 @@ fn init(args: InitArgs) -> Result<(), String> {
         (None, None, Some(path)) => SealMethod::Passphrase(read_passphrase(path)?),
         _ => return Err("give --shares N --threshold M, or --passphrase-file F".into()),
     };
-    let store = create_store(&config.data_dir)?;
+    let store = create_store(&config.data_dir, config.store)?;
     let NewVault {
         state,
         admin_api_key: admin_key,
@@ -397,7 +411,7 @@ fn edge_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, String
 
 fn serve(args: ServeArgs) -> Result<(), String> {
     let config = load_config(&args.locations, args.listen)?;
-    let store = open_store(&config.data_dir)?;
+    let store = open_store(&config.data_dir, config.store)?;
     let keyring = Keyring::open(
         &config.keys_dir,
         Arc::clone(&store),
@@ -477,7 +491,7 @@ fn dev(args: DevArgs) -> Result<(), String> {
     let passphrase = Zeroizing::new(hex::encode(
         crate::crypto::random_array::<24>().map_err(|e| e.to_string())?,
     ));
-    let store = create_store(&config.data_dir)?;
+    let store = create_store(&config.data_dir, config.store)?;
     let NewVault {
         state,
         admin_api_key: admin_key,
@@ -659,7 +673,7 @@ const AUDIT_PUBLIC_KEY: &str = "audit.pub";
 
 /// What the offline commands accept as `--data-dir`.
 const OFFLINE_LAYOUTS: &str = "expected the data directory of `strongroom init` / \
-     `serve` (the store: sled's `conf` and `db` files) or the directory given to \
+     `serve` (the store's own files) or the directory given to \
      `strongroom dev --data-dir` (holding `store/` and `keys/`)";
 
 /// A vault's store found for an offline command (`audit verify`, `audit
@@ -667,6 +681,7 @@ const OFFLINE_LAYOUTS: &str = "expected the data directory of `strongroom init` 
 /// it is opened, so the directory is recognised first.
 struct OfflineVault {
     store: PathBuf,
+    engine: Engine,
 }
 
 impl OfflineVault {
@@ -675,10 +690,10 @@ impl OfflineVault {
     /// says what was expected, and nothing is created.
     fn locate(data_dir: &Path) -> Result<Self, String> {
         let dev_store = data_dir.join("store");
-        let store = if SledStore::exists_in(data_dir) {
-            data_dir.to_path_buf()
-        } else if SledStore::exists_in(&dev_store) {
-            dev_store
+        let (store, engine) = if let Some(engine) = Engine::detect(data_dir) {
+            (data_dir.to_path_buf(), engine)
+        } else if let Some(engine) = Engine::detect(&dev_store) {
+            (dev_store, engine)
         } else if !data_dir.exists() {
             return Err(format!(
                 "{} does not exist; {OFFLINE_LAYOUTS}",
@@ -690,7 +705,7 @@ impl OfflineVault {
                 data_dir.display()
             ));
         };
-        Ok(Self { store })
+        Ok(Self { store, engine })
     }
 
     /// `audit.pub` in the keys directory beside the store, where `dev` puts
@@ -716,10 +731,10 @@ impl OfflineVault {
     }
 
     /// Opens the store, which must hold an initialised vault.
-    fn open(&self) -> Result<SledStore, String> {
-        let store = SledStore::open(&self.store)
+    fn open(&self) -> Result<Arc<dyn Store>, String> {
+        let store = store::open_engine(self.engine, &self.store, store::DEFAULT_CACHE_BYTES)
             .map_err(|e| format!("{e} (is the server still running?)"))?;
-        match Keyring::is_initialised(&store) {
+        match Keyring::is_initialised(store.as_ref()) {
             Ok(true) => Ok(store),
             Ok(false) => Err(format!(
                 "{} holds a database but no Strongroom vault (`strongroom init` never \

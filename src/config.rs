@@ -54,6 +54,19 @@ pub struct FileConfig {
     /// `[tls]`: the certificate `serve` presents (docs/operations.md "TLS").
     #[serde(default)]
     pub tls: FileTls,
+    /// `[store]`: the embedded engine and its cache.
+    #[serde(default)]
+    pub store: StoreFileConfig,
+}
+
+/// `[store]` in the configuration file (docs/operations.md, "Storage").
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFileConfig {
+    /// The engine of a new data directory; an existing one keeps its own.
+    pub engine: Option<crate::store::Engine>,
+    /// The engine's cache in MiB.
+    pub cache_mib: Option<u64>,
 }
 
 /// The `[collect]` section.
@@ -282,6 +295,7 @@ pub struct Config {
     pub keyring: KeyringSettings,
     pub relay: crate::relay::upstream::RelaySettings,
     pub tls: TlsSettings,
+    pub store: crate::store::StoreSettings,
 }
 
 /// `value` (or `default`) if within `range`, else an error naming `name`.
@@ -388,7 +402,17 @@ impl Config {
                 100..=60_000,
             )?),
         };
+        let store = crate::store::StoreSettings {
+            engine: file.store.engine.unwrap_or(crate::store::Engine::DEFAULT),
+            cache_bytes: ranged(
+                "store.cache_mib",
+                file.store.cache_mib,
+                crate::store::DEFAULT_CACHE_BYTES >> 20,
+                8..=1024 * 1024,
+            )? << 20,
+        };
         Ok(Self {
+            store,
             collect,
             relay,
             tls,

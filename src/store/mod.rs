@@ -8,7 +8,88 @@
 mod group_commit;
 mod sled_store;
 
+use std::path::Path;
+use std::sync::Arc;
+
 pub use sled_store::SledStore;
+
+/// The embedded engines a data directory can hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    Sled,
+}
+
+impl Engine {
+    /// Every engine, in the order [`Engine::detect`] tries them.
+    pub const ALL: [Engine; 1] = [Engine::Sled];
+
+    /// What a new data directory gets when the configuration names none
+    /// (chosen by measurement: docs/performance.md, "Storage engines").
+    pub const DEFAULT: Engine = Engine::Sled;
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Sled => "sled",
+        }
+    }
+
+    /// The engine whose files `dir` holds, if any. Never creates anything.
+    pub fn detect(dir: &Path) -> Option<Engine> {
+        Self::ALL.into_iter().find(|engine| match engine {
+            Engine::Sled => SledStore::exists_in(dir),
+        })
+    }
+}
+
+impl std::str::FromStr for Engine {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|engine| engine.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Self::ALL.iter().map(|e| e.as_str()).collect();
+                format!("unknown store engine {s:?} (one of: {})", names.join(", "))
+            })
+    }
+}
+
+/// How to open an embedded store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// The engine of a new store; an existing one is opened with the engine
+    /// found on disk.
+    pub engine: Engine,
+    /// The engine's own cache, in bytes.
+    pub cache_bytes: u64,
+}
+
+/// Default engine cache: 256 MiB.
+pub const DEFAULT_CACHE_BYTES: u64 = 256 * 1024 * 1024;
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            engine: Engine::DEFAULT,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+        }
+    }
+}
+
+/// Opens the store in `dir` with `engine`, creating it if `dir` holds
+/// none. Callers that must not create a store check [`Engine::detect`]
+/// first.
+pub fn open_engine(
+    engine: Engine,
+    dir: &Path,
+    cache_bytes: u64,
+) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match engine {
+        Engine::Sled => Arc::new(SledStore::open_with_cache(dir, cache_bytes)?),
+    })
+}
 
 /// Errors of the storage layer. Messages never contain stored values.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +203,15 @@ pub trait Store: Send + Sync + 'static {
     fn delete(&self, key: &[u8]) -> Result<(), StoreError> {
         self.commit(Transaction::new().delete(key))
     }
+
+    /// Calls `visit` with every pair in the store, in key order, as of one
+    /// point in time: writes that commit while it runs are either wholly
+    /// in it or wholly absent (a backup's consistent snapshot). A `visit`
+    /// error stops the walk and is returned.
+    fn snapshot(
+        &self,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
 
     /// Every pair under `prefix`.
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {

@@ -35,7 +35,17 @@ pub struct SledStore {
 impl SledStore {
     /// Opens (or creates) the database under `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(dir).open().map_err(backend)?;
+        Self::open_with_cache(dir, super::DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens (or creates) the database under `dir` with a page cache of
+    /// `cache_bytes`.
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .open()
+            .map_err(backend)?;
         let files = DeviceSync::open(dir).map_err(|e| io(dir, &e))?;
         Ok(Self {
             db,
@@ -238,6 +248,20 @@ impl Store for SledStore {
             }
         }
         self.db.apply_batch(batch).map_err(backend)
+    }
+
+    fn snapshot(
+        &self,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        // sled has no snapshots: writes wait while the walk runs, so it
+        // sees one state (every write goes through `apply`, under this lock).
+        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        for item in self.db.iter() {
+            let (k, v) = item.map_err(backend)?;
+            visit(&k, &v)?;
+        }
+        Ok(())
     }
 
     fn flush(&self) -> Result<(), StoreError> {

@@ -675,6 +675,13 @@ impl Store for FaultyStore {
         }
         self.inner.flush()
     }
+
+    fn snapshot(
+        &self,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), strongroom::store::StoreError>,
+    ) -> Result<(), strongroom::store::StoreError> {
+        self.inner.snapshot(visit)
+    }
 }
 
 /// One HTTPS request (HTTP/1.1, `Connection: close`) to `addr` as
