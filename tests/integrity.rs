@@ -394,7 +394,12 @@ async fn a_token_given_to_another_owner_or_unrevoked_on_disk_grants_nothing() {
         .await,
         204
     );
-    w.edit(&record, &[("\"revoked\":true", "\"revoked\":false")]);
+    // The binary token record ends `… uses, revoked` before its 32-byte tag.
+    let mut unrevoked = w.value(&record);
+    let flag = unrevoked.len() - 33;
+    assert_eq!(unrevoked[flag], 1, "the revoked flag is stored");
+    unrevoked[flag] = 0;
+    w.store.put(&record, &unrevoked).unwrap();
     let reply = w.detokenize(&w.payments, &token).await;
     refused(&reply, &[SECRET]);
 }
@@ -415,11 +420,13 @@ async fn a_record_given_to_another_owner_marked_erased_or_swapped_on_disk_is_ref
     w.store.put(meta.as_bytes(), &original).unwrap();
 
     // Marked erased on disk: not believed either (no 410 for a live record).
+    // The packed metadata holds `… owner, subject_ref, erased_at …`: no
+    // subject (0), and an erasure time instead of none.
     w.edit(
         meta.as_bytes(),
         &[(
-            "\"erased_at\":null",
-            "\"erased_at\":\"2026-01-01T00:00:00Z\"",
+            &format!("{payments}\u{0}\u{0}"),
+            &format!("{payments}\u{0}\u{1}\u{14}2026-01-01T00:00:00Z"),
         )],
     );
     let reply = w.get(&w.payments, &format!("/v1/records/{mine}")).await;

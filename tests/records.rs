@@ -403,6 +403,12 @@ async fn masked_views_per_role_and_ownership() {
     );
 }
 
+/// The sealed body stored for record `id`.
+fn sealed_body(vault: &common::TestVault, id: &str) -> Option<Vec<u8>> {
+    let meta = vault.state.vault.meta(id).unwrap();
+    vault.state.vault.sealed_body(&meta).unwrap()
+}
+
 #[tokio::test]
 async fn updates_make_versions_and_erasure_kills_tokens() {
     let w = world().await;
@@ -417,12 +423,7 @@ async fn updates_make_versions_and_erasure_kills_tokens() {
     .body;
     let id = created["id"].as_str().unwrap().to_owned();
     let path = format!("/v1/records/{id}");
-    let body_before = w
-        .vault
-        .store
-        .get(format!("rec/{id}/body").as_bytes())
-        .unwrap()
-        .unwrap();
+    let body_before = sealed_body(&w.vault, &id).unwrap();
     let patched = call(
         &w.app,
         "PATCH",
@@ -441,12 +442,7 @@ async fn updates_make_versions_and_erasure_kills_tokens() {
     );
     assert!(patched.body.get("holder_name").is_none());
     assert_eq!(patched.body["subject_ref"], "user-43");
-    let body_after = w
-        .vault
-        .store
-        .get(format!("rec/{id}/body").as_bytes())
-        .unwrap()
-        .unwrap();
+    let body_after = sealed_body(&w.vault, &id).unwrap();
     // A new DEK: the wrapped DEK at the start of the body changed entirely.
     assert_ne!(body_before[..60], body_after[..60]);
     // Invalid patches change nothing.
@@ -505,12 +501,14 @@ async fn updates_make_versions_and_erasure_kills_tokens() {
         (gone.status, gone.body["code"].as_str()),
         (410, Some("erased"))
     );
+    // The sealed body (and its wrapped DEK) is gone, not just hidden.
+    assert_eq!(sealed_body(&w.vault, &id), None);
+    let stored = w.vault.store.get(format!("rec/{id}").as_bytes()).unwrap();
     assert!(
-        w.vault
-            .store
-            .get(format!("rec/{id}/body").as_bytes())
+        !stored
             .unwrap()
-            .is_none()
+            .windows(60)
+            .any(|w| w == &body_after[..60])
     );
     let tokens = json!({"tokens": [created["token"], created["pan_token"]]});
     let results = call(
@@ -1459,4 +1457,103 @@ async fn the_reveal_quota_holds_under_parallel_reveals() {
     }
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 3);
     assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 97);
+}
+
+/// A record and a token stored before the packed format (issue 11): JSON
+/// metadata at `rec/<id>` with the body at `rec/<id>/body`, a JSON token
+/// record. They read, detokenize, update (into the packed format, the old
+/// body key gone) and erase like any other; an edited one is refused.
+#[tokio::test]
+async fn records_and_tokens_of_the_earlier_format_still_work() {
+    let w = world().await;
+    let created = call(
+        &w.app,
+        "POST",
+        "/v1/records/card",
+        Some(&w.payments),
+        Some(card()),
+    )
+    .await
+    .body;
+    let (id, token) = (
+        created["id"].as_str().unwrap().to_owned(),
+        created["token"].as_str().unwrap().to_owned(),
+    );
+    let (vault, store) = (&w.vault.state.vault, &w.vault.store);
+    let keys = w.vault.keyring.keys().unwrap();
+    let state_key = keys.state_key().unwrap();
+
+    // Rewrite both in the earlier format, as an older version wrote them.
+    let meta = vault.meta(&id).unwrap();
+    let body = vault.sealed_body(&meta).unwrap().unwrap();
+    let meta_key = format!("rec/{id}");
+    let legacy_meta = state_key.seal_json(meta_key.as_bytes(), &meta).unwrap();
+    assert_eq!(legacy_meta[0], strongroom::keyring::STATE_FORMAT);
+    store.put(meta_key.as_bytes(), &legacy_meta).unwrap();
+    store
+        .put(format!("rec/{id}/body").as_bytes(), &body)
+        .unwrap();
+    let (token_key, record) = vault.token(&token).unwrap().unwrap();
+    let legacy_token = state_key.seal_json(token_key.as_bytes(), &record).unwrap();
+    store.put(token_key.as_bytes(), &legacy_token).unwrap();
+    drop(state_key);
+
+    let path = format!("/v1/records/{id}");
+    let read = call(&w.app, "GET", &path, Some(&w.payments), None).await;
+    assert_eq!(read.status, 200, "{}", read.body);
+    assert_eq!(read.body["last4"], created["last4"]);
+    let detokenized = call(
+        &w.app,
+        "POST",
+        "/v1/tokens/detokenize",
+        Some(&w.payments),
+        Some(json!({"tokens": [token]})),
+    )
+    .await;
+    assert_eq!(detokenized.status, 200, "{}", detokenized.body);
+    assert_eq!(
+        detokenized.body["results"][&token]["value"]["last4"],
+        created["last4"]
+    );
+
+    // An update's precondition is the stored bytes, so the old format
+    // matches; the result is packed and the old body key is gone.
+    let patched = call(
+        &w.app,
+        "PATCH",
+        &path,
+        Some(&w.payments),
+        Some(json!({"exp_year": 2033})),
+    )
+    .await;
+    assert_eq!(patched.status, 200, "{}", patched.body);
+    assert_eq!(
+        store.get(meta_key.as_bytes()).unwrap().unwrap()[0],
+        2,
+        "packed after a write"
+    );
+    assert_eq!(store.get(format!("rec/{id}/body").as_bytes()).unwrap(), None);
+    let read = call(&w.app, "GET", &path, Some(&w.payments), None).await;
+    assert_eq!(read.body["exp_year"], 2033);
+
+    // Revoking the old-format token works too.
+    assert_eq!(
+        status_of(
+            &w.app,
+            "DELETE",
+            &format!("/v1/tokens/{token}"),
+            Some(&w.payments),
+            None
+        )
+        .await,
+        204
+    );
+
+    // An edited old-format value is refused like a packed one.
+    let mut edited = legacy_meta.clone();
+    let at = edited.len() - 40;
+    edited[at] ^= 1;
+    store.put(meta_key.as_bytes(), &edited).unwrap();
+    let refused = call(&w.app, "GET", &path, Some(&w.payments), None).await;
+    assert_eq!(refused.status, 500, "{}", refused.body);
 }

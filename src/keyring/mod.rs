@@ -23,7 +23,7 @@ pub use record::{RecordContext, SealedRecord};
 pub use root_file::check_private;
 use root_file::{AUDIT_PUBLIC_KEY_FILE, RootFile, SealDescription, write_new_file};
 use shares::{ParsedShare, ShareError};
-pub use state::{STATE_FORMAT, StateKey};
+pub use state::{Either, STATE_FORMAT, StateKey};
 
 use crate::clock::{Clock, rfc3339};
 use crate::crypto::{

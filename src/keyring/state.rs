@@ -25,8 +25,15 @@ use serde::de::DeserializeOwned;
 use super::KeyringError;
 use crate::crypto::{HmacKey, Key256};
 
-/// The version byte of authenticated state values.
+/// The version byte of authenticated state values whose payload is JSON
+/// (or a PHC string).
 pub const STATE_FORMAT: u8 = 1;
+/// The version byte of authenticated state values whose payload is the
+/// compact binary encoding of `postcard` (record metadata with its sealed
+/// body, token records: the values every request reads and the audit
+/// committer writes). The version is under the tag, so a value cannot be
+/// read as the other format.
+pub const STATE_BINARY: u8 = 2;
 const TAG_LEN: usize = 32;
 
 /// The key that authenticates security state at rest. No `Clone`; lives in
@@ -63,9 +70,13 @@ impl StateKey {
 
     /// The stored form of `payload` under `store_key`.
     pub fn seal(&self, store_key: &[u8], payload: &[u8]) -> Vec<u8> {
-        let tag = self.0.sign(&mac_input(store_key, STATE_FORMAT, payload));
+        self.seal_as(STATE_FORMAT, store_key, payload)
+    }
+
+    fn seal_as(&self, version: u8, store_key: &[u8], payload: &[u8]) -> Vec<u8> {
+        let tag = self.0.sign(&mac_input(store_key, version, payload));
         let mut out = Vec::with_capacity(1 + payload.len() + TAG_LEN);
-        out.push(STATE_FORMAT);
+        out.push(version);
         out.extend_from_slice(payload);
         out.extend_from_slice(&tag.0);
         out
@@ -73,25 +84,81 @@ impl StateKey {
 
     /// The payload of a value stored under `store_key`, once its tag checks.
     pub fn open<'a>(&self, store_key: &[u8], stored: &'a [u8]) -> Result<&'a [u8], KeyringError> {
+        match self.open_versioned(store_key, stored)? {
+            (STATE_FORMAT, payload) => Ok(payload),
+            _ => Err(refused(store_key)),
+        }
+    }
+
+    /// The version byte and payload of a value stored under `store_key`
+    /// in either format, once its tag checks.
+    fn open_versioned<'a>(
+        &self,
+        store_key: &[u8],
+        stored: &'a [u8],
+    ) -> Result<(u8, &'a [u8]), KeyringError> {
         let checked = stored
             .split_first()
-            .filter(|(version, _)| **version == STATE_FORMAT)
+            .filter(|(version, _)| matches!(**version, STATE_FORMAT | STATE_BINARY))
             .and_then(|(version, rest)| {
                 let (payload, tag) = rest.split_at_checked(rest.len().checked_sub(TAG_LEN)?)?;
                 self.0
                     .verify(&mac_input(store_key, *version, payload), tag)
                     .ok()
-                    .map(|()| payload)
+                    .map(|()| (*version, payload))
             });
-        checked.ok_or_else(|| {
-            tracing::error!(
-                kind = %kind(store_key),
-                "stored security state failed authentication: edited, moved or of an old format"
-            );
+        checked.ok_or_else(|| refused(store_key))
+    }
+
+    /// [`StateKey::seal`] of `value` in the binary encoding
+    /// ([`STATE_BINARY`]).
+    pub fn seal_binary<T: Serialize>(
+        &self,
+        store_key: &[u8],
+        value: &T,
+    ) -> Result<Vec<u8>, KeyringError> {
+        let payload = postcard::to_allocvec(value)
+            .map_err(|_| KeyringError::Config("security state could not be encoded"))?;
+        Ok(self.seal_as(STATE_BINARY, store_key, &payload))
+    }
+
+    /// A value written by [`StateKey::seal_binary`] (as `B`) or, by an
+    /// earlier version, by [`StateKey::seal_json`] (as `J`), once its tag
+    /// checks.
+    pub fn open_either<B: DeserializeOwned, J: DeserializeOwned>(
+        &self,
+        store_key: &[u8],
+        stored: &[u8],
+    ) -> Result<Either<B, J>, KeyringError> {
+        let (version, payload) = self.open_versioned(store_key, stored)?;
+        let parsed = if version == STATE_BINARY {
+            postcard::from_bytes(payload).ok().map(Either::Binary)
+        } else {
+            serde_json::from_slice(payload).ok().map(Either::Json)
+        };
+        parsed.ok_or_else(|| {
+            tracing::error!(kind = %kind(store_key), "authenticated security state does not parse");
             KeyringError::Integrity
         })
     }
+}
 
+/// What [`StateKey::open_either`] found.
+pub enum Either<B, J> {
+    Binary(B),
+    Json(J),
+}
+
+/// The error (and log line) for a value that failed authentication.
+fn refused(store_key: &[u8]) -> KeyringError {
+    tracing::error!(
+        kind = %kind(store_key),
+        "stored security state failed authentication: edited, moved or of an old format"
+    );
+    KeyringError::Integrity
+}
+
+impl StateKey {
     /// [`StateKey::seal`] of `value` as JSON.
     pub fn seal_json<T: Serialize>(
         &self,

@@ -91,6 +91,40 @@ pub fn open_engine(
     })
 }
 
+/// The exact bytes a value was read from or written as, kept beside the
+/// decoded value so a precondition compares what is stored instead of a
+/// re-encoding (which an older stored format would never match). Not part
+/// of the value: never serialised, and ignored by `==`.
+#[derive(Clone, Default)]
+pub struct StoredAs(pub(crate) Option<Arc<[u8]>>);
+
+impl StoredAs {
+    pub(crate) fn new(bytes: &[u8]) -> Self {
+        Self(Some(Arc::from(bytes)))
+    }
+
+    pub(crate) fn bytes(&self) -> Option<&[u8]> {
+        self.0.as_deref()
+    }
+}
+
+impl PartialEq for StoredAs {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for StoredAs {}
+
+impl std::fmt::Debug for StoredAs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(bytes) => write!(f, "StoredAs({} bytes)", bytes.len()),
+            None => f.write_str("StoredAs(none)"),
+        }
+    }
+}
+
 /// Errors of the storage layer. Messages never contain stored values.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

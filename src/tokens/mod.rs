@@ -59,6 +59,9 @@ pub struct TokenRecord {
     pub max_uses: Option<u64>,
     pub uses: u64,
     pub revoked: bool,
+    /// The bytes this record was read from (the vault's preconditions).
+    #[serde(skip)]
+    pub(crate) stored: crate::store::StoredAs,
 }
 
 /// Why a token cannot be used now.

@@ -11,15 +11,14 @@
 
 use std::sync::Arc;
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::clock::{Clock, rfc3339};
 use crate::crypto::{HmacKey, random_array};
-use crate::keyring::{Keyring, KeyringError, Purpose, RecordContext, SealedRecord, UnsealedKeys};
+use crate::keyring::{Either, Keyring, KeyringError, Purpose, RecordContext, SealedRecord, UnsealedKeys};
 use crate::records::{RecordData, RecordType};
-use crate::store::{Store, StoreError, Transaction};
+use crate::store::{Store, StoreError, StoredAs, Transaction};
 use crate::tokens::{self, TokenFormat, TokenRecord, TokenTarget};
 
 /// Errors of the vault.
@@ -56,6 +55,162 @@ pub struct RecordMeta {
     pub index_keys: Vec<String>,
     /// Its tokens (store keys; HMACs, not tokens).
     pub token_keys: Vec<String>,
+    /// The stored bytes this metadata was read from or written as.
+    #[serde(skip)]
+    pub(crate) stored: StoredAs,
+    /// The sealed body, when it is stored with the metadata (the packed
+    /// format); `None` for a tombstone or a record of the earlier format,
+    /// whose body is under `rec/<id>/body`.
+    #[serde(skip)]
+    pub(crate) body: StoredAs,
+}
+
+/// `rec/<id>` in the packed format: metadata and sealed body under one key,
+/// in the binary state encoding, with index and token keys as their
+/// digests. Records written before it are JSON metadata with the body
+/// under `rec/<id>/body`; both are read, and any write of a record turns
+/// it into the packed format.
+#[derive(Serialize, Deserialize)]
+struct PackedRecord {
+    id: String,
+    record_type: RecordType,
+    version: u64,
+    created_at: String,
+    updated_at: String,
+    owner: String,
+    subject_ref: Option<String>,
+    erased_at: Option<String>,
+    /// `bi/<field>/<hex digest>/<id>` as (field, digest).
+    index: Vec<(String, [u8; 32])>,
+    /// `tk/<hex digest>` as the digest.
+    tokens: Vec<[u8; 32]>,
+    body: Option<Vec<u8>>,
+}
+
+/// A token record in the binary state encoding.
+#[derive(Serialize, Deserialize)]
+struct PackedToken {
+    generic: bool,
+    id: String,
+    format: TokenFormat,
+    owner: String,
+    created_at: i64,
+    expires_at: Option<i64>,
+    max_uses: Option<u64>,
+    uses: u64,
+    revoked: bool,
+}
+
+const INDEX_PREFIX: &str = "bi/";
+const TOKEN_PREFIX: &str = "tk/";
+
+fn digest_of(hex_digest: &str) -> Result<[u8; 32], VaultError> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_digest, &mut out).map_err(|_| VaultError::Corrupt)?;
+    Ok(out)
+}
+
+impl PackedRecord {
+    fn new(meta: &RecordMeta, body: Option<&[u8]>) -> Result<Self, VaultError> {
+        let index = meta
+            .index_keys
+            .iter()
+            .map(|key| {
+                let rest = key
+                    .strip_prefix(INDEX_PREFIX)
+                    .and_then(|rest| rest.strip_suffix(meta.id.as_str()))
+                    .and_then(|rest| rest.strip_suffix('/'))
+                    .ok_or(VaultError::Corrupt)?;
+                let (field, digest) = rest.split_once('/').ok_or(VaultError::Corrupt)?;
+                Ok((field.to_owned(), digest_of(digest)?))
+            })
+            .collect::<Result<_, VaultError>>()?;
+        let tokens = meta
+            .token_keys
+            .iter()
+            .map(|key| digest_of(key.strip_prefix(TOKEN_PREFIX).ok_or(VaultError::Corrupt)?))
+            .collect::<Result<_, VaultError>>()?;
+        Ok(Self {
+            id: meta.id.clone(),
+            record_type: meta.record_type,
+            version: meta.version,
+            created_at: meta.created_at.clone(),
+            updated_at: meta.updated_at.clone(),
+            owner: meta.owner.clone(),
+            subject_ref: meta.subject_ref.clone(),
+            erased_at: meta.erased_at.clone(),
+            index,
+            tokens,
+            body: body.map(<[u8]>::to_vec),
+        })
+    }
+
+    fn into_meta(self, stored: &[u8]) -> RecordMeta {
+        let index_keys = self
+            .index
+            .iter()
+            .map(|(field, digest)| {
+                format!("{INDEX_PREFIX}{field}/{}/{}", hex::encode(digest), self.id)
+            })
+            .collect();
+        let token_keys = self
+            .tokens
+            .iter()
+            .map(|digest| format!("{TOKEN_PREFIX}{}", hex::encode(digest)))
+            .collect();
+        RecordMeta {
+            id: self.id,
+            record_type: self.record_type,
+            version: self.version,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            owner: self.owner,
+            subject_ref: self.subject_ref,
+            erased_at: self.erased_at,
+            index_keys,
+            token_keys,
+            stored: StoredAs::new(stored),
+            body: StoredAs(self.body.map(Arc::from)),
+        }
+    }
+}
+
+impl PackedToken {
+    fn new(record: &TokenRecord) -> Self {
+        let (generic, id) = match &record.target {
+            TokenTarget::Record { id } => (false, id.clone()),
+            TokenTarget::Generic { id } => (true, id.clone()),
+        };
+        Self {
+            generic,
+            id,
+            format: record.format,
+            owner: record.owner.clone(),
+            created_at: record.created_at,
+            expires_at: record.expires_at,
+            max_uses: record.max_uses,
+            uses: record.uses,
+            revoked: record.revoked,
+        }
+    }
+
+    fn into_record(self, stored: &[u8]) -> TokenRecord {
+        TokenRecord {
+            target: if self.generic {
+                TokenTarget::Generic { id: self.id }
+            } else {
+                TokenTarget::Record { id: self.id }
+            },
+            format: self.format,
+            owner: self.owner,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            max_uses: self.max_uses,
+            uses: self.uses,
+            revoked: self.revoked,
+            stored: StoredAs::new(stored),
+        }
+    }
 }
 
 /// What creating a record produces.
@@ -130,21 +285,70 @@ impl Vault {
         Ok(self.keyring.keys()?)
     }
 
-    /// The stored (authenticated) form of metadata or a token record.
-    fn seal_state<T: Serialize>(&self, key: &str, value: &T) -> Result<Vec<u8>, VaultError> {
+    /// The stored (authenticated) form of a record's metadata and sealed
+    /// body (`None`: a tombstone).
+    fn seal_meta(&self, meta: &RecordMeta, body: Option<&[u8]>) -> Result<Vec<u8>, VaultError> {
+        let key = meta_key(&meta.id);
         Ok(self
             .keyring
             .keys()?
             .state_key()?
-            .seal_json(key.as_bytes(), value)?)
+            .seal_binary(key.as_bytes(), &PackedRecord::new(meta, body)?)?)
     }
 
-    fn open_state<T: DeserializeOwned>(&self, key: &str, stored: &[u8]) -> Result<T, VaultError> {
+    /// The metadata stored under `key`, in either format.
+    fn open_meta(&self, key: &str, stored: &[u8]) -> Result<RecordMeta, VaultError> {
+        let opened = self
+            .keyring
+            .keys()?
+            .state_key()?
+            .open_either::<PackedRecord, RecordMeta>(key.as_bytes(), stored)?;
+        Ok(match opened {
+            Either::Binary(packed) => packed.into_meta(stored),
+            Either::Json(meta) => RecordMeta {
+                stored: StoredAs::new(stored),
+                body: StoredAs::default(),
+                ..meta
+            },
+        })
+    }
+
+    /// The stored (authenticated) form of a token record.
+    fn seal_token(&self, key: &str, record: &TokenRecord) -> Result<Vec<u8>, VaultError> {
         Ok(self
             .keyring
             .keys()?
             .state_key()?
-            .open_json(key.as_bytes(), stored)?)
+            .seal_binary(key.as_bytes(), &PackedToken::new(record))?)
+    }
+
+    fn open_token(&self, key: &str, stored: &[u8]) -> Result<TokenRecord, VaultError> {
+        let opened = self
+            .keyring
+            .keys()?
+            .state_key()?
+            .open_either::<PackedToken, TokenRecord>(key.as_bytes(), stored)?;
+        Ok(match opened {
+            Either::Binary(packed) => packed.into_record(stored),
+            Either::Json(record) => TokenRecord {
+                stored: StoredAs::new(stored),
+                ..record
+            },
+        })
+    }
+
+    /// A precondition that `key` still holds what `stored` was read from
+    /// (or, for a value never read, its encoding `encode()`).
+    fn still(
+        key: &str,
+        stored: &StoredAs,
+        encode: impl FnOnce() -> Result<Vec<u8>, VaultError>,
+    ) -> Result<Transaction, VaultError> {
+        let bytes = match stored.bytes() {
+            Some(bytes) => bytes.to_vec(),
+            None => encode()?,
+        };
+        Ok(Transaction::new().expect(key, Some(bytes)))
     }
 
     fn seal(&self, id: &str, data: &RecordData, version: u64) -> Result<Vec<u8>, VaultError> {
@@ -184,6 +388,7 @@ impl Vault {
             max_uses: None,
             uses: 0,
             revoked: false,
+            stored: StoredAs::default(),
         }
     }
 
@@ -202,7 +407,7 @@ impl Vault {
         let body = self.seal(&id, data, 1)?;
         let now = rfc3339(self.clock.now());
         let index_keys = Self::index_keys(&index_key, &id, data);
-        let mut tx = Transaction::new().put(body_key(&id), body);
+        let mut tx = Transaction::new();
         for key in &index_keys {
             tx = tx.put(key.clone(), Vec::new());
         }
@@ -216,7 +421,7 @@ impl Vault {
         );
         tx = tx.expect(token_store_key.clone(), None).put(
             token_store_key.clone(),
-            self.seal_state(&token_store_key, &record)?,
+            self.seal_token(&token_store_key, &record)?,
         );
         let mut token_keys = vec![token_store_key];
 
@@ -232,7 +437,7 @@ impl Vault {
                     );
                     tx = tx
                         .expect(key.clone(), None)
-                        .put(key.clone(), self.seal_state(&key, &record)?);
+                        .put(key.clone(), self.seal_token(&key, &record)?);
                     token_keys.push(key);
                     pan_token = Some(fpe);
                 }
@@ -242,7 +447,7 @@ impl Vault {
             }
             RecordData::Kyc(_) => {}
         }
-        let meta = RecordMeta {
+        let mut meta = RecordMeta {
             id: id.clone(),
             record_type,
             version: 1,
@@ -253,10 +458,15 @@ impl Vault {
             erased_at: None,
             index_keys,
             token_keys,
+            stored: StoredAs::default(),
+            body: StoredAs::default(),
         };
+        let stored = self.seal_meta(&meta, Some(&body))?;
+        meta.stored = StoredAs::new(&stored);
+        meta.body = StoredAs::new(&body);
         tx = tx
             .expect(meta_key(&id), None)
-            .put(meta_key(&id), self.seal_state(&meta_key(&id), &meta)?);
+            .put(meta_key(&id), stored);
         Ok(Created {
             meta,
             token,
@@ -310,11 +520,22 @@ impl Vault {
             .store
             .get(key.as_bytes())?
             .ok_or(VaultError::NotFound)?;
-        let meta: RecordMeta = self.open_state(&key, &bytes)?;
+        let meta = self.open_meta(&key, &bytes)?;
         if meta.id != id {
             return Err(VaultError::Corrupt);
         }
         Ok(meta)
+    }
+
+    /// The sealed body (ciphertext and wrapped DEK) stored for `meta`:
+    /// with the metadata, or for a record of the earlier format under
+    /// `rec/<id>/body`. `None` once erased.
+    pub fn sealed_body(&self, meta: &RecordMeta) -> Result<Option<Vec<u8>>, VaultError> {
+        Ok(match meta.body.bytes() {
+            Some(bytes) => Some(bytes.to_vec()),
+            None if meta.erased_at.is_some() => None,
+            None => self.store.get(body_key(&meta.id).as_bytes())?,
+        })
     }
 
     /// Decrypts a live record.
@@ -322,11 +543,8 @@ impl Vault {
         if meta.erased_at.is_some() {
             return Err(VaultError::Erased);
         }
-        let bytes = self
-            .store
-            .get(body_key(&meta.id).as_bytes())?
-            .ok_or(VaultError::Corrupt)?;
-        let sealed = SealedRecord::decode(&bytes)?;
+        let sealed = self.sealed_body(meta)?.ok_or(VaultError::Corrupt)?;
+        let sealed = SealedRecord::decode(&sealed)?;
         let context = RecordContext {
             id: &meta.id,
             record_type: meta.record_type.as_str(),
@@ -356,18 +574,23 @@ impl Vault {
         let version = meta.version + 1;
         let body = self.seal(&meta.id, data, version)?;
         let index_keys = Self::index_keys(&index_key, &meta.id, data);
-        let updated = RecordMeta {
+        let mut updated = RecordMeta {
             version,
             updated_at: rfc3339(self.clock.now()),
             subject_ref,
             index_keys: index_keys.clone(),
+            stored: StoredAs::default(),
+            body: StoredAs::default(),
             ..meta.clone()
         };
         let key = meta_key(&meta.id);
-        let mut tx = Transaction::new()
-            .expect(key.clone(), Some(self.seal_state(&key, meta)?))
-            .put(key.clone(), self.seal_state(&key, &updated)?)
-            .put(body_key(&meta.id), body);
+        let stored = self.seal_meta(&updated, Some(&body))?;
+        let mut tx = self
+            .expect_meta(meta)?
+            .put(key.clone(), stored.clone())
+            .merge(Self::drop_legacy_body(meta));
+        updated.stored = StoredAs::new(&stored);
+        updated.body = StoredAs::new(&body);
         for key in meta.index_keys.iter().filter(|k| !index_keys.contains(k)) {
             tx = tx.delete(key.clone());
         }
@@ -384,13 +607,15 @@ impl Vault {
         let erased = RecordMeta {
             erased_at: Some(rfc3339(self.clock.now())),
             index_keys: Vec::new(),
+            stored: StoredAs::default(),
+            body: StoredAs::default(),
             ..meta.clone()
         };
         let key = meta_key(&meta.id);
-        let mut tx = Transaction::new()
-            .expect(key.clone(), Some(self.seal_state(&key, meta)?))
-            .put(key.clone(), self.seal_state(&key, &erased)?)
-            .delete(body_key(&meta.id));
+        let mut tx = self
+            .expect_meta(meta)?
+            .put(key.clone(), self.seal_meta(&erased, None)?)
+            .merge(Self::drop_legacy_body(meta));
         for key in &meta.index_keys {
             tx = tx.delete(key.clone());
         }
@@ -474,7 +699,7 @@ impl Vault {
             max_uses,
             ..self.token_record(TokenTarget::Generic { id: id.clone() }, format, owner)
         };
-        let stored = self.seal_state(&key, &record)?;
+        let stored = self.seal_token(&key, &record)?;
         let tx = Transaction::new()
             .put(generic_key(&id), sealed.encode())
             .expect(key.clone(), None)
@@ -491,7 +716,7 @@ impl Vault {
         let Some(bytes) = self.store.get(key.as_bytes())? else {
             return Ok(None);
         };
-        let record = self.open_state(&key, &bytes)?;
+        let record = self.open_token(&key, &bytes)?;
         Ok(Some((key, record)))
     }
 
@@ -516,25 +741,37 @@ impl Vault {
     pub fn prepare_use(&self, key: &str, record: &TokenRecord) -> Result<Transaction, VaultError> {
         let used = TokenRecord {
             uses: record.uses + 1,
+            stored: StoredAs::default(),
             ..record.clone()
         };
-        Ok(Transaction::new()
-            .expect(key, Some(self.seal_state(key, record)?))
-            .put(key, self.seal_state(key, &used)?))
+        Ok(self
+            .expect_token(key, record)?
+            .put(key, self.seal_token(key, &used)?))
     }
 
     /// A precondition that the token at `key` is still `record` (not
     /// revoked, used or changed since it was read): a relay reserves it
     /// with its audit entries, so a revocation acknowledged first stops it.
     pub fn expect_token(&self, key: &str, record: &TokenRecord) -> Result<Transaction, VaultError> {
-        Ok(Transaction::new().expect(key, Some(self.seal_state(key, record)?)))
+        Self::still(key, &record.stored, || self.seal_token(key, record))
     }
 
     /// A precondition that record `meta` is as read (not erased or changed
     /// since).
     pub fn expect_meta(&self, meta: &RecordMeta) -> Result<Transaction, VaultError> {
-        let key = meta_key(&meta.id);
-        Ok(Transaction::new().expect(key.clone(), Some(self.seal_state(&key, meta)?)))
+        Self::still(&meta_key(&meta.id), &meta.stored, || {
+            self.seal_meta(meta, meta.body.bytes())
+        })
+    }
+
+    /// The delete of `rec/<id>/body` for a record read in the earlier
+    /// format (whose body lived there); nothing for a packed one.
+    fn drop_legacy_body(meta: &RecordMeta) -> Transaction {
+        if meta.body.bytes().is_none() && meta.erased_at.is_none() {
+            Transaction::new().delete(body_key(&meta.id))
+        } else {
+            Transaction::new()
+        }
     }
 
     /// The write that revokes a token.
@@ -545,8 +782,9 @@ impl Vault {
     ) -> Result<Transaction, VaultError> {
         let revoked = TokenRecord {
             revoked: true,
+            stored: StoredAs::default(),
             ..record.clone()
         };
-        Ok(Transaction::new().put(key, self.seal_state(key, &revoked)?))
+        Ok(Transaction::new().put(key, self.seal_token(key, &revoked)?))
     }
 }
