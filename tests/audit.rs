@@ -291,8 +291,7 @@ async fn checkpoints_every_n_entries_and_on_seal() {
 /// at the entry before, consistently.
 fn cut_last_entry_with_checkpoint_and_head(s: &dyn Store) {
     let last = s.scan_prefix(b"au/e/").unwrap().len() as u64;
-    let prev: Value =
-        serde_json::from_slice(&s.get(&entry_key(last - 1)).unwrap().unwrap()).unwrap();
+    let prev = serde_json::to_value(stored_entry(s, last - 1)).unwrap();
     s.delete(&entry_key(last)).unwrap();
     s.delete(&checkpoint_key(last)).unwrap();
     s.put(
@@ -314,9 +313,9 @@ async fn tampering_with_a_data_directory_is_detected() {
             "change a field",
             |s, _| {
                 let key = entry_key(3u64);
-                let mut e: Value = serde_json::from_slice(&s.get(&key).unwrap().unwrap()).unwrap();
-                e["actor"] = json!("someone-else");
-                s.put(&key, e.to_string().as_bytes()).unwrap();
+                let mut e = stored_entry(s, 3);
+                e.actor = "someone-else".into();
+                s.put(&key, &e.to_stored().unwrap()).unwrap();
             },
             3,
         ),
@@ -324,11 +323,10 @@ async fn tampering_with_a_data_directory_is_detected() {
             "change a field and fix its hash",
             |s, _| {
                 let key = entry_key(3u64);
-                let mut e: strongroom::audit::AuditEntry =
-                    serde_json::from_slice(&s.get(&key).unwrap().unwrap()).unwrap();
+                let mut e = stored_entry(s, 3);
                 e.outcome = strongroom::audit::Outcome::Denied;
                 e.hash = hex::encode(e.compute_hash());
-                s.put(&key, &serde_json::to_vec(&e).unwrap()).unwrap();
+                s.put(&key, &e.to_stored().unwrap()).unwrap();
             },
             4,
         ),
@@ -805,7 +803,8 @@ async fn a_batch_appends_chained_entries_all_or_nothing() {
 
 /// The stored entry `seq`.
 fn stored_entry(store: &dyn Store, seq: u64) -> strongroom::audit::AuditEntry {
-    serde_json::from_slice(&store.get(&entry_key(seq)).unwrap().unwrap()).unwrap()
+    strongroom::audit::AuditEntry::from_stored(&store.get(&entry_key(seq)).unwrap().unwrap())
+        .unwrap()
 }
 
 /// How many entries the store holds.
@@ -836,7 +835,7 @@ fn rewrite_last_entry(
     change(&mut entry);
     entry.hash = hex::encode(entry.compute_hash());
     store
-        .put(&entry_key(last), &serde_json::to_vec(&entry).unwrap())
+        .put(&entry_key(last), &entry.to_stored().unwrap())
         .unwrap();
     store
         .put(

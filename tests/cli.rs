@@ -337,17 +337,25 @@ fn audit_verify_and_export_after_a_clean_stop() {
 
     // A changed byte in the data directory fails too.
     {
-        let store = strongroom::store::SledStore::open(&data).unwrap();
-        use strongroom::store::Store;
+        let store = open_existing_store(&data);
         let (key, value) = store.scan_prefix(b"au/e/").unwrap().remove(0);
-        let original = String::from_utf8(value).unwrap();
-        let changed = original.replace("strongroom-cli", "strongroom-clj");
-        assert_ne!(changed, original);
-        store.put(&key, changed.as_bytes()).unwrap();
+        let at = value
+            .windows(14)
+            .position(|w| w == b"strongroom-cli")
+            .unwrap();
+        let mut changed = value.clone();
+        changed[at + 13] = b'j';
+        store.put(&key, &changed).unwrap();
     }
     let verify = verify_data_dir(&data, &keys);
     assert!(!verify.status.success());
     assert!(String::from_utf8_lossy(&verify.stderr).contains("failed at entry"));
+}
+
+/// The store a data directory holds, with the engine found there.
+fn open_existing_store(data: &Path) -> std::sync::Arc<dyn strongroom::store::Store> {
+    let engine = strongroom::store::Engine::detect(data).expect("a store");
+    strongroom::store::open_engine(engine, data, 64 << 20).unwrap()
 }
 
 /// What the offline commands say they expected.

@@ -504,12 +504,7 @@ async fn updates_make_versions_and_erasure_kills_tokens() {
     // The sealed body (and its wrapped DEK) is gone, not just hidden.
     assert_eq!(sealed_body(&w.vault, &id), None);
     let stored = w.vault.store.get(format!("rec/{id}").as_bytes()).unwrap();
-    assert!(
-        !stored
-            .unwrap()
-            .windows(60)
-            .any(|w| w == &body_after[..60])
-    );
+    assert!(!stored.unwrap().windows(60).any(|w| w == &body_after[..60]));
     let tokens = json!({"tokens": [created["token"], created["pan_token"]]});
     let results = call(
         &w.app,
@@ -1532,7 +1527,10 @@ async fn records_and_tokens_of_the_earlier_format_still_work() {
         2,
         "packed after a write"
     );
-    assert_eq!(store.get(format!("rec/{id}/body").as_bytes()).unwrap(), None);
+    assert_eq!(
+        store.get(format!("rec/{id}/body").as_bytes()).unwrap(),
+        None
+    );
     let read = call(&w.app, "GET", &path, Some(&w.payments), None).await;
     assert_eq!(read.body["exp_year"], 2033);
 

@@ -156,6 +156,84 @@ impl AuditEntry {
     }
 }
 
+/// The first byte of an entry in the binary stored form; entries written
+/// by earlier versions are JSON (and start with `{`).
+const STORED_BINARY: u8 = 2;
+
+/// An entry as stored: the same fields, the hashes as bytes, in the
+/// compact binary encoding of `postcard`. The chain's hash is over the
+/// canonical JSON whatever the stored form, so exports and verifiers do
+/// not change.
+#[derive(Serialize, Deserialize)]
+struct StoredEntry {
+    seq: u64,
+    time: String,
+    actor: String,
+    action: String,
+    target: Option<String>,
+    outcome: Outcome,
+    reason: Option<String>,
+    ticket: Option<String>,
+    request_id: Option<String>,
+    client: Option<String>,
+    prev_hash: [u8; 32],
+    hash: [u8; 32],
+}
+
+fn hash_bytes(text: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(text, &mut out).ok().map(|()| out)
+}
+
+impl AuditEntry {
+    /// The stored form of this entry; `None` if its hashes are not 32
+    /// bytes of hex (no entry this log makes).
+    pub fn to_stored(&self) -> Option<Vec<u8>> {
+        let stored = StoredEntry {
+            seq: self.seq,
+            time: self.time.clone(),
+            actor: self.actor.clone(),
+            action: self.action.clone(),
+            target: self.target.clone(),
+            outcome: self.outcome,
+            reason: self.reason.clone(),
+            ticket: self.ticket.clone(),
+            request_id: self.request_id.clone(),
+            client: self.client.clone(),
+            prev_hash: hash_bytes(&self.prev_hash)?,
+            hash: hash_bytes(&self.hash)?,
+        };
+        let mut out = vec![STORED_BINARY];
+        postcard::to_io(&stored, &mut out).ok()?;
+        Some(out)
+    }
+
+    /// An entry from its stored form: binary, or JSON as earlier versions
+    /// stored it. `None` if it is neither.
+    pub fn from_stored(bytes: &[u8]) -> Option<Self> {
+        match bytes.split_first() {
+            Some((&STORED_BINARY, rest)) => {
+                let s: StoredEntry = postcard::from_bytes(rest).ok()?;
+                Some(Self {
+                    seq: s.seq,
+                    time: s.time,
+                    actor: s.actor,
+                    action: s.action,
+                    target: s.target,
+                    outcome: s.outcome,
+                    reason: s.reason,
+                    ticket: s.ticket,
+                    request_id: s.request_id,
+                    client: s.client,
+                    prev_hash: hex::encode(s.prev_hash),
+                    hash: hex::encode(s.hash),
+                })
+            }
+            _ => serde_json::from_slice(bytes).ok(),
+        }
+    }
+}
+
 /// A signature over the chain's head at `seq`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -209,5 +287,29 @@ mod tests {
             ..read
         };
         assert_ne!(other.compute_hash(), hash);
+    }
+
+    /// Entries are stored binary and read back whole; JSON as earlier
+    /// versions stored it still reads; anything else does not.
+    #[test]
+    fn stored_forms_round_trip() {
+        let mut event = AuditEvent::new("prn_1", "record.reveal", Outcome::Allowed).target("kyc_1");
+        event.reason = Some("case".into());
+        event.ticket = Some("T-1".into());
+        let (entry, _) =
+            AuditEntry::chained(3, "2026-01-01T00:00:00Z", event, hex::encode([7; 32]));
+        let stored = entry.to_stored().unwrap();
+        assert_eq!(stored[0], STORED_BINARY);
+        assert!(stored.len() < serde_json::to_vec(&entry).unwrap().len() / 2);
+        assert_eq!(AuditEntry::from_stored(&stored), Some(entry.clone()));
+        let json = serde_json::to_vec(&entry).unwrap();
+        assert_eq!(AuditEntry::from_stored(&json), Some(entry.clone()));
+        assert_eq!(AuditEntry::from_stored(&stored[..stored.len() - 1]), None);
+        assert_eq!(AuditEntry::from_stored(b""), None);
+        let odd = AuditEntry {
+            prev_hash: "zz".into(),
+            ..entry
+        };
+        assert_eq!(odd.to_stored(), None);
     }
 }

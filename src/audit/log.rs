@@ -1,6 +1,6 @@
 //! Appending to, reading and exporting the chain in the store.
 //!
-//! Keys: `au/e/<seq u64 BE>` → entry JSON, `au/c/<seq u64 BE>` → checkpoint
+//! Keys: `au/e/<seq u64 BE>` → entry (binary; JSON before issue 11), `au/c/<seq u64 BE>` → checkpoint
 //! JSON, `au/head` → `{"seq":…,"hash":…}`, `au/signed` → the newest signed
 //! head (checkpoint JSON).
 //!
@@ -613,7 +613,8 @@ impl AuditLog {
                     let (entry, hash) = AuditEntry::chained(seq, &time, event.clone(), prev_hash);
                     prev_hash = entry.hash.clone();
                     last_hash = Some(hash);
-                    writes = writes.put(entry_key(seq), encode(&entry)?);
+                    let stored = entry.to_stored().ok_or(AuditError::Corrupt("entry"))?;
+                    writes = writes.put(entry_key(seq), stored);
                     if seq.is_multiple_of(self.0.checkpoint_every)
                         && let Some(signer) = &signer
                     {
@@ -769,8 +770,7 @@ impl AuditLog {
                 .scan(ENTRY_PREFIX, Some(&entry_key(after)), SCAN_BATCH)?;
             let exhausted = batch.len() < SCAN_BATCH;
             for (_, bytes) in batch {
-                let entry: AuditEntry =
-                    serde_json::from_slice(&bytes).map_err(|_| AuditError::Corrupt("entry"))?;
+                let entry = AuditEntry::from_stored(&bytes).ok_or(AuditError::Corrupt("entry"))?;
                 after = entry.seq;
                 if query.matches(&entry) {
                     out.push(entry);
@@ -877,8 +877,8 @@ fn check_tail(
             break;
         }
         for (_, bytes) in batch {
-            let entry: AuditEntry = serde_json::from_slice(&bytes)
-                .map_err(|_| format!("entry {} does not parse", seq + 1))?;
+            let entry = AuditEntry::from_stored(&bytes)
+                .ok_or_else(|| format!("entry {} does not parse", seq + 1))?;
             if entry.seq != seq + 1
                 || entry.prev_hash != prev
                 || entry.hash != hex::encode(entry.compute_hash())
@@ -911,7 +911,7 @@ fn stored_entry(store: &dyn Store, seq: u64) -> Result<AuditEntry, String> {
         .get(&entry_key(seq))
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("entry {seq} is missing"))?;
-    serde_json::from_slice(&bytes).map_err(|_| format!("entry {seq} does not parse"))
+    AuditEntry::from_stored(&bytes).ok_or_else(|| format!("entry {seq} does not parse"))
 }
 
 /// The head record: the last entry's seq and hash, as the writer left them.
@@ -1005,7 +1005,7 @@ impl<'a> StoredLines<'a> {
         self.entries_done = batch.len() < SCAN_BATCH;
         for (key, bytes) in batch {
             self.after = Some(key);
-            let Ok(entry) = serde_json::from_slice::<AuditEntry>(&bytes) else {
+            let Some(entry) = AuditEntry::from_stored(&bytes) else {
                 self.queue
                     .push_back(Err("an entry record does not parse".to_owned()));
                 self.entries_done = true;

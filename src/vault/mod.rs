@@ -16,7 +16,9 @@ use zeroize::Zeroizing;
 
 use crate::clock::{Clock, rfc3339};
 use crate::crypto::{HmacKey, random_array};
-use crate::keyring::{Either, Keyring, KeyringError, Purpose, RecordContext, SealedRecord, UnsealedKeys};
+use crate::keyring::{
+    Either, Keyring, KeyringError, Purpose, RecordContext, SealedRecord, UnsealedKeys,
+};
 use crate::records::{RecordData, RecordType};
 use crate::store::{Store, StoreError, StoredAs, Transaction};
 use crate::tokens::{self, TokenFormat, TokenRecord, TokenTarget};
@@ -464,9 +466,7 @@ impl Vault {
         let stored = self.seal_meta(&meta, Some(&body))?;
         meta.stored = StoredAs::new(&stored);
         meta.body = StoredAs::new(&body);
-        tx = tx
-            .expect(meta_key(&id), None)
-            .put(meta_key(&id), stored);
+        tx = tx.expect(meta_key(&id), None).put(meta_key(&id), stored);
         Ok(Created {
             meta,
             token,

@@ -292,7 +292,9 @@ pub fn audit_entries(vault: &TestVault) -> Vec<serde_json::Value> {
         .scan_prefix(b"au/e/")
         .unwrap()
         .iter()
-        .map(|(_, v)| serde_json::from_slice(v).unwrap())
+        .map(|(_, v)| {
+            serde_json::to_value(strongroom::audit::AuditEntry::from_stored(v).unwrap()).unwrap()
+        })
         .collect()
 }
 
