@@ -100,7 +100,12 @@ fn main() {
         ),
         None => {
             let config = dir.path().join("load.toml");
-            std::fs::write(&config, "reveals_per_hour = 1000000\n").unwrap();
+            // `--engine NAME`: the store engine of the dev server's new data
+            // directory (default: the configured default).
+            let engine = arg(&args, "--engine")
+                .map(|e| format!("[store]\nengine = \"{e}\"\n"))
+                .unwrap_or_default();
+            std::fs::write(&config, format!("reveals_per_hour = 1000000\n{engine}")).unwrap();
             let mut child = Command::new(env!("CARGO_BIN_EXE_strongroom"))
                 .args([
                     "dev",

@@ -1,8 +1,10 @@
 //! Scale: loads N card records through the bulk path (each record sealed
-//! under its own DEK, each with its own audit entry, 1,000 per transaction)
-//! and reports load throughput, disk bytes per record, resident memory, and
-//! detokenize req/s with 10 k records against N.
-//! `cargo bench --bench scale -- [--records 1000000]`
+//! under its own DEK, each with its own tokens, index entry and audit
+//! entry, 1,000 per transaction) and reports load throughput, disk bytes
+//! per record, resident memory, detokenize req/s at 10 k, 1 M and N records,
+//! and the audit verification rate over the N entries.
+//! `cargo bench --bench scale -- [--records 1000000] [--engine sled|…] [--cache-mib 256]`
+//! (`STRONGROOM_BENCH_DIR=/big/disk` to put the data elsewhere).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -22,6 +24,7 @@ use strongroom::audit::{AuditEvent, Outcome};
 use strongroom::clock::{Clock, SystemClock};
 use strongroom::crypto::PasswordPolicy;
 use strongroom::records::{RecordData, RecordType};
+use strongroom::store::Engine;
 use tower::ServiceExt;
 
 /// A Luhn-valid 19-digit Visa number for `n`.
@@ -114,20 +117,49 @@ fn detokenize_rate(
     })
 }
 
+/// Detokenize req/s at this many records, measured as the load passes it.
+#[derive(Debug)]
+struct Sample {
+    records: u64,
+    rate: f64,
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = !args.iter().any(|a| a == "--bench");
-    let records: u64 = args
-        .iter()
-        .position(|a| a == "--records")
-        .and_then(|i| args.get(i + 1))
-        .map_or(if quick { 2_000 } else { 1_000_000 }, |v| {
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let records: u64 = arg("--records").map_or(if quick { 2_000 } else { 1_000_000 }, |v| {
+        v.parse().unwrap()
+    });
+    let engine: Engine = arg("--engine").map_or(Engine::DEFAULT, |v| v.parse().unwrap());
+    let cache_mib: u64 = arg("--cache-mib")
+        .map_or(strongroom::store::DEFAULT_CACHE_BYTES >> 20, |v| {
             v.parse().unwrap()
         });
-    let small = (records / 100).clamp(100, 10_000);
+    // Detokenize is measured as the load passes each of these sizes.
+    let marks: Vec<u64> = [10_000, 1_000_000, records]
+        .into_iter()
+        .map(|m| {
+            if quick {
+                m.min(records / 2).max(100)
+            } else {
+                m
+            }
+        })
+        .filter(|m| *m <= records)
+        .collect();
     let seconds = if quick { 0.3 } else { 5.0 };
 
-    let bench = common::vault(PasswordPolicy::danger_insecure_for_tests());
+    let bench = common::vault_on(
+        engine,
+        cache_mib << 20,
+        PasswordPolicy::danger_insecure_for_tests(),
+    );
     let (state, store, data_dir) = (&bench.state, &bench.store, bench.data_dir());
     let clock = SystemClock;
     let key = state
@@ -148,7 +180,8 @@ fn main() {
     let rss_before = rss_mib();
 
     let mut tokens = Vec::with_capacity(records as usize);
-    let (mut small_rate, mut small_at) = (0.0, 0);
+    let mut samples: Vec<Sample> = Vec::new();
+    let mut paused = 0.0;
     let started = Instant::now();
     let mut n = 0u64;
     while n < records {
@@ -171,16 +204,42 @@ fn main() {
             n += 1;
         }
         state.audit.record_many(batch).unwrap();
-        if small_at == 0 && n >= small {
-            small_at = n;
-            small_rate = detokenize_rate(&rt, state, key.expose_secret(), &tokens, seconds);
+        if marks.contains(&n) && n < records {
+            let pause = Instant::now();
+            let rate = detokenize_rate(&rt, state, key.expose_secret(), &tokens, seconds);
+            samples.push(Sample { records: n, rate });
+            paused += pause.elapsed().as_secs_f64();
+            if n >= 1_000_000 || quick {
+                eprintln!("{n} records: detokenize {rate:.0} req/s");
+            }
+        }
+        if !quick && n.is_multiple_of(1_000_000) {
+            eprintln!(
+                "{n} records loaded, {:.0} records/s so far, {:.0} MiB resident",
+                n as f64 / (started.elapsed().as_secs_f64() - paused),
+                rss_mib()
+            );
         }
     }
-    // The load time excludes the two detokenize measurements' pause.
-    let load_secs = started.elapsed().as_secs_f64() - if small_at > 0 { seconds } else { 0.0 };
+    let load_secs = started.elapsed().as_secs_f64() - paused;
     store.flush().unwrap();
-    let large_rate = detokenize_rate(&rt, state, key.expose_secret(), &tokens, seconds);
+    let rss_loaded = rss_mib();
     let bytes = disk_bytes(&data_dir);
+    let rate = detokenize_rate(&rt, state, key.expose_secret(), &tokens, seconds);
+    samples.push(Sample { records, rate });
+    drop(tokens);
+
+    // Audit verification over every entry of the load (one per record).
+    let public_key = bench.audit_public_key();
+    let verify_started = Instant::now();
+    let verification = strongroom::audit::verify_store(store.as_ref(), &public_key, false);
+    let verify_secs = verify_started.elapsed().as_secs_f64();
+    assert!(verification.ok, "{verification:?}");
+
+    println!(
+        "engine:                   {} (cache {cache_mib} MiB)",
+        engine.as_str()
+    );
     println!("records loaded:           {records}");
     println!(
         "load throughput:          {:.0} records/s ({load_secs:.1} s)",
@@ -192,13 +251,20 @@ fn main() {
         bytes as f64 / records as f64
     );
     println!(
-        "resident memory:          {:.0} MiB (was {rss_before:.0} MiB before loading)",
-        rss_mib()
+        "resident memory:          {rss_loaded:.0} MiB after loading (was {rss_before:.0} MiB before)"
     );
+    for sample in &samples {
+        println!(
+            "detokenize (1 token/req): {:.0} req/s at {} records",
+            sample.rate, sample.records
+        );
+    }
     println!(
-        "detokenize (1 token/req): {small_rate:.0} req/s at {small_at} records, {large_rate:.0} req/s at {records} records"
+        "audit verify:             {:.0} entries/s ({} entries in {verify_secs:.1} s)",
+        verification.entries as f64 / verify_secs,
+        verification.entries
     );
     if quick {
-        assert!(small_rate > 0.0 && large_rate > 0.0);
+        assert!(samples.iter().all(|s| s.rate > 0.0));
     }
 }

@@ -242,6 +242,7 @@ pub trait Store: Send + Sync + 'static {
     /// point in time: writes that commit while it runs are either wholly
     /// in it or wholly absent (a backup's consistent snapshot). A `visit`
     /// error stops the walk and is returned.
+    #[allow(clippy::type_complexity)]
     fn snapshot(
         &self,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
