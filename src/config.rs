@@ -447,6 +447,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_store_section_names_an_engine_and_a_cache() {
+        let resolve = |text: &str| {
+            toml::from_str::<FileConfig>(text)
+                .map_err(|e| e.to_string())
+                .and_then(|file| {
+                    Config::resolve(file, Overrides::default()).map_err(|e| e.to_string())
+                })
+        };
+        let default = resolve("").unwrap().store;
+        assert_eq!(default, crate::store::StoreSettings::default());
+        let set = resolve("[store]\nengine = \"sled\"\ncache_mib = 64").unwrap();
+        assert_eq!(set.store.engine, crate::store::Engine::Sled);
+        assert_eq!(set.store.cache_bytes, 64 << 20);
+        assert!(resolve("[store]\nengine = \"leveldb\"").is_err());
+        assert!(resolve("[store]\ncache = 64").is_err());
+        let small = resolve("[store]\ncache_mib = 1").unwrap_err();
+        assert!(small.contains("store.cache_mib"), "{small}");
+    }
+
+    #[test]
     fn flags_win_over_the_file_and_defaults_fill_the_rest() {
         let file: FileConfig =
             toml::from_str("listen = \"127.0.0.1:9000\"\ndata_dir = \"/f\"").unwrap();

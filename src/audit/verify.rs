@@ -97,6 +97,45 @@ impl std::str::FromStr for KnownHead {
     }
 }
 
+/// Lines verified per chunk: their hashes are computed in parallel.
+const CHUNK: usize = 16 * 1024;
+
+/// Whether `text` is exactly `hash` in lowercase hex (as entries carry
+/// it), without allocating.
+fn is_hex_of(text: &str, hash: &[u8; 32]) -> bool {
+    let mut buf = [0u8; 64];
+    hex::encode_to_slice(hash, &mut buf).is_ok() && text.as_bytes() == buf
+}
+
+/// Each entry's recomputed hash (`None` for other lines), computed on
+/// every core: hashing is what verification spends its time on, and each
+/// entry's hash depends only on the entry (its `prev_hash` included), so
+/// the chain itself is still checked in order afterwards.
+fn hashes_of(chunk: &[Result<ExportLine, String>]) -> Vec<Option<[u8; 32]>> {
+    let hash = |line: &Result<ExportLine, String>| match line {
+        Ok(ExportLine::Entry(entry)) => Some(entry.compute_hash()),
+        _ => None,
+    };
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    if threads < 2 || chunk.len() < 256 {
+        return chunk.iter().map(hash).collect();
+    }
+    let part = chunk.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = chunk
+            .chunks(part)
+            .map(|lines| scope.spawn(move || lines.iter().map(hash).collect::<Vec<_>>()))
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|worker| {
+                // A panic in a hash (none is possible) would fail the check.
+                worker.join().unwrap_or_default()
+            })
+            .collect()
+    })
+}
+
 /// Checks a sequence of entries and checkpoints in chain order:
 /// sequence numbers run 1, 2, 3… without gaps; each `prev_hash` is the
 /// previous `hash`; each `hash` is recomputed; each checkpoint's signature
@@ -131,72 +170,79 @@ pub fn verify_lines_since(
     // only have been written unsigned by tampering: the first and the last.
     let mut signed_to = 0u64;
     let mut unsigned_forbidden: Option<(u64, u64)> = None;
-    for line in lines {
-        let next_seq = result.entries + 1;
-        match line {
-            Err(why) => return result.fail(next_seq, why),
-            Ok(ExportLine::Entry(entry)) => {
-                if entry.seq != next_seq {
-                    return result.fail(
-                        next_seq,
-                        format!("expected entry {next_seq}, found {}", entry.seq),
-                    );
-                }
-                if entry.prev_hash != hex::encode(prev) {
-                    return result.fail(entry.seq, "prev_hash does not match the previous entry");
-                }
-                let hash = entry.compute_hash();
-                if entry.hash != hex::encode(hash) {
-                    return result.fail(entry.seq, "hash does not match the entry's contents");
-                }
-                if let Some(known) = known
-                    && known.seq == entry.seq
-                    && known.hash != entry.hash
-                {
-                    return result.fail(
+    let mut lines = lines.peekable();
+    while lines.peek().is_some() {
+        let chunk: Vec<_> = lines.by_ref().take(CHUNK).collect();
+        let computed = hashes_of(&chunk);
+        for (line, computed) in chunk.into_iter().zip(computed) {
+            let next_seq = result.entries + 1;
+            match line {
+                Err(why) => return result.fail(next_seq, why),
+                Ok(ExportLine::Entry(entry)) => {
+                    if entry.seq != next_seq {
+                        return result.fail(
+                            next_seq,
+                            format!("expected entry {next_seq}, found {}", entry.seq),
+                        );
+                    }
+                    if !is_hex_of(&entry.prev_hash, &prev) {
+                        return result
+                            .fail(entry.seq, "prev_hash does not match the previous entry");
+                    }
+                    let hash = computed.unwrap_or_else(|| entry.compute_hash());
+                    if !is_hex_of(&entry.hash, &hash) {
+                        return result.fail(entry.seq, "hash does not match the entry's contents");
+                    }
+                    if let Some(known) = known
+                        && known.seq == entry.seq
+                        && known.hash != entry.hash
+                    {
+                        return result.fail(
                         entry.seq,
                         "this entry is not the one the newest signed head seen names: the log was rewritten",
                     );
+                    }
+                    if !WRITTEN_WHILE_SEALED.contains(&entry.action.as_str()) {
+                        let first = unsigned_forbidden.map_or(entry.seq, |(first, _)| first);
+                        unsigned_forbidden = Some((first, entry.seq));
+                    }
+                    prev = hash;
+                    hashes.push(hash);
+                    result.entries = entry.seq;
+                    result.head = Some(entry.hash);
                 }
-                if !WRITTEN_WHILE_SEALED.contains(&entry.action.as_str()) {
-                    let first = unsigned_forbidden.map_or(entry.seq, |(first, _)| first);
-                    unsigned_forbidden = Some((first, entry.seq));
+                Ok(ExportLine::Checkpoint(checkpoint)) => {
+                    let covered = usize::try_from(checkpoint.seq)
+                        .ok()
+                        .and_then(|s| s.checked_sub(1))
+                        .and_then(|i| hashes.get(i));
+                    let Some(covered) = covered else {
+                        return result.fail(
+                            checkpoint.seq,
+                            "a checkpoint covers an entry that is missing",
+                        );
+                    };
+                    if checkpoint.hash != hex::encode(covered) {
+                        return result.fail(
+                            checkpoint.seq,
+                            "a checkpoint names another hash than the entry's",
+                        );
+                    }
+                    let signature = hex::decode(&checkpoint.signature).unwrap_or_default();
+                    let message =
+                        Checkpoint::signed_message(checkpoint.seq, covered, &checkpoint.time);
+                    if verify_signature(public_key, &message, &signature).is_err() {
+                        return result.fail(checkpoint.seq, "checkpoint signature does not verify");
+                    }
+                    signed_to = signed_to.max(checkpoint.seq);
+                    unsigned_forbidden = match unsigned_forbidden {
+                        Some((_, last)) if last <= signed_to => None,
+                        // Not the first after the signature, but one there.
+                        Some((first, last)) if first <= signed_to => Some((last, last)),
+                        other => other,
+                    };
+                    result.checkpoint = Some(checkpoint);
                 }
-                prev = hash;
-                hashes.push(hash);
-                result.entries = entry.seq;
-                result.head = Some(entry.hash);
-            }
-            Ok(ExportLine::Checkpoint(checkpoint)) => {
-                let covered = usize::try_from(checkpoint.seq)
-                    .ok()
-                    .and_then(|s| s.checked_sub(1))
-                    .and_then(|i| hashes.get(i));
-                let Some(covered) = covered else {
-                    return result.fail(
-                        checkpoint.seq,
-                        "a checkpoint covers an entry that is missing",
-                    );
-                };
-                if checkpoint.hash != hex::encode(covered) {
-                    return result.fail(
-                        checkpoint.seq,
-                        "a checkpoint names another hash than the entry's",
-                    );
-                }
-                let signature = hex::decode(&checkpoint.signature).unwrap_or_default();
-                let message = Checkpoint::signed_message(checkpoint.seq, covered, &checkpoint.time);
-                if verify_signature(public_key, &message, &signature).is_err() {
-                    return result.fail(checkpoint.seq, "checkpoint signature does not verify");
-                }
-                signed_to = signed_to.max(checkpoint.seq);
-                unsigned_forbidden = match unsigned_forbidden {
-                    Some((_, last)) if last <= signed_to => None,
-                    // Not the first after the signature, but one there.
-                    Some((first, last)) if first <= signed_to => Some((last, last)),
-                    other => other,
-                };
-                result.checkpoint = Some(checkpoint);
             }
         }
     }
