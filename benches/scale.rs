@@ -17,6 +17,11 @@ use std::time::{Duration, Instant};
 
 mod common;
 
+/// The server binary's allocator, so the in-process figures are the
+/// server's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use serde_json::json;
 use strongroom::access::Role;
 use strongroom::api::{AppState, router};

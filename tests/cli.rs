@@ -494,3 +494,99 @@ fn offline_commands_understand_the_dev_layout() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Each engine: `init` creates its store as `[store] engine` says; `serve`
+/// with a configuration naming no engine (or another) opens the data
+/// directory with the engine found there, unseals, and the log verifies
+/// offline. So a data directory made before a change of default keeps
+/// working.
+#[test]
+fn a_data_directory_keeps_the_engine_it_was_created_with() {
+    use strongroom::store::Engine;
+    for engine in Engine::ALL {
+        let dir = tempfile::tempdir().unwrap();
+        let create = dir.path().join("create.toml");
+        std::fs::write(
+            &create,
+            format!("[store]\nengine = \"{}\"\n", engine.as_str()),
+        )
+        .unwrap();
+        let out = in_vault(
+            dir.path(),
+            "init",
+            &["--shares", "3", "--threshold", "2", "--json", "--config"],
+        )
+        .arg(&create)
+        .output()
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let init: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let data = dir.path().join("data");
+        assert_eq!(Engine::detect(&data), Some(engine));
+
+        // Served with the default engine configured, or each other one.
+        for other in Engine::ALL {
+            let config = dir.path().join("serve.toml");
+            std::fs::write(
+                &config,
+                format!(
+                    "[tls]\ndisabled = true\n[store]\nengine = \"{}\"\n",
+                    other.as_str()
+                ),
+            )
+            .unwrap();
+            let (child, addr) = process::serve_with_config(dir.path(), &config, Stdio::piped());
+            for share in init["shares"].as_array().unwrap().iter().take(2) {
+                let body = serde_json::json!({ "share": share }).to_string();
+                let reply = http(addr, "POST", "/v1/sys/unseal", None, Some(&body));
+                assert_eq!(reply.status, 200, "{}", engine.as_str());
+            }
+            assert_eq!(http(addr, "GET", "/v1/sys/health", None, None).status, 200);
+            let (status, log) = terminate(child);
+            assert!(status.success(), "{log}");
+            assert_eq!(
+                Engine::detect(&data),
+                Some(engine),
+                "still {}",
+                engine.as_str()
+            );
+        }
+        let verify = verify_data_dir(&data, &dir.path().join("keys"));
+        assert!(
+            verify.status.success(),
+            "{}",
+            String::from_utf8_lossy(&verify.stderr)
+        );
+    }
+}
+
+/// `serve` pointed at a data directory without a store says so and
+/// creates nothing there.
+#[test]
+fn serve_refuses_a_data_directory_without_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let config = process::plain_http_config(dir.path());
+    let out = in_vault(
+        dir.path(),
+        "serve",
+        &["--listen", "127.0.0.1:0", "--config"],
+    )
+    .arg(&config)
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("holds no Strongroom store"), "{stderr}");
+    assert_eq!(
+        std::fs::read_dir(&data).unwrap().count(),
+        0,
+        "nothing created"
+    );
+}
