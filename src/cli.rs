@@ -654,7 +654,7 @@ fn audit_verify(args: AuditVerifyArgs) -> Result<(), String> {
         )?,
     };
     report(&verify_store_since(
-        &store,
+        store.as_ref(),
         &public_key,
         false,
         known.as_ref(),
@@ -664,7 +664,7 @@ fn audit_verify(args: AuditVerifyArgs) -> Result<(), String> {
 fn audit_export(args: AuditExportArgs) -> Result<(), String> {
     let store = OfflineVault::locate(&args.data_dir)?.open()?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    export_store(&store, &mut out)?;
+    export_store(store.as_ref(), &mut out)?;
     out.flush().map_err(|e| e.to_string())
 }
 
