@@ -213,7 +213,9 @@ mod suite {
             let writer = s.spawn(|| {
                 let mut moves = 0u64;
                 let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Bounded, so that a walk that never ends (one that keeps
+                // finding new writes) ends once the writer does.
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && moves < 20_000 {
                     seed ^= seed << 13;
                     seed ^= seed >> 7;
                     seed ^= seed << 17;
