@@ -238,7 +238,7 @@ mod suite {
                         )
                         .unwrap();
                     moves += 1;
-                    if moves % 64 == 0 {
+                    if moves.is_multiple_of(64) {
                         store.flush().unwrap();
                     }
                 }
