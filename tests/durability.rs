@@ -1,9 +1,11 @@
 //! Power-loss durability, shown mechanically: the real binary runs under
-//! `strace`, and every write it acknowledges (each `201` it sends) must
-//! follow a completed `fsync`/`fdatasync` of the store's log that began
-//! after the request arrived. sled 0.34 alone ends its writes with
-//! `sync_file_range`, which flushes neither the drive's cache nor the
-//! file's metadata (DESIGN.md invariant 7; docs/operations.md).
+//! `strace`, once per storage engine, and every write it acknowledges (each
+//! `201` it sends) must follow a completed `fsync`/`fdatasync` of the
+//! engine's log that began after the request arrived: sled's `db`, fjall's
+//! journal (`<n>.jnl`), redb's one file (`strongroom.redb`). sled 0.34
+//! alone ends its writes with `sync_file_range`, which flushes neither the
+//! drive's cache nor the file's metadata (DESIGN.md invariant 7;
+//! docs/operations.md, docs/architecture.md "What a flush syncs").
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -16,8 +18,9 @@ mod common;
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 
-use common::process::{dev_in, terminate_wrapped};
+use common::process::{dev, terminate_wrapped, wrapped};
 use common::try_http;
+use strongroom::store::Engine;
 
 /// Clients writing at once (so rounds of group commit cover several
 /// requests), and the writes each makes.
@@ -121,10 +124,30 @@ fn descriptor(args: &str) -> String {
     args[..end].to_owned()
 }
 
+/// Whether a descriptor, as `-yy` prints it (`7</tmp/…/store/db>`), is the
+/// file whose sync makes `engine`'s acknowledged writes durable, in the
+/// store directory `dev` makes (`<vault>/store`).
+fn is_log(engine: Engine, descriptor: &str) -> bool {
+    let Some((_, name)) = descriptor.rsplit_once("/store/") else {
+        return false;
+    };
+    match engine {
+        Engine::Sled => name == "db>",
+        // The active journal, whichever number fjall has rotated to.
+        Engine::Fjall => name
+            .strip_suffix(".jnl>")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())),
+        Engine::Redb => name == "strongroom.redb>",
+    }
+}
+
 /// Of the `201`s in `events`, those sent without a completed sync of a file
-/// whose path ends with `log` between their request's arrival and the
-/// answer; and how many `201`s there were.
-fn unsynced_acknowledgements(events: &[Event], log: &str) -> (Vec<usize>, usize) {
+/// that `is_log` between their request's arrival and the answer; and how
+/// many `201`s there were.
+fn unsynced_acknowledgements(
+    events: &[Event],
+    is_log: impl Fn(&str) -> bool,
+) -> (Vec<usize>, usize) {
     let mut arrived: HashMap<&str, usize> = HashMap::new();
     let mut last_sync = None;
     let mut unsynced = Vec::new();
@@ -134,7 +157,7 @@ fn unsynced_acknowledgements(events: &[Event], log: &str) -> (Vec<usize>, usize)
             Event::Request(connection) => {
                 arrived.insert(connection, i);
             }
-            Event::Synced(file) if file.ends_with(log) => last_sync = Some(i),
+            Event::Synced(file) if is_log(file) => last_sync = Some(i),
             Event::Synced(_) => {}
             Event::Created(connection) => {
                 created += 1;
@@ -150,11 +173,43 @@ fn unsynced_acknowledgements(events: &[Event], log: &str) -> (Vec<usize>, usize)
 }
 
 #[test]
-fn every_acknowledged_write_follows_an_fdatasync_of_the_store() {
+fn every_acknowledged_write_follows_an_fdatasync_of_the_store_sled() {
+    every_acknowledged_write_follows_an_fdatasync_of_the_store(Engine::Sled);
+}
+
+#[test]
+fn every_acknowledged_write_follows_an_fdatasync_of_the_store_fjall() {
+    every_acknowledged_write_follows_an_fdatasync_of_the_store(Engine::Fjall);
+}
+
+#[test]
+fn every_acknowledged_write_follows_an_fdatasync_of_the_store_redb() {
+    every_acknowledged_write_follows_an_fdatasync_of_the_store(Engine::Redb);
+}
+
+/// Each engine has its test above.
+#[test]
+fn every_engine_is_traced() {
+    assert_eq!(
+        Engine::ALL,
+        [Engine::Sled, Engine::Fjall, Engine::Redb],
+        "add a strace test for the new engine"
+    );
+}
+
+/// `dev` on a new vault whose configuration names `engine`, under strace,
+/// with clients writing cards at once.
+fn every_acknowledged_write_follows_an_fdatasync_of_the_store(engine: Engine) {
     strace_is_installed();
     let dir = tempfile::tempdir().unwrap();
     let trace_file = dir.path().join("strace.txt");
     let vault = dir.path().join("vault");
+    let config = dir.path().join("strongroom.toml");
+    std::fs::write(
+        &config,
+        format!("[store]\nengine = \"{}\"\n", engine.as_str()),
+    )
+    .unwrap();
     let strace = [
         "strace",
         "-f",
@@ -169,7 +224,17 @@ fn every_acknowledged_write_follows_an_fdatasync_of_the_store() {
         "-o",
         trace_file.to_str().unwrap(),
     ];
-    let (server, credentials, addr) = dev_in(&vault, &strace, Stdio::null());
+    let args = [
+        "dev",
+        "--json",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        vault.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    let (server, credentials, addr) = dev(wrapped(&strace, &args), Stdio::null());
     let key = credentials["payment_service_api_key"]
         .as_str()
         .unwrap()
@@ -193,17 +258,21 @@ fn every_acknowledged_write_follows_an_fdatasync_of_the_store() {
     assert!(status.success(), "{status}");
     assert_eq!(acknowledged, CLIENTS * WRITES_PER_CLIENT);
 
+    // The vault was created with the configured engine.
+    assert_eq!(Engine::detect(&vault.join("store")), Some(engine));
+
     let trace = std::fs::read_to_string(&trace_file).unwrap();
     let events = events(&trace);
-    let (unsynced, created) = unsynced_acknowledgements(&events, "/store/db>");
+    let (unsynced, created) = unsynced_acknowledgements(&events, |file| is_log(engine, file));
     // The trace saw every answer, or the check below would prove nothing.
     assert_eq!(created, acknowledged, "201s in the trace");
     assert!(
         unsynced.is_empty(),
         "{} of {created} acknowledged writes were answered without an \
-         fsync/fdatasync of the store's log after their request arrived \
+         fsync/fdatasync of the {} store's log after their request arrived \
          (the 201s numbered {unsynced:?})",
-        unsynced.len()
+        unsynced.len(),
+        engine.as_str()
     );
 }
 
@@ -240,7 +309,23 @@ fn trace_lines_become_events() {
     // second's request came after that sync, and a sync of another file
     // does not count.
     assert_eq!(
-        unsynced_acknowledgements(&events, "/store/db>"),
+        unsynced_acknowledgements(&events, |file| is_log(Engine::Sled, file)),
         (vec![2], 2)
     );
+}
+
+/// Which file counts as each engine's log.
+#[test]
+fn each_engine_has_its_log() {
+    assert!(is_log(Engine::Sled, "7</tmp/v/store/db>"));
+    assert!(!is_log(Engine::Sled, "7</tmp/v/store/conf>"));
+    assert!(!is_log(Engine::Sled, "7</tmp/v/store/blobs/db>"));
+    assert!(is_log(Engine::Fjall, "7</tmp/v/store/0.jnl>"));
+    assert!(is_log(Engine::Fjall, "7</tmp/v/store/12.jnl>"));
+    assert!(!is_log(Engine::Fjall, "7</tmp/v/store/keyspaces/1/0.jnl>"));
+    assert!(!is_log(Engine::Fjall, "7</tmp/v/store/.jnl>"));
+    assert!(!is_log(Engine::Fjall, "7</tmp/v/store/version>"));
+    assert!(is_log(Engine::Redb, "7</tmp/v/store/strongroom.redb>"));
+    assert!(!is_log(Engine::Redb, "7</tmp/v/store/db>"));
+    assert!(!is_log(Engine::Redb, "7</tmp/v/other/strongroom.redb>"));
 }

@@ -14,7 +14,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use strongroom::store::{SledStore, Store, StoreError, Transaction};
+use strongroom::store::{
+    DEFAULT_CACHE_BYTES, Engine, FjallStore, RedbStore, SledStore, Store, StoreError, Transaction,
+    open_engine,
+};
 
 /// The conformance suite. Each function takes a way to open the backend on
 /// a directory, so durability across reopen can be checked too.
@@ -183,14 +186,128 @@ mod suite {
             Some(&99u32.to_be_bytes()[..])
         );
     }
+
+    /// A snapshot taken while a writer moves units between accounts (each
+    /// transaction takes one from an account and gives it to another, so
+    /// the total never changes) sees one point in time: every account, in
+    /// key order, summing to the total. The walk is slowed down so that,
+    /// on an engine whose writers are not blocked by it, many transactions
+    /// commit while it runs.
+    pub fn snapshot_is_one_point_in_time(open: Open) {
+        const ACCOUNTS: u64 = 64;
+        const START: u64 = 1_000;
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let account = |i: u64| format!("acct/{i:03}").into_bytes();
+        let amount = |v: &[u8]| u64::from_be_bytes(v.try_into().unwrap());
+        let mut setup = Transaction::new();
+        for i in 0..ACCOUNTS {
+            setup = setup.put(account(i), START.to_be_bytes().to_vec());
+        }
+        for key in ["a-before", "zz-after"] {
+            setup = setup.put(key.as_bytes().to_vec(), b"fixed".to_vec());
+        }
+        store.commit(setup).unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let writer = s.spawn(|| {
+                let mut moves = 0u64;
+                let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+                // Bounded, so that a walk that never ends (one that keeps
+                // finding new writes) ends once the writer does.
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && moves < 20_000 {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    let from = seed % ACCOUNTS;
+                    let to = (from + 1 + (seed >> 32) % (ACCOUNTS - 1)) % ACCOUNTS;
+                    let (a, b) = (account(from), account(to));
+                    let va = store.get(&a).unwrap().unwrap();
+                    let vb = store.get(&b).unwrap().unwrap();
+                    let (na, nb) = (amount(&va), amount(&vb));
+                    if na == 0 {
+                        continue;
+                    }
+                    store
+                        .apply(
+                            Transaction::new()
+                                .expect(a.clone(), Some(va))
+                                .expect(b.clone(), Some(vb))
+                                .put(a, (na - 1).to_be_bytes().to_vec())
+                                .put(b, (nb + 1).to_be_bytes().to_vec()),
+                        )
+                        .unwrap();
+                    moves += 1;
+                    if moves.is_multiple_of(64) {
+                        store.flush().unwrap();
+                    }
+                }
+                store.flush().unwrap();
+                moves
+            });
+            for _ in 0..5 {
+                let mut seen: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+                store
+                    .snapshot(&mut |k, v| {
+                        seen.push((k.to_vec(), v.to_vec()));
+                        std::thread::sleep(std::time::Duration::from_micros(300));
+                        Ok(())
+                    })
+                    .unwrap();
+                assert!(
+                    seen.windows(2).all(|w| w[0].0 < w[1].0),
+                    "the snapshot is not in strictly ascending key order"
+                );
+                let keys: Vec<Vec<u8>> = seen.iter().map(|(k, _)| k.clone()).collect();
+                let mut expected = vec![b"a-before".to_vec()];
+                expected.extend((0..ACCOUNTS).map(account));
+                expected.push(b"zz-after".to_vec());
+                assert_eq!(keys, expected, "the snapshot is not complete");
+                let total: u64 = seen
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(b"acct/"))
+                    .map(|(_, v)| amount(v))
+                    .sum();
+                assert_eq!(
+                    total,
+                    ACCOUNTS * START,
+                    "the snapshot saw part of a transaction"
+                );
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let moves = writer.join().unwrap();
+            assert!(moves > 0, "the writer never committed");
+        });
+        let total: u64 = store
+            .scan_prefix(b"acct/")
+            .unwrap()
+            .iter()
+            .map(|(_, v)| amount(v))
+            .sum();
+        assert_eq!(total, ACCOUNTS * START);
+
+        // A visit's error stops the walk and is what the snapshot returns.
+        let mut visited = 0;
+        let result = store.snapshot(&mut |_, _| {
+            visited += 1;
+            if visited == 3 {
+                Err(StoreError::Backend("stop here".to_owned()))
+            } else {
+                Ok(())
+            }
+        });
+        assert!(matches!(result, Err(StoreError::Backend(m)) if m == "stop here"));
+        assert_eq!(visited, 3);
+    }
 }
 
 /// Runs the whole suite against one backend.
 macro_rules! conformance_suite {
-    ($backend:ident, $open:expr) => {
+    ($backend:ident, $engine:expr, $open:expr) => {
         mod $backend {
             use super::*;
             const OPEN: suite::Open = $open;
+            const ENGINE: Engine = $engine;
             #[test]
             fn get_put_delete() {
                 suite::get_put_delete(OPEN)
@@ -215,6 +332,14 @@ macro_rules! conformance_suite {
             fn writes_survive_reopen() {
                 suite::writes_survive_reopen(OPEN)
             }
+            #[test]
+            fn snapshot_is_one_point_in_time() {
+                suite::snapshot_is_one_point_in_time(OPEN)
+            }
+            #[test]
+            fn acknowledged_writes_survive_sigkill() {
+                super::acknowledged_writes_survive_sigkill(ENGINE)
+            }
         }
     };
 }
@@ -223,25 +348,47 @@ fn open_sled(dir: &Path) -> Arc<dyn Store> {
     Arc::new(SledStore::open(dir).unwrap())
 }
 
-conformance_suite!(sled, open_sled);
+fn open_fjall(dir: &Path) -> Arc<dyn Store> {
+    Arc::new(FjallStore::open(dir).unwrap())
+}
+
+fn open_redb(dir: &Path) -> Arc<dyn Store> {
+    Arc::new(RedbStore::open(dir).unwrap())
+}
+
+conformance_suite!(sled, Engine::Sled, open_sled);
+conformance_suite!(fjall, Engine::Fjall, open_fjall);
+conformance_suite!(redb, Engine::Redb, open_redb);
+
+/// Every engine has its suite above (a new arm of `Engine` without one
+/// fails here).
+#[test]
+fn every_engine_is_covered() {
+    let covered = [Engine::Sled, Engine::Fjall, Engine::Redb];
+    assert_eq!(Engine::ALL.len(), covered.len());
+    assert!(Engine::ALL.iter().all(|e| covered.contains(e)));
+}
 
 const CHILD_ENV: &str = "STRONGROOM_CRASH_CHILD_DIR";
+const ENGINE_ENV: &str = "STRONGROOM_CRASH_ENGINE";
 
 /// Not a test on its own: the child process of
 /// `acknowledged_writes_survive_sigkill`, which runs this test binary again
-/// with the directory in `STRONGROOM_CRASH_CHILD_DIR`. Four threads write
-/// until killed and print `ack <key>` after each write returns.
+/// with the directory in `STRONGROOM_CRASH_CHILD_DIR` and the engine in
+/// `STRONGROOM_CRASH_ENGINE`. Four threads write until killed and print
+/// `ack <key>` after each write returns.
 #[test]
 #[ignore = "child process of acknowledged_writes_survive_sigkill"]
 fn crash_child_writer() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let store = SledStore::open(Path::new(&dir)).unwrap();
+    let engine: Engine = std::env::var(ENGINE_ENV).unwrap().parse().unwrap();
+    let store = open_engine(engine, Path::new(&dir), DEFAULT_CACHE_BYTES).unwrap();
     let round = std::env::var("STRONGROOM_CRASH_ROUND").unwrap();
     std::thread::scope(|s| {
         for t in 0..4 {
-            let store = &store;
+            let store = &*store;
             let round = &round;
             s.spawn(move || {
                 for i in 0u64.. {
@@ -256,8 +403,10 @@ fn crash_child_writer() {
     });
 }
 
-#[test]
-fn acknowledged_writes_survive_sigkill() {
+/// Runs `crash_child_writer` on `engine` three times, killing it with
+/// SIGKILL mid-stream each time; every write it acknowledged must be there
+/// when the store is opened again.
+fn acknowledged_writes_survive_sigkill(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
     let mut all_acked = Vec::new();
     for round in 0..3 {
@@ -270,6 +419,7 @@ fn acknowledged_writes_survive_sigkill() {
                 "--test-threads=1",
             ])
             .env(CHILD_ENV, dir.path())
+            .env(ENGINE_ENV, engine.as_str())
             .env("STRONGROOM_CRASH_ROUND", round.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -296,13 +446,15 @@ fn acknowledged_writes_survive_sigkill() {
         );
         all_acked.extend(acked);
 
-        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(Engine::detect(dir.path()), Some(engine));
+        let store = open_engine(engine, dir.path(), DEFAULT_CACHE_BYTES).unwrap();
         for key in &all_acked {
             let value = store.get(key.as_bytes()).unwrap();
             assert_eq!(
                 value.as_deref(),
                 Some(format!("value-of-{key}").as_bytes()),
-                "round {round}: acknowledged write {key} lost"
+                "{}, round {round}: acknowledged write {key} lost",
+                engine.as_str()
             );
         }
     }

@@ -5,12 +5,16 @@
 //! ciphertext, digests and public metadata only. Nothing above this module
 //! knows which backend it runs on.
 
+mod fjall_store;
 mod group_commit;
+mod redb_store;
 mod sled_store;
 
 use std::path::Path;
 use std::sync::Arc;
 
+pub use fjall_store::FjallStore;
+pub use redb_store::RedbStore;
 pub use sled_store::SledStore;
 
 /// The embedded engines a data directory can hold.
@@ -18,11 +22,13 @@ pub use sled_store::SledStore;
 #[serde(rename_all = "lowercase")]
 pub enum Engine {
     Sled,
+    Fjall,
+    Redb,
 }
 
 impl Engine {
     /// Every engine, in the order [`Engine::detect`] tries them.
-    pub const ALL: [Engine; 1] = [Engine::Sled];
+    pub const ALL: [Engine; 3] = [Engine::Sled, Engine::Fjall, Engine::Redb];
 
     /// What a new data directory gets when the configuration names none
     /// (chosen by measurement: docs/performance.md, "Storage engines").
@@ -31,6 +37,8 @@ impl Engine {
     pub fn as_str(self) -> &'static str {
         match self {
             Engine::Sled => "sled",
+            Engine::Fjall => "fjall",
+            Engine::Redb => "redb",
         }
     }
 
@@ -38,6 +46,8 @@ impl Engine {
     pub fn detect(dir: &Path) -> Option<Engine> {
         Self::ALL.into_iter().find(|engine| match engine {
             Engine::Sled => SledStore::exists_in(dir),
+            Engine::Fjall => FjallStore::exists_in(dir),
+            Engine::Redb => RedbStore::exists_in(dir),
         })
     }
 }
@@ -88,6 +98,8 @@ pub fn open_engine(
 ) -> Result<Arc<dyn Store>, StoreError> {
     Ok(match engine {
         Engine::Sled => Arc::new(SledStore::open_with_cache(dir, cache_bytes)?),
+        Engine::Fjall => Arc::new(FjallStore::open_with_cache(dir, cache_bytes)?),
+        Engine::Redb => Arc::new(RedbStore::open_with_cache(dir, cache_bytes)?),
     })
 }
 
