@@ -18,7 +18,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::AVAILABLE_WHILE_SEALED;
 use super::error::{FieldError, Problem};
-use super::{audit, auth, collect, compliance, keys, principals, records, relay, sys, tokens};
+use super::{audit, auth, backup, collect, compliance, keys, principals, records, relay, sys, tokens};
 use crate::access::{Principal, PrincipalKind, RequestStatus, Role};
 use crate::audit::{AuditEntry, Checkpoint, Outcome, Verification};
 use crate::keyring::{KekMetadata, UnsealProgress};
@@ -170,7 +170,7 @@ impl Modify for Layers {
 #[openapi(
     info(title = "Strongroom", description = "Vault for KYC records and payment credentials. Contract: docs/api.md."),
     paths(
-        sys::health, sys::unseal, sys::seal, serve_document,
+        sys::health, sys::unseal, sys::seal, backup::backup, serve_document,
         principals::create, principals::list, principals::disable,
         auth::login, auth::logout,
         audit::entries, audit::verify,
