@@ -124,7 +124,9 @@ impl Header {
         hex::decode(&self.audit_pub)
             .ok()
             .and_then(|k| <[u8; 32]>::try_from(k).ok())
-            .ok_or(BackupError::Format("the header's audit key is not 32 hex bytes"))
+            .ok_or(BackupError::Format(
+                "the header's audit key is not 32 hex bytes",
+            ))
     }
 }
 
@@ -263,8 +265,8 @@ impl Prepared {
         pairs
             .seek(SeekFrom::Start(0))
             .map_err(|e| io_error(spool_dir, &e))?;
-        let pairs_len = copy_hashed(&mut pairs, &mut hash, |_| Ok(()))
-            .map_err(|e| io_error(spool_dir, &e))?;
+        let pairs_len =
+            copy_hashed(&mut pairs, &mut hash, |_| Ok(())).map_err(|e| io_error(spool_dir, &e))?;
         pairs
             .seek(SeekFrom::Start(0))
             .map_err(|e| io_error(spool_dir, &e))?;
@@ -301,7 +303,8 @@ impl Prepared {
         }
         let mut left = self.pairs_len;
         while left > 0 {
-            let mut chunk = vec![0u8; usize::try_from(left.min(STREAM_CHUNK as u64)).unwrap_or(STREAM_CHUNK)];
+            let mut chunk =
+                vec![0u8; usize::try_from(left.min(STREAM_CHUNK as u64)).unwrap_or(STREAM_CHUNK)];
             self.pairs
                 .read_exact(&mut chunk)
                 .map_err(|e| BackupError::Io(format!("backup spool: {e}")))?;
@@ -412,7 +415,9 @@ pub fn read(
     let mut magic = [0u8; 16];
     reader.exact(&mut magic)?;
     if &magic != MAGIC {
-        return Err(BackupError::Format("it does not start as a Strongroom backup"));
+        return Err(BackupError::Format(
+            "it does not start as a Strongroom backup",
+        ));
     }
     if reader.u32()? != VERSION {
         return Err(BackupError::Format(

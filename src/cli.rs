@@ -838,7 +838,9 @@ fn backup(args: BackupArgs) -> Result<(), String> {
         ));
     }
     let key = Zeroizing::new(std::env::var(API_KEY_VARIABLE).map_err(|_| {
-        format!("set {API_KEY_VARIABLE} to an admin API key (it is never taken from the command line)")
+        format!(
+            "set {API_KEY_VARIABLE} to an admin API key (it is never taken from the command line)"
+        )
     })?);
     if key.trim().is_empty() {
         return Err(format!("{API_KEY_VARIABLE} is empty"));
@@ -895,8 +897,8 @@ fn backup(args: BackupArgs) -> Result<(), String> {
             let problem: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
             return Err(format!(
                 "the server refused the backup: {status} {}: {}",
-                problem["code"].as_str().unwrap_or("?"),
-                problem["detail"].as_str().unwrap_or("")
+                problem.get("code").and_then(|v| v.as_str()).unwrap_or("?"),
+                problem.get("detail").and_then(|v| v.as_str()).unwrap_or("")
             ));
         }
         let expected = response.content_length();

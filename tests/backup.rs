@@ -43,7 +43,12 @@ fn unseal(addr: SocketAddr, init: &Value) {
 fn service(addr: SocketAddr, admin: &str, name: &str, role: &str) -> String {
     let body = json!({"name": name, "kind": "service", "roles": [role]}).to_string();
     let reply = http(addr, "POST", "/v1/principals", Some(admin), Some(&body));
-    assert_eq!(reply.status, 201, "{}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(
+        reply.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
     reply.json()["api_key"].as_str().unwrap().to_owned()
 }
 
@@ -239,7 +244,14 @@ fn a_backup_taken_under_load_restores_a_vault_that_unseals_verifies_and_opens_it
     assert_eq!(http(addr, "GET", "/v1/sys/health", None, None).status, 503);
     unseal(addr, &init);
     for id in stored.iter().chain([&first]) {
-        let status = http(addr, "GET", &format!("/v1/records/{id}"), Some(&payments), None).status;
+        let status = http(
+            addr,
+            "GET",
+            &format!("/v1/records/{id}"),
+            Some(&payments),
+            None,
+        )
+        .status;
         let expected = if created.contains(id) { 200 } else { 404 };
         assert_eq!(status, expected, "{id}");
     }
@@ -314,7 +326,12 @@ fn tampered_truncated_and_foreign_backups_are_refused_and_nothing_is_created() {
     }
     let longer = work.path().join("longer");
     std::fs::write(&longer, [bytes.as_slice(), b"x"].concat()).unwrap();
-    refused(&longer, &work.path().join("longer-target"), &anchor, "longer");
+    refused(
+        &longer,
+        &work.path().join("longer-target"),
+        &anchor,
+        "longer",
+    );
 
     // No trust anchor: refused, and says why.
     let why = refused(&file, &work.path().join("no-anchor"), &[], "no anchor");
@@ -375,7 +392,11 @@ fn tampered_truncated_and_foreign_backups_are_refused_and_nothing_is_created() {
     assert!(stderr(&out).contains("not empty"), "{}", stderr(&out));
     let out = restore(&file, dir.path(), &anchor);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("already holds a store"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("already holds a store"),
+        "{}",
+        stderr(&out)
+    );
 
     // The untouched file restores.
     let good = work.path().join("good");

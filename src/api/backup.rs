@@ -108,9 +108,7 @@ pub async fn backup(
     ctx: RequestContext,
     caller: Caller,
 ) -> Result<Response, ApiError> {
-    state
-        .authorize(&caller, Operation::SysBackup, &ctx)
-        .await?;
+    state.authorize(&caller, Operation::SysBackup, &ctx).await?;
     let actor = caller.principal().id.clone();
     drop(caller);
     let running = OneAtATime::take().ok_or(ApiError::Conflict(
@@ -156,10 +154,7 @@ pub async fn backup(
     Ok((
         StatusCode::OK,
         [
-            (
-                header::CONTENT_TYPE,
-                "application/octet-stream".to_owned(),
-            ),
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
             (
                 header::CONTENT_DISPOSITION,
                 format!("attachment; filename=\"{file_name}\""),

@@ -18,7 +18,9 @@ use utoipa::{Modify, OpenApi};
 
 use super::AVAILABLE_WHILE_SEALED;
 use super::error::{FieldError, Problem};
-use super::{audit, auth, backup, collect, compliance, keys, principals, records, relay, sys, tokens};
+use super::{
+    audit, auth, backup, collect, compliance, keys, principals, records, relay, sys, tokens,
+};
 use crate::access::{Principal, PrincipalKind, RequestStatus, Role};
 use crate::audit::{AuditEntry, Checkpoint, Outcome, Verification};
 use crate::keyring::{KekMetadata, UnsealProgress};
