@@ -85,6 +85,12 @@ impl HttpBody for Chunks {
     }
 }
 
+/// The backup file, as the document describes the answer's body: bytes.
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)]
+pub struct BackupFile(Vec<u8>);
+
 fn failure(e: BackupError) -> ApiError {
     match e {
         BackupError::Sealed => ApiError::Sealed,
@@ -99,7 +105,7 @@ fn failure(e: BackupError) -> ApiError {
 #[utoipa::path(get, path = "/v1/sys/backup", tag = "sys", operation_id = "backup",
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The backup file (docs/operations.md, \"Backup and recovery\"): a consistent snapshot of the store, signed with the vault's audit key. Its `sys.backup` audit entry is written before the snapshot is taken.", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 200, description = "The backup file (docs/operations.md, \"Backup and recovery\"): a consistent snapshot of the store, signed with the vault's audit key. Its `sys.backup` audit entry is written before the snapshot is taken.", content_type = "application/octet-stream", body = BackupFile),
         (status = 403, description = "`forbidden`: not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`conflict`: another backup is running", body = Problem, content_type = "application/problem+json"),
     ))]

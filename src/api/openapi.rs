@@ -184,7 +184,7 @@ impl Modify for Layers {
         relay::create_route, relay::list_routes, relay::change_route, relay::delete_route, relay::approve_route, relay::invoke_post, relay::invoke_put, relay::invoke_patch,
     ),
     components(schemas(
-        Problem, FieldError, UnsealProgress, sys::Health, sys::UnsealBody, sys::UnsealPassphrase, sys::UnsealShare, sys::SealState,
+        Problem, FieldError, UnsealProgress, sys::Health, sys::UnsealBody, sys::UnsealPassphrase, sys::UnsealShare, sys::SealState, backup::BackupFile,
         principals::NewPrincipal, principals::NewService, principals::CertFingerprint, principals::NewStaff, principals::ServiceKind, principals::StaffKind, principals::ServiceRole, principals::StaffRole, principals::CreatedPrincipal, principals::PrincipalList,
         Principal, PrincipalKind, Role, auth::Login, auth::Session,
         audit::AuditPage, AuditEntry, Checkpoint, Outcome, Verification,
