@@ -481,3 +481,85 @@ fn only_admins_fetch_a_backup_and_never_while_sealed() {
     assert!(stderr(&out).contains("https://"), "{}", stderr(&out));
     server.stop();
 }
+
+#[test]
+fn backup_over_https_trusts_the_given_ca_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let init = init_shares(dir.path());
+    let admin = init["admin_api_key"].as_str().unwrap();
+    let ca = common::tls::TestCa::new("backup test CA");
+    let issued = ca.server(&[]);
+    let (cert, key, ca_file) = (
+        dir.path().join("cert.pem"),
+        dir.path().join("key.pem"),
+        dir.path().join("ca.pem"),
+    );
+    std::fs::write(&cert, &issued.cert_pem).unwrap();
+    std::fs::write(&key, &issued.key_pem).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    let config = dir.path().join("tls.toml");
+    std::fs::write(
+        &config,
+        format!("[tls]\ncert_file = {cert:?}\nkey_file = {key:?}\n"),
+    )
+    .unwrap();
+    let server = Server::start(dir.path(), &config);
+    let client = ca.client_config(None);
+    for index in [1, 3, 4] {
+        let body = json!({ "share": init["shares"][index] }).to_string();
+        let reply = common::https(
+            server.addr,
+            client.clone(),
+            "POST",
+            "/v1/sys/unseal",
+            None,
+            Some(&body),
+        );
+        assert_eq!(reply.status, 200);
+    }
+    let url = format!("https://localhost:{}", server.addr.port());
+    let run = |out: &Path, ca: Option<&Path>| {
+        let mut args = vec![
+            "backup".to_owned(),
+            "--out".into(),
+            out.to_str().unwrap().into(),
+            "--url".into(),
+            url.clone(),
+        ];
+        if let Some(ca) = ca {
+            args.extend(["--ca-file".into(), ca.to_str().unwrap().into()]);
+        }
+        strongroom(&[])
+            .args(args)
+            .env("STRONGROOM_API_KEY", admin)
+            .output()
+            .unwrap()
+    };
+    // The system's roots do not know the test CA.
+    let untrusted = dir.path().join("untrusted.backup");
+    let out = run(&untrusted, None);
+    assert!(!out.status.success());
+    assert!(!untrusted.exists());
+    let file = dir.path().join("vault.backup");
+    let out = run(&file, Some(&ca_file));
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Nothing but the backup is left in the directory by the transfer.
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("partial"))
+    );
+    server.stop();
+    let restored = tempfile::tempdir().unwrap();
+    let public_key = dir.path().join("keys/audit.pub");
+    let out = restore(
+        &file,
+        restored.path(),
+        &["--public-key", public_key.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Restored vault"));
+}
