@@ -129,14 +129,20 @@ pub async fn backup(
     let keyring = Arc::clone(&state.keyring);
     let data_dir = state.settings.data_dir.clone();
     let now = state.clock.now();
-    let prepared = tokio::task::spawn_blocking(move || {
+    // The guard goes with the work: a client that hangs up while the
+    // snapshot is taken drops this handler, not the snapshot, which runs to
+    // its end (then its file is dropped) before another backup may start.
+    let (running, prepared) = tokio::task::spawn_blocking(move || {
         let engine = data_dir.as_deref().and_then(Engine::detect);
         let spool = data_dir.unwrap_or_else(std::env::temp_dir);
-        Prepared::take(store.as_ref(), &keyring, &spool, engine, now)
+        (
+            running,
+            Prepared::take(store.as_ref(), &keyring, &spool, engine, now),
+        )
     })
     .await
-    .map_err(|_| ApiError::Internal)?
-    .map_err(failure)?;
+    .map_err(|_| ApiError::Internal)?;
+    let prepared = prepared.map_err(failure)?;
     let length = prepared.len();
     let file_name = format!(
         "strongroom-{}-{}.backup",
