@@ -803,7 +803,100 @@ fn write_audit_head(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
+    use std::io::Write as _;
+
     use super::*;
+
+    use crate::crypto::{Key256, SigningKey};
+
+    /// A backup of `pairs` as the server writes one, signed by `key`.
+    fn encode(
+        key: &SigningKey,
+        vault_id: &str,
+        root_vault_id: &str,
+        pairs: &[(&[u8], &[u8])],
+    ) -> Vec<u8> {
+        let header = Header {
+            vault_id: vault_id.into(),
+            created_at: "2026-06-01T00:00:00Z".into(),
+            engine: Some("sled".into()),
+            audit_entries: 0,
+            audit_head: None,
+            pairs: pairs.len() as u64,
+            root_json: format!("{{\"vault_id\":\"{root_vault_id}\"}}"),
+            audit_pub: hex::encode(key.public_key()),
+        };
+        let json = serde_json::to_vec(&header).unwrap();
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&VERSION.to_be_bytes());
+        bytes.extend_from_slice(&length(json.len()).unwrap());
+        bytes.extend_from_slice(&json);
+        for (k, v) in pairs {
+            bytes.extend_from_slice(&length(k.len()).unwrap());
+            bytes.extend_from_slice(k);
+            bytes.extend_from_slice(&length(v.len()).unwrap());
+            bytes.extend_from_slice(v);
+        }
+        let digest = crate::crypto::sha256(&bytes);
+        bytes.extend_from_slice(&digest);
+        bytes.extend_from_slice(&key.sign(&signed_message(&digest)));
+        bytes
+    }
+
+    fn check(bytes: &[u8], trust: Trust) -> Result<Verified, BackupError> {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(bytes).unwrap();
+        let mut seen = Vec::new();
+        let verified = read(&mut file, trust, |k, v| {
+            seen.push((k, v));
+            Ok(())
+        })?;
+        assert_eq!(seen.len() as u64, verified.header.pairs);
+        Ok(verified)
+    }
+
+    #[test]
+    fn a_well_formed_file_verifies_and_every_rule_is_enforced() {
+        let key = SigningKey::from_seed(&Key256::from_bytes([7; 32])).unwrap();
+        let other = SigningKey::from_seed(&Key256::from_bytes([8; 32])).unwrap();
+        let good: &[(&[u8], &[u8])] = &[(b"a", b"1"), (VAULT_KEY, b"v1"), (b"z", b"")];
+        let bytes = encode(&key, "v1", "v1", good);
+        assert!(check(&bytes, Trust::Key(key.public_key())).is_ok());
+        assert!(check(&bytes, Trust::HeaderKey).is_ok());
+        // Another vault's key.
+        let e = check(&bytes, Trust::Key(other.public_key())).unwrap_err();
+        assert!(e.to_string().contains("another vault"), "{e}");
+        // Signed by a key other than the one the header names.
+        let mut forged = encode(&other, "v1", "v1", good);
+        let at = forged.len() - 1;
+        forged[at] ^= 1;
+        assert!(check(&forged, Trust::HeaderKey).is_err());
+        // Pairs out of order, or repeated.
+        let unordered: &[(&[u8], &[u8])] = &[(b"b", b"1"), (b"a", b"1"), (VAULT_KEY, b"v1")];
+        let e = check(&encode(&key, "v1", "v1", unordered), Trust::HeaderKey).unwrap_err();
+        assert!(e.to_string().contains("key order"), "{e}");
+        let repeated: &[(&[u8], &[u8])] = &[(b"a", b"1"), (b"a", b"2"), (VAULT_KEY, b"v1")];
+        assert!(check(&encode(&key, "v1", "v1", repeated), Trust::HeaderKey).is_err());
+        // No vault in the store, another vault's store, another vault's root.json.
+        let empty: &[(&[u8], &[u8])] = &[(b"a", b"1")];
+        let e = check(&encode(&key, "v1", "v1", empty), Trust::HeaderKey).unwrap_err();
+        assert!(e.to_string().contains("no initialised vault"), "{e}");
+        let e = check(&encode(&key, "v2", "v2", good), Trust::HeaderKey).unwrap_err();
+        assert!(e.to_string().contains("another vault"), "{e}");
+        let e = check(&encode(&key, "v1", "v2", good), Trust::HeaderKey).unwrap_err();
+        assert!(e.to_string().contains("root.json"), "{e}");
+        // Any changed byte, a missing or an extra one.
+        for at in 0..bytes.len() {
+            let mut changed = bytes.clone();
+            changed[at] ^= 0x20;
+            assert!(
+                check(&changed, Trust::Key(key.public_key())).is_err(),
+                "byte {at}"
+            );
+        }
+        assert!(check(&bytes[..bytes.len() - 1], Trust::HeaderKey).is_err());
+        assert!(check(&[bytes.as_slice(), b"\0"].concat(), Trust::HeaderKey).is_err());
+    }
 
     #[test]
     fn a_file_that_is_not_a_backup_is_refused_by_its_magic() {
