@@ -1,4 +1,5 @@
-//! The command line (clap): `init`, `serve`, `dev`. `main.rs` only calls
+//! The command line (clap): `init`, `serve`, `dev`, `audit`, `backup`,
+//! `restore`. `main.rs` only calls
 //! [`run`]. Secrets are printed once, to stdout, and never logged.
 
 use std::io::Write as _;
@@ -46,6 +47,58 @@ enum Command {
     /// Verify or export the audit log (offline: stop the server first).
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Fetch a consistent, signed backup from a running server into a new
+    /// file (mode 0600). The admin API key comes from the environment
+    /// variable STRONGROOM_API_KEY, never from the command line (where
+    /// other users could read it).
+    Backup(BackupArgs),
+    /// Restore a backup into a new data directory (offline). The backup's
+    /// signature is checked against the vault's audit.pub, kept apart from
+    /// the backup; nothing is created unless every check passes.
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, Args)]
+struct BackupArgs {
+    /// Write the backup here; an existing file is never replaced.
+    #[arg(long)]
+    out: PathBuf,
+    /// The server's base URL (https://…; http:// only to a loopback address).
+    #[arg(long, env = "STRONGROOM_URL")]
+    url: String,
+    /// PEM file of the CA that issued the server's certificate (default: the
+    /// system's roots).
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct RestoreArgs {
+    /// The backup file.
+    #[arg(long = "in", value_name = "FILE")]
+    input: PathBuf,
+    /// The new data directory (absent or empty; created 0700).
+    #[arg(long, env = "STRONGROOM_DATA_DIR")]
+    data_dir: PathBuf,
+    /// The keys directory: root.json and audit.pub are written there unless
+    /// present (present ones must be this vault's); audit.head is set to the
+    /// backup's signed head.
+    #[arg(long, env = "STRONGROOM_KEYS_DIR")]
+    keys_dir: Option<PathBuf>,
+    /// The vault's audit.pub, from a source you trust (default:
+    /// audit.pub in the keys directory).
+    #[arg(long)]
+    public_key: Option<PathBuf>,
+    /// The engine of the new store (default: [store] engine of --config, or
+    /// the default engine); a backup moves between engines.
+    #[arg(long)]
+    engine: Option<Engine>,
+    /// TOML configuration file ([store], keys_dir).
+    #[arg(long, env = "STRONGROOM_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -163,6 +216,8 @@ pub fn run() -> ExitCode {
         Command::Dev(args) => dev(args),
         Command::Audit(AuditCommand::Verify(args)) => audit_verify(args),
         Command::Audit(AuditCommand::Export(args)) => audit_export(args),
+        Command::Backup(args) => backup(args),
+        Command::Restore(args) => restore(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -256,6 +311,7 @@ fn app_settings(config: &Config) -> AppSettings {
             .unwrap_or(usize::MAX),
         collect: config.collect,
         relay: config.relay.clone(),
+        data_dir: Some(config.data_dir.clone()),
         ..AppSettings::default()
     }
 }
@@ -744,4 +800,206 @@ impl OfflineVault {
             Err(e) => Err(e.to_string()),
         }
     }
+}
+
+/// The environment variable `backup` reads the admin API key from.
+const API_KEY_VARIABLE: &str = "STRONGROOM_API_KEY";
+
+/// Whether `url` may carry an API key: HTTPS, or plain HTTP to this machine.
+fn backup_url(base: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(base.trim_end_matches('/'))
+        .map_err(|e| format!("--url {base:?}: {e}"))?;
+    let loopback = url.host_str().is_some_and(|host| {
+        host == "localhost"
+            || host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    });
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        _ => {
+            return Err(format!(
+                "--url {base:?}: use https:// (plain http:// only to a loopback address: the API key would cross the network in the clear)"
+            ));
+        }
+    }
+    url.join("/v1/sys/backup").map_err(|e| e.to_string())
+}
+
+fn backup(args: BackupArgs) -> Result<(), String> {
+    use crate::backup::{Trust, read};
+    if std::fs::symlink_metadata(&args.out).is_ok() {
+        return Err(format!(
+            "{} exists; backup never replaces a file (nothing was fetched)",
+            args.out.display()
+        ));
+    }
+    let key = Zeroizing::new(std::env::var(API_KEY_VARIABLE).map_err(|_| {
+        format!(
+            "set {API_KEY_VARIABLE} to an admin API key (it is never taken from the command line)"
+        )
+    })?);
+    if key.trim().is_empty() {
+        return Err(format!("{API_KEY_VARIABLE} is empty"));
+    }
+    let url = backup_url(&args.url)?;
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .min_tls_version(reqwest::tls::Version::TLS_1_2)
+        .connect_timeout(std::time::Duration::from_secs(30));
+    builder = match &args.ca_file {
+        None => builder.tls_built_in_root_certs(true),
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .ok()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| format!("{}: no PEM certificate in it", path.display()))?;
+            certs
+                .into_iter()
+                .fold(builder.tls_built_in_root_certs(false), |b, c| {
+                    b.add_root_certificate(c)
+                })
+        }
+    };
+    let client = builder
+        .build()
+        .map_err(|e| format!("cannot build the HTTPS client: {e}"))?;
+    let directory = match args.out.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    // 0600, in the target's directory, so the final rename is atomic.
+    let mut partial = tempfile::Builder::new()
+        .prefix(".strongroom-backup-")
+        .suffix(".partial")
+        .tempfile_in(&directory)
+        .map_err(|e| format!("cannot create a file in {}: {e}", directory.display()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let received = runtime.block_on(async {
+        let mut response = client
+            .get(url.clone())
+            .bearer_auth(key.as_str())
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.bytes().await.unwrap_or_default();
+            let problem: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            return Err(format!(
+                "the server refused the backup: {status} {}: {}",
+                problem.get("code").and_then(|v| v.as_str()).unwrap_or("?"),
+                problem.get("detail").and_then(|v| v.as_str()).unwrap_or("")
+            ));
+        }
+        let expected = response.content_length();
+        let mut received = 0u64;
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| format!("the backup was cut off: {e}"))?
+        {
+            partial
+                .write_all(&chunk)
+                .map_err(|e| format!("{}: {e}", partial.path().display()))?;
+            received += chunk.len() as u64;
+        }
+        if expected.is_some_and(|n| n != received) {
+            return Err("the backup was cut off before its end".to_owned());
+        }
+        Ok(received)
+    })?;
+    partial
+        .as_file()
+        .sync_all()
+        .map_err(|e| format!("{}: {e}", partial.path().display()))?;
+    let verified = read(partial.as_file_mut(), Trust::HeaderKey, |_, _| Ok(()))
+        .map_err(|e| format!("the received backup does not check out ({e}); nothing was kept"))?;
+    partial.persist_noclobber(&args.out).map_err(|e| {
+        format!(
+            "cannot write {}: {} (the received backup was discarded)",
+            args.out.display(),
+            e.error
+        )
+    })?;
+    std::fs::File::open(&directory)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| format!("{}: {e}", directory.display()))?;
+    let header = verified.header;
+    println!(
+        "Backup of vault {} written to {} ({received} bytes, {} pairs, {} audit entries{}).\n\
+         Keep the vault's keys/audit.pub apart from it: restore checks the backup's signature against it.",
+        header.vault_id,
+        args.out.display(),
+        header.pairs,
+        header.audit_entries,
+        header
+            .audit_head
+            .as_ref()
+            .map(|h| format!(", signed audit head {}", h.seq))
+            .unwrap_or_default()
+    );
+    Ok(())
+}
+
+fn restore(args: RestoreArgs) -> Result<(), String> {
+    let locations = Locations {
+        data_dir: Some(args.data_dir.clone()),
+        keys_dir: args.keys_dir.clone(),
+        config: args.config.clone(),
+    };
+    let config = load_config(&locations, None)?;
+    let plan = crate::backup::RestorePlan {
+        file: args.input,
+        data_dir: config.data_dir,
+        keys_dir: config.keys_dir,
+        public_key: args.public_key,
+        engine: args.engine.unwrap_or(config.store.engine),
+        cache_bytes: config.store.cache_bytes,
+    };
+    let restored = crate::backup::restore(&plan).map_err(|e| format!("restore refused: {e}"))?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&restored).map_err(|e| e.to_string())?
+        );
+    } else {
+        println!(
+            "Restored vault {} (backup of {}) into {} ({} engine): {} pairs, {} audit entries verified{}.\n\
+             Keys directory {}: {}.\n\
+             Start `strongroom serve` on it and unseal with the vault's shares or passphrase.",
+            restored.vault_id,
+            restored.created_at,
+            plan.data_dir.display(),
+            restored.engine,
+            restored.pairs,
+            restored.audit_entries,
+            restored
+                .audit_head
+                .as_ref()
+                .map(|(seq, hash)| format!("; audit.head set to the signed head {seq} ({hash})"))
+                .unwrap_or_default(),
+            plan.keys_dir.display(),
+            if restored.keys_written.is_empty() {
+                "root.json and audit.pub were already there".to_owned()
+            } else {
+                format!("wrote {}", restored.keys_written.join(", "))
+            },
+        );
+    }
+    if let Some(seq) = restored.audit_head_moved_back_from {
+        eprintln!(
+            "note: audit.head named entry {seq}, newer than the backup: it now names the backup's head (the restored log ends there)"
+        );
+    }
+    Ok(())
 }

@@ -144,6 +144,7 @@ async fn sample(
     };
     match op {
         Operation::SysSeal => ("POST", "/v1/sys/seal".into(), None),
+        Operation::SysBackup => ("GET", "/v1/sys/backup".into(), None),
         Operation::PrincipalCreate => (
             "POST",
             "/v1/principals".into(),

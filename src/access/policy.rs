@@ -64,6 +64,7 @@ impl Role {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Operation {
     SysSeal,
+    SysBackup,
     PrincipalCreate,
     PrincipalList,
     PrincipalDisable,
@@ -93,8 +94,9 @@ pub enum Operation {
 }
 
 impl Operation {
-    pub const ALL: [Operation; 29] = [
+    pub const ALL: [Operation; 30] = [
         Operation::SysSeal,
+        Operation::SysBackup,
         Operation::PrincipalCreate,
         Operation::PrincipalList,
         Operation::PrincipalDisable,
@@ -129,6 +131,7 @@ impl Operation {
     pub fn action(self) -> &'static str {
         match self {
             Operation::SysSeal => "sys.seal",
+            Operation::SysBackup => "sys.backup",
             Operation::PrincipalCreate => "principal.create",
             Operation::PrincipalList => "principal.list",
             Operation::PrincipalDisable => "principal.disable",
@@ -165,6 +168,7 @@ pub fn allows(role: Role, op: Operation) -> bool {
     use Role as R;
     match op {
         O::SysSeal
+        | O::SysBackup
         | O::PrincipalCreate
         | O::PrincipalList
         | O::PrincipalDisable

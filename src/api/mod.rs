@@ -7,6 +7,7 @@
 
 mod audit;
 mod auth;
+mod backup;
 mod collect;
 mod compliance;
 mod error;
@@ -77,6 +78,10 @@ pub struct AppSettings {
     pub collect: crate::config::CollectSettings,
     /// The relay's outbound client (config `[relay]`).
     pub relay: crate::relay::upstream::RelaySettings,
+    /// The data directory: where `GET /v1/sys/backup` spools its snapshot
+    /// (an unnamed file) and whose engine it names. `None` (tests): the
+    /// system's temporary directory, engine unnamed.
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for AppSettings {
@@ -100,6 +105,7 @@ impl Default for AppSettings {
             grant_lifetime: time::Duration::minutes(30),
             collect: crate::config::CollectSettings::default(),
             relay: crate::relay::upstream::RelaySettings::default(),
+            data_dir: None,
         }
     }
 }
@@ -614,6 +620,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sys/health", get(sys::health))
         .route("/v1/sys/unseal", post(sys::unseal))
         .route("/v1/sys/seal", post(sys::seal))
+        .route("/v1/sys/backup", get(backup::backup))
         .route("/v1/openapi.json", get(openapi::serve_document))
         .route(
             "/v1/principals",
