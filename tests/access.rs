@@ -615,12 +615,9 @@ async fn repeated_failures_lock_the_username_for_a_growing_period() {
 
     // While locked, refusals are audited at most once a minute.
     let locked_entries = |vault: &TestVault| {
-        vault
-            .store
-            .scan_prefix(b"au/e/")
-            .unwrap()
+        audit_entries(vault)
             .iter()
-            .filter(|(_, v)| String::from_utf8_lossy(v).contains("\"reason\":\"locked\""))
+            .filter(|e| e["reason"] == "locked")
             .count()
     };
     for _ in 0..5 {
