@@ -236,6 +236,23 @@ fn main() {
     store.flush().unwrap();
     let rss_loaded = rss_mib();
     let bytes = disk_bytes(&data_dir);
+    // Our own bytes (keys and values as handed to the engine), by kind.
+    let mut own: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    store
+        .snapshot(&mut |k, v| {
+            let kind = match k.get(..3) {
+                Some(b"au/") => "audit (au/)",
+                Some(b"rec") => "records (rec/)",
+                Some(b"tk/") => "token records (tk/)",
+                Some(b"bi/") => "index entries (bi/)",
+                _ => "other",
+            };
+            let slot = own.entry(kind.to_owned()).or_default();
+            slot.0 += 1;
+            slot.1 += (k.len() + v.len()) as u64;
+            Ok(())
+        })
+        .unwrap();
     let rate = detokenize_rate(&rt, state, key.expose_secret(), &tokens, seconds);
     samples.push(Sample { records, rate });
     drop(tokens);
@@ -264,6 +281,18 @@ fn main() {
     println!(
         "resident memory:          {rss_loaded:.0} MiB after loading (was {rss_before:.0} MiB before)"
     );
+    let own_total: u64 = own.values().map(|(_, bytes)| bytes).sum();
+    println!(
+        "own bytes:                {:.0} bytes/record (keys and values handed to the engine)",
+        own_total as f64 / records as f64
+    );
+    for (kind, (pairs, bytes)) in &own {
+        println!(
+            "  {kind:<24}{pairs} pairs, {:.0} bytes/record, {:.0} bytes/pair",
+            *bytes as f64 / records as f64,
+            *bytes as f64 / *pairs as f64
+        );
+    }
     for sample in &samples {
         println!(
             "detokenize (1 token/req): {:.0} req/s at {} records",

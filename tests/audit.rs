@@ -923,14 +923,14 @@ fn an_empty_log_or_export_is_refused() {
     assert!(!lenient.ok, "{lenient:?}");
 
     let dir = tempfile::tempdir().unwrap();
-    let store = strongroom::store::SledStore::open(dir.path()).unwrap();
+    let store = common::open_store(dir.path());
     for strict in [true, false] {
-        let result = verify_store(&store, &key, strict);
+        let result = verify_store(store.as_ref(), &key, strict);
         assert!(!result.ok, "{result:?}");
         assert!(result.problem.unwrap().contains("empty"));
     }
     let mut out = Vec::new();
-    let refused = export_store(&store, &mut out).unwrap_err();
+    let refused = export_store(store.as_ref(), &mut out).unwrap_err();
     assert!(refused.contains("empty"), "{refused}");
     assert!(out.is_empty());
 }
@@ -969,8 +969,8 @@ async fn a_rolled_back_data_directory_is_refused() {
     vault.store.flush().unwrap();
 
     // The old copy on its own is a well-formed, signed log…
-    let copy = strongroom::store::SledStore::open(earlier.path()).unwrap();
-    let alone = verify_store(&copy, &public_key(&vault), false);
+    let copy = common::open_store(earlier.path());
+    let alone = verify_store(copy.as_ref(), &public_key(&vault), false);
     assert!(alone.ok && alone.entries == copied_entries, "{alone:?}");
     drop(copy);
     // …but the keys directory has seen a newer signed head.
@@ -983,8 +983,7 @@ async fn a_rolled_back_data_directory_is_refused() {
     assert!(stderr.contains("rolled back"), "{stderr}");
 
     // Served again over the old copy: unseal must not sign over it.
-    let store: Arc<dyn Store> =
-        Arc::new(strongroom::store::SledStore::open(earlier.path()).unwrap());
+    let store = common::open_store(earlier.path());
     let keyring = Arc::new(
         strongroom::keyring::Keyring::open(
             &vault.keys_dir(),

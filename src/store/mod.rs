@@ -32,7 +32,7 @@ impl Engine {
 
     /// What a new data directory gets when the configuration names none
     /// (chosen by measurement: docs/performance.md, "Storage engines").
-    pub const DEFAULT: Engine = Engine::Sled;
+    pub const DEFAULT: Engine = Engine::Fjall;
 
     pub fn as_str(self) -> &'static str {
         match self {

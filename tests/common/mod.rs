@@ -18,7 +18,7 @@ use strongroom::api::{AppSettings, AppState, router};
 use strongroom::clock::{Clock, SystemClock};
 use strongroom::crypto::{KdfPolicy, PasswordPolicy};
 use strongroom::keyring::{Keyring, KeyringSettings, SealMethod};
-use strongroom::store::{SledStore, Store};
+use strongroom::store::{Engine, Store};
 use zeroize::Zeroizing;
 
 pub mod process;
@@ -237,7 +237,7 @@ fn vault_over(
     app: AppSettings,
 ) -> TestVault {
     let dir = tempfile::tempdir().unwrap();
-    let store = wrap(Arc::new(SledStore::open(&dir.path().join("data")).unwrap()));
+    let store = wrap(open_store(&dir.path().join("data")));
     let init = Keyring::init(
         &dir.path().join("keys"),
         Arc::clone(&store),
@@ -283,6 +283,13 @@ pub fn shares_vault(count: u8, threshold: u8) -> TestVault {
         fast_settings(),
         Arc::new(SystemClock),
     )
+}
+
+/// The store in `dir` with the engine found there, or a new one of the
+/// default engine (what every in-process test vault runs on).
+pub fn open_store(dir: &Path) -> Arc<dyn Store> {
+    let engine = Engine::detect(dir).unwrap_or(Engine::DEFAULT);
+    strongroom::store::open_engine(engine, dir, 64 << 20).unwrap()
 }
 
 /// Every audit entry in `vault`'s store, oldest first, as JSON.
