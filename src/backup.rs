@@ -71,6 +71,33 @@ const RESTORE_BATCH_PAIRS: usize = 1024;
 const RESTORE_BATCH_BYTES: usize = 8 << 20;
 /// Chunks the server streams.
 pub const STREAM_CHUNK: usize = 64 * 1024;
+/// Free space a backup's spool always leaves on its filesystem: 256 MiB.
+pub const SPOOL_RESERVE: u64 = 256 << 20;
+/// How often (bytes spooled) the walk checks the free space again.
+const SPOOL_CHECK_EVERY: u64 = 16 << 20;
+
+/// Bytes an unprivileged writer may still use on the filesystem of `dir`.
+pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    let stat = rustix::fs::statvfs(dir)?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// The bytes of every file under `dir` (the store's size on disk).
+pub fn tree_bytes(dir: &Path) -> std::io::Result<u64> {
+    let mut total = 0u64;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        total = total.saturating_add(if kind.is_dir() {
+            tree_bytes(&entry.path())?
+        } else if kind.is_file() {
+            entry.metadata()?.len()
+        } else {
+            0
+        });
+    }
+    Ok(total)
+}
 
 /// Errors of backup and restore. None carries a stored value.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +115,10 @@ pub enum BackupError {
     Refused(String),
     #[error("the vault is sealed")]
     Sealed,
+    /// Too little free disk space for the spool: the backup was not taken
+    /// (rather than fill the disk the store writes to).
+    #[error("{0}")]
+    NoSpace(String),
     #[error("{0}")]
     Io(String),
     #[error(transparent)]
@@ -199,20 +230,53 @@ impl Prepared {
     /// `spool_dir` and signs it with the vault's audit key. Blocking: the
     /// store's writers wait while the walk runs (it writes to a local file,
     /// never to a client), not while the file is sent.
+    ///
+    /// `expected_bytes` is what the spool may grow to (the store's size on
+    /// disk): the walk starts only if that much plus [`SPOOL_RESERVE`] is
+    /// free in `spool_dir`, and stops once less than the reserve is left,
+    /// so a backup never fills the disk the store itself writes to (a
+    /// failed write poisons the store until restart).
     pub fn take(
         store: &dyn Store,
         keyring: &Keyring,
         spool_dir: &Path,
+        expected_bytes: u64,
         engine: Option<Engine>,
         now: time::OffsetDateTime,
     ) -> Result<Self, BackupError> {
         if keyring.is_sealed() {
             return Err(BackupError::Sealed);
         }
+        let free = free_bytes(spool_dir).map_err(|e| io_error(spool_dir, &e))?;
+        if free < expected_bytes.saturating_add(SPOOL_RESERVE) {
+            return Err(BackupError::NoSpace(format!(
+                "a backup needs about {} MiB free beside the data directory and {} MiB more \
+                 kept in reserve; {} MiB are free. Nothing was taken",
+                expected_bytes >> 20,
+                SPOOL_RESERVE >> 20,
+                free >> 20
+            )));
+        }
         let spool = tempfile::tempfile_in(spool_dir).map_err(|e| io_error(spool_dir, &e))?;
         let mut writer = BufWriter::with_capacity(STREAM_CHUNK, spool);
         let mut facts = Facts::default();
+        let mut since_check = 0u64;
         store.snapshot(&mut |key, value| {
+            since_check += (key.len() + value.len() + 8) as u64;
+            if since_check >= SPOOL_CHECK_EVERY {
+                since_check = 0;
+                match free_bytes(spool_dir) {
+                    Ok(free) if free >= SPOOL_RESERVE => {}
+                    Ok(_) => {
+                        return Err(StoreError::Backend(
+                            "the disk beside the data directory is nearly full; the backup \
+                             stopped"
+                                .into(),
+                        ));
+                    }
+                    Err(e) => return Err(StoreError::Backend(format!("backup spool: {e}"))),
+                }
+            }
             let written = length(key.len())
                 .and_then(|k| Ok((k, length(value.len())?)))
                 .map_err(|e| StoreError::Backend(e.to_string()))
@@ -231,6 +295,10 @@ impl Prepared {
         let mut pairs = writer
             .into_inner()
             .map_err(|e| io_error(spool_dir, e.error()))?;
+        // The snapshot may hold writes applied but not yet durable: signed
+        // only once they are, so a backup never vouches for a write a
+        // failed sync then loses.
+        store.flush()?;
         let vault_id = facts
             .vault_id
             .ok_or_else(|| BackupError::Refused("the store holds no initialised vault".into()))?;
@@ -508,6 +576,11 @@ pub struct RestorePlan {
     pub public_key: Option<PathBuf>,
     pub engine: Engine,
     pub cache_bytes: u64,
+    /// `--accept-rollback`: restore even though the keys directory's
+    /// `audit.head` names a later entry than the backup reaches (the
+    /// entries after the backup are then lost to the log; the old head is
+    /// kept beside it).
+    pub accept_rollback: bool,
 }
 
 /// What `restore` did.
@@ -524,6 +597,8 @@ pub struct Restored {
     pub keys_written: Vec<&'static str>,
     /// The seq `audit.head` named before, when it was newer and moved back.
     pub audit_head_moved_back_from: Option<u64>,
+    /// Where the `audit.head` found in the keys directory was kept.
+    pub previous_audit_head: Option<PathBuf>,
 }
 
 fn read_public_key(path: &Path) -> Result<[u8; 32], BackupError> {
@@ -623,6 +698,32 @@ pub fn restore(plan: &RestorePlan) -> Result<Restored, BackupError> {
         )));
     }
 
+    // A keys directory whose audit.head names a later entry than the
+    // backup reaches has seen entries this restore would drop: refused
+    // unless the operator says so (the old head is kept either way).
+    let backup_seq = header.audit_head.as_ref().map_or(0, |h| h.seq);
+    match crate::audit::read_head_file(&plan.keys_dir, &anchor) {
+        Ok(Some(known)) if known.seq > backup_seq && !plan.accept_rollback => {
+            return Err(BackupError::Refused(format!(
+                "{} names audit entry {}, but this backup ends at entry {backup_seq}: restoring \
+                 it drops the {} entries after it from the log. If that is what you mean (the \
+                 newer data is lost), run again with --accept-rollback; the current audit.head \
+                 is kept beside it. Nothing was created",
+                plan.keys_dir.join(AUDIT_HEAD_FILE).display(),
+                known.seq,
+                known.seq - backup_seq
+            )));
+        }
+        Ok(_) => {}
+        Err(why) if !plan.accept_rollback => {
+            return Err(BackupError::Refused(format!(
+                "{why}: find out why before restoring (--accept-rollback restores anyway and \
+                 keeps that file beside the new head). Nothing was created"
+            )));
+        }
+        Err(_) => {}
+    }
+
     // Every check passed: create the store.
     crate::config::create_data_dir(&plan.data_dir).map_err(|e| BackupError::Io(e.to_string()))?;
     let undo = |why: BackupError| {
@@ -654,9 +755,9 @@ pub fn restore(plan: &RestorePlan) -> Result<Restored, BackupError> {
         Ok(written) => written,
         Err(e) => return Err(undo(e)),
     };
-    let moved_back = match &header.audit_head {
+    let (moved_back, previous_audit_head) = match &header.audit_head {
         Some(head) => write_audit_head(&plan.keys_dir, head, &anchor)?,
-        None => None,
+        None => (None, None),
     };
     Ok(Restored {
         vault_id: header.vault_id,
@@ -667,6 +768,7 @@ pub fn restore(plan: &RestorePlan) -> Result<Restored, BackupError> {
         created_at: header.created_at,
         keys_written,
         audit_head_moved_back_from: moved_back,
+        previous_audit_head,
     })
 }
 
@@ -767,20 +869,37 @@ fn sync_dir(dir: &Path) -> Result<(), BackupError> {
         .map_err(|e| io_error(dir, &e))
 }
 
-/// Replaces `audit.head` with the backup's signed head, so rollback
-/// protection starts from it; the seq it named before, when that was newer
-/// (the restore moved it back, as it must: the store is older now).
+/// Sets `audit.head` to the backup's signed head, so rollback protection
+/// starts from it. An `audit.head` already there is kept, renamed to
+/// `audit.head.before-restore-<unix time>` (it records how far the lost log
+/// went). Returns the seq it named when that was newer than the backup's
+/// (the restore moved it back, as `--accept-rollback` allowed), and where
+/// it was kept.
 fn write_audit_head(
     keys_dir: &Path,
     head: &Checkpoint,
     anchor: &[u8; 32],
-) -> Result<Option<u64>, BackupError> {
+) -> Result<(Option<u64>, Option<PathBuf>), BackupError> {
     let before = crate::audit::read_head_file(keys_dir, anchor)
         .ok()
         .flatten()
         .map(|known| known.seq)
         .filter(|seq| *seq > head.seq);
     let path = keys_dir.join(AUDIT_HEAD_FILE);
+    let kept = if path.exists() {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let kept = keys_dir.join(format!("{AUDIT_HEAD_FILE}.before-restore-{now}"));
+        if kept.exists() {
+            return Err(BackupError::Refused(format!(
+                "{} exists already; try again in a second",
+                kept.display()
+            )));
+        }
+        fs::rename(&path, &kept).map_err(|e| io_error(&path, &e))?;
+        Some(kept)
+    } else {
+        None
+    };
     let temporary = path.with_extension("head.new");
     let text = serde_json::to_string(head)
         .map_err(|_| BackupError::Format("the audit head cannot be encoded"))?;
@@ -796,7 +915,7 @@ fn write_audit_head(
         .map_err(|e| io_error(&temporary, &e))?;
     fs::rename(&temporary, &path).map_err(|e| io_error(&path, &e))?;
     sync_dir(keys_dir)?;
-    Ok(before)
+    Ok((before, kept))
 }
 
 #[cfg(test)]

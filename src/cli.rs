@@ -96,6 +96,11 @@ struct RestoreArgs {
     /// TOML configuration file ([store], keys_dir).
     #[arg(long, env = "STRONGROOM_CONFIG")]
     config: Option<PathBuf>,
+    /// Restore even though the keys directory's audit.head names a later
+    /// audit entry than the backup reaches (the entries after the backup
+    /// are lost to the log; the old audit.head is kept beside the new one).
+    #[arg(long)]
+    accept_rollback: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -965,6 +970,7 @@ fn restore(args: RestoreArgs) -> Result<(), String> {
         public_key: args.public_key,
         engine: args.engine.unwrap_or(config.store.engine),
         cache_bytes: config.store.cache_bytes,
+        accept_rollback: args.accept_rollback,
     };
     let restored = crate::backup::restore(&plan).map_err(|e| format!("restore refused: {e}"))?;
     if args.json {
@@ -998,7 +1004,13 @@ fn restore(args: RestoreArgs) -> Result<(), String> {
     }
     if let Some(seq) = restored.audit_head_moved_back_from {
         eprintln!(
-            "note: audit.head named entry {seq}, newer than the backup: it now names the backup's head (the restored log ends there)"
+            "note: audit.head named entry {seq}, newer than the backup: it now names the backup's head (the restored log ends there; --accept-rollback)"
+        );
+    }
+    if let Some(kept) = &restored.previous_audit_head {
+        eprintln!(
+            "note: the previous audit.head is kept as {} (it records how far the log went before)",
+            kept.display()
         );
     }
     Ok(())

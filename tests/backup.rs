@@ -563,3 +563,115 @@ fn backup_over_https_trusts_the_given_ca_and_nothing_else() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("Restored vault"));
 }
+
+/// Restoring an older backup with the vault's own keys directory, whose
+/// `audit.head` has seen later entries, is a rollback of the log: refused
+/// (nothing created) unless `--accept-rollback` says it is meant; then the
+/// previous `audit.head` is kept beside the new one, and the restored vault
+/// serves and unseals.
+#[test]
+fn restoring_behind_the_keys_directorys_head_needs_accept_rollback() {
+    let dir = tempfile::tempdir().unwrap();
+    let init = init_shares(dir.path());
+    let admin = init["admin_api_key"].as_str().unwrap();
+    let config = plain_http_config(dir.path());
+    let server = Server::start(dir.path(), &config);
+    unseal(server.addr, &init);
+    let file = dir.path().join("old.backup");
+    let out = backup(server.addr, admin, &file);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Later work the backup does not hold; a clean stop records its head.
+    for i in 0..3 {
+        service(server.addr, admin, &format!("later-{i}"), "auditor");
+    }
+    server.stop();
+    let head_before = std::fs::read_to_string(dir.path().join("keys/audit.head")).unwrap();
+
+    let target = tempfile::tempdir().unwrap();
+    let data = target.path().join("data");
+    let keys = dir.path().join("keys");
+    let restore_into = |extra: &[&str]| {
+        strongroom(&[
+            "restore",
+            "--in",
+            file.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--keys-dir",
+            keys.to_str().unwrap(),
+        ])
+        .args(extra)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+    };
+    let out = restore_into(&[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--accept-rollback"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !data.exists(),
+        "a refused restore created the data directory"
+    );
+    assert_eq!(
+        std::fs::read_to_string(keys.join("audit.head")).unwrap(),
+        head_before
+    );
+
+    let out = restore_into(&["--accept-rollback"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let kept: Vec<PathBuf> = std::fs::read_dir(&keys)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("audit.head.before-restore-")
+        })
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(std::fs::read_to_string(&kept[0]).unwrap(), head_before);
+    assert_ne!(
+        std::fs::read_to_string(keys.join("audit.head")).unwrap(),
+        head_before
+    );
+    // The restored log verifies against the keys directory's new head.
+    let verify = verify_data_dir(&data, &keys);
+    assert!(verify.status.success(), "{}", stderr(&verify));
+}
+
+/// A backup is refused, before anything is spooled, when the free space
+/// beside the spool could not hold the store plus the reserve: it must
+/// never fill the disk the store writes to.
+#[test]
+fn a_backup_without_room_for_its_spool_is_refused() {
+    let vault = common::passphrase_vault();
+    let spool = tempfile::tempdir().unwrap();
+    let free = strongroom::backup::free_bytes(spool.path()).unwrap();
+    assert!(free > 0);
+    let take = |expected: u64| {
+        strongroom::backup::Prepared::take(
+            vault.store.as_ref(),
+            &vault.keyring,
+            spool.path(),
+            expected,
+            None,
+            time::OffsetDateTime::now_utc(),
+        )
+    };
+    match take(free) {
+        Err(strongroom::backup::BackupError::NoSpace(why)) => {
+            assert!(why.contains("Nothing was taken"), "{why}")
+        }
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(_) => panic!("a backup was taken without room for it"),
+    }
+    assert_eq!(std::fs::read_dir(spool.path()).unwrap().count(), 0);
+    // With room it is taken.
+    let taken = take(0).unwrap();
+    assert!(taken.header.pairs > 0);
+}

@@ -94,6 +94,13 @@ pub struct BackupFile(Vec<u8>);
 fn failure(e: BackupError) -> ApiError {
     match e {
         BackupError::Sealed => ApiError::Sealed,
+        BackupError::NoSpace(why) => {
+            tracing::warn!("backup refused: {why}");
+            ApiError::Conflict(
+                "There is not enough free disk space beside the data directory for the backup; \
+                 nothing was taken (see the server log).",
+            )
+        }
         other => {
             tracing::error!(error = %other, "backup failed");
             ApiError::Internal
@@ -101,13 +108,17 @@ fn failure(e: BackupError) -> ApiError {
     }
 }
 
+/// How long the server waits for a backup's client to take the next chunk
+/// before it gives up on it.
+const SEND_STALL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A consistent, signed snapshot of the whole store (admin).
 #[utoipa::path(get, path = "/v1/sys/backup", tag = "sys", operation_id = "backup",
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The backup file (docs/operations.md, \"Backup and recovery\"): a consistent snapshot of the store, signed with the vault's audit key. Its `sys.backup` audit entry is written before the snapshot is taken.", content_type = "application/octet-stream", body = BackupFile),
         (status = 403, description = "`forbidden`: not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`conflict`: another backup is running", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict`: another backup is running, or there is not enough free disk space beside the data directory for its spool", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn backup(
     State(state): State<AppState>,
@@ -134,10 +145,16 @@ pub async fn backup(
     // its end (then its file is dropped) before another backup may start.
     let (running, prepared) = tokio::task::spawn_blocking(move || {
         let engine = data_dir.as_deref().and_then(Engine::detect);
+        // The spool grows to about the store's live data: its size on disk
+        // bounds that.
+        let expected = data_dir
+            .as_deref()
+            .map_or(Ok(0), crate::backup::tree_bytes)
+            .unwrap_or(u64::MAX);
         let spool = data_dir.unwrap_or_else(std::env::temp_dir);
         (
             running,
-            Prepared::take(store.as_ref(), &keyring, &spool, engine, now),
+            Prepared::take(store.as_ref(), &keyring, &spool, expected, engine, now),
         )
     })
     .await
@@ -153,8 +170,15 @@ pub async fn backup(
     let (sender, chunks) = tokio::sync::mpsc::channel(8);
     tokio::task::spawn_blocking(move || {
         let _running = running;
-        // A closed channel (the client went away) ends the sending.
-        let sent = prepared.send(|chunk| sender.blocking_send(chunk).is_ok());
+        // A closed channel (the client went away) ends the sending, and so
+        // does a client that stops reading for SEND_STALL: it must not hold
+        // the backup slot and its spool for ever.
+        let handle = tokio::runtime::Handle::current();
+        let sent = prepared.send(|chunk| {
+            handle
+                .block_on(sender.send_timeout(chunk, SEND_STALL))
+                .is_ok()
+        });
         if let Err(e) = sent {
             tracing::error!(error = %e, "sending the backup failed");
         }

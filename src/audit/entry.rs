@@ -213,7 +213,11 @@ impl AuditEntry {
     pub fn from_stored(bytes: &[u8]) -> Option<Self> {
         match bytes.split_first() {
             Some((&STORED_BINARY, rest)) => {
-                let s: StoredEntry = postcard::from_bytes(rest).ok()?;
+                // Every byte is the entry's: nothing may follow it.
+                let (s, left): (StoredEntry, _) = postcard::take_from_bytes(rest).ok()?;
+                if !left.is_empty() {
+                    return None;
+                }
                 Some(Self {
                     seq: s.seq,
                     time: s.time,
@@ -289,6 +293,47 @@ mod tests {
         assert_ne!(other.compute_hash(), hash);
     }
 
+    /// The stored form is pinned byte for byte (postcard writes an enum
+    /// variant by position): reordering `Outcome` or a field fails here.
+    #[test]
+    fn the_stored_form_is_pinned() {
+        let entry = AuditEntry {
+            seq: 1,
+            time: "t".into(),
+            actor: "a".into(),
+            action: "x".into(),
+            target: None,
+            outcome: Outcome::NoMatch,
+            reason: None,
+            ticket: None,
+            request_id: None,
+            client: None,
+            prev_hash: "00".repeat(32),
+            hash: "ff".repeat(32),
+        };
+        assert_eq!(
+            hex::encode(entry.to_stored().unwrap()),
+            "02".to_owned()
+                + "01"
+                + "0174"
+                + "0161"
+                + "0178"
+                + "00"
+                + "03"
+                + "00000000"
+                + &"00".repeat(32)
+                + &"ff".repeat(32)
+        );
+        for (outcome, index) in [
+            (Outcome::Allowed, 0u8),
+            (Outcome::Denied, 1),
+            (Outcome::Error, 2),
+            (Outcome::NoMatch, 3),
+        ] {
+            assert_eq!(postcard::to_allocvec(&outcome).unwrap(), [index]);
+        }
+    }
+
     /// Entries are stored binary and read back whole; JSON as earlier
     /// versions stored it still reads; anything else does not.
     #[test]
@@ -305,6 +350,13 @@ mod tests {
         let json = serde_json::to_vec(&entry).unwrap();
         assert_eq!(AuditEntry::from_stored(&json), Some(entry.clone()));
         assert_eq!(AuditEntry::from_stored(&stored[..stored.len() - 1]), None);
+        let mut longer = stored.clone();
+        longer.push(0);
+        assert_eq!(
+            AuditEntry::from_stored(&longer),
+            None,
+            "a byte after the entry"
+        );
         assert_eq!(AuditEntry::from_stored(b""), None);
         let odd = AuditEntry {
             prev_hash: "zz".into(),

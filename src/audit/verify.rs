@@ -1,5 +1,7 @@
 //! Verification of the chain and its signatures with only the public key.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -117,24 +119,43 @@ fn hashes_of(chunk: &[Result<ExportLine, String>]) -> Vec<Option<[u8; 32]>> {
         _ => None,
     };
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    if threads < 2 || chunk.len() < 256 {
+    // One verification at a time takes every core (the server's
+    // `GET /v1/audit/verify` may be called by several auditors at once);
+    // the others hash on their own thread.
+    let parallel = threads >= 2
+        && chunk.len() >= 256
+        && PARALLEL
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok();
+    if !parallel {
         return chunk.iter().map(hash).collect();
     }
     let part = chunk.len().div_ceil(threads);
-    std::thread::scope(|scope| {
+    let hashes = std::thread::scope(|scope| {
         let workers: Vec<_> = chunk
             .chunks(part)
-            .map(|lines| scope.spawn(move || lines.iter().map(hash).collect::<Vec<_>>()))
+            .map(|lines| {
+                (
+                    lines.len(),
+                    scope.spawn(move || lines.iter().map(hash).collect::<Vec<_>>()),
+                )
+            })
             .collect();
         workers
             .into_iter()
-            .flat_map(|worker| {
-                // A panic in a hash (none is possible) would fail the check.
-                worker.join().unwrap_or_default()
+            .flat_map(|(len, worker)| {
+                // A worker that panicked (none can) leaves its entries to
+                // be hashed again in order: never a shorter list.
+                worker.join().unwrap_or_else(|_| vec![None; len])
             })
             .collect()
-    })
+    });
+    PARALLEL.store(false, Ordering::Release);
+    hashes
 }
+
+/// Whether a verification is hashing on every core now.
+static PARALLEL: AtomicBool = AtomicBool::new(false);
 
 /// Checks a sequence of entries and checkpoints in chain order:
 /// sequence numbers run 1, 2, 3… without gaps; each `prev_hash` is the

@@ -10,9 +10,11 @@
 //! `strongroom/v1/state-mac`), so only an unsealed vault can write or read
 //! such a value, and binding the store key means a value copied under
 //! another key (another principal's API-key entry, another record's
-//! metadata) fails as surely as an edited one. Encoding is deterministic, so
-//! a transaction's precondition can compare a re-encoded value with the
-//! stored bytes.
+//! metadata) fails as surely as an edited one. Encoding is deterministic
+//! (the vault's record and token preconditions compare the bytes as read,
+//! so a value of the older format matches too; other callers compare a
+//! re-encoded value with the
+//! stored bytes).
 //!
 //! Any mismatch — edited bytes, a moved value, a cut tag, an unknown
 //! version, or a value of the earlier unauthenticated format — is
@@ -132,7 +134,11 @@ impl StateKey {
     ) -> Result<Either<B, J>, KeyringError> {
         let (version, payload) = self.open_versioned(store_key, stored)?;
         let parsed = if version == STATE_BINARY {
-            postcard::from_bytes(payload).ok().map(Either::Binary)
+            // The whole payload is the value: nothing may follow it.
+            postcard::take_from_bytes(payload)
+                .ok()
+                .filter(|(_, left): &(B, &[u8])| left.is_empty())
+                .map(|(value, _)| Either::Binary(value))
         } else {
             serde_json::from_slice(payload).ok().map(Either::Json)
         };

@@ -16,7 +16,10 @@ use std::sync::{Mutex, PoisonError};
 use fjall::{KeyspaceCreateOptions, PersistMode, Readable};
 
 use super::group_commit::GroupCommit;
-use super::{KeyValue, Store, StoreError, Transaction, Write};
+use super::{
+    KeyValue, Store, StoreError, Transaction, Write, collect_scan, io, poisoned,
+    preconditions_hold, scan_start,
+};
 
 /// The one keyspace every key lives in.
 const KEYSPACE: &str = "strongroom";
@@ -57,7 +60,8 @@ impl FjallStore {
         let db = fjall::Database::builder(dir)
             .cache_size(cache_bytes)
             // Batches stay in fjall's journal buffer until `flush` writes
-            // and syncs them: no write syscall inside `apply`.
+            // and syncs them (a batch larger than the buffer is written
+            // through at once, still synced only by `flush`).
             .manual_journal_persist(true)
             .open()
             .map_err(backend)?;
@@ -98,21 +102,9 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-fn io(path: &Path, e: &std::io::Error) -> StoreError {
-    StoreError::Backend(format!("{}: {e}", path.display()))
-}
-
 /// fjall's errors name files and I/O failures, never stored values.
 fn backend(e: fjall::Error) -> StoreError {
     StoreError::Backend(format!("fjall: {e}"))
-}
-
-/// Every write after a failed sync (see `GroupCommit`).
-fn poisoned() -> StoreError {
-    StoreError::Backend(
-        "an earlier sync of the store failed; no write is accepted until the server restarts"
-            .to_owned(),
-    )
 }
 
 impl Store for FjallStore {
@@ -131,26 +123,10 @@ impl Store for FjallStore {
         limit: usize,
     ) -> Result<Vec<KeyValue>, StoreError> {
         let snapshot = self.db.snapshot();
-        let start = match after {
-            Some(after) if after >= prefix => {
-                let mut start = after.to_vec();
-                start.push(0);
-                start
-            }
-            _ => prefix.to_vec(),
-        };
-        let mut out = Vec::new();
-        for item in snapshot.range(&self.data, start..) {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, v) = item.into_inner().map_err(backend)?;
-            if !k.starts_with(prefix) {
-                break;
-            }
-            out.push((k.to_vec(), v.to_vec()));
-        }
-        Ok(out)
+        let walk = snapshot
+            .range(&self.data, scan_start(prefix, after)..)
+            .map(|item| item.into_inner().map_err(backend));
+        collect_scan(walk, prefix, limit)
     }
 
     fn apply(&self, tx: Transaction) -> Result<(), StoreError> {
@@ -167,12 +143,9 @@ impl Store for FjallStore {
         if self.group.is_poisoned() {
             return Err(poisoned());
         }
-        for (key, expected) in &tx.preconditions {
-            // No batch is half-applied while this lock is held.
-            let current = self.data.get(key).map_err(backend)?;
-            if current.as_deref() != expected.as_deref() {
-                return Err(StoreError::Conflict);
-            }
+        // No batch is half-applied while this lock is held.
+        if !preconditions_hold(&tx, |key| self.data.get(key).map_err(backend))? {
+            return Err(StoreError::Conflict);
         }
         let mut batch = self.db.batch();
         for write in tx.writes {

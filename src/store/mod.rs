@@ -148,6 +148,67 @@ pub enum StoreError {
     Backend(String),
 }
 
+/// A backend's I/O error on `path`, without any stored value.
+pub(crate) fn io(path: &Path, e: &std::io::Error) -> StoreError {
+    StoreError::Backend(format!("{}: {e}", path.display()))
+}
+
+/// Every write after a failed sync (see `GroupCommit`).
+pub(crate) fn poisoned() -> StoreError {
+    StoreError::Backend(
+        "an earlier sync of the store failed; no write is accepted until the server restarts"
+            .to_owned(),
+    )
+}
+
+/// Where a [`Store::scan`] of `prefix` after `after` starts.
+pub(crate) fn scan_start(prefix: &[u8], after: Option<&[u8]>) -> Vec<u8> {
+    match after {
+        Some(after) if after >= prefix => {
+            let mut start = after.to_vec();
+            start.push(0);
+            start
+        }
+        _ => prefix.to_vec(),
+    }
+}
+
+/// The first `limit` pairs of an ordered walk from [`scan_start`] that
+/// still start with `prefix`.
+pub(crate) fn collect_scan<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    walk: impl Iterator<Item = Result<(K, V), StoreError>>,
+    prefix: &[u8],
+    limit: usize,
+) -> Result<Vec<KeyValue>, StoreError> {
+    let mut out = Vec::new();
+    for item in walk {
+        if out.len() >= limit {
+            break;
+        }
+        let (k, v) = item?;
+        if !k.as_ref().starts_with(prefix) {
+            break;
+        }
+        out.push((k.as_ref().to_vec(), v.as_ref().to_vec()));
+    }
+    Ok(out)
+}
+
+/// Whether every precondition of `tx` holds, reading through `get`
+/// (called under the backend's writer lock).
+pub(crate) fn preconditions_hold<V: AsRef<[u8]>>(
+    tx: &Transaction,
+    mut get: impl FnMut(&[u8]) -> Result<Option<V>, StoreError>,
+) -> Result<bool, StoreError> {
+    for (key, expected) in &tx.preconditions {
+        let current = get(key)?;
+        if current.as_ref().map(AsRef::as_ref) != expected.as_deref() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// A stored key and its value.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
 

@@ -13,7 +13,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
 use super::group_commit::GroupCommit;
-use super::{KeyValue, Store, StoreError, Transaction, Write};
+use super::{
+    KeyValue, Store, StoreError, Transaction, Write, collect_scan, io, poisoned,
+    preconditions_hold, scan_start,
+};
 
 /// sled's log file inside the store directory: every page write lands here.
 const LOG_FILE: &str = "db";
@@ -171,18 +174,6 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-fn io(path: &Path, e: &std::io::Error) -> StoreError {
-    StoreError::Backend(format!("{}: {e}", path.display()))
-}
-
-/// Every write after a failed sync (see `GroupCommit`).
-fn poisoned() -> StoreError {
-    StoreError::Backend(
-        "an earlier sync of the store failed; no write is accepted until the server restarts"
-            .to_owned(),
-    )
-}
-
 fn backend(e: sled::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
@@ -198,26 +189,11 @@ impl Store for SledStore {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<KeyValue>, StoreError> {
-        let mut out = Vec::new();
-        let iter = match after {
-            Some(after) if after >= prefix => {
-                let mut start = after.to_vec();
-                start.push(0);
-                self.db.range(start..)
-            }
-            _ => self.db.range(prefix.to_vec()..),
-        };
-        for item in iter {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, v) = item.map_err(backend)?;
-            if !k.starts_with(prefix) {
-                break;
-            }
-            out.push((k.to_vec(), v.to_vec()));
-        }
-        Ok(out)
+        let walk = self
+            .db
+            .range(scan_start(prefix, after)..)
+            .map(|item| item.map_err(backend));
+        collect_scan(walk, prefix, limit)
     }
 
     fn apply(&self, tx: Transaction) -> Result<(), StoreError> {
@@ -234,11 +210,8 @@ impl Store for SledStore {
         if self.group.is_poisoned() {
             return Err(poisoned());
         }
-        for (key, expected) in &tx.preconditions {
-            let current = self.db.get(key).map_err(backend)?;
-            if current.as_deref() != expected.as_deref() {
-                return Err(StoreError::Conflict);
-            }
+        if !preconditions_hold(&tx, |key| self.db.get(key).map_err(backend))? {
+            return Err(StoreError::Conflict);
         }
         let mut batch = sled::Batch::default();
         for write in tx.writes {

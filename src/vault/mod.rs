@@ -788,3 +788,87 @@ impl Vault {
         Ok(Transaction::new().put(key, self.seal_token(key, &revoked)?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// postcard stores an enum variant by its position and a struct's
+    /// fields in order. These stored (and MAC'd) forms are pinned byte for
+    /// byte, so reordering `RecordType`, `TokenFormat` or a field fails
+    /// here instead of changing what stored values mean.
+    #[test]
+    fn the_packed_forms_are_pinned() {
+        let token = PackedToken {
+            generic: false,
+            id: "card_1".into(),
+            format: TokenFormat::FormatPreserving,
+            owner: "prn_1".into(),
+            created_at: 5,
+            expires_at: Some(7),
+            max_uses: None,
+            uses: 2,
+            revoked: true,
+        };
+        assert_eq!(
+            hex::encode(postcard::to_allocvec(&token).unwrap()),
+            // generic, "card_1", format 2, "prn_1", 5 (zigzag 10),
+            // Some(7) (zigzag 14), None, 2, true
+            "00".to_owned()
+                + "06636172645f31"
+                + "02"
+                + "0570726e5f31"
+                + "0a"
+                + "010e"
+                + "00"
+                + "02"
+                + "01"
+        );
+        for (format, index) in [
+            (TokenFormat::Random, 0u8),
+            (TokenFormat::Deterministic, 1),
+            (TokenFormat::FormatPreserving, 2),
+        ] {
+            assert_eq!(postcard::to_allocvec(&format).unwrap(), [index]);
+        }
+        for (record_type, index) in [
+            (RecordType::Card, 0u8),
+            (RecordType::BankAccount, 1),
+            (RecordType::Kyc, 2),
+        ] {
+            assert_eq!(postcard::to_allocvec(&record_type).unwrap(), [index]);
+        }
+        let record = PackedRecord {
+            id: "kyc_1".into(),
+            record_type: RecordType::Kyc,
+            version: 3,
+            created_at: "a".into(),
+            updated_at: "b".into(),
+            owner: "prn_1".into(),
+            subject_ref: Some("s".into()),
+            erased_at: None,
+            index: vec![("pan".into(), [7; 32])],
+            tokens: vec![[9; 32]],
+            body: Some(vec![1, 2]),
+        };
+        assert_eq!(
+            hex::encode(postcard::to_allocvec(&record).unwrap()),
+            "056b79635f31".to_owned()
+                + "02"
+                + "03"
+                + "0161"
+                + "0162"
+                + "0570726e5f31"
+                + "010173"
+                + "00"
+                + "01"
+                + "0370616e"
+                + &"07".repeat(32)
+                + "01"
+                + &"09".repeat(32)
+                + "01020102"
+        );
+    }
+}
