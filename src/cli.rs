@@ -233,9 +233,14 @@ pub fn run() -> ExitCode {
     }
 }
 
+/// The log filter without `STRONGROOM_LOG`.
+const DEFAULT_LOG_FILTER: &str = "info,fjall=warn,lsm_tree=warn";
+
 fn init_logging() {
+    // The storage engines' own progress lines (fjall, its lsm-tree) are
+    // kept to warnings unless STRONGROOM_LOG asks for them.
     let filter = tracing_subscriber::EnvFilter::try_from_env("STRONGROOM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
