@@ -85,15 +85,29 @@ pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
 /// The bytes of every file under `dir` (the store's size on disk).
 pub fn tree_bytes(dir: &Path) -> std::io::Result<u64> {
     let mut total = 0u64;
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        let kind = entry.file_type()?;
-        total = total.saturating_add(if kind.is_dir() {
-            tree_bytes(&entry.path())?
-        } else if kind.is_file() {
-            entry.metadata()?.len()
-        } else {
-            0
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        // The engine removes files as it compacts and flushes: one gone
+        // since it was listed counts for nothing.
+        let size = match entry.file_type() {
+            Ok(kind) if kind.is_dir() => tree_bytes(&entry.path()),
+            Ok(kind) if kind.is_file() => entry.metadata().map(|m| m.len()),
+            Ok(_) => Ok(0),
+            Err(e) => Err(e),
+        };
+        total = total.saturating_add(match size {
+            Ok(size) => size,
+            Err(e) if e.kind() == ErrorKind::NotFound => 0,
+            Err(e) => return Err(e),
         });
     }
     Ok(total)
@@ -261,13 +275,15 @@ impl Prepared {
         let mut writer = BufWriter::with_capacity(STREAM_CHUNK, spool);
         let mut facts = Facts::default();
         let mut since_check = 0u64;
-        store.snapshot(&mut |key, value| {
+        let mut out_of_room = false;
+        let walked = store.snapshot(&mut |key, value| {
             since_check += (key.len() + value.len() + 8) as u64;
             if since_check >= SPOOL_CHECK_EVERY {
                 since_check = 0;
                 match free_bytes(spool_dir) {
                     Ok(free) if free >= SPOOL_RESERVE => {}
                     Ok(_) => {
+                        out_of_room = true;
                         return Err(StoreError::Backend(
                             "the disk beside the data directory is nearly full; the backup \
                              stopped"
@@ -291,7 +307,17 @@ impl Prepared {
             written?;
             facts.pairs += 1;
             facts.note(key, value)
-        })?;
+        });
+        match walked {
+            Err(_) if out_of_room => {
+                return Err(BackupError::NoSpace(format!(
+                    "the free space beside the data directory fell to the {} MiB reserve while \
+                     the backup was spooled; it stopped. Nothing was taken",
+                    SPOOL_RESERVE >> 20
+                )));
+            }
+            other => other?,
+        }
         let mut pairs = writer
             .into_inner()
             .map_err(|e| io_error(spool_dir, e.error()))?;
@@ -698,31 +724,36 @@ pub fn restore(plan: &RestorePlan) -> Result<Restored, BackupError> {
         )));
     }
 
-    // A keys directory whose audit.head names a later entry than the
-    // backup reaches has seen entries this restore would drop: refused
-    // unless the operator says so (the old head is kept either way).
-    let backup_seq = header.audit_head.as_ref().map_or(0, |h| h.seq);
-    match crate::audit::read_head_file(&plan.keys_dir, &anchor) {
-        Ok(Some(known)) if known.seq > backup_seq && !plan.accept_rollback => {
+    // The keys directory's audit.head is the newest signed head this vault
+    // is known to have made durable. Beyond the backup's last entry: the
+    // restore would drop entries from the log, a rollback, refused unless
+    // the operator says so. At or before it: the backup's log must hold
+    // that very entry (checked when the restored log is verified), or it is
+    // another history signed with the same key (a copy that ran on its
+    // own), refused too. `--accept-rollback` takes the backup as it is.
+    let backup_last = header.audit_entries;
+    let keys_head = match crate::audit::read_head_file(&plan.keys_dir, &anchor) {
+        Ok(_) if plan.accept_rollback => None,
+        Ok(Some(known)) if known.seq > backup_last => {
             return Err(BackupError::Refused(format!(
-                "{} names audit entry {}, but this backup ends at entry {backup_seq}: restoring \
+                "{} names audit entry {}, but this backup ends at entry {backup_last}: restoring \
                  it drops the {} entries after it from the log. If that is what you mean (the \
                  newer data is lost), run again with --accept-rollback; the current audit.head \
                  is kept beside it. Nothing was created",
                 plan.keys_dir.join(AUDIT_HEAD_FILE).display(),
                 known.seq,
-                known.seq - backup_seq
+                known.seq - backup_last
             )));
         }
-        Ok(_) => {}
-        Err(why) if !plan.accept_rollback => {
+        Ok(known) => known,
+        Err(_) if plan.accept_rollback => None,
+        Err(why) => {
             return Err(BackupError::Refused(format!(
                 "{why}: find out why before restoring (--accept-rollback restores anyway and \
                  keeps that file beside the new head). Nothing was created"
             )));
         }
-        Err(_) => {}
-    }
+    };
 
     // Every check passed: create the store.
     crate::config::create_data_dir(&plan.data_dir).map_err(|e| BackupError::Io(e.to_string()))?;
@@ -746,7 +777,14 @@ pub fn restore(plan: &RestorePlan) -> Result<Restored, BackupError> {
         }
         why
     };
-    let written = write_store(plan, &mut file, anchor, &checked.digest, &header);
+    let written = write_store(
+        plan,
+        &mut file,
+        anchor,
+        &checked.digest,
+        &header,
+        keys_head.as_ref(),
+    );
     let verification = match written {
         Ok(verification) => verification,
         Err(e) => return Err(undo(e)),
@@ -755,9 +793,15 @@ pub fn restore(plan: &RestorePlan) -> Result<Restored, BackupError> {
         Ok(written) => written,
         Err(e) => return Err(undo(e)),
     };
+    // The newer of the two heads stays: the keys directory's when the
+    // backup's log holds it and reaches past the backup's last signature.
+    let keep_keys_head = matches!(
+        (&keys_head, &header.audit_head),
+        (Some(known), Some(head)) if known.seq >= head.seq
+    );
     let (moved_back, previous_audit_head) = match &header.audit_head {
-        Some(head) => write_audit_head(&plan.keys_dir, head, &anchor)?,
-        None => (None, None),
+        Some(head) if !keep_keys_head => write_audit_head(&plan.keys_dir, head, &anchor)?,
+        _ => (None, None),
     };
     Ok(Restored {
         vault_id: header.vault_id,
@@ -780,6 +824,7 @@ fn write_store(
     anchor: [u8; 32],
     digest: &[u8; 32],
     header: &Header,
+    keys_head: Option<&KnownHead>,
 ) -> Result<u64, BackupError> {
     let store = crate::store::open_engine(plan.engine, &plan.data_dir, plan.cache_bytes)?;
     let mut batch = Transaction::new();
@@ -803,11 +848,22 @@ fn write_store(
         store.commit(batch)?;
     }
     store.flush()?;
-    let known = header.audit_head.as_ref().map(KnownHead::from);
+    // The keys directory's head when it has one (the backup's log must
+    // hold that entry), else the backup's own signed head.
+    let known = keys_head
+        .cloned()
+        .or_else(|| header.audit_head.as_ref().map(KnownHead::from));
     let verification = verify_store_since(store.as_ref(), &anchor, false, known.as_ref());
     if !verification.ok {
+        let history = if keys_head.is_some() {
+            " (the keys directory's audit.head names an entry this backup's log does not \
+             hold: a backup of another history signed with this vault's key; \
+             --accept-rollback restores it anyway)"
+        } else {
+            ""
+        };
         return Err(BackupError::Refused(format!(
-            "the restored audit log does not verify at entry {}: {}",
+            "the restored audit log does not verify at entry {}: {}{history}; nothing was kept",
             verification.first_bad_seq.unwrap_or(0),
             verification.problem.as_deref().unwrap_or("unknown")
         )));

@@ -675,3 +675,112 @@ fn a_backup_without_room_for_its_spool_is_refused() {
     let taken = take(0).unwrap();
     assert!(taken.header.pairs > 0);
 }
+
+/// The newest backup, restored with the keys directory of the server it
+/// came from after a clean stop (whose `audit.head` names the backup's own
+/// last entry or one it holds): no rollback, no flag needed; the head the
+/// keys directory has stays.
+#[test]
+fn the_newest_backup_restores_with_its_own_keys_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let init = init_shares(dir.path());
+    let admin = init["admin_api_key"].as_str().unwrap();
+    let server = Server::start(dir.path(), &plain_http_config(dir.path()));
+    unseal(server.addr, &init);
+    for i in 0..3 {
+        service(server.addr, admin, &format!("before-{i}"), "auditor");
+    }
+    let file = dir.path().join("newest.backup");
+    let out = backup(server.addr, admin, &file);
+    assert!(out.status.success(), "{}", stderr(&out));
+    server.stop();
+    let keys = dir.path().join("keys");
+    let head_before = std::fs::read_to_string(keys.join("audit.head")).unwrap();
+
+    let target = tempfile::tempdir().unwrap();
+    let data = target.path().join("data");
+    let out = strongroom(&[
+        "restore",
+        "--in",
+        file.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--keys-dir",
+        keys.to_str().unwrap(),
+    ])
+    .stdin(Stdio::null())
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(keys.join("audit.head")).unwrap(),
+        head_before
+    );
+    let verify = verify_data_dir(&data, &keys);
+    assert!(verify.status.success(), "{}", stderr(&verify));
+}
+
+/// A backup of another history signed with the same vault key (a copy
+/// restored elsewhere that then ran on its own) is refused with the
+/// original keys directory even where its log is longer: the entry the
+/// keys directory's head names is not in it. `--accept-rollback` takes it.
+#[test]
+fn a_backup_of_another_history_is_refused_with_this_keys_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let init = init_shares(dir.path());
+    let admin = init["admin_api_key"].as_str().unwrap();
+    let config = plain_http_config(dir.path());
+    let server = Server::start(dir.path(), &config);
+    unseal(server.addr, &init);
+    let first = dir.path().join("first.backup");
+    assert!(backup(server.addr, admin, &first).status.success());
+    service(server.addr, admin, "here", "auditor");
+    server.stop();
+
+    // The copy: restored elsewhere, served, written to, backed up.
+    let copy = tempfile::tempdir().unwrap();
+    let public_key = dir.path().join("keys/audit.pub");
+    let out = restore(
+        &first,
+        copy.path(),
+        &["--public-key", public_key.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let copy_config = plain_http_config(copy.path());
+    let other = Server::start(copy.path(), &copy_config);
+    unseal(other.addr, &init);
+    for i in 0..5 {
+        service(other.addr, admin, &format!("there-{i}"), "auditor");
+    }
+    let second = copy.path().join("other-history.backup");
+    assert!(backup(other.addr, admin, &second).status.success());
+    other.stop();
+
+    let target = tempfile::tempdir().unwrap();
+    let data = target.path().join("data");
+    let keys = dir.path().join("keys");
+    let restore_into = |extra: &[&str]| {
+        strongroom(&[
+            "restore",
+            "--in",
+            second.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--keys-dir",
+            keys.to_str().unwrap(),
+        ])
+        .args(extra)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+    };
+    let out = restore_into(&[]);
+    assert!(!out.status.success(), "another history was restored");
+    assert!(stderr(&out).contains("another history"), "{}", stderr(&out));
+    assert!(
+        !data.exists() || std::fs::read_dir(&data).unwrap().count() == 0,
+        "a refused restore left data behind"
+    );
+    let out = restore_into(&["--accept-rollback"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}

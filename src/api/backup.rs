@@ -111,6 +111,11 @@ fn failure(e: BackupError) -> ApiError {
 /// How long the server waits for a backup's client to take the next chunk
 /// before it gives up on it.
 const SEND_STALL: std::time::Duration = std::time::Duration::from_secs(60);
+/// The slowest a backup is sent (bytes a second) before the server gives
+/// up on its client: 256 KiB/s.
+const SEND_RATE: u64 = 256 * 1024;
+/// The time any backup may take to send, however small.
+const SEND_MINIMUM: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// A consistent, signed snapshot of the whole store (admin).
 #[utoipa::path(get, path = "/v1/sys/backup", tag = "sys", operation_id = "backup",
@@ -150,12 +155,12 @@ pub async fn backup(
         let expected = data_dir
             .as_deref()
             .map_or(Ok(0), crate::backup::tree_bytes)
-            .unwrap_or(u64::MAX);
+            .map_err(|e| BackupError::Io(format!("the data directory's size: {e}")));
         let spool = data_dir.unwrap_or_else(std::env::temp_dir);
-        (
-            running,
-            Prepared::take(store.as_ref(), &keyring, &spool, expected, engine, now),
-        )
+        let prepared = expected.and_then(|expected| {
+            Prepared::take(store.as_ref(), &keyring, &spool, expected, engine, now)
+        });
+        (running, prepared)
     })
     .await
     .map_err(|_| ApiError::Internal)?;
@@ -173,11 +178,17 @@ pub async fn backup(
         // A closed channel (the client went away) ends the sending, and so
         // does a client that stops reading for SEND_STALL: it must not hold
         // the backup slot and its spool for ever.
+        // The whole file must go at SEND_RATE at least (and any file may
+        // take SEND_MINIMUM): a client reading a little at a time does not
+        // hold them for days either.
         let handle = tokio::runtime::Handle::current();
+        let deadline = std::time::Instant::now()
+            + SEND_MINIMUM.max(std::time::Duration::from_secs(length / SEND_RATE));
         let sent = prepared.send(|chunk| {
-            handle
-                .block_on(sender.send_timeout(chunk, SEND_STALL))
-                .is_ok()
+            std::time::Instant::now() < deadline
+                && handle
+                    .block_on(sender.send_timeout(chunk, SEND_STALL))
+                    .is_ok()
         });
         if let Err(e) = sent {
             tracing::error!(error = %e, "sending the backup failed");

@@ -130,8 +130,16 @@ fn hashes_of(chunk: &[Result<ExportLine, String>]) -> Vec<Option<[u8; 32]>> {
     if !parallel {
         return chunk.iter().map(hash).collect();
     }
+    // Released however this ends (a thread the OS refuses panics).
+    struct Release;
+    impl Drop for Release {
+        fn drop(&mut self) {
+            PARALLEL.store(false, Ordering::Release);
+        }
+    }
+    let _release = Release;
     let part = chunk.len().div_ceil(threads);
-    let hashes = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         let workers: Vec<_> = chunk
             .chunks(part)
             .map(|lines| {
@@ -149,9 +157,7 @@ fn hashes_of(chunk: &[Result<ExportLine, String>]) -> Vec<Option<[u8; 32]>> {
                 worker.join().unwrap_or_else(|_| vec![None; len])
             })
             .collect()
-    });
-    PARALLEL.store(false, Ordering::Release);
-    hashes
+    })
 }
 
 /// Whether a verification is hashing on every core now.
