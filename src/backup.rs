@@ -54,17 +54,13 @@ const MAX_HEADER_BYTES: u32 = 1 << 20;
 const MAX_KEY_BYTES: u32 = 1 << 16;
 const MAX_VALUE_BYTES: u32 = 1 << 28;
 
-/// Keys of the store this module reads facts from (written by `audit` and
-/// `keyring`; if their encodings change, these follow — `tests/backup.rs`
-/// checks the whole round trip).
-const VAULT_KEY: &[u8] = b"kr/vault";
-const AUDIT_HEAD_KEY: &[u8] = b"au/head";
-const AUDIT_SIGNED_KEY: &[u8] = b"au/signed";
-const AUDIT_CHECKPOINT_PREFIX: &[u8] = b"au/c/";
-
-/// The keys directory's files a backup carries.
-const ROOT_FILE: &str = "root.json";
-const AUDIT_PUBLIC_KEY_FILE: &str = "audit.pub";
+// The store keys this module reads facts from, and the keys directory's
+// files a backup carries, are their owners' (`audit`, `keyring`).
+use crate::audit::log::{
+    CHECKPOINT_PREFIX as AUDIT_CHECKPOINT_PREFIX, HEAD_KEY as AUDIT_HEAD_KEY,
+    SIGNED_KEY as AUDIT_SIGNED_KEY, head_seq,
+};
+use crate::keyring::{AUDIT_PUBLIC_KEY_FILE, ROOT_FILE, VAULT_KEY};
 
 /// Pairs written per transaction while restoring, and the bytes at most.
 const RESTORE_BATCH_PAIRS: usize = 1024;
@@ -166,12 +162,9 @@ pub struct Header {
 
 impl Header {
     fn audit_public_key(&self) -> Result<[u8; 32], BackupError> {
-        hex::decode(&self.audit_pub)
-            .ok()
-            .and_then(|k| <[u8; 32]>::try_from(k).ok())
-            .ok_or(BackupError::Format(
-                "the header's audit key is not 32 hex bytes",
-            ))
+        crate::crypto::bytes32_from_hex(&self.audit_pub).ok_or(BackupError::Format(
+            "the header's audit key is not 32 hex bytes",
+        ))
     }
 }
 
@@ -221,13 +214,7 @@ impl Facts {
         if key == VAULT_KEY {
             self.vault_id = Some(value.to_vec());
         } else if key == AUDIT_HEAD_KEY {
-            #[derive(Deserialize)]
-            struct Head {
-                seq: u64,
-            }
-            let head: Head =
-                serde_json::from_slice(value).map_err(|_| corrupt("audit head record"))?;
-            self.audit_entries = head.seq;
+            self.audit_entries = head_seq(value).ok_or_else(|| corrupt("audit head record"))?;
         } else if key == AUDIT_SIGNED_KEY || key.starts_with(AUDIT_CHECKPOINT_PREFIX) {
             let signed: Checkpoint =
                 serde_json::from_slice(value).map_err(|_| corrupt("signed audit head"))?;
@@ -628,16 +615,7 @@ pub struct Restored {
 }
 
 fn read_public_key(path: &Path) -> Result<[u8; 32], BackupError> {
-    let text = fs::read_to_string(path).map_err(|e| io_error(path, &e))?;
-    hex::decode(text.trim())
-        .ok()
-        .and_then(|k| <[u8; 32]>::try_from(k).ok())
-        .ok_or_else(|| {
-            BackupError::Refused(format!(
-                "{}: not an audit public key (64 hex digits)",
-                path.display()
-            ))
-        })
+    crate::audit::read_public_key(path).map_err(BackupError::Refused)
 }
 
 /// The vault id of an existing `root.json`, if there is one.
@@ -732,7 +710,12 @@ pub fn restore(plan: &RestorePlan) -> Result<Restored, BackupError> {
     // another history signed with the same key (a copy that ran on its
     // own), refused too. `--accept-rollback` takes the backup as it is.
     let backup_last = header.audit_entries;
-    let keys_head = match crate::audit::read_head_file(&plan.keys_dir, &anchor) {
+    let found = crate::audit::read_head_file(&plan.keys_dir, &anchor);
+    let found_seq = found
+        .as_ref()
+        .ok()
+        .and_then(|known| known.as_ref().map(|k| k.seq));
+    let keys_head = match found {
         Ok(_) if plan.accept_rollback => None,
         Ok(Some(known)) if known.seq > backup_last => {
             return Err(BackupError::Refused(format!(
@@ -800,7 +783,10 @@ pub fn restore(plan: &RestorePlan) -> Result<Restored, BackupError> {
         (Some(known), Some(head)) if known.seq >= head.seq
     );
     let (moved_back, previous_audit_head) = match &header.audit_head {
-        Some(head) if !keep_keys_head => write_audit_head(&plan.keys_dir, head, &anchor)?,
+        Some(head) if !keep_keys_head => match write_audit_head(&plan.keys_dir, head, found_seq) {
+            Ok(written) => written,
+            Err(e) => return Err(undo(e)),
+        },
         _ => (None, None),
     };
     Ok(Restored {
@@ -834,7 +820,7 @@ fn write_store(
         bytes += key.len() + value.len();
         batch = std::mem::take(&mut batch).put(key, value);
         if pairs >= RESTORE_BATCH_PAIRS || bytes >= RESTORE_BATCH_BYTES {
-            store.commit(std::mem::take(&mut batch))?;
+            store.apply(std::mem::take(&mut batch))?;
             (pairs, bytes) = (0, 0);
         }
         Ok(())
@@ -845,7 +831,7 @@ fn write_store(
         ));
     }
     if !batch.is_empty() {
-        store.commit(batch)?;
+        store.apply(batch)?;
     }
     store.flush()?;
     // The keys directory's head when it has one (the backup's log must
@@ -920,27 +906,20 @@ fn write_keys(
 }
 
 fn sync_dir(dir: &Path) -> Result<(), BackupError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_error(dir, &e))
+    crate::store::sync_dir(dir).map_err(|e| io_error(dir, &e))
 }
 
 /// Sets `audit.head` to the backup's signed head, so rollback protection
-/// starts from it. An `audit.head` already there is kept, renamed to
-/// `audit.head.before-restore-<unix time>` (it records how far the lost log
-/// went). Returns the seq it named when that was newer than the backup's
-/// (the restore moved it back, as `--accept-rollback` allowed), and where
-/// it was kept.
+/// starts from it. An `audit.head` already there (naming `found_seq`, when
+/// it verified) is kept, renamed to `audit.head.before-restore-<unix
+/// time>` (it records how far the lost log went). Returns the seq it named
+/// when that was newer than the backup's (the restore moved it back, as
+/// `--accept-rollback` allowed), and where it was kept.
 fn write_audit_head(
     keys_dir: &Path,
     head: &Checkpoint,
-    anchor: &[u8; 32],
+    found_seq: Option<u64>,
 ) -> Result<(Option<u64>, Option<PathBuf>), BackupError> {
-    let before = crate::audit::read_head_file(keys_dir, anchor)
-        .ok()
-        .flatten()
-        .map(|known| known.seq)
-        .filter(|seq| *seq > head.seq);
     let path = keys_dir.join(AUDIT_HEAD_FILE);
     let kept = if path.exists() {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -956,22 +935,10 @@ fn write_audit_head(
     } else {
         None
     };
-    let temporary = path.with_extension("head.new");
-    let text = serde_json::to_string(head)
-        .map_err(|_| BackupError::Format("the audit head cannot be encoded"))?;
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .open(&temporary)
-        .map_err(|e| io_error(&temporary, &e))?;
-    file.write_all(format!("{text}\n").as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(|e| io_error(&temporary, &e))?;
-    fs::rename(&temporary, &path).map_err(|e| io_error(&path, &e))?;
-    sync_dir(keys_dir)?;
-    Ok((before, kept))
+    crate::audit::HeadFile::new(keys_dir)
+        .write(head)
+        .map_err(|e| io_error(&path, &e))?;
+    Ok((found_seq.filter(|seq| *seq > head.seq), kept))
 }
 
 #[cfg(test)]

@@ -637,19 +637,6 @@ fn dev(args: DevArgs) -> Result<(), String> {
     })
 }
 
-fn read_public_key(path: &Path) -> Result<Vec<u8>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let key = hex::decode(text.trim())
-        .map_err(|_| format!("{}: not a hex public key", path.display()))?;
-    if key.len() != 32 {
-        return Err(format!(
-            "{}: an Ed25519 public key is 32 bytes",
-            path.display()
-        ));
-    }
-    Ok(key)
-}
-
 fn report(result: &Verification) -> Result<(), String> {
     println!(
         "{}",
@@ -674,7 +661,8 @@ fn report(result: &Verification) -> Result<(), String> {
 
 fn audit_verify(args: AuditVerifyArgs) -> Result<(), String> {
     if let Some(file) = &args.file {
-        let public_key = read_public_key(args.public_key.as_deref().unwrap_or(Path::new("")))?;
+        let public_key =
+            crate::audit::read_public_key(args.public_key.as_deref().unwrap_or(Path::new("")))?;
         let reader = std::io::BufReader::new(
             std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?,
         );
@@ -709,7 +697,7 @@ fn audit_verify(args: AuditVerifyArgs) -> Result<(), String> {
             beside
         }
     };
-    let public_key = read_public_key(&public_key_path)?;
+    let public_key = crate::audit::read_public_key(&public_key_path)?;
     // The newest signed head the server recorded, beside audit.pub: a data
     // directory put back to an older copy ends before it.
     let known = match args.min_head {

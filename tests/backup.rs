@@ -76,14 +76,19 @@ fn backup(addr: SocketAddr, key: &str, out: &Path) -> Output {
 
 /// `strongroom restore --in <file> --data-dir <dir>/data --keys-dir <dir>/keys [extra…]`.
 fn restore(file: &Path, dir: &Path, extra: &[&str]) -> Output {
+    restore_to(file, &dir.join("data"), &dir.join("keys"), extra)
+}
+
+/// `strongroom restore --in <file> --data-dir <data> --keys-dir <keys> [extra…]`.
+fn restore_to(file: &Path, data: &Path, keys: &Path, extra: &[&str]) -> Output {
     strongroom(&[
         "restore",
         "--in",
         file.to_str().unwrap(),
         "--data-dir",
-        dir.join("data").to_str().unwrap(),
+        data.to_str().unwrap(),
         "--keys-dir",
-        dir.join("keys").to_str().unwrap(),
+        keys.to_str().unwrap(),
     ])
     .args(extra)
     .stdin(Stdio::null())
@@ -590,21 +595,7 @@ fn restoring_behind_the_keys_directorys_head_needs_accept_rollback() {
     let target = tempfile::tempdir().unwrap();
     let data = target.path().join("data");
     let keys = dir.path().join("keys");
-    let restore_into = |extra: &[&str]| {
-        strongroom(&[
-            "restore",
-            "--in",
-            file.to_str().unwrap(),
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--keys-dir",
-            keys.to_str().unwrap(),
-        ])
-        .args(extra)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-    };
+    let restore_into = |extra: &[&str]| restore_to(&file, &data, &keys, extra);
     let out = restore_into(&[]);
     assert!(!out.status.success());
     assert!(
@@ -699,18 +690,7 @@ fn the_newest_backup_restores_with_its_own_keys_directory() {
 
     let target = tempfile::tempdir().unwrap();
     let data = target.path().join("data");
-    let out = strongroom(&[
-        "restore",
-        "--in",
-        file.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--keys-dir",
-        keys.to_str().unwrap(),
-    ])
-    .stdin(Stdio::null())
-    .output()
-    .unwrap();
+    let out = restore_to(&file, &data, &keys, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         std::fs::read_to_string(keys.join("audit.head")).unwrap(),
@@ -759,21 +739,7 @@ fn a_backup_of_another_history_is_refused_with_this_keys_directory() {
     let target = tempfile::tempdir().unwrap();
     let data = target.path().join("data");
     let keys = dir.path().join("keys");
-    let restore_into = |extra: &[&str]| {
-        strongroom(&[
-            "restore",
-            "--in",
-            second.to_str().unwrap(),
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--keys-dir",
-            keys.to_str().unwrap(),
-        ])
-        .args(extra)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-    };
+    let restore_into = |extra: &[&str]| restore_to(&second, &data, &keys, extra);
     let out = restore_into(&[]);
     assert!(!out.status.success(), "another history was restored");
     assert!(stderr(&out).contains("another history"), "{}", stderr(&out));

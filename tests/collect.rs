@@ -117,9 +117,9 @@ async fn from_origin(
     call_with(app, method, path, bearer, body, &headers).await
 }
 
-/// A card created with the publishable key from TEST_ORIGIN; its id.
-async fn collected(w: &World, body: Value) -> String {
-    let reply = from_origin(
+/// `POST /v1/records/card` with the publishable key from TEST_ORIGIN.
+async fn collect(w: &World, body: Value) -> Reply {
+    from_origin(
         &w.app,
         "POST",
         "/v1/records/card",
@@ -127,7 +127,12 @@ async fn collected(w: &World, body: Value) -> String {
         Some(TEST_ORIGIN),
         Some(body),
     )
-    .await;
+    .await
+}
+
+/// A card created with the publishable key from TEST_ORIGIN; its id.
+async fn collected(w: &World, body: Value) -> String {
+    let reply = collect(w, body).await;
     assert_eq!(reply.status, 201, "{}", reply.body);
     reply.body["id"].as_str().unwrap().to_owned()
 }
@@ -335,15 +340,7 @@ async fn a_collector_creates_cards_for_its_owner_and_sees_only_the_create_answer
     // subject_ref from a publishable key is refused, and nothing is stored.
     let mut with_subject = card();
     with_subject["subject_ref"] = json!("user-42");
-    let reply = from_origin(
-        &w.app,
-        "POST",
-        "/v1/records/card",
-        Some(&w.spk),
-        Some(TEST_ORIGIN),
-        Some(with_subject),
-    )
-    .await;
+    let reply = collect(&w, with_subject).await;
     assert_eq!(reply.status, 422, "{}", reply.body);
     assert_eq!(reply.body["errors"][0]["field"], "subject_ref");
     assert!(
@@ -352,15 +349,7 @@ async fn a_collector_creates_cards_for_its_owner_and_sees_only_the_create_answer
             .any(|e| e["action"] == "record.create"),
         "no record made"
     );
-    let reply = from_origin(
-        &w.app,
-        "POST",
-        "/v1/records/card",
-        Some(&w.spk),
-        Some(TEST_ORIGIN),
-        Some(card()),
-    )
-    .await;
+    let reply = collect(&w, card()).await;
     assert_eq!(reply.status, 201, "{}", reply.body);
     let keys: HashSet<&str> = reply
         .body
@@ -436,25 +425,13 @@ async fn a_collector_creates_cards_for_its_owner_and_sees_only_the_create_answer
     // A card with a CVC in it is still refused (CVCs go to their own route).
     let mut with_cvc = card();
     with_cvc["cvc"] = json!("123");
-    let refused = from_origin(
-        &w.app,
-        "POST",
-        "/v1/records/card",
-        Some(&w.spk),
-        Some(TEST_ORIGIN),
-        Some(with_cvc),
-    )
-    .await;
+    let refused = collect(&w, with_cvc).await;
     assert_eq!(refused.status, 422);
     assert!(!refused.body.to_string().contains("\"123\""));
     // Bad input is problem+json, never 500.
-    let bad = from_origin(
-        &w.app,
-        "POST",
-        "/v1/records/card",
-        Some(&w.spk),
-        Some(TEST_ORIGIN),
-        Some(json!({"pan": "4242 4242 4242 4241", "exp_month": 12, "exp_year": 2030})),
+    let bad = collect(
+        &w,
+        json!({"pan": "4242 4242 4242 4241", "exp_month": 12, "exp_year": 2030}),
     )
     .await;
     assert_eq!(
@@ -750,15 +727,7 @@ async fn disabling_the_owner_or_the_key_makes_it_unusable_at_once() {
     )
     .await;
     assert_eq!(reply.status, 204);
-    let reply = from_origin(
-        &w.app,
-        "POST",
-        "/v1/records/card",
-        Some(&w.spk),
-        Some(TEST_ORIGIN),
-        Some(card()),
-    )
-    .await;
+    let reply = collect(&w, card()).await;
     assert_eq!(
         (reply.status, reply.body["code"].as_str()),
         (401, Some("unauthenticated"))
@@ -888,15 +857,7 @@ async fn cors_only_on_the_collect_routes_and_only_for_allowed_origins() {
         }
     }
     // Actual responses on the collect routes: ACAO for an allowed origin.
-    let reply = from_origin(
-        &w.app,
-        "POST",
-        "/v1/records/card",
-        Some(&w.spk),
-        Some(TEST_ORIGIN),
-        Some(card()),
-    )
-    .await;
+    let reply = collect(&w, card()).await;
     assert_eq!(reply.status, 201);
     assert_eq!(
         header(&reply, "access-control-allow-origin"),

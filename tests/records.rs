@@ -89,6 +89,14 @@ async fn world() -> World {
 
 /// Stores a record as the payment service; its id.
 async fn stored_id(w: &World, kind: &str, body: Value) -> String {
+    stored(w, kind, body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Stores a record as the payment service; the answer's body.
+async fn stored(w: &World, kind: &str, body: Value) -> Value {
     let reply = call(
         &w.app,
         "POST",
@@ -98,7 +106,7 @@ async fn stored_id(w: &World, kind: &str, body: Value) -> String {
     )
     .await;
     assert_eq!(reply.status, 201, "{}", reply.body);
-    reply.body["id"].as_str().unwrap().to_owned()
+    reply.body
 }
 
 fn card() -> Value {
@@ -412,15 +420,7 @@ fn sealed_body(vault: &common::TestVault, id: &str) -> Option<Vec<u8>> {
 #[tokio::test]
 async fn updates_make_versions_and_erasure_kills_tokens() {
     let w = world().await;
-    let created = call(
-        &w.app,
-        "POST",
-        "/v1/records/card",
-        Some(&w.payments),
-        Some(card()),
-    )
-    .await
-    .body;
+    let created = stored(&w, "card", card()).await;
     let id = created["id"].as_str().unwrap().to_owned();
     let path = format!("/v1/records/{id}");
     let body_before = sealed_body(&w.vault, &id).unwrap();
@@ -1461,15 +1461,7 @@ async fn the_reveal_quota_holds_under_parallel_reveals() {
 #[tokio::test]
 async fn records_and_tokens_of_the_earlier_format_still_work() {
     let w = world().await;
-    let created = call(
-        &w.app,
-        "POST",
-        "/v1/records/card",
-        Some(&w.payments),
-        Some(card()),
-    )
-    .await
-    .body;
+    let created = stored(&w, "card", card()).await;
     let (id, token) = (
         created["id"].as_str().unwrap().to_owned(),
         created["token"].as_str().unwrap().to_owned(),

@@ -97,17 +97,24 @@ impl World {
 
     /// A route created by `admin` and approved by `admin2`.
     async fn active_route(&self, name: &str, processor: &Processor) {
+        self.activate(self.route_body(name, processor)).await;
+    }
+
+    /// The route `body` describes, created by `admin` and approved by
+    /// `admin2`.
+    async fn activate(&self, body: Value) {
+        let name = body["name"].as_str().unwrap().to_owned();
         let reply = call(
             &self.app,
             "POST",
             "/v1/relay/routes",
             Some(&self.admin),
-            Some(self.route_body(name, processor)),
+            Some(body),
         )
         .await;
         assert_eq!(reply.status, 201, "{}", reply.body);
         assert_eq!(reply.body, json!({"name": name, "status": "pending"}));
-        let reply = self.approve(name, &self.admin2).await;
+        let reply = self.approve(&name, &self.admin2).await;
         assert_eq!(reply.status, 200, "{}", reply.body);
         assert_eq!(reply.body["status"], "active");
     }
@@ -312,19 +319,7 @@ async fn pan_tokens_and_form_bodies_work_too() {
     // No response header allow-listed: only content-type comes back.
     let mut body = w.route_body("acme", &processor);
     body["response_headers"] = json!([]);
-    assert_eq!(
-        call(
-            &w.app,
-            "POST",
-            "/v1/relay/routes",
-            Some(&w.admin),
-            Some(body)
-        )
-        .await
-        .status,
-        201
-    );
-    assert_eq!(w.approve("acme", &w.admin2).await.status, 200);
+    w.activate(body).await;
     let (_, _, pan_token) = w.card(&w.payments).await;
     let form = format!(
         "amount=100&card%5Bnumber%5D={{{{{pan_token}:pan}}}}&card%5Bexp_month%5D={{{{{pan_token}:exp_month}}}}"
@@ -1307,16 +1302,7 @@ async fn callers_and_paths_bound_a_route() {
     let mut body = w.route_body("acme", &processor);
     body["paths"] = json!(["/charges"]);
     body["callers"] = json!([payments_id]);
-    let reply = call(
-        &w.app,
-        "POST",
-        "/v1/relay/routes",
-        Some(&w.admin),
-        Some(body),
-    )
-    .await;
-    assert_eq!(reply.status, 201, "{}", reply.body);
-    assert_eq!(w.approve("acme", &w.admin2).await.status, 200);
+    w.activate(body).await;
     let (_, token, _) = w.card(&w.payments).await;
     let (_, other_token, _) = w.card(&w.other_payments).await;
 
@@ -1374,16 +1360,7 @@ async fn passed_back_headers_are_masked() {
     .await;
     let mut body = w.route_body("acme", &processor);
     body["response_headers"] = json!(["location"]);
-    let reply = call(
-        &w.app,
-        "POST",
-        "/v1/relay/routes",
-        Some(&w.admin),
-        Some(body),
-    )
-    .await;
-    assert_eq!(reply.status, 201, "{}", reply.body);
-    assert_eq!(w.approve("acme", &w.admin2).await.status, 200);
+    w.activate(body).await;
     let (_, token, _) = w.card(&w.payments).await;
     let (reply, _) = w
         .relay_json("/v1/relay/acme/charges", &w.payments, charge(&token))

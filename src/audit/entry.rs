@@ -7,10 +7,12 @@
 //! seq (u64 BE) ‖ hash ‖ time` with the vault's Ed25519 audit key; the
 //! signed head each round writes has the same form.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::crypto::sha256;
+use crate::crypto::{bytes32_from_hex, hex32, sha256};
 
 /// How an audited attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -124,7 +126,7 @@ impl AuditEntry {
             hash: String::new(),
         };
         let hash = entry.compute_hash();
-        entry.hash = hex_of(&hash);
+        entry.hash = hex32(&hash);
         (entry, hash)
     }
 
@@ -146,7 +148,7 @@ impl AuditEntry {
             prev_hash: &self.prev_hash,
         };
         let mut input = Vec::with_capacity(512);
-        match hash_bytes(&self.prev_hash) {
+        match bytes32_from_hex(&self.prev_hash) {
             Some(prev) => input.extend_from_slice(&prev),
             None => input.extend_from_slice(b"invalid prev_hash"),
         }
@@ -168,34 +170,29 @@ const STORED_BINARY: u8 = 2;
 /// canonical JSON whatever the stored form, so exports and verifiers do
 /// not change.
 #[derive(Serialize, Deserialize)]
-struct StoredEntry {
+struct StoredEntry<'a> {
     seq: u64,
-    time: String,
-    actor: String,
-    action: String,
-    target: Option<String>,
+    time: Cow<'a, str>,
+    actor: Cow<'a, str>,
+    action: Cow<'a, str>,
+    target: Option<Cow<'a, str>>,
     outcome: Outcome,
-    reason: Option<String>,
-    ticket: Option<String>,
-    request_id: Option<String>,
-    client: Option<String>,
+    reason: Option<Cow<'a, str>>,
+    ticket: Option<Cow<'a, str>>,
+    request_id: Option<Cow<'a, str>>,
+    client: Option<Cow<'a, str>>,
     prev_hash: [u8; 32],
     hash: [u8; 32],
 }
 
-/// `hash` in lowercase hex, through a buffer (`hex::encode` goes char by
-/// char: it was an eighth of verification's time).
-fn hex_of(hash: &[u8; 32]) -> String {
-    let mut buf = [0u8; 64];
-    match hex::encode_to_slice(hash, &mut buf) {
-        Ok(()) => String::from_utf8(buf.to_vec()).unwrap_or_else(|_| hex::encode(hash)),
-        Err(_) => hex::encode(hash),
-    }
+/// A borrowed optional text for [`StoredEntry`] (no copy when writing).
+fn borrowed(text: &Option<String>) -> Option<Cow<'_, str>> {
+    text.as_deref().map(Cow::Borrowed)
 }
 
-fn hash_bytes(text: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(text, &mut out).ok().map(|()| out)
+/// An owned optional text from [`StoredEntry`] (no copy when reading).
+fn owned(text: Option<Cow<'_, str>>) -> Option<String> {
+    text.map(Cow::into_owned)
 }
 
 impl AuditEntry {
@@ -204,17 +201,17 @@ impl AuditEntry {
     pub fn to_stored(&self) -> Option<Vec<u8>> {
         let stored = StoredEntry {
             seq: self.seq,
-            time: self.time.clone(),
-            actor: self.actor.clone(),
-            action: self.action.clone(),
-            target: self.target.clone(),
+            time: Cow::Borrowed(&self.time),
+            actor: Cow::Borrowed(&self.actor),
+            action: Cow::Borrowed(&self.action),
+            target: borrowed(&self.target),
             outcome: self.outcome,
-            reason: self.reason.clone(),
-            ticket: self.ticket.clone(),
-            request_id: self.request_id.clone(),
-            client: self.client.clone(),
-            prev_hash: hash_bytes(&self.prev_hash)?,
-            hash: hash_bytes(&self.hash)?,
+            reason: borrowed(&self.reason),
+            ticket: borrowed(&self.ticket),
+            request_id: borrowed(&self.request_id),
+            client: borrowed(&self.client),
+            prev_hash: bytes32_from_hex(&self.prev_hash)?,
+            hash: bytes32_from_hex(&self.hash)?,
         };
         let mut out = vec![STORED_BINARY];
         postcard::to_io(&stored, &mut out).ok()?;
@@ -233,17 +230,17 @@ impl AuditEntry {
                 }
                 Some(Self {
                     seq: s.seq,
-                    time: s.time,
-                    actor: s.actor,
-                    action: s.action,
-                    target: s.target,
+                    time: s.time.into_owned(),
+                    actor: s.actor.into_owned(),
+                    action: s.action.into_owned(),
+                    target: owned(s.target),
                     outcome: s.outcome,
-                    reason: s.reason,
-                    ticket: s.ticket,
-                    request_id: s.request_id,
-                    client: s.client,
-                    prev_hash: hex_of(&s.prev_hash),
-                    hash: hex_of(&s.hash),
+                    reason: owned(s.reason),
+                    ticket: owned(s.ticket),
+                    request_id: owned(s.request_id),
+                    client: owned(s.client),
+                    prev_hash: hex32(&s.prev_hash),
+                    hash: hex32(&s.hash),
                 })
             }
             _ => serde_json::from_slice(bytes).ok(),

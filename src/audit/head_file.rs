@@ -24,6 +24,17 @@ pub const AUDIT_HEAD_FILE: &str = "audit.head";
 /// How often, at most, the file is rewritten while serving.
 pub(crate) const EVERY: Duration = Duration::from_secs(1);
 
+/// The audit verification key in `path` (`audit.pub`: 64 hex digits).
+pub fn read_public_key(path: &Path) -> Result<[u8; 32], String> {
+    let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    crate::crypto::bytes32_from_hex(text.trim()).ok_or_else(|| {
+        format!(
+            "{}: not an audit public key (64 hex digits)",
+            path.display()
+        )
+    })
+}
+
 /// Reads `keys_dir/audit.head` and checks its signature: `None` when there
 /// is no such file. A file that does not parse or verify is an error: it
 /// is never silently ignored.
@@ -99,7 +110,7 @@ impl HeadFile {
 
     /// Replaces the file atomically with `head` unless it names a newer
     /// head already; the seq the file now names.
-    fn write(&self, head: &Checkpoint) -> std::io::Result<u64> {
+    pub(crate) fn write(&self, head: &Checkpoint) -> std::io::Result<u64> {
         if let Ok(text) = fs::read_to_string(&self.path)
             && let Ok(current) = serde_json::from_str::<Checkpoint>(&text)
             && current.seq >= head.seq

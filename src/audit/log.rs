@@ -32,9 +32,9 @@ use crate::keyring::{
 use crate::store::{Store, StoreError, Transaction, Write as StoreWrite};
 
 const ENTRY_PREFIX: &[u8] = b"au/e/";
-const CHECKPOINT_PREFIX: &[u8] = b"au/c/";
-const HEAD_KEY: &[u8] = b"au/head";
-const SIGNED_KEY: &[u8] = b"au/signed";
+pub(crate) const CHECKPOINT_PREFIX: &[u8] = b"au/c/";
+pub(crate) const HEAD_KEY: &[u8] = b"au/head";
+pub(crate) const SIGNED_KEY: &[u8] = b"au/signed";
 const SCAN_BATCH: usize = 1024;
 
 /// Why an entry could not be written or read.
@@ -78,6 +78,13 @@ impl From<StoreError> for AuditError {
 struct Head {
     seq: u64,
     hash: String,
+}
+
+/// The last entry's seq in a stored head record (`au/head`).
+pub(crate) fn head_seq(stored: &[u8]) -> Option<u64> {
+    serde_json::from_slice::<Head>(stored)
+        .ok()
+        .map(|head| head.seq)
 }
 
 fn entry_key(seq: u64) -> Vec<u8> {
@@ -732,9 +739,7 @@ impl AuditLog {
                 serde_json::from_slice(&bytes).map_err(|_| AuditError::Corrupt("checkpoint"))?
             }
             None => {
-                let hash: [u8; 32] = hex::decode(&head.hash)
-                    .ok()
-                    .and_then(|h| h.try_into().ok())
+                let hash = crate::crypto::bytes32_from_hex(&head.hash)
                     .ok_or(AuditError::Corrupt("head hash"))?;
                 let checkpoint = sign_head(&signer, head.seq, &hash, &rfc3339(self.0.clock.now()));
                 self.0.store.apply(

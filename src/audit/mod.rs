@@ -9,11 +9,12 @@
 
 mod entry;
 mod head_file;
-mod log;
+pub(crate) mod log;
 mod verify;
 
 pub use entry::{AuditEntry, AuditEvent, Checkpoint, ExportLine, Outcome, WRITTEN_WHILE_SEALED};
-pub use head_file::{AUDIT_HEAD_FILE, read_head_file};
+pub(crate) use head_file::HeadFile;
+pub use head_file::{AUDIT_HEAD_FILE, read_head_file, read_public_key};
 pub use log::{AuditError, AuditLog, AuditQuery, export_store};
 pub use verify::{
     KnownHead, Verification, verify_lines, verify_lines_since, verify_store, verify_store_since,

@@ -5,6 +5,22 @@ use zeroize::Zeroize;
 
 use super::{CryptoError, Key256};
 
+/// The 32 bytes that 64 hex digits (either case) name: a digest, an
+/// Ed25519 public key. `None` for anything else.
+pub fn bytes32_from_hex(text: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(text, &mut out).ok().map(|()| out)
+}
+
+/// 32 bytes as 64 lowercase hex digits, through a buffer (`hex::encode`
+/// goes char by char, which showed in audit verification's profile).
+pub fn hex32(bytes: &[u8; 32]) -> String {
+    let mut buf = [0u8; 64];
+    // 32 bytes always fill 64 ASCII digits: neither step can fail.
+    let _ = hex::encode_to_slice(bytes, &mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
 /// SHA-256 of `data`.
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];

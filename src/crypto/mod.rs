@@ -16,7 +16,10 @@ mod signing;
 
 pub use aead::{NONCE_LEN, TAG_LEN, aead_open, aead_seal};
 pub use envelope::{Aad, ENVELOPE_VERSION, Envelope};
-pub use kdf::{HmacKey, Sha256Stream, Tag, constant_time_eq, derive_key, hkdf_sha256, sha256};
+pub use kdf::{
+    HmacKey, Sha256Stream, Tag, bytes32_from_hex, constant_time_eq, derive_key, hex32, hkdf_sha256,
+    sha256,
+};
 pub use password::{
     Argon2Params, KdfPolicy, PasswordPepper, PasswordPolicy, derive_key_from_passphrase,
 };

@@ -21,7 +21,8 @@ use zeroize::Zeroizing;
 pub use kek::{KekMetadata, Purpose, RotationRecorder, RotationTrigger};
 pub use record::{RecordContext, SealedRecord};
 pub use root_file::check_private;
-use root_file::{AUDIT_PUBLIC_KEY_FILE, RootFile, SealDescription, write_new_file};
+pub(crate) use root_file::{AUDIT_PUBLIC_KEY_FILE, ROOT_FILE};
+use root_file::{RootFile, SealDescription, write_new_file};
 use shares::{ParsedShare, ShareError};
 pub use state::{Either, STATE_FORMAT, StateKey};
 
@@ -32,7 +33,7 @@ use crate::crypto::{
 };
 use crate::store::{Store, StoreError, Transaction};
 
-const VAULT_KEY: &[u8] = b"kr/vault";
+pub(crate) const VAULT_KEY: &[u8] = b"kr/vault";
 
 /// Errors of the keyring. None carries key material, a passphrase or a share.
 #[derive(Debug, thiserror::Error)]

@@ -1016,9 +1016,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn approval_is_for_someone_else() {
-        let route = Route {
+    /// An active route `acme` created by `prn_a`, for the tests to vary.
+    fn route() -> Route {
+        Route {
             name: "acme".into(),
             base_url: "https://x".into(),
             methods: vec![RelayMethod::Post],
@@ -1029,16 +1029,26 @@ mod tests {
             response_headers: Vec::new(),
             paths: Vec::new(),
             callers: Vec::new(),
-            status: RouteStatus::Pending,
-            version: 2,
+            status: RouteStatus::Active,
+            version: 1,
             created_by: "prn_a".into(),
             created_at: String::new(),
-            changed_by: Some("prn_b".into()),
+            changed_by: None,
             changed_at: None,
             approved_by: None,
             approved_at: None,
             disabled_by: None,
             disabled_at: None,
+        }
+    }
+
+    #[test]
+    fn approval_is_for_someone_else() {
+        let route = Route {
+            status: RouteStatus::Pending,
+            version: 2,
+            changed_by: Some("prn_b".into()),
+            ..route()
         };
         assert!(!route.approvable_by("prn_a"));
         assert!(!route.approvable_by("prn_b"));
@@ -1059,26 +1069,9 @@ mod tests {
         .unwrap();
         assert_eq!(spec.paths, ["/charges", "/tokens"]);
         let route = Route {
-            name: "acme".into(),
-            base_url: "https://x".into(),
-            methods: vec![RelayMethod::Post],
-            fields: vec!["pan".into()],
-            ca_pem: None,
-            header_names: Vec::new(),
-            timeout_ms: 1000,
-            response_headers: Vec::new(),
             paths: spec.paths.clone(),
             callers: spec.callers.clone(),
-            status: RouteStatus::Active,
-            version: 1,
-            created_by: "prn_a".into(),
-            created_at: String::new(),
-            changed_by: None,
-            changed_at: None,
-            approved_by: None,
-            approved_at: None,
-            disabled_by: None,
-            disabled_at: None,
+            ..route()
         };
         for ok in ["/charges", "/charges/ch_1", "/tokens"] {
             assert!(route.allows_path(ok), "{ok}");

@@ -9,7 +9,6 @@
 //! wholly in (`Keyspace::get`/`range` read at the newest sequence number and
 //! could see half a batch).
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
@@ -18,7 +17,7 @@ use fjall::{KeyspaceCreateOptions, PersistMode, Readable};
 use super::group_commit::GroupCommit;
 use super::{
     KeyValue, Store, StoreError, Transaction, Write, collect_scan, io, poisoned,
-    preconditions_hold, scan_start,
+    preconditions_hold, scan_start, sync_dir_and_parent,
 };
 
 /// The one keyspace every key lives in.
@@ -72,14 +71,7 @@ impl FjallStore {
         db.persist(PersistMode::SyncAll).map_err(backend)?;
         // fjall syncs the directories it creates; the data directory's own
         // name in its parent is ours to make durable.
-        sync_dir(dir).map_err(|e| io(dir, &e))?;
-        match dir.parent() {
-            Some(parent) if parent.as_os_str().is_empty() => {
-                sync_dir(Path::new(".")).map_err(|e| io(dir, &e))?;
-            }
-            Some(parent) => sync_dir(parent).map_err(|e| io(parent, &e))?,
-            None => {}
-        }
+        sync_dir_and_parent(dir).map_err(|e| io(dir, &e))?;
         Ok(Self {
             db,
             data,
@@ -95,11 +87,6 @@ impl FjallStore {
     pub fn exists_in(dir: &Path) -> bool {
         dir.join(VERSION_FILE).is_file() && dir.join(KEYSPACES_DIR).is_dir()
     }
-}
-
-/// `fsync` of a directory: makes the names in it durable.
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// fjall's errors name files and I/O failures, never stored values.

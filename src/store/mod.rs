@@ -148,6 +148,22 @@ pub enum StoreError {
     Backend(String),
 }
 
+/// `fsync` of a directory: makes the names in it durable.
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// [`sync_dir`] of `dir` and of its parent, so a store directory just
+/// created (its own name) is durable too.
+pub(crate) fn sync_dir_and_parent(dir: &Path) -> std::io::Result<()> {
+    sync_dir(dir)?;
+    match dir.parent() {
+        Some(parent) if parent.as_os_str().is_empty() => sync_dir(Path::new(".")),
+        Some(parent) => sync_dir(parent),
+        None => Ok(()),
+    }
+}
+
 /// A backend's I/O error on `path`, without any stored value.
 pub(crate) fn io(path: &Path, e: &std::io::Error) -> StoreError {
     StoreError::Backend(format!("{}: {e}", path.display()))

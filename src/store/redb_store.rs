@@ -26,6 +26,7 @@ use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use super::group_commit::GroupCommit;
 use super::{
     KeyValue, Store, StoreError, Transaction, Write, collect_scan, io, poisoned, scan_start,
+    sync_dir_and_parent,
 };
 
 /// The database file inside the store directory.
@@ -75,14 +76,7 @@ impl RedbStore {
         File::open(&path)
             .and_then(|f| f.sync_all())
             .map_err(|e| io(&path, &e))?;
-        sync_dir(dir).map_err(|e| io(dir, &e))?;
-        match dir.parent() {
-            Some(parent) if parent.as_os_str().is_empty() => {
-                sync_dir(Path::new(".")).map_err(|e| io(dir, &e))?;
-            }
-            Some(parent) => sync_dir(parent).map_err(|e| io(parent, &e))?,
-            None => {}
-        }
+        sync_dir_and_parent(dir).map_err(|e| io(dir, &e))?;
         Ok(Self {
             db,
             dir: dir.to_path_buf(),
@@ -120,11 +114,6 @@ impl RedbStore {
         }
         Ok(true)
     }
-}
-
-/// `fsync` of a directory: makes the names in it durable.
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// redb's errors name files, tables and I/O failures, never stored values.

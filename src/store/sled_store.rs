@@ -15,7 +15,7 @@ use std::sync::{Mutex, PoisonError};
 use super::group_commit::GroupCommit;
 use super::{
     KeyValue, Store, StoreError, Transaction, Write, collect_scan, io, poisoned,
-    preconditions_hold, scan_start,
+    preconditions_hold, scan_start, sync_dir, sync_dir_and_parent,
 };
 
 /// sled's log file inside the store directory: every page write lands here.
@@ -104,13 +104,9 @@ impl DeviceSync {
             blobs: Mutex::new(HashMap::new()),
         };
         files.sync_blobs(true)?;
-        sync_dir(dir)?;
-        // The store directory's own name, should it have just been created.
-        match dir.parent() {
-            Some(parent) if parent.as_os_str().is_empty() => sync_dir(Path::new("."))?,
-            Some(parent) => sync_dir(parent)?,
-            None => {}
-        }
+        // The store directory's own name too, should it have just been
+        // created.
+        sync_dir_and_parent(dir)?;
         Ok(files)
     }
 
@@ -167,11 +163,6 @@ impl DeviceSync {
             .unwrap_or_else(PoisonError::into_inner)
             .len()
     }
-}
-
-/// `fsync` of a directory: makes the names in it durable.
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 fn backend(e: sled::Error) -> StoreError {

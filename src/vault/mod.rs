@@ -9,6 +9,7 @@
 //! gets, so they are sealed with the keyring's state key, bound to their
 //! store key: edited or moved on disk, they are an integrity error.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -73,7 +74,7 @@ pub struct RecordMeta {
 /// under `rec/<id>/body`; both are read, and any write of a record turns
 /// it into the packed format.
 #[derive(Serialize, Deserialize)]
-struct PackedRecord {
+struct PackedRecord<'a> {
     id: String,
     record_type: RecordType,
     version: u64,
@@ -86,7 +87,8 @@ struct PackedRecord {
     index: Vec<(String, [u8; 32])>,
     /// `tk/<hex digest>` as the digest.
     tokens: Vec<[u8; 32]>,
-    body: Option<Vec<u8>>,
+    /// Borrowed when written (no copy of the sealed body), owned when read.
+    body: Option<Cow<'a, [u8]>>,
 }
 
 /// A token record in the binary state encoding.
@@ -107,13 +109,11 @@ const INDEX_PREFIX: &str = "bi/";
 const TOKEN_PREFIX: &str = "tk/";
 
 fn digest_of(hex_digest: &str) -> Result<[u8; 32], VaultError> {
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(hex_digest, &mut out).map_err(|_| VaultError::Corrupt)?;
-    Ok(out)
+    crate::crypto::bytes32_from_hex(hex_digest).ok_or(VaultError::Corrupt)
 }
 
-impl PackedRecord {
-    fn new(meta: &RecordMeta, body: Option<&[u8]>) -> Result<Self, VaultError> {
+impl<'a> PackedRecord<'a> {
+    fn new(meta: &RecordMeta, body: Option<&'a [u8]>) -> Result<Self, VaultError> {
         let index = meta
             .index_keys
             .iter()
@@ -143,7 +143,7 @@ impl PackedRecord {
             erased_at: meta.erased_at.clone(),
             index,
             tokens,
-            body: body.map(<[u8]>::to_vec),
+            body: body.map(Cow::Borrowed),
         })
     }
 
@@ -172,7 +172,7 @@ impl PackedRecord {
             index_keys,
             token_keys,
             stored: StoredAs::new(stored),
-            body: StoredAs(self.body.map(Arc::from)),
+            body: StoredAs(self.body.map(|body| Arc::from(body.into_owned()))),
         }
     }
 }
@@ -543,8 +543,11 @@ impl Vault {
         if meta.erased_at.is_some() {
             return Err(VaultError::Erased);
         }
-        let sealed = self.sealed_body(meta)?.ok_or(VaultError::Corrupt)?;
-        let sealed = SealedRecord::decode(&sealed)?;
+        // Packed records carry their body (no copy); earlier ones read it.
+        let sealed = match meta.body.bytes() {
+            Some(body) => SealedRecord::decode(body)?,
+            None => SealedRecord::decode(&self.sealed_body(meta)?.ok_or(VaultError::Corrupt)?)?,
+        };
         let context = RecordContext {
             id: &meta.id,
             record_type: meta.record_type.as_str(),
@@ -851,7 +854,7 @@ mod tests {
             erased_at: None,
             index: vec![("pan".into(), [7; 32])],
             tokens: vec![[9; 32]],
-            body: Some(vec![1, 2]),
+            body: Some(Cow::Owned(vec![1, 2])),
         };
         assert_eq!(
             hex::encode(postcard::to_allocvec(&record).unwrap()),
