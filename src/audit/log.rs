@@ -29,7 +29,7 @@ use crate::crypto::{SigningKey, verify_signature};
 use crate::keyring::{
     Keyring, KeyringError, Purpose, RotationRecorder, RotationTrigger, UnsealedKeys,
 };
-use crate::store::{Store, StoreError, Transaction, Write as StoreWrite};
+use crate::store::{Direct, Reads, Store, StoreError, Transaction, Write as StoreWrite};
 
 const ENTRY_PREFIX: &[u8] = b"au/e/";
 pub(crate) const CHECKPOINT_PREFIX: &[u8] = b"au/c/";
@@ -173,6 +173,62 @@ impl Drop for Inner {
 /// The state of the keys a round has touched so far: the values its batches
 /// wrote (borrowed from them) or read from the store. `None`: absent.
 type Seen<'j> = HashMap<&'j [u8], Option<Cow<'j, [u8]>>>;
+
+/// What one worked-out round holds besides its transaction.
+struct Built {
+    outcomes: Vec<Outcome>,
+    signed: Option<Checkpoint>,
+    /// The head it was built on and the head it writes; `None` when it
+    /// writes nothing.
+    heads: Option<(Head, Head)>,
+}
+
+/// The stored head record and the head it names (genesis when absent).
+fn head_in(reads: &dyn Reads) -> Result<(Option<Vec<u8>>, Head), AuditError> {
+    match reads.get(HEAD_KEY)? {
+        None => Ok((
+            None,
+            Head {
+                seq: 0,
+                hash: hex::encode(GENESIS_HASH),
+            },
+        )),
+        Some(bytes) => {
+            let head: Head =
+                serde_json::from_slice(&bytes).map_err(|_| AuditError::Corrupt("head record"))?;
+            Ok((Some(bytes), head))
+        }
+    }
+}
+
+/// Whether every precondition of `job` holds in the state `seen` (the
+/// round's writes so far) over what `reads` sees. Values read are added to
+/// `seen` and, as preconditions, to `read`.
+fn preconditions_hold<'j>(
+    reads: &dyn Reads,
+    job: &'j Job,
+    seen: &mut Seen<'j>,
+    read: &mut Transaction,
+) -> Result<bool, AuditError> {
+    // All of a job's preconditions are checked against the state before
+    // it, as one transaction would check them.
+    for (_, change) in &job.batch {
+        for (key, expected) in &change.preconditions {
+            let current = match seen.entry(key.as_slice()) {
+                Entry::Occupied(known) => known.into_mut(),
+                Entry::Vacant(unknown) => {
+                    let value = reads.get(key)?;
+                    read.preconditions.push((key.clone(), value.clone()));
+                    unknown.insert(value.map(Cow::Owned))
+                }
+            };
+            if current.as_deref() != expected.as_deref() {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
 
 /// Rounds applied but not yet durable: their callers with their outcomes,
 /// and the newest head they signed.
@@ -589,129 +645,139 @@ impl AuditLog {
             Some(Err(e)) => return Err(AuditError::Unavailable(e.to_string())),
         };
         for _ in 0..ATTEMPTS {
-            let (head_bytes, head) = self.head()?;
-            if let Some(signer) = &signer {
-                self.authenticate_tail(&head, signer)?;
-            }
-            let mut seen = Seen::new();
-            let mut read = Transaction::new().expect(HEAD_KEY, head_bytes);
-            let mut writes = Transaction::new();
-            let mut outcomes = Vec::with_capacity(jobs.len());
-            let (mut seq, mut prev_hash) = (head.seq, head.hash.clone());
-            let mut last_hash = None;
-            let time = rfc3339(self.0.clock.now());
-            for job in jobs {
-                if signer.is_none()
-                    && !job
-                        .batch
-                        .iter()
-                        .all(|(event, _)| WRITTEN_WHILE_SEALED.contains(&event.action))
-                {
-                    outcomes.push(Err(AuditError::Sealed));
-                    continue;
-                }
-                if !self.preconditions_hold(job, &mut seen, &mut read)? {
-                    outcomes.push(Err(AuditError::Conflict));
-                    continue;
-                }
-                let mut entries = Vec::with_capacity(job.batch.len());
-                for (event, change) in &job.batch {
-                    seq += 1;
-                    let (entry, hash) = AuditEntry::chained(seq, &time, event.clone(), prev_hash);
-                    prev_hash = entry.hash.clone();
-                    last_hash = Some(hash);
-                    let stored = entry.to_stored().ok_or(AuditError::Corrupt("entry"))?;
-                    writes = writes.put(entry_key(seq), stored);
-                    if seq.is_multiple_of(self.0.checkpoint_every)
-                        && let Some(signer) = &signer
-                    {
-                        let checkpoint = sign_head(signer, seq, &hash, &time);
-                        writes = writes.put(checkpoint_key(seq), encode(&checkpoint)?);
+            // What the round worked out, and why it stopped if it did: the
+            // store's callback speaks only `StoreError`.
+            let mut built = None;
+            let mut failed = None;
+            let applied = self
+                .0
+                .store
+                .apply_locked(HEAD_KEY, &mut |reads| match self.build_round(
+                    reads,
+                    jobs,
+                    signer.as_deref(),
+                ) {
+                    Ok((tx, round)) => {
+                        built = Some(round);
+                        Ok(tx)
                     }
-                    for write in &change.writes {
-                        let (key, value) = match write {
-                            StoreWrite::Put(k, v) => (k, Some(Cow::Borrowed(v.as_slice()))),
-                            StoreWrite::Delete(k) => (k, None),
-                        };
-                        seen.insert(key.as_slice(), value);
-                        writes.writes.push(write.clone());
+                    Err(e) => {
+                        failed = Some(e);
+                        Err(StoreError::Backend("the audit round was not built".into()))
                     }
-                    entries.push(entry);
-                }
-                outcomes.push(Ok(entries));
+                });
+            if let Some(e) = failed {
+                return Err(e);
             }
-            let Some(last_hash) = last_hash else {
-                return Ok((outcomes, None));
-            };
-            let new_head = Head {
-                seq,
-                hash: prev_hash,
-            };
-            let signed = signer
-                .as_ref()
-                .map(|signer| sign_head(signer, seq, &last_hash, &time));
-            let mut round = read.merge(writes).put(HEAD_KEY, encode(&new_head)?);
-            if let Some(signed) = &signed {
-                round = round.put(SIGNED_KEY, encode(signed)?);
-            }
-            match self.0.store.apply(round) {
-                Ok(()) => {
-                    self.note_applied(&head, &new_head, signed.as_ref());
-                    return Ok((outcomes, signed));
-                }
+            match applied {
+                Ok(()) => {}
                 Err(StoreError::Conflict) => continue,
                 Err(e) => return Err(e.into()),
             }
+            let built = built.ok_or(AuditError::Corrupt("no round built"))?;
+            if let Some((old, new)) = &built.heads {
+                self.note_applied(old, new, built.signed.as_ref());
+            }
+            return Ok((built.outcomes, built.signed));
         }
         Err(AuditError::Unavailable(
             "the store kept changing under the audit log".into(),
         ))
     }
 
-    /// Whether every precondition of `job` holds in the state `seen` (the
-    /// round's writes so far) over the store. Values read from the store are
-    /// added to `seen` and, as preconditions, to `read`.
-    fn preconditions_hold<'j>(
+    /// Works out one round over the state `reads` sees: each job's
+    /// outcome, and the transaction that writes the accepted jobs' changes,
+    /// their chained entries and the new signed head (`None`: every job was
+    /// refused). The transaction repeats, as preconditions, every value the
+    /// round read, the head included.
+    fn build_round(
         &self,
-        job: &'j Job,
-        seen: &mut Seen<'j>,
-        read: &mut Transaction,
-    ) -> Result<bool, AuditError> {
-        // All of a job's preconditions are checked against the state before
-        // it, as one transaction would check them.
-        for (_, change) in &job.batch {
-            for (key, expected) in &change.preconditions {
-                let current = match seen.entry(key.as_slice()) {
-                    Entry::Occupied(known) => known.into_mut(),
-                    Entry::Vacant(unknown) => {
-                        let value = self.0.store.get(key)?;
-                        read.preconditions.push((key.clone(), value.clone()));
-                        unknown.insert(value.map(Cow::Owned))
-                    }
-                };
-                if current.as_deref() != expected.as_deref() {
-                    return Ok(false);
-                }
-            }
+        reads: &dyn Reads,
+        jobs: &[Job],
+        signer: Option<&SigningKey>,
+    ) -> Result<(Option<Transaction>, Built), AuditError> {
+        let (head_bytes, head) = head_in(reads)?;
+        if let Some(signer) = signer {
+            self.authenticate_tail(&head, signer)?;
         }
-        Ok(true)
+        let mut seen = Seen::new();
+        let mut read = Transaction::new().expect(HEAD_KEY, head_bytes);
+        let mut writes = Transaction::new();
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        let (mut seq, mut prev_hash) = (head.seq, head.hash.clone());
+        let mut last_hash = None;
+        let time = rfc3339(self.0.clock.now());
+        for job in jobs {
+            if signer.is_none()
+                && !job
+                    .batch
+                    .iter()
+                    .all(|(event, _)| WRITTEN_WHILE_SEALED.contains(&event.action))
+            {
+                outcomes.push(Err(AuditError::Sealed));
+                continue;
+            }
+            if !preconditions_hold(reads, job, &mut seen, &mut read)? {
+                outcomes.push(Err(AuditError::Conflict));
+                continue;
+            }
+            let mut entries = Vec::with_capacity(job.batch.len());
+            for (event, change) in &job.batch {
+                seq += 1;
+                let (entry, hash) = AuditEntry::chained(seq, &time, event.clone(), prev_hash);
+                prev_hash = entry.hash.clone();
+                last_hash = Some(hash);
+                let stored = entry.to_stored().ok_or(AuditError::Corrupt("entry"))?;
+                writes = writes.put(entry_key(seq), stored);
+                if seq.is_multiple_of(self.0.checkpoint_every)
+                    && let Some(signer) = signer
+                {
+                    let checkpoint = sign_head(signer, seq, &hash, &time);
+                    writes = writes.put(checkpoint_key(seq), encode(&checkpoint)?);
+                }
+                for write in &change.writes {
+                    let (key, value) = match write {
+                        StoreWrite::Put(k, v) => (k, Some(Cow::Borrowed(v.as_slice()))),
+                        StoreWrite::Delete(k) => (k, None),
+                    };
+                    seen.insert(key.as_slice(), value);
+                    writes.writes.push(write.clone());
+                }
+                entries.push(entry);
+            }
+            outcomes.push(Ok(entries));
+        }
+        let Some(last_hash) = last_hash else {
+            return Ok((
+                None,
+                Built {
+                    outcomes,
+                    signed: None,
+                    heads: None,
+                },
+            ));
+        };
+        let new_head = Head {
+            seq,
+            hash: prev_hash,
+        };
+        let signed = signer.map(|signer| sign_head(signer, seq, &last_hash, &time));
+        let mut round = read.merge(writes).put(HEAD_KEY, encode(&new_head)?);
+        if let Some(signed) = &signed {
+            round = round.put(SIGNED_KEY, encode(signed)?);
+        }
+        Ok((
+            Some(round),
+            Built {
+                outcomes,
+                signed,
+                heads: Some((head, new_head)),
+            },
+        ))
     }
 
     fn head(&self) -> Result<(Option<Vec<u8>>, Head), AuditError> {
-        match self.0.store.get(HEAD_KEY)? {
-            None => Ok((
-                None,
-                Head {
-                    seq: 0,
-                    hash: hex::encode(GENESIS_HASH),
-                },
-            )),
-            Some(bytes) => {
-                let head: Head = serde_json::from_slice(&bytes)
-                    .map_err(|_| AuditError::Corrupt("head record"))?;
-                Ok((Some(bytes), head))
-            }
-        }
+        head_in(&Direct(self.0.store.as_ref()))
     }
 
     /// Signs the current head as a checkpoint unless one already covers

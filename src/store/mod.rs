@@ -285,6 +285,24 @@ impl Transaction {
     }
 }
 
+/// Reads inside one [`Store::apply_locked`] round.
+pub trait Reads {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+}
+
+/// A store read directly (the embedded engines' rounds).
+pub(crate) struct Direct<'a, S: ?Sized>(pub(crate) &'a S);
+
+impl<S: Store + ?Sized> Reads for Direct<'_, S> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.0.get(key)
+    }
+}
+
+/// What a round built by [`Store::apply_locked`] returns: the transaction
+/// to apply, or `None` when it has nothing to write.
+pub type Round<'a> = dyn FnMut(&dyn Reads) -> Result<Option<Transaction>, StoreError> + 'a;
+
 /// A key-value store with atomic, durable transactions.
 ///
 /// `commit`, `put` and `delete` return only once the write is durable (it
@@ -336,6 +354,34 @@ pub trait Store: Send + Sync + 'static {
         &self,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
     ) -> Result<(), StoreError>;
+
+    /// Builds a transaction with `round` and applies it (not yet durably:
+    /// [`Store::flush`] follows) while holding the lock named `lock`
+    /// against every other process that takes it: the audit chain's head,
+    /// taken once per group-commit round, never per request.
+    ///
+    /// `round` reads through the [`Reads`] it is given; the transaction it
+    /// returns still carries its own preconditions, checked when applied
+    /// ([`StoreError::Conflict`] if one fails, nothing written). An
+    /// embedded store has one writing process, whose caller already
+    /// serialises its rounds, so the default reads the store directly and
+    /// applies. A store shared by several processes (PostgreSQL) takes the
+    /// lock's row with `SELECT … FOR UPDATE`, reads inside that database
+    /// transaction and commits it.
+    fn apply_locked(&self, lock: &[u8], round: &mut Round<'_>) -> Result<(), StoreError> {
+        let _ = lock;
+        match round(&Direct(self))? {
+            Some(tx) => self.apply(tx),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether several processes may write this store at once (PostgreSQL
+    /// with several nodes): nothing may then be cached across requests
+    /// without invalidation, and `apply` is already durable.
+    fn is_shared(&self) -> bool {
+        false
+    }
 
     /// Every pair under `prefix`.
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
