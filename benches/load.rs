@@ -9,7 +9,10 @@
 //! names contain one of the words (health always runs: it is the ratio's
 //! base). `--target FILE` drives a server that is already running instead:
 //! FILE holds the JSON line `strongroom dev --json` printed (that server's
-//! credentials: a throw-away dev server only). Under
+//! credentials: a throw-away dev server only). `--postgres URL --nodes N`
+//! runs N `serve` nodes over a fresh schema of that PostgreSQL database
+//! instead of one dev server, unseals each, and spreads the requests over
+//! them in turn (the schema is dropped at the end). Under
 //! `cargo test` it runs each scenario for a moment as a smoke test.
 #![allow(
     clippy::unwrap_used,
@@ -18,11 +21,13 @@
     clippy::indexing_slicing
 )]
 
+mod cluster;
 mod measure;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -67,17 +72,33 @@ async fn send(client: &HttpClient, base: &str, s: &Scenario) -> Result<(u16, Byt
     Ok((status, body))
 }
 
+/// The servers under test: requests go to each in turn.
+struct Bases {
+    urls: Vec<String>,
+    next: AtomicUsize,
+}
+
+impl Bases {
+    fn next(&self) -> &str {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.urls.len();
+        &self.urls[i]
+    }
+}
+
 async fn run(
     client: HttpClient,
-    base: Arc<String>,
+    bases: Arc<Bases>,
     s: Scenario,
     connections: usize,
     seconds: f64,
 ) -> Outcome {
     let name = s.name;
     let call = move || {
-        let (client, base, s) = (client.clone(), Arc::clone(&base), s.clone());
-        async move { matches!(send(&client, &base, &s).await, Ok((status, _)) if status < 300) }
+        let (client, bases, s) = (client.clone(), Arc::clone(&bases), s.clone());
+        async move {
+            let base = bases.next();
+            matches!(send(&client, base, &s).await, Ok((status, _)) if status < 300)
+        }
     };
     measure::drive(name, call, connections, seconds).await
 }
@@ -91,14 +112,26 @@ fn main() {
         arg(&args, "--seconds").map_or(if quick { 0.3 } else { 10.0 }, |v| v.parse().unwrap());
 
     // Either a running server, named by the JSON that `strongroom dev --json`
-    // printed, or a dev server of our own with the reveal limit lifted.
+    // printed, nodes over PostgreSQL, or a dev server of our own with the
+    // reveal limit lifted.
     let dir = tempfile::tempdir().unwrap();
-    let (mut server, creds): (Option<std::process::Child>, Value) = match arg(&args, "--target") {
-        Some(file) => (
+    let mut cluster = None;
+    let (mut server, creds): (Option<std::process::Child>, Value) = match (
+        arg(&args, "--target"),
+        arg(&args, "--postgres"),
+    ) {
+        (Some(file), _) => (
             None,
             serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap(),
         ),
-        None => {
+        (None, Some(url)) => {
+            let nodes = arg(&args, "--nodes").map_or(1, |n| n.parse().unwrap());
+            let started = cluster::Cluster::start(&url, nodes, dir.path());
+            let creds = started.credentials.clone();
+            cluster = Some(started);
+            (None, creds)
+        }
+        (None, None) => {
             let config = dir.path().join("load.toml");
             // `--engine NAME`: the store engine of the dev server's new data
             // directory (default: the configured default).
@@ -127,7 +160,16 @@ fn main() {
             (Some(child), serde_json::from_str(&line).unwrap())
         }
     };
-    let base = Arc::new(creds["url"].as_str().unwrap().to_owned());
+    let urls: Vec<String> = match creds["urls"].as_array() {
+        Some(urls) => urls.iter().map(|u| u.as_str().unwrap().to_owned()).collect(),
+        None => vec![creds["url"].as_str().unwrap().to_owned()],
+    };
+    let nodes = urls.len();
+    let base = Arc::new(urls[0].clone());
+    let bases = Arc::new(Bases {
+        urls,
+        next: AtomicUsize::new(0),
+    });
     let payments = creds["payment_service_api_key"]
         .as_str()
         .unwrap()
@@ -234,7 +276,7 @@ fn main() {
         .map(|s| {
             rt.block_on(run(
                 client.clone(),
-                Arc::clone(&base),
+                Arc::clone(&bases),
                 s,
                 connections,
                 seconds,
@@ -245,10 +287,11 @@ fn main() {
         let _ = server.kill();
         let _ = server.wait();
     }
+    drop(cluster);
 
     let health = outcomes[0].rate().max(f64::MIN_POSITIVE);
     println!(
-        "{connections} connections, {seconds} s per scenario, server and load tool on this machine"
+        "{connections} connections, {seconds} s per scenario, {nodes} node(s), servers and load tool on this machine"
     );
     println!(
         "{:<32} {:>10} {:>9} {:>9} {:>9} {:>7} {:>9}",
@@ -272,7 +315,8 @@ fn main() {
             "ratio_to_health": o.rate() / health,
         }));
     }
-    let report = json!({"connections": connections, "seconds": seconds, "results": rows});
+    let report =
+        json!({"connections": connections, "seconds": seconds, "nodes": nodes, "results": rows});
     if let Some(path) = arg(&args, "--json") {
         std::fs::File::create(path)
             .unwrap()
