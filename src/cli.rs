@@ -425,7 +425,12 @@ fn app_settings(config: &Config) -> AppSettings {
             .unwrap_or(usize::MAX),
         collect: config.collect,
         relay: config.relay.clone(),
-        data_dir: Some(config.data_dir.clone()),
+        // A PostgreSQL store has no data directory: a backup spools in the
+        // system's temporary directory (docs/operations.md, "PostgreSQL store").
+        data_dir: config
+            .postgres
+            .is_none()
+            .then(|| config.data_dir.clone()),
         ..AppSettings::default()
     }
 }
