@@ -1,5 +1,5 @@
-//! The command line (clap): `init`, `serve`, `dev`, `audit`, `backup`,
-//! `restore`. `main.rs` only calls
+//! The command line (clap): `init`, `serve`, `dev`, `migrate`, `audit`,
+//! `backup`, `restore`. `main.rs` only calls
 //! [`run`]. Secrets are printed once, to stdout, and never logged.
 
 use std::io::Write as _;
@@ -18,9 +18,9 @@ use crate::audit::{
     verify_store_since,
 };
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, FileConfig, Overrides, TlsSettings};
+use crate::config::{Config, FileConfig, Overrides, StoreBackend, TlsSettings};
 use crate::keyring::{Keyring, SealMethod, check_private};
-use crate::store::{self, Engine, Store, StoreSettings};
+use crate::store::{self, Engine, PostgresSettings, PostgresStore, Store};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -44,6 +44,9 @@ enum Command {
     /// A fresh, initialised and unsealed server for trying Strongroom out
     /// (plain HTTP, loopback only).
     Dev(DevArgs),
+    /// Create or update the schema of a PostgreSQL store ([store] url of
+    /// --config): the one command that creates a schema without a vault.
+    Migrate(MigrateArgs),
     /// Verify or export the audit log (offline: stop the server first).
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -56,6 +59,16 @@ enum Command {
     /// signature is checked against the vault's audit.pub, kept apart from
     /// the backup; nothing is created unless every check passes.
     Restore(RestoreArgs),
+}
+
+#[derive(Debug, Args)]
+struct MigrateArgs {
+    /// TOML configuration file whose store is a PostgreSQL URL.
+    #[arg(long, env = "STRONGROOM_CONFIG")]
+    config: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -122,10 +135,15 @@ struct AuditVerifyArgs {
     #[arg(
         long,
         env = "STRONGROOM_DATA_DIR",
-        conflicts_with = "file",
-        required_unless_present = "file"
+        conflicts_with_all = ["file", "config"],
+        required_unless_present_any = ["file", "config"]
     )]
     data_dir: Option<PathBuf>,
+    /// Verify the log in the store of this configuration file (a
+    /// PostgreSQL store: `store = "postgres://…"`; audit.pub from its
+    /// keys_dir unless --keys-dir or --public-key is given).
+    #[arg(long, conflicts_with = "file")]
+    config: Option<PathBuf>,
     /// Keys directory holding audit.pub (with --data-dir; default: the
     /// `keys` directory beside the store).
     #[arg(long, env = "STRONGROOM_KEYS_DIR")]
@@ -151,8 +169,17 @@ fn parse_known_head(text: &str) -> Result<KnownHead, String> {
 struct AuditExportArgs {
     /// Export the log in this data directory (of `init`/`serve`, or of
     /// `dev --data-dir`). Nothing is created there.
-    #[arg(long, env = "STRONGROOM_DATA_DIR")]
-    data_dir: PathBuf,
+    #[arg(
+        long,
+        env = "STRONGROOM_DATA_DIR",
+        conflicts_with = "config",
+        required_unless_present = "config"
+    )]
+    data_dir: Option<PathBuf>,
+    /// Export the log in the store of this configuration file (a
+    /// PostgreSQL store).
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -219,6 +246,7 @@ pub fn run() -> ExitCode {
         Command::Init(args) => init(args),
         Command::Serve(args) => serve(args),
         Command::Dev(args) => dev(args),
+        Command::Migrate(args) => migrate(args),
         Command::Audit(AuditCommand::Verify(args)) => audit_verify(args),
         Command::Audit(AuditCommand::Export(args)) => audit_export(args),
         Command::Backup(args) => backup(args),
@@ -263,18 +291,44 @@ fn load_config(locations: &Locations, listen: Option<String>) -> Result<Config, 
     .map_err(|e| e.to_string())
 }
 
-/// A new store in a data directory created 0700 (`init`, `dev`), with the
-/// configured engine. A directory that already holds a store keeps it
-/// (`init` then finds the vault there and refuses).
-fn create_store(data_dir: &Path, settings: StoreSettings) -> Result<Arc<dyn Store>, String> {
-    crate::config::create_data_dir(data_dir).map_err(|e| e.to_string())?;
-    let engine = Engine::detect(data_dir).unwrap_or(settings.engine);
-    store::open_engine(engine, data_dir, settings.cache_bytes).map_err(|e| e.to_string())
+/// A new store (`init`, `dev`): in a data directory created 0700 with the
+/// configured engine (a directory that already holds a store keeps it, and
+/// `init` then finds the vault there and refuses), or the configured
+/// PostgreSQL database, its schema created or brought up to date.
+fn create_store(config: &Config) -> Result<Arc<dyn Store>, String> {
+    match config.store_backend() {
+        StoreBackend::Embedded { data_dir, settings } => {
+            crate::config::create_data_dir(data_dir).map_err(|e| e.to_string())?;
+            let engine = Engine::detect(data_dir).unwrap_or(settings.engine);
+            store::open_engine(engine, data_dir, settings.cache_bytes).map_err(|e| e.to_string())
+        }
+        StoreBackend::Postgres(settings) => Ok(Arc::new(connect_postgres(settings)?)),
+    }
 }
 
-/// The store of an existing data directory that only its owner may enter
-/// (`serve`), with the engine found there; never creates one.
-fn open_store(data_dir: &Path, settings: StoreSettings) -> Result<Arc<dyn Store>, String> {
+/// The configured PostgreSQL store, migrations applied (and logged).
+fn connect_postgres(settings: &PostgresSettings) -> Result<PostgresStore, String> {
+    let (store, report) = PostgresStore::migrate(settings).map_err(|e| e.to_string())?;
+    if !report.applied.is_empty() {
+        tracing::info!(
+            from = report.from,
+            to = report.to,
+            database = %settings.redacted_url(),
+            "PostgreSQL schema migrated"
+        );
+    }
+    Ok(store)
+}
+
+/// The configured store of an existing vault (`serve`): the data directory
+/// (only its owner may enter it) with the engine found there, never
+/// creating one; or the PostgreSQL database, migrations applied at start.
+/// A store without a vault is refused by `Keyring::open` after this.
+fn open_store(config: &Config) -> Result<Arc<dyn Store>, String> {
+    let (data_dir, settings) = match config.store_backend() {
+        StoreBackend::Embedded { data_dir, settings } => (data_dir, settings),
+        StoreBackend::Postgres(settings) => return Ok(Arc::new(connect_postgres(settings)?)),
+    };
     crate::config::check_data_dir(data_dir).map_err(|e| e.to_string())?;
     let Some(engine) = Engine::detect(data_dir) else {
         return Err(format!(
@@ -290,6 +344,56 @@ fn open_store(data_dir: &Path, settings: StoreSettings) -> Result<Arc<dyn Store>
         );
     }
     store::open_engine(engine, data_dir, settings.cache_bytes).map_err(|e| e.to_string())
+}
+
+/// `strongroom migrate`: applies the schema migrations a PostgreSQL store
+/// lacks and says what it did.
+fn migrate(args: MigrateArgs) -> Result<(), String> {
+    let locations = Locations {
+        data_dir: None,
+        keys_dir: None,
+        config: Some(args.config),
+    };
+    let config = load_config(&locations, None)?;
+    let StoreBackend::Postgres(settings) = config.store_backend() else {
+        return Err(
+            "the configured store is an embedded engine in the data directory, which has no \
+             schema to migrate; migrate is for a PostgreSQL store (store = \"postgres://…\")"
+                .into(),
+        );
+    };
+    let (_store, report) = PostgresStore::migrate(settings).map_err(|e| e.to_string())?;
+    let mut out = std::io::stdout().lock();
+    let written = if args.json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string(&report).map_err(|e| e.to_string())?
+        )
+    } else if report.applied.is_empty() {
+        writeln!(
+            out,
+            "The PostgreSQL schema of {} is at version {}: nothing to do.",
+            settings.redacted_url(),
+            report.to
+        )
+    } else {
+        let applied: Vec<String> = report
+            .applied
+            .iter()
+            .map(|m| format!("  {}: {}", m.version, m.description))
+            .collect();
+        writeln!(
+            out,
+            "Migrated the PostgreSQL schema of {} from version {} to {}; applied:\n{}\n\
+             migrate creates the schema only: run `strongroom init` to create the vault in it.",
+            settings.redacted_url(),
+            report.from,
+            report.to,
+            applied.join("\n")
+        )
+    };
+    written.map_err(|e| e.to_string())
 }
 
 fn read_passphrase(path: &Path) -> Result<Zeroizing<String>, String> {
@@ -321,7 +425,12 @@ fn app_settings(config: &Config) -> AppSettings {
             .unwrap_or(usize::MAX),
         collect: config.collect,
         relay: config.relay.clone(),
-        data_dir: Some(config.data_dir.clone()),
+        // A PostgreSQL store has no data directory: a backup spools in the
+        // system's temporary directory (docs/operations.md, "PostgreSQL store").
+        data_dir: config
+            .postgres
+            .is_none()
+            .then(|| config.data_dir.clone()),
         ..AppSettings::default()
     }
 }
@@ -375,7 +484,7 @@ fn init(args: InitArgs) -> Result<(), String> {
         (None, None, Some(path)) => SealMethod::Passphrase(read_passphrase(path)?),
         _ => return Err("give --shares N --threshold M, or --passphrase-file F".into()),
     };
-    let store = create_store(&config.data_dir, config.store)?;
+    let store = create_store(&config)?;
     let NewVault {
         state,
         admin_api_key: admin_key,
@@ -477,7 +586,7 @@ fn edge_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, String
 
 fn serve(args: ServeArgs) -> Result<(), String> {
     let config = load_config(&args.locations, args.listen)?;
-    let store = open_store(&config.data_dir, config.store)?;
+    let store = open_store(&config)?;
     let keyring = Keyring::open(
         &config.keys_dir,
         Arc::clone(&store),
@@ -557,7 +666,9 @@ fn dev(args: DevArgs) -> Result<(), String> {
     let passphrase = Zeroizing::new(hex::encode(
         crate::crypto::random_array::<24>().map_err(|e| e.to_string())?,
     ));
-    let store = create_store(&config.data_dir, config.store)?;
+    // dev is always a fresh embedded store, whatever the file's [store].
+    config.postgres = None;
+    let store = create_store(&config)?;
     let NewVault {
         state,
         admin_api_key: admin_key,
@@ -680,8 +791,11 @@ fn audit_verify(args: AuditVerifyArgs) -> Result<(), String> {
             args.min_head.as_ref(),
         ));
     }
-    let data_dir = args.data_dir.ok_or("give --data-dir or --file")?;
-    let vault = OfflineVault::locate(&data_dir)?;
+    let vault = match (&args.data_dir, &args.config) {
+        (Some(data_dir), _) => OfflineVault::locate(data_dir)?,
+        (None, Some(config)) => OfflineVault::configured(config)?,
+        (None, None) => return Err("give --data-dir, --config or --file".into()),
+    };
     let store = vault.open()?;
     let public_key_path = match (&args.public_key, &args.keys_dir) {
         (Some(path), _) => path.clone(),
@@ -716,7 +830,12 @@ fn audit_verify(args: AuditVerifyArgs) -> Result<(), String> {
 }
 
 fn audit_export(args: AuditExportArgs) -> Result<(), String> {
-    let store = OfflineVault::locate(&args.data_dir)?.open()?;
+    let vault = match (&args.data_dir, &args.config) {
+        (Some(data_dir), _) => OfflineVault::locate(data_dir)?,
+        (None, Some(config)) => OfflineVault::configured(config)?,
+        (None, None) => return Err("give --data-dir or --config".into()),
+    };
+    let store = vault.open()?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     export_store(store.as_ref(), &mut out)?;
     out.flush().map_err(|e| e.to_string())
@@ -732,10 +851,17 @@ const OFFLINE_LAYOUTS: &str = "expected the data directory of `strongroom init` 
 
 /// A vault's store found for an offline command (`audit verify`, `audit
 /// export`), which must never create one: sled creates a database wherever
-/// it is opened, so the directory is recognised first.
-struct OfflineVault {
-    store: PathBuf,
-    engine: Engine,
+/// it is opened, so the directory is recognised first; a PostgreSQL store
+/// is opened only if its schema is already there.
+enum OfflineVault {
+    Embedded {
+        store: PathBuf,
+        engine: Engine,
+    },
+    Postgres {
+        settings: PostgresSettings,
+        keys_dir: PathBuf,
+    },
 }
 
 impl OfflineVault {
@@ -759,14 +885,47 @@ impl OfflineVault {
                 data_dir.display()
             ));
         };
-        Ok(Self { store, engine })
+        Ok(Self::Embedded { store, engine })
+    }
+
+    /// The store of the configuration file `path`: a PostgreSQL store (an
+    /// embedded one is given with --data-dir).
+    fn configured(path: &Path) -> Result<Self, String> {
+        let locations = Locations {
+            data_dir: None,
+            keys_dir: None,
+            config: Some(path.to_path_buf()),
+        };
+        let config = load_config(&locations, None)?;
+        match config.store_backend() {
+            StoreBackend::Postgres(settings) => Ok(Self::Postgres {
+                settings: settings.clone(),
+                keys_dir: config.keys_dir.clone(),
+            }),
+            StoreBackend::Embedded { data_dir, .. } => Self::locate(data_dir),
+        }
     }
 
     /// `audit.pub` in the keys directory beside the store, where `dev` puts
     /// it (`D/keys` beside `D/store`) and where `init` does when the data
     /// and keys directories are siblings (`data/`, `keys/`).
     fn public_key_beside(&self) -> Result<PathBuf, String> {
-        let keys = match self.store.parent() {
+        let store = match self {
+            Self::Embedded { store, .. } => store,
+            Self::Postgres { keys_dir, .. } => {
+                let path = keys_dir.join(AUDIT_PUBLIC_KEY);
+                return if path.is_file() {
+                    Ok(path)
+                } else {
+                    Err(format!(
+                        "no {AUDIT_PUBLIC_KEY} in the configured keys directory ({}): give \
+                         --keys-dir or --public-key",
+                        keys_dir.display()
+                    ))
+                };
+            }
+        };
+        let keys = match store.parent() {
             Some(parent) => parent.join("keys"),
             None => PathBuf::from("keys"),
         };
@@ -778,7 +937,7 @@ impl OfflineVault {
                 "no {AUDIT_PUBLIC_KEY} beside the store {} (looked for {}): give \
                  --keys-dir with the vault's keys directory, or --public-key with its \
                  {AUDIT_PUBLIC_KEY}",
-                self.store.display(),
+                store.display(),
                 path.display()
             ))
         }
@@ -786,14 +945,22 @@ impl OfflineVault {
 
     /// Opens the store, which must hold an initialised vault.
     fn open(&self) -> Result<Arc<dyn Store>, String> {
-        let store = store::open_engine(self.engine, &self.store, store::DEFAULT_CACHE_BYTES)
-            .map_err(|e| format!("{e} (is the server still running?)"))?;
+        let (store, place): (Arc<dyn Store>, String) = match self {
+            Self::Embedded { store, engine } => (
+                store::open_engine(*engine, store, store::DEFAULT_CACHE_BYTES)
+                    .map_err(|e| format!("{e} (is the server still running?)"))?,
+                store.display().to_string(),
+            ),
+            Self::Postgres { settings, .. } => (
+                Arc::new(PostgresStore::open_existing(settings).map_err(|e| e.to_string())?),
+                settings.redacted_url(),
+            ),
+        };
         match Keyring::is_initialised(store.as_ref()) {
             Ok(true) => Ok(store),
             Ok(false) => Err(format!(
-                "{} holds a database but no Strongroom vault (`strongroom init` never \
-                 completed there)",
-                self.store.display()
+                "{place} holds a database but no Strongroom vault (`strongroom init` never \
+                 completed there)"
             )),
             Err(e) => Err(e.to_string()),
         }
@@ -956,6 +1123,13 @@ fn restore(args: RestoreArgs) -> Result<(), String> {
         config: args.config.clone(),
     };
     let config = load_config(&locations, None)?;
+    if config.postgres.is_some() {
+        return Err(
+            "restore writes a new embedded data directory; the configuration names a \
+             PostgreSQL store, which restore does not fill (nothing was created)"
+                .into(),
+        );
+    }
     let plan = crate::backup::RestorePlan {
         file: args.input,
         data_dir: config.data_dir,

@@ -54,19 +54,114 @@ pub struct FileConfig {
     /// `[tls]`: the certificate `serve` presents (docs/operations.md "TLS").
     #[serde(default)]
     pub tls: FileTls,
-    /// `[store]`: the embedded engine and its cache.
-    #[serde(default)]
+    /// `[store]`: the embedded engine and its cache, or a PostgreSQL
+    /// database (`store = "postgres://…"` or `[store] url = …`).
+    #[serde(default, deserialize_with = "StoreFileConfig::deserialize_entry")]
     pub store: StoreFileConfig,
 }
 
-/// `[store]` in the configuration file (docs/operations.md, "Storage").
-#[derive(Debug, Default, Clone, Deserialize)]
+/// `[store]` in the configuration file (docs/operations.md, "Storage" and
+/// "PostgreSQL store"): a table, or just a PostgreSQL URL as a string
+/// (`store = "postgres://…"`, the same as `[store] url = "postgres://…"`).
+#[derive(Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreFileConfig {
     /// The engine of a new data directory; an existing one keeps its own.
     pub engine: Option<crate::store::Engine>,
     /// The engine's cache in MiB.
     pub cache_mib: Option<u64>,
+    /// A PostgreSQL database instead of an embedded engine.
+    pub url: Option<String>,
+    /// Connections in the PostgreSQL pool.
+    pub pool_size: Option<usize>,
+    /// PEM roots the PostgreSQL server's certificate must chain to.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for StoreFileConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreFileConfig")
+            .field("engine", &self.engine)
+            .field("cache_mib", &self.cache_mib)
+            .field("url", &self.url.as_deref().map(crate::store::redact_url))
+            .field("pool_size", &self.pool_size)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+/// `store` as written: a URL string or a `[store]` table.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StoreFileEntry {
+    Url(String),
+    Table(StoreFileConfig),
+}
+
+impl StoreFileConfig {
+    /// Reads `store = "…"` as `[store] url = "…"`.
+    pub fn deserialize_entry<'de, D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Self, D::Error> {
+        Ok(match StoreFileEntry::deserialize(deserializer)? {
+            StoreFileEntry::Url(url) => Self {
+                url: Some(url),
+                ..Self::default()
+            },
+            StoreFileEntry::Table(table) => table,
+        })
+    }
+
+    /// The PostgreSQL settings when the store is a database, validated.
+    fn postgres(&self) -> Result<Option<crate::store::PostgresSettings>, ConfigError> {
+        let Some(url) = &self.url else {
+            if self.pool_size.is_some() || self.ca_file.is_some() {
+                return Err(ConfigError(
+                    "store.pool_size and store.ca_file need store.url (a PostgreSQL store)".into(),
+                ));
+            }
+            return Ok(None);
+        };
+        let shown = crate::store::redact_url(url);
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(ConfigError(format!(
+                "store.url {shown} is not a postgres:// or postgresql:// URL"
+            )));
+        }
+        if url.parse::<tokio_postgres::Config>().is_err() {
+            return Err(ConfigError(format!(
+                "store.url {shown} is not a valid PostgreSQL URL"
+            )));
+        }
+        if self.engine.is_some() || self.cache_mib.is_some() {
+            return Err(ConfigError(
+                "store.engine and store.cache_mib are for an embedded store; a PostgreSQL store (store.url) takes neither"
+                    .into(),
+            ));
+        }
+        Ok(Some(crate::store::PostgresSettings {
+            url: url.clone(),
+            pool_size: ranged(
+                "store.pool_size",
+                self.pool_size,
+                crate::store::DEFAULT_POOL_SIZE,
+                1..=1000,
+            )?,
+            ca_file: self.ca_file.clone(),
+        }))
+    }
+}
+
+/// Which store the configuration names.
+#[derive(Debug, Clone, Copy)]
+pub enum StoreBackend<'a> {
+    /// An embedded engine in the data directory.
+    Embedded {
+        data_dir: &'a Path,
+        settings: crate::store::StoreSettings,
+    },
+    /// A PostgreSQL database shared by every node.
+    Postgres(&'a crate::store::PostgresSettings),
 }
 
 /// The `[collect]` section.
@@ -295,7 +390,24 @@ pub struct Config {
     pub keyring: KeyringSettings,
     pub relay: crate::relay::upstream::RelaySettings,
     pub tls: TlsSettings,
+    /// The embedded engine's settings (unused when `postgres` is set).
     pub store: crate::store::StoreSettings,
+    /// The PostgreSQL database that is the store instead of an embedded
+    /// engine in `data_dir`.
+    pub postgres: Option<crate::store::PostgresSettings>,
+}
+
+impl Config {
+    /// The store this configuration names.
+    pub fn store_backend(&self) -> StoreBackend<'_> {
+        match &self.postgres {
+            Some(settings) => StoreBackend::Postgres(settings),
+            None => StoreBackend::Embedded {
+                data_dir: &self.data_dir,
+                settings: self.store,
+            },
+        }
+    }
 }
 
 /// `value` (or `default`) if within `range`, else an error naming `name`.
@@ -402,6 +514,7 @@ impl Config {
                 100..=60_000,
             )?),
         };
+        let postgres = file.store.postgres()?;
         let store = crate::store::StoreSettings {
             engine: file.store.engine.unwrap_or(crate::store::Engine::DEFAULT),
             cache_bytes: ranged(
@@ -413,6 +526,7 @@ impl Config {
         };
         Ok(Self {
             store,
+            postgres,
             collect,
             relay,
             tls,
@@ -464,6 +578,44 @@ mod tests {
         assert!(resolve("[store]\ncache = 64").is_err());
         let small = resolve("[store]\ncache_mib = 1").unwrap_err();
         assert!(small.contains("store.cache_mib"), "{small}");
+        assert!(resolve("").unwrap().postgres.is_none());
+    }
+
+    #[test]
+    fn the_store_may_be_a_postgres_url() {
+        let resolve = |text: &str| {
+            toml::from_str::<FileConfig>(text)
+                .map_err(|e| e.to_string())
+                .and_then(|file| {
+                    Config::resolve(file, Overrides::default()).map_err(|e| e.to_string())
+                })
+        };
+        let short = resolve("store = \"postgres://app:pw@db/vault?sslmode=require\"").unwrap();
+        let pg = short.postgres.clone().unwrap();
+        assert_eq!(pg.url, "postgres://app:pw@db/vault?sslmode=require");
+        assert_eq!(pg.pool_size, crate::store::DEFAULT_POOL_SIZE);
+        assert!(matches!(short.store_backend(), StoreBackend::Postgres(_)));
+        let table = resolve(
+            "[store]\nurl = \"postgresql://db/vault\"\npool_size = 4\nca_file = \"/etc/ca.pem\"",
+        )
+        .unwrap()
+        .postgres
+        .unwrap();
+        assert_eq!(table.pool_size, 4);
+        assert_eq!(table.ca_file, Some(PathBuf::from("/etc/ca.pem")));
+        assert!(matches!(
+            resolve("").unwrap().store_backend(),
+            StoreBackend::Embedded { .. }
+        ));
+        // Not PostgreSQL: refused, without the password in the message.
+        let wrong = resolve("store = \"mysql://app:pw@db/vault\"").unwrap_err();
+        assert!(wrong.contains("postgres://"), "{wrong}");
+        assert!(!wrong.contains("pw"), "{wrong}");
+        assert!(resolve("[store]\nurl = \"postgres://db/v\"\nengine = \"sled\"").is_err());
+        assert!(resolve("[store]\npool_size = 4").is_err());
+        assert!(resolve("[store]\nurl = \"postgres://db/v\"\npool_size = 0").is_err());
+        assert!(resolve("[store]\nurl = \"postgres://db/v\"\nport = 1").is_err());
+        assert!(!format!("{:?}", short.postgres).contains("pw"));
     }
 
     #[test]

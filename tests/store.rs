@@ -15,8 +15,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use strongroom::store::{
-    DEFAULT_CACHE_BYTES, Engine, FjallStore, RedbStore, SledStore, Store, StoreError, Transaction,
-    open_engine,
+    DEFAULT_CACHE_BYTES, Engine, FjallStore, PostgresSettings, PostgresStore, RedbStore, SledStore,
+    Store, StoreError, Transaction, open_engine, schema_version,
 };
 
 /// The conformance suite. Each function takes a way to open the backend on
@@ -24,7 +24,7 @@ use strongroom::store::{
 mod suite {
     use super::*;
 
-    pub type Open = fn(&Path) -> Arc<dyn Store>;
+    pub type Open<'a> = &'a dyn Fn(&Path) -> Arc<dyn Store>;
 
     pub fn get_put_delete(open: Open) {
         let dir = tempfile::tempdir().unwrap();
@@ -299,66 +299,160 @@ mod suite {
         assert!(matches!(result, Err(StoreError::Backend(m)) if m == "stop here"));
         assert_eq!(visited, 3);
     }
+
+    /// Write skew: T1 expects A absent and writes B while T2 expects B
+    /// absent and writes A, started together. Run one after the other,
+    /// exactly one succeeds; never may both.
+    pub fn write_skew_is_refused(open: Open) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        for i in 0..40 {
+            let a = format!("skew/{i:02}/a").into_bytes();
+            let b = format!("skew/{i:02}/b").into_bytes();
+            let barrier = std::sync::Barrier::new(2);
+            let (first, second) = std::thread::scope(|s| {
+                let one = s.spawn(|| {
+                    barrier.wait();
+                    store.commit(
+                        Transaction::new()
+                            .expect(a.clone(), None)
+                            .put(b.clone(), b"1".to_vec()),
+                    )
+                });
+                let two = s.spawn(|| {
+                    barrier.wait();
+                    store.commit(
+                        Transaction::new()
+                            .expect(b.clone(), None)
+                            .put(a.clone(), b"2".to_vec()),
+                    )
+                });
+                (one.join().unwrap(), two.join().unwrap())
+            });
+            for result in [&first, &second] {
+                assert!(
+                    matches!(result, Ok(()) | Err(StoreError::Conflict)),
+                    "{result:?}"
+                );
+            }
+            assert!(
+                first.is_ok() != second.is_ok(),
+                "round {i}: exactly one of two skewed transactions commits ({first:?}, {second:?})"
+            );
+            let written = [store.get(&a).unwrap(), store.get(&b).unwrap()];
+            assert_eq!(written.iter().flatten().count(), 1);
+        }
+    }
 }
 
 /// Runs the whole suite against one backend.
 macro_rules! conformance_suite {
-    ($backend:ident, $engine:expr, $open:expr) => {
+    ($backend:ident, $fixture:expr) => {
         mod $backend {
             use super::*;
-            const OPEN: suite::Open = $open;
-            const ENGINE: Engine = $engine;
+            const FIXTURE: fn() -> Option<Backend> = $fixture;
             #[test]
             fn get_put_delete() {
-                suite::get_put_delete(OPEN)
+                let Some(b) = FIXTURE() else { return };
+                suite::get_put_delete(&*b.open)
             }
             #[test]
             fn scan_is_ordered_bounded_and_paginated() {
-                suite::scan_is_ordered_bounded_and_paginated(OPEN)
+                let Some(b) = FIXTURE() else { return };
+                suite::scan_is_ordered_bounded_and_paginated(&*b.open)
             }
             #[test]
             fn transactions_are_all_or_nothing() {
-                suite::transactions_are_all_or_nothing(OPEN)
+                let Some(b) = FIXTURE() else { return };
+                suite::transactions_are_all_or_nothing(&*b.open)
             }
             #[test]
             fn concurrent_compare_and_swap_loses_no_update() {
-                suite::concurrent_compare_and_swap_loses_no_update(OPEN)
+                let Some(b) = FIXTURE() else { return };
+                suite::concurrent_compare_and_swap_loses_no_update(&*b.open)
             }
             #[test]
             fn applied_writes_are_visible_and_flush_makes_them_durable() {
-                suite::applied_writes_are_visible_and_flush_makes_them_durable(OPEN)
+                let Some(b) = FIXTURE() else { return };
+                suite::applied_writes_are_visible_and_flush_makes_them_durable(&*b.open)
             }
             #[test]
             fn writes_survive_reopen() {
-                suite::writes_survive_reopen(OPEN)
+                let Some(b) = FIXTURE() else { return };
+                suite::writes_survive_reopen(&*b.open)
             }
             #[test]
             fn snapshot_is_one_point_in_time() {
-                suite::snapshot_is_one_point_in_time(OPEN)
+                let Some(b) = FIXTURE() else { return };
+                suite::snapshot_is_one_point_in_time(&*b.open)
+            }
+            #[test]
+            fn write_skew_is_refused() {
+                let Some(b) = FIXTURE() else { return };
+                suite::write_skew_is_refused(&*b.open)
             }
             #[test]
             fn acknowledged_writes_survive_sigkill() {
-                super::acknowledged_writes_survive_sigkill(ENGINE)
+                let Some(b) = FIXTURE() else { return };
+                super::acknowledged_writes_survive_sigkill(&b.target)
             }
         }
     };
 }
 
-fn open_sled(dir: &Path) -> Arc<dyn Store> {
-    Arc::new(SledStore::open(dir).unwrap())
+/// Where a crash child writes.
+#[derive(Clone)]
+enum Target {
+    Engine(Engine),
+    Postgres(String),
 }
 
-fn open_fjall(dir: &Path) -> Arc<dyn Store> {
-    Arc::new(FjallStore::open(dir).unwrap())
+/// One backend under test: how to open it on a directory (a database
+/// ignores the directory: every open reaches the same schema), and the
+/// schema to drop afterwards.
+struct Backend {
+    open: Box<dyn Fn(&Path) -> Arc<dyn Store>>,
+    target: Target,
+    _schema: Option<common::pg::TestSchema>,
 }
 
-fn open_redb(dir: &Path) -> Arc<dyn Store> {
-    Arc::new(RedbStore::open(dir).unwrap())
+fn embedded(engine: Engine, open: fn(&Path) -> Arc<dyn Store>) -> Option<Backend> {
+    Some(Backend {
+        open: Box::new(open),
+        target: Target::Engine(engine),
+        _schema: None,
+    })
 }
 
-conformance_suite!(sled, Engine::Sled, open_sled);
-conformance_suite!(fjall, Engine::Fjall, open_fjall);
-conformance_suite!(redb, Engine::Redb, open_redb);
+fn open_sled() -> Option<Backend> {
+    embedded(Engine::Sled, |dir| Arc::new(SledStore::open(dir).unwrap()))
+}
+
+fn open_fjall() -> Option<Backend> {
+    embedded(Engine::Fjall, |dir| Arc::new(FjallStore::open(dir).unwrap()))
+}
+
+fn open_redb() -> Option<Backend> {
+    embedded(Engine::Redb, |dir| Arc::new(RedbStore::open(dir).unwrap()))
+}
+
+fn open_postgres() -> Option<Backend> {
+    let schema = common::pg::schema()?;
+    let url = schema.url().to_owned();
+    let open_url = url.clone();
+    Some(Backend {
+        open: Box::new(move |_| {
+            Arc::new(PostgresStore::connect(&PostgresSettings::new(open_url.clone())).unwrap())
+        }),
+        target: Target::Postgres(url),
+        _schema: Some(schema),
+    })
+}
+
+conformance_suite!(sled, open_sled);
+conformance_suite!(fjall, open_fjall);
+conformance_suite!(redb, open_redb);
+conformance_suite!(postgres, open_postgres);
 
 /// Every engine has its suite above (a new arm of `Engine` without one
 /// fails here).
@@ -371,20 +465,25 @@ fn every_engine_is_covered() {
 
 const CHILD_ENV: &str = "STRONGROOM_CRASH_CHILD_DIR";
 const ENGINE_ENV: &str = "STRONGROOM_CRASH_ENGINE";
+const POSTGRES_ENV: &str = "STRONGROOM_CRASH_POSTGRES_URL";
 
 /// Not a test on its own: the child process of
 /// `acknowledged_writes_survive_sigkill`, which runs this test binary again
 /// with the directory in `STRONGROOM_CRASH_CHILD_DIR` and the engine in
-/// `STRONGROOM_CRASH_ENGINE`. Four threads write until killed and print
-/// `ack <key>` after each write returns.
+/// `STRONGROOM_CRASH_ENGINE` (or the database in
+/// `STRONGROOM_CRASH_POSTGRES_URL`). Four threads write until killed and
+/// print `ack <key>` after each write returns.
 #[test]
 #[ignore = "child process of acknowledged_writes_survive_sigkill"]
 fn crash_child_writer() {
-    let Ok(dir) = std::env::var(CHILD_ENV) else {
+    let store: Arc<dyn Store> = if let Ok(url) = std::env::var(POSTGRES_ENV) {
+        Arc::new(PostgresStore::connect(&PostgresSettings::new(url)).unwrap())
+    } else if let Ok(dir) = std::env::var(CHILD_ENV) {
+        let engine: Engine = std::env::var(ENGINE_ENV).unwrap().parse().unwrap();
+        open_engine(engine, Path::new(&dir), DEFAULT_CACHE_BYTES).unwrap()
+    } else {
         return;
     };
-    let engine: Engine = std::env::var(ENGINE_ENV).unwrap().parse().unwrap();
-    let store = open_engine(engine, Path::new(&dir), DEFAULT_CACHE_BYTES).unwrap();
     let round = std::env::var("STRONGROOM_CRASH_ROUND").unwrap();
     std::thread::scope(|s| {
         for t in 0..4 {
@@ -403,14 +502,25 @@ fn crash_child_writer() {
     });
 }
 
-/// Runs `crash_child_writer` on `engine` three times, killing it with
+/// Runs `crash_child_writer` on `target` three times, killing it with
 /// SIGKILL mid-stream each time; every write it acknowledged must be there
 /// when the store is opened again.
-fn acknowledged_writes_survive_sigkill(engine: Engine) {
+fn acknowledged_writes_survive_sigkill(target: &Target) {
     let dir = tempfile::tempdir().unwrap();
     let mut all_acked = Vec::new();
     for round in 0..3 {
-        let mut child = Command::new(std::env::current_exe().unwrap())
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        match target {
+            Target::Engine(engine) => {
+                command
+                    .env(CHILD_ENV, dir.path())
+                    .env(ENGINE_ENV, engine.as_str());
+            }
+            Target::Postgres(url) => {
+                command.env(POSTGRES_ENV, url);
+            }
+        }
+        let mut child = command
             .args([
                 "--exact",
                 "crash_child_writer",
@@ -418,8 +528,6 @@ fn acknowledged_writes_survive_sigkill(engine: Engine) {
                 "--nocapture",
                 "--test-threads=1",
             ])
-            .env(CHILD_ENV, dir.path())
-            .env(ENGINE_ENV, engine.as_str())
             .env("STRONGROOM_CRASH_ROUND", round.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -446,16 +554,225 @@ fn acknowledged_writes_survive_sigkill(engine: Engine) {
         );
         all_acked.extend(acked);
 
-        assert_eq!(Engine::detect(dir.path()), Some(engine));
-        let store = open_engine(engine, dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        let (store, name): (Arc<dyn Store>, &str) = match target {
+            Target::Engine(engine) => {
+                assert_eq!(Engine::detect(dir.path()), Some(*engine));
+                (
+                    open_engine(*engine, dir.path(), DEFAULT_CACHE_BYTES).unwrap(),
+                    engine.as_str(),
+                )
+            }
+            Target::Postgres(url) => (
+                Arc::new(PostgresStore::connect(&PostgresSettings::new(url.clone())).unwrap()),
+                "postgres",
+            ),
+        };
         for key in &all_acked {
             let value = store.get(key.as_bytes()).unwrap();
             assert_eq!(
                 value.as_deref(),
                 Some(format!("value-of-{key}").as_bytes()),
-                "{}, round {round}: acknowledged write {key} lost",
-                engine.as_str()
+                "{name}, round {round}: acknowledged write {key} lost"
             );
         }
+    }
+}
+
+/// What only a store shared by several processes can show: two store
+/// instances (two nodes, each with its own pool) on one database.
+mod postgres_cluster {
+    use super::*;
+    use strongroom::store::Reads;
+
+    fn connect(url: &str) -> PostgresStore {
+        PostgresStore::connect(&PostgresSettings::new(url)).unwrap()
+    }
+
+    fn counter(store: &dyn Store, key: &[u8]) -> u64 {
+        u64::from_be_bytes(store.get(key).unwrap().unwrap().try_into().unwrap())
+    }
+
+    #[test]
+    fn two_instances_doing_compare_and_swap_lose_no_update() {
+        let Some(schema) = common::pg::schema() else {
+            return;
+        };
+        let nodes = [connect(schema.url()), connect(schema.url())];
+        assert!(nodes.iter().all(|n| n.is_shared()));
+        nodes[0].put(b"counter", &0u64.to_be_bytes()).unwrap();
+        std::thread::scope(|s| {
+            for t in 0..6 {
+                let store = &nodes[t % 2];
+                s.spawn(move || {
+                    for _ in 0..20 {
+                        loop {
+                            let current = store.get(b"counter").unwrap().unwrap();
+                            let n = u64::from_be_bytes(current.clone().try_into().unwrap());
+                            let tx = Transaction::new()
+                                .expect(b"counter".to_vec(), Some(current))
+                                .put(b"counter".to_vec(), (n + 1).to_be_bytes().to_vec());
+                            match store.commit(tx) {
+                                Ok(()) => break,
+                                Err(StoreError::Conflict) => continue,
+                                Err(e) => panic!("{e}"),
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(counter(&nodes[1], b"counter"), 120);
+    }
+
+    /// Each round reads a counter under the lock and writes it + 1 with no
+    /// precondition at all: only the lock keeps two rounds apart.
+    #[test]
+    fn locked_rounds_from_two_instances_serialise() {
+        let Some(schema) = common::pg::schema() else {
+            return;
+        };
+        let nodes = [connect(schema.url()), connect(schema.url())];
+        std::thread::scope(|s| {
+            for t in 0..6 {
+                let store = &nodes[t % 2];
+                s.spawn(move || {
+                    for _ in 0..20 {
+                        store
+                            .apply_locked(b"lock/counter", &mut |reads: &dyn Reads| {
+                                let n = reads
+                                    .get(b"locked-counter")?
+                                    .map(|v| u64::from_be_bytes(v.try_into().unwrap()))
+                                    .unwrap_or(0);
+                                Ok(Some(Transaction::new().put(
+                                    b"locked-counter".to_vec(),
+                                    (n + 1).to_be_bytes().to_vec(),
+                                )))
+                            })
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(counter(&nodes[0], b"locked-counter"), 120);
+    }
+
+    /// A locked round's transaction still has its preconditions checked.
+    #[test]
+    fn a_locked_round_with_a_false_precondition_writes_nothing() {
+        let Some(schema) = common::pg::schema() else {
+            return;
+        };
+        let store = connect(schema.url());
+        store.put(b"k", b"now").unwrap();
+        let result = store.apply_locked(b"lock", &mut |reads: &dyn Reads| {
+            assert_eq!(reads.get(b"k")?.as_deref(), Some(&b"now"[..]));
+            Ok(Some(
+                Transaction::new()
+                    .expect(b"k".to_vec(), Some(b"before".to_vec()))
+                    .put(b"other".to_vec(), b"x".to_vec()),
+            ))
+        });
+        assert!(matches!(result, Err(StoreError::Conflict)), "{result:?}");
+        assert_eq!(store.get(b"other").unwrap(), None);
+        store
+            .apply_locked(b"lock", &mut |_: &dyn Reads| Ok(None))
+            .unwrap();
+    }
+
+    #[test]
+    fn racing_connects_apply_each_migration_once() {
+        let Some(schema) = common::pg::schema() else {
+            return;
+        };
+        let settings = PostgresSettings::new(schema.url());
+        let barrier = std::sync::Barrier::new(4);
+        let reports: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        PostgresStore::migrate(&settings).map(|(_, report)| report)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut applied = Vec::new();
+        for report in reports {
+            let report = report.unwrap();
+            assert_eq!(report.to, schema_version());
+            applied.extend(report.applied.into_iter().map(|m| m.version));
+        }
+        applied.sort_unstable();
+        assert_eq!(applied, (1..=schema_version()).collect::<Vec<_>>());
+        let (_, again) = PostgresStore::migrate(&settings).unwrap();
+        assert_eq!(again.from, schema_version());
+        assert!(again.applied.is_empty());
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_and_a_missing_one_is_not_created_offline() {
+        let Some(schema) = common::pg::schema() else {
+            return;
+        };
+        let settings = PostgresSettings::new(schema.url());
+        let missing = PostgresStore::open_existing(&settings).unwrap_err();
+        assert!(missing.to_string().contains("strongroom migrate"), "{missing}");
+        // Still nothing: opening created no schema.
+        assert!(PostgresStore::open_existing(&settings).is_err());
+        PostgresStore::connect(&settings).unwrap();
+        PostgresStore::open_existing(&settings).unwrap();
+        schema.execute(&format!(
+            "INSERT INTO {}.strongroom_migrations (version, description) VALUES ({}, 'from the future')",
+            schema.name(),
+            schema_version() + 1
+        ));
+        for refused in [
+            PostgresStore::connect(&settings).map(|_| ()),
+            PostgresStore::open_existing(&settings).map(|_| ()),
+        ] {
+            let e = refused.unwrap_err().to_string();
+            assert!(e.contains("newer"), "{e}");
+        }
+    }
+
+    /// Store calls made straight from async code, on a multi-thread
+    /// runtime's workers and on a current-thread runtime, neither panic
+    /// nor stall.
+    #[test]
+    fn calls_from_async_contexts_work() {
+        let Some(schema) = common::pg::schema() else {
+            return;
+        };
+        let store = Arc::new(connect(schema.url()));
+        let multi = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        multi.block_on(async {
+            let tasks: Vec<_> = (0..8u32)
+                .map(|i| {
+                    let store = Arc::clone(&store);
+                    tokio::spawn(async move {
+                        store.put(format!("m/{i}").as_bytes(), b"v").unwrap();
+                        store.get(format!("m/{i}").as_bytes()).unwrap()
+                    })
+                })
+                .collect();
+            for task in tasks {
+                assert_eq!(task.await.unwrap().as_deref(), Some(&b"v"[..]));
+            }
+        });
+        let current = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        current.block_on(async {
+            store.put(b"c", b"v").unwrap();
+            assert_eq!(store.scan_prefix(b"m/").unwrap().len(), 8);
+            // Dropped inside async code: the store's own runtime must not
+            // panic on the way out.
+            drop(Arc::try_unwrap(store).ok());
+        });
     }
 }

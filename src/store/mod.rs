@@ -7,6 +7,7 @@
 
 mod fjall_store;
 mod group_commit;
+mod postgres_store;
 mod redb_store;
 mod sled_store;
 
@@ -14,6 +15,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use fjall_store::FjallStore;
+pub use postgres_store::{
+    AppliedMigration, DEFAULT_POOL_SIZE, MigrationReport, PostgresSettings, PostgresStore,
+    redact_url, schema_version,
+};
 pub use redb_store::RedbStore;
 pub use sled_store::SledStore;
 

@@ -23,6 +23,7 @@ use zeroize::Zeroizing;
 
 pub mod process;
 pub mod processor;
+pub mod pg;
 pub mod tls;
 
 /// Keyring settings with a cheap Argon2id, so tests do not spend 64 MiB per
