@@ -27,7 +27,6 @@ const PASSWORD: &str = "correct horse battery staple";
 struct Node {
     child: Option<Child>,
     addr: SocketAddr,
-    data: PathBuf,
     keys: PathBuf,
 }
 
@@ -56,7 +55,6 @@ impl Node {
         Self {
             child: Some(child),
             addr,
-            data,
             keys,
         }
     }
@@ -323,6 +321,7 @@ fn login_lockout_and_the_reveal_quota_hold_when_attempts_are_spread_over_the_nod
         return;
     };
     cluster.staff("mallory-target", "compliance_officer");
+    let cluster = &cluster;
     // Twelve wrong passwords at once, four per node: at most the threshold
     // are checked, the rest are refused, and then even the right password
     // is refused on every node.
