@@ -88,7 +88,10 @@ fn builder() -> Option<PrometheusBuilder> {
     let built = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS_BUCKETS)
         .and_then(|b| {
-            b.set_buckets_for_metric(Matcher::Prefix("strongroom_audit_round_".into()), &ROUND_BUCKETS)
+            b.set_buckets_for_metric(
+                Matcher::Prefix("strongroom_audit_round_".into()),
+                &ROUND_BUCKETS,
+            )
         });
     match built {
         Ok(builder) => Some(builder),

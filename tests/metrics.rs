@@ -64,9 +64,7 @@ impl ProbedStore {
 impl Store for ProbedStore {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         match self.mode.load(Ordering::SeqCst) {
-            READS_FAIL => Err(StoreError::Backend(
-                "disk on fire at /secret/path".into(),
-            )),
+            READS_FAIL => Err(StoreError::Backend("disk on fire at /secret/path".into())),
             READS_HANG => {
                 let mut hanging = self.hanging.lock().unwrap();
                 *hanging += 1;
@@ -151,7 +149,11 @@ async fn text(app: &Router, path: &str, bearer: Option<&str>) -> (u16, String, S
         .map(|v| v.to_str().unwrap().to_owned())
         .unwrap_or_default();
     let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, content_type, String::from_utf8(body.to_vec()).unwrap())
+    (
+        status,
+        content_type,
+        String::from_utf8(body.to_vec()).unwrap(),
+    )
 }
 
 /// Checks `text` against the Prometheus text exposition format 0.0.4 and
@@ -230,9 +232,7 @@ fn sample(
 ) -> Option<f64> {
     samples
         .iter()
-        .find(|(n, labels, _)| {
-            n == name && want.iter().all(|(k, v)| label(labels, k) == Some(*v))
-        })
+        .find(|(n, labels, _)| n == name && want.iter().all(|(k, v)| label(labels, k) == Some(*v)))
         .map(|(_, _, value)| *value)
 }
 
@@ -244,7 +244,14 @@ async fn ready_is_200_unsealed_and_503_sealed_without_a_credential() {
     assert_eq!(reply.status, 200);
     assert_eq!(reply.body, json!({"ready": true}));
 
-    let reply = call(&app, "POST", "/v1/sys/seal", Some(&vault.admin_api_key), None).await;
+    let reply = call(
+        &app,
+        "POST",
+        "/v1/sys/seal",
+        Some(&vault.admin_api_key),
+        None,
+    )
+    .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let reply = call(&app, "GET", "/v1/sys/ready", None, None).await;
     assert_eq!(reply.status, 503);
@@ -284,7 +291,10 @@ async fn ready_is_503_when_the_store_fails_and_says_nothing_of_why() {
     assert!(content_type.starts_with("application/problem+json"));
     let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(problem["code"], "store_unavailable");
-    assert!(!body.contains("fire") && !body.contains("/secret"), "{body}");
+    assert!(
+        !body.contains("fire") && !body.contains("/secret"),
+        "{body}"
+    );
     assert!(!body.contains(env!("CARGO_PKG_VERSION")), "{body}");
     probed.set(READS_WORK);
     assert_eq!(
@@ -340,7 +350,14 @@ async fn metrics_are_prometheus_text_labelled_by_route_template_never_by_path() 
     assert_eq!(card.status, 201, "{}", card.body);
     let id = card.body["id"].as_str().unwrap().to_owned();
     let token = card.body["token"].as_str().unwrap().to_owned();
-    let read = call(&app, "GET", &format!("/v1/records/{id}"), Some(&payments), None).await;
+    let read = call(
+        &app,
+        "GET",
+        &format!("/v1/records/{id}"),
+        Some(&payments),
+        None,
+    )
+    .await;
     assert_eq!(read.status, 200, "{}", read.body);
     let detokenized = call(
         &app,
@@ -352,7 +369,14 @@ async fn metrics_are_prometheus_text_labelled_by_route_template_never_by_path() 
     .await;
     assert_eq!(detokenized.status, 200, "{}", detokenized.body);
     // A path that matches no route, carrying a PAN and the token.
-    let stray = call(&app, "GET", &format!("/v1/{PAN}/{token}"), Some(&payments), None).await;
+    let stray = call(
+        &app,
+        "GET",
+        &format!("/v1/{PAN}/{token}"),
+        Some(&payments),
+        None,
+    )
+    .await;
     assert_eq!(stray.status, 404);
     // A method no route serves, sent as a made-up token.
     let odd = Request::builder()
@@ -371,7 +395,11 @@ async fn metrics_are_prometheus_text_labelled_by_route_template_never_by_path() 
         let reads = sample(
             &samples,
             "strongroom_http_requests_total",
-            &[("route", "/v1/records/{id}"), ("method", "GET"), ("status", "200")],
+            &[
+                ("route", "/v1/records/{id}"),
+                ("method", "GET"),
+                ("status", "200"),
+            ],
         );
         assert!(reads.is_some_and(|n| n >= 1.0), "{body}");
         let stray = sample(
@@ -381,14 +409,23 @@ async fn metrics_are_prometheus_text_labelled_by_route_template_never_by_path() 
         );
         assert!(stray.is_some_and(|n| n >= 1.0), "{body}");
         assert!(
-            sample(&samples, "strongroom_http_requests_total", &[("method", "other")]).is_some(),
+            sample(
+                &samples,
+                "strongroom_http_requests_total",
+                &[("method", "other")]
+            )
+            .is_some(),
             "{body}"
         );
         assert!(
             sample(
                 &samples,
                 "strongroom_http_request_duration_seconds_bucket",
-                &[("route", "/v1/tokens/detokenize"), ("method", "POST"), ("le", "+Inf")],
+                &[
+                    ("route", "/v1/tokens/detokenize"),
+                    ("method", "POST"),
+                    ("le", "+Inf")
+                ],
             )
             .is_some_and(|n| n >= 1.0),
             "{body}"
@@ -411,10 +448,7 @@ async fn metrics_are_prometheus_text_labelled_by_route_template_never_by_path() 
         for (_, labels, _) in &samples {
             for (key, value) in labels {
                 if key == "route" {
-                    assert!(
-                        value == "unmatched" || value.starts_with("/v1/"),
-                        "{value}"
-                    );
+                    assert!(value == "unmatched" || value.starts_with("/v1/"), "{value}");
                 }
             }
         }
@@ -436,7 +470,14 @@ async fn metrics_need_admin_or_metrics_and_the_metrics_role_stands_alone() {
         assert_eq!(reply.status, 401, "{bad}");
     }
     // Only GET.
-    let reply = call(&app, "POST", "/v1/sys/metrics", Some(&vault.admin_api_key), None).await;
+    let reply = call(
+        &app,
+        "POST",
+        "/v1/sys/metrics",
+        Some(&vault.admin_api_key),
+        None,
+    )
+    .await;
     assert_eq!(reply.status, 405);
 
     // A metrics key is made through the API, for a service only, alone.
@@ -491,7 +532,14 @@ async fn sealed_metrics_come_from_the_separate_listener_only() {
     );
 
     vault.state.seal();
-    let reply = call(&app, "GET", "/v1/sys/metrics", Some(&vault.admin_api_key), None).await;
+    let reply = call(
+        &app,
+        "GET",
+        "/v1/sys/metrics",
+        Some(&vault.admin_api_key),
+        None,
+    )
+    .await;
     assert_eq!(reply.status, 503);
     assert_eq!(reply.body["code"], "sealed");
     let (status, _, body) = text(&listener, "/metrics", None).await;
@@ -511,9 +559,7 @@ async fn sealed_metrics_come_from_the_separate_listener_only() {
 #[tokio::test]
 async fn relay_calls_are_counted_by_route_and_outcome() {
     let vault = new_vault_with(
-        strongroom::keyring::SealMethod::Passphrase(zeroize::Zeroizing::new(
-            PASSPHRASE.to_owned(),
-        )),
+        strongroom::keyring::SealMethod::Passphrase(zeroize::Zeroizing::new(PASSPHRASE.to_owned())),
         fast_settings(),
         Arc::new(SystemClock),
         strongroom::api::AppSettings {
@@ -545,7 +591,14 @@ async fn relay_calls_are_counted_by_route_and_outcome() {
     )
     .await;
     assert_eq!(reply.status, 201, "{}", reply.body);
-    let reply = call(&app, "POST", "/v1/relay/routes/metered/approve", Some(&admin2), None).await;
+    let reply = call(
+        &app,
+        "POST",
+        "/v1/relay/routes/metered/approve",
+        Some(&admin2),
+        None,
+    )
+    .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let card = call(
         &app,

@@ -56,7 +56,9 @@ pub async fn metrics(
     ctx: RequestContext,
     caller: Caller,
 ) -> Result<Response, ApiError> {
-    state.authorize(&caller, Operation::SysMetrics, &ctx).await?;
+    state
+        .authorize(&caller, Operation::SysMetrics, &ctx)
+        .await?;
     exposition(&state).await
 }
 
@@ -114,5 +116,8 @@ async fn exposition(state: &AppState) -> Result<Response, ApiError> {
 
 fn gauge(text: &mut String, name: &str, help: &str, value: u64) {
     // Writing to a String does not fail.
-    let _ = write!(text, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n\n");
+    let _ = write!(
+        text,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n\n"
+    );
 }
