@@ -156,9 +156,12 @@ async fn text(app: &Router, path: &str, bearer: Option<&str>) -> (u16, String, S
     )
 }
 
+/// One sample: its name, labels and value.
+type Sample = (String, Vec<(String, String)>, f64);
+
 /// Checks `text` against the Prometheus text exposition format 0.0.4 and
 /// returns its samples as (name, labels, value).
-fn parse_exposition(text: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
+fn parse_exposition(text: &str) -> Vec<Sample> {
     let metric_name = |name: &str| {
         !name.is_empty()
             && name
@@ -225,11 +228,7 @@ fn label<'a>(labels: &'a [(String, String)], key: &str) -> Option<&'a str> {
 }
 
 /// The value of the sample `name` whose labels include all of `want`.
-fn sample(
-    samples: &[(String, Vec<(String, String)>, f64)],
-    name: &str,
-    want: &[(&str, &str)],
-) -> Option<f64> {
+fn sample(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> Option<f64> {
     samples
         .iter()
         .find(|(n, labels, _)| n == name && want.iter().all(|(k, v)| label(labels, k) == Some(*v)))
