@@ -554,6 +554,21 @@ async fn serve_until_signal(
     Ok(())
 }
 
+/// Serves `GET /metrics` on `addr` in plain HTTP, without a credential,
+/// until the process ends (docs/operations.md, "Readiness and metrics").
+async fn serve_metrics(addr: std::net::SocketAddr, state: AppState) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr} (metrics_listen): {e}"))?;
+    tracing::info!(addr = %addr, "serving metrics without credentials (metrics_listen)");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, crate::api::metrics_listener_router(state)).await {
+            tracing::error!(error = %e, "the metrics listener stopped");
+        }
+    });
+    Ok(())
+}
+
 /// What `serve` says when no TLS is configured.
 const TLS_REQUIRED: &str = "serve needs TLS: set tls.cert_file and tls.key_file (PEM) in the [tls] section \
      of the configuration file, or tls.disabled = true when a TLS-terminating proxy stands in \
@@ -609,6 +624,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             Arc::new(SystemClock),
             app_settings(&config),
         );
+        if let Some(addr) = config.metrics_listen {
+            serve_metrics(addr, state.clone()).await?;
+        }
         serve_until_signal(listener, tls, state, signal).await
     })
 }

@@ -34,6 +34,9 @@ pub const DEFAULT_COLLECT_PER_ADDRESS_PER_MINUTE: u32 = 30;
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<String>,
+    /// A second address serving `GET /metrics` without a credential, in
+    /// plain HTTP (docs/operations.md, "Readiness and metrics"). None: off.
+    pub metrics_listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub keys_dir: Option<PathBuf>,
     pub body_limit_bytes: Option<usize>,
@@ -376,6 +379,8 @@ pub fn check_data_dir(dir: &Path) -> Result<(), ConfigError> {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// The unauthenticated metrics listener, if configured.
+    pub metrics_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub keys_dir: PathBuf,
     pub body_limit_bytes: usize,
@@ -439,6 +444,20 @@ impl Config {
         let listen: SocketAddr = listen_text
             .parse()
             .map_err(|_| ConfigError(format!("listen address {listen_text:?} is not IP:PORT")))?;
+        let metrics_listen = match file.metrics_listen {
+            None => None,
+            Some(text) => {
+                let addr: SocketAddr = text.parse().map_err(|_| {
+                    ConfigError(format!("metrics_listen address {text:?} is not IP:PORT"))
+                })?;
+                if addr == listen {
+                    return Err(ConfigError(
+                        "metrics_listen must differ from listen".to_owned(),
+                    ));
+                }
+                Some(addr)
+            }
+        };
         let tls = TlsSettings::resolve(file.tls)?;
         let body_limit_bytes = file.body_limit_bytes.unwrap_or(DEFAULT_BODY_LIMIT);
         if !(1024..=64 * 1024 * 1024).contains(&body_limit_bytes) {
@@ -537,6 +556,7 @@ impl Config {
             session_absolute: time::Duration::minutes(i64::from(session_absolute)),
             lockout_threshold,
             listen,
+            metrics_listen,
             data_dir: overrides
                 .data_dir
                 .or(file.data_dir)
@@ -616,6 +636,25 @@ mod tests {
         assert!(resolve("[store]\nurl = \"postgres://db/v\"\npool_size = 0").is_err());
         assert!(resolve("[store]\nurl = \"postgres://db/v\"\nport = 1").is_err());
         assert!(!format!("{:?}", short.postgres).contains("pw"));
+    }
+
+    #[test]
+    fn the_metrics_listener_is_off_unless_set_and_apart_from_listen() {
+        let resolve = |text: &str| {
+            toml::from_str::<FileConfig>(text)
+                .map_err(|e| e.to_string())
+                .and_then(|file| {
+                    Config::resolve(file, Overrides::default()).map_err(|e| e.to_string())
+                })
+        };
+        assert_eq!(resolve("").unwrap().metrics_listen, None);
+        let set = resolve("metrics_listen = \"127.0.0.1:9100\"").unwrap();
+        assert_eq!(set.metrics_listen, Some("127.0.0.1:9100".parse().unwrap()));
+        let bad = resolve("metrics_listen = \"localhost\"").unwrap_err();
+        assert!(bad.contains("metrics_listen"), "{bad}");
+        let same = resolve("listen = \"127.0.0.1:9100\"\nmetrics_listen = \"127.0.0.1:9100\"")
+            .unwrap_err();
+        assert!(same.contains("differ"), "{same}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod config;
 pub mod crypto;
 pub mod cvc;
 pub mod keyring;
+pub mod metrics;
 pub mod records;
 pub mod relay;
 pub mod store;

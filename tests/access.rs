@@ -145,6 +145,7 @@ async fn sample(
     match op {
         Operation::SysSeal => ("POST", "/v1/sys/seal".into(), None),
         Operation::SysBackup => ("GET", "/v1/sys/backup".into(), None),
+        Operation::SysMetrics => ("GET", "/v1/sys/metrics".into(), None),
         Operation::PrincipalCreate => (
             "POST",
             "/v1/principals".into(),
@@ -378,6 +379,38 @@ async fn role_matrix_is_generated_from_the_policy_table() {
         }
     }
     assert_eq!(checked, Operation::ALL.len() * Role::ALL.len());
+}
+
+/// Readiness needs no credential: every role (and none, and a bad one)
+/// gets the same answer, 200 while unsealed and 503 `sealed` while sealed.
+#[tokio::test]
+async fn readiness_answers_every_role_alike() {
+    let vault = new_vault_with(
+        SealMethod::Passphrase(Zeroizing::new(PASSPHRASE.to_owned())),
+        fast_settings(),
+        Arc::new(strongroom::clock::SystemClock),
+        test_settings(),
+    );
+    let app = vault.app();
+    vault.service("fixture-payments", Role::PaymentService);
+    let mut credentials = vec![None, Some("nonsense".to_owned())];
+    for (n, role) in Role::ALL.into_iter().enumerate() {
+        credentials.push(Some(credential_for(&vault, &app, role, n).await));
+    }
+    for credential in &credentials {
+        let reply = call_as(&app, "GET", "/v1/sys/ready", credential.as_deref(), None).await;
+        assert_eq!(
+            (reply.status, reply.body.clone()),
+            (200, json!({"ready": true})),
+            "{credential:?}"
+        );
+    }
+    vault.keyring.seal();
+    for credential in &credentials {
+        let reply = call_as(&app, "GET", "/v1/sys/ready", credential.as_deref(), None).await;
+        assert_eq!(reply.status, 503, "{credential:?}");
+        assert_eq!(reply.body["code"], "sealed");
+    }
 }
 
 #[tokio::test]

@@ -214,7 +214,7 @@ fn check_roles(kind: PrincipalKind, roles: &[Role]) -> Result<(), AccessError> {
     if roles.iter().any(|r| !r.fits(kind)) {
         return Err(AccessError::Invalid {
             field: "roles",
-            message: "payment_service is for services; compliance roles are for staff; a publishable key holds collector and nothing else",
+            message: "payment_service and metrics are for services; compliance roles are for staff; a publishable key holds collector and nothing else",
         });
     }
     if let Some(message) = super::policy::separation_of_duties(roles) {

@@ -18,16 +18,20 @@ pub enum Role {
     /// A publishable key's one role: create cards and attach CVCs for its
     /// owner service.
     Collector,
+    /// A scraper (Prometheus): reads `GET /v1/sys/metrics` and nothing
+    /// else.
+    Metrics,
 }
 
 impl Role {
-    pub const ALL: [Role; 6] = [
+    pub const ALL: [Role; 7] = [
         Role::Admin,
         Role::PaymentService,
         Role::ComplianceOfficer,
         Role::ComplianceApprover,
         Role::Auditor,
         Role::Collector,
+        Role::Metrics,
     ];
 
     /// The role's name as the API spells it.
@@ -39,19 +43,20 @@ impl Role {
             Role::ComplianceApprover => "compliance_approver",
             Role::Auditor => "auditor",
             Role::Collector => "collector",
+            Role::Metrics => "metrics",
         }
     }
 
     /// Whether a principal of `kind` may hold this role: the payment
-    /// service is a machine; compliance staff are people; a publishable
-    /// key is a collector and nothing else.
+    /// service and a metrics scraper are machines; compliance staff are
+    /// people; a publishable key is a collector and nothing else.
     pub fn fits(self, kind: PrincipalKind) -> bool {
         if kind == PrincipalKind::Publishable || self == Role::Collector {
             return kind == PrincipalKind::Publishable && self == Role::Collector;
         }
         match self {
             Role::Collector => false,
-            Role::PaymentService => kind == PrincipalKind::Service,
+            Role::PaymentService | Role::Metrics => kind == PrincipalKind::Service,
             Role::ComplianceOfficer | Role::ComplianceApprover => kind == PrincipalKind::Staff,
             Role::Admin | Role::Auditor => true,
         }
@@ -65,6 +70,7 @@ impl Role {
 pub enum Operation {
     SysSeal,
     SysBackup,
+    SysMetrics,
     PrincipalCreate,
     PrincipalList,
     PrincipalDisable,
@@ -94,9 +100,10 @@ pub enum Operation {
 }
 
 impl Operation {
-    pub const ALL: [Operation; 30] = [
+    pub const ALL: [Operation; 31] = [
         Operation::SysSeal,
         Operation::SysBackup,
+        Operation::SysMetrics,
         Operation::PrincipalCreate,
         Operation::PrincipalList,
         Operation::PrincipalDisable,
@@ -132,6 +139,7 @@ impl Operation {
         match self {
             Operation::SysSeal => "sys.seal",
             Operation::SysBackup => "sys.backup",
+            Operation::SysMetrics => "sys.metrics",
             Operation::PrincipalCreate => "principal.create",
             Operation::PrincipalList => "principal.list",
             Operation::PrincipalDisable => "principal.disable",
@@ -175,6 +183,8 @@ pub fn allows(role: Role, op: Operation) -> bool {
         | O::KeysRead
         | O::KeysRotate => role == R::Admin,
         O::AuditRead | O::AuditVerify => matches!(role, R::Auditor | R::Admin),
+        // Counts and timings by route template: no record data, no names.
+        O::SysMetrics => matches!(role, R::Admin | R::Metrics),
         // A publishable key may do exactly these two: create a card and
         // attach its CVC (for its owner service).
         O::RecordCreate(RecordType::Card) | O::CvcAttach => {
@@ -221,6 +231,11 @@ pub fn separation_of_duties(roles: &[Role]) -> Option<&'static str> {
     }
     if has(Role::Collector) && roles.iter().any(|r| *r != Role::Collector) {
         return Some("collector stands alone: it is the one role of a publishable key");
+    }
+    if has(Role::Metrics) && roles.iter().any(|r| *r != Role::Metrics) {
+        return Some(
+            "metrics stands alone: its key sits in a scraper's configuration and must open nothing else",
+        );
     }
     let compliance = has(Role::ComplianceOfficer) || has(Role::ComplianceApprover);
     if compliance && (has(Role::Admin) || has(Role::Auditor)) {
@@ -286,6 +301,38 @@ mod tests {
             Role::ComplianceApprover,
         ] {
             assert!(!allows(role, Operation::CvcAttach), "{role:?}");
+        }
+    }
+
+    /// A scraper's key may read the metrics and do nothing else; only
+    /// admins share that one operation.
+    #[test]
+    fn the_metrics_role_reads_metrics_only() {
+        for op in Operation::ALL {
+            assert_eq!(
+                allows(Role::Metrics, op),
+                op == Operation::SysMetrics,
+                "{op:?}"
+            );
+        }
+        for role in Role::ALL {
+            assert_eq!(
+                allows(role, Operation::SysMetrics),
+                matches!(role, Role::Admin | Role::Metrics),
+                "{role:?}"
+            );
+        }
+        assert!(Role::Metrics.fits(PrincipalKind::Service));
+        assert!(!Role::Metrics.fits(PrincipalKind::Staff));
+        assert!(!Role::Metrics.fits(PrincipalKind::Publishable));
+        assert!(separation_of_duties(&[Role::Metrics]).is_none());
+        for other in Role::ALL {
+            if other != Role::Metrics {
+                assert!(
+                    separation_of_duties(&[Role::Metrics, other]).is_some(),
+                    "{other:?}"
+                );
+            }
         }
     }
 

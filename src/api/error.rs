@@ -53,6 +53,8 @@ pub enum ApiError {
     /// The change and its audit entry were applied, but the store's sync
     /// failed: not acknowledged, yet they may still become durable.
     AuditNotDurable,
+    /// The store did not answer a readiness probe (in time).
+    StoreUnavailable,
     Internal,
     Erased,
     TokenExpired,
@@ -158,6 +160,11 @@ impl ApiError {
                 "audit_unavailable",
                 "Audit unavailable",
             ),
+            Self::StoreUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "Store unavailable",
+            ),
             Self::DestinationRefused(_) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "destination_refused",
@@ -202,6 +209,7 @@ impl ApiError {
                 could not confirm they are on disk: the change was not acknowledged and may still \
                 become durable. Check its outcome before retrying."
                 .into(),
+            Self::StoreUnavailable => "The store did not answer; this node is not ready.".into(),
             Self::Erased => "The record was erased.".into(),
             Self::TokenExpired => "The token has expired or used up its uses.".into(),
             Self::TokenRevoked => "The token was revoked.".into(),
@@ -411,6 +419,7 @@ mod tests {
             (ApiError::Integrity, 500, "integrity_error"),
             (ApiError::AuditUnavailable, 503, "audit_unavailable"),
             (ApiError::AuditNotDurable, 503, "audit_unavailable"),
+            (ApiError::StoreUnavailable, 503, "store_unavailable"),
             (ApiError::UnsealFailed("x"), 400, "unseal_failed"),
             (ApiError::Erased, 410, "erased"),
             (ApiError::TokenExpired, 410, "token_expired"),

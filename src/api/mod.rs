@@ -14,6 +14,7 @@ mod error;
 mod extract;
 mod keys;
 mod limits;
+mod metrics;
 mod openapi;
 mod principals;
 mod records;
@@ -35,6 +36,7 @@ use axum::routing::{delete, get, post, put};
 pub use error::{ApiError, FieldError, Problem};
 pub use extract::{ApiJson, Caller, JsonBody, RequestContext, parse_json};
 pub use limits::SlidingWindow;
+pub use metrics::{PROMETHEUS_TEXT, listener_router as metrics_listener_router};
 pub use openapi::openapi_document;
 
 use crate::access::{AccessRequests, LockoutPolicy, Operation, PrincipalDirectory, SessionPolicy};
@@ -220,6 +222,9 @@ pub struct AppInner {
     collect_per_key: SlidingWindow,
     /// Requests with publishable keys per client address in a sliding minute.
     collect_per_address: SlidingWindow,
+    /// Places for readiness and scrape reads of the store (see
+    /// `sys::probe_store`).
+    store_probes: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::ops::Deref for AppState {
@@ -237,6 +242,7 @@ impl AppState {
         clock: Arc<dyn Clock>,
         settings: AppSettings,
     ) -> Self {
+        crate::metrics::install();
         let principals =
             PrincipalDirectory::new(Arc::clone(&store), Arc::clone(&keyring), Arc::clone(&clock));
         let audit = AuditLog::new(
@@ -309,6 +315,7 @@ impl AppState {
                 usize::try_from(settings.collect.per_address_per_minute).unwrap_or(usize::MAX),
                 time::Duration::minutes(1),
             ),
+            store_probes: Arc::new(tokio::sync::Semaphore::new(sys::STORE_PROBES)),
             settings,
         }))
     }
@@ -618,6 +625,8 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.settings.body_limit_bytes;
     Router::new()
         .route("/v1/sys/health", get(sys::health))
+        .route("/v1/sys/ready", get(sys::ready))
+        .route("/v1/sys/metrics", get(metrics::metrics))
         .route("/v1/sys/unseal", post(sys::unseal))
         .route("/v1/sys/seal", post(sys::seal))
         .route("/v1/sys/backup", get(backup::backup))
@@ -687,6 +696,8 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(relay::mark_refusals))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(request_id))
+        // Outermost: every answer is counted, by its route template.
+        .layer(middleware::from_fn(metrics::track))
         .with_state(state)
 }
 

@@ -19,7 +19,8 @@ use utoipa::{Modify, OpenApi};
 use super::AVAILABLE_WHILE_SEALED;
 use super::error::{FieldError, Problem};
 use super::{
-    audit, auth, backup, collect, compliance, keys, principals, records, relay, sys, tokens,
+    audit, auth, backup, collect, compliance, keys, metrics, principals, records, relay, sys,
+    tokens,
 };
 use crate::access::{Principal, PrincipalKind, RequestStatus, Role};
 use crate::audit::{AuditEntry, Checkpoint, Outcome, Verification};
@@ -172,7 +173,7 @@ impl Modify for Layers {
 #[openapi(
     info(title = "Strongroom", description = "Vault for KYC records and payment credentials. Contract: docs/api.md."),
     paths(
-        sys::health, sys::unseal, sys::seal, backup::backup, serve_document,
+        sys::health, sys::ready, metrics::metrics, sys::unseal, sys::seal, backup::backup, serve_document,
         principals::create, principals::list, principals::disable,
         auth::login, auth::logout,
         audit::entries, audit::verify,
@@ -184,7 +185,7 @@ impl Modify for Layers {
         relay::create_route, relay::list_routes, relay::change_route, relay::delete_route, relay::approve_route, relay::invoke_post, relay::invoke_put, relay::invoke_patch,
     ),
     components(schemas(
-        Problem, FieldError, UnsealProgress, sys::Health, sys::UnsealBody, sys::UnsealPassphrase, sys::UnsealShare, sys::SealState, backup::BackupFile,
+        Problem, FieldError, UnsealProgress, sys::Health, sys::Readiness, sys::UnsealBody, sys::UnsealPassphrase, sys::UnsealShare, sys::SealState, backup::BackupFile,
         principals::NewPrincipal, principals::NewService, principals::CertFingerprint, principals::NewStaff, principals::ServiceKind, principals::StaffKind, principals::ServiceRole, principals::StaffRole, principals::CreatedPrincipal, principals::PrincipalList,
         Principal, PrincipalKind, Role, auth::Login, auth::Session,
         audit::AuditPage, AuditEntry, Checkpoint, Outcome, Verification,
@@ -200,7 +201,7 @@ impl Modify for Layers {
     )),
     modifiers(&BearerAuth, &Layers),
     tags(
-        (name = "sys", description = "Seal state and health"),
+        (name = "sys", description = "Seal state, health, readiness and metrics"),
         (name = "principals", description = "Services and staff (admin)"),
         (name = "auth", description = "Staff sessions"),
         (name = "audit", description = "The tamper-evident audit log (auditor, admin)"),

@@ -140,6 +140,7 @@ pub enum ServiceRole {
     Admin,
     Auditor,
     PaymentService,
+    Metrics,
 }
 
 /// The roles a staff member may hold (`Role::fits`).

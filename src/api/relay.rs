@@ -1008,7 +1008,8 @@ async fn send(
         headers,
         body,
     };
-    let response = state.relay_upstream.send(request).await?;
+    let response =
+        crate::metrics::relay_call(&route.name, state.relay_upstream.send(request).await)?;
     let mut passed = Vec::new();
     for name in &route.response_headers {
         if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {

@@ -1,4 +1,4 @@
-//! `/v1/sys/*`: health, unseal, seal.
+//! `/v1/sys/*`: health, readiness, unseal, seal.
 
 use std::sync::Arc;
 
@@ -243,3 +243,68 @@ pub async fn seal(
 
 /// How long a seal waits for its audit entry before sealing without it.
 const SEAL_AUDIT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Store reads a readiness probe or a scrape may have in flight at once.
+/// A read that hangs (a database that stopped answering) keeps its place
+/// until it returns, so hung reads cannot pile up blocking threads: once
+/// all are taken, probes answer 503 at once.
+pub(crate) const STORE_PROBES: usize = 4;
+
+/// How long a probe waits for the store before answering 503.
+const STORE_PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads `key` off the async runtime, within [`STORE_PROBE_WAIT`], holding
+/// one of the [`STORE_PROBES`] places until the read itself returns.
+/// `None` when the store failed, did not answer in time, or every place is
+/// taken; why is logged, never answered.
+pub(crate) async fn probe_store(state: &AppState, key: &'static [u8]) -> Option<Option<Vec<u8>>> {
+    let Ok(place) = Arc::clone(&state.store_probes).try_acquire_owned() else {
+        tracing::warn!("store probe refused: earlier probes have not returned");
+        return None;
+    };
+    let store = Arc::clone(&state.store);
+    let read = tokio::task::spawn_blocking(move || {
+        let _place = place;
+        store.get(key)
+    });
+    match tokio::time::timeout(STORE_PROBE_WAIT, read).await {
+        Ok(Ok(Ok(value))) => Some(value),
+        Ok(Ok(Err(e))) => {
+            tracing::warn!(error = %e, "store probe failed");
+            None
+        }
+        Ok(Err(_)) => None,
+        Err(_) => {
+            tracing::warn!("store probe did not answer in time");
+            None
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// Always `true` in a 200 answer.
+    pub ready: bool,
+}
+
+/// Whether this node should get traffic: unsealed, and its store answers
+/// (it reads the vault's id back). For load balancers; no credential.
+#[utoipa::path(get, path = "/v1/sys/ready", tag = "sys", operation_id = "ready",
+    responses(
+        (status = 200, description = "Unsealed, and the store answered", body = Readiness),
+        (status = 503, description = "`sealed`: this node is sealed; or `store_unavailable`: the store failed or did not answer within 2 seconds", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn ready(State(state): State<AppState>) -> Result<Json<Readiness>, ApiError> {
+    if state.keyring.is_sealed() {
+        return Err(ApiError::Sealed);
+    }
+    match probe_store(&state, crate::keyring::VAULT_KEY).await {
+        Some(Some(_)) => Ok(Json(Readiness { ready: true })),
+        // No vault id: not this vault's store (or an emptied one).
+        Some(None) => {
+            tracing::warn!("store probe: the vault's id is missing");
+            Err(ApiError::StoreUnavailable)
+        }
+        None => Err(ApiError::StoreUnavailable),
+    }
+}

@@ -291,7 +291,7 @@ fn flush_rounds(
 /// still become durable ([`AuditError::NotDurable`]).
 fn answer_after_flush(store: &dyn Store, round: Round) -> Option<Checkpoint> {
     let flushed = if round.replies.iter().any(|(_, outcome)| outcome.is_ok()) {
-        store.flush().map_err(|e| e.to_string())
+        crate::metrics::timed_flush(|| store.flush()).map_err(|e| e.to_string())
     } else {
         Ok(())
     };
@@ -599,6 +599,7 @@ impl AuditLog {
                 }
                 std::mem::take(&mut queue.jobs)
             };
+            crate::metrics::audit_round(jobs.len(), jobs.iter().map(|j| j.batch.len()).sum());
             let (outcomes, signed) = {
                 let _append = self.0.append.lock().unwrap_or_else(PoisonError::into_inner);
                 self.apply_round(&jobs)

@@ -45,8 +45,8 @@ pub fn view(role: Role, field: Field) -> View {
             _ => View::Masked,
         },
         Role::ComplianceOfficer | Role::ComplianceApprover => View::Masked,
-        // No record data for administrators and auditors.
-        Role::Admin | Role::Auditor => View::Redacted,
+        // No record data for administrators, auditors and scrapers.
+        Role::Admin | Role::Auditor | Role::Metrics => View::Redacted,
         // A collector sees only what its create answer holds (brand, last 4,
         // expiry: see `api::records`); the masks are the payment service's.
         Role::Collector => match field {
@@ -188,7 +188,7 @@ mod tests {
     fn no_role_sees_more_of_a_pan_than_brand_and_last4_and_admins_see_nothing() {
         for role in Role::ALL {
             let v = view(role, Field::Pan);
-            if matches!(role, Role::Admin | Role::Auditor) {
+            if matches!(role, Role::Admin | Role::Auditor | Role::Metrics) {
                 assert_eq!(v, View::Redacted);
                 assert_eq!(view(role, Field::HolderName), View::Redacted);
             } else if role == Role::Collector {
