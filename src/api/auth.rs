@@ -173,7 +173,7 @@ async fn refuse(
     if state
         .lock_notices
         .take(notice_key, state.clock.now())
-        .is_ok()
+        .is_ok_and(|room| room.is_ok())
     {
         state.record(event).await?;
     }

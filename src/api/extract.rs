@@ -212,7 +212,7 @@ async fn refuse_unbound_connection(
     if state
         .cert_refusals
         .take(&principal.id, state.clock.now())
-        .is_err()
+        .map_or(true, |room| room.is_err())
     {
         return ApiError::Unauthenticated;
     }
