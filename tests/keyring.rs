@@ -749,7 +749,10 @@ fn seal_returns_only_after_every_key_in_use_is_dropped() {
 }
 
 /// Another node over `vault`'s store, keyed by `keys_dir`, sealed.
-fn node(vault: &TestVault, keys_dir: &std::path::Path) -> Result<strongroom::keyring::Keyring, KeyringError> {
+fn node(
+    vault: &TestVault,
+    keys_dir: &std::path::Path,
+) -> Result<strongroom::keyring::Keyring, KeyringError> {
     strongroom::keyring::Keyring::open(
         keys_dir,
         Arc::clone(&vault.store),
@@ -761,7 +764,11 @@ fn node(vault: &TestVault, keys_dir: &std::path::Path) -> Result<strongroom::key
 /// A keys directory holding only `vault`'s public `audit.pub`.
 fn audit_pub_only(vault: &TestVault) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(vault.keys_dir().join("audit.pub"), dir.path().join("audit.pub")).unwrap();
+    std::fs::copy(
+        vault.keys_dir().join("audit.pub"),
+        dir.path().join("audit.pub"),
+    )
+    .unwrap();
     dir
 }
 
@@ -789,7 +796,9 @@ fn a_node_with_only_audit_pub_unseals_from_the_stored_root_record() {
         }
         assert!(!other.is_sealed());
         assert_eq!(
-            &other.open_record(Purpose::Kyc, &ctx("kyc_n"), &record).unwrap()[..],
+            &other
+                .open_record(Purpose::Kyc, &ctx("kyc_n"), &record)
+                .unwrap()[..],
             b"from node A"
         );
         // Nothing was written into that keys directory.
@@ -798,10 +807,16 @@ fn a_node_with_only_audit_pub_unseals_from_the_stored_root_record() {
     // Without root.json, audit.pub is required; without either, nothing opens.
     let vault = passphrase_vault();
     let empty = tempfile::tempdir().unwrap();
-    assert!(matches!(node(&vault, empty.path()), Err(KeyringError::Config(_))));
+    assert!(matches!(
+        node(&vault, empty.path()),
+        Err(KeyringError::Config(_))
+    ));
     vault.store.delete(b"kr/root").unwrap();
     let keys = audit_pub_only(&vault);
-    assert!(matches!(node(&vault, keys.path()), Err(KeyringError::Config(_))));
+    assert!(matches!(
+        node(&vault, keys.path()),
+        Err(KeyringError::Config(_))
+    ));
 }
 
 /// Someone who can write the database replaces the root record with one
@@ -838,7 +853,10 @@ fn a_substituted_root_record_is_refused() {
     assert!(other.is_sealed());
 
     // A node with the vault's root.json: the two records differ.
-    vault.store.put(b"kr/vault", vault.keyring.vault_id().as_bytes()).unwrap();
+    vault
+        .store
+        .put(b"kr/vault", vault.keyring.vault_id().as_bytes())
+        .unwrap();
     let mismatch = node(&vault, &vault.keys_dir());
     assert!(
         matches!(&mismatch, Err(KeyringError::Config(why)) if why.contains("differ")),
@@ -856,7 +874,10 @@ fn a_vault_without_a_stored_root_record_still_opens_and_stores_it() {
     vault.store.delete(b"kr/root").unwrap();
     let reopened = node(&vault, &vault.keys_dir()).unwrap();
     reopened.unseal(share(&vault.shares[0])).unwrap();
-    assert!(vault.store.get(b"kr/root").unwrap().is_none(), "stored before the unseal");
+    assert!(
+        vault.store.get(b"kr/root").unwrap().is_none(),
+        "stored before the unseal"
+    );
     reopened.unseal(share(&vault.shares[1])).unwrap();
     assert!(!reopened.is_sealed());
     let stored = vault.store.get(b"kr/root").unwrap().unwrap();
@@ -916,11 +937,15 @@ fn two_nodes_share_kek_counters_and_rotations_through_the_store() {
 
     // Node A rotates; node B follows from its next encryption on.
     assert_eq!(vault.keyring.rotate(Purpose::Card).unwrap(), 2);
-    let sealed_b = other.seal_record(Purpose::Card, &ctx("card_b"), b"b").unwrap();
+    let sealed_b = other
+        .seal_record(Purpose::Card, &ctx("card_b"), b"b")
+        .unwrap();
     assert_eq!(sealed_b.kek_version(), 2);
     let sealed_a = seal(&vault, Purpose::Card, &ctx("card_a"), b"a");
     assert_eq!(
-        &other.open_record(Purpose::Card, &ctx("card_a"), &sealed_a).unwrap()[..],
+        &other
+            .open_record(Purpose::Card, &ctx("card_a"), &sealed_a)
+            .unwrap()[..],
         b"a"
     );
     assert!(

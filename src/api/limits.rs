@@ -182,15 +182,16 @@ impl SlidingWindow {
                 times.push_back(now);
                 Ok(times.len())
             }
-            Place::Store(stored) => self.change_stored(stored, key, now, |times| {
-                self.prune(times, now);
-                times.push_back(now);
-                while times.len() > MAX_STORED_EVENTS.max(self.limit) {
-                    times.pop_front();
-                }
-                Some(times.len())
-            })?
-            .ok_or(StoreError::Conflict),
+            Place::Store(stored) => self
+                .change_stored(stored, key, now, |times| {
+                    self.prune(times, now);
+                    times.push_back(now);
+                    while times.len() > MAX_STORED_EVENTS.max(self.limit) {
+                        times.pop_front();
+                    }
+                    Some(times.len())
+                })?
+                .ok_or(StoreError::Conflict),
         }
     }
 
@@ -434,10 +435,22 @@ mod tests {
         for limiter in limiters {
             let t0 = datetime!(2026-01-01 00:00 UTC);
             assert_eq!(limiter.take("k", t0).unwrap(), Ok(()));
-            assert_eq!(limiter.take("k", t0 + Duration::seconds(10)).unwrap(), Ok(()));
-            assert_eq!(limiter.take("k", t0 + Duration::seconds(20)).unwrap(), Err(40));
-            assert_eq!(limiter.take("other", t0 + Duration::seconds(20)).unwrap(), Ok(()));
-            assert_eq!(limiter.take("k", t0 + Duration::seconds(61)).unwrap(), Ok(()));
+            assert_eq!(
+                limiter.take("k", t0 + Duration::seconds(10)).unwrap(),
+                Ok(())
+            );
+            assert_eq!(
+                limiter.take("k", t0 + Duration::seconds(20)).unwrap(),
+                Err(40)
+            );
+            assert_eq!(
+                limiter.take("other", t0 + Duration::seconds(20)).unwrap(),
+                Ok(())
+            );
+            assert_eq!(
+                limiter.take("k", t0 + Duration::seconds(61)).unwrap(),
+                Ok(())
+            );
             // `record` counts whatever the limit, and says how many are in
             // the window.
             assert_eq!(limiter.record("k", t0 + Duration::seconds(62)).unwrap(), 3);
@@ -451,12 +464,24 @@ mod tests {
         for limiter in limiters {
             let t0 = datetime!(2026-01-01 00:00 UTC);
             assert_eq!(limiter.take("a", t0).unwrap(), Ok(()));
-            assert_eq!(limiter.take("a", t0 + Duration::minutes(30)).unwrap(), Err(1800));
-            assert_eq!(limiter.take("a", t0 + Duration::minutes(61)).unwrap(), Ok(()));
+            assert_eq!(
+                limiter.take("a", t0 + Duration::minutes(30)).unwrap(),
+                Err(1800)
+            );
+            assert_eq!(
+                limiter.take("a", t0 + Duration::minutes(61)).unwrap(),
+                Ok(())
+            );
             // Given back: room again at once.
             limiter.give_back("a", t0 + Duration::minutes(61)).unwrap();
-            assert_eq!(limiter.take("a", t0 + Duration::minutes(62)).unwrap(), Ok(()));
-            assert_eq!(limiter.take("a", t0 + Duration::minutes(63)).unwrap(), Err(3540));
+            assert_eq!(
+                limiter.take("a", t0 + Duration::minutes(62)).unwrap(),
+                Ok(())
+            );
+            assert_eq!(
+                limiter.take("a", t0 + Duration::minutes(63)).unwrap(),
+                Err(3540)
+            );
         }
     }
 
@@ -465,10 +490,18 @@ mod tests {
     #[test]
     fn stored_windows_name_no_key_and_idle_ones_are_swept() {
         let (_dir, store) = store();
-        let limiter = SlidingWindow::shared("collect_address", 5, Duration::minutes(1), Arc::clone(&store));
+        let limiter = SlidingWindow::shared(
+            "collect_address",
+            5,
+            Duration::minutes(1),
+            Arc::clone(&store),
+        );
         let t0 = datetime!(2026-01-01 00:00 UTC);
         for i in 0..10 {
-            limiter.take(&format!("203.0.113.{i}"), t0).unwrap().unwrap();
+            limiter
+                .take(&format!("203.0.113.{i}"), t0)
+                .unwrap()
+                .unwrap();
         }
         let stored = store.scan_prefix(b"lim/").unwrap();
         assert_eq!(stored.len(), 10);
