@@ -155,13 +155,14 @@ where
     counts
 }
 
-/// Exactly `n` answers of `granted`; every other one `refused` or 503.
+/// At most `n` answers of `granted`, every other one `refused` or 503,
+/// and `n` of `granted` and 503 together.
 ///
 /// 503 (`audit_unavailable`): in these tests three audit logs in one
 /// process contend for the head of one embedded store, and a round that
 /// loses its precondition too often in a row gives up (on PostgreSQL each
-/// round takes the head's row lock instead). Such a request was refused,
-/// its reservation kept: never more than the limit.
+/// round takes the head's row lock instead). Such a request had taken its
+/// reservation and keeps it: never more than the limit.
 fn assert_exactly(
     counts: &BTreeMap<u16, usize>,
     granted: u16,
@@ -169,7 +170,9 @@ fn assert_exactly(
     refused: u16,
     total: usize,
 ) {
-    assert_eq!(counts.get(&granted).copied().unwrap_or(0), n, "{counts:?}");
+    let count = |s: u16| counts.get(&s).copied().unwrap_or(0);
+    assert!(count(granted) <= n, "{counts:?}: more than {n}");
+    assert_eq!(count(granted) + count(503), n, "{counts:?}");
     assert!(
         counts.keys().all(|s| [granted, refused, 503].contains(s)),
         "{counts:?}"
@@ -494,7 +497,16 @@ async fn approvals_hold_across_nodes() {
     );
     // Used once, through any of the nodes, at once: exactly one reveal.
     let counts = spread(&c, 12, |app, _| reveal(app, officer.clone())).await;
-    assert_exactly(&counts, 200, 1, 403, 12);
+    // A reveal that failed with 503 (see `assert_exactly`) spent nothing:
+    // the approval is spent with the reveal's audit entry, or not at all.
+    assert!(counts.get(&200).copied().unwrap_or(0) <= 1, "{counts:?}");
+    assert!(
+        counts.keys().all(|s| [200, 403, 503].contains(s)),
+        "{counts:?}"
+    );
+    if !counts.contains_key(&200) {
+        assert_eq!(reveal(c.node(2).clone(), officer.clone()).await, 200);
+    }
     for i in 0..3 {
         assert_eq!(reveal(c.node(i).clone(), officer.clone()).await, 403);
     }
