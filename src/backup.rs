@@ -320,8 +320,16 @@ impl Prepared {
                 "the store belongs to another vault than the keys directory".into(),
             ));
         }
+        // A node that reads its root record from the database has no
+        // root.json: the backup carries the record the keyring opened.
         let root_path = keyring.keys_dir().join(ROOT_FILE);
-        let root_json = fs::read_to_string(&root_path).map_err(|e| io_error(&root_path, &e))?;
+        let root_json = if root_path.exists() {
+            fs::read_to_string(&root_path).map_err(|e| io_error(&root_path, &e))?
+        } else {
+            keyring
+                .root_record_json()
+                .map_err(|_| BackupError::Format("the root record cannot be encoded"))?
+        };
         let keys = keyring.keys().map_err(|_| BackupError::Sealed)?;
         let signer = keys.audit_signing_key().map_err(|_| BackupError::Sealed)?;
         let header = Header {

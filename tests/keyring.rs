@@ -747,3 +747,212 @@ fn seal_returns_only_after_every_key_in_use_is_dropped() {
     sealer.join().unwrap();
     assert!(!vault.keyring.holds_key_material());
 }
+
+/// Another node over `vault`'s store, keyed by `keys_dir`, sealed.
+fn node(
+    vault: &TestVault,
+    keys_dir: &std::path::Path,
+) -> Result<strongroom::keyring::Keyring, KeyringError> {
+    strongroom::keyring::Keyring::open(
+        keys_dir,
+        Arc::clone(&vault.store),
+        Arc::new(strongroom::clock::SystemClock),
+        fast_settings(),
+    )
+}
+
+/// A keys directory holding only `vault`'s public `audit.pub`.
+fn audit_pub_only(vault: &TestVault) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        vault.keys_dir().join("audit.pub"),
+        dir.path().join("audit.pub"),
+    )
+    .unwrap();
+    dir
+}
+
+/// The root record is in the store from `init` on (what `root.json` holds,
+/// sealed): a node whose keys directory holds only the public `audit.pub`
+/// opens and unseals from it, and opens what the first node sealed.
+#[test]
+fn a_node_with_only_audit_pub_unseals_from_the_stored_root_record() {
+    for vault in [passphrase_vault(), shares_vault(3, 2)] {
+        let stored = vault.store.get(b"kr/root").unwrap().unwrap();
+        let file = std::fs::read(vault.keys_dir().join("root.json")).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&stored).unwrap(),
+            serde_json::from_slice::<serde_json::Value>(&file).unwrap()
+        );
+        let keys = audit_pub_only(&vault);
+        let other = node(&vault, keys.path()).unwrap();
+        assert!(other.is_sealed());
+        let record = seal(&vault, Purpose::Kyc, &ctx("kyc_n"), b"from node A");
+        if vault.shares.is_empty() {
+            other.unseal(passphrase(PASSPHRASE)).unwrap();
+        } else {
+            other.unseal(share(&vault.shares[1])).unwrap();
+            other.unseal(share(&vault.shares[2])).unwrap();
+        }
+        assert!(!other.is_sealed());
+        assert_eq!(
+            &other
+                .open_record(Purpose::Kyc, &ctx("kyc_n"), &record)
+                .unwrap()[..],
+            b"from node A"
+        );
+        // Nothing was written into that keys directory.
+        assert_eq!(std::fs::read_dir(keys.path()).unwrap().count(), 1);
+    }
+    // Without root.json, audit.pub is required; without either, nothing opens.
+    let vault = passphrase_vault();
+    let empty = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        node(&vault, empty.path()),
+        Err(KeyringError::Config(_))
+    ));
+    vault.store.delete(b"kr/root").unwrap();
+    let keys = audit_pub_only(&vault);
+    assert!(matches!(
+        node(&vault, keys.path()),
+        Err(KeyringError::Config(_))
+    ));
+}
+
+/// Someone who can write the database replaces the root record with one
+/// sealed under their own passphrase (and the vault id with theirs, so
+/// that everything else agrees): the record is well formed, its
+/// root_check matches its own root, and the passphrase opens it. A node
+/// holding the vault's audit.pub refuses the unseal all the same, and
+/// stays sealed. With root.json beside, the mismatch is refused at open.
+#[test]
+fn a_substituted_root_record_is_refused() {
+    let vault = passphrase_vault();
+    let attacker = new_vault(
+        SealMethod::Passphrase(Zeroizing::new("the attacker's passphrase".to_owned())),
+        fast_settings(),
+        Arc::new(strongroom::clock::SystemClock),
+    );
+    let forged = attacker.store.get(b"kr/root").unwrap().unwrap();
+    let forged_id = attacker.store.get(b"kr/vault").unwrap().unwrap();
+    vault.store.put(b"kr/root", &forged).unwrap();
+    vault.store.put(b"kr/vault", &forged_id).unwrap();
+
+    let keys = audit_pub_only(&vault);
+    let other = node(&vault, keys.path()).unwrap();
+    let refused = other.unseal(passphrase("the attacker's passphrase"));
+    assert!(
+        matches!(refused, Err(KeyringError::UnsealFailed(why)) if why.contains("audit.pub")),
+        "{:?}",
+        refused.map(|_| ())
+    );
+    assert!(other.is_sealed());
+    assert!(!other.holds_key_material());
+    // The real passphrase does not open the forged record either.
+    assert!(other.unseal(passphrase(PASSPHRASE)).is_err());
+    assert!(other.is_sealed());
+
+    // A node with the vault's root.json: the two records differ.
+    vault
+        .store
+        .put(b"kr/vault", vault.keyring.vault_id().as_bytes())
+        .unwrap();
+    let mismatch = node(&vault, &vault.keys_dir());
+    assert!(
+        matches!(&mismatch, Err(KeyringError::Config(why)) if why.contains("differ")),
+        "{:?}",
+        mismatch.map(|_| ())
+    );
+}
+
+/// A vault made before the store held the root record works from
+/// root.json, and its first unseal stores the record (so that further
+/// nodes can join).
+#[test]
+fn a_vault_without_a_stored_root_record_still_opens_and_stores_it() {
+    let vault = shares_vault(3, 2);
+    vault.store.delete(b"kr/root").unwrap();
+    let reopened = node(&vault, &vault.keys_dir()).unwrap();
+    reopened.unseal(share(&vault.shares[0])).unwrap();
+    assert!(
+        vault.store.get(b"kr/root").unwrap().is_none(),
+        "stored before the unseal"
+    );
+    reopened.unseal(share(&vault.shares[1])).unwrap();
+    assert!(!reopened.is_sealed());
+    let stored = vault.store.get(b"kr/root").unwrap().unwrap();
+    let file = std::fs::read(vault.keys_dir().join("root.json")).unwrap();
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&stored).unwrap(),
+        serde_json::from_slice::<serde_json::Value>(&file).unwrap()
+    );
+    // And now a node with audit.pub alone joins.
+    let keys = audit_pub_only(&vault);
+    let other = node(&vault, keys.path()).unwrap();
+    other.unseal(share(&vault.shares[2])).unwrap();
+    other.unseal(share(&vault.shares[0])).unwrap();
+    assert!(!other.is_sealed());
+}
+
+/// Two keyrings over one store (two nodes), encrypting at once: their
+/// positions in the KEK version's counter lie in blocks of their own, and
+/// the stored counter covers both. When one rotates a purpose, the other's
+/// next encryption uses the new version, it opens what the first sealed
+/// under it, and lists it.
+#[test]
+fn two_nodes_share_kek_counters_and_rotations_through_the_store() {
+    let vault = passphrase_vault();
+    let other = node(&vault, &vault.keys_dir()).unwrap();
+    other.unseal(passphrase(PASSPHRASE)).unwrap();
+    let nodes = [&*vault.keyring, &other];
+    std::thread::scope(|s| {
+        for (n, keyring) in nodes.iter().enumerate() {
+            for t in 0..2 {
+                s.spawn(move || {
+                    for i in 0..300 {
+                        let id = format!("card_{n}_{t}_{i}");
+                        keyring.seal_record(Purpose::Card, &ctx(&id), b"x").unwrap();
+                    }
+                });
+            }
+        }
+    });
+    let position = |keyring: &strongroom::keyring::Keyring| {
+        keyring
+            .kek_metadata()
+            .unwrap()
+            .into_iter()
+            .find(|m| m.purpose == Purpose::Card && m.version == 1)
+            .unwrap()
+            .encryptions
+    };
+    let (a, b) = (position(nodes[0]), position(nodes[1]));
+    // Each wrote 600 in one block of 1024 of its own.
+    assert_ne!((a - 1) / 1024, (b - 1) / 1024, "{a} and {b} share a block");
+    let mut card_v1 = b"kr/kek/card/".to_vec();
+    card_v1.extend_from_slice(&1u32.to_be_bytes());
+    let stored: serde_json::Value =
+        serde_json::from_slice(&vault.store.get(&card_v1).unwrap().unwrap()).unwrap();
+    assert!(stored["reserved"].as_u64().unwrap() >= a.max(b));
+
+    // Node A rotates; node B follows from its next encryption on.
+    assert_eq!(vault.keyring.rotate(Purpose::Card).unwrap(), 2);
+    let sealed_b = other
+        .seal_record(Purpose::Card, &ctx("card_b"), b"b")
+        .unwrap();
+    assert_eq!(sealed_b.kek_version(), 2);
+    let sealed_a = seal(&vault, Purpose::Card, &ctx("card_a"), b"a");
+    assert_eq!(
+        &other
+            .open_record(Purpose::Card, &ctx("card_a"), &sealed_a)
+            .unwrap()[..],
+        b"a"
+    );
+    assert!(
+        other
+            .kek_metadata()
+            .unwrap()
+            .iter()
+            .any(|m| m.purpose == Purpose::Card && m.version == 2 && m.active)
+    );
+}

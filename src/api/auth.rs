@@ -170,11 +170,10 @@ async fn refuse(
     retry_after_secs: u64,
     notice_key: &str,
 ) -> Result<Json<Session>, ApiError> {
-    if state
-        .lock_notices
-        .take(notice_key, state.clock.now())
-        .is_ok()
-    {
+    if matches!(
+        state.lock_notices.take(notice_key, state.clock.now()),
+        Ok(Ok(()))
+    ) {
         state.record(event).await?;
     }
     Err(ApiError::RateLimited { retry_after_secs })

@@ -146,7 +146,7 @@ fn address_bucket(ip: std::net::IpAddr) -> String {
 pub fn admit_address(state: &AppState, parts: &Parts) -> Result<(), ApiError> {
     state
         .collect_per_address
-        .take(&client_address(parts), state.clock.now())
+        .take(&client_address(parts), state.clock.now())?
         .map_err(|retry_after_secs| ApiError::RateLimited { retry_after_secs })
 }
 
@@ -162,7 +162,7 @@ pub async fn admit_publishable(
 ) -> Result<(), ApiError> {
     state
         .collect_per_key
-        .take(&principal.id, state.clock.now())
+        .take(&principal.id, state.clock.now())?
         .map_err(|retry_after_secs| ApiError::RateLimited { retry_after_secs })?;
     let reason = match origin_of(&parts.headers) {
         Some(origin) if principal.allowed_origins.iter().any(|o| o == origin) => return Ok(()),

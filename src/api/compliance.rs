@@ -159,7 +159,7 @@ pub async fn search(
     if QUOTA_FIELDS.contains(&request.field.as_str())
         && let Err(retry_after_secs) = state
             .sensitive_searches
-            .take(&principal.id, state.clock.now())
+            .take(&principal.id, state.clock.now())?
     {
         state
             .record(event(Outcome::Denied, "; rate limited".into()))
@@ -193,7 +193,10 @@ pub async fn search(
 /// value) each time their misses in the window reach another multiple of
 /// `search_miss_alert`: someone may be guessing.
 fn watch_misses(state: &AppState, officer: &str, field: &str) {
-    let misses = state.search_misses.record(officer, state.clock.now());
+    // A per-node window in memory: it cannot fail.
+    let Ok(misses) = state.search_misses.record(officer, state.clock.now()) else {
+        return;
+    };
     let alert = state.settings.search_miss_alert.max(1);
     if misses.is_multiple_of(alert) {
         tracing::warn!(
@@ -330,7 +333,7 @@ pub async fn reveal(
             }
         }
     }
-    if let Err(retry_after_secs) = state.reveals.take(&principal.id, state.clock.now()) {
+    if let Err(retry_after_secs) = state.reveals.take(&principal.id, state.clock.now())? {
         state
             .record(event(Outcome::Denied, "; rate limited"))
             .await?;

@@ -209,11 +209,10 @@ async fn refuse_unbound_connection(
     );
     // Each refusal costs the sender nothing but a request; past a budget a
     // minute, they are answered and logged, not written to the audit log.
-    if state
-        .cert_refusals
-        .take(&principal.id, state.clock.now())
-        .is_err()
-    {
+    if !matches!(
+        state.cert_refusals.take(&principal.id, state.clock.now()),
+        Ok(Ok(()))
+    ) {
         return ApiError::Unauthenticated;
     }
     let event = AuditEvent {

@@ -193,10 +193,14 @@ pub struct AppInner {
     pub relay_routes: crate::relay::routes::Routes,
     /// The relay's outbound HTTPS client.
     pub relay_upstream: crate::relay::upstream::Upstream,
-    /// Reveals per officer in a sliding hour.
+    /// Reveals per officer in a sliding hour, in the store: one quota
+    /// across every node.
+    /// Which windows are in the store (cluster-wide) and which are per
+    /// node: `limits` and docs/operations.md, "Several nodes".
     pub reveals: SlidingWindow,
     pub settings: AppSettings,
-    /// Failed unseal attempts in a sliding minute.
+    /// Failed unseal attempts in a sliding minute, in the store: guesses
+    /// spread over the nodes share one budget.
     pub unseal_failures: SlidingWindow,
     /// One unseal at a time: a passphrase costs 64 MiB of Argon2id memory.
     pub unseal_work: tokio::sync::Semaphore,
@@ -204,23 +208,32 @@ pub struct AppInner {
     /// A hash checked for unknown usernames, so they cost what known ones do.
     dummy_password_hash: String,
     /// Audited refusals of each locked username: one a minute (see `auth`).
+    /// Per node: it bounds what this node writes to the log for refusals
+    /// that cost nothing (N nodes: N a minute, still bounded); the lock
+    /// itself is in the store.
     lock_notices: SlidingWindow,
     /// Audited refusals of a certificate-bound key without its certificate:
     /// at most [`CERT_REFUSALS_AUDITED_PER_MINUTE`] a minute per principal,
     /// so a stolen bound key cannot make every request a durable write.
+    /// Per node, like `lock_notices`: the refusal itself never depends on it.
     cert_refusals: SlidingWindow,
     /// Usernames whose password is being checked: one check at a time each.
     logins_in_flight: limits::OneAtATime,
-    /// Searches by PAN or national id per officer in a sliding hour.
+    /// Searches by PAN or national id per officer in a sliding hour, in the
+    /// store: one quota across every node.
     sensitive_searches: SlidingWindow,
     /// Search misses per officer in a sliding 10 minutes, watched for bursts.
+    /// Per node: it only raises a WARN line; every miss is in the audit log
+    /// (cluster-wide) and the PAN / national-id quota is in the store.
     search_misses: SlidingWindow,
     /// CVCs attached to cards: process memory only (docs/payment-path.md,
     /// "Ephemeral CVC").
     pub cvcs: crate::cvc::CvcStore,
-    /// Requests per publishable key (by principal id) in a sliding minute.
+    /// Requests per publishable key (by principal id) in a sliding minute,
+    /// in the store.
     collect_per_key: SlidingWindow,
-    /// Requests with publishable keys per client address in a sliding minute.
+    /// Requests with publishable keys per client address in a sliding
+    /// minute, in the store (under a digest of the address).
     collect_per_address: SlidingWindow,
     /// Places for readiness and scrape reads of the store (see
     /// `sys::probe_store`).
@@ -282,15 +295,21 @@ impl AppState {
             access_requests,
             relay_routes,
             relay_upstream: crate::relay::upstream::Upstream::new(settings.relay.clone()),
-            reveals: SlidingWindow::new(settings.reveals_per_hour, time::Duration::hours(1)),
+            reveals: SlidingWindow::shared(
+                "reveals",
+                settings.reveals_per_hour,
+                time::Duration::hours(1),
+                Arc::clone(&store),
+            ),
             keyring,
-            store,
             clock,
             principals,
             audit,
-            unseal_failures: SlidingWindow::new(
+            unseal_failures: SlidingWindow::shared(
+                "unseal_failures",
                 usize::try_from(settings.unseal_failures_per_minute).unwrap_or(usize::MAX),
                 time::Duration::minutes(1),
+                Arc::clone(&store),
             ),
             unseal_work: tokio::sync::Semaphore::new(1),
             passwords: PasswordPool::new(settings.password_workers),
@@ -301,21 +320,29 @@ impl AppState {
                 time::Duration::minutes(1),
             ),
             logins_in_flight: limits::OneAtATime::default(),
-            sensitive_searches: SlidingWindow::new(
+            sensitive_searches: SlidingWindow::shared(
+                "sensitive_searches",
                 settings.sensitive_searches_per_hour,
                 time::Duration::hours(1),
+                Arc::clone(&store),
             ),
             search_misses: SlidingWindow::new(usize::MAX, SEARCH_MISS_WINDOW),
             cvcs,
-            collect_per_key: SlidingWindow::new(
+            collect_per_key: SlidingWindow::shared(
+                "collect_key",
                 usize::try_from(settings.collect.per_key_per_minute).unwrap_or(usize::MAX),
                 time::Duration::minutes(1),
+                Arc::clone(&store),
             ),
-            collect_per_address: SlidingWindow::new(
+            collect_per_address: SlidingWindow::shared(
+                "collect_address",
                 usize::try_from(settings.collect.per_address_per_minute).unwrap_or(usize::MAX),
                 time::Duration::minutes(1),
+                Arc::clone(&store),
             ),
             store_probes: Arc::new(tokio::sync::Semaphore::new(sys::STORE_PROBES)),
+            // Last: the windows above share it.
+            store,
             settings,
         }))
     }

@@ -148,7 +148,7 @@ async fn attempt(
         return Ok(Json(state.keyring.unseal_status()));
     }
     let reserved_at = state.clock.now();
-    if let Err(retry_after_secs) = state.unseal_failures.take(UNSEAL_KEY, reserved_at) {
+    if let Err(retry_after_secs) = state.unseal_failures.take(UNSEAL_KEY, reserved_at)? {
         return Err(ApiError::RateLimited { retry_after_secs });
     }
     let keyring = Arc::clone(&state.keyring);
@@ -158,7 +158,10 @@ async fn attempt(
     match result {
         Ok(progress) => {
             // Accepted material is not a failure: its reservation goes back.
-            state.unseal_failures.give_back(UNSEAL_KEY, reserved_at);
+            if let Err(e) = state.unseal_failures.give_back(UNSEAL_KEY, reserved_at) {
+                // The failure stays counted: stricter, never looser.
+                tracing::warn!(error = %e, "could not give back an unseal reservation");
+            }
             let event = AuditEvent {
                 reason: Some(format!(
                     "progress {}/{}",

@@ -245,8 +245,8 @@ impl KekCache {
     }
 
     /// Reads the versions of `purpose` this cache does not have yet (made
-    /// by another writer).
-    fn load_family(
+    /// by another writer: another node sharing the store).
+    pub(crate) fn load_family(
         &mut self,
         store: &dyn Store,
         keyring_key: &Key256,
@@ -361,6 +361,22 @@ impl KekCache {
         self.families.get(&purpose)?.keys().next_back().copied()
     }
 
+    /// Version `version` of `purpose`, reading the store's versions this
+    /// cache lacks when it is not there (made by another node).
+    pub(crate) fn version_or_load(
+        &mut self,
+        store: &dyn Store,
+        keyring_key: &Key256,
+        purpose: Purpose,
+        version: u32,
+    ) -> Result<Option<Arc<Kek>>, KeyringError> {
+        if let Some(kek) = self.version(purpose, version) {
+            return Ok(Some(kek));
+        }
+        self.load_family(store, keyring_key, purpose)?;
+        Ok(self.version(purpose, version))
+    }
+
     pub(crate) fn version(&self, purpose: Purpose, version: u32) -> Option<Arc<Kek>> {
         self.families
             .get(&purpose)?
@@ -379,6 +395,16 @@ impl KekCache {
         recorder: Option<&dyn RotationRecorder>,
     ) -> Result<Arc<Kek>, KeyringError> {
         for _ in 0..ATTEMPTS {
+            // Another writer (another node) may have made a newer version:
+            // new writes use it from the next encryption on. One read of a
+            // key that is absent until then is what keeps the cache honest.
+            if let Some(newest) = self.newest(purpose)
+                && store
+                    .get(&kek_key(purpose, newest.saturating_add(1)))?
+                    .is_some()
+            {
+                self.load_family(store, keyring_key, purpose)?;
+            }
             let Some(trigger) = self.rotation_due(purpose, due) else {
                 return self.take_one(store, purpose);
             };

@@ -34,6 +34,10 @@ use crate::crypto::{
 use crate::store::{Store, StoreError, Transaction};
 
 pub(crate) const VAULT_KEY: &[u8] = b"kr/vault";
+/// The sealed root record (what `root.json` holds: the passphrase envelope
+/// or the shares' digests, never the root key in the clear), in the store so
+/// that every node sharing it agrees on how the vault is sealed.
+pub(crate) const ROOT_KEY: &[u8] = b"kr/root";
 
 /// Errors of the keyring. None carries key material, a passphrase or a share.
 #[derive(Debug, thiserror::Error)]
@@ -388,6 +392,14 @@ fn root_aad(vault_id: &str) -> Aad {
 pub struct Keyring {
     keys_dir: PathBuf,
     root_file: RootFile,
+    /// The keys directory's `audit.pub`, when it holds one: a recovered
+    /// root key must derive exactly this audit key, or the unseal is
+    /// refused (a root record read from the database could otherwise be
+    /// one sealed under someone else's passphrase).
+    audit_public_key: Option<[u8; 32]>,
+    /// Whether the store lacks `kr/root` (a vault made before it was
+    /// stored): the first successful unseal writes it.
+    root_record_missing: bool,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     settings: KeyringSettings,
@@ -499,7 +511,9 @@ impl Keyring {
         store.commit(
             Transaction::new()
                 .expect(VAULT_KEY, None)
-                .put(VAULT_KEY, vault_id.as_bytes()),
+                .put(VAULT_KEY, vault_id.as_bytes())
+                .expect(ROOT_KEY, None)
+                .put(ROOT_KEY, root_file.encode()?),
         )?;
         keys.with_keks(|keks, keyring_key| {
             for purpose in Purpose::ALL {
@@ -515,7 +529,9 @@ impl Keyring {
             0o644,
         )?;
 
-        let keyring = Self::new(keys_dir, root_file, store, clock, settings);
+        let public_key = keys.audit_signing_key()?.public_key();
+        let mut keyring = Self::new(keys_dir, root_file, store, clock, settings);
+        keyring.audit_public_key = Some(public_key);
         keyring.install(keys);
         Ok(Initialised {
             keyring,
@@ -525,13 +541,57 @@ impl Keyring {
 
     /// Opens an initialised vault, sealed. Refuses a key file readable by
     /// others and a data directory that belongs to another vault.
+    ///
+    /// The root record comes from the keys directory's `root.json` when
+    /// there is one (and must then equal the store's `kr/root`, if the store
+    /// holds one); otherwise from the store's `kr/root` (a node of several
+    /// sharing a database), and then the keys directory must hold
+    /// `audit.pub`, which the unseal checks the recovered root against.
     pub fn open(
         keys_dir: &Path,
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         settings: KeyringSettings,
     ) -> Result<Self, KeyringError> {
-        let root_file = RootFile::load(keys_dir)?;
+        let stored = store
+            .get(ROOT_KEY)?
+            .map(|bytes| RootFile::decode(&bytes))
+            .transpose()?;
+        let audit_path = keys_dir.join(AUDIT_PUBLIC_KEY_FILE);
+        let audit_public_key = if audit_path.exists() {
+            Some(crate::audit::read_public_key(&audit_path).map_err(|e| {
+                tracing::error!(error = %e, "cannot read audit.pub");
+                KeyringError::Config("keys/audit.pub is not an audit public key")
+            })?)
+        } else {
+            None
+        };
+        let root_file = if RootFile::path(keys_dir).exists() {
+            let file = RootFile::load(keys_dir)?;
+            if let Some(stored) = &stored
+                && !stored.same_as(&file)?
+            {
+                return Err(KeyringError::Config(
+                    "keys/root.json and the database's root record (kr/root) differ; \
+                     one of them was replaced",
+                ));
+            }
+            file
+        } else {
+            let Some(stored) = stored.clone() else {
+                return Err(KeyringError::Config(
+                    "the keys directory has no root.json and the database no root record",
+                ));
+            };
+            if audit_public_key.is_none() {
+                return Err(KeyringError::Config(
+                    "a keys directory without root.json must hold audit.pub: \
+                     the root record read from the database is checked against it",
+                ));
+            }
+            stored
+        };
+        let root_record_missing = stored.is_none();
         match store.get(VAULT_KEY)? {
             Some(id) if id == root_file.vault_id.as_bytes() => {}
             Some(_) => {
@@ -545,7 +605,15 @@ impl Keyring {
                 ));
             }
         }
-        Ok(Self::new(keys_dir, root_file, store, clock, settings))
+        let mut keyring = Self::new(keys_dir, root_file, store, clock, settings);
+        keyring.audit_public_key = audit_public_key;
+        keyring.root_record_missing = root_record_missing;
+        Ok(keyring)
+    }
+
+    /// The root record (`root.json`'s text), as backups carry it.
+    pub fn root_record_json(&self) -> Result<String, KeyringError> {
+        self.root_file.to_json()
     }
 
     fn new(
@@ -558,6 +626,8 @@ impl Keyring {
         Self {
             keys_dir: keys_dir.to_path_buf(),
             root_file,
+            audit_public_key: None,
+            root_record_missing: false,
             store,
             clock,
             settings,
@@ -725,9 +795,48 @@ impl Keyring {
 
     fn finish_unseal(&self, root: &Key256) -> Result<(), KeyringError> {
         verify_root_check(root, &self.root_file)?;
+        // Before any key is derived for use: the root must be this
+        // vault's, as the keys directory's public audit key knows it.
+        if let Some(expected) = &self.audit_public_key {
+            let derived = SigningKey::from_seed(&derive_key(root, "strongroom/v1/audit-signing"))?
+                .public_key();
+            if !constant_time_eq(&derived, expected) {
+                tracing::error!(
+                    "the recovered root key does not derive keys/audit.pub: the root record \
+                     was replaced; unseal refused"
+                );
+                return Err(KeyringError::UnsealFailed(
+                    "the root record does not belong to the vault whose audit.pub this node holds",
+                ));
+            }
+        }
         let keys = UnsealedKeys::derive(root, self.store.as_ref())?;
         self.install(keys);
+        if self.root_record_missing {
+            self.store_root_record();
+        }
         Ok(())
+    }
+
+    /// Writes `kr/root` for a vault made before the store held it, once
+    /// an unseal has shown that `root.json` opens this vault. A failure
+    /// leaves the vault working from `root.json`, and is tried again at the
+    /// next unseal.
+    fn store_root_record(&self) {
+        let written = self.root_file.encode().and_then(|bytes| {
+            match self.store.commit(
+                Transaction::new()
+                    .expect(ROOT_KEY, None)
+                    .put(ROOT_KEY, bytes),
+            ) {
+                // Another node wrote it first; `open` compares them.
+                Ok(()) | Err(StoreError::Conflict) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        });
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "could not store the root record (kr/root)");
+        }
     }
 
     /// Drops every key (they zeroize as they drop) and any gathered shares.
@@ -795,8 +904,14 @@ impl Keyring {
     }
 
     /// Metadata of every KEK version; never key bytes.
+    /// Versions made by another node sharing the store are read first.
     pub fn kek_metadata(&self) -> Result<Vec<KekMetadata>, KeyringError> {
-        self.keys()?.with_keks(|keks, _| Ok(keks.metadata()))
+        self.keys()?.with_keks(|keks, keyring_key| {
+            for purpose in Purpose::ALL {
+                keks.load_family(self.store.as_ref(), keyring_key, purpose)?;
+            }
+            Ok(keks.metadata())
+        })
     }
 
     /// The newest KEK of `purpose` for one more encryption, replacing it
@@ -848,7 +963,14 @@ impl Keyring {
         let keys = self.keys()?;
         let _use = keys.uses.enter();
         let kek = keys
-            .with_keks(|keks, _| Ok(keks.version(purpose, sealed.kek_version())))?
+            .with_keks(|keks, keyring_key| {
+                keks.version_or_load(
+                    self.store.as_ref(),
+                    keyring_key,
+                    purpose,
+                    sealed.kek_version(),
+                )
+            })?
             .ok_or(KeyringError::Integrity)?;
         sealed.open(&kek.key, purpose, context)
     }
@@ -863,9 +985,14 @@ impl Keyring {
     ) -> Result<Option<SealedRecord>, KeyringError> {
         let keys = self.keys()?;
         let _use = keys.uses.enter();
-        let (old, newest) = keys.with_keks(|keks, _| {
+        let (old, newest) = keys.with_keks(|keks, keyring_key| {
             let old = keks
-                .version(purpose, sealed.kek_version())
+                .version_or_load(
+                    self.store.as_ref(),
+                    keyring_key,
+                    purpose,
+                    sealed.kek_version(),
+                )?
                 .ok_or(KeyringError::Integrity)?;
             Ok((old, keks.newest(purpose)))
         })?;

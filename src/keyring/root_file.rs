@@ -1,4 +1,5 @@
-//! `root.json` in the keys directory: how the root key is sealed.
+//! `root.json` in the keys directory, and the same record in the store
+//! (`kr/root`): how the root key is sealed.
 //!
 //! Holds the Argon2id parameters, salt and the root key encrypted under the
 //! passphrase-derived key, or, for Shamir, the threshold and a digest of each
@@ -91,9 +92,41 @@ impl RootFile {
 
     /// Writes the file with mode 0600, refusing to replace an existing one.
     pub fn create(&self, keys_dir: &Path) -> Result<(), KeyringError> {
-        let text = serde_json::to_string_pretty(self)
-            .map_err(|_| KeyringError::Config("root key file could not be encoded"))?;
-        write_new_file(&Self::path(keys_dir), text.as_bytes(), 0o600)
+        write_new_file(&Self::path(keys_dir), self.to_json()?.as_bytes(), 0o600)
+    }
+
+    /// The file's text.
+    pub fn to_json(&self) -> Result<String, KeyringError> {
+        serde_json::to_string_pretty(self)
+            .map_err(|_| KeyringError::Config("root key file could not be encoded"))
+    }
+
+    /// The record as the store keeps it (`kr/root`): the file's text.
+    pub fn encode(&self) -> Result<Vec<u8>, KeyringError> {
+        self.to_json().map(String::into_bytes)
+    }
+
+    /// The store's record read back: of a known format, or refused.
+    pub fn decode(bytes: &[u8]) -> Result<Self, KeyringError> {
+        let record: Self = serde_json::from_slice(bytes).map_err(|_| {
+            KeyringError::Config("the database's root record (kr/root) is not valid")
+        })?;
+        if record.format != FORMAT {
+            return Err(KeyringError::Config(
+                "the database's root record (kr/root) has an unknown format version",
+            ));
+        }
+        Ok(record)
+    }
+
+    /// Whether `other` says exactly what this record says (whatever the
+    /// whitespace of either's text).
+    pub fn same_as(&self, other: &Self) -> Result<bool, KeyringError> {
+        let value = |r: &Self| {
+            serde_json::to_value(r)
+                .map_err(|_| KeyringError::Config("root key file could not be encoded"))
+        };
+        Ok(value(self)? == value(other)?)
     }
 }
 
