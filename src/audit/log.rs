@@ -638,7 +638,7 @@ impl AuditLog {
     /// transaction. While sealed nothing can be signed, and only seal and
     /// unseal entries are written (unsigned); other jobs are refused.
     fn apply_round(&self, jobs: &[Job]) -> Result<(Vec<Outcome>, Option<Checkpoint>), AuditError> {
-        const ATTEMPTS: usize = 8;
+        const ATTEMPTS: usize = 32;
         let keys = self.0.keyring.keys().ok();
         let signer = match keys.as_deref().map(UnsealedKeys::audit_signing_key) {
             None | Some(Err(KeyringError::Sealed)) => None,
