@@ -427,10 +427,7 @@ fn app_settings(config: &Config) -> AppSettings {
         relay: config.relay.clone(),
         // A PostgreSQL store has no data directory: a backup spools in the
         // system's temporary directory (docs/operations.md, "PostgreSQL store").
-        data_dir: config
-            .postgres
-            .is_none()
-            .then(|| config.data_dir.clone()),
+        data_dir: config.postgres.is_none().then(|| config.data_dir.clone()),
         ..AppSettings::default()
     }
 }

@@ -590,3 +590,136 @@ fn serve_refuses_a_data_directory_without_a_store() {
         "nothing created"
     );
 }
+
+/// A configuration file in `dir` whose store is the test schema's database
+/// and whose keys live in `dir/keys` (its `data_dir`, `dir/data`, must stay
+/// unused).
+fn postgres_config(dir: &Path, url: &str) -> std::path::PathBuf {
+    let path = dir.join("pg.toml");
+    let keys = dir.join("keys");
+    std::fs::write(
+        &path,
+        format!(
+            "store = {}\nkeys_dir = {}\ndata_dir = {}\n",
+            toml_string(url),
+            toml_string(keys.to_str().unwrap()),
+            toml_string(dir.join("data").to_str().unwrap())
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+fn toml_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+#[test]
+fn migrate_creates_the_postgres_schema_once_and_says_what_it_did() {
+    let Some(schema) = common::pg::schema() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = postgres_config(dir.path(), schema.url());
+    let config = config.to_str().unwrap();
+    let first = run(&["migrate", "--config", config, "--json"]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let report: Value = serde_json::from_slice(&first.stdout).unwrap();
+    let latest = strongroom::store::schema_version();
+    assert_eq!(report["from"], 0);
+    assert_eq!(report["to"], latest);
+    assert_eq!(
+        report["applied"].as_array().unwrap().len(),
+        usize::try_from(latest).unwrap()
+    );
+    let again = run(&["migrate", "--config", config]);
+    assert!(again.status.success());
+    let text = String::from_utf8_lossy(&again.stdout);
+    assert!(text.contains("nothing to do"), "{text}");
+    // The schema is there, the vault is not: serve-side offline commands
+    // say so rather than creating one.
+    let verify = run(&["audit", "verify", "--config", config]);
+    assert!(!verify.status.success());
+    let err = String::from_utf8_lossy(&verify.stderr);
+    assert!(err.contains("no Strongroom vault"), "{err}");
+}
+
+#[test]
+fn migrate_refuses_an_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("embedded.toml");
+    std::fs::write(&config, "[store]\nengine = \"fjall\"\n").unwrap();
+    let out = run(&["migrate", "--config", config.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("embedded"), "{err}");
+}
+
+#[test]
+fn offline_audit_verify_creates_no_postgres_schema() {
+    let Some(schema) = common::pg::schema() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = postgres_config(dir.path(), schema.url());
+    for _ in 0..2 {
+        let out = run(&["audit", "verify", "--config", config.to_str().unwrap()]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("strongroom migrate"), "{err}");
+    }
+}
+
+#[test]
+fn init_on_postgres_then_the_offline_verifier_reads_the_chain() {
+    let Some(schema) = common::pg::schema() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = postgres_config(dir.path(), schema.url());
+    let config = config.to_str().unwrap();
+    let passphrase = dir.path().join("passphrase");
+    std::fs::write(&passphrase, "correct horse battery staple\n").unwrap();
+    std::fs::set_permissions(&passphrase, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let init = run(&[
+        "init",
+        "--config",
+        config,
+        "--passphrase-file",
+        passphrase.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    // No data directory was made: the store is the database.
+    assert!(!dir.path().join("data").exists());
+    let verify = run(&["audit", "verify", "--config", config]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let result: Value = serde_json::from_slice(&verify.stdout).unwrap();
+    assert_eq!(result["ok"], true);
+    assert!(result["entries"].as_u64().unwrap() >= 1);
+    let export = run(&["audit", "export", "--config", config]);
+    assert!(export.status.success());
+    assert!(!export.stdout.is_empty());
+    // A second init finds the vault in the database and refuses.
+    let again = run(&[
+        "init",
+        "--config",
+        config,
+        "--passphrase-file",
+        passphrase.to_str().unwrap(),
+    ]);
+    assert!(!again.status.success());
+}

@@ -400,6 +400,9 @@ macro_rules! conformance_suite {
     };
 }
 
+/// Opens a backend's store on a directory.
+type OpenFn = dyn Fn(&Path) -> Arc<dyn Store>;
+
 /// Where a crash child writes.
 #[derive(Clone)]
 enum Target {
@@ -411,7 +414,7 @@ enum Target {
 /// ignores the directory: every open reaches the same schema), and the
 /// schema to drop afterwards.
 struct Backend {
-    open: Box<dyn Fn(&Path) -> Arc<dyn Store>>,
+    open: Box<OpenFn>,
     target: Target,
     _schema: Option<common::pg::TestSchema>,
 }
@@ -429,7 +432,9 @@ fn open_sled() -> Option<Backend> {
 }
 
 fn open_fjall() -> Option<Backend> {
-    embedded(Engine::Fjall, |dir| Arc::new(FjallStore::open(dir).unwrap()))
+    embedded(Engine::Fjall, |dir| {
+        Arc::new(FjallStore::open(dir).unwrap())
+    })
 }
 
 fn open_redb() -> Option<Backend> {
@@ -717,7 +722,10 @@ mod postgres_cluster {
         };
         let settings = PostgresSettings::new(schema.url());
         let missing = PostgresStore::open_existing(&settings).unwrap_err();
-        assert!(missing.to_string().contains("strongroom migrate"), "{missing}");
+        assert!(
+            missing.to_string().contains("strongroom migrate"),
+            "{missing}"
+        );
         // Still nothing: opening created no schema.
         assert!(PostgresStore::open_existing(&settings).is_err());
         PostgresStore::connect(&settings).unwrap();

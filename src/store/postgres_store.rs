@@ -280,16 +280,15 @@ fn root_store(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, StoreErro
         .iter()
         .find(|p| p.is_file())
         .ok_or_else(|| match ca_file {
-            Some(path) => StoreError::Backend(format!(
-                "store.ca_file {} cannot be read",
-                path.display()
-            )),
+            Some(path) => {
+                StoreError::Backend(format!("store.ca_file {} cannot be read", path.display()))
+            }
             None => StoreError::Backend(
                 "no system CA bundle found for TLS to PostgreSQL: set store.ca_file".into(),
             ),
         })?;
-    let pem = std::fs::read(path)
-        .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
+    let pem =
+        std::fs::read(path).map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
         let cert = cert.map_err(|e| {
@@ -324,9 +323,15 @@ fn tls_connector(
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
-/// Writes of `tx` folded per key, in order (the last write of a key wins):
-/// the keys to upsert with their values, and the keys to delete.
-fn fold_writes(tx: &Transaction) -> (Vec<&[u8]>, Vec<&[u8]>, Vec<&[u8]>) {
+/// The writes of a transaction folded per key, in order (the last write
+/// of a key wins): one statement may not touch a row twice.
+struct Folded<'a> {
+    put_keys: Vec<&'a [u8]>,
+    put_values: Vec<&'a [u8]>,
+    deletes: Vec<&'a [u8]>,
+}
+
+fn fold_writes(tx: &Transaction) -> Folded<'_> {
     let mut last: BTreeMap<&[u8], Option<&[u8]>> = BTreeMap::new();
     for write in &tx.writes {
         match write {
@@ -334,17 +339,21 @@ fn fold_writes(tx: &Transaction) -> (Vec<&[u8]>, Vec<&[u8]>, Vec<&[u8]>) {
             Write::Delete(k) => last.insert(k, None),
         };
     }
-    let (mut put_keys, mut put_values, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
+    let mut folded = Folded {
+        put_keys: Vec::new(),
+        put_values: Vec::new(),
+        deletes: Vec::new(),
+    };
     for (k, v) in last {
         match v {
             Some(v) => {
-                put_keys.push(k);
-                put_values.push(v);
+                folded.put_keys.push(k);
+                folded.put_values.push(v);
             }
-            None => deletes.push(k),
+            None => folded.deletes.push(k),
         }
     }
-    (put_keys, put_values, deletes)
+    folded
 }
 
 const GET_SQL: &str = "SELECT value FROM strongroom_kv WHERE key = $1";
@@ -376,14 +385,15 @@ async fn check_and_write(
             return Ok(false);
         }
     }
-    let (put_keys, put_values, deletes) = fold_writes(tx);
-    if !put_keys.is_empty() {
+    let folded = fold_writes(tx);
+    if !folded.put_keys.is_empty() {
         let statement = txn.prepare_cached(UPSERT_SQL).await?;
-        txn.execute(&statement, &[&put_keys, &put_values]).await?;
+        txn.execute(&statement, &[&folded.put_keys, &folded.put_values])
+            .await?;
     }
-    if !deletes.is_empty() {
+    if !folded.deletes.is_empty() {
         let statement = txn.prepare_cached(DELETE_SQL).await?;
-        txn.execute(&statement, &[&deletes]).await?;
+        txn.execute(&statement, &[&folded.deletes]).await?;
     }
     Ok(true)
 }
@@ -459,8 +469,7 @@ impl PostgresStore {
 
     fn connect_only(settings: &PostgresSettings) -> Result<Self, StoreError> {
         let target = settings.redacted_url();
-        if !(settings.url.starts_with("postgres://") || settings.url.starts_with("postgresql://"))
-        {
+        if !(settings.url.starts_with("postgres://") || settings.url.starts_with("postgresql://")) {
             return Err(StoreError::Backend(format!(
                 "{target} is not a postgres:// or postgresql:// URL"
             )));
@@ -1004,7 +1013,11 @@ mod tests {
 
     #[test]
     fn migrations_are_numbered_in_order() {
-        assert!(MIGRATIONS.windows(2).all(|w| w[0].version + 1 == w[1].version));
+        assert!(
+            MIGRATIONS
+                .windows(2)
+                .all(|w| w[0].version + 1 == w[1].version)
+        );
         assert_eq!(MIGRATIONS.first().map(|m| m.version), Some(1));
     }
 }

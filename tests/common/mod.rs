@@ -21,9 +21,9 @@ use strongroom::keyring::{Keyring, KeyringSettings, SealMethod};
 use strongroom::store::{Engine, Store};
 use zeroize::Zeroizing;
 
+pub mod pg;
 pub mod process;
 pub mod processor;
-pub mod pg;
 pub mod tls;
 
 /// Keyring settings with a cheap Argon2id, so tests do not spend 64 MiB per

@@ -39,7 +39,10 @@ impl TestSchema {
 
 impl Drop for TestSchema {
     fn drop(&mut self) {
-        if let Err(e) = run(&self.base, &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name)) {
+        if let Err(e) = run(
+            &self.base,
+            &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name),
+        ) {
             eprintln!("could not drop test schema {}: {e}", self.name);
         }
     }
@@ -81,7 +84,9 @@ pub fn schema() -> Option<TestSchema> {
     match run(&base, &format!("CREATE SCHEMA {name}")) {
         Ok(()) => {}
         Err(e) if required => {
-            panic!("{REQUIRE_ENV}=1 but the test PostgreSQL ({URL_ENV} or {DEFAULT_URL}) does not answer: {e}")
+            panic!(
+                "{REQUIRE_ENV}=1 but the test PostgreSQL ({URL_ENV} or {DEFAULT_URL}) does not answer: {e}"
+            )
         }
         Err(e) => {
             eprintln!(
