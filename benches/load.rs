@@ -116,52 +116,53 @@ fn main() {
     // reveal limit lifted.
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = None;
-    let (mut server, creds): (Option<std::process::Child>, Value) = match (
-        arg(&args, "--target"),
-        arg(&args, "--postgres"),
-    ) {
-        (Some(file), _) => (
-            None,
-            serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap(),
-        ),
-        (None, Some(url)) => {
-            let nodes = arg(&args, "--nodes").map_or(1, |n| n.parse().unwrap());
-            let started = cluster::Cluster::start(&url, nodes, dir.path());
-            let creds = started.credentials.clone();
-            cluster = Some(started);
-            (None, creds)
-        }
-        (None, None) => {
-            let config = dir.path().join("load.toml");
-            // `--engine NAME`: the store engine of the dev server's new data
-            // directory (default: the configured default).
-            let engine = arg(&args, "--engine")
-                .map(|e| format!("[store]\nengine = \"{e}\"\n"))
-                .unwrap_or_default();
-            std::fs::write(&config, format!("reveals_per_hour = 1000000\n{engine}")).unwrap();
-            let mut child = Command::new(env!("CARGO_BIN_EXE_strongroom"))
-                .args([
-                    "dev",
-                    "--json",
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--config",
-                    config.to_str().unwrap(),
-                ])
-                .env("STRONGROOM_LOG", "warn")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let mut line = String::new();
-            BufReader::new(child.stdout.take().unwrap())
-                .read_line(&mut line)
-                .unwrap();
-            (Some(child), serde_json::from_str(&line).unwrap())
-        }
-    };
+    let (mut server, creds): (Option<std::process::Child>, Value) =
+        match (arg(&args, "--target"), arg(&args, "--postgres")) {
+            (Some(file), _) => (
+                None,
+                serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap(),
+            ),
+            (None, Some(url)) => {
+                let nodes = arg(&args, "--nodes").map_or(1, |n| n.parse().unwrap());
+                let started = cluster::Cluster::start(&url, nodes, dir.path());
+                let creds = started.credentials.clone();
+                cluster = Some(started);
+                (None, creds)
+            }
+            (None, None) => {
+                let config = dir.path().join("load.toml");
+                // `--engine NAME`: the store engine of the dev server's new data
+                // directory (default: the configured default).
+                let engine = arg(&args, "--engine")
+                    .map(|e| format!("[store]\nengine = \"{e}\"\n"))
+                    .unwrap_or_default();
+                std::fs::write(&config, format!("reveals_per_hour = 1000000\n{engine}")).unwrap();
+                let mut child = Command::new(env!("CARGO_BIN_EXE_strongroom"))
+                    .args([
+                        "dev",
+                        "--json",
+                        "--listen",
+                        "127.0.0.1:0",
+                        "--config",
+                        config.to_str().unwrap(),
+                    ])
+                    .env("STRONGROOM_LOG", "warn")
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap();
+                let mut line = String::new();
+                BufReader::new(child.stdout.take().unwrap())
+                    .read_line(&mut line)
+                    .unwrap();
+                (Some(child), serde_json::from_str(&line).unwrap())
+            }
+        };
     let urls: Vec<String> = match creds["urls"].as_array() {
-        Some(urls) => urls.iter().map(|u| u.as_str().unwrap().to_owned()).collect(),
+        Some(urls) => urls
+            .iter()
+            .map(|u| u.as_str().unwrap().to_owned())
+            .collect(),
         None => vec![creds["url"].as_str().unwrap().to_owned()],
     };
     let nodes = urls.len();

@@ -46,9 +46,14 @@ impl Node {
             "--listen",
             &addr.to_string(),
         ])
+        .env(
+            "STRONGROOM_LOG",
+            std::env::var("STRONGROOM_TEST_NODE_LOG").unwrap_or("warn".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        // A file, not a pipe nobody reads while the test runs.
+        .stderr(std::fs::File::create(dir.join("node.log")).unwrap())
         .spawn()
         .unwrap();
         wait_until_listening(addr, &mut child);
@@ -63,9 +68,17 @@ impl Node {
         for index in [0, 2, 4] {
             let body = json!({ "share": init["shares"][index] }).to_string();
             let reply = http(self.addr, "POST", "/v1/sys/unseal", None, Some(&body));
-            assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+            assert_eq!(
+                reply.status,
+                200,
+                "{}",
+                String::from_utf8_lossy(&reply.body)
+            );
         }
-        assert_eq!(http(self.addr, "GET", "/v1/sys/ready", None, None).status, 200);
+        assert_eq!(
+            http(self.addr, "GET", "/v1/sys/ready", None, None).status,
+            200
+        );
     }
 
     /// `kill -9`: no shutdown work at all.
@@ -127,7 +140,11 @@ impl Cluster {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let init: Value = serde_json::from_slice(&out.stdout).unwrap();
         // The other nodes get the vault's public audit key only: their root
         // key record comes from the database.
@@ -159,16 +176,38 @@ impl Cluster {
 
     fn service(&self, name: &str, role: &str) -> String {
         let body = json!({"name": name, "kind": "service", "roles": [role]}).to_string();
-        let reply = http(self.addr(0), "POST", "/v1/principals", Some(&self.admin), Some(&body));
-        assert_eq!(reply.status, 201, "{}", String::from_utf8_lossy(&reply.body));
+        let reply = http(
+            self.addr(0),
+            "POST",
+            "/v1/principals",
+            Some(&self.admin),
+            Some(&body),
+        );
+        assert_eq!(
+            reply.status,
+            201,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
         reply.json()["api_key"].as_str().unwrap().to_owned()
     }
 
     fn staff(&self, name: &str, role: &str) {
         let body = json!({"name": name, "kind": "staff", "roles": [role], "password": PASSWORD})
             .to_string();
-        let reply = http(self.addr(0), "POST", "/v1/principals", Some(&self.admin), Some(&body));
-        assert_eq!(reply.status, 201, "{}", String::from_utf8_lossy(&reply.body));
+        let reply = http(
+            self.addr(0),
+            "POST",
+            "/v1/principals",
+            Some(&self.admin),
+            Some(&body),
+        );
+        assert_eq!(
+            reply.status,
+            201,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
     }
 
     fn login(&self, node: usize, name: &str, password: &str) -> common::HttpResponse {
@@ -193,6 +232,23 @@ impl Cluster {
     }
 }
 
+impl Drop for Cluster {
+    /// On a failure, the nodes' logs (warnings and errors) say why.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for i in 0..self.nodes.len() {
+                let log = self.dir.path().join(format!("node{i}/node.log"));
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(20).collect();
+                eprintln!(
+                    "--- node {i} log (last lines, newest first) ---\n{}",
+                    tail.join("\n")
+                );
+            }
+        }
+    }
+}
+
 fn store_card(addr: SocketAddr, key: &str) -> Option<String> {
     let body = json!({"pan": PAN, "exp_month": 12, "exp_year": 2031, "holder_name": "Ada Lovelace", "subject_ref": "user-42"}).to_string();
     let reply = common::try_http(addr, "POST", "/v1/records/card", Some(key), Some(&body)).ok()?;
@@ -201,7 +257,12 @@ fn store_card(addr: SocketAddr, key: &str) -> Option<String> {
 
 fn verify_online(addr: SocketAddr, key: &str) -> Value {
     let reply = http(addr, "GET", "/v1/audit/verify", Some(key), None);
-    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
     reply.json()
 }
 
@@ -242,7 +303,13 @@ fn writers_on_three_nodes_lose_no_acknowledged_write_when_one_is_killed_and_the_
     let ids: BTreeSet<String> = acknowledged.lock().unwrap().iter().cloned().collect();
     assert_eq!(ids.len(), acked(), "two writes were given one id");
     for (i, id) in ids.iter().enumerate() {
-        let reply = http(cluster.addr(i % 2), "GET", &format!("/v1/records/{id}"), Some(&payments), None);
+        let reply = http(
+            cluster.addr(i % 2),
+            "GET",
+            &format!("/v1/records/{id}"),
+            Some(&payments),
+            None,
+        );
         assert_eq!(reply.status, 200, "acknowledged card {id} lost");
     }
     // One chain for the cluster: every acknowledged creation is in it once.
@@ -252,7 +319,11 @@ fn writers_on_three_nodes_lose_no_acknowledged_write_when_one_is_killed_and_the_
         assert!(verified["entries"].as_u64().unwrap() >= ids.len() as u64);
     }
     let out = cluster.verify_offline();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut created = BTreeSet::new();
     let mut after = 0;
     loop {
@@ -279,7 +350,10 @@ fn writers_on_three_nodes_lose_no_acknowledged_write_when_one_is_killed_and_the_
             break;
         }
     }
-    assert!(ids.is_subset(&created), "an acknowledged write has no entry");
+    assert!(
+        ids.is_subset(&created),
+        "an acknowledged write has no entry"
+    );
     // The killed node comes back, unseals on its own and joins the chain.
     let dir2 = cluster.dir.path().join("node2");
     cluster.nodes[2] = Node::start(&dir2, &cluster.config);
@@ -295,12 +369,24 @@ fn a_token_revoked_on_one_node_is_refused_on_the_others_at_once() {
     };
     let payments = cluster.service("payments", "payment_service");
     let body = json!({"value": "secret-value", "kind": "generic", "format": "random"}).to_string();
-    let reply = http(cluster.addr(0), "POST", "/v1/tokens", Some(&payments), Some(&body));
+    let reply = http(
+        cluster.addr(0),
+        "POST",
+        "/v1/tokens",
+        Some(&payments),
+        Some(&body),
+    );
     assert_eq!(reply.status, 201);
     let token = reply.json()["token"].as_str().unwrap().to_owned();
     let detokenize = |node: usize| {
         let body = json!({"tokens": [token]}).to_string();
-        let reply = http(cluster.addr(node), "POST", "/v1/tokens/detokenize", Some(&payments), Some(&body));
+        let reply = http(
+            cluster.addr(node),
+            "POST",
+            "/v1/tokens/detokenize",
+            Some(&payments),
+            Some(&body),
+        );
         assert_eq!(reply.status, 200);
         reply.json()["results"][&token].clone()
     };
@@ -308,9 +394,16 @@ fn a_token_revoked_on_one_node_is_refused_on_the_others_at_once() {
         assert_eq!(detokenize(node)["value"], "secret-value");
     }
     let path = format!("/v1/tokens/{token}");
-    assert_eq!(http(cluster.addr(0), "DELETE", &path, Some(&payments), None).status, 204);
+    assert_eq!(
+        http(cluster.addr(0), "DELETE", &path, Some(&payments), None).status,
+        204
+    );
     for node in [1, 2, 0] {
-        assert_eq!(detokenize(node)["error"], "revoked", "node {node} still detokenizes");
+        assert_eq!(
+            detokenize(node)["error"],
+            "token_revoked",
+            "node {node} still detokenizes"
+        );
         assert!(detokenize(node).get("value").is_none());
     }
 }
@@ -327,15 +420,24 @@ fn login_lockout_and_the_reveal_quota_hold_when_attempts_are_spread_over_the_nod
     // is refused on every node.
     let wrong: Vec<u16> = std::thread::scope(|scope| {
         let attempts: Vec<_> = (0..12)
-            .map(|i| scope.spawn(move || cluster.login(i, "mallory-target", "wrong password!").status))
+            .map(|i| {
+                scope.spawn(move || cluster.login(i, "mallory-target", "wrong password!").status)
+            })
             .collect();
         attempts.into_iter().map(|a| a.join().unwrap()).collect()
     });
     let checked = wrong.iter().filter(|s| **s == 401).count();
-    assert!(checked <= 3, "{checked} wrong passwords checked past a threshold of 3: {wrong:?}");
+    assert!(
+        checked <= 3,
+        "{checked} wrong passwords checked past a threshold of 3: {wrong:?}"
+    );
     assert!(wrong.iter().all(|s| *s == 401 || *s == 429), "{wrong:?}");
     for node in 0..3 {
-        assert_eq!(cluster.login(node, "mallory-target", PASSWORD).status, 429, "node {node}");
+        assert_eq!(
+            cluster.login(node, "mallory-target", PASSWORD).status,
+            429,
+            "node {node}"
+        );
     }
 
     // The reveal quota: 4 an hour per officer, 12 reveals spread over the
@@ -353,21 +455,46 @@ fn login_lockout_and_the_reveal_quota_hold_when_attempts_are_spread_over_the_nod
         "address": {"line1": "12 St James's Square", "city": "London", "postal_code": "SW1Y 4JH", "country": "GB"},
     })
     .to_string();
-    let reply = http(cluster.addr(1), "POST", "/v1/records/kyc", Some(&payments), Some(&kyc));
-    assert_eq!(reply.status, 201, "{}", String::from_utf8_lossy(&reply.body));
-    let path = format!("/v1/records/{}/reveal", reply.json()["id"].as_str().unwrap());
-    let reveal = json!({"fields": ["date_of_birth"], "reason": "AML review", "ticket": "CASE-1"}).to_string();
+    let reply = http(
+        cluster.addr(1),
+        "POST",
+        "/v1/records/kyc",
+        Some(&payments),
+        Some(&kyc),
+    );
+    assert_eq!(
+        reply.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let path = format!(
+        "/v1/records/{}/reveal",
+        reply.json()["id"].as_str().unwrap()
+    );
+    let reveal = json!({"fields": ["date_of_birth"], "reason": "AML review", "ticket": "CASE-1"})
+        .to_string();
     let statuses: Vec<u16> = std::thread::scope(|scope| {
         let reveals: Vec<_> = (0..12)
             .map(|i| {
                 let (path, reveal, session) = (&path, &reveal, &session);
-                scope.spawn(move || http(cluster.addr(i), "POST", path, Some(session), Some(reveal)).status)
+                scope.spawn(move || {
+                    http(cluster.addr(i), "POST", path, Some(session), Some(reveal)).status
+                })
             })
             .collect();
         reveals.into_iter().map(|r| r.join().unwrap()).collect()
     });
-    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 4, "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 8, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        4,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        8,
+        "{statuses:?}"
+    );
 }
 
 #[test]
@@ -380,7 +507,13 @@ fn kek_counters_are_never_reused_across_nodes() {
     // in `GET /v1/keys` is the node's own position in the version's
     // counter, which it takes in blocks reserved in the database).
     let position = |node: usize| {
-        let reply = http(cluster.addr(node), "GET", "/v1/keys", Some(&cluster.admin), None);
+        let reply = http(
+            cluster.addr(node),
+            "GET",
+            "/v1/keys",
+            Some(&cluster.admin),
+            None,
+        );
         assert_eq!(reply.status, 200);
         let keys = reply.json()["keys"].clone();
         let active: Vec<u64> = keys
@@ -408,5 +541,9 @@ fn kek_counters_are_never_reused_across_nodes() {
     // from the same stored value, they would stand in one block and use
     // the same counter values (the same positions: 5 and 5).
     let blocks: BTreeSet<u64> = (0..3).map(|node| (position(node) - 1) / 1024).collect();
-    assert_eq!(blocks.len(), 3, "two nodes share a counter block: {blocks:?}");
+    assert_eq!(
+        blocks.len(),
+        3,
+        "two nodes share a counter block: {blocks:?}"
+    );
 }

@@ -45,7 +45,13 @@ fn sql(url: &str, statement: &str) {
 }
 
 /// One HTTP/1.1 request with `Connection: close`: status and JSON body.
-fn call(addr: SocketAddr, method: &str, path: &str, bearer: Option<&str>, body: &Value) -> (u16, Value) {
+fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: &Value,
+) -> (u16, Value) {
     let mut stream = TcpStream::connect(addr).unwrap();
     let body = body.to_string();
     let auth = bearer.map_or(String::new(), |b| format!("authorization: Bearer {b}\r\n"));
@@ -66,13 +72,19 @@ fn call(addr: SocketAddr, method: &str, path: &str, bearer: Option<&str>, body: 
 }
 
 fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 impl Cluster {
     pub fn start(url: &str, n: usize, dir: &Path) -> Self {
         let schema = format!("strongroom_load_{}", std::process::id());
-        sql(url, &format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"));
+        sql(
+            url,
+            &format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"),
+        );
         let store = in_schema(url, &schema);
         let config = dir.join("cluster.toml");
         std::fs::write(
@@ -94,7 +106,11 @@ impl Cluster {
             .stdin(Stdio::null())
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let init: Value = serde_json::from_slice(&out.stdout).unwrap();
         for i in 1..n {
             std::fs::create_dir_all(node_dir(i).join("keys")).unwrap();
@@ -109,7 +125,13 @@ impl Cluster {
         for i in 0..n {
             let addr = free_addr();
             let mut child = Command::new(BIN)
-                .args(["serve", "--config", &path(&config), "--listen", &addr.to_string()])
+                .args([
+                    "serve",
+                    "--config",
+                    &path(&config),
+                    "--listen",
+                    &addr.to_string(),
+                ])
                 .arg("--data-dir")
                 .arg(node_dir(i).join("data"))
                 .arg("--keys-dir")
@@ -139,8 +161,11 @@ impl Cluster {
             assert_eq!(status, 201, "{reply}");
             reply
         };
-        let payments = principal(json!({"name": "payments", "kind": "service", "roles": ["payment_service"]}));
-        principal(json!({"name": "officer", "kind": "staff", "roles": ["compliance_officer"], "password": PASSWORD}));
+        let payments =
+            principal(json!({"name": "payments", "kind": "service", "roles": ["payment_service"]}));
+        principal(
+            json!({"name": "officer", "kind": "staff", "roles": ["compliance_officer"], "password": PASSWORD}),
+        );
         let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
         let credentials = json!({
             "urls": urls,
@@ -162,6 +187,9 @@ impl Drop for Cluster {
             let _ = node.kill();
             let _ = node.wait();
         }
-        sql(&self.admin_url, &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema));
+        sql(
+            &self.admin_url,
+            &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema),
+        );
     }
 }

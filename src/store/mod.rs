@@ -371,7 +371,7 @@ pub trait Store: Send + Sync + 'static {
     /// embedded store has one writing process, whose caller already
     /// serialises its rounds, so the default reads the store directly and
     /// applies. A store shared by several processes (PostgreSQL) takes the
-    /// lock's row with `SELECT … FOR UPDATE`, reads inside that database
+    /// lock's row with a row lock (an `UPDATE` of it), reads inside that database
     /// transaction and commits it.
     fn apply_locked(&self, lock: &[u8], round: &mut Round<'_>) -> Result<(), StoreError> {
         let _ = lock;

@@ -701,8 +701,14 @@ impl PostgresStore {
             Err(e) if retryable(&e) => return Ok(Attempt::Retry),
             Err(e) => return Err(pg_error(&e)),
         };
+        // The lock's row is updated, not only locked: a round that had to
+        // wait for another node's would otherwise go on reading the
+        // snapshot taken before that round committed. Updated, the row
+        // makes the waiter fail at once (40001, "concurrent update") and
+        // start again with a snapshot that holds the other round, before
+        // it has built anything.
         let locked = futures_executor::block_on(txn.query_opt(
-            "SELECT name FROM strongroom_locks WHERE name = $1 FOR UPDATE",
+            "UPDATE strongroom_locks SET name = name WHERE name = $1 RETURNING name",
             &[&lock],
         ));
         match locked {
