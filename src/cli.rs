@@ -557,7 +557,16 @@ async fn serve_metrics(addr: std::net::SocketAddr, state: AppState) -> Result<()
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr} (metrics_listen): {e}"))?;
-    tracing::info!(addr = %addr, "serving metrics without credentials (metrics_listen)");
+    if addr.ip().is_loopback() {
+        tracing::info!(addr = %addr, "serving metrics without credentials (metrics_listen)");
+    } else {
+        // Whoever reaches it learns when this node is sealed and how busy
+        // each route is: keep it on a network only the scraper reaches.
+        tracing::warn!(
+            addr = %addr,
+            "serving metrics WITHOUT CREDENTIALS on a non-loopback address (metrics_listen): make sure only the scraper can reach it"
+        );
+    }
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, crate::api::metrics_listener_router(state)).await {
             tracing::error!(error = %e, "the metrics listener stopped");

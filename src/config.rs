@@ -148,7 +148,9 @@ impl StoreFileConfig {
                 "store.pool_size",
                 self.pool_size,
                 crate::store::DEFAULT_POOL_SIZE,
-                1..=1000,
+                // A round reads its tail through a second connection while its own
+                // transaction holds the first.
+                2..=1000,
             )?,
             ca_file: self.ca_file.clone(),
         }))

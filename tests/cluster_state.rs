@@ -313,7 +313,7 @@ async fn login_lockout_holds_across_nodes() {
         }
         more += 1;
     }
-    assert_eq!(checked + more, 5);
+    assert_eq!(checked + more, 5, "{counts:?}, then {more} more");
     for i in 0..3 {
         assert_eq!(login(c.node(i), "dave", PASSWORD).await.status, 429);
     }

@@ -78,7 +78,7 @@ const MAX_KEYS: usize = 10_000;
 pub const LIMIT_PREFIX: &str = "lim/";
 /// Tries of a stored reservation when other requests keep counting first;
 /// past them the request is refused (never granted without a reservation).
-const TRIES: usize = 256;
+const TRIES: usize = 32;
 /// Events kept in a stored window that only counts ([`SlidingWindow::record`]
 /// beyond the limit): the oldest go first.
 const MAX_STORED_EVENTS: usize = 4096;

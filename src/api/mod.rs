@@ -238,6 +238,9 @@ pub struct AppInner {
     /// Places for readiness and scrape reads of the store (see
     /// `sys::probe_store`).
     store_probes: Arc<tokio::sync::Semaphore>,
+    /// When the last readiness probe of the store answered, and whether it
+    /// was ready (see `sys::ready`).
+    last_probe: std::sync::Mutex<Option<(std::time::Instant, bool)>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -341,6 +344,7 @@ impl AppState {
                 Arc::clone(&store),
             ),
             store_probes: Arc::new(tokio::sync::Semaphore::new(sys::STORE_PROBES)),
+            last_probe: std::sync::Mutex::new(None),
             // Last: the windows above share it.
             store,
             settings,

@@ -650,14 +650,11 @@ impl AuditLog {
             // store's callback speaks only `StoreError`.
             let mut built = None;
             let mut failed = None;
-            let applied = self
-                .0
-                .store
-                .apply_locked(HEAD_KEY, &mut |reads| match self.build_round(
-                    reads,
-                    jobs,
-                    signer.as_deref(),
-                ) {
+            let applied = self.0.store.apply_locked(HEAD_KEY, &mut |reads| {
+                // A shared store runs this again when its transaction
+                // lost a race: only the last run's outcome counts.
+                (built, failed) = (None, None);
+                match self.build_round(reads, jobs, signer.as_deref()) {
                     Ok((tx, round)) => {
                         built = Some(round);
                         Ok(tx)
@@ -666,7 +663,8 @@ impl AuditLog {
                         failed = Some(e);
                         Err(StoreError::Backend("the audit round was not built".into()))
                     }
-                });
+                }
+            });
             if let Some(e) = failed {
                 return Err(e);
             }

@@ -127,13 +127,13 @@ pub fn redact_url(url: &str) -> String {
     let mut out = url.to_owned();
     if let Some(scheme_end) = out.find("://") {
         let rest_start = scheme_end + 3;
-        let authority_end = out
-            .get(rest_start..)
-            .and_then(|rest| rest.find(['/', '?']))
-            .map_or(out.len(), |i| rest_start + i);
-        if let Some(authority) = out.get(rest_start..authority_end)
-            && let Some(at) = authority.rfind('@')
-            && let Some(colon) = authority.get(..at).and_then(|user| user.find(':'))
+        // tokio-postgres takes the user information up to the first `@`
+        // anywhere after the scheme (a password may hold `/` or `?`), so
+        // the password is whatever lies between the first `:` and it.
+        if let Some(at) = out.get(rest_start..).and_then(|rest| rest.find('@'))
+            && let Some(colon) = out
+                .get(rest_start..rest_start + at)
+                .and_then(|user| user.find(':'))
         {
             out.replace_range(rest_start + colon + 1..rest_start + at, "***");
         }
@@ -143,15 +143,38 @@ pub fn redact_url(url: &str) -> String {
         let params: Vec<String> = query
             .split('&')
             .map(|param| match param.split_once('=') {
-                Some((name, _)) if name.eq_ignore_ascii_case("password") => {
-                    format!("{name}=***")
-                }
+                // The key as the client reads it: percent-decoded.
+                Some((name, _)) if is_password_key(name) => format!("{name}=***"),
                 _ => param.to_owned(),
             })
             .collect();
         out = format!("{head}{}", params.join("&"));
     }
     out
+}
+
+/// Whether a URL parameter's key, once percent-decoded, is `password`.
+fn is_password_key(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b, hex) {
+            (b'%', Some(byte)) => {
+                decoded.push(byte);
+                i += 3;
+            }
+            _ => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+    }
+    decoded.eq_ignore_ascii_case(b"password")
 }
 
 /// What [`PostgresStore::migrate`] did.
@@ -488,6 +511,9 @@ impl PostgresStore {
             config.connect_timeout(Duration::from_secs(10));
         }
         config.application_name("strongroom");
+        // Never a standby: a replica lagging behind would answer reads
+        // with state the primary has already changed (a revoked token).
+        config.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
 
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -932,8 +958,12 @@ impl Store for PostgresStore {
             let txn = futures_executor::block_on(
                 client
                     .build_transaction()
-                    .isolation_level(IsolationLevel::RepeatableRead)
+                    // SERIALIZABLE READ ONLY DEFERRABLE: waits for a
+                    // snapshot no serialisation anomaly can touch, so the
+                    // backup is a state some serial order really had.
+                    .isolation_level(IsolationLevel::Serializable)
                     .read_only(true)
+                    .deferrable(true)
                     .start(),
             )
             .map_err(|e| pg_error(&e))?;
@@ -993,6 +1023,16 @@ mod tests {
         assert_eq!(
             redact_url("postgres://app@127.0.0.1/test"),
             "postgres://app@127.0.0.1/test"
+        );
+        // A password holding `/`, `?` or `:`, as generated ones do, and a
+        // percent-encoded parameter key.
+        assert_eq!(
+            redact_url("postgres://app:ab/c?d:e@db/vault"),
+            "postgres://app:***@db/vault"
+        );
+        assert_eq!(
+            redact_url("postgres://db/vault?pass%77ord=s3cret&user=app"),
+            "postgres://db/vault?pass%77ord=***&user=app"
         );
         let settings = PostgresSettings::new("postgres://a:pw@h/d");
         assert!(!format!("{settings:?}").contains("pw"));
