@@ -1473,8 +1473,11 @@ async fn no_cvc_reaches_the_store_the_audit_log_or_the_logs() {
         .collect();
     for (key, value) in &after {
         if before.get(key) != Some(value) {
+            // The audit entries, and the shared rate windows of the collect
+            // limits (issue 12): event times only, 8 bytes each.
+            let window = key.starts_with(b"lim/collect_") && value.len() % 8 == 0;
             assert!(
-                key.starts_with(b"au/"),
+                key.starts_with(b"au/") || window,
                 "a CVC attach wrote {}",
                 String::from_utf8_lossy(key)
             );
