@@ -696,19 +696,9 @@ impl PostgresStore {
                 .isolation_level(IsolationLevel::Serializable)
                 .start()
                 .await?;
-            if !check_and_write(&txn, tx).await? {
-                txn.rollback().await?;
-                return Ok(false);
-            }
-            txn.commit().await?;
-            Ok(true)
+            finish(txn, tx).await
         });
-        match outcome {
-            Ok(true) => Ok(Attempt::Committed),
-            Ok(false) => Ok(Attempt::PreconditionFailed),
-            Err(e) if retryable(&e) => Ok(Attempt::Retry),
-            Err(e) => Err(pg_error(&e)),
-        }
+        attempt_of(outcome)
     }
 
     fn locked_once(
@@ -759,20 +749,7 @@ impl PostgresStore {
         let Some(tx) = built? else {
             return Ok(Attempt::Committed);
         };
-        let outcome = futures_executor::block_on(async {
-            if !check_and_write(&txn, &tx).await? {
-                txn.rollback().await?;
-                return Ok(false);
-            }
-            txn.commit().await?;
-            Ok(true)
-        });
-        match outcome {
-            Ok(true) => Ok(Attempt::Committed),
-            Ok(false) => Ok(Attempt::PreconditionFailed),
-            Err(e) if retryable(&e) => Ok(Attempt::Retry),
-            Err(e) => Err(pg_error(&e)),
-        }
+        attempt_of(futures_executor::block_on(finish(txn, &tx)))
     }
 
     /// Runs `attempt` until it commits or fails for a reason other than a
@@ -797,6 +774,30 @@ impl PostgresStore {
                 "postgres: the transaction lost {MAX_ATTEMPTS} serialization races in a row"
             )))
         })
+    }
+}
+
+/// Checks `tx`'s preconditions inside `txn`, then writes and commits, or
+/// rolls back: whether it committed.
+async fn finish(
+    txn: deadpool_postgres::Transaction<'_>,
+    tx: &Transaction,
+) -> Result<bool, tokio_postgres::Error> {
+    if !check_and_write(&txn, tx).await? {
+        txn.rollback().await?;
+        return Ok(false);
+    }
+    txn.commit().await?;
+    Ok(true)
+}
+
+/// What one transaction's outcome means for [`PostgresStore::retrying`].
+fn attempt_of(outcome: Result<bool, tokio_postgres::Error>) -> Result<Attempt, StoreError> {
+    match outcome {
+        Ok(true) => Ok(Attempt::Committed),
+        Ok(false) => Ok(Attempt::PreconditionFailed),
+        Err(e) if retryable(&e) => Ok(Attempt::Retry),
+        Err(e) => Err(pg_error(&e)),
     }
 }
 
