@@ -180,14 +180,14 @@ impl Cluster {
         self.nodes[i % self.nodes.len()].addr
     }
 
-    fn service(&self, name: &str, role: &str) -> String {
-        let body = json!({"name": name, "kind": "service", "roles": [role]}).to_string();
+    /// `POST /v1/principals` with `body` as the admin, through node 0.
+    fn create_principal(&self, body: Value) -> Value {
         let reply = http(
             self.addr(0),
             "POST",
             "/v1/principals",
             Some(&self.admin),
-            Some(&body),
+            Some(&body.to_string()),
         );
         assert_eq!(
             reply.status,
@@ -195,24 +195,18 @@ impl Cluster {
             "{}",
             String::from_utf8_lossy(&reply.body)
         );
-        reply.json()["api_key"].as_str().unwrap().to_owned()
+        reply.json()
+    }
+
+    fn service(&self, name: &str, role: &str) -> String {
+        let created =
+            self.create_principal(json!({"name": name, "kind": "service", "roles": [role]}));
+        created["api_key"].as_str().unwrap().to_owned()
     }
 
     fn staff(&self, name: &str, role: &str) {
-        let body = json!({"name": name, "kind": "staff", "roles": [role], "password": PASSWORD})
-            .to_string();
-        let reply = http(
-            self.addr(0),
-            "POST",
-            "/v1/principals",
-            Some(&self.admin),
-            Some(&body),
-        );
-        assert_eq!(
-            reply.status,
-            201,
-            "{}",
-            String::from_utf8_lossy(&reply.body)
+        self.create_principal(
+            json!({"name": name, "kind": "staff", "roles": [role], "password": PASSWORD}),
         );
     }
 
