@@ -428,6 +428,8 @@ fn app_settings(config: &Config) -> AppSettings {
         // A PostgreSQL store has no data directory: a backup spools in the
         // system's temporary directory (docs/operations.md, "PostgreSQL store").
         data_dir: config.postgres.is_none().then(|| config.data_dir.clone()),
+        // Only dev serves plain HTTP (it forgets any [tls] section).
+        console_secure_cookie: config.tls != TlsSettings::Unset,
         ..AppSettings::default()
     }
 }
@@ -679,6 +681,7 @@ fn dev(args: DevArgs) -> Result<(), String> {
     }
     if config.tls != TlsSettings::Unset {
         tracing::info!("dev serves plain HTTP on loopback; the [tls] section is ignored");
+        config.tls = TlsSettings::Unset;
     }
     // Test processors run on this machine: dev lets the relay reach
     // loopback and private addresses, and says so (docs/payment-path.md).
@@ -710,9 +713,13 @@ fn dev(args: DevArgs) -> Result<(), String> {
     let payment_key = service("payments", Role::PaymentService)?;
     let auditor_key = service("auditor", Role::Auditor)?;
     let mut staff = serde_json::Map::new();
+    // Staff sign in to the console; the auditor and admin logins are
+    // people beside the API keys above (an API key cannot use the console).
     for (name, role) in [
         ("officer", Role::ComplianceOfficer),
         ("approver", Role::ComplianceApprover),
+        ("audit-staff", Role::Auditor),
+        ("admin-staff", Role::Admin),
     ] {
         let password = Zeroizing::new(hex::encode(
             crate::crypto::random_array::<16>().map_err(|e| e.to_string())?,
@@ -742,6 +749,7 @@ fn dev(args: DevArgs) -> Result<(), String> {
                 "payment_service_api_key": payment_key.as_str(),
                 "auditor_api_key": auditor_key.as_str(),
                 "staff": staff,
+                "console_url": format!("{url}/console"),
                 "unseal_passphrase": passphrase.as_str(),
             });
             writeln!(out, "{value}")
@@ -753,15 +761,16 @@ fn dev(args: DevArgs) -> Result<(), String> {
                  Second admin API key:    {} (approves relay routes)\n\
                  Payment service API key: {}\n\
                  Auditor API key:         {}\n\
-                 Staff logins:            {}\n\
                  Unseal passphrase:       {}\n\
+                 Console:                 {url}/console\n\
+                 Staff logins (console):\n{}\
                  Try: curl {url}/v1/sys/health",
                 admin_key.as_str(),
                 second_admin_key.as_str(),
                 payment_key.as_str(),
                 auditor_key.as_str(),
-                serde_json::Value::Object(staff.clone()),
-                passphrase.as_str()
+                passphrase.as_str(),
+                staff_lines(&staff),
             )
         };
         written
@@ -770,6 +779,24 @@ fn dev(args: DevArgs) -> Result<(), String> {
         drop(out);
         serve_until_signal(listener, None, state, signal).await
     })
+}
+
+fn at<'a>(value: &'a serde_json::Value, key: &str) -> &'a serde_json::Value {
+    value.get(key).unwrap_or(&serde_json::Value::Null)
+}
+
+/// The dev staff logins, one per line: role, username, password.
+fn staff_lines(staff: &serde_json::Map<String, serde_json::Value>) -> String {
+    staff
+        .values()
+        .map(|login| {
+            format!(
+                "  {:<12} password {}\n",
+                at(login, "username").as_str().unwrap_or_default(),
+                at(login, "password").as_str().unwrap_or_default()
+            )
+        })
+        .collect()
 }
 
 fn report(result: &Verification) -> Result<(), String> {

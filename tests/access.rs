@@ -215,6 +215,7 @@ async fn sample(
                 json!({"record_id": stored_card(app, owner).await.0, "fields": ["pan"], "reason": "matrix", "ticket": "CASE-1"}),
             ),
         ),
+        Operation::AccessRequestList => ("GET", "/v1/access-requests".into(), None),
         Operation::AccessRequestApprove | Operation::AccessRequestDeny => {
             let (id, _) = stored_card(app, &fx.payments).await;
             let body =

@@ -26,6 +26,13 @@ fn run(args: &[&str]) -> Output {
     strongroom(args).stdin(Stdio::null()).output().unwrap()
 }
 
+/// Runs the CLI, asserts that it failed, and returns what it wrote to stderr.
+fn refused(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// A server of the vault in `dir` whose stderr `terminate` returns.
 fn serve(dir: &Path) -> (Child, SocketAddr) {
     process::serve(dir, Stdio::piped())
@@ -643,9 +650,7 @@ fn migrate_creates_the_postgres_schema_once_and_says_what_it_did() {
     assert!(text.contains("nothing to do"), "{text}");
     // The schema is there, the vault is not: serve-side offline commands
     // say so rather than creating one.
-    let verify = run(&["audit", "verify", "--config", config]);
-    assert!(!verify.status.success());
-    let err = String::from_utf8_lossy(&verify.stderr);
+    let err = refused(&["audit", "verify", "--config", config]);
     assert!(err.contains("no Strongroom vault"), "{err}");
 }
 
@@ -654,9 +659,7 @@ fn migrate_refuses_an_embedded_store() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("embedded.toml");
     std::fs::write(&config, "[store]\nengine = \"fjall\"\n").unwrap();
-    let out = run(&["migrate", "--config", config.to_str().unwrap()]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(&["migrate", "--config", config.to_str().unwrap()]);
     assert!(err.contains("embedded"), "{err}");
 }
 
@@ -668,9 +671,7 @@ fn offline_audit_verify_creates_no_postgres_schema() {
     let dir = tempfile::tempdir().unwrap();
     let config = postgres_config(dir.path(), schema.url());
     for _ in 0..2 {
-        let out = run(&["audit", "verify", "--config", config.to_str().unwrap()]);
-        assert!(!out.status.success());
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = refused(&["audit", "verify", "--config", config.to_str().unwrap()]);
         assert!(err.contains("strongroom migrate"), "{err}");
     }
 }

@@ -618,12 +618,7 @@ fn a_shares_vault_reopened_from_disk_unseals() {
         .unwrap();
         assert!(reopened.is_sealed());
         let record = seal(&vault, Purpose::Card, &ctx("card_r"), b"reopened");
-        if vault.shares.is_empty() {
-            reopened.unseal(passphrase(PASSPHRASE)).unwrap();
-        } else {
-            reopened.unseal(share(&vault.shares[2])).unwrap();
-            reopened.unseal(share(&vault.shares[0])).unwrap();
-        }
+        unseal_with(&vault, &reopened, [2, 0]);
         assert!(!reopened.is_sealed());
         assert_eq!(
             &reopened
@@ -631,6 +626,18 @@ fn a_shares_vault_reopened_from_disk_unseals() {
                 .unwrap()[..],
             b"reopened"
         );
+    }
+}
+
+/// Unseals `keyring` with the vault's passphrase, or with the two shares
+/// named by `shares` when the vault was made with shares.
+fn unseal_with(vault: &TestVault, keyring: &strongroom::keyring::Keyring, shares: [usize; 2]) {
+    if vault.shares.is_empty() {
+        keyring.unseal(passphrase(PASSPHRASE)).unwrap();
+    } else {
+        for i in shares {
+            keyring.unseal(share(&vault.shares[i])).unwrap();
+        }
     }
 }
 
@@ -788,12 +795,7 @@ fn a_node_with_only_audit_pub_unseals_from_the_stored_root_record() {
         let other = node(&vault, keys.path()).unwrap();
         assert!(other.is_sealed());
         let record = seal(&vault, Purpose::Kyc, &ctx("kyc_n"), b"from node A");
-        if vault.shares.is_empty() {
-            other.unseal(passphrase(PASSPHRASE)).unwrap();
-        } else {
-            other.unseal(share(&vault.shares[1])).unwrap();
-            other.unseal(share(&vault.shares[2])).unwrap();
-        }
+        unseal_with(&vault, &other, [1, 2]);
         assert!(!other.is_sealed());
         assert_eq!(
             &other

@@ -124,26 +124,30 @@ mod suite {
         std::thread::scope(|s| {
             for _ in 0..8 {
                 let store = &store;
-                s.spawn(move || {
-                    for _ in 0..25 {
-                        loop {
-                            let current = store.get(b"counter").unwrap().unwrap();
-                            let n = u64::from_be_bytes(current.clone().try_into().unwrap());
-                            let tx = Transaction::new()
-                                .expect(b"counter".to_vec(), Some(current))
-                                .put(b"counter".to_vec(), (n + 1).to_be_bytes().to_vec());
-                            match store.commit(tx) {
-                                Ok(()) => break,
-                                Err(StoreError::Conflict) => continue,
-                                Err(e) => panic!("{e}"),
-                            }
-                        }
-                    }
-                });
+                s.spawn(move || increment_by_compare_and_swap(store.as_ref(), 25));
             }
         });
         let n = u64::from_be_bytes(store.get(b"counter").unwrap().unwrap().try_into().unwrap());
         assert_eq!(n, 200);
+    }
+
+    /// Adds one to the big-endian `counter` key `times` times, each by a
+    /// compare-and-swap retried until it commits.
+    pub fn increment_by_compare_and_swap(store: &dyn Store, times: usize) {
+        for _ in 0..times {
+            loop {
+                let current = store.get(b"counter").unwrap().unwrap();
+                let n = u64::from_be_bytes(current.clone().try_into().unwrap());
+                let tx = Transaction::new()
+                    .expect(b"counter".to_vec(), Some(current))
+                    .put(b"counter".to_vec(), (n + 1).to_be_bytes().to_vec());
+                match store.commit(tx) {
+                    Ok(()) => break,
+                    Err(StoreError::Conflict) => continue,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
     }
 
     pub fn applied_writes_are_visible_and_flush_makes_them_durable(open: Open) {
@@ -608,22 +612,7 @@ mod postgres_cluster {
         std::thread::scope(|s| {
             for t in 0..6 {
                 let store = &nodes[t % 2];
-                s.spawn(move || {
-                    for _ in 0..20 {
-                        loop {
-                            let current = store.get(b"counter").unwrap().unwrap();
-                            let n = u64::from_be_bytes(current.clone().try_into().unwrap());
-                            let tx = Transaction::new()
-                                .expect(b"counter".to_vec(), Some(current))
-                                .put(b"counter".to_vec(), (n + 1).to_be_bytes().to_vec());
-                            match store.commit(tx) {
-                                Ok(()) => break,
-                                Err(StoreError::Conflict) => continue,
-                                Err(e) => panic!("{e}"),
-                            }
-                        }
-                    }
-                });
+                s.spawn(move || super::suite::increment_by_compare_and_swap(store, 20));
             }
         });
         assert_eq!(counter(&nodes[1], b"counter"), 120);

@@ -85,6 +85,7 @@ pub enum Operation {
     RecordReveal,
     RecordSearch,
     AccessRequestCreate,
+    AccessRequestList,
     AccessRequestApprove,
     AccessRequestDeny,
     TokenCreate,
@@ -100,7 +101,7 @@ pub enum Operation {
 }
 
 impl Operation {
-    pub const ALL: [Operation; 31] = [
+    pub const ALL: [Operation; 32] = [
         Operation::SysSeal,
         Operation::SysBackup,
         Operation::SysMetrics,
@@ -120,6 +121,7 @@ impl Operation {
         Operation::RecordReveal,
         Operation::RecordSearch,
         Operation::AccessRequestCreate,
+        Operation::AccessRequestList,
         Operation::AccessRequestApprove,
         Operation::AccessRequestDeny,
         Operation::TokenCreate,
@@ -154,6 +156,7 @@ impl Operation {
             Operation::RecordReveal => "record.reveal",
             Operation::RecordSearch => "record.search",
             Operation::AccessRequestCreate => "access.request",
+            Operation::AccessRequestList => "access.list",
             Operation::AccessRequestApprove => "access.approve",
             Operation::AccessRequestDeny => "access.deny",
             Operation::TokenCreate => "token.create",
@@ -202,7 +205,11 @@ pub fn allows(role: Role, op: Operation) -> bool {
         }
         O::RecordErase | O::TokenRevoke => matches!(role, R::PaymentService | R::Admin),
         O::RecordReveal | O::RecordSearch | O::AccessRequestCreate => role == R::ComplianceOfficer,
-        O::AccessRequestApprove | O::AccessRequestDeny => role == R::ComplianceApprover,
+        // The approvers' queue: pending requests with their reasons and
+        // tickets, no record data.
+        O::AccessRequestList | O::AccessRequestApprove | O::AccessRequestDeny => {
+            role == R::ComplianceApprover
+        }
         // Where card data may go is decided by admins (two of them: the
         // approver must be another admin, checked by the handler); the
         // route list holds no record data, so auditors may read it.

@@ -19,6 +19,8 @@ use crate::store::{Store, Transaction};
 
 const REQUEST_PREFIX: &str = "ar/";
 const BY_REQUESTER_PREFIX: &str = "arx/";
+/// Pending requests, by id: the approvers' queue. Removed on decision.
+const PENDING_PREFIX: &str = "arp/";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -90,6 +92,10 @@ fn key(id: &str) -> String {
     format!("{REQUEST_PREFIX}{id}")
 }
 
+fn pending_key(id: &str) -> String {
+    format!("{PENDING_PREFIX}{id}")
+}
+
 fn seal(state: &StateKey, request: &AccessRequest) -> Result<Vec<u8>, AccessError> {
     Ok(state.seal_json(key(&request.id).as_bytes(), request)?)
 }
@@ -137,8 +143,28 @@ impl AccessRequests {
         let sealed = seal(&*self.keyring.keys()?.state_key()?, &request)?;
         let tx = Transaction::new()
             .put(key(&request.id), sealed)
-            .put(index, Vec::new());
+            .put(index, Vec::new())
+            .put(pending_key(&request.id), Vec::new());
         Ok((request, tx))
+    }
+
+    /// Pending requests, oldest first, at most `limit` of them: the
+    /// approvers' queue. Each is read and checked like any other request.
+    pub fn pending(&self, limit: usize) -> Result<Vec<AccessRequest>, AccessError> {
+        let page = self.store.scan(PENDING_PREFIX.as_bytes(), None, limit)?;
+        let mut out = Vec::with_capacity(page.len());
+        for (index_key, _) in page {
+            let id = index_key
+                .get(PENDING_PREFIX.len()..)
+                .and_then(|id| std::str::from_utf8(id).ok())
+                .ok_or(AccessError::Corrupt)?;
+            let request = self.get(id)?.ok_or(AccessError::Corrupt)?;
+            if request.status == RequestStatus::Pending {
+                out.push(request);
+            }
+        }
+        out.sort_by_key(|r| r.created_at);
+        Ok(out)
     }
 
     pub fn get(&self, id: &str) -> Result<Option<AccessRequest>, AccessError> {
@@ -190,7 +216,8 @@ impl AccessRequests {
         let sealed = seal(&*self.keyring.keys()?.state_key()?, &decided)?;
         let tx = Transaction::new()
             .expect(key(id), Some(stored))
-            .put(key(id), sealed);
+            .put(key(id), sealed)
+            .delete(pending_key(id));
         Ok(Ok((decided, tx)))
     }
 

@@ -542,3 +542,78 @@ pub async fn deny(
 ) -> Result<Json<AccessRequestState>, ApiError> {
     decide(state, ctx, caller, id, false).await
 }
+
+/// One pending request in the approvers' queue.
+#[derive(Serialize, ToSchema)]
+pub struct PendingAccessRequest {
+    pub id: String,
+    pub record_id: String,
+    pub fields: Vec<String>,
+    /// The requesting officer's principal id: a request is never decided
+    /// by its requester.
+    pub requester: String,
+    pub reason: String,
+    pub ticket: String,
+    pub status: RequestStatus,
+    pub created_at: String,
+}
+
+/// What `list_access_requests` answers.
+#[derive(Serialize, ToSchema)]
+pub struct AccessRequestQueue {
+    pub requests: Vec<PendingAccessRequest>,
+}
+
+/// How many pending requests the queue shows at most.
+pub const QUEUE_LIMIT: usize = 200;
+
+/// The approvers' queue: pending requests (at most 200), oldest first,
+/// with who asked, for which record and fields, why, and under which
+/// ticket. No record data. Audited as `access.list`.
+#[utoipa::path(get, path = "/v1/access-requests", tag = "compliance", operation_id = "list_access_requests",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Pending requests, oldest first", body = AccessRequestQueue),
+        (status = 403, description = "`forbidden`: not an approver", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list_access_requests(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    caller: Caller,
+) -> Result<Json<AccessRequestQueue>, ApiError> {
+    state
+        .authorize(&caller, Operation::AccessRequestList, &ctx)
+        .await?;
+    let pending = {
+        let state = state.clone();
+        tokio::task::spawn_blocking(move || state.access_requests.pending(QUEUE_LIMIT))
+            .await
+            .map_err(|_| ApiError::Internal)??
+    };
+    state
+        .record(AuditEvent {
+            reason: Some(format!("{} pending", pending.len())),
+            ..ctx.event(
+                &caller.principal().id,
+                Operation::AccessRequestList.action(),
+                Outcome::Allowed,
+            )
+        })
+        .await?;
+    let requests = pending
+        .into_iter()
+        .map(|r| PendingAccessRequest {
+            created_at: time::OffsetDateTime::from_unix_timestamp(r.created_at)
+                .map(crate::clock::rfc3339)
+                .unwrap_or_default(),
+            id: r.id,
+            record_id: r.record_id,
+            fields: r.fields,
+            requester: r.requester,
+            reason: r.reason,
+            ticket: r.ticket,
+            status: r.status,
+        })
+        .collect();
+    Ok(Json(AccessRequestQueue { requests }))
+}

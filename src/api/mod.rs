@@ -84,6 +84,10 @@ pub struct AppSettings {
     /// (an unnamed file) and whose engine it names. `None` (tests): the
     /// system's temporary directory, engine unnamed.
     pub data_dir: Option<std::path::PathBuf>,
+    /// Whether the console's cookies say `Secure`: always, except on the
+    /// plain-HTTP `dev` server (a TLS-terminating proxy in front of
+    /// `serve` still gives the browser HTTPS).
+    pub console_secure_cookie: bool,
 }
 
 impl Default for AppSettings {
@@ -108,6 +112,7 @@ impl Default for AppSettings {
             collect: crate::config::CollectSettings::default(),
             relay: crate::relay::upstream::RelaySettings::default(),
             data_dir: None,
+            console_secure_cookie: true,
         }
     }
 }
@@ -612,7 +617,7 @@ fn new_request_id() -> String {
 /// Echoes a well-formed `x-request-id` or makes one, and logs the request
 /// by method, status and time only (paths may carry tokens; bodies never
 /// reach the log).
-async fn request_id(mut req: Request, next: Next) -> Response {
+pub(crate) async fn request_id(mut req: Request, next: Next) -> Response {
     let id = req
         .headers()
         .get(&REQUEST_ID)
@@ -651,8 +656,15 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
-/// The whole API.
+/// The whole server: the API, and the console at `/console`, which calls
+/// the API in process.
 pub fn router(state: AppState) -> Router {
+    let api = api_router(state.clone());
+    api.clone().merge(crate::console::router(state, api))
+}
+
+/// The API alone.
+fn api_router(state: AppState) -> Router {
     let body_limit = state.settings.body_limit_bytes;
     Router::new()
         .route("/v1/sys/health", get(sys::health))
@@ -690,7 +702,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/records/{id}/reveal", post(compliance::reveal))
         .route("/v1/records/{id}/cvc", post(collect::attach_cvc))
         .route("/v1/search", post(compliance::search))
-        .route("/v1/access-requests", post(compliance::request_access))
+        .route(
+            "/v1/access-requests",
+            post(compliance::request_access).get(compliance::list_access_requests),
+        )
         .route(
             "/v1/access-requests/{id}/approve",
             post(compliance::approve),

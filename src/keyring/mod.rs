@@ -163,6 +163,8 @@ struct Subkeys {
     state: Key256,
     /// The Argon2id secret of staff password hashes.
     password_pepper: Key256,
+    /// Binds the console's CSRF tokens to their sessions.
+    console: Key256,
 }
 
 /// How many operations are using keys of one set; seal waits for zero.
@@ -251,6 +253,7 @@ impl UnsealedKeys {
                 credential: derive_key(root, "strongroom/v1/credential"),
                 state: derive_key(root, "strongroom/v1/state-mac"),
                 password_pepper: derive_key(root, "strongroom/v1/password-pepper"),
+                console: derive_key(root, "strongroom/v1/console-csrf"),
             })),
             keks: Mutex::new(Some(keks)),
             uses: UseCount::default(),
@@ -293,6 +296,11 @@ impl UnsealedKeys {
     /// Key for HMACs of API keys and session tokens at rest.
     pub fn credential_key(&self) -> Result<KeyInUse<'_, HmacKey>, KeyringError> {
         self.key_in_use(|s| Ok(HmacKey::new(&s.credential)))
+    }
+
+    /// Key of the console's CSRF tokens (HMAC-SHA256 of the session).
+    pub fn console_key(&self) -> Result<KeyInUse<'_, HmacKey>, KeyringError> {
+        self.key_in_use(|s| Ok(HmacKey::new(&s.console)))
     }
 
     /// Key that authenticates stored security state (see [`StateKey`]).
