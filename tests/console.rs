@@ -679,3 +679,195 @@ async fn the_audit_page_filters_pages_and_exports_through_the_api() {
         verify.html
     );
 }
+
+/// HTTP/2 carries the authority in `:authority`, and browsers send no
+/// `Host` header: the origin check must read the request's own authority.
+#[tokio::test]
+async fn posts_over_http2_without_a_host_header_are_the_consoles_own() {
+    let s = setup().await;
+    let mut browser = Browser::new(&s.app);
+    let form = browser.get("/console/sign-in").await;
+    let body = serde_urlencoded::to_string([
+        (CSRF_FIELD, form.csrf().as_str()),
+        ("username", "audrey"),
+        ("password", PASSWORD),
+    ])
+    .unwrap();
+    let mut request = Request::builder()
+        .method("POST")
+        .uri("https://vault.test/console/sign-in")
+        .version(axum::http::Version::HTTP_2)
+        .header("origin", "https://vault.test")
+        .header("sec-fetch-site", "same-origin")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header(
+            "cookie",
+            format!("{LOGIN_COOKIE}={}", browser.cookie(LOGIN_COOKIE).unwrap()),
+        )
+        .body(Body::from(body))
+        .unwrap();
+    request
+        .extensions_mut()
+        .insert(ConnectInfo(SocketAddr::new(CLIENT.parse().unwrap(), 40000)));
+    let reply = common::send_request(&s.app, request).await;
+    assert_eq!(reply.status, 303, "{}", reply.body);
+    // Another authority in the Origin is still another origin.
+    let mut foreign = Request::builder()
+        .method("POST")
+        .uri("https://vault.test/console/sign-in")
+        .header("origin", "https://vault.test.evil.example")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from("csrf=x"))
+        .unwrap();
+    foreign
+        .extensions_mut()
+        .insert(ConnectInfo(SocketAddr::new(CLIENT.parse().unwrap(), 40000)));
+    assert_eq!(common::send_request(&s.app, foreign).await.status, 403);
+}
+
+/// A page of another origin on the same site (a sibling subdomain, another
+/// port) gets the `SameSite=Strict` cookie sent: an image tag there must
+/// not make an audited read in the officer's name.
+#[tokio::test]
+async fn requests_a_browser_marks_as_from_another_site_are_refused_even_gets() {
+    let s = setup().await;
+    let mut officer = Browser::new(&s.app);
+    officer.sign_in("olivia", PASSWORD).await;
+    let reads_before = entries_of(&s.vault, "record.read").len();
+    let path = format!("/console/records/{}", s.card_id);
+    for site in ["same-site", "cross-site"] {
+        let page = officer
+            .send("GET", &path, None, &[("sec-fetch-site", site)])
+            .await;
+        assert_eq!(page.status, 403, "{site}");
+        assert!(!page.html.contains("id=\"masked\""));
+    }
+    assert_eq!(entries_of(&s.vault, "record.read").len(), reads_before);
+    // Typed into the address bar, or followed from the console itself.
+    for site in ["none", "same-origin"] {
+        let page = officer
+            .send("GET", &path, None, &[("sec-fetch-site", site)])
+            .await;
+        assert_eq!(page.status, 200, "{site}");
+    }
+}
+
+#[tokio::test]
+async fn two_session_cookies_are_no_session() {
+    let s = setup().await;
+    let mut browser = Browser::new(&s.app);
+    browser.sign_in("audrey", PASSWORD).await;
+    let mut planter = Browser::new(&s.app);
+    planter.sign_in("adam", PASSWORD).await;
+    let planted = planter.cookie(SESSION_COOKIE).unwrap().to_owned();
+    browser.cookies.push((SESSION_COOKIE.into(), planted));
+    let page = browser.get("/console/audit").await;
+    assert_eq!(page.status, 401);
+    assert!(!page.html.contains("id=\"entries\""));
+}
+
+/// The approvers' queue is the oldest pending requests, oldest first.
+#[tokio::test]
+async fn the_queue_lists_the_oldest_requests_first() {
+    let clock = std::sync::Arc::new(strongroom::clock::ManualClock::new(
+        time::OffsetDateTime::now_utc(),
+    ));
+    let vault = new_vault_with(
+        SealMethod::Passphrase(Zeroizing::new(common::PASSPHRASE.into())),
+        fast_settings(),
+        clock.clone(),
+        test_settings(),
+    );
+    vault.staff("olivia", Role::ComplianceOfficer, PASSWORD);
+    vault.staff("abel", Role::ComplianceApprover, PASSWORD);
+    let payments = vault.service("payments", Role::PaymentService);
+    let app = vault.app();
+    let login = |name: &'static str| {
+        let app = app.clone();
+        async move {
+            let reply = call(
+                &app,
+                "POST",
+                "/v1/auth/login",
+                None,
+                Some(serde_json::json!({"username": name, "password": PASSWORD})),
+            )
+            .await;
+            reply.body["token"].as_str().unwrap().to_owned()
+        }
+    };
+    let officer = login("olivia").await;
+    let approver = login("abel").await;
+    let mut made = Vec::new();
+    for i in 0..6 {
+        let card = call(
+            &app,
+            "POST",
+            "/v1/records/card",
+            Some(&payments),
+            Some(serde_json::json!({"pan": "4242 4242 4242 4242", "exp_month": 12, "exp_year": 2030, "holder_name": "Ada Lovelace", "subject_ref": format!("user-{i}")})),
+        )
+        .await;
+        let request = call(
+            &app,
+            "POST",
+            "/v1/access-requests",
+            Some(&officer),
+            Some(serde_json::json!({"record_id": card.body["id"], "fields": ["pan"], "reason": "review", "ticket": format!("CASE-{i}")})),
+        )
+        .await;
+        assert_eq!(request.status, 201, "{}", request.body);
+        made.push(request.body["id"].as_str().unwrap().to_owned());
+        clock.advance(time::Duration::seconds(5));
+    }
+    let queue = call(&app, "GET", "/v1/access-requests", Some(&approver), None).await;
+    assert_eq!(queue.status, 200);
+    let listed: Vec<String> = queue.body["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(listed, made);
+    // Past the queue's limit, the oldest are the ones listed.
+    let oldest: Vec<String> = vault
+        .state
+        .access_requests
+        .pending(3)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(oldest, made[..3]);
+    // A decided request leaves the queue.
+    let approved = call(
+        &app,
+        "POST",
+        &format!("/v1/access-requests/{}/approve", made[2]),
+        Some(&approver),
+        None,
+    )
+    .await;
+    assert_eq!(approved.status, 200);
+    let queue = call(&app, "GET", "/v1/access-requests", Some(&approver), None).await;
+    assert_eq!(queue.body["requests"].as_array().unwrap().len(), 5);
+    assert!(!queue.body.to_string().contains(&made[2]));
+}
+
+/// A notice repeats only plain ids from the address bar, so a crafted link
+/// cannot make the console say something of its own.
+#[tokio::test]
+async fn notices_repeat_only_plain_ids_from_the_address() {
+    let s = setup().await;
+    let mut officer = Browser::new(&s.app);
+    officer.sign_in("olivia", PASSWORD).await;
+    let page = officer
+        .get(&format!(
+            "/console/records/{}?requested=Call%20the%20helpdesk%20on%20555",
+            s.card_id
+        ))
+        .await;
+    assert_eq!(page.status, 200);
+    assert!(!page.html.contains("helpdesk"));
+    assert!(!page.html.contains("class=\"notice\""));
+}

@@ -19,7 +19,8 @@ use crate::store::{Store, Transaction};
 
 const REQUEST_PREFIX: &str = "ar/";
 const BY_REQUESTER_PREFIX: &str = "arx/";
-/// Pending requests, by id: the approvers' queue. Removed on decision.
+/// Pending requests, by creation time then id: the approvers' queue,
+/// oldest first. Removed on decision.
 const PENDING_PREFIX: &str = "arp/";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -92,8 +93,14 @@ fn key(id: &str) -> String {
     format!("{REQUEST_PREFIX}{id}")
 }
 
-fn pending_key(id: &str) -> String {
-    format!("{PENDING_PREFIX}{id}")
+fn pending_key(request: &AccessRequest) -> String {
+    // Times before 1970 do not occur (the clock makes them); 20 digits
+    // sort as numbers do.
+    format!(
+        "{PENDING_PREFIX}{:020}/{}",
+        request.created_at.max(0),
+        request.id
+    )
 }
 
 fn seal(state: &StateKey, request: &AccessRequest) -> Result<Vec<u8>, AccessError> {
@@ -144,26 +151,27 @@ impl AccessRequests {
         let tx = Transaction::new()
             .put(key(&request.id), sealed)
             .put(index, Vec::new())
-            .put(pending_key(&request.id), Vec::new());
+            .put(pending_key(&request), Vec::new());
         Ok((request, tx))
     }
 
-    /// Pending requests, oldest first, at most `limit` of them: the
-    /// approvers' queue. Each is read and checked like any other request.
+    /// The `limit` oldest pending requests, oldest first: the approvers'
+    /// queue. Each is read and checked like any other request.
     pub fn pending(&self, limit: usize) -> Result<Vec<AccessRequest>, AccessError> {
         let page = self.store.scan(PENDING_PREFIX.as_bytes(), None, limit)?;
         let mut out = Vec::with_capacity(page.len());
         for (index_key, _) in page {
             let id = index_key
                 .get(PENDING_PREFIX.len()..)
-                .and_then(|id| std::str::from_utf8(id).ok())
+                .and_then(|rest| std::str::from_utf8(rest).ok())
+                .and_then(|rest| rest.split_once('/'))
+                .map(|(_, id)| id)
                 .ok_or(AccessError::Corrupt)?;
             let request = self.get(id)?.ok_or(AccessError::Corrupt)?;
             if request.status == RequestStatus::Pending {
                 out.push(request);
             }
         }
-        out.sort_by_key(|r| r.created_at);
         Ok(out)
     }
 
@@ -217,7 +225,7 @@ impl AccessRequests {
         let tx = Transaction::new()
             .expect(key(id), Some(stored))
             .put(key(id), sealed)
-            .delete(pending_key(id));
+            .delete(pending_key(&decided));
         Ok(Ok((decided, tx)))
     }
 

@@ -41,6 +41,8 @@ const ICON: &str = include_str!("../../assets/favicon.svg");
 pub struct ConsoleState {
     app: AppState,
     api: api::Api,
+    /// Audit exports running on this node (at most one).
+    exports: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// The console's routes, under `/console`. `api` is the API router the
@@ -49,6 +51,7 @@ pub fn router(app: AppState, api_router: Router) -> Router {
     let state = ConsoleState {
         app,
         api: api::Api::new(api_router),
+        exports: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
     };
     Router::new()
         .route("/console", get(pages::home))
@@ -101,7 +104,7 @@ pub fn router(app: AppState, api_router: Router) -> Router {
             "/console/{*rest}",
             get(pages::not_found).post(pages::not_found),
         )
-        .layer(middleware::from_fn(same_origin_posts))
+        .layer(middleware::from_fn(own_pages_only))
         .layer(middleware::from_fn(headers))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .layer(middleware::from_fn(crate::api::request_id))
@@ -148,41 +151,65 @@ async fn headers(req: Request, next: Next) -> Response {
     response
 }
 
-/// Refuses a post that a browser says came from another origin: an
-/// `Origin` header that is not this server's own (as the `Host` header
-/// names it), or `Sec-Fetch-Site` other than `same-origin`. A client that
-/// sends neither (not a browser) still needs the form's CSRF token.
-async fn same_origin_posts(req: Request, next: Next) -> Response {
-    if req.method() == Method::GET || req.method() == Method::HEAD {
-        return next.run(req).await;
-    }
+/// Answers only what the console's own pages asked for.
+///
+/// A post must come from the console's own origin: an `Origin` header that
+/// names another one (or `null`) is refused, whatever the form holds. The
+/// console's own authority is the request's (`:authority` in HTTP/2, where
+/// browsers send no `Host`), else its `Host` header.
+///
+/// Any request a browser marks as sent by another site (`Sec-Fetch-Site`
+/// `same-site` or `cross-site`: a sibling subdomain or another port is the
+/// same *site*, and `SameSite=Strict` cookies go with it) is refused too,
+/// GETs included: an `<img>` or a redirect on such a page must not make an
+/// audited record read, an export or a chain walk in a signed-in person's
+/// name. Typed addresses and bookmarks (`none`) and the console's own
+/// links (`same-origin`) pass. A client that sends neither header (not a
+/// browser) still needs the session, and for a post the form's CSRF token.
+async fn own_pages_only(req: Request, next: Next) -> Response {
     let h = req.headers();
-    let host = h.get(header::HOST).and_then(|v| v.to_str().ok());
-    let origin_ok = match h.get(header::ORIGIN).map(|v| v.to_str()) {
-        None => true,
-        Some(Ok(origin)) => host.is_some_and(|host| {
-            origin
-                .strip_prefix("http://")
-                .or_else(|| origin.strip_prefix("https://"))
-                .is_some_and(|authority| authority.eq_ignore_ascii_case(host))
-        }),
-        Some(Err(_)) => false,
-    };
     let fetch_site_ok = h
         .get("sec-fetch-site")
         .map(|v| v.as_bytes())
-        .is_none_or(|site| site == b"same-origin");
-    if origin_ok && fetch_site_ok {
+        .is_none_or(|site| site == b"same-origin" || site == b"none");
+    let is_post = !(req.method() == Method::GET || req.method() == Method::HEAD);
+    let origin_ok = !is_post || origin_is_own(&req);
+    if fetch_site_ok && origin_ok {
         return next.run(req).await;
     }
     tracing::warn!(
         path = %req.uri().path(),
-        "console post from another origin refused"
+        method = %req.method(),
+        "console request sent by another site refused"
     );
     views::refusal(
         StatusCode::FORBIDDEN,
-        "This form was sent from another site, so it was refused. Open the console and try again.",
+        "This request was sent by another site, so it was refused. Open the console from its own address and try again.",
     )
+}
+
+/// Whether the request's `Origin` (if any) is the console's own.
+fn origin_is_own(req: &Request) -> bool {
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        });
+    match req.headers().get(header::ORIGIN).map(|v| v.to_str()) {
+        None => true,
+        Some(Ok(origin)) => authority.is_some_and(|own| {
+            origin
+                .strip_prefix("http://")
+                .or_else(|| origin.strip_prefix("https://"))
+                .is_some_and(|theirs| theirs.eq_ignore_ascii_case(&own))
+        }),
+        Some(Err(_)) => false,
+    }
 }
 
 /// A page that ends a handler early: a refusal, the sign-in redirect, the

@@ -78,6 +78,18 @@ fn query_map(query: Option<String>) -> BTreeMap<String, String> {
     map
 }
 
+/// `text` when it is a plain id or name (`a-z`, `0-9`, `_`, `-`, at most
+/// 64): what a notice may repeat from the address bar, so a crafted link
+/// cannot put sentences of its own in the console's mouth.
+fn plain(text: &str) -> Option<&str> {
+    let ok = !text.is_empty()
+        && text.len() <= 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    ok.then_some(text)
+}
+
 /// Percent-encodes one path segment or query value.
 fn encode(text: &str) -> String {
     serde_urlencoded::to_string([("", text)])
@@ -444,27 +456,25 @@ fn record_page(staff: &Staff, id: &str, view: &Value) -> RecordPage {
     }
 }
 
-/// Reads record `id` through the API: its view, or the page to show.
+/// `GET path` through the API as the signed-in person: the answer's body,
+/// or the page of its refusal.
+async fn fetch(state: &ConsoleState, cx: &Cx, staff: &Staff, path: &str) -> Result<Value, Refusal> {
+    let reply = state.api.call(cx, Method::GET, path, None).await;
+    if reply.ok() {
+        Ok(reply.body)
+    } else {
+        Err(views::reply_error(staff, &reply).into())
+    }
+}
+
+/// Reads record `id` through the API: its masked view, or the page to show.
 async fn read_record(
     state: &ConsoleState,
     cx: &Cx,
     staff: &Staff,
     id: &str,
 ) -> Result<Value, Refusal> {
-    let reply = state
-        .api
-        .call(
-            cx,
-            Method::GET,
-            &format!("/v1/records/{}", encode(id)),
-            None,
-        )
-        .await;
-    if reply.ok() {
-        Ok(reply.body)
-    } else {
-        Err(views::reply_error(staff, &reply).into())
-    }
+    fetch(state, cx, staff, &format!("/v1/records/{}", encode(id))).await
 }
 
 pub async fn record(
@@ -476,7 +486,7 @@ pub async fn record(
     let staff = cx.staff()?;
     let view = read_record(&state, &cx, staff, &id).await?;
     let mut page = record_page(staff, &id, &view);
-    if let Some(request) = query_map(query).get("requested") {
+    if let Some(request) = query_map(query).get("requested").and_then(|r| plain(r)) {
         page.c = page.c.notice(format!(
             "Access request {request} sent. An approver must approve it before you can reveal those fields."
         ));
@@ -619,15 +629,9 @@ fn age_of(created_at: &str, now: time::OffsetDateTime) -> String {
 
 /// The approvers' queue, with `c` as the frame.
 async fn approvals_page(state: &ConsoleState, cx: &Cx, staff: &Staff, c: Chrome) -> Answer {
-    let reply = state
-        .api
-        .call(cx, Method::GET, "/v1/access-requests", None)
-        .await;
-    if !reply.ok() {
-        return Ok(views::reply_error(staff, &reply));
-    }
+    let reply = fetch(state, cx, staff, "/v1/access-requests").await?;
     let now = state.app.clock.now();
-    let rows = at(&reply.body, "requests")
+    let rows = at(&reply, "requests")
         .as_array()
         .cloned()
         .unwrap_or_default()
@@ -662,7 +666,7 @@ pub async fn approvals(
     let staff = cx.staff()?;
     let mut c = Chrome::new("Approval requests", Some(staff));
     let query = query_map(query);
-    if let (Some(done), Some(id)) = (query.get("done"), query.get("id")) {
+    if let (Some(done), Some(id)) = (query.get("done"), query.get("id").and_then(|i| plain(i))) {
         let word = if done == "approve" {
             "approved"
         } else {
@@ -810,14 +814,8 @@ pub async fn audit(State(state): State<ConsoleState>, cx: Cx, RawQuery(query): R
 
 pub async fn audit_verify(State(state): State<ConsoleState>, cx: Cx) -> Answer {
     let staff = cx.staff()?;
-    let reply = state
-        .api
-        .call(&cx, Method::GET, "/v1/audit/verify", None)
-        .await;
-    if !reply.ok() {
-        return Ok(views::reply_error(staff, &reply));
-    }
-    let b = &reply.body;
+    let reply = fetch(&state, &cx, staff, "/v1/audit/verify").await?;
+    let b = &reply;
     Ok(render(
         StatusCode::OK,
         &VerifyPage {
@@ -839,6 +837,19 @@ pub async fn audit_export(
     RawQuery(query): RawQuery,
 ) -> Answer {
     let staff = cx.staff()?;
+    // One export at a time on this node: each holds its entries in memory.
+    let Ok(_one_at_a_time) = state.exports.try_acquire() else {
+        return Ok(render(
+            StatusCode::TOO_MANY_REQUESTS,
+            &MessagePage {
+                c: Chrome::new("Export busy", Some(staff)),
+                message:
+                    "Another export is running on this server. Try again when it has finished."
+                        .into(),
+                link: Some(("/console/audit".into(), "Back to the audit log".into())),
+            },
+        ));
+    };
     let filters = audit_query(&query_map(query));
     let mut out = Vec::new();
     let mut after = None;
@@ -847,18 +858,12 @@ pub async fn audit_export(
         if let Some(after) = after {
             api_query = with(&api_query, &format!("after={after}"));
         }
-        let reply = state
-            .api
-            .call(&cx, Method::GET, &format!("/v1/audit?{api_query}"), None)
-            .await;
-        if !reply.ok() {
-            return Ok(views::reply_error(staff, &reply));
-        }
-        for entry in at(&reply.body, "entries").as_array().into_iter().flatten() {
+        let reply = fetch(&state, &cx, staff, &format!("/v1/audit?{api_query}")).await?;
+        for entry in at(&reply, "entries").as_array().into_iter().flatten() {
             out.extend_from_slice(entry.to_string().as_bytes());
             out.push(b'\n');
         }
-        after = at(&reply.body, "next_after").as_u64();
+        after = at(&reply, "next_after").as_u64();
         if after.is_none() {
             break;
         }
@@ -888,8 +893,8 @@ const GIVABLE_ROLES: [Role; 6] = [
     Role::Metrics,
 ];
 
-fn principals_page(staff: &Staff, reply: &Reply) -> PrincipalsPage {
-    let rows = at(&reply.body, "principals")
+fn principals_page(staff: &Staff, list: &Value) -> PrincipalsPage {
+    let rows = at(list, "principals")
         .as_array()
         .cloned()
         .unwrap_or_default()
@@ -925,13 +930,7 @@ pub async fn principals(
     RawQuery(query): RawQuery,
 ) -> Answer {
     let staff = cx.staff()?;
-    let reply = state
-        .api
-        .call(&cx, Method::GET, "/v1/principals", None)
-        .await;
-    if !reply.ok() {
-        return Ok(views::reply_error(staff, &reply));
-    }
+    let reply = fetch(&state, &cx, staff, "/v1/principals").await?;
     let mut page = principals_page(staff, &reply);
     let query = query_map(query);
     if let Some(done) = query.get("done") {
@@ -970,13 +969,7 @@ pub async fn create_principal(State(state): State<ConsoleState>, cx: Cx, body: B
     if created.ok() && at(&created.body, "api_key").is_null() {
         return Ok(see_other("/console/admin/principals?done=created"));
     }
-    let list = state
-        .api
-        .call(&cx, Method::GET, "/v1/principals", None)
-        .await;
-    if !list.ok() {
-        return Ok(views::reply_error(staff, &list));
-    }
+    let list = fetch(&state, &cx, staff, "/v1/principals").await?;
     let mut page = principals_page(staff, &list);
     if created.ok() {
         // Shown once, on this answer to the post only (never cached).
@@ -1006,19 +999,33 @@ pub async fn disable_principal(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Answer {
-    let form = Form::parse(&body)?;
+    let path = format!("/v1/principals/{}", encode(&id));
+    act(
+        &state,
+        &cx,
+        &body,
+        Method::DELETE,
+        &path,
+        "/console/admin/principals?done=disabled",
+    )
+    .await
+}
+
+/// Posts a form whose whole meaning is one API call (`method path`, no
+/// body) as the signed-in person: on success, to `done`; else the refusal.
+async fn act(
+    state: &ConsoleState,
+    cx: &Cx,
+    body: &[u8],
+    method: Method,
+    path: &str,
+    done: &str,
+) -> Answer {
+    let form = Form::parse(body)?;
     let staff = cx.poster(&form)?;
-    let reply = state
-        .api
-        .call(
-            &cx,
-            Method::DELETE,
-            &format!("/v1/principals/{}", encode(&id)),
-            None,
-        )
-        .await;
+    let reply = state.api.call(cx, method, path, None).await;
     if reply.ok() {
-        Ok(see_other("/console/admin/principals?done=disabled"))
+        Ok(see_other(done))
     } else {
         Ok(views::reply_error(staff, &reply))
     }
@@ -1049,7 +1056,7 @@ pub async fn keys(State(state): State<ConsoleState>, cx: Cx, RawQuery(query): Ra
     let mut purposes: Vec<String> = rows.iter().map(|r| r.purpose.clone()).collect();
     purposes.dedup();
     let mut c = Chrome::new("Keys", Some(staff));
-    if let Some(rotated) = query_map(query).get("rotated") {
+    if let Some(rotated) = query_map(query).get("rotated").and_then(|p| plain(p)) {
         c = c.notice(format!(
             "A new {rotated} KEK version is active for new writes."
         ));
@@ -1063,29 +1070,13 @@ pub async fn rotate_key(
     Path(purpose): Path<String>,
     body: Bytes,
 ) -> Answer {
-    let form = Form::parse(&body)?;
-    let staff = cx.poster(&form)?;
-    let reply = state
-        .api
-        .call(
-            &cx,
-            Method::POST,
-            &format!("/v1/keys/{}/rotate", encode(&purpose)),
-            None,
-        )
-        .await;
-    if reply.ok() {
-        Ok(see_other(&format!(
-            "/console/admin/keys?rotated={}",
-            encode(&purpose)
-        )))
-    } else {
-        Ok(views::reply_error(staff, &reply))
-    }
+    let path = format!("/v1/keys/{}/rotate", encode(&purpose));
+    let done = format!("/console/admin/keys?rotated={}", encode(&purpose));
+    act(&state, &cx, &body, Method::POST, &path, &done).await
 }
 
-fn routes_page(staff: &Staff, reply: &Reply) -> RoutesPage {
-    let rows = at(&reply.body, "routes")
+fn routes_page(staff: &Staff, list: &Value) -> RoutesPage {
+    let rows = at(list, "routes")
         .as_array()
         .cloned()
         .unwrap_or_default()
@@ -1127,13 +1118,7 @@ pub async fn routes(
     RawQuery(query): RawQuery,
 ) -> Answer {
     let staff = cx.staff()?;
-    let reply = state
-        .api
-        .call(&cx, Method::GET, "/v1/relay/routes", None)
-        .await;
-    if !reply.ok() {
-        return Ok(views::reply_error(staff, &reply));
-    }
+    let reply = fetch(&state, &cx, staff, "/v1/relay/routes").await?;
     let mut page = routes_page(staff, &reply);
     if let Some(done) = query_map(query).get("done") {
         page.c = page.c.notice(match done.as_str() {
@@ -1190,13 +1175,7 @@ pub async fn create_route(State(state): State<ConsoleState>, cx: Cx, body: Bytes
     if created.ok() {
         return Ok(see_other("/console/admin/routes?done=created"));
     }
-    let list = state
-        .api
-        .call(&cx, Method::GET, "/v1/relay/routes", None)
-        .await;
-    if !list.ok() {
-        return Ok(views::reply_error(staff, &list));
-    }
+    let list = fetch(&state, &cx, staff, "/v1/relay/routes").await?;
     let mut page = routes_page(staff, &list);
     let (errors, error) = form_errors(
         &created,
@@ -1221,20 +1200,14 @@ pub async fn approve_route(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Answer {
-    let form = Form::parse(&body)?;
-    let staff = cx.poster(&form)?;
-    let reply = state
-        .api
-        .call(
-            &cx,
-            Method::POST,
-            &format!("/v1/relay/routes/{}/approve", encode(&name)),
-            None,
-        )
-        .await;
-    if reply.ok() {
-        Ok(see_other("/console/admin/routes?done=approved"))
-    } else {
-        Ok(views::reply_error(staff, &reply))
-    }
+    let path = format!("/v1/relay/routes/{}/approve", encode(&name));
+    act(
+        &state,
+        &cx,
+        &body,
+        Method::POST,
+        &path,
+        "/console/admin/routes?done=approved",
+    )
+    .await
 }

@@ -58,8 +58,8 @@ impl Staff {
     }
 }
 
-/// The value of cookie `name` in the request's `Cookie` headers.
-fn cookie(parts: &Parts, name: &str) -> Option<String> {
+/// Every value of cookie `name` in the request's `Cookie` headers.
+fn cookies(parts: &Parts, name: &str) -> Vec<String> {
     parts
         .headers
         .get_all(header::COOKIE)
@@ -67,9 +67,18 @@ fn cookie(parts: &Parts, name: &str) -> Option<String> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
+        .filter(|(k, _)| *k == name)
         .map(|(_, v)| v.trim().to_owned())
         .filter(|v| !v.is_empty())
+        .collect()
+}
+
+/// The one value of cookie `name`: none when it is absent, or when it
+/// comes more than once (one of them planted by a sibling domain, say:
+/// the console does not guess which one is the person's own).
+fn cookie(parts: &Parts, name: &str) -> Option<String> {
+    let mut values = cookies(parts, name);
+    (values.len() == 1).then(|| values.pop()).flatten()
 }
 
 impl FromRequestParts<ConsoleState> for Cx {
@@ -81,6 +90,10 @@ impl FromRequestParts<ConsoleState> for Cx {
     ) -> Result<Self, Self::Rejection> {
         let token = cookie(parts, SESSION_COOKIE);
         let session = match &token {
+            None if cookies(parts, SESSION_COOKIE).len() > 1 => {
+                tracing::warn!("console request with more than one session cookie refused");
+                Session::Refused(ApiError::Unauthenticated)
+            }
             None => Session::Absent,
             Some(token) => check(parts, state, token).await,
         };
