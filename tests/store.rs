@@ -661,6 +661,37 @@ mod postgres_cluster {
         assert_eq!(counter(&nodes[0], b"locked-counter"), 120);
     }
 
+    /// A connection that breaks while a round's COMMIT is in flight leaves
+    /// its outcome unknown: the store says so (the audit log then answers
+    /// "may have happened, check before retrying", never "nothing was
+    /// done") and does not run the round again. Here the round's own
+    /// session is ended (and gone) just before its COMMIT is sent.
+    #[test]
+    fn a_commit_whose_connection_broke_is_unknown_and_not_retried() {
+        let Some(schema) = common::pg::schema() else {
+            return;
+        };
+        let store = connect(schema.url());
+        let runs = std::cell::Cell::new(0);
+        let result = store.apply_locked(b"lock/cut", &mut |_: &dyn Reads| {
+            runs.set(runs.get() + 1);
+            // Only this round's session holds the lock table of this
+            // schema; the 10 s timeout waits until it has exited.
+            schema.execute(&format!(
+                "SELECT pg_terminate_backend(pid, 10000) FROM pg_locks \
+                 WHERE relation = '{}.strongroom_locks'::regclass \
+                 AND mode = 'RowExclusiveLock' AND granted",
+                schema.name()
+            ));
+            Ok(Some(Transaction::new()))
+        });
+        assert!(matches!(result, Err(StoreError::Unknown(_))), "{result:?}");
+        assert_eq!(runs.get(), 1, "a commit of unknown outcome was run again");
+        // The pool makes a new connection.
+        store.put(b"after", b"1").unwrap();
+        assert_eq!(store.get(b"after").unwrap(), Some(b"1".to_vec()));
+    }
+
     /// A locked round's transaction still has its preconditions checked.
     #[test]
     fn a_locked_round_with_a_false_precondition_writes_nothing() {

@@ -49,10 +49,11 @@ pub enum AuditError {
     /// The stored log cannot be read as a log.
     #[error("audit log corrupt: {0}")]
     Corrupt(&'static str),
-    /// The change and its entry were applied, but the store's sync failed:
-    /// they were not acknowledged, yet may still become durable.
+    /// The change and its entry were applied, but the store's sync failed,
+    /// or a shared store's commit got no answer ([`StoreError::Unknown`]):
+    /// they were not acknowledged, yet may still be (or become) durable.
     #[error(
-        "the change and its entry were applied but could not be made durable (they may still become durable): {0}"
+        "the change and its entry may have been applied but are not known to be durable (they may still become durable): {0}"
     )]
     NotDurable(String),
     /// The vault was sealed: no key signs the entry, and only seal and
@@ -70,6 +71,9 @@ impl From<StoreError> for AuditError {
         match e {
             StoreError::Conflict => Self::Conflict,
             StoreError::Backend(why) => Self::Unavailable(why),
+            // Like a failed flush: the change and its entry may have been
+            // written, so the caller must check before retrying.
+            StoreError::Unknown(why) => Self::NotDurable(why),
         }
     }
 }
@@ -330,6 +334,7 @@ impl RotationRecorder for RotationAuditor {
             .map(|_| ())
             .map_err(|e| match e {
                 AuditError::Conflict => StoreError::Conflict,
+                AuditError::NotDurable(why) => StoreError::Unknown(why),
                 other => StoreError::Backend(other.to_string()),
             })
     }

@@ -39,6 +39,11 @@
 //! not `off`: every connection sets it `on` (appended to the connection's
 //! options, so it wins over the URL's), and `connect` refuses a server that
 //! still reports `off`. `flush` therefore has nothing left to do.
+//!
+//! The `COMMIT` is both the apply and the durability point, so a
+//! connection that breaks while it is in flight leaves the outcome
+//! unknown: that is [`StoreError::Unknown`] (the embedded stores' failed
+//! flush, in effect), never retried and never "nothing was done".
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -690,15 +695,17 @@ impl PostgresStore {
     }
 
     fn apply_once(&self, client: &mut Object, tx: &Transaction) -> Result<Attempt, StoreError> {
-        let outcome = futures_executor::block_on(async {
-            let txn = client
+        futures_executor::block_on(async {
+            let started = client
                 .build_transaction()
                 .isolation_level(IsolationLevel::Serializable)
                 .start()
-                .await?;
-            finish(txn, tx).await
-        });
-        attempt_of(outcome)
+                .await;
+            match started {
+                Ok(txn) => finish(txn, tx).await,
+                Err(e) => failed_before_commit(&e),
+            }
+        })
     }
 
     fn locked_once(
@@ -749,7 +756,7 @@ impl PostgresStore {
         let Some(tx) = built? else {
             return Ok(Attempt::Committed);
         };
-        attempt_of(futures_executor::block_on(finish(txn, &tx)))
+        futures_executor::block_on(finish(txn, &tx))
     }
 
     /// Runs `attempt` until it commits or fails for a reason other than a
@@ -778,26 +785,67 @@ impl PostgresStore {
 }
 
 /// Checks `tx`'s preconditions inside `txn`, then writes and commits, or
-/// rolls back: whether it committed.
+/// rolls back.
 async fn finish(
     txn: deadpool_postgres::Transaction<'_>,
     tx: &Transaction,
-) -> Result<bool, tokio_postgres::Error> {
-    if !check_and_write(&txn, tx).await? {
-        txn.rollback().await?;
-        return Ok(false);
+) -> Result<Attempt, StoreError> {
+    match check_and_write(&txn, tx).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return match txn.rollback().await {
+                Ok(()) => Ok(Attempt::PreconditionFailed),
+                Err(e) => failed_before_commit(&e),
+            };
+        }
+        Err(e) => return failed_before_commit(&e),
     }
-    txn.commit().await?;
-    Ok(true)
+    match txn.commit().await {
+        Ok(()) => Ok(Attempt::Committed),
+        Err(e) => match commit_failure(e.code()) {
+            CommitFailure::LostRace => Ok(Attempt::Retry),
+            CommitFailure::Unknown => Err(StoreError::Unknown(describe(&e))),
+        },
+    }
 }
 
-/// What one transaction's outcome means for [`PostgresStore::retrying`].
-fn attempt_of(outcome: Result<bool, tokio_postgres::Error>) -> Result<Attempt, StoreError> {
-    match outcome {
-        Ok(true) => Ok(Attempt::Committed),
-        Ok(false) => Ok(Attempt::PreconditionFailed),
-        Err(e) if retryable(&e) => Ok(Attempt::Retry),
-        Err(e) => Err(pg_error(&e)),
+/// A transaction that failed before its `COMMIT` was sent: nothing of it
+/// was committed, so a lost race is run again and anything else is
+/// reported as "not done".
+fn failed_before_commit(e: &tokio_postgres::Error) -> Result<Attempt, StoreError> {
+    if retryable(e) {
+        Ok(Attempt::Retry)
+    } else {
+        Err(pg_error(e))
+    }
+}
+
+/// What a `COMMIT` that failed may have left behind.
+#[derive(Debug, PartialEq, Eq)]
+enum CommitFailure {
+    /// The server refused it as a lost serialization race or deadlock:
+    /// nothing was committed, so it is run again.
+    LostRace,
+    /// Anything else: above all no answer at all (a reset connection, a
+    /// killed server, a failover, a pooler's timeout), when the server may
+    /// have committed just before the connection broke. A session ended by
+    /// the server (57P01 and the like) is no better: the commit record may
+    /// already be written. Never retried (the round's entries would be
+    /// chained twice) and never reported as "nothing was done".
+    Unknown,
+}
+
+/// [`CommitFailure`] of a `COMMIT` that failed with SQLSTATE `code` (`None`:
+/// the server's answer never came).
+fn commit_failure(code: Option<&SqlState>) -> CommitFailure {
+    match code {
+        Some(c)
+            if *c == SqlState::T_R_SERIALIZATION_FAILURE
+                || *c == SqlState::T_R_DEADLOCK_DETECTED =>
+        {
+            CommitFailure::LostRace
+        }
+        _ => CommitFailure::Unknown,
     }
 }
 
@@ -1037,6 +1085,27 @@ mod tests {
         );
         let settings = PostgresSettings::new("postgres://a:pw@h/d");
         assert!(!format!("{settings:?}").contains("pw"));
+    }
+
+    #[test]
+    fn only_a_lost_race_at_commit_is_known_not_to_have_committed() {
+        for race in [
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+        ] {
+            assert_eq!(commit_failure(Some(&race)), CommitFailure::LostRace);
+        }
+        // No answer (a broken connection), or the session ended by the
+        // server: it may have committed.
+        assert_eq!(commit_failure(None), CommitFailure::Unknown);
+        for ended in [
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CONNECTION_FAILURE,
+            SqlState::UNIQUE_VIOLATION,
+        ] {
+            assert_eq!(commit_failure(Some(&ended)), CommitFailure::Unknown);
+        }
     }
 
     #[test]
