@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 pub use fjall_store::FjallStore;
 pub use postgres_store::{
-    AppliedMigration, DEFAULT_POOL_SIZE, MigrationReport, PostgresSettings,
+    AppliedMigration, DEFAULT_POOL_SIZE, MIN_POOL_SIZE, MigrationReport, PostgresSettings,
     PostgresStore, redact_url, schema_version,
 };
 pub use redb_store::RedbStore;

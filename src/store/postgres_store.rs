@@ -62,6 +62,20 @@ use super::{KeyValue, Reads, Round, Store, StoreError, Transaction, Write};
 /// Connections in the pool when the configuration names no size.
 pub const DEFAULT_POOL_SIZE: usize = 16;
 
+/// The fewest connections a pool may have, so that nothing waits on the
+/// pool for a connection that only its own wait could free. An audit round
+/// holds one connection (its transaction, with the lock row) and, when
+/// another node wrote since this node's last round, reads its tail through
+/// a second. A backup's snapshot (SERIALIZABLE READ ONLY DEFERRABLE) holds
+/// a connection while PostgreSQL makes it wait for that round to end.
+/// Snapshots take turns (one per store), and nothing else holds a
+/// connection while it waits on a round, so with three connections the
+/// tail read always finds one; the fourth keeps ordinary requests going
+/// meanwhile. (Reading the tail inside the round's transaction would need
+/// no second connection; it would also add the tail's range reads to the
+/// round's serializable conflicts.)
+pub const MIN_POOL_SIZE: usize = 4;
+
 /// Rows fetched per step by `snapshot`.
 const SNAPSHOT_BATCH: i32 = 512;
 
@@ -132,10 +146,11 @@ pub fn redact_url(url: &str) -> String {
     let mut out = url.to_owned();
     if let Some(scheme_end) = out.find("://") {
         let rest_start = scheme_end + 3;
-        // tokio-postgres takes the user information up to the first `@`
-        // anywhere after the scheme (a password may hold `/` or `?`), so
-        // the password is whatever lies between the first `:` and it.
-        if let Some(at) = out.get(rest_start..).and_then(|rest| rest.find('@'))
+        // A password may hold `/`, `?` and `@` unencoded (tokio-postgres
+        // then cuts it at the first `@`, URL parsers at the last): the
+        // password is taken to run from the first `:` to the last `@`
+        // anywhere after the scheme. Cutting too much only hides more.
+        if let Some(at) = out.get(rest_start..).and_then(|rest| rest.rfind('@'))
             && let Some(colon) = out
                 .get(rest_start..rest_start + at)
                 .and_then(|user| user.find(':'))
@@ -211,6 +226,9 @@ pub struct PostgresStore {
     target: String,
     /// Lock rows known to exist.
     locks: Mutex<HashSet<Vec<u8>>>,
+    /// Held by a snapshot for its whole walk: snapshots take turns, so at
+    /// most one connection waits for a round to end (see [`MIN_POOL_SIZE`]).
+    snapshots: Mutex<()>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -553,7 +571,7 @@ impl PostgresStore {
             Manager::from_config(config, NoTls, manager_config)
         };
         let pool = Pool::builder(manager)
-            .max_size(settings.pool_size.max(1))
+            .max_size(settings.pool_size.max(MIN_POOL_SIZE))
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(Duration::from_secs(60)))
             .create_timeout(Some(Duration::from_secs(15)))
@@ -565,6 +583,7 @@ impl PostgresStore {
             handle,
             target,
             locks: Mutex::new(HashSet::new()),
+            snapshots: Mutex::new(()),
         };
         store.check_durability()?;
         Ok(store)
@@ -1003,6 +1022,11 @@ impl Store for PostgresStore {
         visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         self.blocking(|| {
+            // Taken before the connection, never while holding one.
+            let _turn = self
+                .snapshots
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             let mut client = self.client()?;
             let txn = futures_executor::block_on(
                 client
@@ -1078,6 +1102,15 @@ mod tests {
         assert_eq!(
             redact_url("postgres://app:ab/c?d:e@db/vault"),
             "postgres://app:***@db/vault"
+        );
+        // A raw `@` in the password: nothing of it is left.
+        assert_eq!(
+            redact_url("postgres://app:p@ss@db/vault"),
+            "postgres://app:***@db/vault"
+        );
+        assert_eq!(
+            redact_url("postgres://app:a@b:c@d@db:5432/vault?sslmode=require"),
+            "postgres://app:***@db:5432/vault?sslmode=require"
         );
         assert_eq!(
             redact_url("postgres://db/vault?pass%77ord=s3cret&user=app"),
