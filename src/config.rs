@@ -148,9 +148,9 @@ impl StoreFileConfig {
                 "store.pool_size",
                 self.pool_size,
                 crate::store::DEFAULT_POOL_SIZE,
-                // A round reads its tail through a second connection while its own
-                // transaction holds the first.
-                2..=1000,
+                // A round, its tail read and a backup's snapshot waiting on
+                // the round must never exhaust the pool (see MIN_POOL_SIZE).
+                crate::store::MIN_POOL_SIZE..=1000,
             )?,
             ca_file: self.ca_file.clone(),
         }))
@@ -636,6 +636,10 @@ mod tests {
         assert!(resolve("[store]\nurl = \"postgres://db/v\"\nengine = \"sled\"").is_err());
         assert!(resolve("[store]\npool_size = 4").is_err());
         assert!(resolve("[store]\nurl = \"postgres://db/v\"\npool_size = 0").is_err());
+        // A round, its tail read and a backup waiting on the round need
+        // three at once (MIN_POOL_SIZE).
+        let small = resolve("[store]\nurl = \"postgres://db/v\"\npool_size = 3").unwrap_err();
+        assert!(small.contains("store.pool_size"), "{small}");
         assert!(resolve("[store]\nurl = \"postgres://db/v\"\nport = 1").is_err());
         assert!(!format!("{:?}", short.postgres).contains("pw"));
     }

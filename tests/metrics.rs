@@ -29,6 +29,11 @@ const PAN: &str = "4242424242424242";
 const READS_WORK: u8 = 0;
 const READS_FAIL: u8 = 1;
 const READS_HANG: u8 = 2;
+/// Only reads of the audit head hang (scrapes'), the rest work.
+const HEAD_READS_HANG: u8 = 3;
+
+/// The audit head's key (what a scrape reads).
+const HEAD_KEY: &[u8] = b"au/head";
 
 /// A store whose reads can be made to fail (with a message that must not
 /// reach any answer) or to hang until released; everything else passes
@@ -39,6 +44,8 @@ struct ProbedStore {
     /// Reads now hanging, and the condition that wakes them.
     hanging: Mutex<usize>,
     wake: Condvar,
+    /// Reads of the audit head so far.
+    head_reads: std::sync::atomic::AtomicUsize,
 }
 
 impl ProbedStore {
@@ -48,6 +55,7 @@ impl ProbedStore {
             mode: AtomicU8::new(READS_WORK),
             hanging: Mutex::new(0),
             wake: Condvar::new(),
+            head_reads: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -63,12 +71,15 @@ impl ProbedStore {
 
 impl Store for ProbedStore {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if key == HEAD_KEY {
+            self.head_reads.fetch_add(1, Ordering::SeqCst);
+        }
         match self.mode.load(Ordering::SeqCst) {
             READS_FAIL => Err(StoreError::Backend("disk on fire at /secret/path".into())),
-            READS_HANG => {
+            mode @ (READS_HANG | HEAD_READS_HANG) if mode == READS_HANG || key == HEAD_KEY => {
                 let mut hanging = self.hanging.lock().unwrap();
                 *hanging += 1;
-                while self.mode.load(Ordering::SeqCst) == READS_HANG {
+                while self.mode.load(Ordering::SeqCst) == mode {
                     hanging = self.wake.wait(hanging).unwrap();
                 }
                 *hanging -= 1;
@@ -118,6 +129,12 @@ impl Store for ProbedStore {
 
 /// A vault whose server state reads through a [`ProbedStore`].
 fn probed_vault() -> (TestVault, Arc<ProbedStore>, Router) {
+    let (vault, probed, state) = probed_state();
+    (vault, probed, router(state))
+}
+
+/// [`probed_vault`]'s server state, for the metrics listener too.
+fn probed_state() -> (TestVault, Arc<ProbedStore>, AppState) {
     let vault = passphrase_vault();
     let probed = Arc::new(ProbedStore::new(Arc::clone(&vault.store)));
     let state = AppState::new(
@@ -126,8 +143,7 @@ fn probed_vault() -> (TestVault, Arc<ProbedStore>, Router) {
         Arc::new(SystemClock),
         test_settings(),
     );
-    let app = router(state);
-    (vault, probed, app)
+    (vault, probed, state)
 }
 
 /// The body of `GET path` as text, with its status and content type.
@@ -320,8 +336,9 @@ async fn ready_is_503_when_the_store_hangs_and_hung_reads_are_bounded() {
         assert_eq!(reply.status, 503);
         assert_eq!(reply.body["code"], "store_unavailable");
     }
-    // Four places: the probes after the fourth never reached the store.
-    assert_eq!(probed.hanging(), 4);
+    // Readiness has one place: the probes after the first never reached
+    // the store.
+    assert_eq!(probed.hanging(), 1);
     probed.set(READS_WORK);
     let mut status = 0;
     for _ in 0..1000 {
@@ -334,6 +351,60 @@ async fn ready_is_503_when_the_store_hangs_and_hung_reads_are_bounded() {
     }
     assert_eq!(status, 200);
     assert_eq!(probed.hanging(), 0);
+}
+
+/// The metrics listener takes no credential. Scrapes whose store reads
+/// hang hold every scrape place, yet a fresh readiness probe still reads
+/// the store in its own place and answers 200: whoever can reach the
+/// listener cannot take the node out of its load balancer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrapes_cannot_take_the_readiness_probes_place() {
+    let (_vault, probed, state) = probed_state();
+    let listener = strongroom::api::metrics_listener_router(state.clone());
+    let app = router(state);
+    probed.set(HEAD_READS_HANG);
+    let scrapes: Vec<_> = (0..6)
+        .map(|_| {
+            let listener = listener.clone();
+            tokio::spawn(async move { text(&listener, "/metrics", None).await.0 })
+        })
+        .collect();
+    for _ in 0..400 {
+        if probed.hanging() == 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(probed.hanging(), 4, "the scrapes hold every scrape place");
+    let reply = call(&app, "GET", "/v1/sys/ready", None, None).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    // Scrapes whose head read hangs still answer, without the head.
+    for scrape in scrapes {
+        assert_eq!(scrape.await.unwrap(), 200);
+    }
+    probed.set(READS_WORK);
+}
+
+/// A flood of scrapes costs the store one read of the head a second.
+#[tokio::test]
+async fn a_flood_of_scrapes_reads_the_head_about_once_a_second() {
+    let (_vault, probed, state) = probed_state();
+    let listener = strongroom::api::metrics_listener_router(state);
+    probed.head_reads.store(0, Ordering::SeqCst);
+    for _ in 0..30 {
+        let (status, _, body) = text(&listener, "/metrics", None).await;
+        assert_eq!(status, 200);
+        assert!(
+            sample(
+                &parse_exposition(&body),
+                "strongroom_audit_head_sequence",
+                &[]
+            )
+            .is_some_and(|s| s >= 1.0)
+        );
+    }
+    let reads = probed.head_reads.load(Ordering::SeqCst);
+    assert!((1..=2).contains(&reads), "{reads} reads of the head");
 }
 
 #[tokio::test]

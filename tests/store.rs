@@ -619,22 +619,36 @@ mod postgres_cluster {
     }
 
     /// Each round reads a counter under the lock and writes it + 1 with no
-    /// precondition at all: only the lock keeps two rounds apart.
+    /// precondition at all. SERIALIZABLE alone would keep that count right
+    /// (a loser gets 40001 and runs again), so the test also asserts what
+    /// only the lock row gives: no two rounds, of either instance, are ever
+    /// being built at once (without the lock's `UPDATE` they are, all the
+    /// time, and most of them are thrown away at commit).
     #[test]
     fn locked_rounds_from_two_instances_serialise() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
         let Some(schema) = common::pg::schema() else {
             return;
         };
         let nodes = [connect(schema.url()), connect(schema.url())];
+        let building = AtomicUsize::new(0);
+        let most_at_once = AtomicUsize::new(0);
         std::thread::scope(|s| {
             for t in 0..6 {
                 let store = &nodes[t % 2];
+                let (building, most_at_once) = (&building, &most_at_once);
                 s.spawn(move || {
                     for _ in 0..20 {
                         store
                             .apply_locked(b"lock/counter", &mut |reads: &dyn Reads| {
-                                let n = reads
-                                    .get(b"locked-counter")?
+                                let now = building.fetch_add(1, Ordering::SeqCst) + 1;
+                                most_at_once.fetch_max(now, Ordering::SeqCst);
+                                let read = reads.get(b"locked-counter");
+                                // Long enough for another round to start
+                                // building, were it not held off.
+                                std::thread::sleep(std::time::Duration::from_millis(2));
+                                building.fetch_sub(1, Ordering::SeqCst);
+                                let n = read?
                                     .map(|v| u64::from_be_bytes(v.try_into().unwrap()))
                                     .unwrap_or(0);
                                 Ok(Some(Transaction::new().put(
@@ -648,6 +662,38 @@ mod postgres_cluster {
             }
         });
         assert_eq!(counter(&nodes[0], b"locked-counter"), 120);
+        assert_eq!(most_at_once.load(Ordering::SeqCst), 1);
+    }
+
+    /// A connection that breaks while a round's COMMIT is in flight leaves
+    /// its outcome unknown: the store says so (the audit log then answers
+    /// "may have happened, check before retrying", never "nothing was
+    /// done") and does not run the round again. Here the round's own
+    /// session is ended (and gone) just before its COMMIT is sent.
+    #[test]
+    fn a_commit_whose_connection_broke_is_unknown_and_not_retried() {
+        let Some(schema) = common::pg::schema() else {
+            return;
+        };
+        let store = connect(schema.url());
+        let runs = std::cell::Cell::new(0);
+        let result = store.apply_locked(b"lock/cut", &mut |_: &dyn Reads| {
+            runs.set(runs.get() + 1);
+            // Only this round's session holds the lock table of this
+            // schema; the 10 s timeout waits until it has exited.
+            schema.execute(&format!(
+                "SELECT pg_terminate_backend(pid, 10000) FROM pg_locks \
+                 WHERE relation = '{}.strongroom_locks'::regclass \
+                 AND mode = 'RowExclusiveLock' AND granted",
+                schema.name()
+            ));
+            Ok(Some(Transaction::new()))
+        });
+        assert!(matches!(result, Err(StoreError::Unknown(_))), "{result:?}");
+        assert_eq!(runs.get(), 1, "a commit of unknown outcome was run again");
+        // The pool makes a new connection.
+        store.put(b"after", b"1").unwrap();
+        assert_eq!(store.get(b"after").unwrap(), Some(b"1".to_vec()));
     }
 
     /// A locked round's transaction still has its preconditions checked.

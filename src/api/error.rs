@@ -205,9 +205,9 @@ impl ApiError {
             Self::AuditUnavailable => {
                 "The audit log could not be written; nothing was done.".into()
             }
-            Self::AuditNotDurable => "The change and its audit entry were written, but the store \
-                could not confirm they are on disk: the change was not acknowledged and may still \
-                become durable. Check its outcome before retrying."
+            Self::AuditNotDurable => "The change and its audit entry may have been written, but \
+                the store could not confirm they are on disk: the change was not acknowledged and \
+                may still become durable. Check its outcome before retrying."
                 .into(),
             Self::StoreUnavailable => "The store did not answer; this node is not ready.".into(),
             Self::Erased => "The record was erased.".into(),

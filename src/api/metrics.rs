@@ -93,12 +93,7 @@ async fn exposition(state: &AppState) -> Result<Response, ApiError> {
     );
     // The cluster's head as this node's store gives it; left out when the
     // store does not answer (then /v1/sys/ready says 503 too).
-    let head = super::sys::probe_store(state, crate::audit::log::HEAD_KEY).await;
-    if let Some(stored) = head {
-        let seq = stored
-            .as_deref()
-            .and_then(crate::audit::log::head_seq)
-            .unwrap_or(0);
+    if let Some(seq) = head_seq(state).await {
         gauge(
             &mut text,
             "strongroom_audit_head_sequence",
@@ -112,6 +107,33 @@ async fn exposition(state: &AppState) -> Result<Response, ApiError> {
         HeaderValue::from_static(PROMETHEUS_TEXT),
     );
     Ok(response)
+}
+
+/// The audit head's seq for a scrape. A read within the last second
+/// answers for it, as for readiness: the metrics listener takes no
+/// credential, so a flood of scrapes must cost the database one read a
+/// second, not one per scrape.
+async fn head_seq(state: &AppState) -> Option<u64> {
+    let last = *state
+        .last_head
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((at, seq)) = last
+        && at.elapsed() < super::sys::PROBE_REUSE
+    {
+        return Some(seq);
+    }
+    let stored =
+        super::sys::probe_store(state, &state.store_probes, crate::audit::log::HEAD_KEY).await?;
+    let seq = stored
+        .as_deref()
+        .and_then(crate::audit::log::head_seq)
+        .unwrap_or(0);
+    *state
+        .last_head
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((Instant::now(), seq));
+    Some(seq)
 }
 
 fn gauge(text: &mut String, name: &str, help: &str, value: u64) {

@@ -240,12 +240,17 @@ pub struct AppInner {
     /// Requests with publishable keys per client address in a sliding
     /// minute, in the store (under a digest of the address).
     collect_per_address: SlidingWindow,
-    /// Places for readiness and scrape reads of the store (see
-    /// `sys::probe_store`).
+    /// Places for scrape reads of the store (see `sys::probe_store`).
     store_probes: Arc<tokio::sync::Semaphore>,
+    /// The readiness probe's own place: scrapes of the unauthenticated
+    /// metrics listener can take every other one, never this.
+    ready_probe: Arc<tokio::sync::Semaphore>,
     /// When the last readiness probe of the store answered, and whether it
     /// was ready (see `sys::ready`).
     last_probe: std::sync::Mutex<Option<(std::time::Instant, bool)>>,
+    /// When a scrape last read the audit head, and its seq (see
+    /// `metrics::exposition`).
+    last_head: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -349,7 +354,9 @@ impl AppState {
                 Arc::clone(&store),
             ),
             store_probes: Arc::new(tokio::sync::Semaphore::new(sys::STORE_PROBES)),
+            ready_probe: Arc::new(tokio::sync::Semaphore::new(1)),
             last_probe: std::sync::Mutex::new(None),
+            last_head: std::sync::Mutex::new(None),
             // Last: the windows above share it.
             store,
             settings,

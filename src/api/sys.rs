@@ -247,21 +247,26 @@ pub async fn seal(
 /// How long a seal waits for its audit entry before sealing without it.
 const SEAL_AUDIT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Store reads a readiness probe or a scrape may have in flight at once.
-/// A read that hangs (a database that stopped answering) keeps its place
-/// until it returns, so hung reads cannot pile up blocking threads: once
-/// all are taken, probes answer 503 at once.
+/// Store reads scrapes may have in flight at once; the readiness probe
+/// has one place of its own besides. A read that hangs (a database that
+/// stopped answering) keeps its place until it returns, so hung reads
+/// cannot pile up blocking threads: once all are taken, probes answer 503
+/// at once.
 pub(crate) const STORE_PROBES: usize = 4;
 
 /// How long a probe waits for the store before answering 503.
 const STORE_PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Reads `key` off the async runtime, within [`STORE_PROBE_WAIT`], holding
-/// one of the [`STORE_PROBES`] places until the read itself returns.
-/// `None` when the store failed, did not answer in time, or every place is
-/// taken; why is logged, never answered.
-pub(crate) async fn probe_store(state: &AppState, key: &'static [u8]) -> Option<Option<Vec<u8>>> {
-    let Ok(place) = Arc::clone(&state.store_probes).try_acquire_owned() else {
+/// one of `places` until the read itself returns. `None` when the store
+/// failed, did not answer in time, or every place is taken; why is logged,
+/// never answered.
+pub(crate) async fn probe_store(
+    state: &AppState,
+    places: &Arc<tokio::sync::Semaphore>,
+    key: &'static [u8],
+) -> Option<Option<Vec<u8>>> {
+    let Ok(place) = Arc::clone(places).try_acquire_owned() else {
         // Not a warning: a flood of probes would flood the log.
         tracing::debug!("store probe refused: earlier probes have not returned");
         return None;
@@ -303,15 +308,15 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Readiness>, Api
         return Err(ApiError::Sealed);
     }
     // A probe that answered within the last second answers for this one:
-    // a flood of unauthenticated probes costs one store read a second, and
-    // cannot take the load balancer's own probe's place.
+    // a flood of unauthenticated probes costs one store read a second.
+    // Probes read in a place of their own, which no scrape can take.
     let last = *state
         .last_probe
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let answered = match last {
         Some((at, ok)) if at.elapsed() < PROBE_REUSE => Some(ok),
-        _ => match probe_store(&state, crate::keyring::VAULT_KEY).await {
+        _ => match probe_store(&state, &state.ready_probe, crate::keyring::VAULT_KEY).await {
             Some(id) => {
                 // No vault id: not this vault's store (or an emptied one).
                 if id.is_none() {
@@ -325,9 +330,9 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Readiness>, Api
                     Some((std::time::Instant::now(), ok));
                 Some(ok)
             }
-            // Every place taken by probes still running: the last answer,
+            // Its place taken by a probe still running: the last answer,
             // if it is recent enough to still say something.
-            None if state.store_probes.available_permits() == 0 => last
+            None if state.ready_probe.available_permits() == 0 => last
                 .filter(|(at, _)| at.elapsed() < STORE_PROBE_WAIT)
                 .map(|(_, ok)| ok),
             // The store failed or did not answer in time.
@@ -340,5 +345,6 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Readiness>, Api
     }
 }
 
-/// How long a probe's answer stands for the probes that follow.
-const PROBE_REUSE: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a probe's answer stands for the probes (or scrapes) that
+/// follow.
+pub(crate) const PROBE_REUSE: std::time::Duration = std::time::Duration::from_secs(1);

@@ -49,10 +49,11 @@ pub enum AuditError {
     /// The stored log cannot be read as a log.
     #[error("audit log corrupt: {0}")]
     Corrupt(&'static str),
-    /// The change and its entry were applied, but the store's sync failed:
-    /// they were not acknowledged, yet may still become durable.
+    /// The change and its entry were applied, but the store's sync failed,
+    /// or a shared store's commit got no answer ([`StoreError::Unknown`]):
+    /// they were not acknowledged, yet may still be (or become) durable.
     #[error(
-        "the change and its entry were applied but could not be made durable (they may still become durable): {0}"
+        "the change and its entry may have been applied but are not known to be durable (they may still become durable): {0}"
     )]
     NotDurable(String),
     /// The vault was sealed: no key signs the entry, and only seal and
@@ -70,6 +71,9 @@ impl From<StoreError> for AuditError {
         match e {
             StoreError::Conflict => Self::Conflict,
             StoreError::Backend(why) => Self::Unavailable(why),
+            // Like a failed flush: the change and its entry may have been
+            // written, so the caller must check before retrying.
+            StoreError::Unknown(why) => Self::NotDurable(why),
         }
     }
 }
@@ -330,6 +334,7 @@ impl RotationRecorder for RotationAuditor {
             .map(|_| ())
             .map_err(|e| match e {
                 AuditError::Conflict => StoreError::Conflict,
+                AuditError::NotDurable(why) => StoreError::Unknown(why),
                 other => StoreError::Backend(other.to_string()),
             })
     }
@@ -1008,17 +1013,62 @@ fn latest_checkpoint(store: &dyn Store) -> Result<Option<Checkpoint>, AuditError
 /// Every entry and checkpoint of a store in chain order (a checkpoint right
 /// after the entry it covers), read in batches. A record that does not parse
 /// comes out as an error and ends the iteration.
+///
+/// Other nodes (or this one) keep committing rounds while the walk runs,
+/// each statement seeing a newer log. So the head record is read first,
+/// then the signed head, then the checkpoints, and the walk stops at the
+/// head, or at the signed head when that is newer (its entries were
+/// committed before it was read): one prefix of the log that every
+/// signature read covers, never a mix of old signatures and newer
+/// entries, which would look like unsigned entries or a head naming
+/// missing ones.
 pub(crate) struct StoredLines<'a> {
     store: &'a dyn Store,
     after: Option<Vec<u8>>,
     queue: VecDeque<Result<ExportLine, String>>,
     checkpoints: std::iter::Peekable<std::vec::IntoIter<Checkpoint>>,
     entries_done: bool,
+    /// The head record as read before anything else (`None`: there is none).
+    head: Option<(u64, String)>,
+    /// The last entry the walk reads (every entry when there is no head
+    /// record, so that entries without one are still found).
+    bound: u64,
+    /// The hash of the entry at the head's seq, as the walk found it.
+    head_entry_hash: Option<String>,
+    /// Whether the walk saw an entry past `bound`.
+    past_bound: bool,
 }
 
 impl<'a> StoredLines<'a> {
     pub(crate) fn new(store: &'a dyn Store) -> Self {
         let mut queue = VecDeque::new();
+        let head = stored_head(store).unwrap_or_else(|e| {
+            queue.push_back(Err(e.to_string()));
+            None
+        });
+        // The signed head, read after the head record: it is at least as
+        // new (both are written in one transaction), unless the log ends
+        // with entries written while sealed.
+        let signed: Option<Checkpoint> = match store
+            .get(SIGNED_KEY)
+            .map(|v| v.map(|b| serde_json::from_slice(&b)))
+        {
+            Ok(None) => None,
+            Ok(Some(Ok(signed))) => Some(signed),
+            Ok(Some(Err(_))) => {
+                queue.push_back(Err("the signed head record does not parse".to_owned()));
+                None
+            }
+            Err(e) => {
+                queue.push_back(Err(e.to_string()));
+                None
+            }
+        };
+        let bound = match &head {
+            Some((seq, _)) => (*seq).max(signed.as_ref().map_or(0, |s| s.seq)),
+            None => u64::MAX,
+        };
+        // Read last, so every checkpoint up to `bound` is there.
         let mut checkpoints = match store.scan_prefix(CHECKPOINT_PREFIX) {
             Ok(all) => all
                 .iter()
@@ -1033,22 +1083,12 @@ impl<'a> StoredLines<'a> {
                 Vec::new()
             }
         };
+        checkpoints.retain(|c| c.seq <= bound);
         // The signed head, unless a checkpoint at its seq says as much.
-        match store
-            .get(SIGNED_KEY)
-            .map(|v| v.map(|b| serde_json::from_slice(&b)))
+        if let Some(signed) = signed
+            && let Err(at) = checkpoints.binary_search_by_key(&signed.seq, |c| c.seq)
         {
-            Ok(None) => {}
-            Ok(Some(Ok(signed))) => {
-                let signed: Checkpoint = signed;
-                if let Err(at) = checkpoints.binary_search_by_key(&signed.seq, |c| c.seq) {
-                    checkpoints.insert(at, signed);
-                }
-            }
-            Ok(Some(Err(_))) => {
-                queue.push_back(Err("the signed head record does not parse".to_owned()))
-            }
-            Err(e) => queue.push_back(Err(e.to_string())),
+            checkpoints.insert(at, signed);
         }
         let entries_done = !queue.is_empty();
         Self {
@@ -1057,7 +1097,41 @@ impl<'a> StoredLines<'a> {
             queue,
             checkpoints: checkpoints.into_iter().peekable(),
             entries_done,
+            head,
+            bound,
+            head_entry_hash: None,
+            past_bound: false,
         }
+    }
+
+    /// After the walk verified every entry up to `last`: whether the head
+    /// record agrees, as `(first bad seq, problem)` when it does not. The
+    /// head must name an entry the walk found, by its hash; an entry past
+    /// the head read first must be one the head has moved on to since
+    /// (committed during the walk), not one written beside it.
+    pub(crate) fn head_agrees(&self, last: u64) -> Result<(), (u64, String)> {
+        const NOT_LAST: &str = "the head record does not name the last entry";
+        let head_seq = self.head.as_ref().map_or(0, |(seq, _)| *seq);
+        if last < head_seq {
+            return Err((
+                last + 1,
+                "entries the head record names are missing".to_owned(),
+            ));
+        }
+        if let Some((seq, hash)) = &self.head
+            && self.head_entry_hash.as_ref() != Some(hash)
+        {
+            return Err((*seq, NOT_LAST.to_owned()));
+        }
+        let newest_present = if self.past_bound { last + 1 } else { last };
+        if newest_present > head_seq {
+            match stored_head(self.store) {
+                Ok(Some((now, _))) if now >= newest_present => {}
+                Ok(_) => return Err((last, NOT_LAST.to_owned())),
+                Err(e) => return Err((last + 1, e.to_string())),
+            }
+        }
+        Ok(())
     }
 
     fn fetch(&mut self) {
@@ -1081,6 +1155,16 @@ impl<'a> StoredLines<'a> {
                 self.entries_done = true;
                 return;
             };
+            if entry.seq > self.bound {
+                self.past_bound = true;
+                self.entries_done = true;
+                return;
+            }
+            if let Some((seq, _)) = &self.head
+                && *seq == entry.seq
+            {
+                self.head_entry_hash = Some(entry.hash.clone());
+            }
             while let Some(c) = self.checkpoints.next_if(|c| c.seq < entry.seq) {
                 self.queue.push_back(Ok(ExportLine::Checkpoint(c)));
             }

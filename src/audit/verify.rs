@@ -6,7 +6,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::entry::{GENESIS_HASH, WRITTEN_WHILE_SEALED};
-use super::log::{StoredLines, stored_head};
+use super::log::StoredLines;
 use super::{Checkpoint, ExportLine};
 use crate::crypto::verify_signature;
 use crate::store::Store;
@@ -310,7 +310,8 @@ pub fn verify_lines_since(
 
 /// Verifies the log in a store, including that the head record names the
 /// last entry (so deleting entries from the end shows even where their
-/// checkpoints were deleted too).
+/// checkpoints were deleted too). Safe while nodes keep writing: the walk
+/// stops at the head read first (see `StoredLines`).
 pub fn verify_store(
     store: &dyn Store,
     public_key: &[u8],
@@ -326,31 +327,14 @@ pub fn verify_store_since(
     require_signed_tail: bool,
     known: Option<&KnownHead>,
 ) -> Verification {
-    let result = verify_lines_since(
-        StoredLines::new(store),
-        public_key,
-        require_signed_tail,
-        known,
-    );
+    let mut lines = StoredLines::new(store);
+    let result = verify_lines_since(&mut lines, public_key, require_signed_tail, known);
     if !result.ok {
         return result;
     }
-    match stored_head(store) {
-        Ok(Some((seq, hash))) if seq == result.entries && Some(&hash) == result.head.as_ref() => {
-            result
-        }
-        Ok(Some((seq, _))) if seq > result.entries => {
-            let first = result.entries + 1;
-            result.fail(first, "entries the head record names are missing")
-        }
-        Ok(_) => {
-            let last = result.entries;
-            result.fail(last, "the head record does not name the last entry")
-        }
-        Err(e) => {
-            let first = result.entries + 1;
-            result.fail(first, e.to_string())
-        }
+    match lines.head_agrees(result.entries) {
+        Ok(()) => result,
+        Err((seq, problem)) => result.fail(seq, problem),
     }
 }
 

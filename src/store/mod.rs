@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 pub use fjall_store::FjallStore;
 pub use postgres_store::{
-    AppliedMigration, DEFAULT_POOL_SIZE, MigrationReport, PostgresSettings, PostgresStore,
-    redact_url, schema_version,
+    AppliedMigration, DEFAULT_POOL_SIZE, MIN_POOL_SIZE, MigrationReport, PostgresSettings,
+    PostgresStore, redact_url, schema_version,
 };
 pub use redb_store::RedbStore;
 pub use sled_store::SledStore;
@@ -151,6 +151,12 @@ pub enum StoreError {
     /// The backend failed; the write may not have happened.
     #[error("storage backend failed: {0}")]
     Backend(String),
+    /// The write was sent to be committed, but no answer came back (the
+    /// connection broke while a PostgreSQL `COMMIT` was in flight): it may
+    /// or may not have happened. Never retried, and never reported as
+    /// "nothing was done": a caller that trusted that would repeat it.
+    #[error("the outcome of the write is unknown (it may have been committed): {0}")]
+    Unknown(String),
 }
 
 /// `fsync` of a directory: makes the names in it durable.

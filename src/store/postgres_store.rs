@@ -39,6 +39,11 @@
 //! not `off`: every connection sets it `on` (appended to the connection's
 //! options, so it wins over the URL's), and `connect` refuses a server that
 //! still reports `off`. `flush` therefore has nothing left to do.
+//!
+//! The `COMMIT` is both the apply and the durability point, so a
+//! connection that breaks while it is in flight leaves the outcome
+//! unknown: that is [`StoreError::Unknown`] (the embedded stores' failed
+//! flush, in effect), never retried and never "nothing was done".
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -56,6 +61,20 @@ use super::{KeyValue, Reads, Round, Store, StoreError, Transaction, Write};
 
 /// Connections in the pool when the configuration names no size.
 pub const DEFAULT_POOL_SIZE: usize = 16;
+
+/// The fewest connections a pool may have, so that nothing waits on the
+/// pool for a connection that only its own wait could free. An audit round
+/// holds one connection (its transaction, with the lock row) and, when
+/// another node wrote since this node's last round, reads its tail through
+/// a second. A backup's snapshot (SERIALIZABLE READ ONLY DEFERRABLE) holds
+/// a connection while PostgreSQL makes it wait for that round to end.
+/// Snapshots take turns (one per store), and nothing else holds a
+/// connection while it waits on a round, so with three connections the
+/// tail read always finds one; the fourth keeps ordinary requests going
+/// meanwhile. (Reading the tail inside the round's transaction would need
+/// no second connection; it would also add the tail's range reads to the
+/// round's serializable conflicts.)
+pub const MIN_POOL_SIZE: usize = 4;
 
 /// Rows fetched per step by `snapshot`.
 const SNAPSHOT_BATCH: i32 = 512;
@@ -127,10 +146,11 @@ pub fn redact_url(url: &str) -> String {
     let mut out = url.to_owned();
     if let Some(scheme_end) = out.find("://") {
         let rest_start = scheme_end + 3;
-        // tokio-postgres takes the user information up to the first `@`
-        // anywhere after the scheme (a password may hold `/` or `?`), so
-        // the password is whatever lies between the first `:` and it.
-        if let Some(at) = out.get(rest_start..).and_then(|rest| rest.find('@'))
+        // A password may hold `/`, `?` and `@` unencoded (tokio-postgres
+        // then cuts it at the first `@`, URL parsers at the last): the
+        // password is taken to run from the first `:` to the last `@`
+        // anywhere after the scheme. Cutting too much only hides more.
+        if let Some(at) = out.get(rest_start..).and_then(|rest| rest.rfind('@'))
             && let Some(colon) = out
                 .get(rest_start..rest_start + at)
                 .and_then(|user| user.find(':'))
@@ -206,6 +226,9 @@ pub struct PostgresStore {
     target: String,
     /// Lock rows known to exist.
     locks: Mutex<HashSet<Vec<u8>>>,
+    /// Held by a snapshot for its whole walk: snapshots take turns, so at
+    /// most one connection waits for a round to end (see [`MIN_POOL_SIZE`]).
+    snapshots: Mutex<()>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -548,7 +571,7 @@ impl PostgresStore {
             Manager::from_config(config, NoTls, manager_config)
         };
         let pool = Pool::builder(manager)
-            .max_size(settings.pool_size.max(1))
+            .max_size(settings.pool_size.max(MIN_POOL_SIZE))
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(Duration::from_secs(60)))
             .create_timeout(Some(Duration::from_secs(15)))
@@ -560,6 +583,7 @@ impl PostgresStore {
             handle,
             target,
             locks: Mutex::new(HashSet::new()),
+            snapshots: Mutex::new(()),
         };
         store.check_durability()?;
         Ok(store)
@@ -690,15 +714,17 @@ impl PostgresStore {
     }
 
     fn apply_once(&self, client: &mut Object, tx: &Transaction) -> Result<Attempt, StoreError> {
-        let outcome = futures_executor::block_on(async {
-            let txn = client
+        futures_executor::block_on(async {
+            let started = client
                 .build_transaction()
                 .isolation_level(IsolationLevel::Serializable)
                 .start()
-                .await?;
-            finish(txn, tx).await
-        });
-        attempt_of(outcome)
+                .await;
+            match started {
+                Ok(txn) => finish(txn, tx).await,
+                Err(e) => failed_before_commit(&e),
+            }
+        })
     }
 
     fn locked_once(
@@ -749,7 +775,7 @@ impl PostgresStore {
         let Some(tx) = built? else {
             return Ok(Attempt::Committed);
         };
-        attempt_of(futures_executor::block_on(finish(txn, &tx)))
+        futures_executor::block_on(finish(txn, &tx))
     }
 
     /// Runs `attempt` until it commits or fails for a reason other than a
@@ -778,26 +804,67 @@ impl PostgresStore {
 }
 
 /// Checks `tx`'s preconditions inside `txn`, then writes and commits, or
-/// rolls back: whether it committed.
+/// rolls back.
 async fn finish(
     txn: deadpool_postgres::Transaction<'_>,
     tx: &Transaction,
-) -> Result<bool, tokio_postgres::Error> {
-    if !check_and_write(&txn, tx).await? {
-        txn.rollback().await?;
-        return Ok(false);
+) -> Result<Attempt, StoreError> {
+    match check_and_write(&txn, tx).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return match txn.rollback().await {
+                Ok(()) => Ok(Attempt::PreconditionFailed),
+                Err(e) => failed_before_commit(&e),
+            };
+        }
+        Err(e) => return failed_before_commit(&e),
     }
-    txn.commit().await?;
-    Ok(true)
+    match txn.commit().await {
+        Ok(()) => Ok(Attempt::Committed),
+        Err(e) => match commit_failure(e.code()) {
+            CommitFailure::LostRace => Ok(Attempt::Retry),
+            CommitFailure::Unknown => Err(StoreError::Unknown(describe(&e))),
+        },
+    }
 }
 
-/// What one transaction's outcome means for [`PostgresStore::retrying`].
-fn attempt_of(outcome: Result<bool, tokio_postgres::Error>) -> Result<Attempt, StoreError> {
-    match outcome {
-        Ok(true) => Ok(Attempt::Committed),
-        Ok(false) => Ok(Attempt::PreconditionFailed),
-        Err(e) if retryable(&e) => Ok(Attempt::Retry),
-        Err(e) => Err(pg_error(&e)),
+/// A transaction that failed before its `COMMIT` was sent: nothing of it
+/// was committed, so a lost race is run again and anything else is
+/// reported as "not done".
+fn failed_before_commit(e: &tokio_postgres::Error) -> Result<Attempt, StoreError> {
+    if retryable(e) {
+        Ok(Attempt::Retry)
+    } else {
+        Err(pg_error(e))
+    }
+}
+
+/// What a `COMMIT` that failed may have left behind.
+#[derive(Debug, PartialEq, Eq)]
+enum CommitFailure {
+    /// The server refused it as a lost serialization race or deadlock:
+    /// nothing was committed, so it is run again.
+    LostRace,
+    /// Anything else: above all no answer at all (a reset connection, a
+    /// killed server, a failover, a pooler's timeout), when the server may
+    /// have committed just before the connection broke. A session ended by
+    /// the server (57P01 and the like) is no better: the commit record may
+    /// already be written. Never retried (the round's entries would be
+    /// chained twice) and never reported as "nothing was done".
+    Unknown,
+}
+
+/// [`CommitFailure`] of a `COMMIT` that failed with SQLSTATE `code` (`None`:
+/// the server's answer never came).
+fn commit_failure(code: Option<&SqlState>) -> CommitFailure {
+    match code {
+        Some(c)
+            if *c == SqlState::T_R_SERIALIZATION_FAILURE
+                || *c == SqlState::T_R_DEADLOCK_DETECTED =>
+        {
+            CommitFailure::LostRace
+        }
+        _ => CommitFailure::Unknown,
     }
 }
 
@@ -955,6 +1022,11 @@ impl Store for PostgresStore {
         visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         self.blocking(|| {
+            // Taken before the connection, never while holding one.
+            let _turn = self
+                .snapshots
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             let mut client = self.client()?;
             let txn = futures_executor::block_on(
                 client
@@ -1031,12 +1103,42 @@ mod tests {
             redact_url("postgres://app:ab/c?d:e@db/vault"),
             "postgres://app:***@db/vault"
         );
+        // A raw `@` in the password: nothing of it is left.
+        assert_eq!(
+            redact_url("postgres://app:p@ss@db/vault"),
+            "postgres://app:***@db/vault"
+        );
+        assert_eq!(
+            redact_url("postgres://app:a@b:c@d@db:5432/vault?sslmode=require"),
+            "postgres://app:***@db:5432/vault?sslmode=require"
+        );
         assert_eq!(
             redact_url("postgres://db/vault?pass%77ord=s3cret&user=app"),
             "postgres://db/vault?pass%77ord=***&user=app"
         );
         let settings = PostgresSettings::new("postgres://a:pw@h/d");
         assert!(!format!("{settings:?}").contains("pw"));
+    }
+
+    #[test]
+    fn only_a_lost_race_at_commit_is_known_not_to_have_committed() {
+        for race in [
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+        ] {
+            assert_eq!(commit_failure(Some(&race)), CommitFailure::LostRace);
+        }
+        // No answer (a broken connection), or the session ended by the
+        // server: it may have committed.
+        assert_eq!(commit_failure(None), CommitFailure::Unknown);
+        for ended in [
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CONNECTION_FAILURE,
+            SqlState::UNIQUE_VIOLATION,
+        ] {
+            assert_eq!(commit_failure(Some(&ended)), CommitFailure::Unknown);
+        }
     }
 
     #[test]
