@@ -1233,3 +1233,29 @@ fn restore(args: RestoreArgs) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// The console's cookies are `Secure` whenever `serve` could start:
+    /// with a certificate, and behind a TLS-terminating proxy
+    /// (`tls.disabled`), where the browser still sees HTTPS. Only `dev`
+    /// (no `[tls]` left) serves them without.
+    #[test]
+    fn console_cookies_are_secure_unless_dev() {
+        let secure = |text: &str| {
+            let config = Config::resolve(
+                toml::from_str(text).unwrap(),
+                crate::config::Overrides::default(),
+            )
+            .unwrap();
+            app_settings(&config).console_secure_cookie
+        };
+        assert!(secure("[tls]\ndisabled = true"));
+        assert!(secure("[tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\""));
+        assert!(!secure(""));
+    }
+}

@@ -237,6 +237,24 @@ fn dev_prints_credentials_as_json_and_serves_unsealed() {
         assert!(creds[key].as_str().unwrap().starts_with("srk_"), "{key}");
     }
     assert!(url.starts_with("http://127.0.0.1:"));
+    // The console and a login for each kind of staff, to try it at once.
+    assert_eq!(creds["console_url"], format!("{url}/console"));
+    for (name, login) in creds["staff"].as_object().unwrap() {
+        assert_eq!(login["username"], name.as_str());
+        assert!(login["password"].as_str().unwrap().len() >= 32);
+    }
+    let mut staff: Vec<&String> = creds["staff"].as_object().unwrap().keys().collect();
+    staff.sort();
+    assert_eq!(staff, ["admin-staff", "approver", "audit-staff", "officer"]);
+    let sign_in = http(addr, "GET", "/console/sign-in", None, None);
+    assert_eq!(sign_in.status, 200);
+    // Plain HTTP: the cookie cannot be Secure, and is otherwise strict.
+    let cookie = sign_in.header("set-cookie").unwrap();
+    assert!(
+        cookie.contains("HttpOnly; SameSite=Strict; Path=/console"),
+        "{cookie}"
+    );
+    assert!(!cookie.contains("Secure"), "{cookie}");
     let health = http(addr, "GET", "/v1/sys/health", None, None);
     assert_eq!(health.status, 200);
     assert_eq!(health.json()["sealed"], false);

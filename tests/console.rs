@@ -871,3 +871,68 @@ async fn notices_repeat_only_plain_ids_from_the_address() {
     assert!(!page.html.contains("helpdesk"));
     assert!(!page.html.contains("class=\"notice\""));
 }
+
+/// Each page that reads through the API, for each staff role: shown
+/// exactly when the policy table lets that role make the API call behind
+/// it, refused (403, nothing of the page) otherwise.
+#[tokio::test]
+async fn every_page_for_every_role_follows_the_policy_table() {
+    use strongroom::access::{Operation, allows};
+    let s = setup().await;
+    let pages: Vec<(String, Operation, &str)> = vec![
+        (
+            format!("/console/records/{}", s.card_id),
+            Operation::RecordRead,
+            "id=\"masked\"",
+        ),
+        (
+            "/console/approvals".into(),
+            Operation::AccessRequestList,
+            "<h1>Approval requests</h1>",
+        ),
+        (
+            "/console/audit".into(),
+            Operation::AuditRead,
+            "id=\"entries\"",
+        ),
+        (
+            "/console/audit/verify".into(),
+            Operation::AuditVerify,
+            "id=\"chain-status\"",
+        ),
+        (
+            "/console/admin/principals".into(),
+            Operation::PrincipalList,
+            "id=\"principals\"",
+        ),
+        (
+            "/console/admin/keys".into(),
+            Operation::KeysRead,
+            "id=\"keys\"",
+        ),
+        (
+            "/console/admin/routes".into(),
+            Operation::RelayRouteList,
+            "id=\"routes\"",
+        ),
+    ];
+    for (user, role) in [
+        ("olivia", Role::ComplianceOfficer),
+        ("abel", Role::ComplianceApprover),
+        ("audrey", Role::Auditor),
+        ("adam", Role::Admin),
+    ] {
+        let mut browser = Browser::new(&s.app);
+        browser.sign_in(user, PASSWORD).await;
+        for (path, op, marker) in &pages {
+            let page = browser.get(path).await;
+            if allows(role, *op) {
+                assert_eq!(page.status, 200, "{role:?} {path}");
+                assert!(page.html.contains(marker), "{role:?} {path}");
+            } else {
+                assert_eq!(page.status, 403, "{role:?} {path}");
+                assert!(!page.html.contains(marker), "{role:?} {path}");
+            }
+        }
+    }
+}
