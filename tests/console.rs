@@ -742,6 +742,26 @@ async fn requests_a_browser_marks_as_from_another_site_are_refused_even_gets() {
         assert_eq!(page.status, 403, "{site}");
         assert!(!page.html.contains("id=\"masked\""));
     }
+    // A link followed from elsewhere (a ticket, a mail) opens nothing
+    // either, but offers the same address as a link of the console's own.
+    let followed = officer
+        .send(
+            "GET",
+            &path,
+            None,
+            &[
+                ("sec-fetch-site", "cross-site"),
+                ("sec-fetch-mode", "navigate"),
+            ],
+        )
+        .await;
+    assert_eq!(followed.status, 200);
+    assert!(
+        followed.html.contains(&format!("href=\"{path}\"")),
+        "{}",
+        followed.html
+    );
+    assert!(!followed.html.contains("id=\"masked\""));
     assert_eq!(entries_of(&s.vault, "record.read").len(), reads_before);
     // Typed into the address bar, or followed from the console itself.
     for site in ["none", "same-origin"] {
@@ -839,6 +859,45 @@ async fn the_queue_lists_the_oldest_requests_first() {
         .map(|r| r.id)
         .collect();
     assert_eq!(oldest, made[..3]);
+    // An index entry in the first, unordered shape (`arp/<id>`) is still
+    // listed, and goes with its request's decision.
+    let legacy = &made[4];
+    let ordered: Vec<Vec<u8>> = vault
+        .store
+        .scan_prefix(b"arp/")
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.ends_with(legacy.as_bytes()))
+        .collect();
+    assert_eq!(ordered.len(), 1);
+    vault
+        .store
+        .commit(
+            strongroom::store::Transaction::new()
+                .delete(ordered[0].clone())
+                .put(format!("arp/{legacy}").into_bytes(), Vec::new()),
+        )
+        .unwrap();
+    let queue = call(&app, "GET", "/v1/access-requests", Some(&approver), None).await;
+    assert_eq!(queue.status, 200, "{}", queue.body);
+    assert!(queue.body.to_string().contains(legacy.as_str()));
+    let denied = call(
+        &app,
+        "POST",
+        &format!("/v1/access-requests/{legacy}/deny"),
+        Some(&approver),
+        None,
+    )
+    .await;
+    assert_eq!(denied.status, 200);
+    assert!(
+        vault
+            .store
+            .get(format!("arp/{legacy}").as_bytes())
+            .unwrap()
+            .is_none()
+    );
     // A decided request leaves the queue.
     let approved = call(
         &app,
@@ -850,7 +909,7 @@ async fn the_queue_lists_the_oldest_requests_first() {
     .await;
     assert_eq!(approved.status, 200);
     let queue = call(&app, "GET", "/v1/access-requests", Some(&approver), None).await;
-    assert_eq!(queue.body["requests"].as_array().unwrap().len(), 5);
+    assert_eq!(queue.body["requests"].as_array().unwrap().len(), 4);
     assert!(!queue.body.to_string().contains(&made[2]));
 }
 
@@ -934,5 +993,64 @@ async fn every_page_for_every_role_follows_the_policy_table() {
                 assert!(!page.html.contains(marker), "{role:?} {path}");
             }
         }
+    }
+}
+
+/// Bad input gets an answer, never a 5xx: an unknown search field or a
+/// missing country is named next to its field, a body over the console's limit is
+/// refused, and none of it echoes what was sent.
+#[tokio::test]
+async fn bad_input_is_named_next_to_its_field_and_never_echoed() {
+    let s = setup().await;
+    let mut officer = Browser::new(&s.app);
+    officer.sign_in("olivia", PASSWORD).await;
+    let csrf = officer.get("/console/search").await.csrf();
+    let bogus = officer
+        .post(
+            "/console/search",
+            &[
+                (CSRF_FIELD, &csrf),
+                ("field", "shoe_size<script>"),
+                ("value", "44"),
+                ("reason", "r"),
+                ("ticket", "T-1"),
+            ],
+        )
+        .await;
+    assert_eq!(bogus.status, 422, "{}", bogus.html);
+    assert!(bogus.html.contains("id=\"field-error\""), "{}", bogus.html);
+    assert!(!bogus.html.contains("<script>"));
+    let country = officer
+        .post(
+            "/console/search",
+            &[
+                (CSRF_FIELD, &csrf),
+                ("field", "national_id"),
+                ("value", "QZ1234567"),
+                ("reason", "r"),
+                ("ticket", "T-1"),
+            ],
+        )
+        .await;
+    assert!(
+        country.status == 422 || country.status == 400,
+        "{}",
+        country.status
+    );
+    assert!(
+        country.html.contains("id=\"country-error\""),
+        "{}",
+        country.html
+    );
+    let huge = "x".repeat(100 * 1024);
+    let too_big = officer
+        .post(
+            "/console/search",
+            &[(CSRF_FIELD, &csrf), ("field", "email"), ("value", &huge)],
+        )
+        .await;
+    assert_eq!(too_big.status, 413);
+    for page in [&bogus, &country, &too_big] {
+        assert!(page.status < 500);
     }
 }

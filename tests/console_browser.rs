@@ -204,6 +204,26 @@ async fn has(client: &Client, css: &str) -> bool {
     client.find(Locator::Css(css)).await.is_ok()
 }
 
+/// Asserts the current page came with the console's CSP and `no-store`,
+/// as the browser itself reads them (a same-origin `fetch` of the page).
+async fn assert_strict_headers(client: &Client) {
+    let headers = client
+        .execute(
+            "return fetch(location.href, {credentials: 'same-origin'}).then(r => \
+             [r.headers.get('content-security-policy'), r.headers.get('cache-control')]);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let url = client.current_url().await.unwrap();
+    assert_eq!(
+        headers[0],
+        strongroom::console::CONTENT_SECURITY_POLICY,
+        "{url}"
+    );
+    assert_eq!(headers[1], "no-store", "{url}");
+}
+
 /// Signs `client` in as `username` through the sign-in page.
 async fn sign_in(client: &Client, base: &str, username: &str, shot: Option<&str>) {
     client
@@ -345,6 +365,7 @@ async fn officer_approver_reveal_and_auditor_in_a_real_browser() {
         "a search result shows the national id: {matches}"
     );
     screenshot(&officer, "search-results").await;
+    assert_strict_headers(&officer).await;
 
     // Opens the record: masked, with the reveal and request forms.
     click(&officer, &format!("#matches a[href$='{kyc_id}']")).await;
@@ -354,6 +375,7 @@ async fn officer_approver_reveal_and_auditor_in_a_real_browser() {
         "{masked}"
     );
     screenshot(&officer, "record").await;
+    assert_strict_headers(&officer).await;
 
     // A reveal without a reason: the error is next to the reason field.
     click(&officer, "#reveal-form input[value=date_of_birth]").await;
@@ -381,6 +403,32 @@ async fn officer_approver_reveal_and_auditor_in_a_real_browser() {
         .find(|w| w.starts_with("ar_"))
         .unwrap()
         .to_owned();
+
+    // Approving one's own request is not offered (an officer has no
+    // queue) and is refused when forced with a hand-made form that
+    // carries the officer's own valid CSRF token.
+    let record_page = officer.current_url().await.unwrap();
+    officer
+        .execute(
+            "const f = document.createElement('form'); f.method = 'post'; \
+             f.action = '/console/approvals/' + arguments[0] + '/approve'; \
+             const t = document.querySelector('#request-form input[name=csrf]').cloneNode(); \
+             f.appendChild(t); document.body.appendChild(f); f.submit();",
+            vec![json!(request_id)],
+        )
+        .await
+        .unwrap();
+    officer
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css(".message"))
+        .await
+        .unwrap();
+    let forced = officer.source().await.unwrap();
+    assert!(forced.contains("Refused"), "{forced}");
+    assert!(!forced.contains("approved"));
+    let _ = officer.issue_cmd(BrowserLog).await;
+    officer.goto(record_page.as_str()).await.unwrap();
 
     // A form sent from another origin, even with the officer's own CSRF
     // token, is refused (and the SameSite cookie does not even go with it).
@@ -438,6 +486,7 @@ async fn officer_approver_reveal_and_auditor_in_a_real_browser() {
         "{row}"
     );
     screenshot(&approver, "approvals").await;
+    assert_strict_headers(&approver).await;
     click(
         &approver,
         &format!("form[action='/console/approvals/{request_id}/approve'] button"),
@@ -486,6 +535,7 @@ async fn officer_approver_reveal_and_auditor_in_a_real_browser() {
     assert!(entries.contains("CASE-1234"));
     assert!(!entries.contains(NATIONAL_ID));
     screenshot(&auditor, "audit").await;
+    assert_strict_headers(&auditor).await;
     click(&auditor, "a[href='/console/audit/verify']").await;
     assert!(
         text_of(&auditor, "#chain-status")
@@ -504,6 +554,7 @@ async fn officer_approver_reveal_and_auditor_in_a_real_browser() {
     ] {
         admin.goto(&format!("{base}{path}")).await.unwrap();
         screenshot(&admin, name).await;
+        assert_strict_headers(&admin).await;
     }
     assert_no_console_errors(&admin, "admin").await;
 

@@ -161,15 +161,17 @@ impl AccessRequests {
         let page = self.store.scan(PENDING_PREFIX.as_bytes(), None, limit)?;
         let mut out = Vec::with_capacity(page.len());
         for (index_key, _) in page {
-            let id = index_key
+            let rest = index_key
                 .get(PENDING_PREFIX.len()..)
                 .and_then(|rest| std::str::from_utf8(rest).ok())
-                .and_then(|rest| rest.split_once('/'))
-                .map(|(_, id)| id)
                 .ok_or(AccessError::Corrupt)?;
-            let request = self.get(id)?.ok_or(AccessError::Corrupt)?;
-            if request.status == RequestStatus::Pending {
-                out.push(request);
+            // `<time>/<id>`, or a bare `<id>` written before the index
+            // was ordered by time (still listed, and removed on decision).
+            let id = rest.split_once('/').map_or(rest, |(_, id)| id);
+            match self.get(id)? {
+                Some(request) if request.status == RequestStatus::Pending => out.push(request),
+                Some(_) => {}
+                None => tracing::warn!(id, "pending index names no access request; skipped"),
             }
         }
         Ok(out)
@@ -225,7 +227,8 @@ impl AccessRequests {
         let tx = Transaction::new()
             .expect(key(id), Some(stored))
             .put(key(id), sealed)
-            .delete(pending_key(&decided));
+            .delete(pending_key(&decided))
+            .delete(format!("{PENDING_PREFIX}{id}"));
         Ok(Ok((decided, tx)))
     }
 

@@ -177,6 +177,28 @@ async fn own_pages_only(req: Request, next: Next) -> Response {
     if fetch_site_ok && origin_ok {
         return next.run(req).await;
     }
+    // A link followed from another site (a ticket, a mail): nothing runs,
+    // but the page offers the same address as a link of the console's
+    // own, one click away.
+    let navigation = h
+        .get("sec-fetch-mode")
+        .is_some_and(|mode| mode.as_bytes() == b"navigate");
+    if !is_post && navigation {
+        let target = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .filter(|p| p.starts_with("/console"))
+            .unwrap_or_else(|| HOME.to_owned());
+        return views::render(
+            StatusCode::OK,
+            &views::MessagePage {
+                c: views::Chrome::new("Continue to the console", None),
+                message: "You followed a link from another site. Nothing was opened yet: continue if you meant to.".into(),
+                link: Some((target, "Continue".into())),
+            },
+        );
+    }
     tracing::warn!(
         path = %req.uri().path(),
         method = %req.method(),
