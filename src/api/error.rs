@@ -47,6 +47,8 @@ pub enum ApiError {
         retry_after_secs: u64,
     },
     Conflict(&'static str),
+    /// An `Idempotency-Key` used before with another request.
+    IdempotencyMismatch,
     UnsealFailed(&'static str),
     Integrity,
     AuditUnavailable,
@@ -103,6 +105,11 @@ impl ApiError {
                 "Method not allowed",
             ),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            Self::IdempotencyMismatch => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_mismatch",
+                "Idempotency key reused",
+            ),
             Self::PayloadTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
@@ -198,6 +205,9 @@ impl ApiError {
             Self::Malformed(why) | Self::Conflict(why) | Self::UnsealFailed(why) => (*why).into(),
             Self::Validation(_) => "The request body failed validation; see errors.".into(),
             Self::PayloadTooLarge => "The request body exceeds the configured limit.".into(),
+            Self::IdempotencyMismatch => "This Idempotency-Key was used with another request \
+                within the last 24 hours; use a new key for a new request."
+                .into(),
             Self::RateLimited { retry_after_secs } => {
                 format!("Too many attempts; retry after {retry_after_secs} seconds.")
             }

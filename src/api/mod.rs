@@ -12,6 +12,7 @@ mod collect;
 mod compliance;
 mod error;
 mod extract;
+mod idempotency;
 mod keys;
 mod limits;
 mod metrics;
@@ -673,6 +674,38 @@ pub fn router(state: AppState) -> Router {
 /// The API alone.
 fn api_router(state: AppState) -> Router {
     let body_limit = state.settings.body_limit_bytes;
+    // The POSTs that create, behind `Idempotency-Key` (their GETs pass
+    // through untouched).
+    let creating = Router::new()
+        .route(
+            "/v1/principals",
+            post(principals::create).get(principals::list),
+        )
+        .route("/v1/records/card", post(records::create_card))
+        .route(
+            "/v1/records/bank_account",
+            post(records::create_bank_account),
+        )
+        .route("/v1/records/kyc", post(records::create_kyc))
+        .route(
+            "/v1/access-requests",
+            post(compliance::request_access).get(compliance::list_access_requests),
+        )
+        .route("/v1/tokens", post(tokens::create))
+        .route(
+            "/v1/relay/routes",
+            post(relay::create_route).get(relay::list_routes),
+        )
+        .route(
+            "/v1/relay/{name}/{*path}",
+            post(relay::invoke_post)
+                .put(relay::invoke_put)
+                .patch(relay::invoke_patch),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::idempotency,
+        ));
     Router::new()
         .route("/v1/sys/health", get(sys::health))
         .route("/v1/sys/ready", get(sys::ready))
@@ -681,10 +714,6 @@ fn api_router(state: AppState) -> Router {
         .route("/v1/sys/seal", post(sys::seal))
         .route("/v1/sys/backup", get(backup::backup))
         .route("/v1/openapi.json", get(openapi::serve_document))
-        .route(
-            "/v1/principals",
-            post(principals::create).get(principals::list),
-        )
         .route("/v1/principals/{id}", delete(principals::disable))
         .route("/v1/auth/login", post(auth::login))
         .route("/v1/auth/logout", post(auth::logout))
@@ -694,12 +723,6 @@ fn api_router(state: AppState) -> Router {
         .route("/v1/keys/{purpose}/rotate", post(keys::rotate))
         // One static path per record type (the document then has one
         // typed body each); POST on any other `/v1/records/{id}` is 405.
-        .route("/v1/records/card", post(records::create_card))
-        .route(
-            "/v1/records/bank_account",
-            post(records::create_bank_account),
-        )
-        .route("/v1/records/kyc", post(records::create_kyc))
         .route(
             "/v1/records/{id}",
             get(records::read)
@@ -710,21 +733,12 @@ fn api_router(state: AppState) -> Router {
         .route("/v1/records/{id}/cvc", post(collect::attach_cvc))
         .route("/v1/search", post(compliance::search))
         .route(
-            "/v1/access-requests",
-            post(compliance::request_access).get(compliance::list_access_requests),
-        )
-        .route(
             "/v1/access-requests/{id}/approve",
             post(compliance::approve),
         )
         .route("/v1/access-requests/{id}/deny", post(compliance::deny))
-        .route("/v1/tokens", post(tokens::create))
         .route("/v1/tokens/detokenize", post(tokens::detokenize))
         .route("/v1/tokens/{token}", delete(tokens::revoke))
-        .route(
-            "/v1/relay/routes",
-            post(relay::create_route).get(relay::list_routes),
-        )
         .route(
             "/v1/relay/routes/{name}",
             put(relay::change_route).delete(relay::delete_route),
@@ -733,12 +747,7 @@ fn api_router(state: AppState) -> Router {
             "/v1/relay/routes/{name}/approve",
             post(relay::approve_route),
         )
-        .route(
-            "/v1/relay/{name}/{*path}",
-            post(relay::invoke_post)
-                .put(relay::invoke_put)
-                .patch(relay::invoke_patch),
-        )
+        .merge(creating)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // CORS on the collect routes only, inside the sealed gate (a sealed

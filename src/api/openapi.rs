@@ -147,9 +147,44 @@ impl Layers {
     }
 }
 
+/// The `Idempotency-Key` header of a creating POST, and its two answers.
+fn idempotent(operation: &mut Operation) {
+    use utoipa::openapi::Required;
+    use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+    operation.parameters.get_or_insert_with(Vec::new).push(
+        ParameterBuilder::new()
+            .name("Idempotency-Key")
+            .parameter_in(ParameterIn::Header)
+            .required(Required::False)
+            .description(Some(
+                "The same key from the same principal with the same request within 24 hours answers the first response again (`idempotent-replayed: true`); docs/lifecycle.md",
+            ))
+            .schema(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .min_length(Some(1))
+                    .max_length(Some(super::idempotency::MAX_KEY_LEN))
+                    .pattern(Some(super::idempotency::KEY_PATTERN)),
+            ))
+            .build(),
+    );
+    let responses = &mut operation.responses.responses;
+    responses.entry("409".to_owned()).or_insert_with(|| {
+        problem("`conflict`: a request with this `Idempotency-Key` is still running").into()
+    });
+    responses.entry("422".to_owned()).or_insert_with(|| {
+        problem("`idempotency_mismatch`: the `Idempotency-Key` was used with another request; or `validation_failed`").into()
+    });
+}
+
 impl Modify for Layers {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         for (path, item) in openapi.paths.paths.iter_mut() {
+            if super::idempotency::PATHS.contains(&path.as_str())
+                && let Some(post) = item.post.as_mut()
+            {
+                idempotent(post);
+            }
             for operation in [
                 &mut item.get,
                 &mut item.put,

@@ -1,0 +1,341 @@
+//! `Idempotency-Key` on the POSTs that create (docs/lifecycle.md,
+//! "Idempotency keys"): the same key from the same principal with the same
+//! request within 24 hours answers the first response again; the same key
+//! with another request is 422 `idempotency_mismatch`; while the first is
+//! still running, 409 `conflict`.
+//!
+//! A key is a reservation taken before the work, with a precondition (the
+//! slot is absent, or expired as read), so 50 parallel retries make one
+//! record. The slot names a digest of the principal and the key, never the
+//! key itself; it holds the request's digest and, once answered, the
+//! response sealed under a fresh DEK (`Purpose::Generic`), since an answer
+//! may hold a token. The slot itself is authenticated with the state key.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use time::Duration;
+
+use super::{ApiError, AppState};
+use crate::keyring::{Purpose, RecordContext, SealedRecord};
+use crate::store::{StoreError, Transaction};
+
+/// The request header.
+pub const HEADER: &str = "idempotency-key";
+/// The document paths whose POST takes the header (the routes behind the
+/// middleware in `api_router`).
+pub const PATHS: [&str; 8] = [
+    "/v1/records/card",
+    "/v1/records/bank_account",
+    "/v1/records/kyc",
+    "/v1/tokens",
+    "/v1/principals",
+    "/v1/access-requests",
+    "/v1/relay/routes",
+    "/v1/relay/{name}/{path}",
+];
+/// How long a key answers for.
+pub const LIFETIME: Duration = Duration::hours(24);
+/// The longest key accepted (printable ASCII).
+pub const MAX_KEY_LEN: usize = 255;
+const SLOT_PREFIX: &str = "idem/";
+/// The header every replayed answer carries.
+pub const REPLAYED: &str = "idempotent-replayed";
+
+#[derive(Serialize, Deserialize)]
+struct Slot {
+    /// SHA-256 of method, path and body, hex.
+    request: String,
+    created_at: i64,
+    /// The sealed answer (a `SealedRecord`, hex); `None` while running.
+    answer: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Answer {
+    status: u16,
+    content_type: Option<String>,
+    location: Option<String>,
+    body: Vec<u8>,
+}
+
+/// The header's key: 1–255 printable ASCII characters, spaces inside
+/// only (the OpenAPI document's pattern, [`KEY_PATTERN`]).
+fn key_of(value: &HeaderValue) -> Option<&str> {
+    let text = value.to_str().ok()?;
+    let bytes = text.as_bytes();
+    let ok = !bytes.is_empty()
+        && bytes.len() <= MAX_KEY_LEN
+        && bytes.iter().all(|b| b.is_ascii_graphic() || *b == b' ')
+        && bytes.first().is_some_and(u8::is_ascii_graphic)
+        && bytes.last().is_some_and(u8::is_ascii_graphic);
+    ok.then_some(text)
+}
+
+/// The key's shape in the OpenAPI document.
+pub const KEY_PATTERN: &str = r"^[!-~]([ -~]{0,253}[!-~])?$";
+
+/// The principal a bearer credential names, without the side effects of
+/// [`super::Caller`] (no session touch, no collect limits): the handler
+/// authenticates the request again, as it always does.
+fn principal_of(state: &AppState, req: &Request) -> Option<String> {
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")?
+        .trim();
+    let keys = state.keyring.keys().ok()?;
+    let credential_key = keys.credential_key().ok()?;
+    state
+        .principals
+        .authenticate(&credential_key, &state.settings.sessions, bearer)
+        .ok()
+        .map(|a| a.principal.id)
+}
+
+/// What the reservation found.
+enum Reserved {
+    /// This request holds the slot now; its stored bytes.
+    Ours(Vec<u8>),
+    /// The first request's answer, to give again.
+    Replay(Answer),
+    /// The key was used with another request.
+    Mismatch,
+    /// The first request is still running.
+    Running,
+}
+
+/// Runs the creating POST behind `Idempotency-Key` (see the module).
+pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if req.method() != Method::POST {
+        return next.run(req).await;
+    }
+    let Some(raw) = req.headers().get(HEADER) else {
+        return next.run(req).await;
+    };
+    let Some(key) = key_of(raw).map(str::to_owned) else {
+        return ApiError::field(
+            "Idempotency-Key",
+            "must be 1 to 255 printable ASCII characters",
+        )
+        .into_response();
+    };
+    // An unknown credential goes on to the handler, which refuses it and
+    // audits as it always does.
+    let Some(principal) = principal_of(&state, &req) else {
+        return next.run(req).await;
+    };
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, state.settings.body_limit_bytes).await else {
+        return ApiError::PayloadTooLarge.into_response();
+    };
+    let fingerprint = {
+        let mut hash = crate::crypto::Sha256Stream::new();
+        hash.update(parts.method.as_str().as_bytes());
+        hash.update(b"\0");
+        hash.update(parts.uri.path().as_bytes());
+        hash.update(b"\0");
+        hash.update(&bytes);
+        hex::encode(hash.finish())
+    };
+    let slot_key = match slot_key(&state, &principal, &key) {
+        Ok(k) => k,
+        Err(e) => return e.into_response(),
+    };
+    let request = Request::from_parts(parts, Body::from(bytes));
+    // The reservation, the work and the answer's record finish whether or
+    // not the client waits.
+    let work = async move {
+        let reserved = {
+            let state = state.clone();
+            let slot_key = slot_key.clone();
+            let fingerprint = fingerprint.clone();
+            tokio::task::spawn_blocking(move || reserve(&state, &slot_key, &fingerprint))
+                .await
+                .map_err(|_| ApiError::Internal)??
+        };
+        let held = match reserved {
+            Reserved::Ours(held) => held,
+            Reserved::Replay(answer) => return Ok(replay(answer)),
+            Reserved::Mismatch => return Err(ApiError::IdempotencyMismatch),
+            Reserved::Running => {
+                return Err(ApiError::Conflict(
+                    "A request with this Idempotency-Key is still running; retry later.",
+                ));
+            }
+        };
+        let response = next.run(request).await;
+        let (parts, body) = response.into_parts();
+        let body = axum::body::to_bytes(body, usize::MAX)
+            .await
+            .map_err(|_| ApiError::Internal)?;
+        let answer = Answer {
+            status: parts.status.as_u16(),
+            content_type: header_text(&parts.headers, header::CONTENT_TYPE),
+            location: header_text(&parts.headers, header::LOCATION),
+            body: body.to_vec(),
+        };
+        let keep = !(parts.status.is_server_error()
+            || parts.status == StatusCode::TOO_MANY_REQUESTS
+            || parts.status == StatusCode::CONFLICT);
+        let done = {
+            let state = state.clone();
+            tokio::task::spawn_blocking(move || {
+                finish(
+                    &state,
+                    &slot_key,
+                    &fingerprint,
+                    held,
+                    keep.then_some(&answer),
+                )
+            })
+            .await
+        };
+        if !matches!(done, Ok(Ok(()))) {
+            tracing::error!(
+                "idempotency slot not updated after the request; a retry may wait until it expires"
+            );
+        }
+        Ok(Response::from_parts(parts, Body::from(body)))
+    };
+    match super::to_the_end(work).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn header_text(headers: &axum::http::HeaderMap, name: header::HeaderName) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// The slot of `key` for `principal`: a digest, so neither appears in the
+/// store.
+fn slot_key(state: &AppState, principal: &str, key: &str) -> Result<String, ApiError> {
+    let keys = state.keyring.keys()?;
+    let mut message = b"strongroom idempotency\0".to_vec();
+    message.extend_from_slice(principal.as_bytes());
+    message.push(0);
+    message.extend_from_slice(key.as_bytes());
+    Ok(format!(
+        "{SLOT_PREFIX}{}",
+        hex::encode(keys.credential_key()?.sign(&message).0)
+    ))
+}
+
+/// Takes the slot for this request, or says what holds it.
+fn reserve(state: &AppState, slot_key: &str, fingerprint: &str) -> Result<Reserved, ApiError> {
+    for _ in 0..8 {
+        let keys = state.keyring.keys()?;
+        let stored = state.store.get(slot_key.as_bytes())?;
+        let now = state.clock.now().unix_timestamp();
+        let live = match &stored {
+            Some(bytes) => {
+                let slot: Slot = keys.state_key()?.open_json(slot_key.as_bytes(), bytes)?;
+                (now < slot.created_at.saturating_add(LIFETIME.whole_seconds())).then_some(slot)
+            }
+            None => None,
+        };
+        if let Some(slot) = live {
+            if slot.request != fingerprint {
+                return Ok(Reserved::Mismatch);
+            }
+            return match slot.answer {
+                None => Ok(Reserved::Running),
+                Some(sealed) => Ok(Reserved::Replay(open_answer(state, slot_key, &sealed)?)),
+            };
+        }
+        let mine = Slot {
+            request: fingerprint.to_owned(),
+            created_at: now,
+            answer: None,
+        };
+        let bytes = keys.state_key()?.seal_json(slot_key.as_bytes(), &mine)?;
+        match state.store.commit(
+            Transaction::new()
+                .expect(slot_key.as_bytes().to_vec(), stored)
+                .put(slot_key.as_bytes().to_vec(), bytes.clone()),
+        ) {
+            Ok(()) => return Ok(Reserved::Ours(bytes)),
+            Err(StoreError::Conflict) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Reserved::Running)
+}
+
+fn context(slot_key: &str) -> RecordContext<'_> {
+    RecordContext {
+        id: slot_key,
+        record_type: "idempotent_answer",
+        version: 1,
+    }
+}
+
+fn open_answer(state: &AppState, slot_key: &str, sealed: &str) -> Result<Answer, ApiError> {
+    let bytes = hex::decode(sealed).map_err(|_| ApiError::Integrity)?;
+    let sealed = SealedRecord::decode(&bytes)?;
+    let plain = state
+        .keyring
+        .open_record(Purpose::Generic, &context(slot_key), &sealed)?;
+    serde_json::from_slice(&plain).map_err(|_| ApiError::Integrity)
+}
+
+/// Records the answer in the slot this request holds (`held`, as it was
+/// written), or gives the slot back when the answer is not to be kept (a
+/// 5xx, 409 or 429: a retry may do better).
+fn finish(
+    state: &AppState,
+    slot_key: &str,
+    fingerprint: &str,
+    held: Vec<u8>,
+    answer: Option<&Answer>,
+) -> Result<(), ApiError> {
+    let tx = Transaction::new().expect(slot_key.as_bytes().to_vec(), Some(held));
+    let tx = match answer {
+        None => tx.delete(slot_key.as_bytes().to_vec()),
+        Some(answer) => {
+            let plain = zeroize::Zeroizing::new(
+                serde_json::to_vec(answer).map_err(|_| ApiError::Internal)?,
+            );
+            let sealed = state
+                .keyring
+                .seal_record(Purpose::Generic, &context(slot_key), &plain)?;
+            let keys = state.keyring.keys()?;
+            let done = Slot {
+                request: fingerprint.to_owned(),
+                created_at: state.clock.now().unix_timestamp(),
+                answer: Some(hex::encode(sealed.encode())),
+            };
+            tx.put(
+                slot_key.as_bytes().to_vec(),
+                keys.state_key()?.seal_json(slot_key.as_bytes(), &done)?,
+            )
+        }
+    };
+    state.store.commit(tx).map_err(ApiError::from)
+}
+
+/// The first answer again, marked as a replay.
+fn replay(answer: Answer) -> Response {
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
+    let mut response = (status, Bytes::from(answer.body)).into_response();
+    let h = response.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_TYPE, answer.content_type),
+        (header::LOCATION, answer.location),
+    ] {
+        if let Some(value) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            h.insert(name, value);
+        }
+    }
+    h.insert(REPLAYED, HeaderValue::from_static("true"));
+    response
+}
