@@ -237,3 +237,99 @@ where
     }
     out
 }
+
+/// A certificate-bound service's key on a connection without its
+/// certificate is refused by the handler (401, audited): a kept answer
+/// under its idempotency key must not be handed out instead.
+#[tokio::test]
+async fn a_bound_key_without_its_certificate_gets_no_replay() {
+    use strongroom::tls::{CertificateFingerprints, PeerCertificate};
+    let s = setup();
+    let fingerprint = "ab".repeat(32);
+    let created = common::call(
+        &s.app,
+        "POST",
+        "/v1/principals",
+        Some(&s.vault.admin_api_key),
+        Some(json!({"name": "bound-payments", "kind": "service", "roles": ["payment_service"], "client_cert_sha256": [fingerprint]})),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let key = created.body["api_key"].as_str().unwrap().to_owned();
+    let send = |certificate: Option<CertificateFingerprints>| {
+        let app = s.app.clone();
+        let key = key.clone();
+        async move {
+            let mut request = axum::http::Request::builder()
+                .method("POST")
+                .uri("/v1/records/card")
+                .header("authorization", format!("Bearer {key}"))
+                .header("content-type", "application/json")
+                .header("idempotency-key", "bound-1")
+                .body(axum::body::Body::from(card("user-9").to_string()))
+                .unwrap();
+            request
+                .extensions_mut()
+                .insert(PeerCertificate(certificate));
+            common::send_request(&app, request).await
+        }
+    };
+    let with = send(Some(CertificateFingerprints {
+        cert_sha256: "ab".repeat(32),
+        spki_sha256: "cd".repeat(32),
+    }))
+    .await;
+    assert_eq!(with.status, 201, "{}", with.body);
+    let without = send(None).await;
+    assert_eq!(without.status, 401, "{}", without.body);
+    assert!(without.headers.get("idempotent-replayed").is_none());
+    assert!(
+        !without
+            .body
+            .to_string()
+            .contains(with.body["token"].as_str().unwrap())
+    );
+}
+
+/// An answer refused for who asked (401, 403) is not kept: the key is not
+/// spent on it.
+#[tokio::test]
+async fn a_forbidden_answer_does_not_spend_the_key() {
+    let s = setup();
+    let auditor = s.vault.service("auditor", Role::Auditor);
+    let refused = call_with(
+        &s.app,
+        "POST",
+        "/v1/records/card",
+        Some(&auditor),
+        Some(card("user-1")),
+        &[("idempotency-key", "k-403")],
+    )
+    .await;
+    assert_eq!(refused.status, 403);
+    assert!(s.vault.store.scan_prefix(b"idem/").unwrap().is_empty());
+}
+
+/// A replay is on the record, like the first answer.
+#[tokio::test]
+async fn a_replay_is_audited() {
+    let s = setup();
+    for _ in 0..2 {
+        let reply = call_with(
+            &s.app,
+            "POST",
+            "/v1/tokens",
+            Some(&s.payments),
+            Some(json!({"value": "gift-card-1234", "kind": "generic"})),
+            &[("idempotency-key", "tok-1")],
+        )
+        .await;
+        assert_eq!(reply.status, 201, "{}", reply.body);
+    }
+    let replays: Vec<_> = audit_entries(&s.vault)
+        .into_iter()
+        .filter(|e| e["action"] == "idempotency.replay")
+        .collect();
+    assert_eq!(replays.len(), 1);
+    assert_eq!(replays[0]["actor"], s.vault.principal_id("payments"));
+}

@@ -288,6 +288,12 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if matches!(self, Self::AuditNotDurable | Self::UpstreamTimeout) {
+            response
+                .extensions_mut()
+                .insert(super::idempotency::OutcomeUnknown);
+        }
+        let headers = response.headers_mut();
         if let Self::RateLimited { retry_after_secs } = self
             && let Ok(value) = HeaderValue::from_str(&retry_after_secs.to_string())
         {

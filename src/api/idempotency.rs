@@ -57,10 +57,28 @@ struct Slot {
 #[derive(Serialize, Deserialize)]
 struct Answer {
     status: u16,
-    content_type: Option<String>,
-    location: Option<String>,
-    body: Vec<u8>,
+    /// The answer's headers a replay gives again ([`KEPT_HEADERS`]).
+    headers: Vec<(String, String)>,
+    /// The body, hex.
+    body: String,
 }
+
+/// Headers of a first answer that a replay carries again: what it is,
+/// where it points, and whose it is (a relay's upstream answer).
+const KEPT_HEADERS: [&str; 3] = ["content-type", "location", "x-strongroom-relay"];
+/// The largest answer kept; a larger one gives the slot back (a retry
+/// runs again).
+pub const MAX_KEPT_ANSWER: usize = 256 * 1024;
+/// A slot still "running" after this long is taken to be abandoned (a
+/// crash, a restart mid-request) and the next request may take it over.
+const ABANDONED_AFTER: Duration = Duration::minutes(5);
+
+/// Marks an answer whose change may or may not have happened (the store
+/// could not confirm a commit; an upstream that did not answer in time):
+/// kept under its key like a success, so a retry with the key never runs
+/// the work a second time.
+#[derive(Clone, Copy, Debug)]
+pub struct OutcomeUnknown;
 
 /// The header's key: 1–255 printable ASCII characters, spaces inside
 /// only (the OpenAPI document's pattern, [`KEY_PATTERN`]).
@@ -78,9 +96,16 @@ fn key_of(value: &HeaderValue) -> Option<&str> {
 /// The key's shape in the OpenAPI document.
 pub const KEY_PATTERN: &str = r"^[!-~]([ -~]{0,253}[!-~])?$";
 
-/// The principal a bearer credential names, without the side effects of
-/// [`super::Caller`] (no session touch, no collect limits): the handler
-/// authenticates the request again, as it always does.
+/// The principal whose keys this request may use: one its credential
+/// names, that may use that credential on this connection (a
+/// certificate-bound service only with one of its certificates), and that
+/// is a service or a person. Found without the side effects of
+/// [`super::Caller`] (no session touch, no collect limits); the handler
+/// authenticates the request again, as it always does. `None` (the
+/// request goes to the handler untouched, which refuses and audits what
+/// it must): no credential, a refused one, an unbound connection, or a
+/// publishable key, whose browser requests pass the origin check and the
+/// collect limits in the handler and must never be answered from a slot.
 fn principal_of(state: &AppState, req: &Request) -> Option<String> {
     let bearer = req
         .headers()
@@ -91,11 +116,25 @@ fn principal_of(state: &AppState, req: &Request) -> Option<String> {
         .trim();
     let keys = state.keyring.keys().ok()?;
     let credential_key = keys.credential_key().ok()?;
-    state
+    let principal = state
         .principals
         .authenticate(&credential_key, &state.settings.sessions, bearer)
-        .ok()
-        .map(|a| a.principal.id)
+        .ok()?
+        .principal;
+    if principal.kind == crate::access::PrincipalKind::Publishable {
+        return None;
+    }
+    if !principal.client_cert_sha256.is_empty() {
+        let presented = req
+            .extensions()
+            .get::<crate::tls::PeerCertificate>()
+            .cloned()
+            .unwrap_or_default();
+        if !presented.matches_any(&principal.client_cert_sha256) {
+            return None;
+        }
+    }
+    Some(principal.id)
 }
 
 /// What the reservation found.
@@ -140,6 +179,16 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
         hash.update(b"\0");
         hash.update(parts.uri.path().as_bytes());
         hash.update(b"\0");
+        hash.update(parts.uri.query().unwrap_or_default().as_bytes());
+        hash.update(b"\0");
+        hash.update(
+            parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .map(|v| v.as_bytes())
+                .unwrap_or_default(),
+        );
+        hash.update(b"\0");
         hash.update(&bytes);
         hex::encode(hash.finish())
     };
@@ -147,6 +196,7 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
         Ok(k) => k,
         Err(e) => return e.into_response(),
     };
+    let ctx = super::RequestContext::from_parts(&parts);
     let request = Request::from_parts(parts, Body::from(bytes));
     // The reservation, the work and the answer's record finish whether or
     // not the client waits.
@@ -161,7 +211,20 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
         };
         let held = match reserved {
             Reserved::Ours(held) => held,
-            Reserved::Replay(answer) => return Ok(replay(answer)),
+            Reserved::Replay(answer) => {
+                // A replay hands the first answer out again (it may hold a
+                // token): on the record, like the first.
+                let event = crate::audit::AuditEvent {
+                    reason: Some(format!("answered again (first answer: {})", answer.status)),
+                    ..ctx.event(
+                        &principal,
+                        "idempotency.replay",
+                        crate::audit::Outcome::Allowed,
+                    )
+                };
+                state.record(event).await?;
+                return Ok(replay(answer));
+            }
             Reserved::Mismatch => return Err(ApiError::IdempotencyMismatch),
             Reserved::Running => {
                 return Err(ApiError::Conflict(
@@ -171,18 +234,32 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
         };
         let response = next.run(request).await;
         let (parts, body) = response.into_parts();
+        // A body that cannot be read whole is not kept (the slot is given
+        // back below), and the client gets what could be read: nothing.
         let body = axum::body::to_bytes(body, usize::MAX)
             .await
-            .map_err(|_| ApiError::Internal)?;
+            .unwrap_or_default();
         let answer = Answer {
             status: parts.status.as_u16(),
-            content_type: header_text(&parts.headers, header::CONTENT_TYPE),
-            location: header_text(&parts.headers, header::LOCATION),
-            body: body.to_vec(),
+            headers: KEPT_HEADERS
+                .iter()
+                .filter_map(|name| {
+                    let value = parts.headers.get(*name)?.to_str().ok()?;
+                    Some(((*name).to_owned(), value.to_owned()))
+                })
+                .collect(),
+            body: hex::encode(&body),
         };
-        let keep = !(parts.status.is_server_error()
-            || parts.status == StatusCode::TOO_MANY_REQUESTS
-            || parts.status == StatusCode::CONFLICT);
+        let keep = body.len() <= MAX_KEPT_ANSWER
+            && (parts.extensions.get::<OutcomeUnknown>().is_some()
+                || !(parts.status.is_server_error()
+                    || matches!(
+                        parts.status,
+                        StatusCode::TOO_MANY_REQUESTS
+                            | StatusCode::CONFLICT
+                            | StatusCode::UNAUTHORIZED
+                            | StatusCode::FORBIDDEN
+                    )));
         let done = {
             let state = state.clone();
             tokio::task::spawn_blocking(move || {
@@ -207,13 +284,6 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
         Ok(response) => response,
         Err(e) => e.into_response(),
     }
-}
-
-fn header_text(headers: &axum::http::HeaderMap, name: header::HeaderName) -> Option<String> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
 }
 
 /// The slot of `key` for `principal`: a digest, so neither appears in the
@@ -247,10 +317,21 @@ fn reserve(state: &AppState, slot_key: &str, fingerprint: &str) -> Result<Reserv
             if slot.request != fingerprint {
                 return Ok(Reserved::Mismatch);
             }
-            return match slot.answer {
-                None => Ok(Reserved::Running),
-                Some(sealed) => Ok(Reserved::Replay(open_answer(state, slot_key, &sealed)?)),
-            };
+            match slot.answer {
+                Some(sealed) => {
+                    return Ok(Reserved::Replay(open_answer(state, slot_key, &sealed)?));
+                }
+                None if now
+                    < slot
+                        .created_at
+                        .saturating_add(ABANDONED_AFTER.whole_seconds()) =>
+                {
+                    return Ok(Reserved::Running);
+                }
+                // Abandoned: taken over below, on condition that it is
+                // still as read.
+                None => {}
+            }
         }
         let mine = Slot {
             request: fingerprint.to_owned(),
@@ -326,13 +407,14 @@ fn finish(
 /// The first answer again, marked as a replay.
 fn replay(answer: Answer) -> Response {
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
-    let mut response = (status, Bytes::from(answer.body)).into_response();
+    let body = hex::decode(&answer.body).unwrap_or_default();
+    let mut response = (status, Bytes::from(body)).into_response();
     let h = response.headers_mut();
-    for (name, value) in [
-        (header::CONTENT_TYPE, answer.content_type),
-        (header::LOCATION, answer.location),
-    ] {
-        if let Some(value) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+    for (name, value) in &answer.headers {
+        if let (Ok(name), Ok(value)) = (
+            header::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
             h.insert(name, value);
         }
     }
