@@ -606,12 +606,21 @@ impl Vault {
     /// Erasure: the sealed body (and with it the wrapped DEK) and the index
     /// entries are deleted; the metadata stays as a tombstone so tokens
     /// answer `erased`.
+    ///
+    /// The tombstone keeps no `subject_ref` in clear: only its HMAC under
+    /// the blind-index key ([`Vault::erased_subject_ref`]), enough to
+    /// answer "was this subject's record erased?" and nothing more.
     pub fn prepare_erase(&self, meta: &RecordMeta) -> Result<Transaction, VaultError> {
+        let subject_ref = match &meta.subject_ref {
+            Some(subject) => Some(self.erased_subject_ref(subject)?),
+            None => None,
+        };
         let erased = RecordMeta {
             erased_at: Some(rfc3339(self.clock.now())),
             index_keys: Vec::new(),
             stored: StoredAs::default(),
             body: StoredAs::default(),
+            subject_ref,
             ..meta.clone()
         };
         let key = meta_key(&meta.id);
@@ -623,6 +632,17 @@ impl Vault {
             tx = tx.delete(key.clone());
         }
         Ok(tx)
+    }
+
+    /// What an erased record's tombstone keeps of `subject_ref`:
+    /// `hmac:` and the hex HMAC-SHA256 of it under the blind-index key.
+    pub fn erased_subject_ref(&self, subject_ref: &str) -> Result<String, VaultError> {
+        let mut message = b"strongroom erased subject\0".to_vec();
+        message.extend_from_slice(subject_ref.as_bytes());
+        Ok(format!(
+            "hmac:{}",
+            hex::encode(self.keys()?.index_key()?.sign(&message).0)
+        ))
     }
 
     /// Ids of live records whose `field` has the normalised `value`.
