@@ -13,12 +13,11 @@ use axum::extract::ConnectInfo;
 use axum::http::Request;
 use common::{audit_entries, call, fast_settings, new_vault_with, test_settings};
 use strongroom::access::Role;
-use strongroom::clock::SystemClock;
 use strongroom::console::{CONTENT_SECURITY_POLICY, CSRF_FIELD, LOGIN_COOKIE, SESSION_COOKIE};
 use strongroom::keyring::SealMethod;
 use zeroize::Zeroizing;
 
-const PASSWORD: &str = "a long staff password for tests";
+const PASSWORD: &str = common::STAFF_PASSWORD;
 const CLIENT: &str = "192.0.2.44";
 
 /// A page from the console: status, headers, HTML.
@@ -163,21 +162,7 @@ struct Setup {
 /// A vault with an officer, an approver, an auditor and an admin (staff),
 /// and one stored card.
 async fn setup() -> Setup {
-    let vault = new_vault_with(
-        SealMethod::Passphrase(Zeroizing::new(common::PASSPHRASE.into())),
-        fast_settings(),
-        std::sync::Arc::new(SystemClock),
-        test_settings(),
-    );
-    for (name, role) in [
-        ("olivia", Role::ComplianceOfficer),
-        ("abel", Role::ComplianceApprover),
-        ("audrey", Role::Auditor),
-        ("adam", Role::Admin),
-    ] {
-        vault.staff(name, role, PASSWORD);
-    }
-    let payments = vault.service("payments", Role::PaymentService);
+    let (vault, payments) = common::staff_vault();
     let app = vault.app();
     let card = call(
         &app,

@@ -18,15 +18,11 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{call, fast_settings, new_vault_with, test_settings};
+use common::call;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
-use strongroom::access::Role;
-use strongroom::clock::SystemClock;
-use strongroom::keyring::SealMethod;
-use zeroize::Zeroizing;
 
-const PASSWORD: &str = "a long staff password for tests";
+const PASSWORD: &str = common::STAFF_PASSWORD;
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
 const NATIONAL_ID: &str = "QZ1234567";
@@ -286,21 +282,7 @@ async fn officer_approver_reveal_and_auditor_in_a_real_browser() {
     if !browser_available() {
         return;
     }
-    let vault = new_vault_with(
-        SealMethod::Passphrase(Zeroizing::new(common::PASSPHRASE.into())),
-        fast_settings(),
-        std::sync::Arc::new(SystemClock),
-        test_settings(),
-    );
-    for (name, role) in [
-        ("olivia", Role::ComplianceOfficer),
-        ("abel", Role::ComplianceApprover),
-        ("audrey", Role::Auditor),
-        ("adam", Role::Admin),
-    ] {
-        vault.staff(name, role, PASSWORD);
-    }
-    let payments = vault.service("payments", Role::PaymentService);
+    let (vault, payments) = common::staff_vault();
     let app = vault.app();
     let kyc = call(
         &app,

@@ -58,17 +58,7 @@ async fn fifty_parallel_retries_make_one_record() {
     let replies = futures_join(50, |_| {
         let app = s.app.clone();
         let key = s.payments.clone();
-        async move {
-            call_with(
-                &app,
-                "POST",
-                "/v1/records/card",
-                Some(&key),
-                Some(card("user-1")),
-                &[("idempotency-key", "order-7-attempt")],
-            )
-            .await
-        }
+        async move { post_card(&app, &key, "user-1", "order-7-attempt").await }
     })
     .await;
     assert_eq!(creations(&s.vault), 1);
@@ -85,15 +75,7 @@ async fn fifty_parallel_retries_make_one_record() {
         }
     }
     // Once answered, a retry gets the same answer, marked as a replay.
-    let again = call_with(
-        &s.app,
-        "POST",
-        "/v1/records/card",
-        Some(&s.payments),
-        Some(card("user-1")),
-        &[("idempotency-key", "order-7-attempt")],
-    )
-    .await;
+    let again = post_card(&s.app, &s.payments, "user-1", "order-7-attempt").await;
     assert_eq!(again.status, 201);
     assert_eq!(&again.body["id"], id);
     assert_eq!(again.body["token"], created[0].body["token"]);
@@ -104,25 +86,9 @@ async fn fifty_parallel_retries_make_one_record() {
 #[tokio::test]
 async fn another_body_under_the_same_key_is_refused() {
     let s = setup();
-    let first = call_with(
-        &s.app,
-        "POST",
-        "/v1/records/card",
-        Some(&s.payments),
-        Some(card("user-1")),
-        &[("idempotency-key", "k-1")],
-    )
-    .await;
+    let first = post_card(&s.app, &s.payments, "user-1", "k-1").await;
     assert_eq!(first.status, 201);
-    let other = call_with(
-        &s.app,
-        "POST",
-        "/v1/records/card",
-        Some(&s.payments),
-        Some(card("user-2")),
-        &[("idempotency-key", "k-1")],
-    )
-    .await;
+    let other = post_card(&s.app, &s.payments, "user-2", "k-1").await;
     assert_eq!(other.status, 422, "{}", other.body);
     assert_eq!(other.body["code"], "idempotency_mismatch");
     assert!(!other.body.to_string().contains("user-2"));
@@ -134,30 +100,14 @@ async fn keys_belong_to_their_principal_and_last_a_day() {
     let s = setup();
     let other = s.vault.service("payments-2", Role::PaymentService);
     for key in [&s.payments, &other] {
-        let reply = call_with(
-            &s.app,
-            "POST",
-            "/v1/records/card",
-            Some(key),
-            Some(card("user-1")),
-            &[("idempotency-key", "shared-name")],
-        )
-        .await;
+        let reply = post_card(&s.app, key, "user-1", "shared-name").await;
         assert_eq!(reply.status, 201);
         assert!(reply.headers.get("idempotent-replayed").is_none());
     }
     assert_eq!(creations(&s.vault), 2);
     s.clock
         .advance(time::Duration::hours(24) + time::Duration::seconds(1));
-    let later = call_with(
-        &s.app,
-        "POST",
-        "/v1/records/card",
-        Some(&s.payments),
-        Some(card("user-1")),
-        &[("idempotency-key", "shared-name")],
-    )
-    .await;
+    let later = post_card(&s.app, &s.payments, "user-1", "shared-name").await;
     assert_eq!(later.status, 201);
     assert!(later.headers.get("idempotent-replayed").is_none());
     assert_eq!(creations(&s.vault), 3);
@@ -168,15 +118,7 @@ async fn keys_belong_to_their_principal_and_last_a_day() {
 #[tokio::test]
 async fn the_kept_answer_is_sealed() {
     let s = setup();
-    let reply = call_with(
-        &s.app,
-        "POST",
-        "/v1/records/card",
-        Some(&s.payments),
-        Some(card("user-1")),
-        &[("idempotency-key", "sealed-answer-key")],
-    )
-    .await;
+    let reply = post_card(&s.app, &s.payments, "user-1", "sealed-answer-key").await;
     assert_eq!(reply.status, 201);
     let token = reply.body["token"].as_str().unwrap().to_owned();
     s.vault.store.flush().unwrap();
@@ -194,15 +136,7 @@ async fn a_bad_key_or_no_key() {
     let s = setup();
     let long = "k".repeat(256);
     for bad in [long.as_str(), "tab\there"] {
-        let reply = call_with(
-            &s.app,
-            "POST",
-            "/v1/records/card",
-            Some(&s.payments),
-            Some(card("user-1")),
-            &[("idempotency-key", bad)],
-        )
-        .await;
+        let reply = post_card(&s.app, &s.payments, "user-1", bad).await;
         assert_eq!(reply.status, 422, "{bad:?}");
         assert_eq!(reply.body["errors"][0]["field"], "Idempotency-Key");
     }
@@ -221,6 +155,20 @@ async fn a_bad_key_or_no_key() {
         assert_eq!(reply.status, 201);
     }
     assert_eq!(creations(&s.vault), 2);
+}
+
+/// `POST /v1/records/card` for `subject` as `bearer`, under the
+/// idempotency key `key`.
+async fn post_card(app: &axum::Router, bearer: &str, subject: &str, key: &str) -> common::Reply {
+    call_with(
+        app,
+        "POST",
+        "/v1/records/card",
+        Some(bearer),
+        Some(card(subject)),
+        &[("idempotency-key", key)],
+    )
+    .await
 }
 
 /// Runs `n` futures made by `make` at once; their outputs in order.
@@ -297,15 +245,7 @@ async fn a_bound_key_without_its_certificate_gets_no_replay() {
 async fn a_forbidden_answer_does_not_spend_the_key() {
     let s = setup();
     let auditor = s.vault.service("auditor", Role::Auditor);
-    let refused = call_with(
-        &s.app,
-        "POST",
-        "/v1/records/card",
-        Some(&auditor),
-        Some(card("user-1")),
-        &[("idempotency-key", "k-403")],
-    )
-    .await;
+    let refused = post_card(&s.app, &auditor, "user-1", "k-403").await;
     assert_eq!(refused.status, 403);
     assert!(s.vault.store.scan_prefix(b"idem/").unwrap().is_empty());
 }

@@ -98,6 +98,16 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
+/// The request's bearer credential, if it sent one.
+pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
 /// The authenticated caller behind the request's bearer credential (an API
 /// key or a session token). While sealed no credential can be checked, so
 /// this answers 503 `sealed`. A principal bound to client certificates
@@ -120,14 +130,7 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let credential = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .ok_or(ApiError::Unauthenticated)?;
+        let credential = bearer(&parts.headers).ok_or(ApiError::Unauthenticated)?;
         // A publishable key is public: its client address pays for the
         // attempt before the key is even looked up.
         if crate::access::looks_like_publishable_key(credential) {

@@ -107,13 +107,7 @@ pub const KEY_PATTERN: &str = r"^[!-~]([ -~]{0,253}[!-~])?$";
 /// publishable key, whose browser requests pass the origin check and the
 /// collect limits in the handler and must never be answered from a slot.
 fn principal_of(state: &AppState, req: &Request) -> Option<String> {
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")?
-        .trim();
+    let bearer = super::extract::bearer(req.headers())?;
     let keys = state.keyring.keys().ok()?;
     let credential_key = keys.credential_key().ok()?;
     let principal = state

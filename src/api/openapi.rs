@@ -169,6 +169,19 @@ fn idempotent(operation: &mut Operation) {
             .build(),
     );
     let responses = &mut operation.responses.responses;
+    for (status, response) in responses.iter_mut() {
+        if let (true, RefOr::T(response)) = (status.starts_with('2'), response) {
+            response.headers.insert(
+                super::idempotency::REPLAYED.to_owned(),
+                HeaderBuilder::new()
+                    .schema(ObjectBuilder::new().schema_type(Type::String))
+                    .description(Some(
+                        "`true` when this is the first answer to this `Idempotency-Key`, given again",
+                    ))
+                    .build(),
+            );
+        }
+    }
     responses.entry("409".to_owned()).or_insert_with(|| {
         problem("`conflict`: a request with this `Idempotency-Key` is still running").into()
     });

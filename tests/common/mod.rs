@@ -183,6 +183,31 @@ impl TestVault {
     }
 }
 
+/// The password of [`staff_vault`]'s people.
+pub const STAFF_PASSWORD: &str = "a long staff password for tests";
+
+/// A passphrase vault with one person of each staff role (`olivia` the
+/// officer, `abel` the approver, `audrey` the auditor, `adam` the admin,
+/// all with [`STAFF_PASSWORD`]) and a payment service; its API key.
+pub fn staff_vault() -> (TestVault, String) {
+    let vault = new_vault_with(
+        SealMethod::Passphrase(Zeroizing::new(PASSPHRASE.into())),
+        fast_settings(),
+        Arc::new(SystemClock),
+        test_settings(),
+    );
+    for (name, role) in [
+        ("olivia", Role::ComplianceOfficer),
+        ("abel", Role::ComplianceApprover),
+        ("audrey", Role::Auditor),
+        ("adam", Role::Admin),
+    ] {
+        vault.staff(name, role, STAFF_PASSWORD);
+    }
+    let payments = vault.service("payments", Role::PaymentService);
+    (vault, payments)
+}
+
 pub fn new_vault_with(
     method: SealMethod,
     settings: KeyringSettings,
