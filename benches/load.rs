@@ -22,6 +22,7 @@
 )]
 
 mod cluster;
+mod http;
 mod measure;
 
 use std::io::{BufRead, BufReader, Write};
@@ -29,48 +30,12 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
+use http::{HttpClient, Scenario, send};
 use measure::{Outcome, arg};
-
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
-
-#[derive(Clone)]
-struct Scenario {
-    name: &'static str,
-    method: hyper::Method,
-    path: String,
-    bearer: Option<String>,
-    body: Option<String>,
-}
-
-async fn send(client: &HttpClient, base: &str, s: &Scenario) -> Result<(u16, Bytes), String> {
-    let mut req = hyper::Request::builder()
-        .method(s.method.clone())
-        .uri(format!("{base}{}", s.path));
-    if let Some(b) = &s.bearer {
-        req = req.header("authorization", format!("Bearer {b}"));
-    }
-    if s.body.is_some() {
-        req = req.header("content-type", "application/json");
-    }
-    let req = req
-        .body(Full::new(Bytes::from(s.body.clone().unwrap_or_default())))
-        .unwrap();
-    let res = client.request(req).await.map_err(|e| e.to_string())?;
-    let status = res.status().as_u16();
-    let body = res
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, body))
-}
 
 /// The servers under test: requests go to each in turn.
 struct Bases {

@@ -602,6 +602,65 @@ pub struct RestorePlan {
     /// entries after the backup are then lost to the log; the old head is
     /// kept beside it).
     pub accept_rollback: bool,
+    /// `--epoch-file`: the live vault's `epoch.json`, copied into the keys
+    /// directory (a backup never carries the erasure epochs' secrets).
+    pub epoch_file: Option<PathBuf>,
+}
+
+/// The erasure epochs the KEK versions in a backup are wrapped under.
+fn epochs_named(key: &[u8], value: &[u8], into: &mut std::collections::BTreeSet<u64>) {
+    if key.starts_with(crate::keyring::KEK_STORE_PREFIX)
+        && let Ok(stored) = serde_json::from_slice::<serde_json::Value>(value)
+        && let Some(epoch) = stored.get("epoch").and_then(serde_json::Value::as_u64)
+    {
+        into.insert(epoch);
+    }
+}
+
+/// The `epoch.json` a restore puts beside `root.json`: the keys
+/// directory's own, or `--epoch-file`; it must hold every epoch `needed`
+/// names, or the backup's KEK versions cannot be unwrapped.
+fn epoch_file_for(
+    plan: &RestorePlan,
+    vault_id: &str,
+    needed: &std::collections::BTreeSet<u64>,
+) -> Result<Option<Vec<u8>>, BackupError> {
+    if needed.is_empty() {
+        return Ok(None);
+    }
+    let beside = plan.keys_dir.join(crate::keyring::epoch::EPOCH_FILE);
+    let (path, copy) = match (&plan.epoch_file, beside.is_file()) {
+        (Some(path), _) => (path.clone(), true),
+        (None, true) => (beside, false),
+        (None, false) => {
+            return Err(BackupError::Refused(format!(
+                "the backup's KEK versions are wrapped under erasure epoch {needed:?}, whose                  secret is in the live vault's keys/epoch.json and never in a backup: give that                  file with --epoch-file (a backup restores only within the epoch it was taken                  in). Nothing was created"
+            )));
+        }
+    };
+    let bytes = fs::read(&path).map_err(|e| io_error(&path, &e))?;
+    let file: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|_| BackupError::Refused(format!("{} is not an epoch file", path.display())))?;
+    if file.get("vault_id").and_then(serde_json::Value::as_str) != Some(vault_id) {
+        return Err(BackupError::Refused(format!(
+            "{} belongs to another vault; nothing was created",
+            path.display()
+        )));
+    }
+    let held: std::collections::BTreeSet<u64> = file
+        .get("epochs")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.get("epoch").and_then(serde_json::Value::as_u64))
+        .collect();
+    if !needed.is_subset(&held) {
+        return Err(BackupError::Refused(format!(
+            "the backup needs erasure epoch {needed:?}, but {} holds only {held:?}: the epoch              the backup was taken in has passed and its secret is destroyed, so its data is              erased for good (by design: docs/lifecycle.md). Nothing was created",
+            path.display()
+        )));
+    }
+    Ok(copy.then_some(bytes))
 }
 
 /// What `restore` did.
@@ -698,8 +757,13 @@ pub fn restore(plan: &RestorePlan) -> Result<Restored, BackupError> {
             .map_err(|e| BackupError::Refused(format!("{e} (nothing was changed)")))?;
     }
     let mut file = File::open(&plan.file).map_err(|e| io_error(&plan.file, &e))?;
-    let checked = read(&mut file, Trust::Key(anchor), |_, _| Ok(()))?;
+    let mut needed = std::collections::BTreeSet::new();
+    let checked = read(&mut file, Trust::Key(anchor), |key, value| {
+        epochs_named(&key, &value, &mut needed);
+        Ok(())
+    })?;
     let header = checked.header;
+    let epoch_file = epoch_file_for(plan, &header.vault_id, &needed)?;
     if let Some(id) = &known_vault
         && *id != header.vault_id
     {
@@ -780,7 +844,7 @@ pub fn restore(plan: &RestorePlan) -> Result<Restored, BackupError> {
         Ok(verification) => verification,
         Err(e) => return Err(undo(e)),
     };
-    let keys_written = match write_keys(plan, &header, &anchor) {
+    let keys_written = match write_keys(plan, &header, &anchor, epoch_file.as_deref()) {
         Ok(written) => written,
         Err(e) => return Err(undo(e)),
     };
@@ -877,6 +941,7 @@ fn write_keys(
     plan: &RestorePlan,
     header: &Header,
     anchor: &[u8; 32],
+    epoch_file: Option<&[u8]>,
 ) -> Result<Vec<&'static str>, BackupError> {
     fs::DirBuilder::new()
         .recursive(true)
@@ -884,14 +949,18 @@ fn write_keys(
         .create(&plan.keys_dir)
         .map_err(|e| io_error(&plan.keys_dir, &e))?;
     let mut written = Vec::new();
-    for (name, bytes, mode) in [
-        (ROOT_FILE, header.root_json.clone(), 0o600),
+    let mut files = vec![
+        (ROOT_FILE, header.root_json.clone().into_bytes(), 0o600),
         (
             AUDIT_PUBLIC_KEY_FILE,
-            format!("{}\n", hex::encode(anchor)),
+            format!("{}\n", hex::encode(anchor)).into_bytes(),
             0o644,
         ),
-    ] {
+    ];
+    if let Some(bytes) = epoch_file {
+        files.push((crate::keyring::epoch::EPOCH_FILE, bytes.to_vec(), 0o600));
+    }
+    for (name, bytes, mode) in files {
         let path = plan.keys_dir.join(name);
         match OpenOptions::new()
             .write(true)
@@ -900,7 +969,7 @@ fn write_keys(
             .open(&path)
         {
             Ok(mut file) => {
-                file.write_all(bytes.as_bytes())
+                file.write_all(&bytes)
                     .and_then(|()| file.sync_all())
                     .map_err(|e| io_error(&path, &e))?;
                 written.push(name);

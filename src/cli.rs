@@ -8,6 +8,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
+
+mod keys;
 use serde_json::json;
 use zeroize::Zeroizing;
 
@@ -55,6 +57,11 @@ enum Command {
     /// variable STRONGROOM_API_KEY, never from the command line (where
     /// other users could read it).
     Backup(BackupArgs),
+    /// Manage KEKs on a running server: list, rotate, rewrap (with a
+    /// progress bar), destroy a version no DEK uses. The admin API key
+    /// comes from STRONGROOM_API_KEY, as for backup.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     /// Restore a backup into a new data directory (offline). The backup's
     /// signature is checked against the vault's audit.pub, kept apart from
     /// the backup; nothing is created unless every check passes.
@@ -109,6 +116,11 @@ struct RestoreArgs {
     /// TOML configuration file ([store], keys_dir).
     #[arg(long, env = "STRONGROOM_CONFIG")]
     config: Option<PathBuf>,
+    /// The live vault's keys/epoch.json (the erasure epochs' secrets,
+    /// which a backup never carries), copied into the keys directory; a
+    /// backup restores only within the epoch it was taken in.
+    #[arg(long)]
+    epoch_file: Option<PathBuf>,
     /// Restore even though the keys directory's audit.head names a later
     /// audit entry than the backup reaches (the entries after the backup
     /// are lost to the log; the old audit.head is kept beside the new one).
@@ -250,6 +262,7 @@ pub fn run() -> ExitCode {
         Command::Audit(AuditCommand::Verify(args)) => audit_verify(args),
         Command::Audit(AuditCommand::Export(args)) => audit_export(args),
         Command::Backup(args) => backup(args),
+        Command::Keys(command) => keys::run(command),
         Command::Restore(args) => restore(args),
     };
     match result {
@@ -430,6 +443,8 @@ fn app_settings(config: &Config) -> AppSettings {
         data_dir: config.postgres.is_none().then(|| config.data_dir.clone()),
         // Only dev serves plain HTTP (it forgets any [tls] section).
         console_secure_cookie: config.tls != TlsSettings::Unset,
+        rewrap: config.rewrap,
+        erasure_epoch: config.erasure_epoch,
         ..AppSettings::default()
     }
 }
@@ -546,6 +561,7 @@ async fn serve_until_signal(
     state: AppState,
     signal: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
+    crate::api::spawn_background(&state);
     crate::tls::serve(listener, tls, router(state.clone()), signal).await;
     state.seal();
     state.store.flush().map_err(|e| e.to_string())?;
@@ -1021,8 +1037,9 @@ impl OfflineVault {
 /// The environment variable `backup` reads the admin API key from.
 const API_KEY_VARIABLE: &str = "STRONGROOM_API_KEY";
 
-/// Whether `url` may carry an API key: HTTPS, or plain HTTP to this machine.
-fn backup_url(base: &str) -> Result<reqwest::Url, String> {
+/// Whether `url` may carry an API key: HTTPS, or plain HTTP to this
+/// machine. `path` is joined to it.
+fn server_url(base: &str, path: &str) -> Result<reqwest::Url, String> {
     let url = reqwest::Url::parse(base.trim_end_matches('/'))
         .map_err(|e| format!("--url {base:?}: {e}"))?;
     let loopback = url.host_str().is_some_and(|host| {
@@ -1042,17 +1059,11 @@ fn backup_url(base: &str) -> Result<reqwest::Url, String> {
             ));
         }
     }
-    url.join("/v1/sys/backup").map_err(|e| e.to_string())
+    url.join(path).map_err(|e| e.to_string())
 }
 
-fn backup(args: BackupArgs) -> Result<(), String> {
-    use crate::backup::{Trust, read};
-    if std::fs::symlink_metadata(&args.out).is_ok() {
-        return Err(format!(
-            "{} exists; backup never replaces a file (nothing was fetched)",
-            args.out.display()
-        ));
-    }
+/// The admin API key from [`API_KEY_VARIABLE`] (never the command line).
+fn api_key_from_env() -> Result<Zeroizing<String>, String> {
     let key = Zeroizing::new(std::env::var(API_KEY_VARIABLE).map_err(|_| {
         format!(
             "set {API_KEY_VARIABLE} to an admin API key (it is never taken from the command line)"
@@ -1061,14 +1072,19 @@ fn backup(args: BackupArgs) -> Result<(), String> {
     if key.trim().is_empty() {
         return Err(format!("{API_KEY_VARIABLE} is empty"));
     }
-    let url = backup_url(&args.url)?;
+    Ok(key)
+}
+
+/// The HTTPS client of the commands that talk to a running server: TLS
+/// 1.2 or later, no proxy, no redirect, the system's roots or `ca_file`'s.
+fn api_client(ca_file: Option<&Path>) -> Result<reqwest::Client, String> {
     let mut builder = reqwest::Client::builder()
         .use_rustls_tls()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .min_tls_version(reqwest::tls::Version::TLS_1_2)
         .connect_timeout(std::time::Duration::from_secs(30));
-    builder = match &args.ca_file {
+    builder = match ca_file {
         None => builder.tls_built_in_root_certs(true),
         Some(path) => {
             let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -1083,9 +1099,32 @@ fn backup(args: BackupArgs) -> Result<(), String> {
                 })
         }
     };
-    let client = builder
+    builder
         .build()
-        .map_err(|e| format!("cannot build the HTTPS client: {e}"))?;
+        .map_err(|e| format!("cannot build the HTTPS client: {e}"))
+}
+
+/// A refusal of the server, as `problem+json` told it.
+fn refusal(status: reqwest::StatusCode, body: &[u8]) -> String {
+    let problem: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    format!(
+        "{status} {}: {}",
+        problem.get("code").and_then(|v| v.as_str()).unwrap_or("?"),
+        problem.get("detail").and_then(|v| v.as_str()).unwrap_or("")
+    )
+}
+
+fn backup(args: BackupArgs) -> Result<(), String> {
+    use crate::backup::{Trust, read};
+    if std::fs::symlink_metadata(&args.out).is_ok() {
+        return Err(format!(
+            "{} exists; backup never replaces a file (nothing was fetched)",
+            args.out.display()
+        ));
+    }
+    let key = api_key_from_env()?;
+    let url = server_url(&args.url, "/v1/sys/backup")?;
+    let client = api_client(args.ca_file.as_deref())?;
     let directory = match args.out.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
         _ => PathBuf::from("."),
@@ -1110,11 +1149,9 @@ fn backup(args: BackupArgs) -> Result<(), String> {
         let status = response.status();
         if !status.is_success() {
             let body = response.bytes().await.unwrap_or_default();
-            let problem: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
             return Err(format!(
-                "the server refused the backup: {status} {}: {}",
-                problem.get("code").and_then(|v| v.as_str()).unwrap_or("?"),
-                problem.get("detail").and_then(|v| v.as_str()).unwrap_or("")
+                "the server refused the backup: {}",
+                refusal(status, &body)
             ));
         }
         let expected = response.content_length();
@@ -1189,6 +1226,7 @@ fn restore(args: RestoreArgs) -> Result<(), String> {
         engine: args.engine.unwrap_or(config.store.engine),
         cache_bytes: config.store.cache_bytes,
         accept_rollback: args.accept_rollback,
+        epoch_file: args.epoch_file,
     };
     let restored = crate::backup::restore(&plan).map_err(|e| format!("restore refused: {e}"))?;
     if args.json {

@@ -61,7 +61,26 @@ pub struct FileConfig {
     /// database (`store = "postgres://…"` or `[store] url = …`).
     #[serde(default, deserialize_with = "StoreFileConfig::deserialize_entry")]
     pub store: StoreFileConfig,
+    /// `[keys]`: the background rewrap's pace (docs/lifecycle.md).
+    #[serde(default)]
+    pub keys: KeysFileConfig,
 }
+
+/// `[keys]` in the configuration file.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysFileConfig {
+    /// Entries per rewrap batch (one transaction), 1 to 10 000.
+    pub rewrap_batch: Option<u32>,
+    /// The share of time the rewrap may work, 1 to 100 percent.
+    pub rewrap_duty_percent: Option<u32>,
+    /// How long an erasure epoch lasts, in hours (1 to 8760); 0 turns
+    /// epochs off.
+    pub erasure_epoch_hours: Option<u32>,
+}
+
+/// The default length of an erasure epoch: a day.
+pub const DEFAULT_ERASURE_EPOCH_HOURS: u32 = 24;
 
 /// `[store]` in the configuration file (docs/operations.md, "Storage" and
 /// "PostgreSQL store"): a table, or just a PostgreSQL URL as a string
@@ -402,6 +421,8 @@ pub struct Config {
     /// The PostgreSQL database that is the store instead of an embedded
     /// engine in `data_dir`.
     pub postgres: Option<crate::store::PostgresSettings>,
+    pub rewrap: crate::api::rewrap::RewrapSettings,
+    pub erasure_epoch: Option<std::time::Duration>,
 }
 
 impl Config {
@@ -535,6 +556,30 @@ impl Config {
                 100..=60_000,
             )?),
         };
+        let rewrap_defaults = crate::api::rewrap::RewrapSettings::default();
+        let rewrap = crate::api::rewrap::RewrapSettings {
+            batch: ranged(
+                "keys.rewrap_batch",
+                file.keys.rewrap_batch.map(|b| b as usize),
+                rewrap_defaults.batch,
+                1..=10_000,
+            )?,
+            duty_percent: ranged(
+                "keys.rewrap_duty_percent",
+                file.keys.rewrap_duty_percent,
+                rewrap_defaults.duty_percent,
+                1..=100,
+            )?,
+        };
+        let erasure_epoch = match ranged(
+            "keys.erasure_epoch_hours",
+            file.keys.erasure_epoch_hours,
+            DEFAULT_ERASURE_EPOCH_HOURS,
+            0..=8760,
+        )? {
+            0 => None,
+            hours => Some(std::time::Duration::from_secs(3600 * u64::from(hours))),
+        };
         let postgres = file.store.postgres()?;
         let store = crate::store::StoreSettings {
             engine: file.store.engine.unwrap_or(crate::store::Engine::DEFAULT),
@@ -574,6 +619,8 @@ impl Config {
                 kek_cryptoperiod,
                 kdf_policy: KdfPolicy::standard(),
             },
+            rewrap,
+            erasure_epoch,
         })
     }
 }

@@ -165,6 +165,28 @@ async fn sample(
         Operation::AuditVerify => ("GET", "/v1/audit/verify".into(), None),
         Operation::KeysRead => ("GET", "/v1/keys".into(), None),
         Operation::KeysRotate => ("POST", "/v1/keys/card/rotate".into(), None),
+        Operation::KeysRewrap => ("POST", "/v1/keys/rewrap".into(), None),
+        Operation::KeysDestroy => {
+            // A version made and replaced at once: no DEK uses it.
+            let mut made = 0;
+            for _ in 0..2 {
+                let reply = call(
+                    app,
+                    "POST",
+                    "/v1/keys/kyc/rotate",
+                    Some(&vault.admin_api_key),
+                    None,
+                )
+                .await;
+                assert_eq!(reply.status, 200, "{}", reply.body);
+                made = reply.body["version"].as_u64().unwrap();
+            }
+            (
+                "DELETE",
+                format!("/v1/keys/kyc/versions/{}", made - 1),
+                None,
+            )
+        }
         Operation::RecordCreate(t) => {
             let body = match t {
                 // A page's key may not say whose card it is.

@@ -79,9 +79,19 @@ fn restore(file: &Path, dir: &Path, extra: &[&str]) -> Output {
     restore_to(file, &dir.join("data"), &dir.join("keys"), extra)
 }
 
-/// `strongroom restore --in <file> --data-dir <data> --keys-dir <keys> [extra…]`.
+/// `strongroom restore --in <file> --data-dir <data> --keys-dir <keys> [extra…]`;
+/// with `--public-key <vault>/keys/audit.pub` in `extra`, also
+/// `--epoch-file <vault>/keys/epoch.json` (the live vault's erasure epoch
+/// secrets, which a backup never carries: docs/lifecycle.md).
 fn restore_to(file: &Path, data: &Path, keys: &Path, extra: &[&str]) -> Output {
-    strongroom(&[
+    let epoch_file = extra
+        .iter()
+        .position(|a| *a == "--public-key")
+        .and_then(|i| extra.get(i + 1))
+        .and_then(|anchor| Path::new(anchor).parent())
+        .map(|live_keys| live_keys.join("epoch.json"))
+        .filter(|path| path.is_file());
+    let mut command = strongroom(&[
         "restore",
         "--in",
         file.to_str().unwrap(),
@@ -89,11 +99,11 @@ fn restore_to(file: &Path, data: &Path, keys: &Path, extra: &[&str]) -> Output {
         data.to_str().unwrap(),
         "--keys-dir",
         keys.to_str().unwrap(),
-    ])
-    .args(extra)
-    .stdin(Stdio::null())
-    .output()
-    .unwrap()
+    ]);
+    if let Some(path) = &epoch_file {
+        command.args(["--epoch-file", path.to_str().unwrap()]);
+    }
+    command.args(extra).stdin(Stdio::null()).output().unwrap()
 }
 
 fn stderr(out: &Output) -> String {

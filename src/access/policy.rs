@@ -78,6 +78,8 @@ pub enum Operation {
     AuditVerify,
     KeysRead,
     KeysRotate,
+    KeysRewrap,
+    KeysDestroy,
     RecordCreate(RecordType),
     RecordRead,
     RecordUpdate,
@@ -101,7 +103,7 @@ pub enum Operation {
 }
 
 impl Operation {
-    pub const ALL: [Operation; 32] = [
+    pub const ALL: [Operation; 34] = [
         Operation::SysSeal,
         Operation::SysBackup,
         Operation::SysMetrics,
@@ -112,6 +114,8 @@ impl Operation {
         Operation::AuditVerify,
         Operation::KeysRead,
         Operation::KeysRotate,
+        Operation::KeysRewrap,
+        Operation::KeysDestroy,
         Operation::RecordCreate(RecordType::Card),
         Operation::RecordCreate(RecordType::BankAccount),
         Operation::RecordCreate(RecordType::Kyc),
@@ -149,6 +153,8 @@ impl Operation {
             Operation::AuditVerify => "audit.verify",
             Operation::KeysRead => "key.read",
             Operation::KeysRotate => "key.rotate",
+            Operation::KeysRewrap => "key.rewrap",
+            Operation::KeysDestroy => "key.destroy",
             Operation::RecordCreate(_) => "record.create",
             Operation::RecordRead => "record.read",
             Operation::RecordUpdate => "record.update",
@@ -184,7 +190,9 @@ pub fn allows(role: Role, op: Operation) -> bool {
         | O::PrincipalList
         | O::PrincipalDisable
         | O::KeysRead
-        | O::KeysRotate => role == R::Admin,
+        | O::KeysRotate
+        | O::KeysRewrap
+        | O::KeysDestroy => role == R::Admin,
         O::AuditRead | O::AuditVerify => matches!(role, R::Auditor | R::Admin),
         // Counts and timings by route template: no record data, no names.
         O::SysMetrics => matches!(role, R::Admin | R::Metrics),

@@ -41,7 +41,7 @@ pub const PATHS: [&str; 8] = [
 pub const LIFETIME: Duration = Duration::hours(24);
 /// The longest key accepted (printable ASCII).
 pub const MAX_KEY_LEN: usize = 255;
-const SLOT_PREFIX: &str = "idem/";
+pub const SLOT_PREFIX: &str = "idem/";
 /// The header every replayed answer carries.
 pub const REPLAYED: &str = "idempotent-replayed";
 
@@ -352,6 +352,58 @@ fn context(slot_key: &str) -> RecordContext<'_> {
         record_type: "idempotent_answer",
         version: 1,
     }
+}
+
+/// The KEK (purpose and version) the answer kept in the slot at `key`
+/// (read as `value`) is wrapped under; `None` while it runs.
+pub fn wrapped_under(
+    state: &AppState,
+    key: &[u8],
+    value: &[u8],
+) -> Result<Option<(Purpose, u32)>, ApiError> {
+    let slot: Slot = state.keyring.keys()?.state_key()?.open_json(key, value)?;
+    let Some(answer) = slot.answer else {
+        return Ok(None);
+    };
+    let bytes = hex::decode(answer).map_err(|_| ApiError::Integrity)?;
+    Ok(Some((
+        Purpose::Generic,
+        SealedRecord::decode(&bytes)?.kek_version(),
+    )))
+}
+
+/// The write that moves the kept answer's DEK in the slot at `key` (read
+/// as `value`) onto the newest generic KEK, on the condition that the slot
+/// is still as read; `None` when it already is there or runs.
+pub fn rewrap_slot(
+    state: &AppState,
+    key: &[u8],
+    value: &[u8],
+) -> Result<Option<Transaction>, ApiError> {
+    let slot_key = std::str::from_utf8(key).map_err(|_| ApiError::Integrity)?;
+    let keys = state.keyring.keys()?;
+    let slot: Slot = keys.state_key()?.open_json(key, value)?;
+    let Some(answer) = &slot.answer else {
+        return Ok(None);
+    };
+    let bytes = hex::decode(answer).map_err(|_| ApiError::Integrity)?;
+    let sealed = SealedRecord::decode(&bytes)?;
+    let Some(rewrapped) =
+        state
+            .keyring
+            .rewrap_record(Purpose::Generic, &context(slot_key), &sealed)?
+    else {
+        return Ok(None);
+    };
+    let moved = Slot {
+        answer: Some(hex::encode(rewrapped.encode())),
+        ..slot
+    };
+    Ok(Some(
+        Transaction::new()
+            .expect(key, Some(value.to_vec()))
+            .put(key, keys.state_key()?.seal_json(key, &moved)?),
+    ))
 }
 
 fn open_answer(state: &AppState, slot_key: &str, sealed: &str) -> Result<Answer, ApiError> {

@@ -6,11 +6,10 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::extract::{Caller, RequestContext};
-use super::{ApiError, AppState, Problem};
+use super::{ApiError, AppState, AuditedChange, Problem};
 use crate::access::Operation;
-use crate::audit::{AuditError, Outcome};
-use crate::keyring::{KekMetadata, KeyringError, Purpose};
-use crate::store::StoreError;
+use crate::audit::Outcome;
+use crate::keyring::{KekMetadata, Purpose};
 
 /// The KEK families, as the rotate path names them (documentation only:
 /// `Purpose::parse` reads the path).
@@ -74,38 +73,16 @@ pub async fn rotate(
         .event(&caller.principal().id, "key.rotate", Outcome::Allowed)
         .target(format!("kek/{}", purpose.as_str()));
     let state2 = state.clone();
-    let (version, not_durable) = tokio::task::spawn_blocking(move || {
-        // Whether the write was applied but its sync failed.
-        let not_durable = std::cell::Cell::new(false);
-        let version = state2.keyring.rotate_with(purpose, &|tx| {
-            state2
-                .audit
-                .record_with(event.clone(), tx)
-                .map(|_| ())
-                .map_err(|e| match e {
-                    AuditError::Conflict => StoreError::Conflict,
-                    other => {
-                        not_durable.set(matches!(other, AuditError::NotDurable(_)));
-                        StoreError::Backend(other.to_string())
-                    }
-                })
-        });
-        (version, not_durable.get())
+    let version = tokio::task::spawn_blocking(move || {
+        // The new version and its audit entry are one transaction.
+        let change = AuditedChange::new(&state2.audit, event);
+        state2
+            .keyring
+            .rotate_with(purpose, &|tx| change.commit(tx))
+            .map_err(|e| change.refusal(e))
     })
     .await
-    .map_err(|_| ApiError::Internal)?;
-    let version = version.map_err(|e| match e {
-        // The new version and its audit entry are one transaction.
-        KeyringError::Store(e) => {
-            tracing::error!(error = %e, "key rotation not written");
-            if not_durable {
-                ApiError::AuditNotDurable
-            } else {
-                ApiError::AuditUnavailable
-            }
-        }
-        other => other.into(),
-    })?;
+    .map_err(|_| ApiError::Internal)??;
     let metadata = state
         .keyring
         .kek_metadata()?

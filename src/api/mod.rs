@@ -10,6 +10,7 @@ mod auth;
 mod backup;
 mod collect;
 mod compliance;
+pub mod epoch;
 mod error;
 mod extract;
 mod idempotency;
@@ -20,6 +21,7 @@ mod openapi;
 mod principals;
 mod records;
 mod relay;
+pub mod rewrap;
 mod sys;
 mod tokens;
 
@@ -89,6 +91,11 @@ pub struct AppSettings {
     /// plain-HTTP `dev` server (a TLS-terminating proxy in front of
     /// `serve` still gives the browser HTTPS).
     pub console_secure_cookie: bool,
+    /// How the background rewrap paces itself (`[keys]`).
+    pub rewrap: rewrap::RewrapSettings,
+    /// How long an erasure epoch lasts (`keys.erasure_epoch_hours`);
+    /// `None`: epochs are off.
+    pub erasure_epoch: Option<std::time::Duration>,
 }
 
 impl Default for AppSettings {
@@ -114,6 +121,10 @@ impl Default for AppSettings {
             relay: crate::relay::upstream::RelaySettings::default(),
             data_dir: None,
             console_secure_cookie: true,
+            rewrap: rewrap::RewrapSettings::default(),
+            erasure_epoch: Some(std::time::Duration::from_secs(
+                3600 * u64::from(crate::config::DEFAULT_ERASURE_EPOCH_HOURS),
+            )),
         }
     }
 }
@@ -588,6 +599,57 @@ async fn to_the_end<T: Send + 'static>(
         .map_err(|_| ApiError::Internal)?
 }
 
+/// The commit a keyring change (`rotate_with`, `destroy_version_with`,
+/// `roll_epoch_with`) is written with: `event` in the same transaction,
+/// durably. Blocking.
+pub(crate) struct AuditedChange<'a> {
+    audit: &'a AuditLog,
+    event: AuditEvent,
+    failure: std::sync::Mutex<Option<AuditError>>,
+}
+
+impl<'a> AuditedChange<'a> {
+    pub(crate) fn new(audit: &'a AuditLog, event: AuditEvent) -> Self {
+        Self {
+            audit,
+            event,
+            failure: std::sync::Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn commit(&self, tx: Transaction) -> Result<(), crate::store::StoreError> {
+        use crate::store::StoreError;
+        match self.audit.record_with(self.event.clone(), tx) {
+            Ok(_) => Ok(()),
+            Err(AuditError::Conflict) => Err(StoreError::Conflict),
+            Err(e) => {
+                let message = e.to_string();
+                *self
+                    .failure
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+                Err(StoreError::Backend(message))
+            }
+        }
+    }
+
+    /// What the client is told of a keyring change refused with `e`.
+    pub(crate) fn refusal(&self, e: crate::keyring::KeyringError) -> ApiError {
+        let failure = self
+            .failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        match (e, failure) {
+            (crate::keyring::KeyringError::Store(_), Some(failure)) => audit_failure(failure),
+            (crate::keyring::KeyringError::Store(crate::store::StoreError::Conflict), None) => {
+                ApiError::Conflict("The keys changed meanwhile; try again.")
+            }
+            (e, _) => e.into(),
+        }
+    }
+}
+
 fn audit_failure(e: AuditError) -> ApiError {
     match e {
         AuditError::Sealed => ApiError::Sealed,
@@ -666,6 +728,16 @@ async fn method_not_allowed() -> ApiError {
 
 /// The whole server: the API, and the console at `/console`, which calls
 /// the API in process.
+/// Starts the server's background work (the rewrap runner, the erasure
+/// epoch schedule), which goes
+/// on whatever the clients do. `serve` and `dev` call it once.
+pub fn spawn_background(state: &AppState) {
+    rewrap::spawn_runner(state.clone(), std::time::Duration::from_secs(2));
+    if let Some(period) = state.settings.erasure_epoch {
+        epoch::spawn_scheduler(state.clone(), period, std::time::Duration::from_secs(60));
+    }
+}
+
 pub fn router(state: AppState) -> Router {
     let api = api_router(state.clone());
     api.clone().merge(crate::console::router(state, api))
@@ -721,6 +793,11 @@ fn api_router(state: AppState) -> Router {
         .route("/v1/audit/verify", get(audit::verify))
         .route("/v1/keys", get(keys::list))
         .route("/v1/keys/{purpose}/rotate", post(keys::rotate))
+        .route("/v1/keys/rewrap", post(rewrap::start).get(rewrap::progress))
+        .route(
+            "/v1/keys/{purpose}/versions/{version}",
+            delete(rewrap::destroy),
+        )
         // One static path per record type (the document then has one
         // typed body each); POST on any other `/v1/records/{id}` is 405.
         .route(

@@ -19,8 +19,8 @@ use utoipa::{Modify, OpenApi};
 use super::AVAILABLE_WHILE_SEALED;
 use super::error::{FieldError, Problem};
 use super::{
-    audit, auth, backup, collect, compliance, keys, metrics, principals, records, relay, sys,
-    tokens,
+    audit, auth, backup, collect, compliance, keys, metrics, principals, records, relay, rewrap,
+    sys, tokens,
 };
 use crate::access::{Principal, PrincipalKind, RequestStatus, Role};
 use crate::audit::{AuditEntry, Checkpoint, Outcome, Verification};
@@ -225,7 +225,7 @@ impl Modify for Layers {
         principals::create, principals::list, principals::disable,
         auth::login, auth::logout,
         audit::entries, audit::verify,
-        keys::list, keys::rotate,
+        keys::list, keys::rotate, rewrap::start, rewrap::progress, rewrap::destroy,
         records::create_card, records::create_bank_account, records::create_kyc,
         records::read, records::update, records::erase, collect::attach_cvc,
         compliance::search, compliance::reveal, compliance::request_access, compliance::list_access_requests, compliance::approve, compliance::deny,
@@ -237,7 +237,7 @@ impl Modify for Layers {
         principals::NewPrincipal, principals::NewService, principals::CertFingerprint, principals::NewStaff, principals::ServiceKind, principals::StaffKind, principals::ServiceRole, principals::StaffRole, principals::CreatedPrincipal, principals::PrincipalList,
         Principal, PrincipalKind, Role, auth::Login, auth::Session,
         audit::AuditPage, AuditEntry, Checkpoint, Outcome, Verification,
-        keys::KeyList, KekMetadata,
+        keys::KeyList, KekMetadata, rewrap::RewrapProgress,
         CardInput, BankAccountInput, KycInput, LegalName, Address, NationalId, NationalIdType,
         Brand, RecordType,
         records::NewCard, records::NewBankAccount, records::NewKyc, records::MergePatch,

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::KeyringError;
+use super::epoch::EpochKeys;
 use crate::clock::rfc3339;
 use crate::crypto::{Aad, Envelope, Key256};
 use crate::store::{Store, StoreError, Transaction};
@@ -83,6 +84,10 @@ struct StoredKek {
     wrapped: String,
     /// Encryptions reserved so far: an upper bound of those performed.
     reserved: u64,
+    /// The erasure epoch whose secret wraps it (`epoch.json`); absent:
+    /// the keyring key alone (before epochs began).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    epoch: Option<u32>,
 }
 
 /// Why a KEK version is replaced without anyone asking.
@@ -149,6 +154,7 @@ pub(crate) struct Kek {
     pub(crate) version: u32,
     created_at: OffsetDateTime,
     wrapped: String,
+    epoch: Option<u32>,
 }
 
 struct Entry {
@@ -168,6 +174,7 @@ impl Entry {
             created_at: rfc3339(self.kek.created_at),
             wrapped: self.kek.wrapped.clone(),
             reserved,
+            epoch: self.kek.epoch,
         }
     }
 }
@@ -176,6 +183,35 @@ impl Entry {
 #[derive(Default)]
 pub(crate) struct KekCache {
     families: BTreeMap<Purpose, BTreeMap<u32, Entry>>,
+    /// The erasure epochs' secrets (none before epochs began).
+    pub(crate) epochs: EpochKeys,
+}
+
+/// Wraps a KEK under the current epoch's secret, or the keyring key
+/// before epochs began; its envelope and the epoch to store.
+fn wrap_kek(
+    keyring_key: &Key256,
+    epochs: &EpochKeys,
+    purpose: Purpose,
+    version: u32,
+    kek: &Key256,
+) -> Result<(String, Option<u32>), KeyringError> {
+    let current = epochs.current();
+    let (key, key_id, key_version) = match current.and_then(|e| epochs.get(e).map(|k| (e, k))) {
+        Some((epoch, secret)) => (secret, "epoch", epoch),
+        None => (keyring_key, "keyring", 1),
+    };
+    let envelope = Envelope::seal(
+        key,
+        key_id,
+        key_version,
+        &kek_aad(purpose, version),
+        kek.expose_secret(),
+    )?;
+    Ok((
+        hex::encode(envelope.encode()),
+        current.filter(|_| key_id == "epoch"),
+    ))
 }
 
 fn kek_key(purpose: Purpose, version: u32) -> Vec<u8> {
@@ -233,8 +269,15 @@ fn reserve_block(
 
 impl KekCache {
     /// Unwraps every stored KEK version.
-    pub(crate) fn load(store: &dyn Store, keyring_key: &Key256) -> Result<Self, KeyringError> {
-        let mut cache = Self::default();
+    pub(crate) fn load(
+        store: &dyn Store,
+        keyring_key: &Key256,
+        epochs: EpochKeys,
+    ) -> Result<Self, KeyringError> {
+        let mut cache = Self {
+            epochs,
+            ..Self::default()
+        };
         for purpose in Purpose::ALL {
             let mut prefix = KEK_PREFIX.to_vec();
             prefix.extend_from_slice(purpose.as_str().as_bytes());
@@ -255,7 +298,18 @@ impl KekCache {
         let mut prefix = KEK_PREFIX.to_vec();
         prefix.extend_from_slice(purpose.as_str().as_bytes());
         prefix.push(b'/');
-        for (_, value) in store.scan_prefix(&prefix)? {
+        let listed = store.scan_prefix(&prefix)?;
+        // A version destroyed (by another node) leaves this cache too.
+        let mut present = std::collections::BTreeSet::new();
+        for (_, value) in &listed {
+            let stored: StoredKek =
+                serde_json::from_slice(value).map_err(|_| KeyringError::Integrity)?;
+            present.insert(stored.version);
+        }
+        if let Some(family) = self.families.get_mut(&purpose) {
+            family.retain(|version, _| present.contains(version));
+        }
+        for (_, value) in listed {
             let stored: StoredKek =
                 serde_json::from_slice(&value).map_err(|_| KeyringError::Integrity)?;
             let family = self.families.entry(purpose).or_default();
@@ -264,10 +318,28 @@ impl KekCache {
             }
             let bytes = hex::decode(&stored.wrapped).map_err(|_| KeyringError::Integrity)?;
             let envelope = Envelope::decode(&bytes)?;
-            if envelope.key_id() != "keyring" {
-                return Err(KeyringError::Integrity);
-            }
-            let key_bytes = envelope.open(keyring_key, &kek_aad(purpose, stored.version))?;
+            let wrapping_key = match stored.epoch {
+                None if envelope.key_id() == "keyring" => keyring_key,
+                Some(epoch) if envelope.key_id() == "epoch" && envelope.key_version() == epoch => {
+                    match self.epochs.get(epoch) {
+                        Some(secret) => secret,
+                        None => {
+                            // Its epoch's secret is gone: what it wrapped
+                            // was erased for good (a store from before an
+                            // epoch roll, say a restored old backup).
+                            tracing::warn!(
+                                purpose = purpose.as_str(),
+                                version = stored.version,
+                                epoch,
+                                "a KEK version is wrapped under an erasure epoch whose secret is gone; what it wraps cannot be opened"
+                            );
+                            continue;
+                        }
+                    }
+                }
+                _ => return Err(KeyringError::Integrity),
+            };
+            let key_bytes = envelope.open(wrapping_key, &kek_aad(purpose, stored.version))?;
             let created_at = OffsetDateTime::parse(
                 &stored.created_at,
                 &time::format_description::well_known::Rfc3339,
@@ -278,6 +350,7 @@ impl KekCache {
                 version: stored.version,
                 created_at,
                 wrapped: stored.wrapped,
+                epoch: stored.epoch,
             };
             let entry = Entry {
                 kek: Arc::new(kek),
@@ -321,19 +394,15 @@ impl KekCache {
             .and_then(|f| f.keys().next_back())
             .map_or(1, |v| v.saturating_add(1));
         let kek_key_bytes = Key256::random()?;
-        let wrapped = Envelope::seal(
-            keyring_key,
-            "keyring",
-            1,
-            &kek_aad(purpose, version),
-            kek_key_bytes.expose_secret(),
-        )?;
+        let (wrapped, epoch) =
+            wrap_kek(keyring_key, &self.epochs, purpose, version, &kek_key_bytes)?;
         let entry = Entry {
             kek: Arc::new(Kek {
                 key: kek_key_bytes,
                 version,
                 created_at: now,
-                wrapped: hex::encode(wrapped.encode()),
+                wrapped,
+                epoch,
             }),
             used: 0,
             reserved: 0,
@@ -354,6 +423,99 @@ impl KekCache {
             .or_default()
             .insert(version, entry);
         Ok(version)
+    }
+
+    /// Destroys version `version` of `purpose`: its wrapped key is deleted
+    /// from the store by `commit` (with a precondition that it is still as
+    /// read, so the caller's audit entry shares the transaction) and the
+    /// unwrapped key leaves this cache. The newest version, which new
+    /// writes use, is never destroyed. Whether any DEK still uses the
+    /// version is the caller's question: this only destroys.
+    pub(crate) fn destroy_committing(
+        &mut self,
+        store: &dyn Store,
+        keyring_key: &Key256,
+        purpose: Purpose,
+        version: u32,
+        commit: &dyn Fn(Transaction) -> Result<(), StoreError>,
+    ) -> Result<(), KeyringError> {
+        self.load_family(store, keyring_key, purpose)?;
+        if self.version(purpose, version).is_none() {
+            return Err(KeyringError::NoSuchVersion);
+        }
+        if self.newest(purpose) == Some(version) {
+            return Err(KeyringError::NewestVersion);
+        }
+        let key = kek_key(purpose, version);
+        let stored = store.get(&key)?.ok_or(KeyringError::NoSuchVersion)?;
+        commit(
+            Transaction::new()
+                .expect(key.clone(), Some(stored))
+                .delete(key),
+        )?;
+        if let Some(family) = self.families.get_mut(&purpose) {
+            // Dropping the entry drops the last `Arc` this cache holds of
+            // the key; `Key256` zeroizes on drop.
+            family.remove(&version);
+        }
+        Ok(())
+    }
+
+    /// Wraps every KEK version again under the current epoch's secret,
+    /// committing the change with `commit` (each stored version with a
+    /// precondition that it is still as read, so a concurrent block
+    /// reservation is not lost: the caller tries again). Versions already
+    /// under it are left as they are.
+    pub(crate) fn rewrap_under_current_epoch(
+        &mut self,
+        store: &dyn Store,
+        keyring_key: &Key256,
+        commit: &dyn Fn(Transaction) -> Result<(), StoreError>,
+    ) -> Result<usize, KeyringError> {
+        let current = self.epochs.current().ok_or(KeyringError::Integrity)?;
+        let mut tx = Transaction::new();
+        let mut moved = Vec::new();
+        for (purpose, family) in &self.families {
+            for (version, entry) in family {
+                if entry.kek.epoch == Some(current) {
+                    continue;
+                }
+                let key = kek_key(*purpose, *version);
+                let stored_bytes = store.get(&key)?.ok_or(KeyringError::Integrity)?;
+                let mut stored: StoredKek =
+                    serde_json::from_slice(&stored_bytes).map_err(|_| KeyringError::Integrity)?;
+                let (wrapped, epoch) = wrap_kek(
+                    keyring_key,
+                    &self.epochs,
+                    *purpose,
+                    *version,
+                    &entry.kek.key,
+                )?;
+                stored.wrapped.clone_from(&wrapped);
+                stored.epoch = epoch;
+                tx = tx
+                    .expect(key.clone(), Some(stored_bytes))
+                    .put(key, encode(&stored)?);
+                moved.push((*purpose, *version, wrapped, epoch));
+            }
+        }
+        commit(tx)?;
+        for (purpose, version, wrapped, epoch) in &moved {
+            if let Some(entry) = self
+                .families
+                .get_mut(purpose)
+                .and_then(|f| f.get_mut(version))
+            {
+                entry.kek = Arc::new(Kek {
+                    key: entry.kek.key.duplicate(),
+                    version: *version,
+                    created_at: entry.kek.created_at,
+                    wrapped: wrapped.clone(),
+                    epoch: *epoch,
+                });
+            }
+        }
+        Ok(moved.len())
     }
 
     /// The newest version of `purpose`, which new writes use.
@@ -558,7 +720,7 @@ mod tests {
             let handles: Vec<_> = (0..WRITERS)
                 .map(|_| {
                     s.spawn(|| {
-                        let mut cache = KekCache::load(&store, &key).unwrap();
+                        let mut cache = KekCache::load(&store, &key, EpochKeys::default()).unwrap();
                         barrier.wait();
                         cache
                             .take_for_encryption(&store, &key, Purpose::Card, &due, None)
@@ -579,7 +741,7 @@ mod tests {
     #[test]
     fn a_due_rotation_without_the_audit_log_is_refused() {
         let (_dir, store, key) = store_with_a_card_kek();
-        let mut cache = KekCache::load(&store, &key).unwrap();
+        let mut cache = KekCache::load(&store, &key, EpochKeys::default()).unwrap();
         let due = RotationDue {
             usage_limit: 0,
             cryptoperiod: time::Duration::MAX,

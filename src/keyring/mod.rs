@@ -5,6 +5,7 @@
 //! it must never write a key in the clear to the store, the keys directory or
 //! a log line. Sealed means it holds no key at all.
 
+pub mod epoch;
 mod kek;
 mod record;
 mod root_file;
@@ -38,6 +39,8 @@ pub(crate) const VAULT_KEY: &[u8] = b"kr/vault";
 /// or the shares' digests, never the root key in the clear), in the store so
 /// that every node sharing it agrees on how the vault is sealed.
 pub(crate) const ROOT_KEY: &[u8] = b"kr/root";
+/// Where KEK versions are stored (`kr/kek/<purpose>/<version>`).
+pub const KEK_STORE_PREFIX: &[u8] = kek::KEK_PREFIX;
 
 /// Errors of the keyring. None carries key material, a passphrase or a share.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +53,12 @@ pub enum KeyringError {
     AlreadyInitialised,
     #[error("integrity check failed")]
     Integrity,
+    #[error("no such KEK version")]
+    NoSuchVersion,
+    #[error("the newest KEK version cannot be destroyed: new writes use it")]
+    NewestVersion,
+    #[error("DEKs are still wrapped under this KEK version: rewrap first")]
+    VersionInUse,
     #[error("key file {0} is readable or writable by group or others; chmod 600 it")]
     InsecureKeyFile(String),
     #[error("{0}")]
@@ -240,9 +249,15 @@ impl<K> std::fmt::Debug for KeyInUse<'_, K> {
 }
 
 impl UnsealedKeys {
-    fn derive(root: &Key256, store: &dyn Store) -> Result<Self, KeyringError> {
+    fn derive(
+        root: &Key256,
+        store: &dyn Store,
+        keys_dir: &Path,
+        vault_id: &str,
+    ) -> Result<Self, KeyringError> {
         let keyring = derive_key(root, "strongroom/v1/keyring");
-        let keks = kek::KekCache::load(store, &keyring)?;
+        let epochs = epoch::EpochKeys::load(keys_dir, vault_id, &keyring)?;
+        let keks = kek::KekCache::load(store, &keyring, epochs)?;
         Ok(Self {
             subkeys: RwLock::new(Some(Subkeys {
                 keyring,
@@ -515,7 +530,7 @@ impl Keyring {
             root_check(&root, &vault_id),
         );
 
-        let keys = UnsealedKeys::derive(&root, store.as_ref())?;
+        let keys = UnsealedKeys::derive(&root, store.as_ref(), keys_dir, &vault_id)?;
         store.commit(
             Transaction::new()
                 .expect(VAULT_KEY, None)
@@ -524,6 +539,13 @@ impl Keyring {
                 .put(ROOT_KEY, root_file.encode()?),
         )?;
         keys.with_keks(|keks, keyring_key| {
+            // Erasure epochs from the start, so that no copy of this
+            // store ever holds a KEK wrapped under the root alone; not for
+            // a store shared by several nodes, which have no common place
+            // for epoch secrets outside it (docs/lifecycle.md).
+            if !store.is_shared() {
+                keks.epochs.begin_next(keys_dir, &vault_id, keyring_key)?;
+            }
             for purpose in Purpose::ALL {
                 keks.rotate(store.as_ref(), keyring_key, purpose, now)?;
             }
@@ -818,7 +840,8 @@ impl Keyring {
                 ));
             }
         }
-        let keys = UnsealedKeys::derive(root, self.store.as_ref())?;
+        let keys =
+            UnsealedKeys::derive(root, self.store.as_ref(), &self.keys_dir, self.vault_id())?;
         self.install(keys);
         if self.root_record_missing {
             self.store_root_record();
@@ -886,6 +909,69 @@ impl Keyring {
             keks.rotate_committing(self.store.as_ref(), keyring_key, purpose, now, &|_, tx| {
                 commit(tx)
             })
+        })
+    }
+
+    /// Destroys KEK version `version` of `purpose`, committing the delete
+    /// with `commit` (the caller's audit entry shares the transaction).
+    /// The caller has made sure no DEK is wrapped under it any more; the
+    /// newest version is refused ([`KeyringError::NewestVersion`]).
+    pub fn destroy_version_with(
+        &self,
+        purpose: Purpose,
+        version: u32,
+        commit: &dyn Fn(Transaction) -> Result<(), StoreError>,
+    ) -> Result<(), KeyringError> {
+        self.keys()?.with_keks(|keks, keyring_key| {
+            keks.destroy_committing(self.store.as_ref(), keyring_key, purpose, version, commit)
+        })
+    }
+
+    /// Rolls to a new erasure epoch (`epoch.json` in the keys directory):
+    /// a new epoch secret is written beside the old ones, every KEK version
+    /// is wrapped under it (committed by `commit`, so the caller's audit
+    /// entry shares the transaction), and then every older secret is
+    /// forgotten, in memory and in the file. From then on no KEK version
+    /// in a copy of the store made before the roll can be unwrapped. The
+    /// caller destroys the KEK versions that wrapped erased DEKs first.
+    pub fn roll_epoch_with(
+        &self,
+        commit: &dyn Fn(Transaction) -> Result<(), StoreError>,
+    ) -> Result<u32, KeyringError> {
+        let vault_id = self.vault_id().to_owned();
+        self.keys()?.with_keks(|keks, keyring_key| {
+            for purpose in Purpose::ALL {
+                keks.load_family(self.store.as_ref(), keyring_key, purpose)?;
+            }
+            let next = keks
+                .epochs
+                .begin_next(&self.keys_dir, &vault_id, keyring_key)?;
+            keks.rewrap_under_current_epoch(self.store.as_ref(), keyring_key, commit)?;
+            keks.epochs
+                .keep_only(next, &self.keys_dir, &vault_id, keyring_key)?;
+            Ok(next)
+        })
+    }
+
+    /// The erasure epochs whose secrets this keyring holds (none before
+    /// the first roll; two only while a roll is under way or after one
+    /// was cut short).
+    pub fn epochs(&self) -> Result<Vec<u32>, KeyringError> {
+        self.keys()?.with_keks(|keks, _| Ok(keks.epochs.epochs()))
+    }
+
+    /// The newest KEK version of each purpose, read from the store (so a
+    /// version another node made, or destroyed, counts).
+    pub fn newest_versions(&self) -> Result<BTreeMap<Purpose, u32>, KeyringError> {
+        self.keys()?.with_keks(|keks, keyring_key| {
+            let mut newest = BTreeMap::new();
+            for purpose in Purpose::ALL {
+                keks.load_family(self.store.as_ref(), keyring_key, purpose)?;
+                if let Some(version) = keks.newest(purpose) {
+                    newest.insert(purpose, version);
+                }
+            }
+            Ok(newest)
         })
     }
 
@@ -983,8 +1069,10 @@ impl Keyring {
         sealed.open(&kek.key, purpose, context)
     }
 
-    /// Re-wraps a record's DEK under the newest KEK of `purpose`; `None`
-    /// when it is already there. The record body is not re-encrypted.
+    /// Re-wraps a record's DEK under the newest KEK of `purpose` as this
+    /// keyring knows it (call [`Keyring::newest_versions`] first to see
+    /// other nodes' rotations); `None` when it is already there. The
+    /// record body is not decrypted (but for the first format's, once).
     pub fn rewrap_record(
         &self,
         purpose: Purpose,
@@ -1004,7 +1092,7 @@ impl Keyring {
                 .ok_or(KeyringError::Integrity)?;
             Ok((old, keks.newest(purpose)))
         })?;
-        if newest == Some(old.version) {
+        if newest.is_none_or(|newest| old.version >= newest) {
             return Ok(None);
         }
         let new = self.kek_for_encryption(&keys, purpose)?;

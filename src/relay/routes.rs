@@ -26,7 +26,7 @@ use crate::records::{Invalid, RecordType};
 use crate::store::{Store, StoreError, Transaction};
 
 const ROUTE_PREFIX: &str = "rl/route/";
-const HEADERS_PREFIX: &str = "rl/headers/";
+pub const HEADERS_PREFIX: &str = "rl/headers/";
 /// The record type named in the AAD of sealed header values.
 const HEADERS_CONTEXT: &str = "relay_route_headers";
 
@@ -645,6 +645,43 @@ impl Routes {
             self.keyring
                 .seal_record(Purpose::Generic, &Self::header_context(route), &plaintext)?;
         Ok(tx.put(headers_key(&route.name), sealed.encode()))
+    }
+
+    /// The KEK (purpose and version) the sealed header values stored at
+    /// `key` (under [`HEADERS_PREFIX`], read as `value`) are wrapped under.
+    pub fn headers_wrapped_under(value: &[u8]) -> Result<(Purpose, u32), RouteError> {
+        Ok((Purpose::Generic, SealedRecord::decode(value)?.kek_version()))
+    }
+
+    /// The writes that move the DEK of the header values stored at `key`
+    /// (read as `value`) onto the newest generic KEK, on the condition that
+    /// they and their route are still as read; `None` when they already
+    /// are there, or belong to no route.
+    pub fn rewrap_headers(
+        &self,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<Option<Transaction>, RouteError> {
+        let name = std::str::from_utf8(key)
+            .ok()
+            .and_then(|key| key.strip_prefix(HEADERS_PREFIX))
+            .ok_or(RouteError::Corrupt)?;
+        let Some((route, route_bytes)) = self.get(name)? else {
+            return Ok(None);
+        };
+        let sealed = SealedRecord::decode(value)?;
+        let Some(rewrapped) =
+            self.keyring
+                .rewrap_record(Purpose::Generic, &Self::header_context(&route), &sealed)?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(
+            Transaction::new()
+                .expect(route_key(name), Some(route_bytes))
+                .expect(key, Some(value.to_vec()))
+                .put(key, rewrapped.encode()),
+        ))
     }
 
     /// A route and its stored bytes (for a transaction's precondition).

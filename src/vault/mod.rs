@@ -224,6 +224,22 @@ pub struct Created {
     pub tx: Transaction,
 }
 
+/// Where records (their metadata with the sealed body, or an earlier
+/// format's body under `rec/<id>/body`) are stored.
+pub const RECORD_PREFIX: &str = "rec/";
+/// Where sealed generic values are stored.
+pub const GENERIC_PREFIX: &str = "gen/";
+
+/// Where a DEK-wrapped value of the vault is, as a rewrap reads it.
+enum SealedAt {
+    /// In a record's (packed) metadata.
+    Packed(RecordMeta),
+    /// Under `rec/<id>/body`, for a record of the earlier format.
+    LegacyBody(RecordMeta),
+    /// A generic value.
+    Generic(String),
+}
+
 fn meta_key(id: &str) -> String {
     format!("rec/{id}")
 }
@@ -233,7 +249,7 @@ fn body_key(id: &str) -> String {
 }
 
 fn generic_key(id: &str) -> String {
-    format!("gen/{id}")
+    format!("{GENERIC_PREFIX}{id}")
 }
 
 fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, VaultError> {
@@ -632,6 +648,112 @@ impl Vault {
             tx = tx.delete(key.clone());
         }
         Ok(tx)
+    }
+
+    /// The sealed value at `key` (read as `value`, under
+    /// [`RECORD_PREFIX`] or [`GENERIC_PREFIX`]), with its purpose and
+    /// where it is; `None` for an entry that holds none (a tombstone, the
+    /// metadata of a record whose body is stored apart).
+    fn sealed_at(
+        &self,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<Option<(Purpose, SealedAt, SealedRecord)>, VaultError> {
+        let key = std::str::from_utf8(key).map_err(|_| VaultError::Corrupt)?;
+        if let Some(id) = key.strip_prefix(GENERIC_PREFIX) {
+            return Ok(Some((
+                Purpose::Generic,
+                SealedAt::Generic(id.to_owned()),
+                SealedRecord::decode(value)?,
+            )));
+        }
+        let rest = key.strip_prefix(RECORD_PREFIX).ok_or(VaultError::Corrupt)?;
+        if let Some(id) = rest.strip_suffix("/body") {
+            let meta = self.meta(id)?;
+            if meta.erased_at.is_some() || meta.body.bytes().is_some() {
+                // A body left behind: nothing opens it any more.
+                return Ok(None);
+            }
+            let purpose = meta.record_type.purpose();
+            return Ok(Some((
+                purpose,
+                SealedAt::LegacyBody(meta),
+                SealedRecord::decode(value)?,
+            )));
+        }
+        let meta = self.open_meta(key, value)?;
+        if meta.id != rest {
+            return Err(VaultError::Corrupt);
+        }
+        let Some(body) = meta.body.bytes() else {
+            return Ok(None);
+        };
+        let sealed = SealedRecord::decode(body)?;
+        Ok(Some((
+            meta.record_type.purpose(),
+            SealedAt::Packed(meta),
+            sealed,
+        )))
+    }
+
+    /// The KEK (purpose and version) the DEK stored at `key` (read as
+    /// `value`) is wrapped under; `None` when the entry holds no DEK.
+    pub fn wrapped_under(
+        &self,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<Option<(Purpose, u32)>, VaultError> {
+        Ok(self
+            .sealed_at(key, value)?
+            .map(|(purpose, _, sealed)| (purpose, sealed.kek_version())))
+    }
+
+    /// The writes that move the DEK stored at `key` (read as `value`) onto
+    /// the newest KEK of its purpose, on the condition that the entry (and
+    /// its record) is still as read; `None` when it already is there or
+    /// holds none. The record is not decrypted, and its version and times
+    /// stay as they are: a rewrap is not a change of the data.
+    pub fn rewrap_entry(
+        &self,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<Option<Transaction>, VaultError> {
+        let Some((purpose, at, sealed)) = self.sealed_at(key, value)? else {
+            return Ok(None);
+        };
+        let rewrapped = match &at {
+            SealedAt::Packed(meta) | SealedAt::LegacyBody(meta) => self.keyring.rewrap_record(
+                purpose,
+                &RecordContext {
+                    id: &meta.id,
+                    record_type: meta.record_type.as_str(),
+                    version: meta.version,
+                },
+                &sealed,
+            )?,
+            SealedAt::Generic(id) => self.keyring.rewrap_record(
+                purpose,
+                &RecordContext {
+                    id,
+                    record_type: "generic",
+                    version: 1,
+                },
+                &sealed,
+            )?,
+        };
+        let Some(rewrapped) = rewrapped else {
+            return Ok(None);
+        };
+        let body = rewrapped.encode();
+        let tx = Transaction::new().expect(key, Some(value.to_vec()));
+        Ok(Some(match at {
+            SealedAt::Packed(meta) => {
+                let stored = self.seal_meta(&meta, Some(&body))?;
+                tx.put(key, stored)
+            }
+            SealedAt::LegacyBody(meta) => tx.merge(self.expect_meta(&meta)?).put(key, body),
+            SealedAt::Generic(_) => tx.put(key, body),
+        }))
     }
 
     /// What an erased record's tombstone keeps of `subject_ref`:

@@ -1,0 +1,308 @@
+//! `strongroom keys …`: KEK management on a running server, over its API
+//! (the rewrap runs in the server; this only starts and follows it).
+
+use std::io::{IsTerminal, Write as _};
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use serde_json::Value;
+
+use super::{api_client, api_key_from_env, refusal, server_url};
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Every KEK version per purpose: created, encryptions, active.
+    List(Server),
+    /// A new KEK version for PURPOSE (kyc, card, bank, generic).
+    Rotate(RotateArgs),
+    /// Start a background rewrap of every DEK onto the newest KEK versions
+    /// and follow it with a progress bar (Ctrl-C stops following, not the
+    /// rewrap).
+    Rewrap(RewrapArgs),
+    /// The progress of the last rewrap.
+    Status(RewrapArgs),
+    /// Destroy a KEK version no DEK uses any more (refused while any does,
+    /// and for the newest version).
+    Destroy(DestroyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct Server {
+    /// The server's base URL (https://…; http:// only to a loopback address).
+    #[arg(long, env = "STRONGROOM_URL")]
+    url: String,
+    /// PEM file of the CA that issued the server's certificate (default: the
+    /// system's roots).
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
+    /// Print the server's JSON answers instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    purpose: String,
+    #[command(flatten)]
+    server: Server,
+}
+
+#[derive(Debug, Args)]
+pub struct RewrapArgs {
+    /// Return at once instead of following the job to its end.
+    #[arg(long)]
+    no_wait: bool,
+    #[command(flatten)]
+    server: Server,
+}
+
+#[derive(Debug, Args)]
+pub struct DestroyArgs {
+    purpose: String,
+    version: u32,
+    #[command(flatten)]
+    server: Server,
+}
+
+/// One call to the server: the method, path and the JSON answer (`None`
+/// for 204), or the refusal.
+struct Api {
+    client: reqwest::Client,
+    base: String,
+    key: zeroize::Zeroizing<String>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Api {
+    fn new(server: &Server) -> Result<Self, String> {
+        Ok(Self {
+            client: api_client(server.ca_file.as_deref())?,
+            base: server.url.clone(),
+            key: api_key_from_env()?,
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start the async runtime: {e}"))?,
+        })
+    }
+
+    fn call(&self, method: reqwest::Method, path: &str) -> Result<Option<Value>, String> {
+        let url = server_url(&self.base, path)?;
+        self.runtime.block_on(async {
+            let response = self
+                .client
+                .request(method, url.clone())
+                .bearer_auth(self.key.as_str())
+                .timeout(Duration::from_secs(600))
+                .send()
+                .await
+                .map_err(|e| format!("{url}: {e}"))?;
+            let status = response.status();
+            let body = response.bytes().await.map_err(|e| format!("{url}: {e}"))?;
+            if !status.is_success() {
+                return Err(format!("the server refused: {}", refusal(status, &body)));
+            }
+            if body.is_empty() {
+                return Ok(None);
+            }
+            serde_json::from_slice(&body)
+                .map(Some)
+                .map_err(|e| format!("{url}: not JSON: {e}"))
+        })
+    }
+}
+
+pub fn run(command: KeysCommand) -> Result<(), String> {
+    match command {
+        KeysCommand::List(server) => {
+            let answer = Api::new(&server)?
+                .call(reqwest::Method::GET, "/v1/keys")?
+                .unwrap_or_default();
+            if server.json {
+                println!("{answer}");
+                return Ok(());
+            }
+            println!(
+                "{:<8} {:>7}  {:<25} {:>12}  active",
+                "purpose", "version", "created_at", "encryptions"
+            );
+            for key in answer["keys"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<8} {:>7}  {:<25} {:>12}  {}",
+                    key["purpose"].as_str().unwrap_or("?"),
+                    key["version"],
+                    key["created_at"].as_str().unwrap_or("?"),
+                    key["encryptions"],
+                    if key["active"] == Value::Bool(true) {
+                        "yes"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            Ok(())
+        }
+        KeysCommand::Rotate(args) => {
+            let path = format!("/v1/keys/{}/rotate", path_segment(&args.purpose)?);
+            let answer = Api::new(&args.server)?
+                .call(reqwest::Method::POST, &path)?
+                .unwrap_or_default();
+            if args.server.json {
+                println!("{answer}");
+            } else {
+                println!(
+                    "{} KEK version {} made; new writes use it. Rewrap to move older DEKs onto it.",
+                    answer["purpose"].as_str().unwrap_or("?"),
+                    answer["version"]
+                );
+            }
+            Ok(())
+        }
+        KeysCommand::Rewrap(args) => {
+            let api = Api::new(&args.server)?;
+            let started = api
+                .call(reqwest::Method::POST, "/v1/keys/rewrap")?
+                .unwrap_or_default();
+            if !args.server.json {
+                eprintln!("rewrap {} started", started["id"].as_str().unwrap_or("?"));
+            }
+            follow(&api, args.no_wait, args.server.json, started)
+        }
+        KeysCommand::Status(args) => {
+            let api = Api::new(&args.server)?;
+            let progress = api
+                .call(reqwest::Method::GET, "/v1/keys/rewrap")?
+                .unwrap_or_default();
+            follow(&api, args.no_wait, args.server.json, progress)
+        }
+        KeysCommand::Destroy(args) => {
+            let path = format!(
+                "/v1/keys/{}/versions/{}",
+                path_segment(&args.purpose)?,
+                args.version
+            );
+            Api::new(&args.server)?.call(reqwest::Method::DELETE, &path)?;
+            if args.server.json {
+                println!("{}", serde_json::json!({"destroyed": true}));
+            } else {
+                println!(
+                    "{} KEK version {} destroyed: what it wrapped and no DEK still uses is gone for good.",
+                    args.purpose, args.version
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A purpose as a path segment (letters and `_` only: nothing else is one).
+fn path_segment(purpose: &str) -> Result<&str, String> {
+    if !purpose.is_empty() && purpose.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+        Ok(purpose)
+    } else {
+        Err(format!(
+            "{purpose:?} is not a KEK purpose (kyc, card, bank, generic)"
+        ))
+    }
+}
+
+/// Shows `progress` and, unless `no_wait`, polls it every second until
+/// the job is no longer running, with a bar on a terminal (a line every
+/// ten seconds otherwise; the JSON answers with `json`).
+fn follow(api: &Api, no_wait: bool, json: bool, mut progress: Value) -> Result<(), String> {
+    let terminal = std::io::stderr().is_terminal();
+    let mut polls = 0u64;
+    loop {
+        let running = progress["state"] == "running";
+        if json {
+            if !running || no_wait || polls % 10 == 0 {
+                println!("{progress}");
+            }
+        } else if terminal {
+            eprint!("\r{}\x1b[K", bar(&progress));
+            let _ = std::io::stderr().flush();
+        } else if !running || no_wait || polls % 10 == 0 {
+            eprintln!("{}", bar(&progress));
+        }
+        if !running || no_wait {
+            if terminal && !json {
+                eprintln!();
+            }
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        polls += 1;
+        progress = api
+            .call(reqwest::Method::GET, "/v1/keys/rewrap")?
+            .unwrap_or_default();
+    }
+}
+
+/// `[#####.....] 52 % 52000/100000 rewrapped 51000, 1800/s, eta …`
+fn bar(progress: &Value) -> String {
+    const WIDTH: u64 = 30;
+    let done = progress["done"].as_u64().unwrap_or(0);
+    let remaining = progress["remaining"].as_u64();
+    let state = progress["state"].as_str().unwrap_or("?");
+    let (filled, percent, of) = match remaining {
+        Some(remaining) => {
+            let total = done.saturating_add(remaining).max(1);
+            (
+                WIDTH * done / total,
+                format!("{:>3} %", 100 * done / total),
+                format!("{done}/{total}"),
+            )
+        }
+        None => (0, "  ? %".to_owned(), format!("{done}/?")),
+    };
+    let filled = usize::try_from(filled).unwrap_or(0);
+    let empty = usize::try_from(WIDTH).unwrap_or(0).saturating_sub(filled);
+    let mut line = format!(
+        "[{}{}] {percent} {of} {state}, {} rewrapped",
+        "#".repeat(filled),
+        ".".repeat(empty),
+        progress["rewrapped"].as_u64().unwrap_or(0)
+    );
+    if let Some(rate) = progress["rate"].as_f64() {
+        line.push_str(&format!(", {rate:.0}/s"));
+    }
+    if let Some(eta) = progress["eta"].as_str() {
+        line.push_str(&format!(", eta {eta}"));
+    }
+    if let Some(failed) = progress["failed"].as_u64().filter(|f| *f > 0) {
+        line.push_str(&format!(", {failed} unreadable (see the server log)"));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bar_fills_with_the_progress() {
+        let half = bar(
+            &serde_json::json!({"state":"running","done":50,"remaining":50,"rewrapped":40,"rate":12.0}),
+        );
+        assert!(
+            half.starts_with(&format!("[{}{}]", "#".repeat(15), ".".repeat(15))),
+            "{half}"
+        );
+        assert!(
+            half.contains(" 50 % 50/100 running, 40 rewrapped, 12/s"),
+            "{half}"
+        );
+        let unknown = bar(&serde_json::json!({"state":"running","done":7,"remaining":null}));
+        assert!(unknown.contains("? % 7/?"), "{unknown}");
+        let done = bar(&serde_json::json!({"state":"finished","done":9,"remaining":0,"failed":2}));
+        assert!(done.contains("100 % 9/9 finished"), "{done}");
+        assert!(done.contains("2 unreadable"), "{done}");
+    }
+
+    #[test]
+    fn only_a_purpose_shaped_word_reaches_the_path() {
+        assert_eq!(path_segment("card"), Ok("card"));
+        assert!(path_segment("../sys/seal").is_err());
+        assert!(path_segment("").is_err());
+    }
+}
