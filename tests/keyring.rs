@@ -421,6 +421,24 @@ fn reconstruct_keys(vault: &TestVault) -> (Key256, Vec<Key256>) {
         .collect();
     let root = shares::combine(2, &parsed).unwrap();
     let keyring_key = derive_key(&root, "strongroom/v1/keyring");
+    // The erasure epochs' secrets (keys/epoch.json, each sealed under the
+    // keyring key), which wrap the KEKs.
+    let epoch_file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(vault.keys_dir().join("epoch.json")).unwrap())
+            .unwrap();
+    let mut epochs = std::collections::BTreeMap::new();
+    for epoch in epoch_file["epochs"].as_array().unwrap() {
+        let n = epoch["epoch"].as_u64().unwrap();
+        let envelope =
+            Envelope::decode(&hex::decode(epoch["sealed"].as_str().unwrap()).unwrap()).unwrap();
+        let aad = Aad::new("strongroom/v1/epoch")
+            .part(vault.keyring.vault_id().as_bytes())
+            .number(n);
+        epochs.insert(
+            n,
+            Key256::try_from_slice(&envelope.open(&keyring_key, &aad).unwrap()).unwrap(),
+        );
+    }
     let mut keks = Vec::new();
     for (key, value) in vault.store.scan_prefix(b"kr/kek/").unwrap() {
         let purpose = std::str::from_utf8(&key[7..key.len() - 5])
@@ -433,8 +451,14 @@ fn reconstruct_keys(vault: &TestVault) -> (Key256, Vec<Key256>) {
         let aad = Aad::new("strongroom/v1/kek")
             .part(purpose.as_bytes())
             .number(u64::from(version));
-        keks.push(Key256::try_from_slice(&envelope.open(&keyring_key, &aad).unwrap()).unwrap());
+        let wrapping = match stored["epoch"].as_u64() {
+            Some(n) => &epochs[&n],
+            None => &keyring_key,
+        };
+        keks.push(Key256::try_from_slice(&envelope.open(wrapping, &aad).unwrap()).unwrap());
     }
+    // The epoch secrets must not reach the disk in clear either.
+    keks.extend(epochs.into_values());
     (root, keks)
 }
 
@@ -445,7 +469,8 @@ fn no_key_or_plaintext_reaches_the_data_or_keys_directory() {
         .map(|i| format!("PLAINTEXT-CANARY-{i:04}-Ada-Lovelace"))
         .collect();
     let (root, keks) = reconstruct_keys(&vault);
-    assert_eq!(keks.len(), 4);
+    // One KEK per purpose and the secret of erasure epoch 1.
+    assert_eq!(keks.len(), 5);
     let mut deks = Vec::new();
     for (i, text) in plaintexts.iter().enumerate() {
         let id = format!("card_{i}");
@@ -769,13 +794,15 @@ fn node(
 }
 
 /// A keys directory holding only `vault`'s public `audit.pub`.
+/// A keys directory with `audit.pub` and, since the vault is on an
+/// embedded store, its erasure epochs' `epoch.json` (sealed: a store of
+/// one node keeps its epoch secrets in its keys directory; a PostgreSQL
+/// vault has none, docs/lifecycle.md), but no `root.json`.
 fn audit_pub_only(vault: &TestVault) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        vault.keys_dir().join("audit.pub"),
-        dir.path().join("audit.pub"),
-    )
-    .unwrap();
+    for name in ["audit.pub", "epoch.json"] {
+        std::fs::copy(vault.keys_dir().join(name), dir.path().join(name)).unwrap();
+    }
     dir
 }
 
@@ -804,7 +831,7 @@ fn a_node_with_only_audit_pub_unseals_from_the_stored_root_record() {
             b"from node A"
         );
         // Nothing was written into that keys directory.
-        assert_eq!(std::fs::read_dir(keys.path()).unwrap().count(), 1);
+        assert_eq!(std::fs::read_dir(keys.path()).unwrap().count(), 2);
     }
     // Without root.json, audit.pub is required; without either, nothing opens.
     let vault = passphrase_vault();

@@ -490,3 +490,74 @@ async fn bad_purposes_and_versions_are_not_found() {
         "init's version and the two rotations: nothing destroyed"
     );
 }
+
+/// `strongroom keys …` against a running server: rotate, rewrap followed
+/// to its end (a line per update when stderr is not a terminal), list,
+/// destroy; refusals are the server's problem codes, and the API key only
+/// ever comes from the environment.
+#[test]
+fn the_keys_command_rotates_rewraps_and_destroys() {
+    use common::process::{dev_in, strongroom, terminate};
+    let dir = tempfile::tempdir().unwrap();
+    let (child, creds, addr) = dev_in(&dir.path().join("vault"), &[], std::process::Stdio::null());
+    let url = format!("http://{addr}");
+    let admin = creds["admin_api_key"].as_str().unwrap();
+    let keys = |args: &[&str], key: Option<&str>| {
+        let mut command = strongroom(&["keys"]);
+        command.args(args).args(["--url", &url]);
+        if let Some(key) = key {
+            command.env("STRONGROOM_API_KEY", key);
+        }
+        command.stdin(std::process::Stdio::null()).output().unwrap()
+    };
+    let text = |out: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let no_key = keys(&["list"], None);
+    assert!(!no_key.status.success());
+    assert!(
+        text(&no_key).contains("STRONGROOM_API_KEY"),
+        "{}",
+        text(&no_key)
+    );
+    let payments = creds["payment_service_api_key"].as_str().unwrap();
+    let refused = keys(&["rotate", "card"], Some(payments));
+    assert!(!refused.status.success());
+    assert!(text(&refused).contains("forbidden"), "{}", text(&refused));
+
+    let rotated = keys(&["rotate", "card"], Some(admin));
+    assert!(rotated.status.success(), "{}", text(&rotated));
+    assert!(
+        text(&rotated).contains("card KEK version 2 made"),
+        "{}",
+        text(&rotated)
+    );
+    let rewrap = keys(&["rewrap"], Some(admin));
+    assert!(rewrap.status.success(), "{}", text(&rewrap));
+    let out = text(&rewrap);
+    assert!(out.contains("started"), "{out}");
+    assert!(out.contains("100 %") && out.contains("finished"), "{out}");
+    let list = keys(&["list", "--json"], Some(admin));
+    let listed: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert!(
+        listed["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["purpose"] == "card" && k["version"] == 2 && k["active"] == true)
+    );
+    let newest = keys(&["destroy", "card", "2"], Some(admin));
+    assert!(!newest.status.success());
+    assert!(text(&newest).contains("conflict"), "{}", text(&newest));
+    let destroyed = keys(&["destroy", "card", "1"], Some(admin));
+    assert!(destroyed.status.success(), "{}", text(&destroyed));
+    let bad = keys(&["destroy", "../sys", "1"], Some(admin));
+    assert!(!bad.status.success());
+    assert!(text(&bad).contains("not a KEK purpose"), "{}", text(&bad));
+    let (status, _) = terminate(child);
+    assert!(status.success());
+}

@@ -245,6 +245,8 @@ fn bar(progress: &Value) -> String {
     let remaining = progress["remaining"].as_u64();
     let state = progress["state"].as_str().unwrap_or("?");
     let (filled, percent, of) = match remaining {
+        // Nothing to read at all is all done.
+        Some(0) if done == 0 => (WIDTH, "100 %".to_owned(), "0/0".to_owned()),
         Some(remaining) => {
             let total = done.saturating_add(remaining).max(1);
             (
@@ -297,6 +299,8 @@ mod tests {
         let done = bar(&serde_json::json!({"state":"finished","done":9,"remaining":0,"failed":2}));
         assert!(done.contains("100 % 9/9 finished"), "{done}");
         assert!(done.contains("2 unreadable"), "{done}");
+        let empty = bar(&serde_json::json!({"state":"finished","done":0,"remaining":0}));
+        assert!(empty.contains("100 % 0/0 finished"), "{empty}");
     }
 
     #[test]
