@@ -165,6 +165,17 @@ async fn sample(
         Operation::AuditVerify => ("GET", "/v1/audit/verify".into(), None),
         Operation::KeysRead => ("GET", "/v1/keys".into(), None),
         Operation::KeysRotate => ("POST", "/v1/keys/card/rotate".into(), None),
+        // Canaries for the fixture payment service, a card among them.
+        Operation::CanaryCreate => (
+            "POST",
+            "/v1/canaries".into(),
+            Some(json!({
+                "owner": vault.principal_id("fixture-payments"),
+                "types": ["card", "kyc", "bank_account"],
+                "subject_ref": format!("cus-canary-{n}"),
+                "card_iin": "431940",
+            })),
+        ),
         Operation::RecordCreate(t) => {
             let body = match t {
                 // A page's key may not say whose card it is.

@@ -78,6 +78,8 @@ pub enum Operation {
     AuditVerify,
     KeysRead,
     KeysRotate,
+    /// `POST /v1/canaries`: canary records for a payment service.
+    CanaryCreate,
     RecordCreate(RecordType),
     RecordRead,
     RecordUpdate,
@@ -101,7 +103,7 @@ pub enum Operation {
 }
 
 impl Operation {
-    pub const ALL: [Operation; 32] = [
+    pub const ALL: [Operation; 33] = [
         Operation::SysSeal,
         Operation::SysBackup,
         Operation::SysMetrics,
@@ -112,6 +114,7 @@ impl Operation {
         Operation::AuditVerify,
         Operation::KeysRead,
         Operation::KeysRotate,
+        Operation::CanaryCreate,
         Operation::RecordCreate(RecordType::Card),
         Operation::RecordCreate(RecordType::BankAccount),
         Operation::RecordCreate(RecordType::Kyc),
@@ -149,6 +152,7 @@ impl Operation {
             Operation::AuditVerify => "audit.verify",
             Operation::KeysRead => "key.read",
             Operation::KeysRotate => "key.rotate",
+            Operation::CanaryCreate => "canary.create",
             Operation::RecordCreate(_) => "record.create",
             Operation::RecordRead => "record.read",
             Operation::RecordUpdate => "record.update",
@@ -184,7 +188,10 @@ pub fn allows(role: Role, op: Operation) -> bool {
         | O::PrincipalList
         | O::PrincipalDisable
         | O::KeysRead
-        | O::KeysRotate => role == R::Admin,
+        | O::KeysRotate
+        // Canaries are planted by admins: the owning service must not
+        // know which of its records are canaries.
+        | O::CanaryCreate => role == R::Admin,
         O::AuditRead | O::AuditVerify => matches!(role, R::Auditor | R::Admin),
         // Counts and timings by route template: no record data, no names.
         O::SysMetrics => matches!(role, R::Admin | R::Metrics),
