@@ -150,9 +150,7 @@ fn pick<'a>(items: &[&'a str]) -> Result<&'a str, CanaryError> {
 
 fn digits(count: usize) -> Result<String, CanaryError> {
     (0..count)
-        .map(|_| {
-            below(10).map(|d| char::from(b'0' + u8::try_from(d).unwrap_or_default()))
-        })
+        .map(|_| below(10).map(|d| char::from(b'0' + u8::try_from(d).unwrap_or_default())))
         .collect()
 }
 
@@ -161,8 +159,21 @@ const GIVEN: [&str; 16] = [
     "James", "Grace", "William", "Chloe", "Daniel", "Lucy",
 ];
 const FAMILY: [&str; 16] = [
-    "Whitfield", "Marsden", "Carver", "Ashworth", "Pennington", "Holloway", "Fairbairn",
-    "Langley", "Thornton", "Redmond", "Calloway", "Brierley", "Hartley", "Kendrick", "Sutcliffe",
+    "Whitfield",
+    "Marsden",
+    "Carver",
+    "Ashworth",
+    "Pennington",
+    "Holloway",
+    "Fairbairn",
+    "Langley",
+    "Thornton",
+    "Redmond",
+    "Calloway",
+    "Brierley",
+    "Hartley",
+    "Kendrick",
+    "Sutcliffe",
     "Blackwood",
 ];
 const STREETS: [&str; 10] = [
@@ -356,7 +367,10 @@ mod tests {
         let persona = Persona::new().unwrap();
         let now = OffsetDateTime::now_utc();
         for bad in ["4319", "431940123", "43194x", "999999", ""] {
-            assert!(matches!(card(&persona, bad, now), Err(CanaryError::Iin)), "{bad}");
+            assert!(
+                matches!(card(&persona, bad, now), Err(CanaryError::Iin)),
+                "{bad}"
+            );
         }
     }
 

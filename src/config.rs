@@ -304,7 +304,9 @@ impl CanariesFileConfig {
         if let Some(iin) = &self.card_iin
             && !((6..=8).contains(&iin.len()) && iin.bytes().all(|b| b.is_ascii_digit()))
         {
-            return Err(ConfigError("canaries.card_iin must be 6 to 8 digits".into()));
+            return Err(ConfigError(
+                "canaries.card_iin must be 6 to 8 digits".into(),
+            ));
         }
         Ok(crate::canary::CanarySettings {
             webhook,

@@ -180,7 +180,11 @@ impl World {
             .iter()
             .filter(|e| e["outcome"] == "canary")
             .count();
-        (audit, self.metric("strongroom_canary_alarms_total", &[("path", path)]).await)
+        (
+            audit,
+            self.metric("strongroom_canary_alarms_total", &[("path", path)])
+                .await,
+        )
     }
 
     async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -199,7 +203,12 @@ impl World {
         let (audit, metric) = self.alarms(path).await;
         let reply = access.await;
         let (audit_after, metric_after) = self.alarms(path).await;
-        assert_eq!(audit_after - audit, n, "audit alarms on {path}: {}", reply.body);
+        assert_eq!(
+            audit_after - audit,
+            n,
+            "audit alarms on {path}: {}",
+            reply.body
+        );
         assert_eq!(metric_after - metric, n as f64, "metric alarms on {path}");
         reply
     }
@@ -267,18 +276,24 @@ async fn canaries_are_made_like_real_records_and_marked_only_inside_their_sealed
     let (real_bank_id, _) = w.real("bank_account", real_bank()).await;
 
     let issued = |s: &str, prefix: &str| {
-        s.strip_prefix(prefix).is_some_and(|rest| {
-            rest.len() == 24 && rest.bytes().all(|b| b.is_ascii_hexdigit())
-        })
+        s.strip_prefix(prefix)
+            .is_some_and(|rest| rest.len() == 24 && rest.bytes().all(|b| b.is_ascii_hexdigit()))
     };
-    assert!(issued(&made.card.0, "card_") && issued(&made.kyc.0, "kyc_") && issued(&made.bank.0, "bank_"));
+    assert!(
+        issued(&made.card.0, "card_")
+            && issued(&made.kyc.0, "kyc_")
+            && issued(&made.bank.0, "bank_")
+    );
     for token in [&made.card.1, &made.kyc.1, &made.bank.1] {
         assert_eq!(token.len(), real_card_token.len());
         assert_eq!(token[..4], real_card_token[..4]);
     }
     // The PAN token keeps the IIN's first 6 and is 16 digits, as a real one.
     assert!(made.card.2.starts_with(IIN) && made.card.2.len() == 16);
-    let pan = w.plaintext(&made.card.0)["pan"].as_str().unwrap().to_owned();
+    let pan = w.plaintext(&made.card.0)["pan"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert!(pan.starts_with(IIN) && strongroom::records::luhn_valid(&pan));
 
     // Metadata as a real record of the type has it: owner, subject, index
@@ -292,7 +307,10 @@ async fn canaries_are_made_like_real_records_and_marked_only_inside_their_sealed
         let r = w.vault.state.vault.meta(real).unwrap();
         assert_eq!(c.owner, r.owner);
         assert_eq!(c.subject_ref.as_deref(), Some("cus-8812"));
-        assert_eq!((c.version, c.index_keys.len(), c.token_keys.len()), (r.version, r.index_keys.len(), r.token_keys.len()));
+        assert_eq!(
+            (c.version, c.index_keys.len(), c.token_keys.len()),
+            (r.version, r.index_keys.len(), r.token_keys.len())
+        );
     }
     // Nothing in clear says "canary" in records or tokens.
     for prefix in [&b"rec/"[..], b"tk/", b"bi/"] {
@@ -311,20 +329,53 @@ async fn canaries_are_made_like_real_records_and_marked_only_inside_their_sealed
 
     // Only an admin; and bad requests.
     for key in [&w.payments, &w.officer] {
-        let reply = w.post("/v1/canaries", key, json!({"owner": w.payments_id, "types": ["kyc"]})).await;
-        assert_eq!((reply.status, reply.body["code"].as_str()), (403, Some("forbidden")));
+        let reply = w
+            .post(
+                "/v1/canaries",
+                key,
+                json!({"owner": w.payments_id, "types": ["kyc"]}),
+            )
+            .await;
+        assert_eq!(
+            (reply.status, reply.body["code"].as_str()),
+            (403, Some("forbidden"))
+        );
     }
     let officer_id = w.vault.principal_id("olivia");
     for (body, field) in [
-        (json!({"owner": w.payments_id, "types": ["kyc", "kyc"]}), "types[1]"),
+        (
+            json!({"owner": w.payments_id, "types": ["kyc", "kyc"]}),
+            "types[1]",
+        ),
         (json!({"owner": w.payments_id, "types": []}), "types"),
-        (json!({"owner": w.payments_id, "types": ["pet"]}), "types[0]"),
-        (json!({"owner": "prn_000000000000000000000000", "types": ["kyc"]}), "owner"),
-        (json!({"owner": officer_id, "types": ["card"], "card_iin": IIN}), "owner"),
-        (json!({"owner": w.payments_id, "types": ["card"]}), "card_iin"),
-        (json!({"owner": w.payments_id, "types": ["card"], "card_iin": "999999"}), "card_iin"),
-        (json!({"owner": w.payments_id, "types": ["kyc"], "card_iin": "43a940"}), "card_iin"),
-        (json!({"owner": w.payments_id, "types": ["kyc"], "subject_ref": "two words"}), "subject_ref"),
+        (
+            json!({"owner": w.payments_id, "types": ["pet"]}),
+            "types[0]",
+        ),
+        (
+            json!({"owner": "prn_000000000000000000000000", "types": ["kyc"]}),
+            "owner",
+        ),
+        (
+            json!({"owner": officer_id, "types": ["card"], "card_iin": IIN}),
+            "owner",
+        ),
+        (
+            json!({"owner": w.payments_id, "types": ["card"]}),
+            "card_iin",
+        ),
+        (
+            json!({"owner": w.payments_id, "types": ["card"], "card_iin": "999999"}),
+            "card_iin",
+        ),
+        (
+            json!({"owner": w.payments_id, "types": ["kyc"], "card_iin": "43a940"}),
+            "card_iin",
+        ),
+        (
+            json!({"owner": w.payments_id, "types": ["kyc"], "subject_ref": "two words"}),
+            "subject_ref",
+        ),
         (json!({"owner": w.payments_id, "canary": true}), "canary"),
         (json!({"types": ["kyc"]}), "body"),
     ] {
@@ -333,7 +384,11 @@ async fn canaries_are_made_like_real_records_and_marked_only_inside_their_sealed
         assert_eq!(reply.headers["content-type"], "application/problem+json");
         assert_eq!(reply.body["code"], "validation_failed");
         assert!(
-            reply.body["errors"].as_array().unwrap().iter().any(|e| e["field"] == field),
+            reply.body["errors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["field"] == field),
             "{body}: {}",
             reply.body
         );
@@ -342,8 +397,24 @@ async fn canaries_are_made_like_real_records_and_marked_only_inside_their_sealed
     // The same key, the same request: the first answer, no second set.
     let body = json!({"owner": w.payments_id, "types": ["kyc"]});
     let headers = [("idempotency-key", "canaries-1")];
-    let first = call_with(&w.app, "POST", "/v1/canaries", Some(&w.admin), Some(body.clone()), &headers).await;
-    let again = call_with(&w.app, "POST", "/v1/canaries", Some(&w.admin), Some(body), &headers).await;
+    let first = call_with(
+        &w.app,
+        "POST",
+        "/v1/canaries",
+        Some(&w.admin),
+        Some(body.clone()),
+        &headers,
+    )
+    .await;
+    let again = call_with(
+        &w.app,
+        "POST",
+        "/v1/canaries",
+        Some(&w.admin),
+        Some(body),
+        &headers,
+    )
+    .await;
     assert_eq!((first.status, again.status), (201, 201));
     assert_eq!(first.body, again.body);
     assert_eq!(again.headers["idempotent-replayed"], "true");
@@ -371,9 +442,19 @@ async fn every_access_path_answers_like_a_real_record_and_raises_one_alarm_each(
         "fields": ["pan", "exp_month", "exp_year", "holder_name", "cvc"],
         "ca_pem": w.ca.cert_pem(),
     });
-    assert_eq!(w.post("/v1/relay/routes", &w.admin, route).await.status, 201);
+    assert_eq!(
+        w.post("/v1/relay/routes", &w.admin, route).await.status,
+        201
+    );
     let admin2 = w.vault.service("admin-2", Role::Admin);
-    let approved = call(&w.app, "POST", "/v1/relay/routes/acme/approve", Some(&admin2), None).await;
+    let approved = call(
+        &w.app,
+        "POST",
+        "/v1/relay/routes/acme/approve",
+        Some(&admin2),
+        None,
+    )
+    .await;
     assert_eq!(approved.status, 200, "{}", approved.body);
 
     let made = w.canaries().await;
@@ -386,19 +467,45 @@ async fn every_access_path_answers_like_a_real_record_and_raises_one_alarm_each(
     let mut alarms = 0;
 
     // GET /v1/records/{id}, each type.
-    for (canary, real) in [(&made.card.0, &card_id), (&made.kyc.0, &kyc_id), (&made.bank.0, &bank_id)] {
+    for (canary, real) in [
+        (&made.card.0, &card_id),
+        (&made.kyc.0, &kyc_id),
+        (&made.bank.0, &bank_id),
+    ] {
         let path = |id: &str| format!("/v1/records/{id}");
-        let c = w.expect_alarms("read", 1, call(&w.app, "GET", &path(canary), Some(&w.payments), None)).await;
-        let r = w.expect_alarms("read", 0, call(&w.app, "GET", &path(real), Some(&w.payments), None)).await;
+        let c = w
+            .expect_alarms(
+                "read",
+                1,
+                call(&w.app, "GET", &path(canary), Some(&w.payments), None),
+            )
+            .await;
+        let r = w
+            .expect_alarms(
+                "read",
+                0,
+                call(&w.app, "GET", &path(real), Some(&w.payments), None),
+            )
+            .await;
         assert_eq!((c.status, r.status), (200, 200));
         assert_eq!(shape(&c.body), shape(&r.body), "{} / {}", c.body, r.body);
         alarms += 1;
     }
 
     // Detokenize: one token, then a batch of three canaries and a real one.
-    let detokenize = |tokens: Vec<&String>| w.post("/v1/tokens/detokenize", &w.payments, json!({"tokens": tokens}));
-    let c = w.expect_alarms("detokenize", 1, detokenize(vec![&made.card.1])).await;
-    let r = w.expect_alarms("detokenize", 0, detokenize(vec![&card_token])).await;
+    let detokenize = |tokens: Vec<&String>| {
+        w.post(
+            "/v1/tokens/detokenize",
+            &w.payments,
+            json!({"tokens": tokens}),
+        )
+    };
+    let c = w
+        .expect_alarms("detokenize", 1, detokenize(vec![&made.card.1]))
+        .await;
+    let r = w
+        .expect_alarms("detokenize", 0, detokenize(vec![&card_token]))
+        .await;
     assert_eq!(
         shape(&c.body["results"][&made.card.1]),
         shape(&r.body["results"][&card_token])
@@ -407,23 +514,52 @@ async fn every_access_path_answers_like_a_real_record_and_raises_one_alarm_each(
         .expect_alarms(
             "detokenize",
             3,
-            detokenize(vec![&made.card.1, &made.kyc.1, &made.bank.1, &kyc_token, &bank_token]),
+            detokenize(vec![
+                &made.card.1,
+                &made.kyc.1,
+                &made.bank.1,
+                &kyc_token,
+                &bank_token,
+            ]),
         )
         .await;
     assert_eq!(batch.status, 200);
-    assert_eq!(shape(&batch.body["results"][&made.kyc.1]), shape(&batch.body["results"][&kyc_token]));
-    assert_eq!(shape(&batch.body["results"][&made.bank.1]), shape(&batch.body["results"][&bank_token]));
+    assert_eq!(
+        shape(&batch.body["results"][&made.kyc.1]),
+        shape(&batch.body["results"][&kyc_token])
+    );
+    assert_eq!(
+        shape(&batch.body["results"][&made.bank.1]),
+        shape(&batch.body["results"][&bank_token])
+    );
     alarms += 4;
 
     // A search hit: the canary's email, then the real one's; a PAN search.
     let search = |field: &str, value: &str| {
-        w.post("/v1/search", &w.officer, justified(json!({"field": field, "value": value})))
+        w.post(
+            "/v1/search",
+            &w.officer,
+            justified(json!({"field": field, "value": value})),
+        )
     };
-    let c = w.expect_alarms("search", 1, search("email", canary_kyc["email"].as_str().unwrap())).await;
-    let r = w.expect_alarms("search", 0, search("email", "ada.lovelace@example.org")).await;
+    let c = w
+        .expect_alarms(
+            "search",
+            1,
+            search("email", canary_kyc["email"].as_str().unwrap()),
+        )
+        .await;
+    let r = w
+        .expect_alarms("search", 0, search("email", "ada.lovelace@example.org"))
+        .await;
     assert_eq!(c.body["matches"][0]["id"], made.kyc.0.as_str());
     assert_eq!(shape(&c.body["matches"][0]), shape(&r.body["matches"][0]));
-    w.expect_alarms("search", 1, search("pan", canary_card["pan"].as_str().unwrap())).await;
+    w.expect_alarms(
+        "search",
+        1,
+        search("pan", canary_card["pan"].as_str().unwrap()),
+    )
+    .await;
     w.expect_alarms("search", 0, search("pan", REAL_PAN)).await;
     alarms += 2;
 
@@ -474,25 +610,51 @@ async fn every_access_path_answers_like_a_real_record_and_raises_one_alarm_each(
     let r = w.expect_alarms("relay", 0, charge(&card_token)).await;
     assert_eq!((c.status, r.status), (200, 200), "{}", c.body);
     assert_eq!(shape(&c.body), shape(&r.body));
-    assert!(processor.received()[0].body_text().contains(canary_card["pan"].as_str().unwrap()));
+    assert!(
+        processor.received()[0]
+            .body_text()
+            .contains(canary_card["pan"].as_str().unwrap())
+    );
     // The PAN token of the canary works too.
     w.expect_alarms("relay", 1, charge(&made.card.2)).await;
     alarms += 2;
 
     // An update opens the record to patch it; the canary stays a canary.
     let patch = |id: &str| {
-        w.send("PATCH", format!("/v1/records/{id}"), &w.payments, Some(json!({"exp_month": 11})))
+        w.send(
+            "PATCH",
+            format!("/v1/records/{id}"),
+            &w.payments,
+            Some(json!({"exp_month": 11})),
+        )
     };
     let c = w.expect_alarms("update", 1, patch(&made.card.0)).await;
     let r = w.expect_alarms("update", 0, patch(&card_id)).await;
     assert_eq!((c.status, r.status), (200, 200), "{}", c.body);
     assert_eq!(shape(&c.body), shape(&r.body));
     assert_eq!(c.body["version"], 2);
-    w.expect_alarms("read", 1, call(&w.app, "GET", &format!("/v1/records/{}", made.card.0), Some(&w.payments), None)).await;
+    w.expect_alarms(
+        "read",
+        1,
+        call(
+            &w.app,
+            "GET",
+            &format!("/v1/records/{}", made.card.0),
+            Some(&w.payments),
+            None,
+        ),
+    )
+    .await;
     alarms += 2;
 
     // Attaching a CVC opens the card (its brand decides the CVC's length).
-    let cvc = |id: &str| w.post(format!("/v1/records/{id}/cvc"), &w.payments, json!({"cvc": "123"}));
+    let cvc = |id: &str| {
+        w.post(
+            format!("/v1/records/{id}/cvc"),
+            &w.payments,
+            json!({"cvc": "123"}),
+        )
+    };
     let c = w.expect_alarms("cvc_attach", 1, cvc(&made.card.0)).await;
     let r = w.expect_alarms("cvc_attach", 0, cvc(&card_id)).await;
     assert_eq!((c.status, r.status), (204, 204), "{}", c.body);
@@ -506,7 +668,10 @@ async fn every_access_path_answers_like_a_real_record_and_raises_one_alarm_each(
         .collect();
     assert_eq!(entries.len(), alarms);
     for e in &entries {
-        assert!(canary_ids.iter().any(|id| e["target"] == id.as_str()), "{e}");
+        assert!(
+            canary_ids.iter().any(|id| e["target"] == id.as_str()),
+            "{e}"
+        );
     }
     let verified = call(&w.app, "GET", "/v1/audit/verify", Some(&w.admin), None).await;
     assert_eq!(verified.status, 200, "{}", verified.body);
@@ -535,7 +700,11 @@ async fn every_access_path_answers_like_a_real_record_and_raises_one_alarm_each(
     let mut waited = 0;
     while w.hooks.received().len() < alarms {
         waited += 1;
-        assert!(waited < 3000, "{} of {alarms} alarms posted", w.hooks.received().len());
+        assert!(
+            waited < 3000,
+            "{} of {alarms} alarms posted",
+            w.hooks.received().len()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let values: Vec<String> = [
@@ -550,32 +719,59 @@ async fn every_access_path_answers_like_a_real_record_and_raises_one_alarm_each(
     ]
     .iter()
     .map(|v| v.as_str().unwrap().to_owned())
-    .chain([made.card.1.clone(), made.card.2.clone(), made.kyc.1.clone(), made.bank.1.clone()])
+    .chain([
+        made.card.1.clone(),
+        made.card.2.clone(),
+        made.kyc.1.clone(),
+        made.bank.1.clone(),
+    ])
     .collect();
     let received = w.hooks.received();
     assert_eq!(received.len(), alarms);
     let principals = [w.payments_id.clone(), w.vault.principal_id("olivia")];
     for hook in &received {
-        assert_eq!((hook.method.as_str(), hook.path.as_str()), ("POST", "/alarms/strongroom"));
+        assert_eq!(
+            (hook.method.as_str(), hook.path.as_str()),
+            ("POST", "/alarms/strongroom")
+        );
         assert_eq!(hook.header("content-type"), Some("application/json"));
         let body: Value = serde_json::from_slice(&hook.body).unwrap();
         assert_eq!(
             shape(&body),
-            ["canary_id", "event", "path", "principal", "record_type", "request_id", "time"]
-                .map(str::to_owned)
-                .into()
+            [
+                "canary_id",
+                "event",
+                "path",
+                "principal",
+                "record_type",
+                "request_id",
+                "time"
+            ]
+            .map(str::to_owned)
+            .into()
         );
         assert_eq!(body["event"], "canary.touched");
-        assert!(canary_ids.iter().any(|id| body["canary_id"] == id.as_str()), "{body}");
-        assert!(principals.iter().any(|p| body["principal"] == p.as_str()), "{body}");
+        assert!(
+            canary_ids.iter().any(|id| body["canary_id"] == id.as_str()),
+            "{body}"
+        );
+        assert!(
+            principals.iter().any(|p| body["principal"] == p.as_str()),
+            "{body}"
+        );
         let text = hook.body_text();
         for value in &values {
-            assert!(!text.contains(value.as_str()), "{value} in the webhook: {text}");
+            assert!(
+                !text.contains(value.as_str()),
+                "{value} in the webhook: {text}"
+            );
         }
     }
     // The WARN lines name the canary, and hold no value.
     let log = String::from_utf8_lossy(&captured_log().0.lock().unwrap()).into_owned();
-    assert!(log.lines().any(|l| l.contains("WARN") && l.contains("canary record touched") && l.contains(made.kyc.0.as_str())));
+    assert!(log.lines().any(|l| l.contains("WARN")
+        && l.contains("canary record touched")
+        && l.contains(made.kyc.0.as_str())));
     for value in &values {
         assert!(!log.contains(value.as_str()), "{value} in the log");
     }
@@ -594,22 +790,52 @@ async fn a_refused_access_to_a_canary_is_a_denial_not_an_alarm() {
     let record = |id: &str| format!("/v1/records/{id}");
 
     // Another payment service: not its record, "not found" either way.
-    let c = w.expect_alarms("read", 0, w.send("GET", record(&made.card.0), &w.other_payments, None)).await;
-    let r = w.send("GET", record(&card_id), &w.other_payments, None).await;
+    let c = w
+        .expect_alarms(
+            "read",
+            0,
+            w.send("GET", record(&made.card.0), &w.other_payments, None),
+        )
+        .await;
+    let r = w
+        .send("GET", record(&card_id), &w.other_payments, None)
+        .await;
     assert_eq!((c.status, r.status), (404, 404));
     assert_eq!(c.body["code"], r.body["code"]);
     let d = w
         .expect_alarms(
             "detokenize",
             0,
-            w.post("/v1/tokens/detokenize", &w.other_payments, json!({"tokens": [made.card.1]})),
+            w.post(
+                "/v1/tokens/detokenize",
+                &w.other_payments,
+                json!({"tokens": [made.card.1]}),
+            ),
         )
         .await;
-    let rd = w.post("/v1/tokens/detokenize", &w.other_payments, json!({"tokens": [card_token]})).await;
-    assert_eq!(d.body["results"][&made.card.1], rd.body["results"][&card_token]);
+    let rd = w
+        .post(
+            "/v1/tokens/detokenize",
+            &w.other_payments,
+            json!({"tokens": [card_token]}),
+        )
+        .await;
+    assert_eq!(
+        d.body["results"][&made.card.1],
+        rd.body["results"][&card_token]
+    );
     // A role that may not read records at all.
-    let c = w.expect_alarms("read", 0, w.send("GET", record(&made.card.0), &auditor, None)).await;
-    assert_eq!((c.status, c.body["code"].as_str()), (403, Some("forbidden")));
+    let c = w
+        .expect_alarms(
+            "read",
+            0,
+            w.send("GET", record(&made.card.0), &auditor, None),
+        )
+        .await;
+    assert_eq!(
+        (c.status, c.body["code"].as_str()),
+        (403, Some("forbidden"))
+    );
     // A reveal that needs an approval it does not have.
     let c = w
         .expect_alarms(
@@ -622,7 +848,10 @@ async fn a_refused_access_to_a_canary_is_a_denial_not_an_alarm() {
             ),
         )
         .await;
-    assert_eq!((c.status, c.body["code"].as_str()), (403, Some("approval_required")));
+    assert_eq!(
+        (c.status, c.body["code"].as_str()),
+        (403, Some("approval_required"))
+    );
 
     let denied: Vec<Value> = audit_entries(&w.vault)
         .into_iter()
@@ -641,17 +870,29 @@ async fn the_webhook_keeps_the_relay_destination_rules() {
     let _turn = TURNS.lock().await;
     let w = world_with(Behaviour::Charge, false).await;
     let made = w.canaries().await;
-    let failures = w.metric("strongroom_canary_webhook_failures_total", &[]).await;
+    let failures = w
+        .metric("strongroom_canary_webhook_failures_total", &[])
+        .await;
     let reply = w
         .expect_alarms(
             "read",
             1,
-            call(&w.app, "GET", &format!("/v1/records/{}", made.kyc.0), Some(&w.payments), None),
+            call(
+                &w.app,
+                "GET",
+                &format!("/v1/records/{}", made.kyc.0),
+                Some(&w.payments),
+                None,
+            ),
         )
         .await;
     assert_eq!(reply.status, 200);
     let mut waited = 0;
-    while w.metric("strongroom_canary_webhook_failures_total", &[]).await < failures + 1.0 {
+    while w
+        .metric("strongroom_canary_webhook_failures_total", &[])
+        .await
+        < failures + 1.0
+    {
         waited += 1;
         assert!(waited < 3000, "the refused delivery was never counted");
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -668,10 +909,23 @@ async fn a_slow_webhook_does_not_hold_the_answer() {
     let _turn = TURNS.lock().await;
     let w = world_with(Behaviour::Slow(Duration::from_secs(60)), true).await;
     let made = w.canaries().await;
-    let failures = w.metric("strongroom_canary_webhook_failures_total", &[]).await;
-    let reply = call(&w.app, "GET", &format!("/v1/records/{}", made.bank.0), Some(&w.payments), None).await;
+    let failures = w
+        .metric("strongroom_canary_webhook_failures_total", &[])
+        .await;
+    let reply = call(
+        &w.app,
+        "GET",
+        &format!("/v1/records/{}", made.bank.0),
+        Some(&w.payments),
+        None,
+    )
+    .await;
     assert_eq!(reply.status, 200);
-    assert_eq!(w.metric("strongroom_canary_webhook_failures_total", &[]).await, failures);
+    assert_eq!(
+        w.metric("strongroom_canary_webhook_failures_total", &[])
+            .await,
+        failures
+    );
     let mut waited = 0;
     while w.hooks.count() == 0 {
         waited += 1;
@@ -711,7 +965,9 @@ async fn a_client_that_hangs_up_still_raises_the_alarm() {
     faulty.hold_audit_applies(false);
     let alarmed = || {
         audit_entries(&w.vault).iter().any(|e| {
-            e["outcome"] == "canary" && e["action"] == "record.read" && e["target"] == made.kyc.0.as_str()
+            e["outcome"] == "canary"
+                && e["action"] == "record.read"
+                && e["target"] == made.kyc.0.as_str()
         })
     };
     let mut waited = 0;
@@ -721,5 +977,8 @@ async fn a_client_that_hangs_up_still_raises_the_alarm() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let body: Value = serde_json::from_slice(&w.hooks.received()[0].body).unwrap();
-    assert_eq!((body["canary_id"].as_str(), body["path"].as_str()), (Some(made.kyc.0.as_str()), Some("read")));
+    assert_eq!(
+        (body["canary_id"].as_str(), body["path"].as_str()),
+        (Some(made.kyc.0.as_str()), Some("read"))
+    );
 }

@@ -209,10 +209,9 @@ fn canary_data(
                         )
                     })?;
                 canary::card(&persona, iin, now).map_err(|e| match e {
-                    CanaryError::Iin => ApiError::field(
-                        "card_iin",
-                        "must be 6 to 8 digits in a card brand's range",
-                    ),
+                    CanaryError::Iin => {
+                        ApiError::field("card_iin", "must be 6 to 8 digits in a card brand's range")
+                    }
                     e => fault(e),
                 })?
             }
@@ -254,10 +253,9 @@ pub async fn create(
     let mut batch = Vec::with_capacity(made.len());
     let mut canaries = Vec::with_capacity(made.len());
     for data in &made {
-        let created =
-            state
-                .vault
-                .prepare_canary(&owner.id, request.subject_ref.clone(), data)?;
+        let created = state
+            .vault
+            .prepare_canary(&owner.id, request.subject_ref.clone(), data)?;
         let event = AuditEvent {
             reason: Some(format!("owner {}", owner.id)),
             ..ctx

@@ -301,7 +301,10 @@ mod tests {
             };
             assert_eq!(read, entry);
             assert_eq!(read.compute_hash(), hash);
-            assert_eq!(AuditEntry::from_stored(&entry.to_stored().unwrap()), Some(entry));
+            assert_eq!(
+                AuditEntry::from_stored(&entry.to_stored().unwrap()),
+                Some(entry)
+            );
             let other = AuditEntry {
                 outcome: Outcome::Allowed,
                 ..read

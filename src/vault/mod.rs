@@ -917,13 +917,28 @@ mod tests {
             time::OffsetDateTime::now_utc(),
         )
         .unwrap();
-        let real = to_json(&MarkedBody { record: &record, canary: 0 }).unwrap();
-        let canary = to_json(&MarkedBody { record: &record, canary: 1 }).unwrap();
+        let real = to_json(&MarkedBody {
+            record: &record,
+            canary: 0,
+        })
+        .unwrap();
+        let canary = to_json(&MarkedBody {
+            record: &record,
+            canary: 1,
+        })
+        .unwrap();
         assert_eq!(real.len(), canary.len());
         assert!(!Vault::read_body(&real).unwrap().is_canary());
         assert!(Vault::read_body(&canary).unwrap().is_canary());
-        assert!(Vault::read_body(&to_json(&record).unwrap()).is_ok_and(|o| !o.is_canary() && o.data == record));
-        let odd = to_json(&MarkedBody { record: &record, canary: 2 }).unwrap();
+        assert!(
+            Vault::read_body(&to_json(&record).unwrap())
+                .is_ok_and(|o| !o.is_canary() && o.data == record)
+        );
+        let odd = to_json(&MarkedBody {
+            record: &record,
+            canary: 2,
+        })
+        .unwrap();
         assert!(matches!(Vault::read_body(&odd), Err(VaultError::Corrupt)));
     }
 
