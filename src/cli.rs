@@ -438,6 +438,7 @@ fn app_settings(config: &Config) -> AppSettings {
             .unwrap_or(usize::MAX),
         collect: config.collect,
         relay: config.relay.clone(),
+        canaries: config.canaries.clone(),
         // A PostgreSQL store has no data directory: a backup spools in the
         // system's temporary directory (docs/operations.md, "PostgreSQL store").
         data_dir: config.postgres.is_none().then(|| config.data_dir.clone()),

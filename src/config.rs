@@ -54,6 +54,9 @@ pub struct FileConfig {
     /// `[relay]`: the outbound client of the payment relay.
     #[serde(default)]
     pub relay: RelayFileConfig,
+    /// `[canaries]`: the alarm webhook and canary cards' IIN.
+    #[serde(default)]
+    pub canaries: CanariesFileConfig,
     /// `[tls]`: the certificate `serve` presents (docs/operations.md "TLS").
     #[serde(default)]
     pub tls: FileTls,
@@ -263,6 +266,74 @@ pub struct RelayFileConfig {
     pub connect_timeout_ms: Option<u64>,
 }
 
+/// `[canaries]` in the configuration file (docs/operations.md).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanariesFileConfig {
+    /// `https://…`: where each canary alarm is posted, through the relay's
+    /// client and under its destination rules.
+    pub webhook_url: Option<String>,
+    /// A PEM file: the only roots the webhook's certificate is checked
+    /// against (the platform's when absent).
+    pub webhook_ca_file: Option<PathBuf>,
+    /// The IIN canary cards are made under when a request names none.
+    pub card_iin: Option<String>,
+}
+
+impl CanariesFileConfig {
+    /// The section, checked: the webhook URL as a relay route's base URL
+    /// is (HTTPS, no user info, query or fragment; an IP literal under
+    /// `relay`'s address rules), its CA file readable PEM, the IIN 6 to 8
+    /// digits.
+    fn resolve(
+        self,
+        relay: &crate::relay::upstream::RelaySettings,
+    ) -> Result<crate::canary::CanarySettings, ConfigError> {
+        let webhook = match (self.webhook_url, self.webhook_ca_file) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(ConfigError(
+                    "canaries.webhook_ca_file needs canaries.webhook_url".into(),
+                ));
+            }
+            (Some(url), ca_file) => {
+                let parsed = crate::relay::upstream::check_base_url(&url)
+                    .map_err(|e| ConfigError(format!("canaries.webhook_url: {e}")))?;
+                crate::relay::upstream::Upstream::new(relay.clone())
+                    .check_literal(&parsed)
+                    .map_err(|e| ConfigError(format!("canaries.webhook_url: {e}")))?;
+                let ca_pem = match ca_file {
+                    None => None,
+                    Some(path) => {
+                        let pem = std::fs::read_to_string(&path).map_err(|e| {
+                            ConfigError(format!("cannot read {}: {e}", path.display()))
+                        })?;
+                        if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                            return Err(ConfigError(format!(
+                                "{} holds no PEM certificate",
+                                path.display()
+                            )));
+                        }
+                        Some(pem)
+                    }
+                };
+                Some(crate::canary::Webhook { url, ca_pem })
+            }
+        };
+        if let Some(iin) = &self.card_iin
+            && !((6..=8).contains(&iin.len()) && iin.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(ConfigError(
+                "canaries.card_iin must be 6 to 8 digits".into(),
+            ));
+        }
+        Ok(crate::canary::CanarySettings {
+            webhook,
+            card_iin: self.card_iin,
+        })
+    }
+}
+
 /// The `[tls]` section as written.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -415,6 +486,7 @@ pub struct Config {
     pub collect: CollectSettings,
     pub keyring: KeyringSettings,
     pub relay: crate::relay::upstream::RelaySettings,
+    pub canaries: crate::canary::CanarySettings,
     pub tls: TlsSettings,
     /// The embedded engine's settings (unused when `postgres` is set).
     pub store: crate::store::StoreSettings,
@@ -580,6 +652,7 @@ impl Config {
             0 => None,
             hours => Some(std::time::Duration::from_secs(3600 * u64::from(hours))),
         };
+        let canaries = file.canaries.resolve(&relay)?;
         let postgres = file.store.postgres()?;
         let store = crate::store::StoreSettings {
             engine: file.store.engine.unwrap_or(crate::store::Engine::DEFAULT),
@@ -595,6 +668,7 @@ impl Config {
             postgres,
             collect,
             relay,
+            canaries,
             tls,
             reveals_per_hour,
             sensitive_searches_per_hour,
@@ -733,6 +807,42 @@ mod tests {
         let file: FileConfig = toml::from_str("sensitive_searches_per_hour = 3").unwrap();
         let config = Config::resolve(file, Overrides::default()).unwrap();
         assert_eq!(config.sensitive_searches_per_hour, 3);
+    }
+
+    #[test]
+    fn the_canaries_section() {
+        let config = Config::resolve(FileConfig::default(), Overrides::default()).unwrap();
+        assert_eq!(config.canaries, crate::canary::CanarySettings::default());
+        let file: FileConfig = toml::from_str(
+            "[canaries]\nwebhook_url = \"https://alarms.example/hook/s3cr3t\"\ncard_iin = \"431940\"",
+        )
+        .unwrap();
+        let config = Config::resolve(file, Overrides::default()).unwrap();
+        let webhook = config.canaries.webhook.clone().unwrap();
+        assert_eq!(webhook.url, "https://alarms.example/hook/s3cr3t");
+        assert!(!format!("{:?}", config.canaries).contains("s3cr3t"));
+        assert_eq!(config.canaries.card_iin.as_deref(), Some("431940"));
+        for bad in [
+            "webhook_url = \"http://alarms.example/\"",
+            "webhook_url = \"https://user:pw@alarms.example/\"",
+            "webhook_url = \"https://127.0.0.1/hook\"",
+            "webhook_ca_file = \"/nonexistent\"",
+            "card_iin = \"4319\"",
+            "webhook = \"https://alarms.example/\"",
+        ] {
+            let parsed = toml::from_str::<FileConfig>(&format!("[canaries]\n{bad}"));
+            let refused = match parsed {
+                Ok(file) => Config::resolve(file, Overrides::default()).is_err(),
+                Err(_) => true,
+            };
+            assert!(refused, "{bad}");
+        }
+        // Loopback is allowed where the relay allows private destinations.
+        let file: FileConfig = toml::from_str(
+            "[relay]\nallow_private_destinations = true\n[canaries]\nwebhook_url = \"https://127.0.0.1:9/hook\"",
+        )
+        .unwrap();
+        assert!(Config::resolve(file, Overrides::default()).is_ok());
     }
 
     #[test]

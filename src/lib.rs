@@ -9,6 +9,7 @@ pub mod access;
 pub mod api;
 pub mod audit;
 pub mod backup;
+pub mod canary;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -33,6 +33,10 @@ pub const AUDIT_ROUND_ENTRIES: &str = "strongroom_audit_round_entries";
 pub const AUDIT_FLUSH_DURATION: &str = "strongroom_audit_flush_duration_seconds";
 /// Relay calls to an upstream, by relay route name and outcome.
 pub const RELAY_CALLS: &str = "strongroom_relay_calls_total";
+/// Canary alarms raised, by the path that touched the canary.
+pub const CANARY_ALARMS: &str = "strongroom_canary_alarms_total";
+/// Canary webhook deliveries that failed (no 2xx answer).
+pub const CANARY_WEBHOOK_FAILURES: &str = "strongroom_canary_webhook_failures_total";
 
 /// Histogram buckets in seconds: 100 µs to 10 s.
 const SECONDS_BUCKETS: [f64; 16] = [
@@ -130,6 +134,14 @@ fn describe() {
         RELAY_CALLS,
         "Relay calls to an upstream, by relay route name and outcome"
     );
+    describe_counter!(
+        CANARY_ALARMS,
+        "Canary alarms: accesses to a canary record, by the path that touched it"
+    );
+    describe_counter!(
+        CANARY_WEBHOOK_FAILURES,
+        "Canary alarm webhook deliveries that got no 2xx answer"
+    );
 }
 
 /// The method as a label: one of the methods this API serves, else `other`
@@ -193,6 +205,16 @@ pub fn relay_call(
     ::metrics::counter!(RELAY_CALLS, "route" => route.to_owned(), "outcome" => outcome)
         .increment(1);
     result
+}
+
+/// One canary alarm, labelled by the access path (a fixed word).
+pub fn canary_alarm(path: crate::canary::AccessPath) {
+    ::metrics::counter!(CANARY_ALARMS, "path" => path.as_str()).increment(1);
+}
+
+/// One canary webhook delivery that failed.
+pub fn canary_webhook_failed() {
+    ::metrics::counter!(CANARY_WEBHOOK_FAILURES).increment(1);
 }
 
 /// `2xx`, `4xx`…: the upstream's status by class.

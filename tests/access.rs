@@ -187,6 +187,17 @@ async fn sample(
                 None,
             )
         }
+        // Canaries for the fixture payment service, a card among them.
+        Operation::CanaryCreate => (
+            "POST",
+            "/v1/canaries".into(),
+            Some(json!({
+                "owner": vault.principal_id("fixture-payments"),
+                "types": ["card", "kyc", "bank_account"],
+                "subject_ref": format!("cus-canary-{n}"),
+                "card_iin": "431940",
+            })),
+        ),
         Operation::RecordCreate(t) => {
             let body = match t {
                 // A page's key may not say whose card it is.

@@ -80,6 +80,8 @@ pub enum Operation {
     KeysRotate,
     KeysRewrap,
     KeysDestroy,
+    /// `POST /v1/canaries`: canary records for a payment service.
+    CanaryCreate,
     RecordCreate(RecordType),
     RecordRead,
     RecordUpdate,
@@ -103,7 +105,7 @@ pub enum Operation {
 }
 
 impl Operation {
-    pub const ALL: [Operation; 34] = [
+    pub const ALL: [Operation; 35] = [
         Operation::SysSeal,
         Operation::SysBackup,
         Operation::SysMetrics,
@@ -116,6 +118,7 @@ impl Operation {
         Operation::KeysRotate,
         Operation::KeysRewrap,
         Operation::KeysDestroy,
+        Operation::CanaryCreate,
         Operation::RecordCreate(RecordType::Card),
         Operation::RecordCreate(RecordType::BankAccount),
         Operation::RecordCreate(RecordType::Kyc),
@@ -155,6 +158,7 @@ impl Operation {
             Operation::KeysRotate => "key.rotate",
             Operation::KeysRewrap => "key.rewrap",
             Operation::KeysDestroy => "key.destroy",
+            Operation::CanaryCreate => "canary.create",
             Operation::RecordCreate(_) => "record.create",
             Operation::RecordRead => "record.read",
             Operation::RecordUpdate => "record.update",
@@ -193,6 +197,9 @@ pub fn allows(role: Role, op: Operation) -> bool {
         | O::KeysRotate
         | O::KeysRewrap
         | O::KeysDestroy => role == R::Admin,
+        // Canaries are planted by admins: the owning service must not
+        // know which of its records are canaries.
+        O::CanaryCreate => role == R::Admin,
         O::AuditRead | O::AuditVerify => matches!(role, R::Auditor | R::Admin),
         // Counts and timings by route template: no record data, no names.
         O::SysMetrics => matches!(role, R::Admin | R::Metrics),

@@ -254,7 +254,8 @@ pub async fn attach_cvc(
     if meta.erased_at.is_some() {
         return Err(ApiError::Erased);
     }
-    let RecordData::Card(card) = state.vault.open(&meta)? else {
+    let opened = state.vault.open(&meta)?;
+    let RecordData::Card(card) = &opened.data else {
         return Err(ApiError::NotFound);
     };
     if !request
@@ -264,12 +265,17 @@ pub async fn attach_cvc(
     {
         return Err(cvc_invalid());
     }
-    drop(card);
+    let outcome = state.touched(
+        &ctx,
+        principal,
+        crate::canary::AccessPath::CvcAttach,
+        &meta,
+        &opened,
+    );
+    drop(opened);
     let event = AuditEvent {
         reason: on_behalf(principal),
-        ..ctx
-            .event(&principal.id, action, Outcome::Allowed)
-            .target(id.clone())
+        ..ctx.event(&principal.id, action, outcome).target(id.clone())
     };
     // Held, then audited; both finish even if the client hangs up. An entry
     // that cannot be written takes the CVC back out (no audit, no CVC); so

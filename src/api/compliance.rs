@@ -12,6 +12,7 @@ use super::extract::{Caller, JsonBody, RequestContext};
 use super::{ApiError, AppState, Problem};
 use crate::access::{DecisionError, Operation, RequestStatus};
 use crate::audit::{AuditEvent, Outcome};
+use crate::canary::AccessPath;
 use crate::records::{RecordType, search_value};
 use crate::store::Transaction;
 
@@ -170,6 +171,15 @@ pub async fn search(
         Some(v) => state.vault.search(&request.field, v)?,
         None => Vec::new(),
     };
+    // Every hit is opened, canary or not (the same work for each): a
+    // canary among them is one alarm, an entry of its own.
+    let mut alarms = Vec::new();
+    for meta in &hits {
+        let opened = state.vault.open(meta)?;
+        if state.touched(&ctx, principal, AccessPath::Search, meta, &opened) == Outcome::Canary {
+            alarms.push(meta.id.clone());
+        }
+    }
     let matches: Vec<SearchMatch> = hits
         .into_iter()
         .map(|meta| SearchMatch {
@@ -183,9 +193,16 @@ pub async fn search(
     } else {
         Outcome::Allowed
     };
-    state
-        .record(event(outcome, format!(", matches: {}", matches.len())))
-        .await?;
+    let note = format!(", matches: {}", matches.len());
+    let mut batch = vec![(event(outcome, note.clone()), Transaction::new())];
+    for id in alarms {
+        let alarm = AuditEvent {
+            target: Some(id),
+            ..event(Outcome::Canary, note.clone())
+        };
+        batch.push((alarm, Transaction::new()));
+    }
+    state.commit_many(batch).await?;
     Ok(Json(json!({ "matches": matches })))
 }
 
@@ -339,9 +356,10 @@ pub async fn reveal(
             .await?;
         return Err(ApiError::RateLimited { retry_after_secs });
     }
-    let data = state.vault.open(&meta)?;
+    let opened = state.vault.open(&meta)?;
+    let outcome = state.touched(&ctx, principal, AccessPath::Reveal, &meta, &opened);
     if state
-        .try_commit(event(Outcome::Allowed, &grant_note), spend_grants)
+        .try_commit(event(outcome, &grant_note), spend_grants)
         .await?
         .is_none()
     {
@@ -353,7 +371,7 @@ pub async fn reveal(
     }
     let mut fields = Map::new();
     for name in &request.fields {
-        fields.insert(name.clone(), data.field(name).unwrap_or(Value::Null));
+        fields.insert(name.clone(), opened.data.field(name).unwrap_or(Value::Null));
     }
     Ok(Json(json!({ "id": id, "fields": fields })))
 }

@@ -27,8 +27,9 @@ use crate::store::{StoreError, Transaction};
 pub const HEADER: &str = "idempotency-key";
 /// The document paths whose POST takes the header (the routes behind the
 /// middleware in `api_router`).
-pub const PATHS: [&str; 8] = [
+pub const PATHS: [&str; 9] = [
     "/v1/records/card",
+    "/v1/canaries",
     "/v1/records/bank_account",
     "/v1/records/kyc",
     "/v1/tokens",

@@ -8,6 +8,7 @@
 mod audit;
 mod auth;
 mod backup;
+mod canaries;
 mod collect;
 mod compliance;
 pub mod epoch;
@@ -83,6 +84,8 @@ pub struct AppSettings {
     pub collect: crate::config::CollectSettings,
     /// The relay's outbound client (config `[relay]`).
     pub relay: crate::relay::upstream::RelaySettings,
+    /// Canary alarms' webhook and canary cards' IIN (config `[canaries]`).
+    pub canaries: crate::canary::CanarySettings,
     /// The data directory: where `GET /v1/sys/backup` spools its snapshot
     /// (an unnamed file) and whose engine it names. `None` (tests): the
     /// system's temporary directory, engine unnamed.
@@ -119,6 +122,7 @@ impl Default for AppSettings {
             grant_lifetime: time::Duration::minutes(30),
             collect: crate::config::CollectSettings::default(),
             relay: crate::relay::upstream::RelaySettings::default(),
+            canaries: crate::canary::CanarySettings::default(),
             data_dir: None,
             console_secure_cookie: true,
             rewrap: rewrap::RewrapSettings::default(),
@@ -210,6 +214,8 @@ pub struct AppInner {
     pub relay_routes: crate::relay::routes::Routes,
     /// The relay's outbound HTTPS client.
     pub relay_upstream: crate::relay::upstream::Upstream,
+    /// Canary webhook deliveries in flight (see `canaries`).
+    canary_webhooks: tokio::sync::Semaphore,
     /// Reveals per officer in a sliding hour, in the store: one quota
     /// across every node.
     /// Which windows are in the store (cluster-wide) and which are per
@@ -320,6 +326,7 @@ impl AppState {
             access_requests,
             relay_routes,
             relay_upstream: crate::relay::upstream::Upstream::new(settings.relay.clone()),
+            canary_webhooks: tokio::sync::Semaphore::new(crate::canary::WEBHOOK_CONCURRENCY),
             reveals: SlidingWindow::shared(
                 "reveals",
                 settings.reveals_per_hour,
@@ -764,6 +771,7 @@ fn api_router(state: AppState) -> Router {
             post(compliance::request_access).get(compliance::list_access_requests),
         )
         .route("/v1/tokens", post(tokens::create))
+        .route("/v1/canaries", post(canaries::create))
         .route(
             "/v1/relay/routes",
             post(relay::create_route).get(relay::list_routes),

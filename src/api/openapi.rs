@@ -19,7 +19,8 @@ use utoipa::{Modify, OpenApi};
 use super::AVAILABLE_WHILE_SEALED;
 use super::error::{FieldError, Problem};
 use super::{
-    audit, auth, backup, collect, compliance, keys, metrics, principals, records, relay, rewrap,
+    audit, auth, backup, canaries, collect, compliance, keys, metrics, principals, records, relay,
+    rewrap,
     sys, tokens,
 };
 use crate::access::{Principal, PrincipalKind, RequestStatus, Role};
@@ -227,7 +228,7 @@ impl Modify for Layers {
         audit::entries, audit::verify,
         keys::list, keys::rotate, rewrap::start, rewrap::progress, rewrap::destroy,
         records::create_card, records::create_bank_account, records::create_kyc,
-        records::read, records::update, records::erase, collect::attach_cvc,
+        records::read, records::update, records::erase, collect::attach_cvc, canaries::create,
         compliance::search, compliance::reveal, compliance::request_access, compliance::list_access_requests, compliance::approve, compliance::deny,
         tokens::create, tokens::detokenize, tokens::revoke,
         relay::create_route, relay::list_routes, relay::change_route, relay::delete_route, relay::approve_route, relay::invoke_post, relay::invoke_put, relay::invoke_patch,
@@ -241,6 +242,7 @@ impl Modify for Layers {
         CardInput, BankAccountInput, KycInput, LegalName, Address, NationalId, NationalIdType,
         Brand, RecordType,
         records::NewCard, records::NewBankAccount, records::NewKyc, records::MergePatch,
+        canaries::CreateCanaries, canaries::CreatedCanary, canaries::CreatedCanaries,
         records::CreatedCard, records::CollectedCard, collect::AttachCvc, principals::NewPublishable, principals::PublishableKind, principals::PublishableRole, records::CreatedBankAccount, records::CreatedKyc, records::RecordView,
         compliance::SearchRequest, compliance::SearchField, compliance::SearchMatch, compliance::SearchResult, compliance::Revealed, compliance::RevealRequest,
         compliance::CreateAccessRequest, compliance::AccessRequestState, compliance::PendingAccessRequest, compliance::AccessRequestQueue, RequestStatus,

@@ -13,6 +13,7 @@ use super::extract::{Caller, JsonBody, RequestContext};
 use super::{ApiError, AppState, Problem};
 use crate::access::{Operation, Principal, PrincipalKind};
 use crate::audit::{AuditEvent, Outcome};
+use crate::canary::AccessPath;
 use crate::records::{
     self, BankAccountInput, Brand, CardInput, KycInput, RecordData, RecordType, masked_view,
 };
@@ -416,14 +417,13 @@ pub async fn read(
         })
         .await?;
     let meta = visible(&state, &ctx, &caller, &id, "record.read").await?;
-    let data = state.vault.open(&meta)?;
+    let opened = state.vault.open(&meta)?;
+    let principal = caller.principal();
+    let outcome = state.touched(&ctx, principal, AccessPath::Read, &meta, &opened);
     state
-        .record(
-            ctx.event(&caller.principal().id, "record.read", Outcome::Allowed)
-                .target(id),
-        )
+        .record(ctx.event(&principal.id, "record.read", outcome).target(id))
         .await?;
-    Ok(Json(view(&meta, &data, caller.principal())))
+    Ok(Json(view(&meta, &opened.data, principal)))
 }
 
 /// Applies a JSON merge patch; the record gets a new version under a new DEK.
@@ -458,18 +458,22 @@ pub async fn update(
     let subject_ref = take_subject_ref(&mut patch)?.unwrap_or_else(|| meta.subject_ref.clone());
     let current = state.vault.open(&meta)?;
     records::refuse_security_codes(&Value::Object(patch.clone()))?;
-    let mut merged = current.as_input_json();
+    let mut merged = current.data.as_input_json();
     records::merge_patch(&mut merged, &Value::Object(patch));
     let data = RecordData::parse(meta.record_type, merged, state.clock.now())?;
-    let (updated, tx) = state.vault.prepare_update(&meta, &data, subject_ref)?;
+    let (updated, tx) = state
+        .vault
+        .prepare_update(&meta, &current, &data, subject_ref)?;
+    let principal = caller.principal();
+    let outcome = state.touched(&ctx, principal, AccessPath::Update, &meta, &current);
     state
         .commit(
-            ctx.event(&caller.principal().id, "record.update", Outcome::Allowed)
+            ctx.event(&principal.id, "record.update", outcome)
                 .target(id),
             tx,
         )
         .await?;
-    Ok(Json(view(&updated, &data, caller.principal())))
+    Ok(Json(view(&updated, &data, principal)))
 }
 
 /// Erases a record: its sealed data, DEK and index entries are destroyed;

@@ -30,6 +30,7 @@ use super::tokens::{Usable, usable_token};
 use super::{ApiError, AppState, FieldError, Problem};
 use crate::access::{Operation, Principal};
 use crate::audit::{AuditEvent, Outcome};
+use crate::canary::AccessPath;
 use crate::cvc::TakenCvc;
 use crate::relay::invoke::{FORWARDED_REQUEST_HEADERS, body_kind, check_path, field_value};
 use crate::relay::routes::{
@@ -38,6 +39,7 @@ use crate::relay::routes::{
 use crate::relay::splice::{BodyKind, Placeholder, SpliceError, Template, refuse_in};
 use crate::relay::{mask, upstream};
 use crate::store::Transaction;
+use crate::vault::Opened;
 
 /// The header that tells a relay caller who answered.
 pub const RELAY_HEADER: HeaderName = HeaderName::from_static("x-strongroom-relay");
@@ -667,6 +669,7 @@ async fn relay(state: AppState, call: Invocation) -> Result<Answer, ApiError> {
         uses,
         records,
         cvc_cards,
+        opened,
     } = resolved?;
 
     // The route's own headers, before anything is reserved.
@@ -696,7 +699,18 @@ async fn relay(state: AppState, call: Invocation) -> Result<Answer, ApiError> {
     let mut batch: Vec<(AuditEvent, Transaction)> = records
         .iter()
         .map(|id| {
+            let outcome = match opened.get(id) {
+                Some((meta, record)) => state.touched(
+                    &call.ctx,
+                    &call.principal,
+                    AccessPath::Relay,
+                    meta,
+                    record,
+                ),
+                None => Outcome::Allowed,
+            };
             let event = AuditEvent {
+                outcome,
                 reason: Some(format!(
                     "route {}: sending {} {}; the answer is in the entry for this route with this request id",
                     call.name, call.method, route.base_url
@@ -836,13 +850,14 @@ struct Refused {
     reason: String,
 }
 
-/// Every placeholder's value, the use-count writes, the records sent, and
-/// the card ids whose CVC is still to take.
+/// Every placeholder's value, the use-count writes, the records sent, the
+/// card ids whose CVC is still to take, and each record sent as opened.
 struct Resolution {
     values: HashMap<Placeholder, Zeroizing<String>>,
     uses: Transaction,
     records: Vec<String>,
     cvc_cards: Vec<(Placeholder, String)>,
+    opened: HashMap<String, (crate::vault::RecordMeta, Opened)>,
 }
 
 fn token_error(code: &str) -> ApiError {
@@ -868,7 +883,7 @@ fn resolve_all(
     let mut records: Vec<String> = Vec::new();
     let mut cvc_cards = Vec::new();
     let mut tokens: HashMap<&str, crate::vault::RecordMeta> = HashMap::new();
-    let mut opened: HashMap<String, crate::records::RecordData> = HashMap::new();
+    let mut opened: HashMap<String, (crate::vault::RecordMeta, Opened)> = HashMap::new();
     let fault = |e: ApiError| Ok(Err(e));
     for p in placeholders {
         let meta = match tokens.get(p.token.as_str()) {
@@ -929,21 +944,23 @@ fn resolve_all(
             }
             records.push(meta.id.clone());
         }
-        if p.field == "cvc" {
-            cvc_cards.push((p.clone(), meta.id.clone()));
-            continue;
-        }
+        // Every record sent is opened, a CVC's card too: whether it is a
+        // canary is in its sealed body.
         if !opened.contains_key(&meta.id) {
             match state.vault.open(&meta) {
-                Ok(data) => {
-                    opened.insert(meta.id.clone(), data);
+                Ok(record) => {
+                    opened.insert(meta.id.clone(), (meta.clone(), record));
                 }
                 Err(e) => return fault(e.into()),
             }
         }
+        if p.field == "cvc" {
+            cvc_cards.push((p.clone(), meta.id.clone()));
+            continue;
+        }
         let value = opened
             .get(&meta.id)
-            .and_then(|data| field_value(data, &p.field));
+            .and_then(|(_, record)| field_value(&record.data, &p.field));
         let Some(value) = value else {
             return Err(Refused {
                 error: ApiError::field(&p.field, "the record has no value for this field"),
@@ -958,6 +975,7 @@ fn resolve_all(
         uses,
         records,
         cvc_cards,
+        opened,
     }))
 }
 

@@ -13,6 +13,7 @@ use super::extract::{Caller, JsonBody, RequestContext};
 use super::{ApiError, AppState, Problem};
 use crate::access::{Operation, Principal, Role};
 use crate::audit::{AuditEvent, Outcome};
+use crate::canary::AccessPath;
 use crate::clock::rfc3339;
 use crate::records::masked_view;
 use crate::store::Transaction;
@@ -259,10 +260,12 @@ fn resolve(
         Err(refusal) => return Ok(refuse(refusal.code, refusal.target)),
     };
     let target_id = record.target.id().to_owned();
+    let mut outcome = Outcome::Allowed;
     let value = match (&record.target, meta) {
         (TokenTarget::Record { .. }, Some(meta)) => {
-            let data = state.vault.open(&meta)?;
-            let mut view = masked_view(&data, &principal.roles);
+            let opened = state.vault.open(&meta)?;
+            outcome = state.touched(ctx, principal, AccessPath::Detokenize, &meta, &opened);
+            let mut view = masked_view(&opened.data, &principal.roles);
             if let Value::Object(map) = &mut view {
                 map.insert("id".into(), json!(meta.id));
                 map.insert("type".into(), json!(meta.record_type));
@@ -290,7 +293,10 @@ fn resolve(
     };
     Ok(Resolved {
         result: value,
-        event: base.target(target_id),
+        event: AuditEvent {
+            outcome,
+            ..base.target(target_id)
+        },
         tx,
     })
 }

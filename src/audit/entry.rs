@@ -24,6 +24,10 @@ pub enum Outcome {
     /// Allowed, and found nothing (a search): a burst of these is someone
     /// guessing.
     NoMatch,
+    /// Allowed and answered like any other, but what it touched is a
+    /// canary (`crate::canary`): an alarm. Last, so earlier variants keep
+    /// their stored positions.
+    Canary,
 }
 
 /// What a caller asks to record. `target` and every text field must not
@@ -285,22 +289,28 @@ mod tests {
     /// `no_match` is part of the canonical encoding: an entry carrying it
     /// hashes, exports and reads back like any other.
     #[test]
-    fn no_match_round_trips_through_the_chain_encoding() {
-        let event = AuditEvent::new("prn_1", "record.search", Outcome::NoMatch);
-        let (entry, hash) =
-            AuditEntry::chained(7, "2026-01-01T00:00:00Z", event, hex::encode(GENESIS_HASH));
-        let line = serde_json::to_string(&ExportLine::Entry(entry.clone())).unwrap();
-        assert!(line.contains("\"outcome\":\"no_match\""));
-        let ExportLine::Entry(read) = serde_json::from_str(&line).unwrap() else {
-            panic!("not an entry: {line}");
-        };
-        assert_eq!(read, entry);
-        assert_eq!(read.compute_hash(), hash);
-        let other = AuditEntry {
-            outcome: Outcome::Allowed,
-            ..read
-        };
-        assert_ne!(other.compute_hash(), hash);
+    fn no_match_and_canary_round_trip_through_the_chain_encoding() {
+        for (outcome, word) in [(Outcome::NoMatch, "no_match"), (Outcome::Canary, "canary")] {
+            let event = AuditEvent::new("prn_1", "record.search", outcome);
+            let (entry, hash) =
+                AuditEntry::chained(7, "2026-01-01T00:00:00Z", event, hex::encode(GENESIS_HASH));
+            let line = serde_json::to_string(&ExportLine::Entry(entry.clone())).unwrap();
+            assert!(line.contains(&format!("\"outcome\":\"{word}\"")));
+            let ExportLine::Entry(read) = serde_json::from_str(&line).unwrap() else {
+                panic!("not an entry: {line}");
+            };
+            assert_eq!(read, entry);
+            assert_eq!(read.compute_hash(), hash);
+            assert_eq!(
+                AuditEntry::from_stored(&entry.to_stored().unwrap()),
+                Some(entry)
+            );
+            let other = AuditEntry {
+                outcome: Outcome::Allowed,
+                ..read
+            };
+            assert_ne!(other.compute_hash(), hash);
+        }
     }
 
     /// The hash is SHA-256 of the previous hash's bytes and the canonical
@@ -368,6 +378,7 @@ mod tests {
             (Outcome::Denied, 1),
             (Outcome::Error, 2),
             (Outcome::NoMatch, 3),
+            (Outcome::Canary, 4),
         ] {
             assert_eq!(postcard::to_allocvec(&outcome).unwrap(), [index]);
         }

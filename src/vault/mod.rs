@@ -215,6 +215,41 @@ impl PackedToken {
     }
 }
 
+/// A record's sealed body: the record, and whether it is a canary
+/// (`crate::canary`). The mark is inside the ciphertext, and every record
+/// written since canaries exist carries it, `0` or `1`: a canary's body is
+/// as long as a real record's with the same data, and its metadata, id and
+/// tokens are made the same way. Bodies written before are the record
+/// alone (read as not a canary).
+#[derive(Serialize)]
+struct MarkedBody<'a> {
+    record: &'a RecordData,
+    canary: u8,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpenedBody {
+    record: RecordData,
+    canary: u8,
+}
+
+/// A record as opened for a caller: its data, and whether it is a canary.
+/// Every path that opens a record for a caller hands this to
+/// `AppState::touched` (`api::canaries`), which raises the alarm for a
+/// canary; nothing else may treat a canary differently.
+pub struct Opened {
+    pub data: RecordData,
+    canary: bool,
+}
+
+impl Opened {
+    /// Whether this record is a canary: known only once its body is opened.
+    pub fn is_canary(&self) -> bool {
+        self.canary
+    }
+}
+
 /// What creating a record produces.
 pub struct Created {
     pub meta: RecordMeta,
@@ -369,9 +404,18 @@ impl Vault {
         Ok(Transaction::new().expect(key, Some(bytes)))
     }
 
-    fn seal(&self, id: &str, data: &RecordData, version: u64) -> Result<Vec<u8>, VaultError> {
+    fn seal(
+        &self,
+        id: &str,
+        data: &RecordData,
+        version: u64,
+        canary: bool,
+    ) -> Result<Vec<u8>, VaultError> {
         let record_type = data.record_type();
-        let plaintext = Zeroizing::new(to_json(data)?);
+        let plaintext = Zeroizing::new(to_json(&MarkedBody {
+            record: data,
+            canary: u8::from(canary),
+        })?);
         let context = RecordContext {
             id,
             record_type: record_type.as_str(),
@@ -418,11 +462,33 @@ impl Vault {
         subject_ref: Option<String>,
         data: &RecordData,
     ) -> Result<Created, VaultError> {
+        self.prepare_record(owner, subject_ref, data, false)
+    }
+
+    /// [`Vault::prepare_create`] for a canary: made the same way in every
+    /// respect (id, tokens, metadata, index entries), marked as a canary
+    /// only inside its sealed body.
+    pub fn prepare_canary(
+        &self,
+        owner: &str,
+        subject_ref: Option<String>,
+        data: &RecordData,
+    ) -> Result<Created, VaultError> {
+        self.prepare_record(owner, subject_ref, data, true)
+    }
+
+    fn prepare_record(
+        &self,
+        owner: &str,
+        subject_ref: Option<String>,
+        data: &RecordData,
+        canary: bool,
+    ) -> Result<Created, VaultError> {
         let keys = self.keys()?;
         let (index_key, token_key) = (keys.index_key()?, keys.token_key()?);
         let record_type = data.record_type();
         let id = new_id(record_type.id_prefix())?;
-        let body = self.seal(&id, data, 1)?;
+        let body = self.seal(&id, data, 1, canary)?;
         let now = rfc3339(self.clock.now());
         let index_keys = Self::index_keys(&index_key, &id, data);
         let mut tx = Transaction::new();
@@ -554,8 +620,9 @@ impl Vault {
         })
     }
 
-    /// Decrypts a live record.
-    pub fn open(&self, meta: &RecordMeta) -> Result<RecordData, VaultError> {
+    /// Decrypts a live record. The caller answers for what it does with a
+    /// canary: see [`Opened`].
+    pub fn open(&self, meta: &RecordMeta) -> Result<Opened, VaultError> {
         if meta.erased_at.is_some() {
             return Err(VaultError::Erased);
         }
@@ -572,26 +639,47 @@ impl Vault {
         let plaintext = self
             .keyring
             .open_record(meta.record_type.purpose(), &context, &sealed)?;
-        let data: RecordData =
-            serde_json::from_slice(&plaintext).map_err(|_| VaultError::Corrupt)?;
-        if data.record_type() != meta.record_type {
+        let opened = Self::read_body(&plaintext)?;
+        if opened.data.record_type() != meta.record_type {
             return Err(VaultError::Corrupt);
         }
-        Ok(data)
+        Ok(opened)
+    }
+
+    /// A body's plaintext: marked (`{"record":…,"canary":0|1}`), or the
+    /// record alone as written before canaries.
+    fn read_body(plaintext: &[u8]) -> Result<Opened, VaultError> {
+        if let Ok(body) = serde_json::from_slice::<OpenedBody>(plaintext) {
+            return match body.canary {
+                0 | 1 => Ok(Opened {
+                    data: body.record,
+                    canary: body.canary == 1,
+                }),
+                _ => Err(VaultError::Corrupt),
+            };
+        }
+        let data: RecordData =
+            serde_json::from_slice(plaintext).map_err(|_| VaultError::Corrupt)?;
+        Ok(Opened {
+            data,
+            canary: false,
+        })
     }
 
     /// Writes `data` as the next version under a new DEK; the previous
-    /// version's body and index entries are replaced.
+    /// version's body and index entries are replaced. A canary stays one
+    /// (`previous` is the version as opened).
     pub fn prepare_update(
         &self,
         meta: &RecordMeta,
+        previous: &Opened,
         data: &RecordData,
         subject_ref: Option<String>,
     ) -> Result<(RecordMeta, Transaction), VaultError> {
         let keys = self.keys()?;
         let index_key = keys.index_key()?;
         let version = meta.version + 1;
-        let body = self.seal(&meta.id, data, version)?;
+        let body = self.seal(&meta.id, data, version, previous.canary)?;
         let index_keys = Self::index_keys(&index_key, &meta.id, data);
         let mut updated = RecordMeta {
             version,
@@ -939,6 +1027,42 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    /// A marked body reads back with its mark; a body written before
+    /// canaries (the record alone) reads as not a canary; any other mark is
+    /// corrupt. A canary's body is exactly as long as a real one's.
+    #[test]
+    fn bodies_carry_the_canary_mark_at_the_same_length() {
+        let record = RecordData::parse(
+            RecordType::Kyc,
+            serde_json::json!({"legal_name": {"given": "Ada", "family": "Lovelace"}, "date_of_birth": "1815-12-10"}),
+            time::OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+        let real = to_json(&MarkedBody {
+            record: &record,
+            canary: 0,
+        })
+        .unwrap();
+        let canary = to_json(&MarkedBody {
+            record: &record,
+            canary: 1,
+        })
+        .unwrap();
+        assert_eq!(real.len(), canary.len());
+        assert!(!Vault::read_body(&real).unwrap().is_canary());
+        assert!(Vault::read_body(&canary).unwrap().is_canary());
+        assert!(
+            Vault::read_body(&to_json(&record).unwrap())
+                .is_ok_and(|o| !o.is_canary() && o.data == record)
+        );
+        let odd = to_json(&MarkedBody {
+            record: &record,
+            canary: 2,
+        })
+        .unwrap();
+        assert!(matches!(Vault::read_body(&odd), Err(VaultError::Corrupt)));
+    }
 
     /// postcard stores an enum variant by its position and a struct's
     /// fields in order. These stored (and MAC'd) forms are pinned byte for

@@ -809,3 +809,109 @@ pub fn log_words(log: &str) -> std::collections::HashSet<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// The body of `GET path` as text, with its status and content type.
+pub async fn text(app: &axum::Router, path: &str, bearer: Option<&str>) -> (u16, String, String) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let mut request = axum::http::Request::builder().uri(path);
+    if let Some(token) = bearer {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let response = app
+        .clone()
+        .oneshot(request.body(axum::body::Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        content_type,
+        String::from_utf8(body.to_vec()).unwrap(),
+    )
+}
+
+/// One sample: its name, labels and value.
+pub type Sample = (String, Vec<(String, String)>, f64);
+
+/// Checks `text` against the Prometheus text exposition format 0.0.4 and
+/// returns its samples as (name, labels, value).
+pub fn parse_exposition(text: &str) -> Vec<Sample> {
+    let metric_name = |name: &str| {
+        !name.is_empty()
+            && name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    };
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(comment) = line.strip_prefix("# ") {
+            let mut words = comment.splitn(3, ' ');
+            let kind = words.next().unwrap();
+            if kind == "TYPE" {
+                let name = words.next().unwrap();
+                assert!(metric_name(name), "{line}");
+                let ty = words.next().unwrap();
+                assert!(
+                    ["counter", "gauge", "histogram", "summary", "untyped"].contains(&ty),
+                    "{line}"
+                );
+            } else {
+                assert_eq!(kind, "HELP", "{line}");
+                assert!(metric_name(words.next().unwrap()), "{line}");
+            }
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse().unwrap_or_else(|_| panic!("value in {line}")),
+        };
+        let (name, labels) = match series.split_once('{') {
+            None => (series, Vec::new()),
+            Some((name, rest)) => {
+                let inner = rest.strip_suffix('}').unwrap_or_else(|| panic!("{line}"));
+                let mut labels = Vec::new();
+                // Label values here never hold `",`; split on it.
+                for pair in inner.split("\",") {
+                    let (key, value) = pair.split_once("=\"").unwrap_or_else(|| panic!("{line}"));
+                    assert!(metric_name(key), "{line}");
+                    labels.push((key.to_owned(), value.trim_end_matches('"').to_owned()));
+                }
+                (name, labels)
+            }
+        };
+        assert!(metric_name(name), "{line}");
+        samples.push((name.to_owned(), labels, value));
+    }
+    samples
+}
+
+pub fn label<'a>(labels: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    labels
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// The value of the sample `name` whose labels include all of `want`.
+pub fn sample(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|(n, labels, _)| n == name && want.iter().all(|(k, v)| label(labels, k) == Some(*v)))
+        .map(|(_, _, value)| *value)
+}
