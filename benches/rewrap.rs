@@ -102,12 +102,13 @@ async fn measure_all(
 ) -> Vec<Outcome> {
     let mut out = Vec::new();
     for s in scenarios {
+        let name = s.name;
         let (client, base, s) = (client.clone(), Arc::new(base.to_owned()), s.clone());
         let call = move || {
             let (client, base, s) = (client.clone(), Arc::clone(&base), s.clone());
             async move { matches!(send(&client, &base, &s).await, Ok((status, _)) if status < 300) }
         };
-        out.push(measure::drive(s.name, call, connections, seconds).await);
+        out.push(measure::drive(name, call, connections, seconds).await);
     }
     out
 }
@@ -123,7 +124,7 @@ fn main() {
         arg(&args, "--seconds").map_or(if quick { 0.5 } else { 10.0 }, |v| v.parse().unwrap());
     // A smoke test's job must still be running while it is measured and
     // killed: small batches, a small duty.
-    let (batch, duty) = if quick { (20, 2) } else { (200, 25) };
+    let (batch, duty): (u64, u32) = if quick { (20, 2) } else { (200, 25) };
 
     let dir = tempfile::tempdir().unwrap();
     let vault = dir.path().join("vault");
@@ -300,7 +301,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(500));
     };
     let finish_seconds = resumed_at.elapsed().as_secs_f64();
-    let resumed = first_after_restart.unwrap_or(0) >= done_at_kill.saturating_sub(u64::from(batch));
+    let resumed = first_after_restart.unwrap_or(0) >= done_at_kill.saturating_sub(batch);
     let total = finished["done"].as_u64().unwrap();
 
     // The old version goes; every card still opens.

@@ -630,11 +630,28 @@ fn epoch_file_for(
     }
     let beside = plan.keys_dir.join(crate::keyring::epoch::EPOCH_FILE);
     let (path, copy) = match (&plan.epoch_file, beside.is_file()) {
-        (Some(path), _) => (path.clone(), true),
+        // The file checked must be the file the restored vault uses.
+        (Some(path), true) => {
+            let given = fs::read(path).map_err(|e| io_error(path, &e))?;
+            let there = fs::read(&beside).map_err(|e| io_error(&beside, &e))?;
+            if given != there {
+                return Err(BackupError::Refused(format!(
+                    "{} differs from --epoch-file {}: the keys directory already holds \
+                     another epoch file; nothing was created",
+                    beside.display(),
+                    path.display()
+                )));
+            }
+            (beside, false)
+        }
+        (Some(path), false) => (path.clone(), true),
         (None, true) => (beside, false),
         (None, false) => {
             return Err(BackupError::Refused(format!(
-                "the backup's KEK versions are wrapped under erasure epoch {needed:?}, whose                  secret is in the live vault's keys/epoch.json and never in a backup: give that                  file with --epoch-file (a backup restores only within the epoch it was taken                  in). Nothing was created"
+                "the backup's KEK versions are wrapped under erasure epoch {needed:?}, whose \
+                 secret is in the live vault's keys/epoch.json and never in a backup: give that \
+                 file with --epoch-file (a backup restores only within the epoch it was taken \
+                 in). Nothing was created"
             )));
         }
     };
@@ -656,7 +673,9 @@ fn epoch_file_for(
         .collect();
     if !needed.is_subset(&held) {
         return Err(BackupError::Refused(format!(
-            "the backup needs erasure epoch {needed:?}, but {} holds only {held:?}: the epoch              the backup was taken in has passed and its secret is destroyed, so its data is              erased for good (by design: docs/lifecycle.md). Nothing was created",
+            "the backup needs erasure epoch {needed:?}, but {} holds only {held:?}: the epoch \
+                 the backup was taken in has passed and its secret is destroyed, so its data is \
+                 erased for good (by design: docs/lifecycle.md). Nothing was created",
             path.display()
         )));
     }

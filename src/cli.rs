@@ -446,6 +446,7 @@ fn app_settings(config: &Config) -> AppSettings {
         console_secure_cookie: config.tls != TlsSettings::Unset,
         rewrap: config.rewrap,
         erasure_epoch: config.erasure_epoch,
+        kek_destroy_grace: config.kek_destroy_grace,
         ..AppSettings::default()
     }
 }
@@ -1108,11 +1109,11 @@ fn api_client(ca_file: Option<&Path>) -> Result<reqwest::Client, String> {
 /// A refusal of the server, as `problem+json` told it.
 fn refusal(status: reqwest::StatusCode, body: &[u8]) -> String {
     let problem: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-    format!(
+    keys::printable(&format!(
         "{status} {}: {}",
         problem.get("code").and_then(|v| v.as_str()).unwrap_or("?"),
         problem.get("detail").and_then(|v| v.as_str()).unwrap_or("")
-    )
+    ))
 }
 
 fn backup(args: BackupArgs) -> Result<(), String> {
@@ -1191,7 +1192,9 @@ fn backup(args: BackupArgs) -> Result<(), String> {
     let header = verified.header;
     println!(
         "Backup of vault {} written to {} ({received} bytes, {} pairs, {} audit entries{}).\n\
-         Keep the vault's keys/audit.pub apart from it: restore checks the backup's signature against it.",
+         Keep the vault's keys/audit.pub apart from it: restore checks the backup's signature against it.\n\
+         A restore also needs keys/epoch.json of the same erasure epoch (a backup never carries it): \
+         keep a copy of the current one with the newest backup (docs/lifecycle.md).",
         header.vault_id,
         args.out.display(),
         header.pairs,

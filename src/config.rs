@@ -80,7 +80,14 @@ pub struct KeysFileConfig {
     /// How long an erasure epoch lasts, in hours (1 to 8760); 0 turns
     /// epochs off.
     pub erasure_epoch_hours: Option<u32>,
+    /// How old a KEK version's successor must be before it may be
+    /// destroyed, in seconds (0 to 86 400).
+    pub destroy_grace_seconds: Option<u32>,
 }
+
+/// The default wait between a rotation and the destruction of the version
+/// it replaced: five minutes.
+pub const DEFAULT_DESTROY_GRACE_SECONDS: u32 = 300;
 
 /// The default length of an erasure epoch: a day.
 pub const DEFAULT_ERASURE_EPOCH_HOURS: u32 = 24;
@@ -495,6 +502,7 @@ pub struct Config {
     pub postgres: Option<crate::store::PostgresSettings>,
     pub rewrap: crate::api::rewrap::RewrapSettings,
     pub erasure_epoch: Option<std::time::Duration>,
+    pub kek_destroy_grace: time::Duration,
 }
 
 impl Config {
@@ -653,6 +661,12 @@ impl Config {
             hours => Some(std::time::Duration::from_secs(3600 * u64::from(hours))),
         };
         let canaries = file.canaries.resolve(&relay)?;
+        let kek_destroy_grace = time::Duration::seconds(i64::from(ranged(
+            "keys.destroy_grace_seconds",
+            file.keys.destroy_grace_seconds,
+            DEFAULT_DESTROY_GRACE_SECONDS,
+            0..=86_400,
+        )?));
         let postgres = file.store.postgres()?;
         let store = crate::store::StoreSettings {
             engine: file.store.engine.unwrap_or(crate::store::Engine::DEFAULT),
@@ -695,6 +709,7 @@ impl Config {
             },
             rewrap,
             erasure_epoch,
+            kek_destroy_grace,
         })
     }
 }

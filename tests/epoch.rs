@@ -49,11 +49,14 @@ fn opens_from(copy: &Arc<dyn Store>, keys_dir: &Path, clock: Arc<dyn Clock>, id:
         )
         .unwrap(),
     );
-    keyring
-        .unseal(UnsealInput::Passphrase(Zeroizing::new(
-            common::PASSPHRASE.into(),
-        )))
-        .unwrap();
+    // A store whose KEKs are wrapped under an epoch whose secret is gone
+    // does not even unseal.
+    if let Err(e) = keyring.unseal(UnsealInput::Passphrase(Zeroizing::new(
+        common::PASSPHRASE.into(),
+    ))) {
+        assert!(e.to_string().contains("erasure epoch"), "{e}");
+        return false;
+    }
     let vault = Vault::new(Arc::clone(copy), keyring, clock);
     let meta = vault.meta(id).unwrap();
     assert!(
@@ -155,6 +158,8 @@ async fn an_erasure_is_final_in_older_copies_once_its_epoch_has_passed() {
     assert_eq!(roll_if_due(&vault.state, DAY).unwrap(), None, "too early");
 
     clock.advance(time::Duration::hours(2));
+    // The roll: every family rotated, then (the destroy grace is zero in
+    // tests; `a_roll_waits_for_the_destroy_grace` waits for it) the rest.
     let rolled = roll_if_due(&vault.state, DAY).unwrap();
     assert_eq!(rolled, Some(2), "epoch 1 began at init");
     assert_eq!(vault.keyring.epochs().unwrap(), vec![2]);
@@ -255,4 +260,46 @@ async fn epoch_secrets_are_never_in_the_store() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
+}
+
+/// The roll rotates first and destroys only once the new versions are
+/// older than the destroy grace, so a write that took an old version just
+/// before the rotation is never left under a destroyed KEK.
+#[tokio::test]
+async fn a_roll_waits_for_the_destroy_grace() {
+    let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
+    let vault = new_vault_with(
+        SealMethod::Passphrase(Zeroizing::new(common::PASSPHRASE.into())),
+        common::fast_settings(),
+        clock.clone(),
+        strongroom::api::AppSettings {
+            kek_destroy_grace: time::Duration::minutes(5),
+            ..test_settings()
+        },
+    );
+    assert_eq!(roll_if_due(&vault.state, DAY).unwrap(), None);
+    clock.advance(time::Duration::hours(25));
+    assert_eq!(
+        roll_if_due(&vault.state, DAY).unwrap(),
+        None,
+        "rotated only"
+    );
+    let keys = vault.keyring.kek_metadata().unwrap();
+    assert_eq!(keys.len(), 8, "two versions of each of the four families");
+    clock.advance(time::Duration::minutes(4));
+    assert_eq!(
+        roll_if_due(&vault.state, DAY).unwrap(),
+        None,
+        "within the grace"
+    );
+    assert_eq!(vault.keyring.kek_metadata().unwrap().len(), 8);
+    clock.advance(time::Duration::minutes(2));
+    assert_eq!(roll_if_due(&vault.state, DAY).unwrap(), Some(2));
+    assert_eq!(vault.keyring.kek_metadata().unwrap().len(), 4);
+    assert_eq!(vault.keyring.epochs().unwrap(), vec![2]);
+    let rotations = audit_entries(&vault)
+        .iter()
+        .filter(|e| e["action"] == "key.rotate" && e["actor"] == "system")
+        .count();
+    assert_eq!(rotations, 4, "each family rotated once, not at every check");
 }

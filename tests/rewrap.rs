@@ -497,9 +497,25 @@ async fn bad_purposes_and_versions_are_not_found() {
 /// ever comes from the environment.
 #[test]
 fn the_keys_command_rotates_rewraps_and_destroys() {
-    use common::process::{dev_in, strongroom, terminate};
+    use common::process::{dev, strongroom, terminate};
     let dir = tempfile::tempdir().unwrap();
-    let (child, creds, addr) = dev_in(&dir.path().join("vault"), &[], std::process::Stdio::null());
+    // No destroy grace: the version is destroyed right after the rewrap.
+    let config = dir.path().join("dev.toml");
+    std::fs::write(&config, "[keys]\ndestroy_grace_seconds = 0\n").unwrap();
+    let vault = dir.path().join("vault");
+    let (child, creds, addr) = dev(
+        strongroom(&[
+            "dev",
+            "--json",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            vault.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ]),
+        std::process::Stdio::null(),
+    );
     let url = format!("http://{addr}");
     let admin = creds["admin_api_key"].as_str().unwrap();
     let keys = |args: &[&str], key: Option<&str>| {
@@ -560,4 +576,73 @@ fn the_keys_command_rotates_rewraps_and_destroys() {
     assert!(text(&bad).contains("not a KEK purpose"), "{}", text(&bad));
     let (status, _) = terminate(child);
     assert!(status.success());
+}
+
+/// A version replaced moments ago is not destroyed (a write that took it
+/// just before the rotation may still be on its way), nor while a rewrap
+/// runs; both refusals are audited.
+#[tokio::test]
+async fn no_version_is_destroyed_within_the_grace_or_while_a_rewrap_runs() {
+    let clock = Arc::new(strongroom::clock::ManualClock::new(
+        time::OffsetDateTime::now_utc(),
+    ));
+    let vault = new_vault_with(
+        SealMethod::Passphrase(Zeroizing::new(common::PASSPHRASE.into())),
+        common::fast_settings(),
+        clock.clone(),
+        AppSettings {
+            kek_destroy_grace: time::Duration::minutes(5),
+            ..test_settings()
+        },
+    );
+    let app = vault.app();
+    let admin = vault.admin_api_key.clone();
+    post(&app, &admin, "/v1/keys/bank/rotate", json!({})).await;
+    let early = call(
+        &app,
+        "DELETE",
+        "/v1/keys/bank/versions/1",
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(early.status, 409, "{}", early.body);
+    assert!(
+        early.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("destroy_grace")
+    );
+    clock.advance(time::Duration::minutes(6));
+    post(&app, &admin, "/v1/keys/rewrap", json!({})).await;
+    let running = call(
+        &app,
+        "DELETE",
+        "/v1/keys/bank/versions/1",
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(running.status, 409, "{}", running.body);
+    assert!(
+        running.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("rewrap is running")
+    );
+    while vault.state.rewrap_step().unwrap() == Step::Batch {}
+    let gone = call(
+        &app,
+        "DELETE",
+        "/v1/keys/bank/versions/1",
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(gone.status, 204, "{}", gone.body);
+    let refusals = audit_entries(&vault)
+        .iter()
+        .filter(|e| e["action"] == "key.destroy" && e["outcome"] == "error")
+        .count();
+    assert_eq!(refusals, 2);
 }

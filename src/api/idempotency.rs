@@ -48,7 +48,8 @@ pub const REPLAYED: &str = "idempotent-replayed";
 
 #[derive(Serialize, Deserialize)]
 struct Slot {
-    /// SHA-256 of method, path and body, hex.
+    /// HMAC (credential key) of the SHA-256 of method, path, query,
+    /// content type and body, hex.
     request: String,
     created_at: i64,
     /// The sealed answer (a `SealedRecord`, hex); `None` while running.
@@ -185,7 +186,20 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
         );
         hash.update(b"\0");
         hash.update(&bytes);
-        hex::encode(hash.finish())
+        // Keyed: an unkeyed digest of a body with a low-entropy value in
+        // it (a national id, a PAN of a known BIN) could be guessed from
+        // a copy of the store.
+        let mut message = b"strongroom idempotency request\0".to_vec();
+        message.extend_from_slice(&hash.finish());
+        match state
+            .keyring
+            .keys()
+            .map_err(ApiError::from)
+            .and_then(|keys| Ok(hex::encode(keys.credential_key()?.sign(&message).0)))
+        {
+            Ok(fingerprint) => fingerprint,
+            Err(e) => return e.into_response(),
+        }
     };
     let slot_key = match slot_key(&state, &principal, &key) {
         Ok(k) => k,
@@ -374,8 +388,9 @@ pub fn wrapped_under(
 }
 
 /// The write that moves the kept answer's DEK in the slot at `key` (read
-/// as `value`) onto the newest generic KEK, on the condition that the slot
-/// is still as read; `None` when it already is there or runs.
+/// as `value`) onto the newest generic KEK, or deletes the slot once it has
+/// expired, on the condition that the slot is still as read; `None` when
+/// it already is there or runs.
 pub fn rewrap_slot(
     state: &AppState,
     key: &[u8],
@@ -384,6 +399,16 @@ pub fn rewrap_slot(
     let slot_key = std::str::from_utf8(key).map_err(|_| ApiError::Integrity)?;
     let keys = state.keyring.keys()?;
     let slot: Slot = keys.state_key()?.open_json(key, value)?;
+    let now = state.clock.now().unix_timestamp();
+    if now >= slot.created_at.saturating_add(LIFETIME.whole_seconds()) {
+        // Expired: nothing will replay it, so it goes rather than moves
+        // (a running slot this old was abandoned long ago).
+        return Ok(Some(
+            Transaction::new()
+                .expect(key, Some(value.to_vec()))
+                .delete(key),
+        ));
+    }
     let Some(answer) = &slot.answer else {
         return Ok(None);
     };

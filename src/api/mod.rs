@@ -99,6 +99,10 @@ pub struct AppSettings {
     /// How long an erasure epoch lasts (`keys.erasure_epoch_hours`);
     /// `None`: epochs are off.
     pub erasure_epoch: Option<std::time::Duration>,
+    /// How old the version replacing a KEK version must be before that
+    /// one may be destroyed (`keys.destroy_grace_seconds`): writes that
+    /// took it just before the rotation have reached the store by then.
+    pub kek_destroy_grace: time::Duration,
 }
 
 impl Default for AppSettings {
@@ -128,6 +132,9 @@ impl Default for AppSettings {
             rewrap: rewrap::RewrapSettings::default(),
             erasure_epoch: Some(std::time::Duration::from_secs(
                 3600 * u64::from(crate::config::DEFAULT_ERASURE_EPOCH_HOURS),
+            )),
+            kek_destroy_grace: time::Duration::seconds(i64::from(
+                crate::config::DEFAULT_DESTROY_GRACE_SECONDS,
             )),
         }
     }

@@ -20,8 +20,7 @@ use super::AVAILABLE_WHILE_SEALED;
 use super::error::{FieldError, Problem};
 use super::{
     audit, auth, backup, canaries, collect, compliance, keys, metrics, principals, records, relay,
-    rewrap,
-    sys, tokens,
+    rewrap, sys, tokens,
 };
 use crate::access::{Principal, PrincipalKind, RequestStatus, Role};
 use crate::audit::{AuditEntry, Checkpoint, Outcome, Verification};

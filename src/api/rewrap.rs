@@ -370,10 +370,30 @@ pub async fn destroy(
         .event(&caller.principal().id, "key.destroy", Outcome::Allowed)
         .target(format!("kek/{}/{version}", purpose.as_str()));
     let state2 = state.clone();
-    tokio::task::spawn_blocking(move || destroy_version(&state2, purpose, version, event))
-        .await
-        .map_err(|_| ApiError::Internal)??;
-    Ok(StatusCode::NO_CONTENT)
+    let refusal = event.clone();
+    let destroyed =
+        tokio::task::spawn_blocking(move || destroy_version(&state2, purpose, version, event))
+            .await
+            .map_err(|_| ApiError::Internal)?;
+    match destroyed {
+        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        // A refusal is on the record too (what was tried, and why not).
+        Err(e @ (ApiError::Conflict(_) | ApiError::NotFound)) => {
+            let why = match &e {
+                ApiError::Conflict(why) => *why,
+                _ => "no such version",
+            };
+            state
+                .record(AuditEvent {
+                    outcome: Outcome::Error,
+                    reason: Some(why.into()),
+                    ..refusal
+                })
+                .await?;
+            Err(e)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Destroys `version` of `purpose` when no entry uses it, with `event`
@@ -390,13 +410,43 @@ pub fn destroy_version(
         Some(&newest) if newest == version => return Err(ApiError::Conflict(NEWEST)),
         Some(_) => {}
     }
-    if !state
-        .keyring
-        .kek_metadata()?
+    let metadata = state.keyring.kek_metadata()?;
+    if !metadata
         .iter()
         .any(|m| m.purpose == purpose && m.version == version)
     {
         return Err(ApiError::NotFound);
+    }
+    // A rewrap batch may be moving DEKs onto a version this one was
+    // judged unused against: never while a job runs, and the job's state
+    // is a precondition of the destruction.
+    let job = read_job(state)?;
+    if job
+        .as_ref()
+        .is_some_and(|(job, _)| job.finished_at.is_none())
+    {
+        return Err(ApiError::Conflict(
+            "A rewrap is running; destroy the version once it has finished.",
+        ));
+    }
+    let job_as_read = job.map(|(_, bytes)| bytes);
+    // A write that took this version just before it was replaced may still
+    // be on its way to the store: its successor must be older than the
+    // grace (`keys.destroy_grace_seconds`).
+    let successor = metadata
+        .iter()
+        .filter(|m| m.purpose == purpose && m.version > version)
+        .min_by_key(|m| m.version)
+        .ok_or(ApiError::Conflict(NEWEST))?;
+    let replaced_at = time::OffsetDateTime::parse(
+        &successor.created_at,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .map_err(|_| ApiError::Integrity)?;
+    if state.clock.now() - replaced_at < state.settings.kek_destroy_grace {
+        return Err(ApiError::Conflict(
+            "The version that replaced this one is younger than keys.destroy_grace_seconds: writes that took this version before the rotation may still be in flight; try again later.",
+        ));
     }
     if version_in_use(state, purpose, version)? {
         return Err(ApiError::Conflict(
@@ -404,10 +454,9 @@ pub fn destroy_version(
         ));
     }
     let change = AuditedChange::new(&state.audit, event);
-    match state
-        .keyring
-        .destroy_version_with(purpose, version, &|tx| change.commit(tx))
-    {
+    match state.keyring.destroy_version_with(purpose, version, &|tx| {
+        change.commit(tx.merge(Transaction::new().expect(JOB_KEY, job_as_read.clone())))
+    }) {
         Ok(()) => {
             tracing::info!(purpose = purpose.as_str(), version, "KEK version destroyed");
             Ok(())
@@ -456,6 +505,8 @@ fn version_in_use(state: &AppState, purpose: Purpose, version: u32) -> Result<bo
 
 /// Entries read per page when counting or checking.
 const SCAN_PAGE: usize = 1000;
+/// Bytes of entries read per batch at most (beyond the first entry).
+const BATCH_BYTES: usize = 8 << 20;
 
 /// Counts the entries a rewrap reads.
 fn count_entries(state: &AppState) -> Result<u64, ApiError> {
@@ -601,23 +652,51 @@ impl AppState {
     }
 
     fn run_rewrap(&self) {
-        let settings = self.settings.rewrap;
+        if let Err(e) = self.drive_rewrap(false) {
+            tracing::error!(error = ?e, "the rewrap runner stopped");
+        }
+    }
+
+    /// Runs the job batch by batch, throttled to its duty, until it is
+    /// finished (or, unless `wait_for_others`, until another runner holds
+    /// it). The caller holds the [`RunnerPlace`]. Blocking.
+    fn drive_rewrap(&self, wait_for_others: bool) -> Result<(), ApiError> {
+        let duty = self.settings.rewrap.duty_percent.clamp(1, 100);
         loop {
             let began = Instant::now();
             match self.rewrap_step() {
                 Ok(Step::Batch) => {}
-                Ok(Step::Finished | Step::Idle) => return,
-                Err(ApiError::Sealed) => return,
+                Ok(Step::Finished) => return Ok(()),
+                Ok(Step::Idle) => {
+                    if !wait_for_others || self.rewrap_progress()?.state != "running" {
+                        return Ok(());
+                    }
+                    // Another node's lease: wait for it.
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+                Err(ApiError::Sealed) => return Err(ApiError::Sealed),
                 Err(e) => {
                     tracing::error!(error = ?e, "rewrap batch failed; retrying in 5 s");
                     std::thread::sleep(Duration::from_secs(5));
                     continue;
                 }
             }
-            let worked = began.elapsed();
-            let duty = settings.duty_percent.clamp(1, 100);
-            std::thread::sleep(worked * (100 - duty) / duty);
+            std::thread::sleep(began.elapsed() * (100 - duty) / duty);
         }
+    }
+
+    /// Finishes any job that runs, then starts one as `system` (audited
+    /// with `why`) and runs it to its end on this thread, throttled like
+    /// the runner: afterwards every DEK is under the newest versions as of
+    /// the call. Blocking.
+    pub(crate) fn rewrap_to_end(&self, why: &str) -> Result<(), ApiError> {
+        let _place = RunnerPlace::take();
+        // A job started before the caller's rotation moves nothing past
+        // its cursor onto the new versions: it ends first.
+        self.drive_rewrap(true)?;
+        self.start_rewrap_now(why)?;
+        self.drive_rewrap(true)
     }
 
     /// One batch of the rewrap job (public for tests and the CLI's
@@ -661,7 +740,15 @@ impl AppState {
         };
         job.after = Some(hex::encode(last));
         let mut writes = Vec::new();
+        let mut bytes = 0usize;
         for (key, value) in &page {
+            // A batch's transaction stays small whatever its entries hold
+            // (a kept answer may be 512 KiB): it ends after BATCH_BYTES.
+            if bytes >= BATCH_BYTES {
+                break;
+            }
+            bytes += key.len() + value.len();
+            job.after = Some(hex::encode(key));
             job.examined += 1;
             match holder.rewrap(self, key, value) {
                 Ok(Some(tx)) => writes.push((key.clone(), tx)),
@@ -682,8 +769,10 @@ impl AppState {
         let mut batch = Transaction::new()
             .expect(JOB_KEY, Some(stored.clone()))
             .put(JOB_KEY, seal_job(self, &job)?);
-        for (_, tx) in &writes {
-            batch = batch.merge(tx.clone());
+        let mut keys = Vec::with_capacity(writes.len());
+        for (key, tx) in writes {
+            batch = batch.merge(tx);
+            keys.push(key);
         }
         match self.store.commit(batch) {
             Ok(()) => Ok(Step::Batch),
@@ -692,7 +781,7 @@ impl AppState {
                 // another runner took the job: one at a time, each entry
                 // read again.
                 job.rewrapped -= moved;
-                self.rewrap_one_by_one(job, stored, holder, &writes)
+                self.rewrap_one_by_one(job, stored, holder, &keys)
             }
             Err(e) => Err(e.into()),
         }
@@ -707,9 +796,9 @@ impl AppState {
         mut job: Job,
         stored: Vec<u8>,
         holder: Holder,
-        writes: &[(Vec<u8>, Transaction)],
+        keys: &[Vec<u8>],
     ) -> Result<Step, ApiError> {
-        for (key, _) in writes {
+        for key in keys {
             let Some(value) = self.store.get(key)? else {
                 continue;
             };

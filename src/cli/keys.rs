@@ -93,7 +93,8 @@ impl Api {
                 .client
                 .request(method, url.clone())
                 .bearer_auth(self.key.as_str())
-                .timeout(Duration::from_secs(600))
+                // A destroy reads every entry that holds a DEK first.
+                .timeout(Duration::from_secs(3600))
                 .send()
                 .await
                 .map_err(|e| format!("{url}: {e}"))?;
@@ -238,8 +239,18 @@ fn follow(api: &Api, no_wait: bool, json: bool, mut progress: Value) -> Result<(
     }
 }
 
-/// `[#####.....] 52 % 52000/100000 rewrapped 51000, 1800/s, eta …`
+/// `[#####.....] 52 % 52000/100000 rewrapped 51000, 1800/s, eta …`,
+/// without any control character the server's strings might hold.
 fn bar(progress: &Value) -> String {
+    printable(&raw_bar(progress))
+}
+
+/// `text` without control characters (a terminal's escape sequences).
+pub(super) fn printable(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).collect()
+}
+
+fn raw_bar(progress: &Value) -> String {
     const WIDTH: u64 = 30;
     let done = progress["done"].as_u64().unwrap_or(0);
     let remaining = progress["remaining"].as_u64();
@@ -301,6 +312,18 @@ mod tests {
         assert!(done.contains("2 unreadable"), "{done}");
         let empty = bar(&serde_json::json!({"state":"finished","done":0,"remaining":0}));
         assert!(empty.contains("100 % 0/0 finished"), "{empty}");
+    }
+
+    #[test]
+    fn no_escape_sequence_reaches_the_terminal() {
+        let line = bar(
+            &serde_json::json!({"state":"running\u{1b}[2J","done":1,"remaining":1,"eta":"\u{7}soon"}),
+        );
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(
+            line.contains("running[2J") && line.contains("eta soon"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -108,8 +108,10 @@ impl EpochKeys {
         self.keys.keys().copied().collect()
     }
 
-    /// Adds a fresh secret for the epoch after the current one and writes
-    /// the file with it (the older ones stay until [`EpochKeys::keep_only`]).
+    /// Adds a fresh secret for the epoch after the current one: the file
+    /// is written with it first, and only once that is durable does the
+    /// secret wrap anything (the older ones stay until
+    /// [`EpochKeys::keep_only`]). A failed write changes nothing.
     pub(crate) fn begin_next(
         &mut self,
         keys_dir: &Path,
@@ -117,8 +119,16 @@ impl EpochKeys {
         keyring_key: &Key256,
     ) -> Result<u32, KeyringError> {
         let next = self.current().map_or(1, |c| c.saturating_add(1));
-        self.keys.insert(next, Key256::random()?);
-        self.write(keys_dir, vault_id, keyring_key)?;
+        let mut with_next = Self {
+            keys: self
+                .keys
+                .iter()
+                .map(|(epoch, key)| (*epoch, key.duplicate()))
+                .collect(),
+        };
+        with_next.keys.insert(next, Key256::random()?);
+        with_next.write(keys_dir, vault_id, keyring_key)?;
+        *self = with_next;
         Ok(next)
     }
 
@@ -130,9 +140,18 @@ impl EpochKeys {
         vault_id: &str,
         keyring_key: &Key256,
     ) -> Result<(), KeyringError> {
-        // Dropping a `Key256` zeroizes it.
-        self.keys.retain(|e, _| *e == epoch);
-        self.write(keys_dir, vault_id, keyring_key)
+        let only = Self {
+            keys: self
+                .keys
+                .iter()
+                .filter(|(e, _)| **e == epoch)
+                .map(|(e, key)| (*e, key.duplicate()))
+                .collect(),
+        };
+        only.write(keys_dir, vault_id, keyring_key)?;
+        // Dropping the others zeroizes them.
+        *self = only;
+        Ok(())
     }
 
     /// Replaces the file atomically: a new 0600 file, synced, renamed over

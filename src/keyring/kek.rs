@@ -321,21 +321,12 @@ impl KekCache {
             let wrapping_key = match stored.epoch {
                 None if envelope.key_id() == "keyring" => keyring_key,
                 Some(epoch) if envelope.key_id() == "epoch" && envelope.key_version() == epoch => {
-                    match self.epochs.get(epoch) {
-                        Some(secret) => secret,
-                        None => {
-                            // Its epoch's secret is gone: what it wrapped
-                            // was erased for good (a store from before an
-                            // epoch roll, say a restored old backup).
-                            tracing::warn!(
-                                purpose = purpose.as_str(),
-                                version = stored.version,
-                                epoch,
-                                "a KEK version is wrapped under an erasure epoch whose secret is gone; what it wraps cannot be opened"
-                            );
-                            continue;
-                        }
-                    }
+                    self.epochs.get(epoch).ok_or(KeyringError::Config(
+                        "a KEK version is wrapped under an erasure epoch whose secret the keys \
+                         directory's epoch.json does not hold: a wrong or lost epoch.json, or a \
+                         store from before an epoch roll, whose data is erased for good \
+                         (docs/lifecycle.md); unseal refused",
+                    ))?
                 }
                 _ => return Err(KeyringError::Integrity),
             };

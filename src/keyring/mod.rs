@@ -953,6 +953,27 @@ impl Keyring {
         })
     }
 
+    /// Finishes a roll cut short between writing the new epoch secret and
+    /// forgetting the old ones: every KEK version under the newest epoch
+    /// (committed by `commit`), then only its secret kept.
+    pub fn settle_epochs_with(
+        &self,
+        commit: &dyn Fn(Transaction) -> Result<(), StoreError>,
+    ) -> Result<(), KeyringError> {
+        let vault_id = self.vault_id().to_owned();
+        self.keys()?.with_keks(|keks, keyring_key| {
+            let Some(current) = keks.epochs.current() else {
+                return Ok(());
+            };
+            for purpose in Purpose::ALL {
+                keks.load_family(self.store.as_ref(), keyring_key, purpose)?;
+            }
+            keks.rewrap_under_current_epoch(self.store.as_ref(), keyring_key, commit)?;
+            keks.epochs
+                .keep_only(current, &self.keys_dir, &vault_id, keyring_key)
+        })
+    }
+
     /// The erasure epochs whose secrets this keyring holds (none before
     /// the first roll; two only while a roll is under way or after one
     /// was cut short).

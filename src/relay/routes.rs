@@ -656,7 +656,7 @@ impl Routes {
     /// The writes that move the DEK of the header values stored at `key`
     /// (read as `value`) onto the newest generic KEK, on the condition that
     /// they and their route are still as read; `None` when they already
-    /// are there, or belong to no route.
+    /// are there. Values of a route that no longer exists are deleted.
     pub fn rewrap_headers(
         &self,
         key: &[u8],
@@ -667,7 +667,14 @@ impl Routes {
             .and_then(|key| key.strip_prefix(HEADERS_PREFIX))
             .ok_or(RouteError::Corrupt)?;
         let Some((route, route_bytes)) = self.get(name)? else {
-            return Ok(None);
+            // Header values of a route that is gone: nothing reads them,
+            // and they would keep their KEK version in use. They go.
+            return Ok(Some(
+                Transaction::new()
+                    .expect(route_key(name), None)
+                    .expect(key, Some(value.to_vec()))
+                    .delete(key),
+            ));
         };
         let sealed = SealedRecord::decode(value)?;
         let Some(rewrapped) =

@@ -50,6 +50,9 @@ pub fn test_settings() -> AppSettings {
             per_address_per_minute: 1_000_000,
             ..strongroom::config::CollectSettings::default()
         },
+        // Tests destroy a KEK version right after rotating; the grace has
+        // tests of its own (tests/rewrap.rs).
+        kek_destroy_grace: time::Duration::ZERO,
         ..AppSettings::default()
     }
 }
