@@ -425,6 +425,7 @@ fn app_settings(config: &Config) -> AppSettings {
             .unwrap_or(usize::MAX),
         collect: config.collect,
         relay: config.relay.clone(),
+        retention: config.retention.clone(),
         // A PostgreSQL store has no data directory: a backup spools in the
         // system's temporary directory (docs/operations.md, "PostgreSQL store").
         data_dir: config.postgres.is_none().then(|| config.data_dir.clone()),
@@ -546,7 +547,10 @@ async fn serve_until_signal(
     state: AppState,
     signal: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
+    // Retention and expired idempotency slots, while unsealed.
+    let sweeper = crate::api::sweeper::spawn(state.clone());
     crate::tls::serve(listener, tls, router(state.clone()), signal).await;
+    sweeper.abort();
     state.seal();
     state.store.flush().map_err(|e| e.to_string())?;
     tracing::info!("stopped; keys zeroized");
