@@ -825,3 +825,117 @@ async fn generic_values_are_erasable() {
     let erased = entries(&s.vault, "token.erase");
     assert_eq!(erased.iter().filter(|e| e["outcome"] == "allowed").count(), 2);
 }
+
+/// The OpenAPI document declares the new routes with their inputs: the
+/// subject's shape, reason and ticket required, `erase` on revoke, and
+/// `legal_hold` among the erasures' answers.
+#[test]
+fn the_document_declares_subjects_and_holds() {
+    let doc = serde_json::to_value(strongroom::api::openapi_document()).unwrap();
+    let paths = &doc["paths"];
+    let read = &paths["/v1/subjects/{subject_ref}"]["get"];
+    let params = read["parameters"].as_array().unwrap();
+    let param = |name: &str| params.iter().find(|p| p["name"] == name).unwrap().clone();
+    assert_eq!(param("subject_ref")["schema"]["pattern"], "^[!-~]{1,128}$");
+    for name in ["reason", "ticket"] {
+        assert_eq!(param(name)["in"], "query", "{name}");
+        assert_eq!(param(name)["required"], true, "{name}");
+    }
+    for (path, method) in [
+        ("/v1/subjects/{subject_ref}", "delete"),
+        ("/v1/subjects/{subject_ref}/close", "post"),
+        ("/v1/subjects/{subject_ref}/hold", "post"),
+        ("/v1/subjects/{subject_ref}/hold/release", "post"),
+        ("/v1/records/{id}/hold", "post"),
+        ("/v1/records/{id}/hold/release", "post"),
+    ] {
+        assert!(paths[path][method].is_object(), "{method} {path}");
+    }
+    for (path, method) in [
+        ("/v1/subjects/{subject_ref}", "delete"),
+        ("/v1/records/{id}", "delete"),
+        ("/v1/tokens/{token}", "delete"),
+    ] {
+        let conflict = paths[path][method]["responses"]["409"]["description"]
+            .as_str()
+            .unwrap();
+        assert!(conflict.contains("legal_hold"), "{method} {path}");
+    }
+    let revoke = paths["/v1/tokens/{token}"]["delete"]["parameters"]
+        .as_array()
+        .unwrap();
+    assert!(revoke.iter().any(|p| p["name"] == "erase" && p["in"] == "query"));
+    let release = paths["/v1/records/{id}/hold/release"]["post"]["responses"]["403"]["description"]
+        .as_str()
+        .unwrap();
+    assert!(release.contains("four_eyes_required"));
+}
+
+/// A record stored before the subject index (the earlier format: JSON
+/// metadata, body under `rec/<id>/body`, no `bi/subject_ref/` entry) is
+/// not found by subject until the sweeper indexes it (audited as
+/// `record.index`, actor `system`); then it is, and opens as before. A
+/// PATCH that changes a record's subject moves its index entry.
+#[tokio::test]
+async fn older_records_are_indexed_by_the_sweeper_and_a_patch_moves_the_entry() {
+    let s = setup(RetentionSettings::default());
+    let subject = "user-before-index";
+    let (id, _) = s.store("card", card(subject)).await;
+    // Rewrite it as a record of the earlier format, without the entry.
+    let mut meta = s.vault.state.vault.meta(&id).unwrap();
+    let body = s.vault.state.vault.sealed_body(&meta).unwrap().unwrap();
+    let entry = meta
+        .index_keys
+        .iter()
+        .position(|k| k.starts_with("bi/subject_ref/"))
+        .unwrap();
+    let entry = meta.index_keys.remove(entry);
+    let key = format!("rec/{id}");
+    let legacy = s
+        .vault
+        .keyring
+        .keys()
+        .unwrap()
+        .state_key()
+        .unwrap()
+        .seal_json(key.as_bytes(), &meta)
+        .unwrap();
+    s.vault
+        .store
+        .commit(
+            strongroom::store::Transaction::new()
+                .put(key.as_bytes(), legacy)
+                .put(format!("{key}/body").as_bytes(), body)
+                .delete(entry.as_bytes()),
+        )
+        .unwrap();
+    let officer = s.login("olivia").await;
+    let path = format!("/v1/subjects/{subject}?{WHY}");
+    let before = call(&s.app, "GET", &path, Some(&officer), None).await;
+    assert_eq!(before.body["records"], json!([]), "not indexed yet");
+
+    let report = sweeper::sweep(&s.vault.state).await.unwrap();
+    assert_eq!(report.indexed, 1);
+    let indexed = entries(&s.vault, "record.index");
+    assert_eq!(indexed.len(), 1);
+    assert_eq!((indexed[0]["actor"].as_str(), indexed[0]["target"].as_str()), (Some("system"), Some(id.as_str())));
+    let after = call(&s.app, "GET", &path, Some(&officer), None).await;
+    assert_eq!(after.body["records"][0]["id"], id.as_str());
+    assert_eq!(after.body["records"][0]["masked"]["last4"], "4242");
+    assert_eq!(sweeper::sweep(&s.vault.state).await.unwrap().indexed, 0, "once");
+
+    // A new subject: found under it, no longer under the old one.
+    let patched = call(
+        &s.app,
+        "PATCH",
+        &format!("/v1/records/{id}"),
+        Some(&s.payments),
+        Some(json!({"subject_ref": "user-renamed"})),
+    )
+    .await;
+    assert_eq!(patched.status, 200, "{}", patched.body);
+    let old = call(&s.app, "GET", &path, Some(&officer), None).await;
+    assert_eq!(old.body["records"], json!([]));
+    let new = call(&s.app, "GET", &format!("/v1/subjects/user-renamed?{WHY}"), Some(&officer), None).await;
+    assert_eq!(new.body["records"][0]["id"], id.as_str());
+}
