@@ -888,7 +888,10 @@ mod tests {
         .retention;
         assert_eq!(set.sweep_interval, time::Duration::minutes(5));
         let card = set.rule(RecordType::Card).unwrap();
-        assert_eq!((card.period, card.anchor), (time::Duration::days(400), Anchor::LastUse));
+        assert_eq!(
+            (card.period, card.anchor),
+            (time::Duration::days(400), Anchor::LastUse)
+        );
         assert_eq!(set.rule(RecordType::Kyc).unwrap().anchor, Anchor::Close);
         assert!(set.rule(RecordType::BankAccount).is_none());
         for bad in [
@@ -900,7 +903,9 @@ mod tests {
             let e = resolve(bad).unwrap_err().to_string();
             assert!(e.contains("retention."), "{bad}: {e}");
         }
-        assert!(toml::from_str::<FileConfig>("[retention]\ngeneric = \"1d after created\"").is_err());
+        assert!(
+            toml::from_str::<FileConfig>("[retention]\ngeneric = \"1d after created\"").is_err()
+        );
     }
 
     #[test]

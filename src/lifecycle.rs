@@ -369,7 +369,11 @@ impl Lifecycle {
 
     /// When `owner` closed its relationship with the subject of
     /// `subject_digest`, if it did.
-    pub fn closed(&self, owner: &str, subject_digest: &str) -> Result<Option<Closed>, LifecycleError> {
+    pub fn closed(
+        &self,
+        owner: &str,
+        subject_digest: &str,
+    ) -> Result<Option<Closed>, LifecycleError> {
         let key = Self::close_key(owner, subject_digest);
         match self.store.get(key.as_bytes())? {
             None => Ok(None),
@@ -428,7 +432,9 @@ impl Lifecycle {
                 return Ok(Transaction::new());
             }
         }
-        let stored_day = self.last_use(id)?.map(|t| t.unix_timestamp().div_euclid(DAY));
+        let stored_day = self
+            .last_use(id)?
+            .map(|t| t.unix_timestamp().div_euclid(DAY));
         let tx = if stored_day.is_some_and(|day| day >= today) {
             Transaction::new()
         } else {

@@ -321,7 +321,14 @@ async fn sample(
             let (id, _) = stored_card(app, &fx.payments).await;
             let justification = json!({"reason": "matrix", "ticket": "CASE-1"});
             let path = format!("/v1/records/{id}/hold");
-            let held = call(app, "POST", &path, Some(&fx.officer), Some(justification.clone())).await;
+            let held = call(
+                app,
+                "POST",
+                &path,
+                Some(&fx.officer),
+                Some(justification.clone()),
+            )
+            .await;
             assert_eq!(held.status, 201, "{}", held.body);
             ("POST", format!("{path}/release"), Some(justification))
         }

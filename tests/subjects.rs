@@ -54,7 +54,9 @@ struct Setup {
 }
 
 fn setup(retention: RetentionSettings) -> Setup {
-    let clock = Arc::new(ManualClock::new(time::macros::datetime!(2026-03-01 09:00 UTC)));
+    let clock = Arc::new(ManualClock::new(
+        time::macros::datetime!(2026-03-01 09:00 UTC),
+    ));
     let vault = new_vault_with(
         SealMethod::Passphrase(Zeroizing::new(common::PASSPHRASE.into())),
         fast_settings(),
@@ -139,13 +141,7 @@ impl Setup {
     }
 
     fn live(&self, id: &str) -> bool {
-        self.vault
-            .state
-            .vault
-            .meta(id)
-            .unwrap()
-            .erased_at
-            .is_none()
+        self.vault.state.vault.meta(id).unwrap().erased_at.is_none()
     }
 
     async fn hold(&self, who: &str, path: &str) -> Reply {
@@ -195,7 +191,10 @@ async fn a_subject_access_shows_every_record_masked_and_is_audited() {
     let mut expected = vec![card_id.as_str(), kyc_id.as_str()];
     expected.sort_unstable();
     assert_eq!(ids, expected, "exactly the subject's records");
-    let card_view = records.iter().find(|r| r["id"] == card_id.as_str()).unwrap();
+    let card_view = records
+        .iter()
+        .find(|r| r["id"] == card_id.as_str())
+        .unwrap();
     assert_eq!(card_view["type"], "card");
     assert_eq!(card_view["masked"]["last4"], "4242");
     assert!(card_view["created_at"].as_str().unwrap().ends_with('Z'));
@@ -205,7 +204,10 @@ async fn a_subject_access_shows_every_record_masked_and_is_audited() {
         .iter()
         .map(|t| t["state"].as_str().unwrap())
         .collect();
-    assert!(states.contains(&"revoked") && states.contains(&"usable"), "{states:?}");
+    assert!(
+        states.contains(&"revoked") && states.contains(&"usable"),
+        "{states:?}"
+    );
     // Masked: no PAN, no email, no token.
     let text = reply.body.to_string();
     for secret in [PAN, "ada@example.org", card_token.as_str()] {
@@ -216,7 +218,12 @@ async fn a_subject_access_shows_every_record_masked_and_is_audited() {
     let reads = entries(&s.vault, "subject.read");
     assert_eq!(reads.len(), 1);
     assert_eq!(reads[0]["ticket"], "DSAR-7");
-    assert!(reads[0]["reason"].as_str().unwrap().starts_with("GDPR art. 15 request"));
+    assert!(
+        reads[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("GDPR art. 15 request")
+    );
     assert!(reads[0]["target"].as_str().unwrap().starts_with("hmac:"));
     let record_reads: Vec<String> = entries(&s.vault, "record.read")
         .iter()
@@ -252,7 +259,11 @@ async fn a_subject_access_shows_every_record_masked_and_is_audited() {
         ),
     ] {
         let reply = call(&s.app, "GET", &path, Some(&officer), None).await;
-        assert_eq!((reply.status, reply.body["code"].as_str()), (status, Some(code)), "{path}");
+        assert_eq!(
+            (reply.status, reply.body["code"].as_str()),
+            (status, Some(code)),
+            "{path}"
+        );
         assert_eq!(
             reply.headers["content-type"], "application/problem+json",
             "{path}"
@@ -264,7 +275,10 @@ async fn a_subject_access_shows_every_record_masked_and_is_audited() {
     let approver = s.login("abel").await;
     for who in [&s.vault.admin_api_key, &approver, &s.payments, &auditor] {
         let reply = call(&s.app, "GET", &path, Some(who), None).await;
-        assert_eq!((reply.status, reply.body["code"].as_str()), (403, Some("forbidden")));
+        assert_eq!(
+            (reply.status, reply.body["code"].as_str()),
+            (403, Some("forbidden"))
+        );
         assert!(!reply.body.to_string().contains(&card_id));
     }
     assert_eq!(
@@ -290,7 +304,11 @@ async fn a_subject_erasure_erases_every_record_with_one_entry_each() {
     let subject = "user-forget-me";
     let mut mine = Vec::new();
     for body in [card(subject), card(subject), kyc(subject)] {
-        let kind = if body.get("pan").is_some() { "card" } else { "kyc" };
+        let kind = if body.get("pan").is_some() {
+            "card"
+        } else {
+            "kyc"
+        };
         mine.push(s.store(kind, body).await);
     }
     let (other, _) = s.store("card", card("user-stays")).await;
@@ -299,15 +317,30 @@ async fn a_subject_erasure_erases_every_record_with_one_entry_each() {
     for (body, status, code) in [
         (json!({"reason": "gone"}), 400, "reason_required"),
         (json!({"ticket": "DSR-1"}), 400, "reason_required"),
-        (json!({"reason": "gone", "ticket": "DSR 1"}), 422, "validation_failed"),
-        (json!({"reason": "gone", "ticket": "DSR-1", "all": true}), 422, "validation_failed"),
+        (
+            json!({"reason": "gone", "ticket": "DSR 1"}),
+            422,
+            "validation_failed",
+        ),
+        (
+            json!({"reason": "gone", "ticket": "DSR-1", "all": true}),
+            422,
+            "validation_failed",
+        ),
     ] {
         let reply = call(&s.app, "DELETE", &path, Some(&admin), Some(body.clone())).await;
-        assert_eq!((reply.status, reply.body["code"].as_str()), (status, Some(code)), "{body}");
+        assert_eq!(
+            (reply.status, reply.body["code"].as_str()),
+            (status, Some(code)),
+            "{body}"
+        );
     }
     let no_body = call(&s.app, "DELETE", &path, Some(&admin), None).await;
     assert_eq!(no_body.status, 400);
-    assert!(mine.iter().all(|(id, _)| s.live(id)), "nothing erased by a refused request");
+    assert!(
+        mine.iter().all(|(id, _)| s.live(id)),
+        "nothing erased by a refused request"
+    );
     // Not the owner service, the approver or the auditor.
     let approver = s.login("abel").await;
     for who in [&s.payments, &approver] {
@@ -336,7 +369,10 @@ async fn a_subject_erasure_erases_every_record_with_one_entry_each() {
     let erasures = entries(&s.vault, "record.erase");
     assert_eq!(erasures.len(), 3);
     for id in &ids {
-        let entry: Vec<_> = erasures.iter().filter(|e| e["target"] == id.as_str()).collect();
+        let entry: Vec<_> = erasures
+            .iter()
+            .filter(|e| e["target"] == id.as_str())
+            .collect();
         assert_eq!(entry.len(), 1, "{id}");
         assert_eq!(entry[0]["ticket"], "DSR-42");
         assert_eq!(entry[0]["outcome"], "allowed");
@@ -347,7 +383,14 @@ async fn a_subject_erasure_erases_every_record_with_one_entry_each() {
     assert_eq!(again.status, 200);
     assert_eq!(again.body["erased"], json!([]));
     assert_eq!(entries(&s.vault, "record.erase").len(), 3);
-    let view = call(&s.app, "GET", &format!("{path}?{WHY}"), Some(&officer), None).await;
+    let view = call(
+        &s.app,
+        "GET",
+        &format!("{path}?{WHY}"),
+        Some(&officer),
+        None,
+    )
+    .await;
     assert_eq!(view.body["records"], json!([]));
 }
 
@@ -367,7 +410,14 @@ async fn twenty_parallel_subject_erasures_erase_each_record_once() {
             let app = s.app.clone();
             let admin = s.vault.admin_api_key.clone();
             tokio::spawn(async move {
-                call(&app, "DELETE", "/v1/subjects/user-parallel", Some(&admin), Some(why())).await
+                call(
+                    &app,
+                    "DELETE",
+                    "/v1/subjects/user-parallel",
+                    Some(&admin),
+                    Some(why()),
+                )
+                .await
             })
         })
         .collect();
@@ -389,7 +439,10 @@ async fn twenty_parallel_subject_erasures_erase_each_record_once() {
     reported.sort();
     let mut expected = ids.clone();
     expected.sort();
-    assert_eq!(reported, expected, "each record reported erased by one request");
+    assert_eq!(
+        reported, expected,
+        "each record reported erased by one request"
+    );
     for id in &ids {
         assert!(!s.live(id));
         let count = entries(&s.vault, "record.erase")
@@ -418,8 +471,18 @@ async fn a_held_record_survives_manual_subject_and_scheduled_erasure() {
     let twice = s.hold(&officer, &format!("/v1/records/{held}/hold")).await;
     assert_eq!(twice.status, 409);
 
-    let manual = call(&s.app, "DELETE", &format!("/v1/records/{held}"), Some(&s.payments), None).await;
-    assert_eq!((manual.status, manual.body["code"].as_str()), (409, Some("legal_hold")));
+    let manual = call(
+        &s.app,
+        "DELETE",
+        &format!("/v1/records/{held}"),
+        Some(&s.payments),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (manual.status, manual.body["code"].as_str()),
+        (409, Some("legal_hold"))
+    );
     assert_eq!(manual.headers["content-type"], "application/problem+json");
     let by_subject = call(
         &s.app,
@@ -429,8 +492,14 @@ async fn a_held_record_survives_manual_subject_and_scheduled_erasure() {
         Some(why()),
     )
     .await;
-    assert_eq!((by_subject.status, by_subject.body["code"].as_str()), (409, Some("legal_hold")));
-    assert!(s.live(&held) && s.live(&free), "a held subject erasure erases nothing");
+    assert_eq!(
+        (by_subject.status, by_subject.body["code"].as_str()),
+        (409, Some("legal_hold"))
+    );
+    assert!(
+        s.live(&held) && s.live(&free),
+        "a held subject erasure erases nothing"
+    );
     let denied: Vec<_> = entries(&s.vault, "record.erase")
         .into_iter()
         .filter(|e| e["outcome"] == "denied")
@@ -483,15 +552,31 @@ async fn a_subject_hold_covers_its_records_and_generic_values_can_be_held() {
     let subject = "user-litigation";
     let (before, _) = s.store("card", card(subject)).await;
     let approver = s.login("abel").await;
-    let placed = s.hold(&approver, &format!("/v1/subjects/{subject}/hold")).await;
+    let placed = s
+        .hold(&approver, &format!("/v1/subjects/{subject}/hold"))
+        .await;
     assert_eq!(placed.status, 201, "{}", placed.body);
     let (after, _) = s.store("card", card(subject)).await;
     for id in [&before, &after] {
-        let reply = call(&s.app, "DELETE", &format!("/v1/records/{id}"), Some(&s.payments), None).await;
+        let reply = call(
+            &s.app,
+            "DELETE",
+            &format!("/v1/records/{id}"),
+            Some(&s.payments),
+            None,
+        )
+        .await;
         assert_eq!(reply.body["code"], "legal_hold");
     }
     let officer = s.login("olivia").await;
-    let view = call(&s.app, "GET", &format!("/v1/subjects/{subject}?{WHY}"), Some(&officer), None).await;
+    let view = call(
+        &s.app,
+        "GET",
+        &format!("/v1/subjects/{subject}?{WHY}"),
+        Some(&officer),
+        None,
+    )
+    .await;
     assert_eq!(view.body["legal_hold"], true);
     s.clock.advance(time::Duration::days(3));
     let report = sweeper::sweep(&s.vault.state).await.unwrap();
@@ -517,7 +602,12 @@ async fn a_subject_hold_covers_its_records_and_generic_values_can_be_held() {
         .to_owned();
     assert!(gen_id.starts_with("gen_"));
     let officer = s.login("olivia").await;
-    assert_eq!(s.hold(&officer, &format!("/v1/records/{gen_id}/hold")).await.status, 201);
+    assert_eq!(
+        s.hold(&officer, &format!("/v1/records/{gen_id}/hold"))
+            .await
+            .status,
+        201
+    );
     let erase = call(
         &s.app,
         "DELETE",
@@ -526,7 +616,10 @@ async fn a_subject_hold_covers_its_records_and_generic_values_can_be_held() {
         None,
     )
     .await;
-    assert_eq!((erase.status, erase.body["code"].as_str()), (409, Some("legal_hold")));
+    assert_eq!(
+        (erase.status, erase.body["code"].as_str()),
+        (409, Some("legal_hold"))
+    );
     assert_eq!(s.detokenize(&token).await["view"], "plain");
     // Unknown ids: 404, not a hold on nothing.
     let unknown = s
@@ -548,7 +641,10 @@ async fn a_hold_is_released_by_another_approver_only() {
     let abby = s.login("abby").await;
     let officer = s.login("olivia").await;
     for (hold, release) in [
-        (format!("/v1/records/{id}/hold"), format!("/v1/records/{id}/hold/release")),
+        (
+            format!("/v1/records/{id}/hold"),
+            format!("/v1/records/{id}/hold/release"),
+        ),
         (
             format!("/v1/subjects/{subject}/hold"),
             format!("/v1/subjects/{subject}/hold/release"),
@@ -575,16 +671,28 @@ async fn a_hold_is_released_by_another_approver_only() {
         .into_iter()
         .filter(|e| {
             e["outcome"] == "denied"
-                && e["reason"].as_str().is_some_and(|r| r.ends_with("own hold"))
+                && e["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.ends_with("own hold"))
         })
         .count();
     assert_eq!(refusals, 2);
     // Released: the record may be erased again.
-    let erase = call(&s.app, "DELETE", &format!("/v1/records/{id}"), Some(&s.payments), None).await;
+    let erase = call(
+        &s.app,
+        "DELETE",
+        &format!("/v1/records/{id}"),
+        Some(&s.payments),
+        None,
+    )
+    .await;
     assert_eq!(erase.status, 204);
     // A hold on an erased record is too late.
     let late = s.hold(&officer, &format!("/v1/records/{id}/hold")).await;
-    assert_eq!((late.status, late.body["code"].as_str()), (410, Some("erased")));
+    assert_eq!(
+        (late.status, late.body["code"].as_str()),
+        (410, Some("erased"))
+    );
     // Only compliance staff place holds.
     for who in [&s.payments, &s.vault.admin_api_key] {
         let reply = s.hold(who, &format!("/v1/subjects/{subject}/hold")).await;
@@ -607,7 +715,9 @@ async fn a_hold_racing_an_erasure_is_never_lost() {
             let app = s.app.clone();
             let officer = officer.clone();
             let path = format!("/v1/records/{id}/hold");
-            tokio::spawn(async move { call(&app, "POST", &path, Some(&officer), Some(why())).await })
+            tokio::spawn(
+                async move { call(&app, "POST", &path, Some(&officer), Some(why())).await },
+            )
         };
         let erase = {
             let app = s.app.clone();
@@ -616,7 +726,10 @@ async fn a_hold_racing_an_erasure_is_never_lost() {
             tokio::spawn(async move { call(&app, "DELETE", &path, Some(&payments), None).await })
         };
         let (hold, erase) = (hold.await.unwrap(), erase.await.unwrap());
-        let held = s.vault.state.lifecycle
+        let held = s
+            .vault
+            .state
+            .lifecycle
             .hold(&strongroom::lifecycle::HoldTarget::Record(id.clone()))
             .unwrap()
             .is_some();
@@ -679,7 +792,14 @@ async fn the_sweeper_erases_what_is_due_by_the_clock() {
     assert!(s.live(&card_id) && s.live(&kyc_id) && s.live(&bank));
 
     // Closed now; the card due in 250 days; the sweeper task takes over.
-    let closed = call(&s.app, "POST", "/v1/subjects/user-ret/close", Some(&s.payments), None).await;
+    let closed = call(
+        &s.app,
+        "POST",
+        "/v1/subjects/user-ret/close",
+        Some(&s.payments),
+        None,
+    )
+    .await;
     assert_eq!(closed.status, 200, "{}", closed.body);
     let task = sweeper::spawn(s.vault.state.clone());
     s.clock.advance(time::Duration::days(251));
@@ -693,8 +813,14 @@ async fn the_sweeper_erases_what_is_due_by_the_clock() {
         .iter()
         .map(|e| format!("{} {}", e["actor"], e["reason"]))
         .collect();
-    assert!(reasons.contains(&"\"system\" \"retention: card: 400d after last_use\"".to_owned()), "{reasons:?}");
-    assert!(reasons.contains(&"\"system\" \"retention: kyc: 5y after close\"".to_owned()), "{reasons:?}");
+    assert!(
+        reasons.contains(&"\"system\" \"retention: card: 400d after last_use\"".to_owned()),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.contains(&"\"system\" \"retention: kyc: 5y after close\"".to_owned()),
+        "{reasons:?}"
+    );
     assert_eq!(s.detokenize(&token).await["error"], "erased");
 }
 
@@ -741,22 +867,58 @@ async fn two_sweepers_erase_each_record_once() {
 #[tokio::test]
 async fn closing_a_relationship_keeps_the_first_time() {
     let s = setup(RetentionSettings::default());
-    let first = call(&s.app, "POST", "/v1/subjects/user-close/close", Some(&s.payments), None).await;
+    let first = call(
+        &s.app,
+        "POST",
+        "/v1/subjects/user-close/close",
+        Some(&s.payments),
+        None,
+    )
+    .await;
     assert_eq!(first.status, 200, "{}", first.body);
     s.clock.advance(time::Duration::days(1));
-    let second = call(&s.app, "POST", "/v1/subjects/user-close/close", Some(&s.payments), None).await;
+    let second = call(
+        &s.app,
+        "POST",
+        "/v1/subjects/user-close/close",
+        Some(&s.payments),
+        None,
+    )
+    .await;
     assert_eq!(second.body["closed_at"], first.body["closed_at"]);
     let officer = s.login("olivia").await;
     for who in [&s.vault.admin_api_key, &officer] {
         assert_eq!(
-            call(&s.app, "POST", "/v1/subjects/user-close/close", Some(who), None).await.status,
+            call(
+                &s.app,
+                "POST",
+                "/v1/subjects/user-close/close",
+                Some(who),
+                None
+            )
+            .await
+            .status,
             403
         );
     }
-    let bad = call(&s.app, "POST", "/v1/subjects/a%20b/close", Some(&s.payments), None).await;
-    assert_eq!((bad.status, bad.body["code"].as_str()), (422, Some("validation_failed")));
+    let bad = call(
+        &s.app,
+        "POST",
+        "/v1/subjects/a%20b/close",
+        Some(&s.payments),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (bad.status, bad.body["code"].as_str()),
+        (422, Some("validation_failed"))
+    );
     let closes = entries(&s.vault, "subject.close");
-    assert!(closes.iter().all(|e| e["target"].as_str().is_none_or(|t| t.starts_with("hmac:"))));
+    assert!(
+        closes
+            .iter()
+            .all(|e| e["target"].as_str().is_none_or(|t| t.starts_with("hmac:")))
+    );
 }
 
 /// `DELETE /v1/tokens/{token}?erase=true`: the owner (or an admin) erases
@@ -771,9 +933,15 @@ async fn generic_values_are_erasable() {
         let app = s.app.clone();
         let payments = s.payments.clone();
         async move {
-            call(&app, "POST", "/v1/tokens", Some(&payments), Some(json!({"value": value, "kind": "generic"})))
-                .await
-                .body["token"]
+            call(
+                &app,
+                "POST",
+                "/v1/tokens",
+                Some(&payments),
+                Some(json!({"value": value, "kind": "generic"})),
+            )
+            .await
+            .body["token"]
                 .as_str()
                 .unwrap()
                 .to_owned()
@@ -789,20 +957,57 @@ async fn generic_values_are_erasable() {
     let foreign = call(&s.app, "DELETE", &path, Some(&other), None).await;
     assert_eq!(foreign.status, 404);
     let officer = s.login("olivia").await;
-    assert_eq!(call(&s.app, "DELETE", &path, Some(&officer), None).await.status, 403);
-    let odd = call(&s.app, "DELETE", &format!("/v1/tokens/{token}?erase=maybe"), Some(&s.payments), None).await;
-    assert_eq!((odd.status, odd.body["code"].as_str()), (422, Some("validation_failed")));
+    assert_eq!(
+        call(&s.app, "DELETE", &path, Some(&officer), None)
+            .await
+            .status,
+        403
+    );
+    let odd = call(
+        &s.app,
+        "DELETE",
+        &format!("/v1/tokens/{token}?erase=maybe"),
+        Some(&s.payments),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (odd.status, odd.body["code"].as_str()),
+        (422, Some("validation_failed"))
+    );
     assert_eq!(sealed_values(), 3, "nothing erased by refused requests");
 
-    assert_eq!(call(&s.app, "DELETE", &path, Some(&s.payments), None).await.status, 204);
+    assert_eq!(
+        call(&s.app, "DELETE", &path, Some(&s.payments), None)
+            .await
+            .status,
+        204
+    );
     assert_eq!(sealed_values(), 2);
     assert_eq!(s.detokenize(&token).await["error"], "erased");
     let again = call(&s.app, "DELETE", &path, Some(&s.payments), None).await;
-    assert_eq!((again.status, again.body["code"].as_str()), (410, Some("erased")));
-    let revoke_erased = call(&s.app, "DELETE", &format!("/v1/tokens/{token}"), Some(&s.payments), None).await;
+    assert_eq!(
+        (again.status, again.body["code"].as_str()),
+        (410, Some("erased"))
+    );
+    let revoke_erased = call(
+        &s.app,
+        "DELETE",
+        &format!("/v1/tokens/{token}"),
+        Some(&s.payments),
+        None,
+    )
+    .await;
     assert_eq!(revoke_erased.status, 410);
     // Without erase: a revoke, the value kept.
-    let plain = call(&s.app, "DELETE", &format!("/v1/tokens/{revoked}?erase=false"), Some(&s.payments), None).await;
+    let plain = call(
+        &s.app,
+        "DELETE",
+        &format!("/v1/tokens/{revoked}?erase=false"),
+        Some(&s.payments),
+        None,
+    )
+    .await;
     assert_eq!(plain.status, 204);
     assert_eq!(s.detokenize(&revoked).await["error"], "token_revoked");
     assert_eq!(sealed_values(), 2);
@@ -819,11 +1024,24 @@ async fn generic_values_are_erasable() {
     assert_eq!(sealed_values(), 1);
     // A record's token: erase the record instead.
     let (card_id, card_token) = s.store("card", card("user-gen")).await;
-    let record = call(&s.app, "DELETE", &format!("/v1/tokens/{card_token}?erase=true"), Some(&s.payments), None).await;
-    assert_eq!((record.status, record.body["errors"][0]["field"].as_str()), (422, Some("erase")));
+    let record = call(
+        &s.app,
+        "DELETE",
+        &format!("/v1/tokens/{card_token}?erase=true"),
+        Some(&s.payments),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (record.status, record.body["errors"][0]["field"].as_str()),
+        (422, Some("erase"))
+    );
     assert!(s.live(&card_id));
     let erased = entries(&s.vault, "token.erase");
-    assert_eq!(erased.iter().filter(|e| e["outcome"] == "allowed").count(), 2);
+    assert_eq!(
+        erased.iter().filter(|e| e["outcome"] == "allowed").count(),
+        2
+    );
 }
 
 /// The OpenAPI document declares the new routes with their inputs: the
@@ -864,7 +1082,11 @@ fn the_document_declares_subjects_and_holds() {
     let revoke = paths["/v1/tokens/{token}"]["delete"]["parameters"]
         .as_array()
         .unwrap();
-    assert!(revoke.iter().any(|p| p["name"] == "erase" && p["in"] == "query"));
+    assert!(
+        revoke
+            .iter()
+            .any(|p| p["name"] == "erase" && p["in"] == "query")
+    );
     let release = paths["/v1/records/{id}/hold/release"]["post"]["responses"]["403"]["description"]
         .as_str()
         .unwrap();
@@ -918,11 +1140,18 @@ async fn older_records_are_indexed_by_the_sweeper_and_a_patch_moves_the_entry() 
     assert_eq!(report.indexed, 1);
     let indexed = entries(&s.vault, "record.index");
     assert_eq!(indexed.len(), 1);
-    assert_eq!((indexed[0]["actor"].as_str(), indexed[0]["target"].as_str()), (Some("system"), Some(id.as_str())));
+    assert_eq!(
+        (indexed[0]["actor"].as_str(), indexed[0]["target"].as_str()),
+        (Some("system"), Some(id.as_str()))
+    );
     let after = call(&s.app, "GET", &path, Some(&officer), None).await;
     assert_eq!(after.body["records"][0]["id"], id.as_str());
     assert_eq!(after.body["records"][0]["masked"]["last4"], "4242");
-    assert_eq!(sweeper::sweep(&s.vault.state).await.unwrap().indexed, 0, "once");
+    assert_eq!(
+        sweeper::sweep(&s.vault.state).await.unwrap().indexed,
+        0,
+        "once"
+    );
 
     // A new subject: found under it, no longer under the old one.
     let patched = call(
@@ -936,6 +1165,13 @@ async fn older_records_are_indexed_by_the_sweeper_and_a_patch_moves_the_entry() 
     assert_eq!(patched.status, 200, "{}", patched.body);
     let old = call(&s.app, "GET", &path, Some(&officer), None).await;
     assert_eq!(old.body["records"], json!([]));
-    let new = call(&s.app, "GET", &format!("/v1/subjects/user-renamed?{WHY}"), Some(&officer), None).await;
+    let new = call(
+        &s.app,
+        "GET",
+        &format!("/v1/subjects/user-renamed?{WHY}"),
+        Some(&officer),
+        None,
+    )
+    .await;
     assert_eq!(new.body["records"][0]["id"], id.as_str());
 }

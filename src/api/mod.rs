@@ -768,7 +768,10 @@ fn api_router(state: AppState) -> Router {
             get(subjects::read).delete(subjects::erase),
         )
         .route("/v1/subjects/{subject_ref}/close", post(subjects::close))
-        .route("/v1/subjects/{subject_ref}/hold", post(subjects::hold_subject))
+        .route(
+            "/v1/subjects/{subject_ref}/hold",
+            post(subjects::hold_subject),
+        )
         .route(
             "/v1/subjects/{subject_ref}/hold/release",
             post(subjects::release_subject_hold),

@@ -408,7 +408,8 @@ pub async fn erase(
         // The subject's hold, absent as read, is a precondition of the
         // whole erasure (each record's guard holds it too; this covers a
         // subject with no record left).
-        let subject_guard = Transaction::new().expect(HoldTarget::Subject(digest.clone()).key(), None);
+        let subject_guard =
+            Transaction::new().expect(HoldTarget::Subject(digest.clone()).key(), None);
         batch.insert(
             0,
             (
@@ -695,10 +696,8 @@ pub async fn release_record_hold(
             Ok(vec![state.target_of(&id)])
         })
         .await?;
-    if !crate::vault::has_issued_shape(
-        &id,
-        &RecordType::ALL.map(RecordType::id_prefix),
-    ) && !crate::vault::has_issued_shape(&id, &["gen_"])
+    if !crate::vault::has_issued_shape(&id, &RecordType::ALL.map(RecordType::id_prefix))
+        && !crate::vault::has_issued_shape(&id, &["gen_"])
     {
         return Err(ApiError::NotFound);
     }

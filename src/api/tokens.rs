@@ -441,7 +441,10 @@ pub async fn revoke(
         Ok(guard) => guard,
         Err(_) => return Err(super::subjects::refuse_held(&state, event).await),
     };
-    let tx = state.vault.prepare_erase_generic(&key, &record)?.merge(guard);
+    let tx = state
+        .vault
+        .prepare_erase_generic(&key, &record)?
+        .merge(guard);
     if state.try_commit(event.clone(), tx).await?.is_some() {
         return Ok(StatusCode::NO_CONTENT);
     }

@@ -421,7 +421,10 @@ impl Vault {
     /// For a live record with a subject but no subject-index entry (stored
     /// before the index existed): the write that adds it, on condition
     /// that the record is still as read. `None`: nothing to add.
-    pub fn prepare_subject_index(&self, meta: &RecordMeta) -> Result<Option<Transaction>, VaultError> {
+    pub fn prepare_subject_index(
+        &self,
+        meta: &RecordMeta,
+    ) -> Result<Option<Transaction>, VaultError> {
         let (Some(subject), None) = (&meta.subject_ref, &meta.erased_at) else {
             return Ok(None);
         };
