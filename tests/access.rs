@@ -297,11 +297,15 @@ async fn sample(
             relay_route(vault, app, fx, &name, false).await;
             ("DELETE", format!("/v1/relay/routes/{name}"), None)
         }
-        Operation::SubjectRead => (
-            "GET",
-            "/v1/subjects/user-42?reason=matrix&ticket=CASE-1".into(),
-            None,
-        ),
+        Operation::SubjectRead => {
+            let subject = format!("read-{n}");
+            stored_card_of(app, owner, &subject).await;
+            (
+                "GET",
+                format!("/v1/subjects/{subject}?reason=matrix&ticket=CASE-1"),
+                None,
+            )
+        }
         Operation::SubjectErase => {
             let subject = format!("erase-{n}");
             stored_card_of(app, owner, &subject).await;

@@ -208,7 +208,8 @@ fn token_view(record: &crate::tokens::TokenRecord, now: OffsetDateTime) -> Subje
 
 /// Every live record and token of a subject, masked: the answer to a
 /// data-subject access request. Audited as `subject.read` with reason and
-/// ticket, and as `record.read` for each record it shows.
+/// ticket, and as `record.read` for each record it shows; 404 (audited as
+/// `no_match`) when there is none.
 #[utoipa::path(get, path = "/v1/subjects/{subject_ref}", tag = "subjects", operation_id = "read_subject",
     security(("bearer" = [])),
     params(
@@ -219,6 +220,7 @@ fn token_view(record: &crate::tokens::TokenRecord, now: OffsetDateTime) -> Subje
         (status = 200, description = "The subject's records (masked) and tokens", body = SubjectView),
         (status = 400, description = "`reason_required`: a reason or a ticket is missing or empty", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "`forbidden`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`: the vault holds no live record of this subject (audited as `no_match`)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`validation_failed`: a bad subject_ref, reason or ticket, or an unknown query parameter", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn read(
@@ -274,6 +276,19 @@ pub async fn read(
             tokens,
         });
     }
+    if records.is_empty() {
+        // Nothing held about this subject (or nothing left): audited as a
+        // lookup that found nothing.
+        state
+            .record(AuditEvent {
+                target: state.target_of(&subject),
+                reason: Some(format!("{reason} (records: 0)")),
+                ticket: Some(ticket),
+                ..ctx.event(&principal.id, "subject.read", Outcome::NoMatch)
+            })
+            .await?;
+        return Err(ApiError::NotFound);
+    }
     let held = state
         .lifecycle
         .hold(&HoldTarget::Subject(digest))?
@@ -308,8 +323,7 @@ pub async fn read(
 /// What a subject erasure answers.
 #[derive(Serialize, ToSchema)]
 pub struct SubjectErased {
-    /// The records this request erased (none when another request erased
-    /// them first, or the subject has none).
+    /// The records this request erased.
     pub erased: Vec<String>,
 }
 
@@ -319,7 +333,7 @@ const ERASE_ATTEMPTS: usize = 3;
 /// Erases every live record of a subject in one transaction, with one
 /// `record.erase` entry per record (and one `subject.erase`); nothing at
 /// all when a legal hold is placed on the subject or on any of its
-/// records (409 `legal_hold`).
+/// records (409 `legal_hold`); 404 when no live record is left.
 #[utoipa::path(delete, path = "/v1/subjects/{subject_ref}", tag = "subjects", operation_id = "erase_subject",
     security(("bearer" = [])),
     params(("subject_ref" = String, Path, description = "The customer id in the payment system (1 to 128 printable ASCII characters)", pattern = r"^[!-~]{1,128}$")),
@@ -328,6 +342,7 @@ const ERASE_ATTEMPTS: usize = 3;
         (status = 200, description = "Erased; the ids of the records this request erased", body = SubjectErased),
         (status = 400, description = "`reason_required`; or `malformed_request`", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "`forbidden`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`: no live record of this subject (none held, or already erased; audited as `no_match`)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`legal_hold`: a hold is placed on the subject or one of its records, nothing erased; or `conflict`: the records kept changing", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`validation_failed`", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -403,6 +418,13 @@ pub async fn erase(
             }
             state.commit_many(denials).await?;
             return Err(ApiError::LegalHold);
+        }
+        if metas.is_empty() {
+            // Nothing (left) to erase: another request, or nothing held.
+            state
+                .record(summary(Outcome::NoMatch, "records: 0".into()))
+                .await?;
+            return Err(ApiError::NotFound);
         }
         let erased: Vec<String> = metas.iter().map(|m| m.id.clone()).collect();
         // The subject's hold, absent as read, is a precondition of the
