@@ -1192,3 +1192,66 @@ async fn older_records_are_indexed_by_the_sweeper_and_a_patch_moves_the_entry() 
     .await;
     assert_eq!(new.body["records"][0]["id"], id.as_str());
 }
+
+/// Holds are authenticated with the state key, bound to their store key:
+/// one edited on disk (say, to name the releasing approver as the one who
+/// placed it), or copied to another record, is an integrity error, and
+/// the erasure it guards does not happen.
+#[tokio::test]
+async fn a_hold_edited_or_moved_on_disk_is_an_integrity_error() {
+    let s = setup(RetentionSettings::default());
+    let (held, _) = s.store("card", card("user-tamper")).await;
+    let (other, _) = s.store("card", card("user-tamper-2")).await;
+    let officer = s.login("olivia").await;
+    assert_eq!(
+        s.hold(&officer, &format!("/v1/records/{held}/hold"))
+            .await
+            .status,
+        201
+    );
+    let key = format!("hold/rec/{held}");
+    let stored = s.vault.store.get(key.as_bytes()).unwrap().unwrap();
+    // Moved: the same bytes under another record's hold.
+    s.vault
+        .store
+        .put(format!("hold/rec/{other}").as_bytes(), &stored)
+        .unwrap();
+    let moved = call(
+        &s.app,
+        "DELETE",
+        &format!("/v1/records/{other}"),
+        Some(&s.payments),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (moved.status, moved.body["code"].as_str()),
+        (500, Some("integrity_error"))
+    );
+    assert!(s.live(&other));
+    // Edited: the placing officer's id replaced.
+    let abel = s.login("abel").await;
+    let officer_id = s.vault.principal_id("olivia");
+    let abel_id = s.vault.principal_id("abel");
+    let text = String::from_utf8_lossy(&stored).replace(&officer_id, &abel_id);
+    s.vault.store.put(key.as_bytes(), text.as_bytes()).unwrap();
+    let release = call(
+        &s.app,
+        "POST",
+        &format!("/v1/records/{held}/hold/release"),
+        Some(&abel),
+        Some(why()),
+    )
+    .await;
+    assert_eq!(release.body["code"], "integrity_error");
+    let erase = call(
+        &s.app,
+        "DELETE",
+        &format!("/v1/records/{held}"),
+        Some(&s.payments),
+        None,
+    )
+    .await;
+    assert_eq!(erase.status, 500);
+    assert!(s.live(&held));
+}
