@@ -1255,3 +1255,25 @@ async fn a_hold_edited_or_moved_on_disk_is_an_integrity_error() {
     assert_eq!(erase.status, 500);
     assert!(s.live(&held));
 }
+
+/// A sealed vault is not swept: a pass needs the keys (to read holds,
+/// closes and records) and stops with `sealed`, erasing nothing; the task
+/// only starts passes while unsealed.
+#[tokio::test]
+async fn nothing_is_swept_while_sealed() {
+    let s = setup(rules(&[(RecordType::Card, "1d after created")]));
+    let (id, _) = s.store("card", card("user-sealed")).await;
+    s.clock.advance(time::Duration::days(2));
+    s.vault.keyring.seal();
+    let refused = sweeper::sweep(&s.vault.state).await.unwrap_err();
+    assert_eq!(refused, strongroom::api::ApiError::Sealed);
+    s.vault
+        .keyring
+        .unseal(strongroom::keyring::UnsealInput::Passphrase(
+            Zeroizing::new(common::PASSPHRASE.into()),
+        ))
+        .unwrap();
+    assert!(s.live(&id));
+    assert_eq!(sweeper::sweep(&s.vault.state).await.unwrap().erased, 1);
+    assert!(!s.live(&id));
+}
