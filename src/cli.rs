@@ -439,6 +439,7 @@ fn app_settings(config: &Config) -> AppSettings {
         collect: config.collect,
         relay: config.relay.clone(),
         canaries: config.canaries.clone(),
+        retention: config.retention.clone(),
         // A PostgreSQL store has no data directory: a backup spools in the
         // system's temporary directory (docs/operations.md, "PostgreSQL store").
         data_dir: config.postgres.is_none().then(|| config.data_dir.clone()),
@@ -564,7 +565,10 @@ async fn serve_until_signal(
     signal: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     crate::api::spawn_background(&state);
+    // Retention and expired idempotency slots, while unsealed.
+    let sweeper = crate::api::sweeper::spawn(state.clone());
     crate::tls::serve(listener, tls, router(state.clone()), signal).await;
+    sweeper.abort();
     state.seal();
     state.store.flush().map_err(|e| e.to_string())?;
     tracing::info!("stopped; keys zeroized");

@@ -57,6 +57,10 @@ pub struct FileConfig {
     /// `[canaries]`: the alarm webhook and canary cards' IIN.
     #[serde(default)]
     pub canaries: CanariesFileConfig,
+    /// `[retention]`: automatic erasure per record type, and the
+    /// sweeper's pace (docs/lifecycle.md, "Retention").
+    #[serde(default)]
+    pub retention: RetentionFileConfig,
     /// `[tls]`: the certificate `serve` presents (docs/operations.md "TLS").
     #[serde(default)]
     pub tls: FileTls,
@@ -341,6 +345,49 @@ impl CanariesFileConfig {
     }
 }
 
+/// `[retention]` as written: for each record type, `"<N><h|d|y> after
+/// <created|last_use|close>"` (absent: never erased automatically), and
+/// how often the sweeper runs.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionFileConfig {
+    pub card: Option<String>,
+    pub bank_account: Option<String>,
+    pub kyc: Option<String>,
+    /// Minutes between sweeps, 1 to 1440 (default 60).
+    pub sweep_interval_minutes: Option<u32>,
+}
+
+impl RetentionFileConfig {
+    fn resolve(self) -> Result<crate::lifecycle::RetentionSettings, ConfigError> {
+        use crate::lifecycle::{DEFAULT_SWEEP_INTERVAL, RetentionRule, RetentionSettings};
+        use crate::records::RecordType;
+        let mut rules = Vec::new();
+        for (record_type, text) in [
+            (RecordType::Card, self.card),
+            (RecordType::BankAccount, self.bank_account),
+            (RecordType::Kyc, self.kyc),
+        ] {
+            if let Some(text) = text {
+                let rule = RetentionRule::parse(&text).map_err(|why| {
+                    ConfigError(format!("retention.{}: {why}", record_type.as_str()))
+                })?;
+                rules.push((record_type, rule));
+            }
+        }
+        let minutes = ranged(
+            "retention.sweep_interval_minutes",
+            self.sweep_interval_minutes,
+            u32::try_from(DEFAULT_SWEEP_INTERVAL.whole_minutes()).unwrap_or(60),
+            1..=1440,
+        )?;
+        Ok(RetentionSettings {
+            rules,
+            sweep_interval: time::Duration::minutes(i64::from(minutes)),
+        })
+    }
+}
+
 /// The `[tls]` section as written.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -494,6 +541,8 @@ pub struct Config {
     pub keyring: KeyringSettings,
     pub relay: crate::relay::upstream::RelaySettings,
     pub canaries: crate::canary::CanarySettings,
+    /// Retention rules and the sweeper's pace.
+    pub retention: crate::lifecycle::RetentionSettings,
     pub tls: TlsSettings,
     /// The embedded engine's settings (unused when `postgres` is set).
     pub store: crate::store::StoreSettings,
@@ -667,6 +716,7 @@ impl Config {
             DEFAULT_DESTROY_GRACE_SECONDS,
             0..=86_400,
         )?));
+        let retention = file.retention.resolve()?;
         let postgres = file.store.postgres()?;
         let store = crate::store::StoreSettings {
             engine: file.store.engine.unwrap_or(crate::store::Engine::DEFAULT),
@@ -678,6 +728,7 @@ impl Config {
             )? << 20,
         };
         Ok(Self {
+            retention,
             store,
             postgres,
             collect,
@@ -991,6 +1042,42 @@ mod tests {
         }
         assert!(toml::from_str::<FileConfig>("[collect]\ncvc_ttl = 5").is_err());
         assert!(toml::from_str::<FileConfig>("cvc_ttl_seconds = 5").is_err());
+    }
+
+    #[test]
+    fn the_retention_section() {
+        use crate::lifecycle::Anchor;
+        use crate::records::RecordType;
+        let resolve =
+            |text: &str| Config::resolve(toml::from_str(text).unwrap(), Overrides::default());
+        let none = resolve("").unwrap().retention;
+        assert!(none.rules.is_empty(), "no automatic erasure by default");
+        assert_eq!(none.sweep_interval, time::Duration::hours(1));
+        let set = resolve(
+            "[retention]\ncard = \"400d after last_use\"\nkyc = \"5y after close\"\nsweep_interval_minutes = 5",
+        )
+        .unwrap()
+        .retention;
+        assert_eq!(set.sweep_interval, time::Duration::minutes(5));
+        let card = set.rule(RecordType::Card).unwrap();
+        assert_eq!(
+            (card.period, card.anchor),
+            (time::Duration::days(400), Anchor::LastUse)
+        );
+        assert_eq!(set.rule(RecordType::Kyc).unwrap().anchor, Anchor::Close);
+        assert!(set.rule(RecordType::BankAccount).is_none());
+        for bad in [
+            "[retention]\ncard = \"400 days\"",
+            "[retention]\nkyc = \"5y after birth\"",
+            "[retention]\nsweep_interval_minutes = 0",
+            "[retention]\nsweep_interval_minutes = 1441",
+        ] {
+            let e = resolve(bad).unwrap_err().to_string();
+            assert!(e.contains("retention."), "{bad}: {e}");
+        }
+        assert!(
+            toml::from_str::<FileConfig>("[retention]\ngeneric = \"1d after created\"").is_err()
+        );
     }
 
     #[test]

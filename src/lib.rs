@@ -17,6 +17,7 @@ pub mod console;
 pub mod crypto;
 pub mod cvc;
 pub mod keyring;
+pub mod lifecycle;
 pub mod metrics;
 pub mod records;
 pub mod relay;

@@ -83,6 +83,15 @@ async fn stored_card(app: &Router, key: &str) -> (String, String) {
     )
 }
 
+/// A card of `subject` stored through the API with `key`; its id.
+async fn stored_card_of(app: &Router, key: &str, subject: &str) -> String {
+    let mut body = card_body();
+    body["subject_ref"] = json!(subject);
+    let reply = call(app, "POST", "/v1/records/card", Some(key), Some(body)).await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    reply.body["id"].as_str().unwrap().to_owned()
+}
+
 /// Principals that make fixtures for the matrix.
 struct Fixtures {
     payments: String,
@@ -320,6 +329,58 @@ async fn sample(
             let name = format!("delete-{n}");
             relay_route(vault, app, fx, &name, false).await;
             ("DELETE", format!("/v1/relay/routes/{name}"), None)
+        }
+        Operation::SubjectRead => {
+            let subject = format!("read-{n}");
+            stored_card_of(app, owner, &subject).await;
+            (
+                "GET",
+                format!("/v1/subjects/{subject}?reason=matrix&ticket=CASE-1"),
+                None,
+            )
+        }
+        Operation::SubjectErase => {
+            let subject = format!("erase-{n}");
+            stored_card_of(app, owner, &subject).await;
+            (
+                "DELETE",
+                format!("/v1/subjects/{subject}"),
+                Some(json!({"reason": "matrix", "ticket": "CASE-1"})),
+            )
+        }
+        Operation::SubjectClose => ("POST", format!("/v1/subjects/close-{n}/close"), None),
+        Operation::HoldPlace => (
+            "POST",
+            format!("/v1/records/{}/hold", stored_card(app, owner).await.0),
+            Some(json!({"reason": "matrix", "ticket": "CASE-1"})),
+        ),
+        Operation::HoldRelease => {
+            let (id, _) = stored_card(app, &fx.payments).await;
+            let justification = json!({"reason": "matrix", "ticket": "CASE-1"});
+            let path = format!("/v1/records/{id}/hold");
+            let held = call(
+                app,
+                "POST",
+                &path,
+                Some(&fx.officer),
+                Some(justification.clone()),
+            )
+            .await;
+            assert_eq!(held.status, 201, "{}", held.body);
+            ("POST", format!("{path}/release"), Some(justification))
+        }
+        Operation::TokenErase => {
+            let reply = call(
+                app,
+                "POST",
+                "/v1/tokens",
+                Some(owner),
+                Some(json!({"value": "a secret", "kind": "generic"})),
+            )
+            .await;
+            assert_eq!(reply.status, 201, "{}", reply.body);
+            let token = reply.body["token"].as_str().unwrap();
+            ("DELETE", format!("/v1/tokens/{token}?erase=true"), None)
         }
         Operation::RelayInvoke => {
             let name = format!("invoke-{n}");

@@ -102,10 +102,22 @@ pub enum Operation {
     RelayRouteList,
     RelayRouteDelete,
     RelayInvoke,
+    /// `GET /v1/subjects/{ref}`: every record and token of a subject.
+    SubjectRead,
+    /// `DELETE /v1/subjects/{ref}`: erase every record of a subject.
+    SubjectErase,
+    /// `POST /v1/subjects/{ref}/close`: the relationship ended.
+    SubjectClose,
+    /// Place a legal hold on a record or a subject.
+    HoldPlace,
+    /// Release a legal hold (another person than who placed it).
+    HoldRelease,
+    /// `DELETE /v1/tokens/{token}?erase=true`: erase a generic value.
+    TokenErase,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 35] = [
+    pub const ALL: [Operation; 41] = [
         Operation::SysSeal,
         Operation::SysBackup,
         Operation::SysMetrics,
@@ -141,6 +153,12 @@ impl Operation {
         Operation::RelayRouteList,
         Operation::RelayRouteDelete,
         Operation::RelayInvoke,
+        Operation::SubjectRead,
+        Operation::SubjectErase,
+        Operation::SubjectClose,
+        Operation::HoldPlace,
+        Operation::HoldRelease,
+        Operation::TokenErase,
     ];
 
     /// The audit action recorded for this operation.
@@ -179,6 +197,12 @@ impl Operation {
             Operation::RelayRouteList => "relay.route.list",
             Operation::RelayRouteDelete => "relay.route.delete",
             Operation::RelayInvoke => "relay.invoke",
+            Operation::SubjectRead => "subject.read",
+            Operation::SubjectErase => "subject.erase",
+            Operation::SubjectClose => "subject.close",
+            Operation::HoldPlace => "hold.place",
+            Operation::HoldRelease => "hold.release",
+            Operation::TokenErase => "token.erase",
         }
     }
 }
@@ -218,7 +242,9 @@ pub fn allows(role: Role, op: Operation) -> bool {
                 R::PaymentService | R::ComplianceOfficer | R::ComplianceApprover
             )
         }
-        O::RecordErase | O::TokenRevoke => matches!(role, R::PaymentService | R::Admin),
+        O::RecordErase | O::TokenRevoke | O::TokenErase => {
+            matches!(role, R::PaymentService | R::Admin)
+        }
         O::RecordReveal | O::RecordSearch | O::AccessRequestCreate => role == R::ComplianceOfficer,
         // The approvers' queue: pending requests with their reasons and
         // tickets, no record data.
@@ -233,6 +259,18 @@ pub fn allows(role: Role, op: Operation) -> bool {
         }
         O::RelayRouteList => matches!(role, R::Admin | R::Auditor),
         O::RelayInvoke => role == R::PaymentService,
+        // A data-subject access request finds records by subject, as a
+        // search does: the officer who searches and reveals, with reason
+        // and ticket. Admins erase but never read.
+        O::SubjectRead => role == R::ComplianceOfficer,
+        O::SubjectErase => matches!(role, R::Admin | R::ComplianceOfficer),
+        // The payment system knows when a customer relationship ends.
+        O::SubjectClose => role == R::PaymentService,
+        // Compliance staff place holds (an approver too: a legal lead);
+        // only an approver releases one, never the one who placed it
+        // (checked by the handler).
+        O::HoldPlace => matches!(role, R::ComplianceOfficer | R::ComplianceApprover),
+        O::HoldRelease => role == R::ComplianceApprover,
     }
 }
 
@@ -302,6 +340,10 @@ mod tests {
         }
         assert!(!allows(Role::Admin, Operation::RecordRead));
         assert!(!allows(Role::Admin, Operation::RecordReveal));
+        assert!(!allows(Role::Admin, Operation::SubjectRead));
+        assert!(!allows(Role::PaymentService, Operation::SubjectRead));
+        assert!(!allows(Role::PaymentService, Operation::HoldRelease));
+        assert!(!allows(Role::ComplianceOfficer, Operation::HoldRelease));
     }
 
     /// A publishable key is public: it may create a card and attach a CVC,

@@ -17,7 +17,7 @@ use crate::records::{RecordType, search_value};
 use crate::store::Transaction;
 
 /// A reason and a case ticket, both required, both bounded.
-fn justification(
+pub(super) fn justification(
     reason: Option<String>,
     ticket: Option<String>,
 ) -> Result<(String, String), ApiError> {

@@ -63,6 +63,11 @@ pub enum ApiError {
     TokenRevoked,
     ReasonRequired,
     ApprovalRequired,
+    /// A legal hold stops this erasure (docs/lifecycle.md, "Legal hold").
+    LegalHold,
+    /// A hold is released by another compliance approver than the one who
+    /// placed it.
+    FourEyesRequired,
     /// The relay body is neither JSON nor a form.
     UnsupportedMediaType,
     /// A relay route that a second admin has not approved (yet).
@@ -149,6 +154,12 @@ impl ApiError {
                 "approval_required",
                 "Approval required",
             ),
+            Self::LegalHold => (StatusCode::CONFLICT, "legal_hold", "Legal hold"),
+            Self::FourEyesRequired => (
+                StatusCode::FORBIDDEN,
+                "four_eyes_required",
+                "Four eyes required",
+            ),
             Self::UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
@@ -227,6 +238,12 @@ impl ApiError {
             Self::ApprovalRequired => {
                 "These fields need an access request approved by another person.".into()
             }
+            Self::LegalHold => {
+                "A legal hold is placed on this record or its subject; nothing was erased.".into()
+            }
+            Self::FourEyesRequired => "You placed this hold; another compliance approver must \
+                release it."
+                .into(),
             Self::UnsupportedMediaType => {
                 "The body must be application/json or application/x-www-form-urlencoded.".into()
             }
@@ -358,6 +375,16 @@ impl From<crate::vault::VaultError> for ApiError {
     }
 }
 
+impl From<crate::lifecycle::LifecycleError> for ApiError {
+    fn from(e: crate::lifecycle::LifecycleError) -> Self {
+        use crate::lifecycle::LifecycleError as L;
+        match e {
+            L::Keyring(k) => k.into(),
+            L::Store(s) => s.into(),
+        }
+    }
+}
+
 impl From<Vec<crate::records::Invalid>> for ApiError {
     fn from(errors: Vec<crate::records::Invalid>) -> Self {
         Self::Validation(
@@ -442,6 +469,8 @@ mod tests {
             (ApiError::TokenRevoked, 410, "token_revoked"),
             (ApiError::ReasonRequired, 400, "reason_required"),
             (ApiError::ApprovalRequired, 403, "approval_required"),
+            (ApiError::LegalHold, 409, "legal_hold"),
+            (ApiError::FourEyesRequired, 403, "four_eyes_required"),
             (
                 ApiError::UnsupportedMediaType,
                 415,

@@ -493,3 +493,52 @@ fn replay(answer: Answer) -> Response {
     h.insert(REPLAYED, HeaderValue::from_static("true"));
     response
 }
+
+/// Slots read per page by [`remove_expired`].
+const EXPIRY_PAGE: usize = 256;
+
+/// Deletes every slot older than [`LIFETIME`] (abandoned ones with them):
+/// the retention sweeper's work. Each delete is on condition that the slot
+/// is still as read, so a request that takes the key over meanwhile keeps
+/// its fresh slot. A slot that fails authentication is left alone and
+/// logged (without its key). Returns how many were deleted. Blocking.
+pub(super) fn remove_expired(state: &AppState) -> Result<usize, ApiError> {
+    let now = state.clock.now().unix_timestamp();
+    let mut removed = 0;
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = state
+            .store
+            .scan(SLOT_PREFIX.as_bytes(), after.as_deref(), EXPIRY_PAGE)?;
+        for (key, bytes) in &page {
+            let opened = state
+                .keyring
+                .keys()?
+                .state_key()?
+                .open_json::<Slot>(key, bytes);
+            let slot = match opened {
+                Ok(slot) => slot,
+                Err(crate::keyring::KeyringError::Sealed) => return Err(ApiError::Sealed),
+                Err(_) => {
+                    tracing::error!("an idempotency slot fails authentication; left in place");
+                    continue;
+                }
+            };
+            if now < slot.created_at.saturating_add(LIFETIME.whole_seconds()) {
+                continue;
+            }
+            let tx = Transaction::new()
+                .expect(key.clone(), Some(bytes.clone()))
+                .delete(key.clone());
+            match state.store.commit(tx) {
+                Ok(()) => removed += 1,
+                Err(StoreError::Conflict) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if page.len() < EXPIRY_PAGE {
+            return Ok(removed);
+        }
+        after = page.last().map(|(key, _)| key.clone());
+    }
+}

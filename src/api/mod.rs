@@ -23,6 +23,8 @@ mod principals;
 mod records;
 mod relay;
 pub mod rewrap;
+mod subjects;
+pub mod sweeper;
 mod sys;
 mod tokens;
 
@@ -103,6 +105,9 @@ pub struct AppSettings {
     /// one may be destroyed (`keys.destroy_grace_seconds`): writes that
     /// took it just before the rotation have reached the store by then.
     pub kek_destroy_grace: time::Duration,
+    /// Retention per record type and the sweeper's pace (config
+    /// `[retention]`; default: no automatic erasure).
+    pub retention: crate::lifecycle::RetentionSettings,
 }
 
 impl Default for AppSettings {
@@ -136,6 +141,7 @@ impl Default for AppSettings {
             kek_destroy_grace: time::Duration::seconds(i64::from(
                 crate::config::DEFAULT_DESTROY_GRACE_SECONDS,
             )),
+            retention: crate::lifecycle::RetentionSettings::default(),
         }
     }
 }
@@ -217,6 +223,8 @@ pub struct AppInner {
     pub audit: AuditLog,
     pub vault: Vault,
     pub access_requests: AccessRequests,
+    /// Legal holds, closed relationships and last uses.
+    pub lifecycle: crate::lifecycle::Lifecycle,
     /// Relay routes (where card data may go).
     pub relay_routes: crate::relay::routes::Routes,
     /// The relay's outbound HTTPS client.
@@ -328,9 +336,15 @@ impl AppState {
             Arc::clone(&keyring),
             Arc::clone(&clock),
         );
+        let lifecycle = crate::lifecycle::Lifecycle::new(
+            Arc::clone(&store),
+            Arc::clone(&keyring),
+            Arc::clone(&clock),
+        );
         Self(Arc::new(AppInner {
             vault,
             access_requests,
+            lifecycle,
             relay_routes,
             relay_upstream: crate::relay::upstream::Upstream::new(settings.relay.clone()),
             canary_webhooks: tokio::sync::Semaphore::new(crate::canary::WEBHOOK_CONCURRENCY),
@@ -496,6 +510,20 @@ impl AppState {
         match self.audit.record_many_async(vec![(event, change)]).await {
             Err(AuditError::Conflict) => Ok(None),
             Ok(mut entries) => entries.pop().map(Some).ok_or(ApiError::Internal),
+            Err(e) => Err(audit_failure(e)),
+        }
+    }
+
+    /// Like [`AppState::commit_many`], but a conflict comes back as
+    /// `Ok(None)` and is not audited, for callers that read again and
+    /// retry (or skip).
+    pub async fn try_commit_many(
+        &self,
+        batch: Vec<(AuditEvent, Transaction)>,
+    ) -> Result<Option<Vec<AuditEntry>>, ApiError> {
+        match self.audit.record_many_async(batch).await {
+            Err(AuditError::Conflict) => Ok(None),
+            Ok(entries) => Ok(Some(entries)),
             Err(e) => Err(audit_failure(e)),
         }
     }
@@ -822,6 +850,24 @@ fn api_router(state: AppState) -> Router {
                 .delete(records::erase),
         )
         .route("/v1/records/{id}/reveal", post(compliance::reveal))
+        .route("/v1/records/{id}/hold", post(subjects::hold_record))
+        .route(
+            "/v1/records/{id}/hold/release",
+            post(subjects::release_record_hold),
+        )
+        .route(
+            "/v1/subjects/{subject_ref}",
+            get(subjects::read).delete(subjects::erase),
+        )
+        .route("/v1/subjects/{subject_ref}/close", post(subjects::close))
+        .route(
+            "/v1/subjects/{subject_ref}/hold",
+            post(subjects::hold_subject),
+        )
+        .route(
+            "/v1/subjects/{subject_ref}/hold/release",
+            post(subjects::release_subject_hold),
+        )
         .route("/v1/records/{id}/cvc", post(collect::attach_cvc))
         .route("/v1/search", post(compliance::search))
         .route(

@@ -20,7 +20,7 @@ use super::AVAILABLE_WHILE_SEALED;
 use super::error::{FieldError, Problem};
 use super::{
     audit, auth, backup, canaries, collect, compliance, keys, metrics, principals, records, relay,
-    rewrap, sys, tokens,
+    rewrap, subjects, sys, tokens,
 };
 use crate::access::{Principal, PrincipalKind, RequestStatus, Role};
 use crate::audit::{AuditEntry, Checkpoint, Outcome, Verification};
@@ -230,6 +230,7 @@ impl Modify for Layers {
         records::read, records::update, records::erase, collect::attach_cvc, canaries::create,
         compliance::search, compliance::reveal, compliance::request_access, compliance::list_access_requests, compliance::approve, compliance::deny,
         tokens::create, tokens::detokenize, tokens::revoke,
+        subjects::read, subjects::erase, subjects::close, subjects::hold_record, subjects::hold_subject, subjects::release_record_hold, subjects::release_subject_hold,
         relay::create_route, relay::list_routes, relay::change_route, relay::delete_route, relay::approve_route, relay::invoke_post, relay::invoke_put, relay::invoke_patch,
     ),
     components(schemas(
@@ -247,6 +248,7 @@ impl Modify for Layers {
         compliance::CreateAccessRequest, compliance::AccessRequestState, compliance::PendingAccessRequest, compliance::AccessRequestQueue, RequestStatus,
         tokens::TokenizeRequest, tokens::TokenKind, tokens::GenericTokenFormat, tokens::Tokenized, tokens::DetokenizeRequest, tokens::Detokenized, TokenFormat, keys::KeyPurpose,
         RouteInput, Route, RouteStatus, RelayMethod, relay::RouteState, relay::RouteList,
+        subjects::Justification, subjects::SubjectView, subjects::SubjectRecord, subjects::SubjectToken, subjects::TokenStateView, subjects::SubjectErased, subjects::SubjectClosed, subjects::HoldState, subjects::HoldReleased,
     )),
     modifiers(&BearerAuth, &Layers),
     tags(
@@ -259,6 +261,7 @@ impl Modify for Layers {
         (name = "compliance", description = "Search, reveal, four-eyes access requests"),
         (name = "tokens", description = "Tokenize, detokenize, revoke"),
         (name = "relay", description = "Relay routes under dual control (admin) and their invocation (payment service)"),
+        (name = "subjects", description = "Data subjects: access, erasure, end of relationship; legal holds"),
     ),
 )]
 struct ApiDoc;

@@ -56,7 +56,7 @@ pub struct RecordView {
 }
 
 /// The masked view of a record for `caller`, with its metadata.
-fn view(meta: &RecordMeta, data: &RecordData, caller: &Principal) -> RecordView {
+pub(super) fn view(meta: &RecordMeta, data: &RecordData, caller: &Principal) -> RecordView {
     let mut fields = match masked_view(data, &caller.roles) {
         Value::Object(map) => map,
         _ => Map::new(),
@@ -485,7 +485,7 @@ pub async fn update(
         (status = 204, description = "Erased"),
         (status = 403, description = "`forbidden`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`not_found`: no such record, or another owner's", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`conflict`: a concurrent change won", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`legal_hold`: a legal hold is placed on the record or its subject, nothing erased; or `conflict`: a concurrent change won", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "`erased`: already erased", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn erase(
@@ -500,17 +500,17 @@ pub async fn erase(
         })
         .await?;
     let meta = visible(&state, &ctx, &caller, &id, "record.erase").await?;
-    let tx = state.vault.prepare_erase(&meta)?;
+    let event = ctx
+        .event(&caller.principal().id, "record.erase", Outcome::Allowed)
+        .target(id.clone());
+    let tx = match super::subjects::guarded_erasure(&state, &meta)? {
+        Ok(tx) => tx,
+        Err(_) => return Err(super::subjects::refuse_held(&state, event).await),
+    };
     // An erased card's CVC goes with it, before the erasure is written: a
     // client that hangs up during the commit cannot leave it behind (and
     // if the erasure fails, the CVC is only gone early).
     state.cvcs.discard(&id);
-    state
-        .commit(
-            ctx.event(&caller.principal().id, "record.erase", Outcome::Allowed)
-                .target(id),
-            tx,
-        )
-        .await?;
+    super::subjects::commit_erasure(&state, event, &meta, tx).await?;
     Ok(StatusCode::NO_CONTENT)
 }

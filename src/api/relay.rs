@@ -920,6 +920,11 @@ fn resolve_all(
                     Ok(tx) => uses = uses.merge(tx),
                     Err(e) => return fault(e.into()),
                 }
+                // A relay is a use of the record (retention `after last_use`).
+                match state.lifecycle.note_use(&meta.id) {
+                    Ok(tx) => uses = uses.merge(tx),
+                    Err(e) => return fault(e.into()),
+                }
                 tokens.insert(p.token.as_str(), meta.clone());
                 meta
             }

@@ -2,7 +2,7 @@
 //! revoke.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -218,6 +218,7 @@ pub(super) fn usable_token(
         return refuse("not_found");
     }
     match record.state(state.clock.now()) {
+        TokenState::Revoked if state.vault.is_erased_generic(&record)? => return refuse("erased"),
         TokenState::Revoked => return refuse("token_revoked"),
         TokenState::Expired => return refuse("token_expired"),
         TokenState::Usable => {}
@@ -274,7 +275,14 @@ fn resolve(
         }
         (TokenTarget::Record { .. }, None) => return Err(ApiError::Internal),
         (TokenTarget::Generic { id }, _) => {
-            let plaintext = state.vault.open_generic(id)?;
+            let plaintext = match state.vault.open_generic(id) {
+                Ok(plaintext) => plaintext,
+                // Erased since the token was read.
+                Err(crate::vault::VaultError::Erased) => {
+                    return Ok(refuse("erased", Some(target_id)));
+                }
+                Err(e) => return Err(e.into()),
+            };
             let text = String::from_utf8_lossy(&plaintext).into_owned();
             let owner_service =
                 record.owner == principal.id && principal.roles.contains(&Role::PaymentService);
@@ -286,11 +294,14 @@ fn resolve(
             }
         }
     };
-    let tx = if record.max_uses.is_some() {
+    let mut tx = if record.max_uses.is_some() {
         state.vault.prepare_use(&key, &record)?
     } else {
         Transaction::new()
     };
+    if let TokenTarget::Record { id } = &record.target {
+        tx = tx.merge(state.lifecycle.note_use(id)?);
+    }
     Ok(Resolved {
         result: value,
         event: AuditEvent {
@@ -354,27 +365,51 @@ pub async fn detokenize(
     Ok(Json(json!({ "results": results })))
 }
 
-/// Revokes a token.
+/// `DELETE /v1/tokens/{token}`'s query.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeParams {
+    /// `true`: erase the generic value the token stands for (its sealed
+    /// value is deleted; the token answers `erased` from then on), unless
+    /// a legal hold is placed on it. Generic tokens only.
+    pub erase: Option<bool>,
+}
+
+/// Revokes a token; with `erase=true`, erases the generic value it stands
+/// for.
 #[utoipa::path(delete, path = "/v1/tokens/{token}", tag = "tokens", operation_id = "revoke_token",
     security(("bearer" = [])),
-    params(("token" = String, Path, description = "The token")),
+    params(("token" = String, Path, description = "The token"), RevokeParams),
     responses(
-        (status = 204, description = "Revoked"),
+        (status = 204, description = "Revoked (with `erase=true`: erased)"),
         (status = 403, description = "`forbidden`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`not_found`: unknown, or another owner's", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`conflict`: a concurrent change won", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`legal_hold`: a legal hold is placed on the value, nothing erased; or `conflict`: a concurrent change won", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "`erased`: the value was erased", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`: an unknown query parameter, or `erase=true` for a record's token (erase the record instead)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn revoke(
     State(state): State<AppState>,
     ctx: RequestContext,
     caller: Caller,
     Path(token): Path<String>,
+    RawQuery(query): RawQuery,
 ) -> Result<StatusCode, ApiError> {
+    let params: Option<RevokeParams> =
+        serde_urlencoded::from_str(query.as_deref().unwrap_or("")).ok();
+    let erase = params.as_ref().and_then(|p| p.erase) == Some(true);
+    let (op, action) = if erase {
+        (Operation::TokenErase, "token.erase")
+    } else {
+        (Operation::TokenRevoke, "token.revoke")
+    };
     state
-        .authorize_on(&caller, Operation::TokenRevoke, &ctx, || {
-            Ok(vec![state.token_target(&token)?])
-        })
+        .authorize_on(&caller, op, &ctx, || Ok(vec![state.token_target(&token)?]))
         .await?;
+    if params.is_none() {
+        return Err(ApiError::field("query", "unknown parameter or wrong type"));
+    }
     let principal = caller.principal();
     let Some((key, record)) = state.vault.token(&token)? else {
         return Err(ApiError::NotFound);
@@ -385,19 +420,51 @@ pub async fn revoke(
         let event = AuditEvent {
             target: Some(record.target.id().to_owned()),
             reason: Some("not the owner".into()),
-            ..ctx.event(&principal.id, "token.revoke", Outcome::Denied)
+            ..ctx.event(&principal.id, action, Outcome::Denied)
         };
         state.record(event).await?;
         return Err(ApiError::NotFound);
     }
+    if state.vault.is_erased_generic(&record)? {
+        return Err(ApiError::Erased);
+    }
     let target = record.target.id().to_owned();
-    let tx = state.vault.prepare_revoke(&key, &record)?;
+    let event = ctx
+        .event(&principal.id, action, Outcome::Allowed)
+        .target(target.clone());
+    if !erase {
+        let tx = state.vault.prepare_revoke(&key, &record)?;
+        state.commit(event, tx).await?;
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    if !matches!(record.target, TokenTarget::Generic { .. }) {
+        return Err(ApiError::field(
+            "erase",
+            "applies to generic values; a record is erased with DELETE /v1/records/{id}",
+        ));
+    }
+    let guard = match state.lifecycle.erasure_guard(&target, None)? {
+        Ok(guard) => guard,
+        Err(_) => return Err(super::subjects::refuse_held(&state, event).await),
+    };
+    let tx = state
+        .vault
+        .prepare_erase_generic(&key, &record)?
+        .merge(guard);
+    if state.try_commit(event.clone(), tx).await?.is_some() {
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    if state.lifecycle.erasure_guard(&target, None)?.is_err() {
+        return Err(super::subjects::refuse_held(&state, event).await);
+    }
     state
-        .commit(
-            ctx.event(&principal.id, "token.revoke", Outcome::Allowed)
-                .target(target),
-            tx,
-        )
+        .record(AuditEvent {
+            outcome: Outcome::Error,
+            reason: Some("conflict".into()),
+            ..event
+        })
         .await?;
-    Ok(StatusCode::NO_CONTENT)
+    Err(ApiError::Conflict(
+        "The change conflicts with the stored state.",
+    ))
 }

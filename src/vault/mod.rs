@@ -106,6 +106,8 @@ struct PackedToken {
 }
 
 const INDEX_PREFIX: &str = "bi/";
+/// The index field of a record's subject.
+const SUBJECT_FIELD: &str = "subject_ref";
 const TOKEN_PREFIX: &str = "tk/";
 
 fn digest_of(hex_digest: &str) -> Result<[u8; 32], VaultError> {
@@ -433,11 +435,115 @@ impl Vault {
         format!("bi/{field}/{}/", hex::encode(tag.0))
     }
 
-    fn index_keys(index_key: &HmacKey, id: &str, data: &RecordData) -> Vec<String> {
-        data.index_values()
+    /// A record's index entries: its searchable fields' and its subject's
+    /// (field `subject_ref`, which `POST /v1/search` does not offer: it is
+    /// what `/v1/subjects/{subject_ref}` finds records by).
+    fn index_keys(
+        index_key: &HmacKey,
+        id: &str,
+        data: &RecordData,
+        subject_ref: Option<&str>,
+    ) -> Vec<String> {
+        let mut keys: Vec<String> = data
+            .index_values()
             .iter()
             .map(|(field, value)| format!("{}{id}", Self::index_prefix(index_key, field, value)))
-            .collect()
+            .collect();
+        if let Some(subject) = subject_ref {
+            keys.push(format!(
+                "{}{id}",
+                Self::index_prefix(index_key, SUBJECT_FIELD, subject)
+            ));
+        }
+        keys
+    }
+
+    /// The blind-index digest of a subject (hex): what holds, closes and
+    /// the subject index name it by, never the `subject_ref` itself.
+    pub fn subject_digest(&self, subject_ref: &str) -> Result<String, VaultError> {
+        let prefix = Self::index_prefix(&*self.keys()?.index_key()?, SUBJECT_FIELD, subject_ref);
+        prefix
+            .strip_prefix(&format!("{INDEX_PREFIX}{SUBJECT_FIELD}/"))
+            .and_then(|rest| rest.strip_suffix('/'))
+            .map(str::to_owned)
+            .ok_or(VaultError::Corrupt)
+    }
+
+    /// The live records of a subject, found through the subject index and
+    /// counted only where the record's authenticated metadata lists the
+    /// entry (as [`Vault::search`]). Records stored before the subject
+    /// index existed are found once the sweeper has indexed them
+    /// ([`Vault::prepare_subject_index`]).
+    pub fn subject_records(&self, subject_ref: &str) -> Result<Vec<RecordMeta>, VaultError> {
+        self.search(SUBJECT_FIELD, subject_ref)
+    }
+
+    /// For a live record with a subject but no subject-index entry (stored
+    /// before the index existed): the write that adds it, on condition
+    /// that the record is still as read. `None`: nothing to add.
+    pub fn prepare_subject_index(
+        &self,
+        meta: &RecordMeta,
+    ) -> Result<Option<Transaction>, VaultError> {
+        let (Some(subject), None) = (&meta.subject_ref, &meta.erased_at) else {
+            return Ok(None);
+        };
+        let key = format!(
+            "{}{}",
+            Self::index_prefix(&*self.keys()?.index_key()?, SUBJECT_FIELD, subject),
+            meta.id
+        );
+        if meta.index_keys.contains(&key) {
+            return Ok(None);
+        }
+        let mut indexed = RecordMeta {
+            stored: StoredAs::default(),
+            ..meta.clone()
+        };
+        indexed.index_keys.push(key.clone());
+        let stored = self.seal_meta(&indexed, meta.body.bytes())?;
+        Ok(Some(
+            self.expect_meta(meta)?
+                .put(meta_key(&meta.id), stored)
+                .put(key, Vec::new()),
+        ))
+    }
+
+    /// A page of at most `limit` records' metadata after record id
+    /// `after` (every record, tombstones included), and the id to go on
+    /// from (`None`: the last page).
+    pub fn records_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<RecordMeta>, Option<String>), VaultError> {
+        let start = after.map(meta_key);
+        let page = self
+            .store
+            .scan(b"rec/", start.as_deref().map(str::as_bytes), limit)?;
+        let next = match page.last() {
+            Some((key, _)) if page.len() == limit => {
+                Some(String::from_utf8_lossy(key.get(4..).unwrap_or_default()).into_owned())
+            }
+            _ => None,
+        };
+        let mut metas = Vec::with_capacity(page.len());
+        for (key, bytes) in page {
+            // `rec/<id>/body` of a record of the earlier format is not
+            // metadata.
+            let Ok(key) = std::str::from_utf8(&key) else {
+                continue;
+            };
+            let Some(id) = key.strip_prefix("rec/").filter(|id| is_record_id(id)) else {
+                continue;
+            };
+            let meta = self.open_meta(key, &bytes)?;
+            if meta.id != id {
+                return Err(VaultError::Corrupt);
+            }
+            metas.push(meta);
+        }
+        Ok((metas, next))
     }
 
     fn token_record(&self, target: TokenTarget, format: TokenFormat, owner: &str) -> TokenRecord {
@@ -490,7 +596,7 @@ impl Vault {
         let id = new_id(record_type.id_prefix())?;
         let body = self.seal(&id, data, 1, canary)?;
         let now = rfc3339(self.clock.now());
-        let index_keys = Self::index_keys(&index_key, &id, data);
+        let index_keys = Self::index_keys(&index_key, &id, data, subject_ref.as_deref());
         let mut tx = Transaction::new();
         for key in &index_keys {
             tx = tx.put(key.clone(), Vec::new());
@@ -680,7 +786,7 @@ impl Vault {
         let index_key = keys.index_key()?;
         let version = meta.version + 1;
         let body = self.seal(&meta.id, data, version, previous.canary)?;
-        let index_keys = Self::index_keys(&index_key, &meta.id, data);
+        let index_keys = Self::index_keys(&index_key, &meta.id, data, subject_ref.as_deref());
         let mut updated = RecordMeta {
             version,
             updated_at: rfc3339(self.clock.now()),
@@ -1019,6 +1125,61 @@ impl Vault {
             ..record.clone()
         };
         Ok(Transaction::new().put(key, self.seal_token(key, &revoked)?))
+    }
+
+    /// The token record stored under store key `key` (one of a record's
+    /// `token_keys`).
+    pub fn token_at(&self, key: &str) -> Result<Option<TokenRecord>, VaultError> {
+        if !key.starts_with(TOKEN_PREFIX) {
+            return Err(VaultError::Corrupt);
+        }
+        match self.store.get(key.as_bytes())? {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(self.open_token(key, &bytes)?)),
+        }
+    }
+
+    /// The sealed generic value `id`, as stored; `None` once erased.
+    pub fn sealed_generic(&self, id: &str) -> Result<Option<Vec<u8>>, VaultError> {
+        if !has_issued_shape(id, &["gen_"]) {
+            return Err(VaultError::NotFound);
+        }
+        Ok(self.store.get(generic_key(id).as_bytes())?)
+    }
+
+    /// A precondition that generic value `id` is still stored as `sealed`
+    /// (not erased since it was read).
+    pub fn expect_generic(id: &str, sealed: Vec<u8>) -> Transaction {
+        Transaction::new().expect(generic_key(id), Some(sealed))
+    }
+
+    /// The erasure of a generic value: its sealed value (and with it the
+    /// wrapped DEK) is deleted and its token revoked, on condition that the
+    /// token is still as read. The token then answers `erased`
+    /// ([`Vault::is_erased_generic`]).
+    pub fn prepare_erase_generic(
+        &self,
+        key: &str,
+        record: &TokenRecord,
+    ) -> Result<Transaction, VaultError> {
+        let TokenTarget::Generic { id } = &record.target else {
+            return Err(VaultError::NotFound);
+        };
+        Ok(self
+            .expect_token(key, record)?
+            .merge(self.prepare_revoke(key, record)?)
+            .delete(generic_key(id)))
+    }
+
+    /// Whether `record` is a generic value's token whose value was erased:
+    /// revoked (authenticated) and its sealed value gone.
+    pub fn is_erased_generic(&self, record: &TokenRecord) -> Result<bool, VaultError> {
+        match &record.target {
+            TokenTarget::Generic { id } if record.revoked => {
+                Ok(self.store.get(generic_key(id).as_bytes())?.is_none())
+            }
+            _ => Ok(false),
+        }
     }
 }
 
