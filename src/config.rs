@@ -85,7 +85,7 @@ pub struct KeysFileConfig {
     /// epochs off.
     pub erasure_epoch_hours: Option<u32>,
     /// How old a KEK version's successor must be before it may be
-    /// destroyed, in seconds (0 to 86 400).
+    /// destroyed, in seconds (60 to 86 400).
     pub destroy_grace_seconds: Option<u32>,
 }
 
@@ -714,7 +714,8 @@ impl Config {
             "keys.destroy_grace_seconds",
             file.keys.destroy_grace_seconds,
             DEFAULT_DESTROY_GRACE_SECONDS,
-            0..=86_400,
+            // At least a minute: a write in flight must have landed.
+            60..=86_400,
         )?));
         let retention = file.retention.resolve()?;
         let postgres = file.store.postgres()?;

@@ -230,7 +230,15 @@ pub fn due_at(
             let changed = parse_time(&meta.updated_at).or_else(|| parse_time(&meta.created_at))?;
             last_use.map_or(changed, |used| used.max(changed))
         }
-        Anchor::Close => OffsetDateTime::from_unix_timestamp(closed?.closed_at).ok()?,
+        Anchor::Close => {
+            let closed_at = OffsetDateTime::from_unix_timestamp(closed?.closed_at).ok()?;
+            // A record made after the close belongs to a relationship
+            // begun again (a returning customer): that close is not its.
+            if parse_time(&meta.created_at)? > closed_at {
+                return None;
+            }
+            closed_at
+        }
     };
     from.checked_add(rule.period)
 }
@@ -548,5 +556,9 @@ mod tests {
             due_at(&close, &m, None, Some(&closed)),
             Some(datetime!(2027-06-01 00:00 UTC))
         );
+        // A record made after the close (the customer came back) is not
+        // due by it (second review, M2).
+        let returned = meta("2026-07-01T00:00:00Z", "2026-07-01T00:00:00Z");
+        assert_eq!(due_at(&close, &returned, None, Some(&closed)), None);
     }
 }

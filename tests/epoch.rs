@@ -1,7 +1,12 @@
 //! Erasure epochs (docs/lifecycle.md, "Erasure that really erases"): an
 //! erasure is final in every copy of the store made before it, backups
 //! included, once the epoch it happened in has passed.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod common;
 

@@ -1277,3 +1277,79 @@ async fn nothing_is_swept_while_sealed() {
     assert_eq!(sweeper::sweep(&s.vault.state).await.unwrap().erased, 1);
     assert!(!s.live(&id));
 }
+
+/// A change of a held record is refused too (second review, H1): a PATCH
+/// could overwrite its values, or move it out of a held subject and then
+/// erase it. Nothing changes, the refusal is audited, and after the
+/// release the change goes through.
+#[tokio::test]
+async fn a_held_record_cannot_be_changed_or_moved_out_of_its_subject() {
+    let s = setup(rules(&[]));
+    let subject = "user-frozen";
+    let (id, _) = s.store("card", card(subject)).await;
+    let officer = s.login("olivia").await;
+    let placed = s
+        .hold(&officer, &format!("/v1/subjects/{subject}/hold"))
+        .await;
+    assert_eq!(placed.status, 201, "{}", placed.body);
+    for patch in [
+        json!({"subject_ref": null}),
+        json!({"subject_ref": "user-elsewhere"}),
+        json!({"exp_month": 1}),
+    ] {
+        let changed = call(
+            &s.app,
+            "PATCH",
+            &format!("/v1/records/{id}"),
+            Some(&s.payments),
+            Some(patch.clone()),
+        )
+        .await;
+        assert_eq!(
+            (changed.status, changed.body["code"].as_str()),
+            (409, Some("legal_hold")),
+            "{patch}: {}",
+            changed.body
+        );
+    }
+    let meta = s.vault.state.vault.meta(&id).unwrap();
+    assert_eq!(
+        (meta.version, meta.subject_ref.as_deref()),
+        (1, Some(subject))
+    );
+    let erased = call(
+        &s.app,
+        "DELETE",
+        &format!("/v1/records/{id}"),
+        Some(&s.payments),
+        None,
+    )
+    .await;
+    assert_eq!(erased.status, 409);
+    assert!(
+        entries(&s.vault, "record.update")
+            .iter()
+            .filter(|e| e["outcome"] == "denied")
+            .count()
+            >= 3
+    );
+    let approver = s.login("abel").await;
+    let released = call(
+        &s.app,
+        "POST",
+        &format!("/v1/subjects/{subject}/hold/release"),
+        Some(&approver),
+        Some(why()),
+    )
+    .await;
+    assert_eq!(released.status, 200, "{}", released.body);
+    let changed = call(
+        &s.app,
+        "PATCH",
+        &format!("/v1/records/{id}"),
+        Some(&s.payments),
+        Some(json!({"exp_month": 1})),
+    )
+    .await;
+    assert_eq!(changed.status, 200, "{}", changed.body);
+}

@@ -20,8 +20,8 @@ impl AppState {
     /// The one point where a canary is told apart, called by every path
     /// that opens a record for a caller, once per record per access, after
     /// the answer is settled and before its audit entry is written (the
-    /// subject lookup of issue 14 is to call it too, with
-    /// [`AccessPath::SubjectLookup`]). For a real record: `Allowed`,
+    /// subject lookup too, with [`AccessPath::SubjectLookup`]). For a real
+    /// record: `Allowed`,
     /// nothing else. For a canary: `Canary`, the outcome of the access's
     /// audit entry, and the rest of the alarm at once: a WARN line (ids
     /// only), the metric, and the webhook in a task of its own, so neither

@@ -209,7 +209,7 @@ pub async fn search(
 /// Counts a miss by `officer`; a WARN line (ids and counts only, never a
 /// value) each time their misses in the window reach another multiple of
 /// `search_miss_alert`: someone may be guessing.
-fn watch_misses(state: &AppState, officer: &str, field: &str) {
+pub(super) fn watch_misses(state: &AppState, officer: &str, field: &str) {
     // A per-node window in memory: it cannot fail.
     let Ok(misses) = state.search_misses.record(officer, state.clock.now()) else {
         return;

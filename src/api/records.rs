@@ -438,7 +438,7 @@ pub async fn read(
         (status = 200, description = "Masked view of the new version", body = RecordView),
         (status = 403, description = "`forbidden`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`not_found`: no such record, or another owner's", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`conflict`: a concurrent change won", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`legal_hold`: a legal hold is placed on the record or its subject, nothing changed; or `conflict`: a concurrent change won", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "`erased`", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn update(
@@ -466,13 +466,21 @@ pub async fn update(
         .prepare_update(&meta, &current, &data, subject_ref)?;
     let principal = caller.principal();
     let outcome = state.touched(&ctx, principal, AccessPath::Update, &meta, &current);
-    state
-        .commit(
-            ctx.event(&principal.id, "record.update", outcome)
-                .target(id),
-            tx,
-        )
-        .await?;
+    let event = ctx
+        .event(&principal.id, "record.update", outcome)
+        .target(id);
+    // A legal hold keeps the record as it is: a change could overwrite its
+    // values or move it out of a held subject (and then erase it). The
+    // holds' absence is a precondition, so one placed meanwhile wins.
+    let digest = match &meta.subject_ref {
+        Some(subject) => Some(state.vault.subject_digest(subject)?),
+        None => None,
+    };
+    let tx = match state.lifecycle.erasure_guard(&meta.id, digest.as_deref())? {
+        Ok(guard) => tx.merge(guard),
+        Err(_) => return Err(super::subjects::refuse_held(&state, event).await),
+    };
+    state.commit(event, tx).await?;
     Ok(Json(view(&updated, &data, principal)))
 }
 

@@ -222,6 +222,7 @@ fn token_view(record: &crate::tokens::TokenRecord, now: OffsetDateTime) -> Subje
         (status = 403, description = "`forbidden`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`not_found`: the vault holds no live record of this subject (audited as `no_match`)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`validation_failed`: a bad subject_ref, reason or ticket, or an unknown query parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`rate_limited`: the officer's `sensitive_searches_per_hour` are used up (subject accesses count as searches by a person's id)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn read(
     State(state): State<AppState>,
@@ -240,6 +241,23 @@ pub async fn read(
     let (reason, ticket) = justification(params.reason, params.ticket)?;
     let subject = subject_of(&subject_ref)?;
     let principal = caller.principal();
+    // A subject access is a lookup by a person's id, like a search by a
+    // national id: it takes the officer's hourly quota of those (reserved
+    // before the lookup), and its misses are watched.
+    if let Err(retry_after_secs) = state
+        .sensitive_searches
+        .take(&principal.id, state.clock.now())?
+    {
+        state
+            .record(AuditEvent {
+                target: state.target_of(&subject),
+                reason: Some(format!("{reason}; rate limited")),
+                ticket: Some(ticket),
+                ..ctx.event(&principal.id, "subject.read", Outcome::Denied)
+            })
+            .await?;
+        return Err(ApiError::RateLimited { retry_after_secs });
+    }
     let digest = state.vault.subject_digest(&subject)?;
     let now = state.clock.now();
     let mut records = Vec::new();
@@ -287,6 +305,7 @@ pub async fn read(
         });
     }
     if records.is_empty() {
+        super::compliance::watch_misses(&state, &principal.id, "subject_ref");
         // Nothing held about this subject (or nothing left): audited as a
         // lookup that found nothing.
         state

@@ -42,6 +42,9 @@ pub struct SweepReport {
     pub indexed: usize,
     /// Idempotency slots older than 24 hours deleted.
     pub expired_slots: usize,
+    /// Records that could not be read or erased (logged by id): skipped,
+    /// so that one bad entry never stops the pass.
+    pub failed: usize,
 }
 
 /// Starts the sweeper for `state`: a pass at once when unsealed, then one
@@ -159,19 +162,46 @@ pub async fn sweep(state: &AppState) -> Result<SweepReport, ApiError> {
             if meta.erased_at.is_some() {
                 continue;
             }
-            let Some(meta) = indexed(state, meta, &mut report).await? else {
-                continue;
+            let id = meta.id.clone();
+            match sweep_one(state, meta, &mut report).await {
+                Ok(()) => {}
+                // Sealed or the store failing: the pass stops.
+                Err(e @ (ApiError::Sealed | ApiError::Internal)) => return Err(e),
+                Err(e) => {
+                    report.failed += 1;
+                    tracing::error!(record = %id, error = ?e, "the sweeper skipped a record it cannot read or erase");
+                }
+            }
+        }
+        match next {
+            Some(next) => after = Some(next),
+            None => return Ok(report),
+        }
+    }
+}
+
+/// One record of a pass: indexed if it must be, erased if it is due and
+/// no hold keeps it.
+async fn sweep_one(
+    state: &AppState,
+    meta: crate::vault::RecordMeta,
+    report: &mut SweepReport,
+) -> Result<(), ApiError> {
+    {
+        {
+            let Some(meta) = indexed(state, meta, report).await? else {
+                return Ok(());
             };
             let Some(rule) = state.settings.retention.rule(meta.record_type).copied() else {
-                continue;
+                return Ok(());
             };
             let now = state.clock.now();
             if due(state, &rule, &meta)?.is_none_or(|due| now < due) {
-                continue;
+                return Ok(());
             }
             let Ok(tx) = guarded_erasure(state, &meta)? else {
                 report.held += 1;
-                continue;
+                return Ok(());
             };
             if meta.record_type == RecordType::Card {
                 state.cvcs.discard(&meta.id);
@@ -185,9 +215,6 @@ pub async fn sweep(state: &AppState) -> Result<SweepReport, ApiError> {
                 None => report.conflicts += 1,
             }
         }
-        match next {
-            Some(next) => after = Some(next),
-            None => return Ok(report),
-        }
     }
+    Ok(())
 }

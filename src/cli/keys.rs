@@ -127,14 +127,14 @@ pub fn run(command: KeysCommand) -> Result<(), String> {
                 "{:<8} {:>7}  {:<25} {:>12}  active",
                 "purpose", "version", "created_at", "encryptions"
             );
-            for key in answer["keys"].as_array().into_iter().flatten() {
+            for key in at(&answer, "keys").as_array().into_iter().flatten() {
                 println!(
                     "{:<8} {:>7}  {:<25} {:>12}  {}",
-                    key["purpose"].as_str().unwrap_or("?"),
-                    key["version"],
-                    key["created_at"].as_str().unwrap_or("?"),
-                    key["encryptions"],
-                    if key["active"] == Value::Bool(true) {
+                    at(key, "purpose").as_str().unwrap_or("?"),
+                    at(key, "version"),
+                    at(key, "created_at").as_str().unwrap_or("?"),
+                    at(key, "encryptions"),
+                    if at(key, "active").as_bool() == Some(true) {
                         "yes"
                     } else {
                         ""
@@ -153,8 +153,8 @@ pub fn run(command: KeysCommand) -> Result<(), String> {
             } else {
                 println!(
                     "{} KEK version {} made; new writes use it. Rewrap to move older DEKs onto it.",
-                    answer["purpose"].as_str().unwrap_or("?"),
-                    answer["version"]
+                    at(&answer, "purpose").as_str().unwrap_or("?"),
+                    at(&answer, "version")
                 );
             }
             Ok(())
@@ -165,7 +165,10 @@ pub fn run(command: KeysCommand) -> Result<(), String> {
                 .call(reqwest::Method::POST, "/v1/keys/rewrap")?
                 .unwrap_or_default();
             if !args.server.json {
-                eprintln!("rewrap {} started", started["id"].as_str().unwrap_or("?"));
+                eprintln!(
+                    "rewrap {} started",
+                    at(&started, "id").as_str().unwrap_or("?")
+                );
             }
             follow(&api, args.no_wait, args.server.json, started)
         }
@@ -196,6 +199,11 @@ pub fn run(command: KeysCommand) -> Result<(), String> {
     }
 }
 
+/// `value`'s field `name` (`null` when absent).
+fn at<'a>(value: &'a Value, name: &str) -> &'a Value {
+    value.get(name).unwrap_or(&Value::Null)
+}
+
 /// A purpose as a path segment (letters and `_` only: nothing else is one).
 fn path_segment(purpose: &str) -> Result<&str, String> {
     if !purpose.is_empty() && purpose.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
@@ -214,15 +222,15 @@ fn follow(api: &Api, no_wait: bool, json: bool, mut progress: Value) -> Result<(
     let terminal = std::io::stderr().is_terminal();
     let mut polls = 0u64;
     loop {
-        let running = progress["state"] == "running";
+        let running = at(&progress, "state") == "running";
         if json {
-            if !running || no_wait || polls % 10 == 0 {
+            if !running || no_wait || polls.is_multiple_of(10) {
                 println!("{progress}");
             }
         } else if terminal {
             eprint!("\r{}\x1b[K", bar(&progress));
             let _ = std::io::stderr().flush();
-        } else if !running || no_wait || polls % 10 == 0 {
+        } else if !running || no_wait || polls.is_multiple_of(10) {
             eprintln!("{}", bar(&progress));
         }
         if !running || no_wait {
@@ -252,9 +260,9 @@ pub(super) fn printable(text: &str) -> String {
 
 fn raw_bar(progress: &Value) -> String {
     const WIDTH: u64 = 30;
-    let done = progress["done"].as_u64().unwrap_or(0);
-    let remaining = progress["remaining"].as_u64();
-    let state = progress["state"].as_str().unwrap_or("?");
+    let done = at(progress, "done").as_u64().unwrap_or(0);
+    let remaining = at(progress, "remaining").as_u64();
+    let state = at(progress, "state").as_str().unwrap_or("?");
     let (filled, percent, of) = match remaining {
         // Nothing to read at all is all done.
         Some(0) if done == 0 => (WIDTH, "100 %".to_owned(), "0/0".to_owned()),
@@ -274,15 +282,15 @@ fn raw_bar(progress: &Value) -> String {
         "[{}{}] {percent} {of} {state}, {} rewrapped",
         "#".repeat(filled),
         ".".repeat(empty),
-        progress["rewrapped"].as_u64().unwrap_or(0)
+        at(progress, "rewrapped").as_u64().unwrap_or(0)
     );
-    if let Some(rate) = progress["rate"].as_f64() {
+    if let Some(rate) = at(progress, "rate").as_f64() {
         line.push_str(&format!(", {rate:.0}/s"));
     }
-    if let Some(eta) = progress["eta"].as_str() {
+    if let Some(eta) = at(progress, "eta").as_str() {
         line.push_str(&format!(", eta {eta}"));
     }
-    if let Some(failed) = progress["failed"].as_u64().filter(|f| *f > 0) {
+    if let Some(failed) = at(progress, "failed").as_u64().filter(|f| *f > 0) {
         line.push_str(&format!(", {failed} unreadable (see the server log)"));
     }
     line
