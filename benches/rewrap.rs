@@ -262,7 +262,13 @@ fn main() {
             if let Ok((200, _)) = send(
                 &client,
                 &base,
-                &scenario("health", hyper::Method::GET, "/v1/sys/health", "", None),
+                &Scenario {
+                    name: "health",
+                    method: hyper::Method::GET,
+                    path: "/v1/sys/health".into(),
+                    bearer: None,
+                    body: None,
+                },
             )
             .await
             {
