@@ -87,7 +87,7 @@ fn serve(dir: &std::path::Path, config: &std::path::Path) -> Child {
         ])
         .env("STRONGROOM_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("serve.log")).unwrap())
         .spawn()
         .unwrap()
 }
@@ -145,6 +145,8 @@ fn main() {
         .args([
             "dev",
             "--json",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
             "--data-dir",
             vault.to_str().unwrap(),
             "--config",
@@ -258,7 +260,8 @@ fn main() {
     server.wait().unwrap();
     let mut server = serve(&vault, &config);
     rt.block_on(async {
-        for _ in 0..300 {
+        // Opening a store killed mid-write replays its journal first.
+        for _ in 0..6000 {
             if let Ok((200, _)) = send(
                 &client,
                 &base,
@@ -276,7 +279,10 @@ fn main() {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("the restarted server does not answer");
+        panic!(
+            "the restarted server does not answer: {}",
+            std::fs::read_to_string(vault.join("serve.log")).unwrap_or_default()
+        );
     });
     let (status, body) = rt.block_on(call(
         &client,
