@@ -137,7 +137,7 @@ fn main() {
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:{port}\"\n[tls]\ndisabled = true\n[keys]\nrewrap_batch = {batch}\nrewrap_duty_percent = {duty}\n"
+            "listen = \"127.0.0.1:{port}\"\n[tls]\ndisabled = true\n[keys]\nrewrap_batch = {batch}\nrewrap_duty_percent = {duty}\ndestroy_grace_seconds = 60\n"
         ),
     )
     .unwrap();
@@ -186,6 +186,7 @@ fn main() {
     };
 
     // The records.
+    eprintln!("rewrap bench: storing the cards");
     let started = Instant::now();
     let (ids, token) = rt.block_on(async {
         let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -228,9 +229,11 @@ fn main() {
     ];
 
     // Idle.
+    eprintln!("rewrap bench: measuring idle");
     let idle = rt.block_on(measure_all(&client, &base, &load, connections, seconds));
 
     // Rotate, start the rewrap, measure while it runs.
+    eprintln!("rewrap bench: rotating and rewrapping under load");
     let get = |path: &str| scenario("get", hyper::Method::GET, path, &admin, None);
     let progress = |client: &HttpClient, base: &str| {
         rt.block_on(call(client, base, &get("/v1/keys/rewrap"))).1
@@ -240,6 +243,7 @@ fn main() {
         &base,
         &post("rotate", "/v1/keys/card/rotate", &admin, json!({})),
     ));
+    let rotated = Instant::now();
     assert_eq!(status, 200);
     let (status, body) = rt.block_on(call(
         &client,
@@ -255,6 +259,7 @@ fn main() {
     let still_running = after["state"] == "running";
 
     // SIGKILL part-way, start again, unseal, follow to the end.
+    eprintln!("rewrap bench: killing and restarting the server");
     let done_at_kill = progress(&client, &base)["done"].as_u64().unwrap();
     server.kill().unwrap();
     server.wait().unwrap();
@@ -262,7 +267,8 @@ fn main() {
     rt.block_on(async {
         // Opening a store killed mid-write replays its journal first.
         for _ in 0..6000 {
-            if let Ok((200, _)) = send(
+            // Any answer will do: it is sealed (503) until unsealed below.
+            if send(
                 &client,
                 &base,
                 &Scenario {
@@ -274,6 +280,7 @@ fn main() {
                 },
             )
             .await
+            .is_ok()
             {
                 return;
             }
@@ -296,6 +303,7 @@ fn main() {
         },
     ));
     assert_eq!(status, 200, "{body}");
+    eprintln!("rewrap bench: unsealed; following the job");
     let resumed_at = Instant::now();
     let mut first_after_restart = None;
     let finished = loop {
@@ -317,6 +325,10 @@ fn main() {
     let total = finished["done"].as_u64().unwrap();
 
     // The old version goes; every card still opens.
+    eprintln!("rewrap bench: destroying the old version, reading every card");
+    // The destroy grace (60 s, the least a configuration may set): writes
+    // that took the old version before the rotation have landed.
+    std::thread::sleep(Duration::from_secs(61).saturating_sub(rotated.elapsed()));
     let (destroyed, body) = rt.block_on(call(
         &client,
         &base,
