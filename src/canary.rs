@@ -20,9 +20,12 @@ use crate::records::{Brand, RecordData, RecordType, luhn_valid};
 
 /// How long one webhook delivery may take, connection included.
 pub const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
-/// Webhook deliveries in flight at once; the rest wait their turn (none is
-/// dropped).
+/// Webhook deliveries in flight at once; the rest wait their turn.
 pub const WEBHOOK_CONCURRENCY: usize = 16;
+/// Deliveries waiting or in flight at most: beyond, an alarm's delivery
+/// is dropped (logged and counted as a failure), never the alarm itself
+/// (its audit entry, line and metric).
+pub const WEBHOOK_QUEUE: usize = 1024;
 
 /// Where a canary was touched: the `path` label of the metric and a field
 /// of the webhook. One alarm per record per access on each of these.
@@ -223,15 +226,23 @@ impl Persona {
     }
 }
 
-/// A card under `iin`: a Luhn-valid number of the brand's length, a
-/// plausible expiry and the persona's name.
-pub fn card(persona: &Persona, iin: &str, now: OffsetDateTime) -> Result<RecordData, CanaryError> {
+/// Whether `iin` can stand for canary cards: 6 to 8 digits in a card
+/// brand's range. The one check of an IIN, wherever one is given (a
+/// request, the configuration).
+pub fn check_iin(iin: &str) -> Result<Brand, CanaryError> {
     if !(6..=8).contains(&iin.len()) || !iin.bytes().all(|b| b.is_ascii_digit()) {
         return Err(CanaryError::Iin);
     }
-    let brand = Brand::of(iin);
-    let length = match brand {
-        Brand::Unknown => return Err(CanaryError::Iin),
+    match Brand::of(iin) {
+        Brand::Unknown => Err(CanaryError::Iin),
+        brand => Ok(brand),
+    }
+}
+
+/// A card under `iin`: a Luhn-valid number of the brand's length, a
+/// plausible expiry and the persona's name.
+pub fn card(persona: &Persona, iin: &str, now: OffsetDateTime) -> Result<RecordData, CanaryError> {
+    let length = match check_iin(iin)? {
         Brand::Amex => 15,
         _ => 16,
     };
@@ -248,7 +259,7 @@ pub fn card(persona: &Persona, iin: &str, now: OffsetDateTime) -> Result<RecordD
         "exp_year": i64::from(now.year()) + i64::try_from(years_ahead).unwrap_or(1),
         "holder_name": persona.full_name().to_uppercase(),
     });
-    RecordData::parse(RecordType::Card, input, now).map_err(|_| CanaryError::Iin)
+    RecordData::parse(RecordType::Card, input, now).map_err(|_| CanaryError::Invalid)
 }
 
 /// A KYC record of a UK resident: name, birth date, address, passport,

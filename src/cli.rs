@@ -564,11 +564,11 @@ async fn serve_until_signal(
     state: AppState,
     signal: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
-    crate::api::spawn_background(&state);
-    // Retention and expired idempotency slots, while unsealed.
-    let sweeper = crate::api::sweeper::spawn(state.clone());
+    let background = crate::api::spawn_background(&state);
     crate::tls::serve(listener, tls, router(state.clone()), signal).await;
-    sweeper.abort();
+    for task in background {
+        task.abort();
+    }
     state.seal();
     state.store.flush().map_err(|e| e.to_string())?;
     tracing::info!("stopped; keys zeroized");

@@ -51,3 +51,13 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
+
+/// Unix time `unix` as [`rfc3339`] writes it (`None` out of range).
+pub fn rfc3339_unix(unix: i64) -> Option<String> {
+    OffsetDateTime::from_unix_timestamp(unix).ok().map(rfc3339)
+}
+
+/// A time [`rfc3339`] wrote (`None` for anything else).
+pub fn parse_rfc3339(text: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
+}

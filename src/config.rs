@@ -277,8 +277,10 @@ pub struct RelayFileConfig {
     pub connect_timeout_ms: Option<u64>,
 }
 
-/// `[canaries]` in the configuration file (docs/operations.md).
-#[derive(Debug, Default, Clone, Deserialize)]
+/// `[canaries]` in the configuration file (docs/operations.md). Its
+/// `Debug` prints the webhook's host only: the path of a webhook URL often
+/// holds its credential.
+#[derive(Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CanariesFileConfig {
     /// `https://…`: where each canary alarm is posted, through the relay's
@@ -289,6 +291,21 @@ pub struct CanariesFileConfig {
     pub webhook_ca_file: Option<PathBuf>,
     /// The IIN canary cards are made under when a request names none.
     pub card_iin: Option<String>,
+}
+
+impl std::fmt::Debug for CanariesFileConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let host = self
+            .webhook_url
+            .as_deref()
+            .and_then(|url| reqwest::Url::parse(url).ok())
+            .and_then(|u| u.host_str().map(str::to_owned));
+        f.debug_struct("CanariesFileConfig")
+            .field("webhook_host", &host)
+            .field("webhook_ca_file", &self.webhook_ca_file)
+            .field("card_iin", &self.card_iin)
+            .finish()
+    }
 }
 
 impl CanariesFileConfig {
@@ -319,24 +336,22 @@ impl CanariesFileConfig {
                         let pem = std::fs::read_to_string(&path).map_err(|e| {
                             ConfigError(format!("cannot read {}: {e}", path.display()))
                         })?;
-                        if !pem.contains("-----BEGIN CERTIFICATE-----") {
-                            return Err(ConfigError(format!(
-                                "{} holds no PEM certificate",
-                                path.display()
-                            )));
-                        }
+                        // The check a relay route's CA gets.
+                        crate::relay::routes::check_ca_pem(&pem).map_err(|why| {
+                            ConfigError(format!("canaries.webhook_ca_file {why}"))
+                        })?;
                         Some(pem)
                     }
                 };
                 Some(crate::canary::Webhook { url, ca_pem })
             }
         };
-        if let Some(iin) = &self.card_iin
-            && !((6..=8).contains(&iin.len()) && iin.bytes().all(|b| b.is_ascii_digit()))
-        {
-            return Err(ConfigError(
-                "canaries.card_iin must be 6 to 8 digits".into(),
-            ));
+        if let Some(iin) = &self.card_iin {
+            crate::canary::check_iin(iin).map_err(|_| {
+                ConfigError(
+                    "canaries.card_iin must be 6 to 8 digits in a card brand's range".into(),
+                )
+            })?;
         }
         Ok(crate::canary::CanarySettings {
             webhook,

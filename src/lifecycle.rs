@@ -212,9 +212,7 @@ impl RetentionSettings {
     }
 }
 
-fn parse_time(text: &str) -> Option<OffsetDateTime> {
-    OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
-}
+use crate::clock::parse_rfc3339 as parse_time;
 
 /// When `meta` is due under `rule`, given its last use and its owner's
 /// close of its subject; `None`: not due while things stay as they are.
@@ -231,10 +229,14 @@ pub fn due_at(
             last_use.map_or(changed, |used| used.max(changed))
         }
         Anchor::Close => {
-            let closed_at = OffsetDateTime::from_unix_timestamp(closed?.closed_at).ok()?;
+            let closed = closed?;
+            let closed_at = OffsetDateTime::from_unix_timestamp(closed.closed_at).ok()?;
             // A record made after the close belongs to a relationship
             // begun again (a returning customer): that close is not its.
-            if parse_time(&meta.created_at)? > closed_at {
+            // In whole seconds, as a close is kept (and as
+            // `prepare_close` compares): a record made in the second of
+            // the close is the close's.
+            if parse_time(&meta.created_at)?.unix_timestamp() > closed.closed_at {
                 return None;
             }
             closed_at
@@ -253,8 +255,10 @@ pub struct Lifecycle {
     store: Arc<dyn Store>,
     keyring: Arc<Keyring>,
     clock: Arc<dyn Clock>,
-    /// Record id → the day (unix days) this node last knew its last use
-    /// to be written for: a use on the same day writes nothing.
+    /// Record id → the day (unix days) this node read its last use as
+    /// written for, from the store: a use on the same day writes nothing.
+    /// Never set by a write not yet committed (a commit that fails must
+    /// leave the next use to write again).
     last_use_memo: Mutex<HashMap<String, i64>>,
 }
 
@@ -347,28 +351,28 @@ impl Lifecycle {
         Ok(Ok((hold, tx)))
     }
 
-    /// What stops erasing `id` (a record, or a generic value), whose
-    /// subject has `subject_digest`: the first hold found, or the
-    /// preconditions that no hold is placed on either, to commit with the
-    /// erasure. A hold placed after this read makes that commit fail, so
-    /// an erasure racing a hold either sees it or is not written.
+    /// The preconditions that no hold is placed on `id` (a record, or a
+    /// generic value) nor on its subject (`subject_digest`), to commit
+    /// with an erasure; `None` when one is. A hold placed after this read
+    /// makes that commit fail, so an erasure racing a hold either sees it
+    /// or is not written.
     pub fn erasure_guard(
         &self,
         id: &str,
         subject_digest: Option<&str>,
-    ) -> Result<Result<Transaction, Hold>, LifecycleError> {
+    ) -> Result<Option<Transaction>, LifecycleError> {
         let mut targets = vec![HoldTarget::Record(id.to_owned())];
         if let Some(digest) = subject_digest {
             targets.push(HoldTarget::Subject(digest.to_owned()));
         }
         let mut guard = Transaction::new();
         for target in targets {
-            if let Some(held) = self.hold(&target)? {
-                return Ok(Err(held.hold));
+            if self.hold(&target)?.is_some() {
+                return Ok(None);
             }
             guard = guard.expect(target.key(), None);
         }
-        Ok(Ok(guard))
+        Ok(Some(guard))
     }
 
     fn close_key(owner: &str, subject_digest: &str) -> String {
@@ -389,25 +393,39 @@ impl Lifecycle {
         }
     }
 
-    /// The close of `owner`'s relationship with a subject, now: the first
-    /// close stands (a second answers it, and writes nothing).
+    /// The close of `owner`'s relationship with a subject, now. A close
+    /// stands while the relationship stays closed (a second one answers it
+    /// and writes nothing); once `owner` made a record of the subject after
+    /// it (`newest_created`, unix time: the customer came back), the
+    /// relationship was begun again and this close replaces it.
     pub fn prepare_close(
         &self,
         owner: &str,
         subject_digest: &str,
+        newest_created: Option<i64>,
     ) -> Result<(Closed, Transaction), LifecycleError> {
-        if let Some(closed) = self.closed(owner, subject_digest)? {
-            return Ok((closed, Transaction::new()));
-        }
         let key = Self::close_key(owner, subject_digest);
+        let stored = self.store.get(key.as_bytes())?;
+        if let Some(bytes) = &stored {
+            let closed: Closed = self.open(&key, bytes)?;
+            if newest_created.is_none_or(|created| created <= closed.closed_at) {
+                return Ok((closed, Transaction::new()));
+            }
+        }
         let closed = Closed {
             closed_at: self.clock.now().unix_timestamp(),
             closed_by: owner.to_owned(),
         };
         let tx = Transaction::new()
-            .expect(key.clone(), None)
+            .expect(key.clone(), stored)
             .put(key.clone(), self.seal(&key, &closed)?);
         Ok((closed, tx))
+    }
+
+    /// The write that forgets `owner`'s close of a subject (its records of
+    /// that subject are erased: nothing should say it had one).
+    pub fn forget_close(owner: &str, subject_digest: &str) -> Transaction {
+        Transaction::new().delete(Self::close_key(owner, subject_digest))
     }
 
     /// The last recorded use of one of record `id`'s tokens.
@@ -423,11 +441,14 @@ impl Lifecycle {
     }
 
     /// The write that records a use of record `id`'s token now, to commit
-    /// with the use: at most one a day per record and node. A use on a day
-    /// this node already wrote costs nothing (memory); the first of a day
-    /// costs a read, and a write only when the stored day is older (another
-    /// node may have written today). Coarse on purpose: retention counts in
-    /// days, and a hot detokenize path must not write on every read.
+    /// with the use: at most one a day per record (and node, when two
+    /// nodes' first uses of a day race). A use on a day this node saw
+    /// written costs nothing (memory); any other costs a read, and a write
+    /// only when the stored day is older. The memory is set from what the
+    /// store holds, never from the write returned here: that write may
+    /// fail to commit, and the next use must then write again. Coarse on
+    /// purpose: retention counts in days, and a hot detokenize path must
+    /// not write on every read.
     pub fn note_use(&self, id: &str) -> Result<Transaction, LifecycleError> {
         let now = self.clock.now().unix_timestamp();
         let today = now.div_euclid(DAY);
@@ -443,13 +464,11 @@ impl Lifecycle {
         let stored_day = self
             .last_use(id)?
             .map(|t| t.unix_timestamp().div_euclid(DAY));
-        let tx = if stored_day.is_some_and(|day| day >= today) {
-            Transaction::new()
-        } else {
+        if stored_day.is_none_or(|day| day < today) {
             let key = format!("{LAST_USE_PREFIX}{id}");
             let value = self.seal(&key, &LastUse { at: now })?;
-            Transaction::new().put(key, value)
-        };
+            return Ok(Transaction::new().put(key, value));
+        }
         let mut memo = self
             .last_use_memo
             .lock()
@@ -458,7 +477,7 @@ impl Lifecycle {
             memo.clear();
         }
         memo.insert(id.to_owned(), today);
-        Ok(tx)
+        Ok(Transaction::new())
     }
 
     /// The delete of record `id`'s last-use time, with its erasure (it
@@ -560,5 +579,12 @@ mod tests {
         // due by it (second review, M2).
         let returned = meta("2026-07-01T00:00:00Z", "2026-07-01T00:00:00Z");
         assert_eq!(due_at(&close, &returned, None, Some(&closed)), None);
+        // A record made in the second of the close, stored with its
+        // fraction, is the close's (third review, M1).
+        let same_second = meta("2026-06-01T00:00:00.5Z", "2026-06-01T00:00:00.5Z");
+        assert_eq!(
+            due_at(&close, &same_second, None, Some(&closed)),
+            Some(datetime!(2027-06-01 00:00 UTC))
+        );
     }
 }

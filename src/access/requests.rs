@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 
 use super::AccessError;
-use crate::clock::{Clock, rfc3339};
+use crate::clock::Clock;
 use crate::crypto::random_array;
 use crate::keyring::{Keyring, StateKey};
 use crate::store::{Store, Transaction};
@@ -50,9 +50,7 @@ pub struct AccessRequest {
 
 impl AccessRequest {
     pub fn expires_at_text(&self) -> Option<String> {
-        self.expires_at
-            .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
-            .map(rfc3339)
+        self.expires_at.and_then(crate::clock::rfc3339_unix)
     }
 
     /// Whether this request grants `requester` the reveal of `field` of

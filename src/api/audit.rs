@@ -4,7 +4,6 @@ use axum::Json;
 use axum::extract::{RawQuery, State};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{Caller, RequestContext};
@@ -57,8 +56,8 @@ pub struct AuditPage {
 
 fn parse_time(field: &str, text: Option<String>) -> Result<Option<OffsetDateTime>, ApiError> {
     text.map(|t| {
-        OffsetDateTime::parse(&t, &Rfc3339)
-            .map_err(|_| ApiError::field(field, "must be an RFC 3339 time"))
+        crate::clock::parse_rfc3339(&t)
+            .ok_or_else(|| ApiError::field(field, "must be an RFC 3339 time"))
     })
     .transpose()
 }

@@ -56,10 +56,21 @@ impl AppState {
                 &ctx.request_id,
                 &crate::clock::rfc3339(self.clock.now()),
             );
+            // A place in the bounded queue, taken before the task exists:
+            // a flood of canary touches cannot pile up tasks.
+            let Ok(place) = self.canary_webhook_places.clone().try_acquire_owned() else {
+                crate::metrics::canary_webhook_failed();
+                tracing::error!(
+                    canary = %meta.id,
+                    "canary webhook queue full: this alarm's delivery is dropped"
+                );
+                return Outcome::Canary;
+            };
             let state = self.clone();
             let canary_id = meta.id.clone();
             tokio::spawn(async move {
-                // Deliveries wait their turn rather than being dropped.
+                let _place = place;
+                // Deliveries wait their turn (16 at once).
                 let Ok(_turn) = state.canary_webhooks.acquire().await else {
                     return;
                 };
@@ -171,10 +182,10 @@ fn canary_data(
     }
     // Checked whether or not a card is asked for: the document's pattern
     // holds for every request.
-    if let Some(iin) = &request.card_iin
-        && !((6..=8).contains(&iin.len()) && iin.bytes().all(|b| b.is_ascii_digit()))
-    {
-        return Err(ApiError::field("card_iin", "must be 6 to 8 digits"));
+    if let Some(iin) = &request.card_iin {
+        canary::check_iin(iin).map_err(|_| {
+            ApiError::field("card_iin", "must be 6 to 8 digits in a card brand's range")
+        })?;
     }
     if let Some(subject) = &request.subject_ref {
         records::subject_ref(subject).map_err(|e| ApiError::from(vec![e]))?;

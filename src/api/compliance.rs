@@ -621,9 +621,7 @@ pub async fn list_access_requests(
     let requests = pending
         .into_iter()
         .map(|r| PendingAccessRequest {
-            created_at: time::OffsetDateTime::from_unix_timestamp(r.created_at)
-                .map(crate::clock::rfc3339)
-                .unwrap_or_default(),
+            created_at: crate::clock::rfc3339_unix(r.created_at).unwrap_or_default(),
             id: r.id,
             record_id: r.record_id,
             fields: r.fields,

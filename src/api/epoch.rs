@@ -227,14 +227,18 @@ fn finish_roll(state: &AppState, read: Vec<u8>) -> Result<u32, ApiError> {
 /// Keeps the epochs rolling: checks every `every` whether the period has
 /// passed. Spawned by `serve` and `dev` when epochs are on and the store
 /// is one node's.
-pub fn spawn_scheduler(state: AppState, period: Duration, every: Duration) {
+pub fn spawn_scheduler(
+    state: AppState,
+    period: Duration,
+    every: Duration,
+) -> Option<tokio::task::JoinHandle<()>> {
     if state.store.is_shared() {
         tracing::info!(
             "erasure epochs are off: the store is shared by several nodes (docs/lifecycle.md)"
         );
-        return;
+        return None;
     }
-    tokio::spawn(async move {
+    Some(tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut backoff: Option<tokio::time::Instant> = None;
@@ -259,5 +263,5 @@ pub fn spawn_scheduler(state: AppState, period: Duration, every: Duration) {
                 }
             };
         }
-    });
+    }))
 }

@@ -239,7 +239,7 @@ impl ApiError {
                 "These fields need an access request approved by another person.".into()
             }
             Self::LegalHold => {
-                "A legal hold is placed on this record or its subject; nothing was erased.".into()
+                "A legal hold is placed on this record or its subject; nothing was changed.".into()
             }
             Self::FourEyesRequired => "You placed this hold; another compliance approver must \
                 release it."

@@ -56,6 +56,13 @@ struct Slot {
     answer: Option<String>,
 }
 
+impl Slot {
+    /// Whether the slot is past its lifetime at unix time `now`.
+    fn expired(&self, now: i64) -> bool {
+        now >= self.created_at.saturating_add(LIFETIME.whole_seconds())
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct Answer {
     status: u16,
@@ -318,7 +325,7 @@ fn reserve(state: &AppState, slot_key: &str, fingerprint: &str) -> Result<Reserv
         let live = match &stored {
             Some(bytes) => {
                 let slot: Slot = keys.state_key()?.open_json(slot_key.as_bytes(), bytes)?;
-                (now < slot.created_at.saturating_add(LIFETIME.whole_seconds())).then_some(slot)
+                (!slot.expired(now)).then_some(slot)
             }
             None => None,
         };
@@ -400,7 +407,7 @@ pub fn rewrap_slot(
     let keys = state.keyring.keys()?;
     let slot: Slot = keys.state_key()?.open_json(key, value)?;
     let now = state.clock.now().unix_timestamp();
-    if now >= slot.created_at.saturating_add(LIFETIME.whole_seconds()) {
+    if slot.expired(now) {
         // Expired: nothing will replay it, so it goes rather than moves
         // (a running slot this old was abandoned long ago).
         return Ok(Some(
@@ -524,7 +531,7 @@ pub(super) fn remove_expired(state: &AppState) -> Result<usize, ApiError> {
                     continue;
                 }
             };
-            if now < slot.created_at.saturating_add(LIFETIME.whole_seconds()) {
+            if !slot.expired(now) {
                 continue;
             }
             let tx = Transaction::new()

@@ -231,6 +231,9 @@ pub struct AppInner {
     pub relay_upstream: crate::relay::upstream::Upstream,
     /// Canary webhook deliveries in flight (see `canaries`).
     canary_webhooks: tokio::sync::Semaphore,
+    /// Places for canary webhook deliveries waiting or in flight
+    /// ([`crate::canary::WEBHOOK_QUEUE`]): each delivery's task holds one.
+    canary_webhook_places: Arc<tokio::sync::Semaphore>,
     /// Reveals per officer in a sliding hour, in the store: one quota
     /// across every node.
     /// Which windows are in the store (cluster-wide) and which are per
@@ -348,6 +351,9 @@ impl AppState {
             relay_routes,
             relay_upstream: crate::relay::upstream::Upstream::new(settings.relay.clone()),
             canary_webhooks: tokio::sync::Semaphore::new(crate::canary::WEBHOOK_CONCURRENCY),
+            canary_webhook_places: Arc::new(tokio::sync::Semaphore::new(
+                crate::canary::WEBHOOK_QUEUE,
+            )),
             reveals: SlidingWindow::shared(
                 "reveals",
                 settings.reveals_per_hour,
@@ -770,14 +776,23 @@ async fn method_not_allowed() -> ApiError {
 
 /// The whole server: the API, and the console at `/console`, which calls
 /// the API in process.
-/// Starts the server's background work (the rewrap runner, the erasure
-/// epoch schedule), which goes
+/// Starts the server's background work (the rewrap runner, the retention
+/// sweeper, the erasure epoch schedule), which goes
 /// on whatever the clients do. `serve` and `dev` call it once.
-pub fn spawn_background(state: &AppState) {
-    rewrap::spawn_runner(state.clone(), std::time::Duration::from_secs(2));
+pub fn spawn_background(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = vec![
+        rewrap::spawn_runner(state.clone(), std::time::Duration::from_secs(2)),
+        // Retention and expired idempotency slots, while unsealed.
+        sweeper::spawn(state.clone()),
+    ];
     if let Some(period) = state.settings.erasure_epoch {
-        epoch::spawn_scheduler(state.clone(), period, std::time::Duration::from_secs(60));
+        tasks.extend(epoch::spawn_scheduler(
+            state.clone(),
+            period,
+            std::time::Duration::from_secs(60),
+        ));
     }
+    tasks
 }
 
 pub fn router(state: AppState) -> Router {

@@ -455,6 +455,18 @@ pub async fn update(
         .await?;
     let mut patch = object(&body)?;
     let meta = visible(&state, &ctx, &caller, &id, "record.update").await?;
+    let principal = caller.principal();
+    // A legal hold keeps the record as it is: a change could overwrite its
+    // values or move it out of a held subject (and then erase it). Checked
+    // before anything is opened; the holds' absence is a precondition of
+    // the commit, so one placed meanwhile wins.
+    let Some(guard) = super::subjects::hold_guard(&state, &meta.id, meta.subject_ref.as_deref())?
+    else {
+        let event = ctx
+            .event(&principal.id, "record.update", Outcome::Allowed)
+            .target(id);
+        return Err(super::subjects::refuse_held(&state, event).await);
+    };
     let subject_ref = take_subject_ref(&mut patch)?.unwrap_or_else(|| meta.subject_ref.clone());
     let current = state.vault.open(&meta)?;
     records::refuse_security_codes(&Value::Object(patch.clone()))?;
@@ -464,23 +476,16 @@ pub async fn update(
     let (updated, tx) = state
         .vault
         .prepare_update(&meta, &current, &data, subject_ref)?;
-    let principal = caller.principal();
     let outcome = state.touched(&ctx, principal, AccessPath::Update, &meta, &current);
     let event = ctx
         .event(&principal.id, "record.update", outcome)
         .target(id);
-    // A legal hold keeps the record as it is: a change could overwrite its
-    // values or move it out of a held subject (and then erase it). The
-    // holds' absence is a precondition, so one placed meanwhile wins.
-    let digest = match &meta.subject_ref {
-        Some(subject) => Some(state.vault.subject_digest(subject)?),
-        None => None,
-    };
-    let tx = match state.lifecycle.erasure_guard(&meta.id, digest.as_deref())? {
-        Ok(guard) => tx.merge(guard),
-        Err(_) => return Err(super::subjects::refuse_held(&state, event).await),
-    };
-    state.commit(event, tx).await?;
+    // A hold placed since the check is answered `legal_hold`, as it is
+    // for an erasure.
+    super::subjects::commit_guarded(&state, event, tx.merge(guard), || {
+        Ok(super::subjects::hold_guard(&state, &meta.id, meta.subject_ref.as_deref())?.is_none())
+    })
+    .await?;
     Ok(Json(view(&updated, &data, principal)))
 }
 
@@ -511,14 +516,16 @@ pub async fn erase(
     let event = ctx
         .event(&caller.principal().id, "record.erase", Outcome::Allowed)
         .target(id.clone());
-    let tx = match super::subjects::guarded_erasure(&state, &meta)? {
-        Ok(tx) => tx,
-        Err(_) => return Err(super::subjects::refuse_held(&state, event).await),
+    let Some(tx) = super::subjects::guarded_erasure(&state, &meta)? else {
+        return Err(super::subjects::refuse_held(&state, event).await);
     };
     // An erased card's CVC goes with it, before the erasure is written: a
     // client that hangs up during the commit cannot leave it behind (and
     // if the erasure fails, the CVC is only gone early).
     state.cvcs.discard(&id);
-    super::subjects::commit_erasure(&state, event, &meta, tx).await?;
+    super::subjects::commit_guarded(&state, event, tx, || {
+        Ok(super::subjects::hold_guard(&state, &meta.id, meta.subject_ref.as_deref())?.is_none())
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -33,7 +33,7 @@ use super::extract::{Caller, RequestContext};
 use super::{ApiError, AppState, AuditedChange, Problem, idempotency};
 use crate::access::Operation;
 use crate::audit::{AuditError, AuditEvent, Outcome};
-use crate::clock::rfc3339;
+
 use crate::keyring::{KeyringError, Purpose};
 use crate::relay::routes::{HEADERS_PREFIX, Routes};
 use crate::store::{StoreError, Transaction};
@@ -57,8 +57,8 @@ pub struct RewrapSettings {
 impl Default for RewrapSettings {
     fn default() -> Self {
         Self {
-            batch: 200,
-            duty_percent: 25,
+            batch: 100,
+            duty_percent: 10,
         }
     }
 }
@@ -198,11 +198,7 @@ impl RewrapProgress {
             }
             _ => None,
         };
-        let time = |t: i64| {
-            time::OffsetDateTime::from_unix_timestamp(t)
-                .ok()
-                .map(rfc3339)
-        };
+        let time = crate::clock::rfc3339_unix;
         Self {
             state: if job.finished_at.is_some() {
                 "finished"
@@ -404,18 +400,15 @@ pub fn destroy_version(
     version: u32,
     event: AuditEvent,
 ) -> Result<(), ApiError> {
-    let newest = state.keyring.newest_versions()?;
-    match newest.get(&purpose) {
-        None => return Err(ApiError::NotFound),
-        Some(&newest) if newest == version => return Err(ApiError::Conflict(NEWEST)),
-        Some(_) => {}
-    }
+    // Read from the store: another node's rotations and destructions count.
     let metadata = state.keyring.kek_metadata()?;
-    if !metadata
+    match metadata
         .iter()
-        .any(|m| m.purpose == purpose && m.version == version)
+        .find(|m| m.purpose == purpose && m.version == version)
     {
-        return Err(ApiError::NotFound);
+        None => return Err(ApiError::NotFound),
+        Some(m) if m.active => return Err(ApiError::Conflict(NEWEST)),
+        Some(_) => {}
     }
     // A rewrap batch may be moving DEKs onto a version this one was
     // judged unused against: never while a job runs, and the job's state
@@ -438,11 +431,8 @@ pub fn destroy_version(
         .filter(|m| m.purpose == purpose && m.version > version)
         .min_by_key(|m| m.version)
         .ok_or(ApiError::Conflict(NEWEST))?;
-    let replaced_at = time::OffsetDateTime::parse(
-        &successor.created_at,
-        &time::format_description::well_known::Rfc3339,
-    )
-    .map_err(|_| ApiError::Integrity)?;
+    let replaced_at =
+        crate::clock::parse_rfc3339(&successor.created_at).ok_or(ApiError::Integrity)?;
     if state.clock.now() - replaced_at < state.settings.kek_destroy_grace {
         return Err(ApiError::Conflict(
             "The version that replaced this one is younger than keys.destroy_grace_seconds: writes that took this version before the rotation may still be in flight; try again later.",
@@ -474,6 +464,52 @@ const NEWEST: &str =
 /// Whether any entry's DEK is wrapped under `version` of `purpose`; an
 /// entry that cannot be read counts as using it (it might).
 fn version_in_use(state: &AppState, purpose: Purpose, version: u32) -> Result<bool, ApiError> {
+    let mut used = false;
+    each_entry(state, |holder, key, value| {
+        match holder.wrapped_under(state, key, value) {
+            Ok(Some(under)) => used = under == (purpose, version),
+            Ok(None) => {}
+            Err(ApiError::Sealed) => return Err(ApiError::Sealed),
+            Err(_) => {
+                tracing::warn!(
+                    key = %String::from_utf8_lossy(key),
+                    "an entry holding a DEK cannot be read; the KEK versions it may use are kept"
+                );
+                used = true;
+            }
+        }
+        Ok(if used { Walk::Stop } else { Walk::Go })
+    })?;
+    Ok(used)
+}
+
+/// Entries read per page when counting or checking.
+const SCAN_PAGE: usize = 1000;
+/// Bytes of entries read per batch at most (beyond the first entry).
+const BATCH_BYTES: usize = 8 << 20;
+
+/// Counts the entries a rewrap reads.
+fn count_entries(state: &AppState) -> Result<u64, ApiError> {
+    let mut total = 0u64;
+    each_entry(state, |_, _, _| {
+        total += 1;
+        Ok(Walk::Go)
+    })?;
+    Ok(total)
+}
+
+/// Whether a walk goes on.
+enum Walk {
+    Go,
+    Stop,
+}
+
+/// Calls `visit` with every entry that may hold a wrapped DEK, holder by
+/// holder, a page at a time, until it says stop.
+fn each_entry(
+    state: &AppState,
+    mut visit: impl FnMut(Holder, &[u8], &[u8]) -> Result<Walk, ApiError>,
+) -> Result<(), ApiError> {
     for holder in Holder::ALL {
         let mut after: Option<Vec<u8>> = None;
         loop {
@@ -485,46 +521,13 @@ fn version_in_use(state: &AppState, purpose: Purpose, version: u32) -> Result<bo
             };
             after = Some(last.clone());
             for (key, value) in &page {
-                match holder.wrapped_under(state, key, value) {
-                    Ok(Some(used)) if used == (purpose, version) => return Ok(true),
-                    Ok(_) => {}
-                    Err(ApiError::Sealed) => return Err(ApiError::Sealed),
-                    Err(_) => {
-                        tracing::warn!(
-                            key = %String::from_utf8_lossy(key),
-                            "an entry holding a DEK cannot be read; the KEK versions it may use are kept"
-                        );
-                        return Ok(true);
-                    }
+                if let Walk::Stop = visit(holder, key, value)? {
+                    return Ok(());
                 }
             }
         }
     }
-    Ok(false)
-}
-
-/// Entries read per page when counting or checking.
-const SCAN_PAGE: usize = 1000;
-/// Bytes of entries read per batch at most (beyond the first entry).
-const BATCH_BYTES: usize = 8 << 20;
-
-/// Counts the entries a rewrap reads.
-fn count_entries(state: &AppState) -> Result<u64, ApiError> {
-    let mut total = 0u64;
-    for holder in Holder::ALL {
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let page = state
-                .store
-                .scan(holder.prefix(), after.as_deref(), SCAN_PAGE)?;
-            let Some((last, _)) = page.last() else {
-                break;
-            };
-            after = Some(last.clone());
-            total += page.len() as u64;
-        }
-    }
-    Ok(total)
+    Ok(())
 }
 
 impl AppState {
@@ -733,12 +736,11 @@ impl AppState {
             after.as_deref(),
             self.settings.rewrap.batch.max(1),
         )?;
-        let Some((last, _)) = page.last() else {
+        if page.is_empty() {
             job.phase += 1;
             job.after = None;
             return self.save_job(&job, stored).map(|()| Step::Batch);
-        };
-        job.after = Some(hex::encode(last));
+        }
         let mut writes = Vec::new();
         let mut bytes = 0usize;
         for (key, value) in &page {
@@ -868,7 +870,7 @@ impl AppState {
 /// Keeps the rewrap going: wakes the runner every `every` (after a
 /// restart, after an unseal, when another node's lease ran out). Spawned by
 /// `serve` and `dev`.
-pub fn spawn_runner(state: AppState, every: Duration) {
+pub fn spawn_runner(state: AppState, every: Duration) -> tokio::task::JoinHandle<()> {
     BACKGROUND.store(true, Ordering::SeqCst);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
@@ -877,5 +879,5 @@ pub fn spawn_runner(state: AppState, every: Duration) {
             tick.tick().await;
             state.wake_rewrap();
         }
-    });
+    })
 }

@@ -21,33 +21,44 @@ use super::{ApiError, AppState, Problem};
 use crate::access::Operation;
 use crate::audit::{AuditEvent, Outcome};
 use crate::clock::rfc3339;
-use crate::lifecycle::{Hold, HoldTarget, Lifecycle, ReleaseError};
+use crate::lifecycle::{HoldTarget, Lifecycle, ReleaseError};
 use crate::records::RecordType;
 use crate::store::Transaction;
 use crate::tokens::{TokenFormat, TokenState};
-use crate::vault::{RecordMeta, VaultError};
+use crate::vault::RecordMeta;
 
-/// The erasure of live record `meta` with its last-use time, on condition
-/// that no legal hold is placed on it or on its subject (checked now, and
-/// again by the commit's preconditions); or the hold that stops it.
-pub(super) fn guarded_erasure(
+/// The preconditions that no legal hold is placed on `id` (a record or a
+/// generic value) nor on `subject`; `None` when one is. Every change a hold
+/// stops (an erasure of any kind, a `PATCH`) carries them, so a hold placed
+/// meanwhile fails the change rather than being lost.
+pub(super) fn hold_guard(
     state: &AppState,
-    meta: &RecordMeta,
-) -> Result<Result<Transaction, Hold>, ApiError> {
-    let digest = match &meta.subject_ref {
+    id: &str,
+    subject: Option<&str>,
+) -> Result<Option<Transaction>, ApiError> {
+    let digest = match subject {
         Some(subject) => Some(state.vault.subject_digest(subject)?),
         None => None,
     };
-    Ok(
-        match state.lifecycle.erasure_guard(&meta.id, digest.as_deref())? {
-            Err(hold) => Err(hold),
-            Ok(guard) => Ok(state
-                .vault
-                .prepare_erase(meta)?
-                .merge(guard)
-                .merge(Lifecycle::forget_use(&meta.id))),
-        },
-    )
+    Ok(state.lifecycle.erasure_guard(id, digest.as_deref())?)
+}
+
+/// The erasure of live record `meta` with its last-use time, guarded by
+/// [`hold_guard`]; `None` when a hold stops it.
+pub(super) fn guarded_erasure(
+    state: &AppState,
+    meta: &RecordMeta,
+) -> Result<Option<Transaction>, ApiError> {
+    let Some(guard) = hold_guard(state, &meta.id, meta.subject_ref.as_deref())? else {
+        return Ok(None);
+    };
+    Ok(Some(
+        state
+            .vault
+            .prepare_erase(meta)?
+            .merge(guard)
+            .merge(Lifecycle::forget_use(&meta.id)),
+    ))
 }
 
 /// Audits `event` as refused by a legal hold; the 409 to answer.
@@ -66,19 +77,19 @@ pub(super) async fn refuse_held(state: &AppState, event: AuditEvent) -> ApiError
     }
 }
 
-/// Commits one record's guarded erasure with `event`. A conflict is a
-/// change since the record was read: a hold placed meanwhile is answered
-/// `legal_hold`, anything else `conflict` (each audited).
-pub(super) async fn commit_erasure(
+/// Commits a change guarded by [`hold_guard`] with `event`. A conflict is
+/// a change since it was read: a hold placed meanwhile (`held` says, read
+/// again) is answered `legal_hold`, anything else `conflict`; each audited.
+pub(super) async fn commit_guarded(
     state: &AppState,
     event: AuditEvent,
-    meta: &RecordMeta,
     tx: Transaction,
+    held: impl FnOnce() -> Result<bool, ApiError>,
 ) -> Result<(), ApiError> {
     if state.try_commit(event.clone(), tx).await?.is_some() {
         return Ok(());
     }
-    if let Err(_hold) = guarded_erasure(state, meta)? {
+    if held()? {
         return Err(refuse_held(state, event).await);
     }
     state
@@ -96,10 +107,6 @@ pub(super) async fn commit_erasure(
 /// The path's subject, checked as records check it (422 otherwise).
 fn subject_of(raw: &str) -> Result<String, ApiError> {
     crate::records::subject_ref(raw).map_err(|e| vec![e].into())
-}
-
-fn time_text(unix: i64) -> Option<String> {
-    OffsetDateTime::from_unix_timestamp(unix).ok().map(rfc3339)
 }
 
 /// A reason and a case ticket, in a request body.
@@ -199,8 +206,8 @@ fn token_view(record: &crate::tokens::TokenRecord, now: OffsetDateTime) -> Subje
             TokenState::Expired => TokenStateView::Expired,
             TokenState::Revoked => TokenStateView::Revoked,
         },
-        created_at: time_text(record.created_at),
-        expires_at: record.expires_at.and_then(time_text),
+        created_at: crate::clock::rfc3339_unix(record.created_at),
+        expires_at: record.expires_at.and_then(crate::clock::rfc3339_unix),
         uses: record.uses,
         max_uses: record.max_uses,
     }
@@ -233,7 +240,7 @@ pub async fn read(
 ) -> Result<Json<SubjectView>, ApiError> {
     state
         .authorize_on(&caller, Operation::SubjectRead, &ctx, || {
-            Ok(vec![state.target_of(&subject_ref)])
+            Ok(vec![state.audit.fingerprint(&subject_ref)])
         })
         .await?;
     let params: AccessParams = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
@@ -250,7 +257,7 @@ pub async fn read(
     {
         state
             .record(AuditEvent {
-                target: state.target_of(&subject),
+                target: state.audit.fingerprint(&subject),
                 reason: Some(format!("{reason}; rate limited")),
                 ticket: Some(ticket),
                 ..ctx.event(&principal.id, "subject.read", Outcome::Denied)
@@ -265,12 +272,9 @@ pub async fn read(
     // each, docs/lifecycle.md "Canaries").
     let mut outcomes = Vec::new();
     for meta in state.vault.subject_records(&subject)? {
-        let opened = match state.vault.open(&meta) {
-            Ok(opened) => opened,
-            // Erased since the index was read.
-            Err(VaultError::Erased) => continue,
-            Err(e) => return Err(e.into()),
-        };
+        // Live as listed (an erasure since makes the commit below no
+        // different: the answer is of the records as read).
+        let opened = state.vault.open(&meta)?;
         outcomes.push(state.touched(
             &ctx,
             principal,
@@ -293,7 +297,7 @@ pub async fn read(
             relationship_closed_at: state
                 .lifecycle
                 .closed(&meta.owner, &digest)?
-                .and_then(|c| time_text(c.closed_at)),
+                .and_then(|c| crate::clock::rfc3339_unix(c.closed_at)),
             last_used_at: state.lifecycle.last_use(&meta.id)?.map(rfc3339),
             id: view.id,
             record_type: view.record_type,
@@ -310,7 +314,7 @@ pub async fn read(
         // lookup that found nothing.
         state
             .record(AuditEvent {
-                target: state.target_of(&subject),
+                target: state.audit.fingerprint(&subject),
                 reason: Some(format!("{reason} (records: 0)")),
                 ticket: Some(ticket),
                 ..ctx.event(&principal.id, "subject.read", Outcome::NoMatch)
@@ -324,7 +328,7 @@ pub async fn read(
         .is_some();
     let mut batch = vec![(
         AuditEvent {
-            target: state.target_of(&subject),
+            target: state.audit.fingerprint(&subject),
             reason: Some(format!("{reason} (records: {})", records.len())),
             ticket: Some(ticket.clone()),
             ..ctx.event(&principal.id, "subject.read", Outcome::Allowed)
@@ -384,7 +388,7 @@ pub async fn erase(
 ) -> Result<Json<SubjectErased>, ApiError> {
     state
         .authorize_on(&caller, Operation::SubjectErase, &ctx, || {
-            Ok(vec![state.target_of(&subject_ref)])
+            Ok(vec![state.audit.fingerprint(&subject_ref)])
         })
         .await?;
     let request: Justification = body.parse()?;
@@ -392,7 +396,7 @@ pub async fn erase(
     let subject = subject_of(&subject_ref)?;
     let principal = caller.principal();
     let summary = |outcome: Outcome, note: String| AuditEvent {
-        target: state.target_of(&subject),
+        target: state.audit.fingerprint(&subject),
         reason: Some(format!("{reason} ({note})")),
         ticket: Some(ticket.clone()),
         ..ctx.event(&principal.id, "subject.erase", outcome)
@@ -414,7 +418,7 @@ pub async fn erase(
         let mut held = Vec::new();
         for meta in &metas {
             match guarded_erasure(&state, meta)? {
-                Ok(tx) => {
+                Some(tx) => {
                     let event = AuditEvent {
                         reason: Some(format!("subject erasure: {reason}")),
                         ticket: Some(ticket.clone()),
@@ -424,7 +428,7 @@ pub async fn erase(
                     };
                     batch.push((event, tx));
                 }
-                Err(_) => held.push(meta.id.clone()),
+                None => held.push(meta.id.clone()),
             }
         }
         if !held.is_empty() {
@@ -456,16 +460,18 @@ pub async fn erase(
             return Err(ApiError::NotFound);
         }
         let erased: Vec<String> = metas.iter().map(|m| m.id.clone()).collect();
-        // The subject's hold, absent as read, is a precondition of the
-        // whole erasure (each record's guard holds it too; this covers a
-        // subject with no record left).
-        let subject_guard =
-            Transaction::new().expect(HoldTarget::Subject(digest.clone()).key(), None);
+        // With the subject's records goes what says their owners had one:
+        // each owner's close of it.
+        let owners: std::collections::BTreeSet<&str> =
+            metas.iter().map(|m| m.owner.as_str()).collect();
+        let forget_closes = owners.into_iter().fold(Transaction::new(), |tx, owner| {
+            tx.merge(Lifecycle::forget_close(owner, &digest))
+        });
         batch.insert(
             0,
             (
                 summary(Outcome::Allowed, format!("records: {}", erased.len())),
-                subject_guard,
+                forget_closes,
             ),
         );
         for meta in &metas {
@@ -488,13 +494,15 @@ pub async fn erase(
 /// What closing a relationship answers.
 #[derive(Serialize, ToSchema)]
 pub struct SubjectClosed {
-    /// When the relationship was (first) closed.
+    /// When the relationship was closed: the close that stands.
     pub closed_at: String,
 }
 
 /// Records that the caller's relationship with a subject ended: retention
 /// rules counted `after close` start from now for the caller's records of
-/// that subject. A second close keeps the first time.
+/// that subject. A close stands while the relationship stays closed (a
+/// second close answers its time); once the caller made a record of the
+/// subject after it (the customer came back), the next close replaces it.
 #[utoipa::path(post, path = "/v1/subjects/{subject_ref}/close", tag = "subjects", operation_id = "close_subject",
     security(("bearer" = [])),
     params(("subject_ref" = String, Path, description = "The customer id in the payment system (1 to 128 printable ASCII characters)", pattern = r"^[!-~]{1,128}$")),
@@ -512,28 +520,39 @@ pub async fn close(
 ) -> Result<Json<SubjectClosed>, ApiError> {
     state
         .authorize_on(&caller, Operation::SubjectClose, &ctx, || {
-            Ok(vec![state.target_of(&subject_ref)])
+            Ok(vec![state.audit.fingerprint(&subject_ref)])
         })
         .await?;
     let subject = subject_of(&subject_ref)?;
     let principal = caller.principal();
     let digest = state.vault.subject_digest(&subject)?;
-    let (closed, tx) = state
-        .lifecycle
-        .prepare_close(principal.acts_for(), &digest)?;
+    // The newest of the caller's records of this subject: one made after
+    // an earlier close means the relationship began again.
+    let newest_created = state
+        .vault
+        .subject_records(&subject)?
+        .iter()
+        .filter(|meta| meta.owner == principal.acts_for())
+        .filter_map(|meta| crate::clock::parse_rfc3339(&meta.created_at))
+        .map(time::OffsetDateTime::unix_timestamp)
+        .max();
+    let (closed, tx) =
+        state
+            .lifecycle
+            .prepare_close(principal.acts_for(), &digest, newest_created)?;
     let note = if tx.is_empty() {
         "already closed"
     } else {
         "relationship ended"
     };
     let event = AuditEvent {
-        target: state.target_of(&subject),
+        target: state.audit.fingerprint(&subject),
         reason: Some(note.into()),
         ..ctx.event(&principal.id, "subject.close", Outcome::Allowed)
     };
     state.commit(event, tx).await?;
     Ok(Json(SubjectClosed {
-        closed_at: time_text(closed.closed_at).unwrap_or_default(),
+        closed_at: crate::clock::rfc3339_unix(closed.closed_at).unwrap_or_default(),
     }))
 }
 
@@ -704,12 +723,12 @@ pub async fn hold_subject(
 ) -> Result<(StatusCode, Json<HoldState>), ApiError> {
     state
         .authorize_on(&caller, Operation::HoldPlace, &ctx, || {
-            Ok(vec![state.target_of(&subject_ref)])
+            Ok(vec![state.audit.fingerprint(&subject_ref)])
         })
         .await?;
     let subject = subject_of(&subject_ref)?;
     let target = HoldTarget::Subject(state.vault.subject_digest(&subject)?);
-    let audit_target = state.target_of(&subject);
+    let audit_target = state.audit.fingerprint(&subject);
     place(
         &state,
         &ctx,
@@ -779,11 +798,11 @@ pub async fn release_subject_hold(
 ) -> Result<Json<HoldReleased>, ApiError> {
     state
         .authorize_on(&caller, Operation::HoldRelease, &ctx, || {
-            Ok(vec![state.target_of(&subject_ref)])
+            Ok(vec![state.audit.fingerprint(&subject_ref)])
         })
         .await?;
     let subject = subject_of(&subject_ref)?;
     let target = HoldTarget::Subject(state.vault.subject_digest(&subject)?);
-    let audit_target = state.target_of(&subject);
+    let audit_target = state.audit.fingerprint(&subject);
     release(&state, &ctx, &caller, target, audit_target, &body).await
 }

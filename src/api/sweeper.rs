@@ -57,6 +57,8 @@ pub fn spawn(state: AppState) -> tokio::task::JoinHandle<()> {
         loop {
             ticker.tick().await;
             if state.keyring.is_sealed() {
+                // A pass at once after the next unseal.
+                last = None;
                 continue;
             }
             let now = state.clock.now();
@@ -74,6 +76,7 @@ pub fn spawn(state: AppState) -> tokio::task::JoinHandle<()> {
                     conflicts = report.conflicts,
                     indexed = report.indexed,
                     expired_slots = report.expired_slots,
+                    failed = report.failed,
                     "retention sweep"
                 ),
                 Err(e) => tracing::warn!(
@@ -165,8 +168,14 @@ pub async fn sweep(state: &AppState) -> Result<SweepReport, ApiError> {
             let id = meta.id.clone();
             match sweep_one(state, meta, &mut report).await {
                 Ok(()) => {}
-                // Sealed or the store failing: the pass stops.
-                Err(e @ (ApiError::Sealed | ApiError::Internal)) => return Err(e),
+                // Sealed, the store or the audit log failing: the pass
+                // stops (every record would fail alike).
+                Err(
+                    e @ (ApiError::Sealed
+                    | ApiError::Internal
+                    | ApiError::AuditUnavailable
+                    | ApiError::AuditNotDurable),
+                ) => return Err(e),
                 Err(e) => {
                     report.failed += 1;
                     tracing::error!(record = %id, error = ?e, "the sweeper skipped a record it cannot read or erase");
@@ -184,37 +193,33 @@ pub async fn sweep(state: &AppState) -> Result<SweepReport, ApiError> {
 /// no hold keeps it.
 async fn sweep_one(
     state: &AppState,
-    meta: crate::vault::RecordMeta,
+    meta: RecordMeta,
     report: &mut SweepReport,
 ) -> Result<(), ApiError> {
-    {
-        {
-            let Some(meta) = indexed(state, meta, report).await? else {
-                return Ok(());
-            };
-            let Some(rule) = state.settings.retention.rule(meta.record_type).copied() else {
-                return Ok(());
-            };
-            let now = state.clock.now();
-            if due(state, &rule, &meta)?.is_none_or(|due| now < due) {
-                return Ok(());
-            }
-            let Ok(tx) = guarded_erasure(state, &meta)? else {
-                report.held += 1;
-                return Ok(());
-            };
-            if meta.record_type == RecordType::Card {
-                state.cvcs.discard(&meta.id);
-            }
-            let event = AuditEvent {
-                reason: Some(format!("retention: {}", rule.describe(meta.record_type))),
-                ..AuditEvent::new(SYSTEM, "record.erase", Outcome::Allowed).target(meta.id.clone())
-            };
-            match state.try_commit(event, tx).await? {
-                Some(_) => report.erased += 1,
-                None => report.conflicts += 1,
-            }
-        }
+    let Some(meta) = indexed(state, meta, report).await? else {
+        return Ok(());
+    };
+    let Some(rule) = state.settings.retention.rule(meta.record_type).copied() else {
+        return Ok(());
+    };
+    let now = state.clock.now();
+    if due(state, &rule, &meta)?.is_none_or(|due| now < due) {
+        return Ok(());
+    }
+    let Some(tx) = guarded_erasure(state, &meta)? else {
+        report.held += 1;
+        return Ok(());
+    };
+    if meta.record_type == RecordType::Card {
+        state.cvcs.discard(&meta.id);
+    }
+    let event = AuditEvent {
+        reason: Some(format!("retention: {}", rule.describe(meta.record_type))),
+        ..AuditEvent::new(SYSTEM, "record.erase", Outcome::Allowed).target(meta.id.clone())
+    };
+    match state.try_commit(event, tx).await? {
+        Some(_) => report.erased += 1,
+        None => report.conflicts += 1,
     }
     Ok(())
 }

@@ -6,7 +6,6 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use time::OffsetDateTime;
 use utoipa::ToSchema;
 
 use super::extract::{Caller, JsonBody, RequestContext};
@@ -14,7 +13,6 @@ use super::{ApiError, AppState, Problem};
 use crate::access::{Operation, Principal, Role};
 use crate::audit::{AuditEvent, Outcome};
 use crate::canary::AccessPath;
-use crate::clock::rfc3339;
 use crate::records::masked_view;
 use crate::store::Transaction;
 use crate::tokens::{TokenFormat, TokenRecord, TokenState, TokenTarget};
@@ -70,10 +68,6 @@ pub enum GenericTokenFormat {
 pub struct Tokenized {
     pub token: String,
     pub expires_at: Option<String>,
-}
-
-fn timestamp(unix: i64) -> Option<String> {
-    OffsetDateTime::from_unix_timestamp(unix).ok().map(rfc3339)
 }
 
 /// Tokenizes one generic value.
@@ -143,7 +137,7 @@ pub async fn create(
         StatusCode::CREATED,
         Json(Tokenized {
             token,
-            expires_at: record.expires_at.and_then(timestamp),
+            expires_at: record.expires_at.and_then(crate::clock::rfc3339_unix),
         }),
     ))
 }
@@ -262,6 +256,7 @@ fn resolve(
     };
     let target_id = record.target.id().to_owned();
     let mut outcome = Outcome::Allowed;
+    let mut used = None;
     let value = match (&record.target, meta) {
         (TokenTarget::Record { .. }, Some(meta)) => {
             let opened = state.vault.open(&meta)?;
@@ -271,6 +266,7 @@ fn resolve(
                 map.insert("id".into(), json!(meta.id));
                 map.insert("type".into(), json!(meta.record_type));
             }
+            used = Some(meta);
             json!({"view": "masked", "value": view})
         }
         (TokenTarget::Record { .. }, None) => return Err(ApiError::Internal),
@@ -299,8 +295,13 @@ fn resolve(
     } else {
         Transaction::new()
     };
-    if let TokenTarget::Record { id } = &record.target {
-        tx = tx.merge(state.lifecycle.note_use(id)?);
+    if let Some(meta) = &used {
+        let noted = state.lifecycle.note_use(&meta.id)?;
+        if !noted.is_empty() {
+            // With the record as read: a use racing an erasure never writes
+            // the last-use entry back after the erasure deleted it.
+            tx = tx.merge(noted).merge(state.vault.expect_meta(meta)?);
+        }
     }
     Ok(Resolved {
         result: value,
@@ -443,28 +444,16 @@ pub async fn revoke(
             "applies to generic values; a record is erased with DELETE /v1/records/{id}",
         ));
     }
-    let guard = match state.lifecycle.erasure_guard(&target, None)? {
-        Ok(guard) => guard,
-        Err(_) => return Err(super::subjects::refuse_held(&state, event).await),
+    let Some(guard) = super::subjects::hold_guard(&state, &target, None)? else {
+        return Err(super::subjects::refuse_held(&state, event).await);
     };
     let tx = state
         .vault
         .prepare_erase_generic(&key, &record)?
         .merge(guard);
-    if state.try_commit(event.clone(), tx).await?.is_some() {
-        return Ok(StatusCode::NO_CONTENT);
-    }
-    if state.lifecycle.erasure_guard(&target, None)?.is_err() {
-        return Err(super::subjects::refuse_held(&state, event).await);
-    }
-    state
-        .record(AuditEvent {
-            outcome: Outcome::Error,
-            reason: Some("conflict".into()),
-            ..event
-        })
-        .await?;
-    Err(ApiError::Conflict(
-        "The change conflicts with the stored state.",
-    ))
+    super::subjects::commit_guarded(&state, event, tx, || {
+        Ok(super::subjects::hold_guard(&state, &target, None)?.is_none())
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
 }

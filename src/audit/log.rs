@@ -118,10 +118,7 @@ pub struct AuditQuery {
 impl AuditQuery {
     fn matches(&self, entry: &AuditEntry) -> bool {
         let time_ok = || {
-            let Ok(t) = time::OffsetDateTime::parse(
-                &entry.time,
-                &time::format_description::well_known::Rfc3339,
-            ) else {
+            let Some(t) = crate::clock::parse_rfc3339(&entry.time) else {
                 return false;
             };
             self.since.is_none_or(|s| t >= s) && self.until.is_none_or(|u| t < u)

@@ -613,9 +613,7 @@ pub async fn request_access(
 
 /// How long ago `created_at` (RFC 3339) was, in words.
 fn age_of(created_at: &str, now: time::OffsetDateTime) -> String {
-    let Ok(then) =
-        time::OffsetDateTime::parse(created_at, &time::format_description::well_known::Rfc3339)
-    else {
+    let Some(then) = crate::clock::parse_rfc3339(created_at) else {
         return String::new();
     };
     let secs = (now - then).whole_seconds().max(0);

@@ -119,20 +119,20 @@ impl EpochKeys {
         keyring_key: &Key256,
     ) -> Result<u32, KeyringError> {
         let next = self.current().map_or(1, |c| c.saturating_add(1));
-        let mut with_next = Self {
-            keys: self
-                .keys
-                .iter()
-                .map(|(epoch, key)| (*epoch, key.duplicate()))
-                .collect(),
-        };
-        with_next.keys.insert(next, Key256::random()?);
-        with_next.write(keys_dir, vault_id, keyring_key)?;
-        *self = with_next;
+        let secret = Key256::random()?;
+        let held = self.keys.iter().map(|(e, key)| (*e, key));
+        write(
+            held.chain([(next, &secret)]),
+            keys_dir,
+            vault_id,
+            keyring_key,
+        )?;
+        self.keys.insert(next, secret);
         Ok(next)
     }
 
-    /// Forgets every secret but `epoch`'s, in memory and in the file.
+    /// Forgets every secret but `epoch`'s, in the file and then in memory
+    /// (dropping them zeroizes them).
     pub(crate) fn keep_only(
         &mut self,
         epoch: u32,
@@ -140,62 +140,59 @@ impl EpochKeys {
         vault_id: &str,
         keyring_key: &Key256,
     ) -> Result<(), KeyringError> {
-        let only = Self {
-            keys: self
-                .keys
-                .iter()
-                .filter(|(e, _)| **e == epoch)
-                .map(|(e, key)| (*e, key.duplicate()))
-                .collect(),
-        };
-        only.write(keys_dir, vault_id, keyring_key)?;
-        // Dropping the others zeroizes them.
-        *self = only;
+        let kept = self.keys.iter().filter(|(e, _)| **e == epoch);
+        write(
+            kept.map(|(e, key)| (*e, key)),
+            keys_dir,
+            vault_id,
+            keyring_key,
+        )?;
+        self.keys.retain(|e, _| *e == epoch);
         Ok(())
     }
+}
 
-    /// Replaces the file atomically: a new 0600 file, synced, renamed over
-    /// the old one, the directory synced.
-    fn write(
-        &self,
-        keys_dir: &Path,
-        vault_id: &str,
-        keyring_key: &Key256,
-    ) -> Result<(), KeyringError> {
-        let mut epochs = Vec::with_capacity(self.keys.len());
-        for (epoch, key) in &self.keys {
-            let envelope = Envelope::seal(
-                keyring_key,
-                "keyring",
-                1,
-                &aad(vault_id, *epoch),
-                key.expose_secret(),
-            )?;
-            epochs.push(StoredEpoch {
-                epoch: *epoch,
-                sealed: hex::encode(envelope.encode()),
-            });
-        }
-        let bytes = serde_json::to_vec_pretty(&EpochFile {
-            vault_id: vault_id.to_owned(),
-            epochs,
-        })
-        .map_err(|_| KeyringError::Integrity)?;
-        let path = Self::path(keys_dir);
-        let partial = keys_dir.join(format!(".{EPOCH_FILE}.partial"));
-        let _ = std::fs::remove_file(&partial);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&partial)
-            .map_err(|e| KeyringError::io(&partial, &e))?;
-        file.write_all(&bytes)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| KeyringError::io(&partial, &e))?;
-        std::fs::rename(&partial, &path).map_err(|e| KeyringError::io(&path, &e))?;
-        std::fs::File::open(keys_dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| KeyringError::io(keys_dir, &e))
+/// Replaces the file atomically: a new 0600 file, synced, renamed over
+/// the old one, the directory synced.
+fn write<'a>(
+    secrets: impl Iterator<Item = (u32, &'a Key256)>,
+    keys_dir: &Path,
+    vault_id: &str,
+    keyring_key: &Key256,
+) -> Result<(), KeyringError> {
+    let mut epochs = Vec::new();
+    for (epoch, key) in secrets {
+        let envelope = Envelope::seal(
+            keyring_key,
+            "keyring",
+            1,
+            &aad(vault_id, epoch),
+            key.expose_secret(),
+        )?;
+        epochs.push(StoredEpoch {
+            epoch,
+            sealed: hex::encode(envelope.encode()),
+        });
     }
+    let bytes = serde_json::to_vec_pretty(&EpochFile {
+        vault_id: vault_id.to_owned(),
+        epochs,
+    })
+    .map_err(|_| KeyringError::Integrity)?;
+    let path = EpochKeys::path(keys_dir);
+    let partial = keys_dir.join(format!(".{EPOCH_FILE}.partial"));
+    let _ = std::fs::remove_file(&partial);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&partial)
+        .map_err(|e| KeyringError::io(&partial, &e))?;
+    file.write_all(&bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| KeyringError::io(&partial, &e))?;
+    std::fs::rename(&partial, &path).map_err(|e| KeyringError::io(&path, &e))?;
+    std::fs::File::open(keys_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| KeyringError::io(keys_dir, &e))
 }

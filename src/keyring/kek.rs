@@ -196,21 +196,28 @@ fn wrap_kek(
     version: u32,
     kek: &Key256,
 ) -> Result<(String, Option<u32>), KeyringError> {
-    let current = epochs.current();
-    let (key, key_id, key_version) = match current.and_then(|e| epochs.get(e).map(|k| (e, k))) {
-        Some((epoch, secret)) => (secret, "epoch", epoch),
-        None => (keyring_key, "keyring", 1),
+    let current = epochs
+        .current()
+        .and_then(|epoch| epochs.get(epoch).map(|secret| (epoch, secret)));
+    let envelope = match current {
+        Some((epoch, secret)) => Envelope::seal(
+            secret,
+            "epoch",
+            epoch,
+            &kek_aad(purpose, version),
+            kek.expose_secret(),
+        )?,
+        None => Envelope::seal(
+            keyring_key,
+            "keyring",
+            1,
+            &kek_aad(purpose, version),
+            kek.expose_secret(),
+        )?,
     };
-    let envelope = Envelope::seal(
-        key,
-        key_id,
-        key_version,
-        &kek_aad(purpose, version),
-        kek.expose_secret(),
-    )?;
     Ok((
         hex::encode(envelope.encode()),
-        current.filter(|_| key_id == "epoch"),
+        current.map(|(epoch, _)| epoch),
     ))
 }
 
@@ -298,20 +305,18 @@ impl KekCache {
         let mut prefix = KEK_PREFIX.to_vec();
         prefix.extend_from_slice(purpose.as_str().as_bytes());
         prefix.push(b'/');
-        let listed = store.scan_prefix(&prefix)?;
+        let listed = store
+            .scan_prefix(&prefix)?
+            .into_iter()
+            .map(|(_, value)| {
+                serde_json::from_slice::<StoredKek>(&value).map_err(|_| KeyringError::Integrity)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         // A version destroyed (by another node) leaves this cache too.
-        let mut present = std::collections::BTreeSet::new();
-        for (_, value) in &listed {
-            let stored: StoredKek =
-                serde_json::from_slice(value).map_err(|_| KeyringError::Integrity)?;
-            present.insert(stored.version);
-        }
         if let Some(family) = self.families.get_mut(&purpose) {
-            family.retain(|version, _| present.contains(version));
+            family.retain(|version, _| listed.iter().any(|s| s.version == *version));
         }
-        for (_, value) in listed {
-            let stored: StoredKek =
-                serde_json::from_slice(&value).map_err(|_| KeyringError::Integrity)?;
+        for stored in listed {
             let family = self.families.entry(purpose).or_default();
             if family.contains_key(&stored.version) {
                 continue;
@@ -331,11 +336,8 @@ impl KekCache {
                 _ => return Err(KeyringError::Integrity),
             };
             let key_bytes = envelope.open(wrapping_key, &kek_aad(purpose, stored.version))?;
-            let created_at = OffsetDateTime::parse(
-                &stored.created_at,
-                &time::format_description::well_known::Rfc3339,
-            )
-            .map_err(|_| KeyringError::Integrity)?;
+            let created_at =
+                crate::clock::parse_rfc3339(&stored.created_at).ok_or(KeyringError::Integrity)?;
             let kek = Kek {
                 key: Key256::try_from_slice(&key_bytes)?,
                 version: stored.version,

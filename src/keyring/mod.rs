@@ -57,8 +57,6 @@ pub enum KeyringError {
     NoSuchVersion,
     #[error("the newest KEK version cannot be destroyed: new writes use it")]
     NewestVersion,
-    #[error("DEKs are still wrapped under this KEK version: rewrap first")]
-    VersionInUse,
     #[error("key file {0} is readable or writable by group or others; chmod 600 it")]
     InsecureKeyFile(String),
     #[error("{0}")]

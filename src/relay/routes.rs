@@ -282,7 +282,7 @@ fn header_name(raw: &str) -> Option<String> {
 
 /// Checks a CA bundle: PEM certificates only (no private key), each one a
 /// usable trust anchor.
-fn check_ca_pem(pem: &str) -> Result<(), &'static str> {
+pub(crate) fn check_ca_pem(pem: &str) -> Result<(), &'static str> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     if pem.len() > MAX_CA_PEM_LEN {
