@@ -320,7 +320,7 @@ fn resolve(
     responses(
         (status = 200, description = "One result per distinct token", body = Detokenized),
         (status = 403, description = "`forbidden`", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`conflict`: a concurrent change won (a use count)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict`: a concurrent change won (a use count, or a change of a record whose first use of the day was being recorded); retry", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn detokenize(
     State(state): State<AppState>,
