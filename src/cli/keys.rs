@@ -124,22 +124,11 @@ pub fn run(command: KeysCommand) -> Result<(), String> {
                 return Ok(());
             }
             println!(
-                "{:<8} {:>7}  {:<25} {:>12}  active",
+                "{:<8} {:>7}  {:<30} {:>12}  active",
                 "purpose", "version", "created_at", "encryptions"
             );
             for key in at(&answer, "keys").as_array().into_iter().flatten() {
-                println!(
-                    "{:<8} {:>7}  {:<25} {:>12}  {}",
-                    at(key, "purpose").as_str().unwrap_or("?"),
-                    at(key, "version"),
-                    at(key, "created_at").as_str().unwrap_or("?"),
-                    at(key, "encryptions"),
-                    if at(key, "active").as_bool() == Some(true) {
-                        "yes"
-                    } else {
-                        ""
-                    }
-                );
+                println!("{}", key_row(key));
             }
             Ok(())
         }
@@ -152,9 +141,12 @@ pub fn run(command: KeysCommand) -> Result<(), String> {
                 println!("{answer}");
             } else {
                 println!(
-                    "{} KEK version {} made; new writes use it. Rewrap to move older DEKs onto it.",
-                    at(&answer, "purpose").as_str().unwrap_or("?"),
-                    at(&answer, "version")
+                    "{}",
+                    printable(&format!(
+                        "{} KEK version {} made; new writes use it. Rewrap to move older DEKs onto it.",
+                        at(&answer, "purpose").as_str().unwrap_or("?"),
+                        at(&answer, "version")
+                    ))
                 );
             }
             Ok(())
@@ -166,8 +158,11 @@ pub fn run(command: KeysCommand) -> Result<(), String> {
                 .unwrap_or_default();
             if !args.server.json {
                 eprintln!(
-                    "rewrap {} started",
-                    at(&started, "id").as_str().unwrap_or("?")
+                    "{}",
+                    printable(&format!(
+                        "rewrap {} started",
+                        at(&started, "id").as_str().unwrap_or("?")
+                    ))
                 );
             }
             follow(&api, args.no_wait, args.server.json, started)
@@ -200,6 +195,24 @@ pub fn run(command: KeysCommand) -> Result<(), String> {
 }
 
 /// `value`'s field `name` (`null` when absent).
+/// One line of `keys list`: the columns aligned under its header (a JSON
+/// number does not pad itself, so each is made text first), without any
+/// control character the server's strings might hold.
+fn key_row(key: &Value) -> String {
+    printable(&format!(
+        "{:<8} {:>7}  {:<30} {:>12}  {}",
+        at(key, "purpose").as_str().unwrap_or("?"),
+        at(key, "version").to_string(),
+        at(key, "created_at").as_str().unwrap_or("?"),
+        at(key, "encryptions").to_string(),
+        if at(key, "active").as_bool() == Some(true) {
+            "yes"
+        } else {
+            ""
+        }
+    ))
+}
+
 fn at<'a>(value: &'a Value, name: &str) -> &'a Value {
     value.get(name).unwrap_or(&Value::Null)
 }
@@ -299,6 +312,26 @@ fn raw_bar(progress: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `keys list`: numbers padded like the header says, and a server's
+    /// escape sequence never reaches the terminal.
+    #[test]
+    fn a_key_row_is_aligned_and_printable() {
+        let row = key_row(&serde_json::json!({
+            "purpose": "card", "version": 2,
+            "created_at": "2026-11-30T15:10:50.063380175Z",
+            "encryptions": 3, "active": true
+        }));
+        assert_eq!(
+            row,
+            "card           2  2026-11-30T15:10:50.063380175Z            3  yes"
+        );
+        let hostile = key_row(&serde_json::json!({
+            "purpose": "card\u{1b}[2J", "version": 1, "created_at": "x\u{7}",
+            "encryptions": 0, "active": false
+        }));
+        assert!(!hostile.chars().any(char::is_control), "{hostile:?}");
+    }
 
     #[test]
     fn the_bar_fills_with_the_progress() {
