@@ -194,7 +194,6 @@ pub fn run(command: KeysCommand) -> Result<(), String> {
     }
 }
 
-/// `value`'s field `name` (`null` when absent).
 /// One line of `keys list`: the columns aligned under its header (a JSON
 /// number does not pad itself, so each is made text first), without any
 /// control character the server's strings might hold.
@@ -213,6 +212,7 @@ fn key_row(key: &Value) -> String {
     ))
 }
 
+/// `value`'s field `name` (`null` when absent).
 fn at<'a>(value: &'a Value, name: &str) -> &'a Value {
     value.get(name).unwrap_or(&Value::Null)
 }
