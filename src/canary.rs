@@ -96,15 +96,19 @@ pub struct Webhook {
     pub ca_pem: Option<String>,
 }
 
+/// The host of webhook URL `url`, all a `Debug` print may show of it: a
+/// webhook URL often carries its credential in the path (chat services'
+/// incoming webhooks).
+pub fn webhook_host(url: &str) -> Option<String> {
+    reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+}
+
 impl std::fmt::Debug for Webhook {
-    // A webhook URL often carries its credential in the path (chat
-    // services' incoming webhooks): only the host is printed.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let host = reqwest::Url::parse(&self.url)
-            .ok()
-            .and_then(|u| u.host_str().map(str::to_owned));
         f.debug_struct("Webhook")
-            .field("host", &host)
+            .field("host", &webhook_host(&self.url))
             .field("ca_pem", &self.ca_pem.is_some())
             .finish()
     }

@@ -295,13 +295,14 @@ pub struct CanariesFileConfig {
 
 impl std::fmt::Debug for CanariesFileConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let host = self
-            .webhook_url
-            .as_deref()
-            .and_then(|url| reqwest::Url::parse(url).ok())
-            .and_then(|u| u.host_str().map(str::to_owned));
         f.debug_struct("CanariesFileConfig")
-            .field("webhook_host", &host)
+            .field(
+                "webhook_host",
+                &self
+                    .webhook_url
+                    .as_deref()
+                    .and_then(crate::canary::webhook_host),
+            )
             .field("webhook_ca_file", &self.webhook_ca_file)
             .field("card_iin", &self.card_iin)
             .finish()

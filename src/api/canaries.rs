@@ -47,7 +47,20 @@ impl AppState {
             "canary record touched"
         );
         crate::metrics::canary_alarm(path);
-        if let Some(webhook) = self.settings.canaries.webhook.clone() {
+        if let Some(webhook) = &self.settings.canaries.webhook {
+            // A place in the bounded queue, taken before anything is built
+            // or spawned: a flood of canary touches costs no more. A drop
+            // is counted as a failure, and logged at debug only (the touch
+            // has its WARN line already).
+            let Ok(place) = self.canary_webhook_places.clone().try_acquire_owned() else {
+                crate::metrics::canary_webhook_failed();
+                tracing::debug!(
+                    canary = %meta.id,
+                    "canary webhook queue full: this alarm's delivery is dropped"
+                );
+                return Outcome::Canary;
+            };
+            let webhook = webhook.clone();
             let body = canary::webhook_body(
                 &meta.id,
                 meta.record_type,
@@ -56,16 +69,6 @@ impl AppState {
                 &ctx.request_id,
                 &crate::clock::rfc3339(self.clock.now()),
             );
-            // A place in the bounded queue, taken before the task exists:
-            // a flood of canary touches cannot pile up tasks.
-            let Ok(place) = self.canary_webhook_places.clone().try_acquire_owned() else {
-                crate::metrics::canary_webhook_failed();
-                tracing::error!(
-                    canary = %meta.id,
-                    "canary webhook queue full: this alarm's delivery is dropped"
-                );
-                return Outcome::Canary;
-            };
             let state = self.clone();
             let canary_id = meta.id.clone();
             tokio::spawn(async move {

@@ -482,9 +482,13 @@ pub async fn update(
         .target(id);
     // A hold placed since the check is answered `legal_hold`, as it is
     // for an erasure.
-    super::subjects::commit_guarded(&state, event, tx.merge(guard), || {
-        Ok(super::subjects::hold_guard(&state, &meta.id, meta.subject_ref.as_deref())?.is_none())
-    })
+    super::subjects::commit_guarded(
+        &state,
+        event,
+        tx.merge(guard),
+        &meta.id,
+        meta.subject_ref.as_deref(),
+    )
     .await?;
     Ok(Json(view(&updated, &data, principal)))
 }
@@ -523,9 +527,7 @@ pub async fn erase(
     // client that hangs up during the commit cannot leave it behind (and
     // if the erasure fails, the CVC is only gone early).
     state.cvcs.discard(&id);
-    super::subjects::commit_guarded(&state, event, tx, || {
-        Ok(super::subjects::hold_guard(&state, &meta.id, meta.subject_ref.as_deref())?.is_none())
-    })
-    .await?;
+    super::subjects::commit_guarded(&state, event, tx, &meta.id, meta.subject_ref.as_deref())
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -77,19 +77,21 @@ pub(super) async fn refuse_held(state: &AppState, event: AuditEvent) -> ApiError
     }
 }
 
-/// Commits a change guarded by [`hold_guard`] with `event`. A conflict is
-/// a change since it was read: a hold placed meanwhile (`held` says, read
-/// again) is answered `legal_hold`, anything else `conflict`; each audited.
+/// Commits a change of `id` (of `subject`) guarded by [`hold_guard`] with
+/// `event`. A conflict is a change since it was read: a hold placed
+/// meanwhile (read again) is answered `legal_hold`, anything else
+/// `conflict`; each audited.
 pub(super) async fn commit_guarded(
     state: &AppState,
     event: AuditEvent,
     tx: Transaction,
-    held: impl FnOnce() -> Result<bool, ApiError>,
+    id: &str,
+    subject: Option<&str>,
 ) -> Result<(), ApiError> {
     if state.try_commit(event.clone(), tx).await?.is_some() {
         return Ok(());
     }
-    if held()? {
+    if hold_guard(state, id, subject)?.is_none() {
         return Err(refuse_held(state, event).await);
     }
     state

@@ -451,9 +451,6 @@ pub async fn revoke(
         .vault
         .prepare_erase_generic(&key, &record)?
         .merge(guard);
-    super::subjects::commit_guarded(&state, event, tx, || {
-        Ok(super::subjects::hold_guard(&state, &target, None)?.is_none())
-    })
-    .await?;
+    super::subjects::commit_guarded(&state, event, tx, &target, None).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -199,22 +199,17 @@ fn wrap_kek(
     let current = epochs
         .current()
         .and_then(|epoch| epochs.get(epoch).map(|secret| (epoch, secret)));
-    let envelope = match current {
-        Some((epoch, secret)) => Envelope::seal(
-            secret,
-            "epoch",
-            epoch,
-            &kek_aad(purpose, version),
-            kek.expose_secret(),
-        )?,
-        None => Envelope::seal(
-            keyring_key,
-            "keyring",
-            1,
-            &kek_aad(purpose, version),
-            kek.expose_secret(),
-        )?,
+    let (key, key_id, key_version) = match current {
+        Some((epoch, secret)) => (secret, "epoch", epoch),
+        None => (keyring_key, "keyring", 1),
     };
+    let envelope = Envelope::seal(
+        key,
+        key_id,
+        key_version,
+        &kek_aad(purpose, version),
+        kek.expose_secret(),
+    )?;
     Ok((
         hex::encode(envelope.encode()),
         current.map(|(epoch, _)| epoch),
